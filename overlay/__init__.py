@@ -1,0 +1,46 @@
+"""Phantom Net Mode C protocol core: no sockets, no clocks, no trio.
+
+    >>> from overlay import VOICE
+    >>> VOICE.packet_len
+    636
+
+Everything public is re-exported here; the ``_``-prefixed modules are implementation.
+"""
+
+from ._errors import BadCommand as BadCommand
+from ._errors import GeometryError as GeometryError
+from ._errors import MacMismatch as MacMismatch
+from ._errors import PacketError as PacketError
+from ._errors import PayloadTampered as PayloadTampered
+from ._errors import PhantomError as PhantomError
+from ._errors import UnknownVersion as UnknownVersion
+from ._errors import UsageError as UsageError
+from ._errors import WrongLength as WrongLength
+from ._geometry import BULK as BULK
+from ._geometry import MAILBOX_ID_LEN as MAILBOX_ID_LEN
+from ._geometry import NODE_ID_LEN as NODE_ID_LEN
+from ._geometry import SPHINX_VERSION as SPHINX_VERSION
+from ._geometry import SURB_ID_LEN as SURB_ID_LEN
+from ._geometry import VOICE as VOICE
+from ._geometry import Geometry as Geometry
+from ._sphinx import Deliver as Deliver
+from ._sphinx import DeliverReply as DeliverReply
+from ._sphinx import Discard as Discard
+from ._sphinx import Forward as Forward
+from ._sphinx import Hop as Hop
+from ._sphinx import ProcessResult as ProcessResult
+from ._sphinx import Rng as Rng
+from ._sphinx import RoutingCommand as RoutingCommand
+from ._sphinx import Surb as Surb
+from ._sphinx import SurbKeys as SurbKeys
+from ._sphinx import create_drop as create_drop
+from ._sphinx import create_forward as create_forward
+from ._sphinx import create_reply as create_reply
+from ._sphinx import create_surb as create_surb
+from ._sphinx import generate_private_key as generate_private_key
+from ._sphinx import lioness_decrypt as lioness_decrypt
+from ._sphinx import lioness_encrypt as lioness_encrypt
+from ._sphinx import open_reply as open_reply
+from ._sphinx import process_packet as process_packet
+from ._sphinx import public_key as public_key
+from ._sphinx import surb_len as surb_len

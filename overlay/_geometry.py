@@ -1,0 +1,113 @@
+"""Packet geometry: every size of a Sphinx packet derived from two numbers.
+
+    >>> from overlay import VOICE
+    >>> VOICE.packet_len, VOICE.user_payload
+    (636, 384)
+
+The digest is published in the topology document, so that clients and nodes refuse to
+talk when they disagree on any size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+
+from ._errors import GeometryError
+
+SPHINX_VERSION = 1  # first byte of every packet; bumped on any wire change
+VERSION_LEN = 1  # bytes
+GROUP_ELEMENT_LEN = 32  # bytes, an X25519 public value (alpha in the Sphinx paper)
+MAC_LEN = 16  # bytes, BLAKE2b-128 header MAC (gamma in the Sphinx paper)
+NODE_ID_LEN = 16  # bytes, a node's id in the topology document
+MAILBOX_ID_LEN = 16  # bytes, a client's mailbox at its gateway
+SURB_ID_LEN = 16  # bytes, names the reply keys a client keeps
+DELAY_LEN = 4  # bytes, sender-chosen delay in microseconds, unsigned big-endian
+COMMAND_LEN = 1  # bytes, a RoutingCommand
+# One hop's routing slot: command, delay, address (next node or mailbox), MAC or SURB id.
+ROUTING_SLOT_LEN = COMMAND_LEN + DELAY_LEN + NODE_ID_LEN + MAC_LEN  # 37 bytes
+TAG_LEN = 16  # bytes of zeros in front of the payload; tampering turns them to noise (k)
+LENGTH_LEN = 2  # bytes, the message length inside the payload
+LIONESS_KEY_LEN = 32  # bytes, the left half of the wide block (must be < payload)
+MAX_DELAY_US = 2**32 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Geometry:
+    """Sizes of one packet format; frozen, validated, hashable.
+
+    ``max_hops`` is r in the Sphinx paper, ``user_payload`` the bytes a sender may carry.
+    """
+
+    name: str
+    max_hops: int
+    user_payload: int
+    header_len: int = field(init=False)
+    routing_len: int = field(init=False)
+    payload_len: int = field(init=False)
+    packet_len: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_hops, int) or not 1 <= self.max_hops <= 16:
+            raise GeometryError(f"max_hops must be an integer in 1..16, got {self.max_hops!r}")
+        if not isinstance(self.user_payload, int) or not 1 <= self.user_payload <= 65535:
+            raise GeometryError(
+                f"user_payload must be an integer in 1..65535, got {self.user_payload!r}"
+            )
+        routing = self.max_hops * ROUTING_SLOT_LEN
+        header = VERSION_LEN + GROUP_ELEMENT_LEN + routing + MAC_LEN
+        payload = TAG_LEN + LENGTH_LEN + self.user_payload
+        object.__setattr__(self, "routing_len", routing)
+        object.__setattr__(self, "header_len", header)
+        object.__setattr__(self, "payload_len", payload)
+        object.__setattr__(self, "packet_len", header + payload)
+
+    @property
+    def digest(self) -> bytes:
+        """32-byte BLAKE2b of every parameter that shapes the wire format."""
+        enc = struct.pack(
+            ">BHHHHHHHHHH",
+            SPHINX_VERSION,
+            self.max_hops,
+            self.user_payload,
+            GROUP_ELEMENT_LEN,
+            MAC_LEN,
+            NODE_ID_LEN,
+            MAILBOX_ID_LEN,
+            DELAY_LEN,
+            ROUTING_SLOT_LEN,
+            TAG_LEN,
+            LENGTH_LEN,
+        )
+        return hashlib.blake2b(enc, digest_size=32, person=b"pn-geometry-v1").digest()
+
+    def to_dict(self) -> dict[str, object]:
+        """The geometry as published in a topology document."""
+        return {
+            "name": self.name,
+            "max_hops": self.max_hops,
+            "user_payload": self.user_payload,
+            "packet_len": self.packet_len,
+            "digest": self.digest.hex(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Geometry:
+        """Rebuild and check a published geometry; a digest mismatch is a GeometryError."""
+        try:
+            geo = cls(str(data["name"]), int(data["max_hops"]), int(data["user_payload"]))  # type: ignore[call-overload]
+        except KeyError as exc:
+            raise GeometryError(f"geometry is missing field {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise GeometryError(f"geometry has a malformed field: {exc}") from None
+        if "digest" in data and data["digest"] != geo.digest.hex():
+            raise GeometryError("geometry digest does not match its parameters")
+        return geo
+
+
+# Voice: 5 hops (entry gateway, 3 mix layers, exit gateway); 384 bytes carry ~3 Opus
+# frames with redundancy. The whole packet is 636 bytes (at most 640 by design).
+VOICE = Geometry("voice", max_hops=5, user_payload=384)
+# Bulk: signaling and research traffic, about 2 KiB of payload.
+BULK = Geometry("bulk", max_hops=5, user_payload=2048)
