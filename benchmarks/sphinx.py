@@ -99,7 +99,9 @@ def run(rounds: int, number: int) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run, print JSON."""
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.sphinx", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.sphinx", description=__doc__.split("\n")[0]
+    )
     ap.add_argument("--rounds", type=int, default=9, help="interleaved rounds (median taken)")
     ap.add_argument("--number", type=int, default=200, help="calls per timing sample")
     ap.add_argument("--check", action="store_true", help="exit 1 when a target is missed")

@@ -446,9 +446,7 @@ def process_packet(geometry: Geometry, private_key: bytes, packet: bytes) -> Pro
     payload = lioness_decrypt(keys.pi, packet[h_end:])
     if command == RoutingCommand.RELAY:
         alpha_next = crypto_scalarmult(keys.blind, alpha)
-        nxt = (
-            packet[:VERSION_LEN] + alpha_next + routing[ROUTING_SLOT_LEN:] + tail + payload
-        )
+        nxt = packet[:VERSION_LEN] + alpha_next + routing[ROUTING_SLOT_LEN:] + tail + payload
         return Forward(address, delay_us, nxt, keys.tag)
     if command == RoutingCommand.DELIVER:
         return Deliver(address, delay_us, _decode_message(payload), keys.tag)
@@ -457,4 +455,3 @@ def process_packet(geometry: Geometry, private_key: bytes, packet: bytes) -> Pro
     if command == RoutingCommand.DROP:
         return Discard(delay_us, keys.tag)
     raise BadCommand("unknown routing command")
-
