@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -418,6 +419,7 @@ def process_packet(geometry: Geometry, private_key: bytes, packet: bytes) -> Pro
     """Remove one layer. Returns what to do, or raises a PacketError; never anything else.
 
     The caller checks ``replay_tag`` against its replay cache before acting on the result.
+    This is the per-hop hot path: key derivation and LIONESS are inlined on purpose.
     """
     if type(packet) is not bytes:
         packet = bytes(packet)
@@ -425,33 +427,56 @@ def process_packet(geometry: Geometry, private_key: bytes, packet: bytes) -> Pro
         raise WrongLength("packet has the wrong length")
     if packet[0] != SPHINX_VERSION:
         raise UnknownVersion("unknown packet version")
-    a_end = VERSION_LEN + GROUP_ELEMENT_LEN
-    b_end = a_end + geometry.routing_len
+    b_end = _ALPHA_END + geometry.routing_len
     h_end = b_end + MAC_LEN
-    alpha = packet[VERSION_LEN:a_end]
-    beta = packet[a_end:b_end]
+    alpha = packet[VERSION_LEN:_ALPHA_END]
+    beta = packet[_ALPHA_END:b_end]
     try:
         shared = crypto_scalarmult(private_key, alpha)
     except CryptoError:  # libsodium refuses a low-order point (all-zero result)
         raise MacMismatch("header does not verify") from None
-    keys = _derive(shared)
-    if not hmac.compare_digest(_mac(keys.mu, beta), packet[b_end:h_end]):
+    hdr = _blake2b(b"", digest_size=64, key=shared, person=_LABEL_HEADER).digest()
+    if not _compare(
+        _blake2b(beta, digest_size=MAC_LEN, key=hdr[32:]).digest(), packet[b_end:h_end]
+    ):
         raise MacMismatch("header does not verify")
-    routing = _stream(keys.rho, beta + bytes(ROUTING_SLOT_LEN))
-    command = routing[0]
-    delay_us = int.from_bytes(routing[COMMAND_LEN : COMMAND_LEN + DELAY_LEN], "big")
-    a0 = COMMAND_LEN + DELAY_LEN
-    address = routing[a0 : a0 + NODE_ID_LEN]
-    tail = routing[a0 + NODE_ID_LEN : ROUTING_SLOT_LEN]
-    payload = lioness_decrypt(keys.pi, packet[h_end:])
-    if command == RoutingCommand.RELAY:
-        alpha_next = crypto_scalarmult(keys.blind, alpha)
-        nxt = packet[:VERSION_LEN] + alpha_next + routing[ROUTING_SLOT_LEN:] + tail + payload
-        return Forward(address, delay_us, nxt, keys.tag)
-    if command == RoutingCommand.DELIVER:
-        return Deliver(address, delay_us, _decode_message(payload), keys.tag)
-    if command == RoutingCommand.DELIVER_REPLY:
-        return DeliverReply(address, delay_us, tail, payload, keys.tag)
-    if command == RoutingCommand.DROP:
-        return Discard(delay_us, keys.tag)
+    routing = _aead(hdr[:32]).encrypt(_ZERO_NONCE, beta + _SLOT_ZEROS, None)
+    command, delay_us = _SLOT_HEAD.unpack_from(routing)
+    address = routing[_ADDR_START:_ADDR_END]
+    tail = routing[_ADDR_END:ROUTING_SLOT_LEN]
+    misc = _blake2b(b"", digest_size=64, key=shared, person=_LABEL_MISC).digest()
+    # LIONESS decryption (see lioness_decrypt), keys k1..k4 from the payload label.
+    k12 = _blake2b(b"\x01", digest_size=64, key=shared, person=_LABEL_LIONESS).digest()
+    k34 = _blake2b(b"\x02", digest_size=64, key=shared, person=_LABEL_LIONESS).digest()
+    right = packet[h_end + LIONESS_KEY_LEN :]
+    left = _from_bytes(packet[h_end : h_end + LIONESS_KEY_LEN], "little")
+    left ^= _from_bytes(_blake2b(right, digest_size=32, key=k34[32:]).digest(), "little")
+    k = (left ^ _from_bytes(k34[:32], "little")).to_bytes(32, "little")
+    right = _aead(k).encrypt(_ZERO_NONCE, right, None)[:-16]
+    left ^= _from_bytes(_blake2b(right, digest_size=32, key=k12[32:]).digest(), "little")
+    k = (left ^ _from_bytes(k12[:32], "little")).to_bytes(32, "little")
+    payload = left.to_bytes(32, "little") + _aead(k).encrypt(_ZERO_NONCE, right, None)[:-16]
+    if command == _RELAY:
+        alpha_next = crypto_scalarmult(misc[:32], alpha)
+        nxt = _VERSION_BYTE + alpha_next + routing[ROUTING_SLOT_LEN:-16] + tail + payload
+        return Forward(address, delay_us, nxt, misc[32:])
+    if command == _DELIVER:
+        return Deliver(address, delay_us, _decode_message(payload), misc[32:])
+    if command == _DELIVER_REPLY:
+        return DeliverReply(address, delay_us, tail, payload, misc[32:])
+    if command == _DROP:
+        return Discard(delay_us, misc[32:])
     raise BadCommand("unknown routing command")
+
+
+_ALPHA_END = VERSION_LEN + GROUP_ELEMENT_LEN
+_ADDR_START = COMMAND_LEN + DELAY_LEN
+_ADDR_END = _ADDR_START + NODE_ID_LEN
+_SLOT_HEAD = struct.Struct(">BI")  # command, delay in microseconds
+_SLOT_ZEROS = bytes(ROUTING_SLOT_LEN)
+_VERSION_BYTE = bytes((SPHINX_VERSION,))
+_RELAY = int(RoutingCommand.RELAY)
+_DELIVER = int(RoutingCommand.DELIVER)
+_DELIVER_REPLY = int(RoutingCommand.DELIVER_REPLY)
+_DROP = int(RoutingCommand.DROP)
+_compare = hmac.compare_digest
