@@ -56,6 +56,8 @@ from ._geometry import (
 
 Rng = Callable[[int], bytes]
 
+# Field prime of Curve25519; an honest alpha is always encoded below it.
+_P = 2**255 - 19
 # Order of the prime-order subgroup of Curve25519 (l).
 _L = 2**252 + 27742317777372353535851937790883648493
 _L_INV_MOD_8 = pow(_L, -1, 8)
@@ -430,6 +432,8 @@ def process_packet(geometry: Geometry, private_key: bytes, packet: bytes) -> Pro
     h_end = b_end + MAC_LEN
     alpha = packet[VERSION_LEN:a_end]
     beta = packet[a_end:b_end]
+    if _from_bytes(alpha, "little") >= _P:  # X25519 ignores bit 255: refuse twin encodings
+        raise MacMismatch("header does not verify")
     try:
         shared = crypto_scalarmult(private_key, alpha)
     except CryptoError:  # libsodium refuses a low-order point (all-zero result)
