@@ -302,7 +302,6 @@ def _shared_secrets(path: Sequence[Hop], rng: Rng) -> tuple[bytes, list[_HopKeys
 def _build_header(
     geometry: Geometry, path: Sequence[Hop], final_slot: bytes, rng: Rng
 ) -> tuple[bytes, list[_HopKeys]]:
-    _check_path(geometry, path)
     alpha0, keys = _shared_secrets(path, rng)
     n, r, s = len(path), geometry.max_hops, ROUTING_SLOT_LEN
     streams = [_stream(k.rho, bytes((r + 1) * s)) for k in keys]
@@ -358,6 +357,7 @@ def create_forward(
 ) -> bytes:
     """A packet that crosses ``path`` and is delivered to ``mailbox`` at its last hop."""
     _check_mailbox(mailbox)
+    _check_path(geometry, path)
     body = _encode_message(geometry, message)
     final = _slot(RoutingCommand.DELIVER, path[-1].delay_us, mailbox, bytes(MAC_LEN))
     header, keys = _build_header(geometry, path, final, rng)
@@ -368,6 +368,7 @@ def create_forward(
 
 def create_drop(geometry: Geometry, path: Sequence[Hop], *, rng: Rng = os.urandom) -> bytes:
     """Drop cover: a packet indistinguishable in transit that its last hop discards."""
+    _check_path(geometry, path)
     final = _slot(RoutingCommand.DROP, path[-1].delay_us, bytes(NODE_ID_LEN), bytes(MAC_LEN))
     header, keys = _build_header(geometry, path, final, rng)
     body = rng(geometry.payload_len)
@@ -385,6 +386,7 @@ def create_surb(
 ) -> tuple[Surb, SurbKeys]:
     """A single-use reply block to ``mailbox`` over ``path``, and the keys to open the reply."""
     _check_mailbox(mailbox)
+    _check_path(geometry, path)
     surb_id = rng(SURB_ID_LEN)
     final = _slot(RoutingCommand.DELIVER_REPLY, path[-1].delay_us, mailbox, surb_id)
     header, keys = _build_header(geometry, path, final, rng)
