@@ -154,7 +154,7 @@ class Surb:
         if len(data) != surb_len(geometry):
             raise WrongLength("SURB has the wrong length")
         k = NODE_ID_LEN + 4 * LIONESS_KEY_LEN
-        return cls(data[:NODE_ID_LEN], data[NODE_ID_LEN:k], data[k:])
+        return cls(first_hop=data[:NODE_ID_LEN], header=data[k:], key=data[NODE_ID_LEN:k])
 
 
 @dataclass(frozen=True, slots=True)
