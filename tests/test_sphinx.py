@@ -235,3 +235,17 @@ def test_local_misuse_is_a_usage_error(call: object, words: str) -> None:
 def test_public_key_needs_32_bytes() -> None:
     with pytest.raises(UsageError):
         public_key(os.urandom(31))
+
+
+def test_equivalent_alpha_is_caught_as_a_replay() -> None:
+    """u -> 1/u adds the point of order 2; the clamped key kills it, so the node computes the
+    same secret. The packet then is a replay: same result, same replay tag."""
+    p = 2**255 - 19
+    path = make_path([7, 8])
+    packet = create_forward(VOICE, path, b"m" * 16, b"x")
+    u = int.from_bytes(packet[1:33], "little")
+    twin = packet[:1] + pow(u, p - 2, p).to_bytes(32, "little") + packet[33:]
+    assert twin != packet
+    assert process_packet(VOICE, NODES[0].private_key, twin) == process_packet(
+        VOICE, NODES[0].private_key, packet
+    )
