@@ -31,6 +31,13 @@ TAG_LEN = 16  # bytes of zeros in front of the payload; tampering turns them to 
 LENGTH_LEN = 2  # bytes, the message length inside the payload
 LIONESS_KEY_LEN = 32  # bytes, the left half of the wide block (must be < payload)
 MAX_DELAY_US = 2**32 - 1
+# LIONESS needs a right half: payload_len = TAG_LEN + LENGTH_LEN + user_payload > 32.
+MIN_USER_PAYLOAD = LIONESS_KEY_LEN + 1 - TAG_LEN - LENGTH_LEN  # 15 bytes
+MAX_USER_PAYLOAD = 2 ** (8 * LENGTH_LEN) - 1  # 65535 bytes, what the length field holds
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,11 +56,14 @@ class Geometry:
     packet_len: int = field(init=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_hops, int) or not 1 <= self.max_hops <= 16:
+        if not _is_int(self.max_hops) or not 1 <= self.max_hops <= 16:
             raise GeometryError(f"max_hops must be an integer in 1..16, got {self.max_hops!r}")
-        if not isinstance(self.user_payload, int) or not 1 <= self.user_payload <= 65535:
+        if not _is_int(self.user_payload) or not (
+            MIN_USER_PAYLOAD <= self.user_payload <= MAX_USER_PAYLOAD
+        ):
             raise GeometryError(
-                f"user_payload must be an integer in 1..65535, got {self.user_payload!r}"
+                f"user_payload must be an integer in {MIN_USER_PAYLOAD}..{MAX_USER_PAYLOAD},"
+                f" got {self.user_payload!r}"
             )
         routing = self.max_hops * ROUTING_SLOT_LEN
         header = VERSION_LEN + GROUP_ELEMENT_LEN + routing + MAC_LEN
@@ -95,14 +105,18 @@ class Geometry:
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> Geometry:
         """Rebuild and check a published geometry; a digest mismatch is a GeometryError."""
-        try:
-            geo = cls(str(data["name"]), int(data["max_hops"]), int(data["user_payload"]))  # type: ignore[call-overload]
-        except KeyError as exc:
-            raise GeometryError(f"geometry is missing field {exc.args[0]!r}") from None
-        except (TypeError, ValueError) as exc:
-            raise GeometryError(f"geometry has a malformed field: {exc}") from None
+        if not isinstance(data, dict):
+            raise GeometryError("geometry must be a mapping of fields")
+        for key, kind in (("name", str), ("max_hops", int), ("user_payload", int)):
+            if key not in data:
+                raise GeometryError(f"geometry is missing field {key!r}")
+            if not isinstance(data[key], kind) or isinstance(data[key], bool):
+                raise GeometryError(f"geometry field {key!r} must be {kind.__name__}")
+        geo = cls(data["name"], data["max_hops"], data["user_payload"])  # type: ignore[arg-type]
+        if "packet_len" in data and data["packet_len"] != geo.packet_len:
+            raise GeometryError("geometry field 'packet_len' does not match its parameters")
         if "digest" in data and data["digest"] != geo.digest.hex():
-            raise GeometryError("geometry digest does not match its parameters")
+            raise GeometryError("geometry field 'digest' does not match its parameters")
         return geo
 
 

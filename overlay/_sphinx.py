@@ -1,7 +1,7 @@
 """Sphinx packets on X25519, BLAKE2b, ChaCha20 and LIONESS; sans-IO.
 
     >>> import os
-    >>> from overlay import VOICE, Hop, create_forward, process_packet, Forward, Deliver
+    >>> from overlay import VOICE, Hop, create_forward, process_packet, public_key, Forward
     >>> keys = [os.urandom(32) for _ in range(3)]
     >>> path = [Hop(bytes([i]) * 16, public_key(k), delay_us=1000) for i, k in enumerate(keys)]
     >>> pkt = create_forward(VOICE, path, mailbox=b"m" * 16, message=b"hello")
@@ -57,6 +57,8 @@ from ._geometry import (
 
 Rng = Callable[[int], bytes]
 
+# Field prime of Curve25519; an honest alpha is always encoded below it.
+_P = 2**255 - 19
 # Order of the prime-order subgroup of Curve25519 (l).
 _L = 2**252 + 27742317777372353535851937790883648493
 _L_INV_MOD_8 = pow(_L, -1, 8)
@@ -153,7 +155,7 @@ class Surb:
         if len(data) != surb_len(geometry):
             raise WrongLength("SURB has the wrong length")
         k = NODE_ID_LEN + 4 * LIONESS_KEY_LEN
-        return cls(data[:NODE_ID_LEN], data[NODE_ID_LEN:k], data[k:])
+        return cls(first_hop=data[:NODE_ID_LEN], header=data[k:], key=data[NODE_ID_LEN:k])
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,7 +303,6 @@ def _shared_secrets(path: Sequence[Hop], rng: Rng) -> tuple[bytes, list[_HopKeys
 def _build_header(
     geometry: Geometry, path: Sequence[Hop], final_slot: bytes, rng: Rng
 ) -> tuple[bytes, list[_HopKeys]]:
-    _check_path(geometry, path)
     alpha0, keys = _shared_secrets(path, rng)
     n, r, s = len(path), geometry.max_hops, ROUTING_SLOT_LEN
     streams = [_stream(k.rho, bytes((r + 1) * s)) for k in keys]
@@ -357,6 +358,7 @@ def create_forward(
 ) -> bytes:
     """A packet that crosses ``path`` and is delivered to ``mailbox`` at its last hop."""
     _check_mailbox(mailbox)
+    _check_path(geometry, path)
     body = _encode_message(geometry, message)
     final = _slot(RoutingCommand.DELIVER, path[-1].delay_us, mailbox, bytes(MAC_LEN))
     header, keys = _build_header(geometry, path, final, rng)
@@ -367,6 +369,7 @@ def create_forward(
 
 def create_drop(geometry: Geometry, path: Sequence[Hop], *, rng: Rng = os.urandom) -> bytes:
     """Drop cover: a packet indistinguishable in transit that its last hop discards."""
+    _check_path(geometry, path)
     final = _slot(RoutingCommand.DROP, path[-1].delay_us, bytes(NODE_ID_LEN), bytes(MAC_LEN))
     header, keys = _build_header(geometry, path, final, rng)
     body = rng(geometry.payload_len)
@@ -384,6 +387,7 @@ def create_surb(
 ) -> tuple[Surb, SurbKeys]:
     """A single-use reply block to ``mailbox`` over ``path``, and the keys to open the reply."""
     _check_mailbox(mailbox)
+    _check_path(geometry, path)
     surb_id = rng(SURB_ID_LEN)
     final = _slot(RoutingCommand.DELIVER_REPLY, path[-1].delay_us, mailbox, surb_id)
     header, keys = _build_header(geometry, path, final, rng)
@@ -431,6 +435,8 @@ def process_packet(geometry: Geometry, private_key: bytes, packet: bytes) -> Pro
     h_end = b_end + MAC_LEN
     alpha = packet[VERSION_LEN:_ALPHA_END]
     beta = packet[_ALPHA_END:b_end]
+    if _from_bytes(alpha, "little") >= _P:  # X25519 ignores bit 255: refuse twin encodings
+        raise MacMismatch("header does not verify")
     try:
         shared = crypto_scalarmult(private_key, alpha)
     except CryptoError:  # libsodium refuses a low-order point (all-zero result)
