@@ -77,6 +77,7 @@ MAX_DESCRIPTORS = 10_000  # descriptors held at most (memory bound)
 MAX_PEER_RESPONSE_BYTES = 32 * 1024 * 1024  # bytes read from a peer authority
 KEEP_EPOCHS = 24  # documents of past epochs kept and served
 PEER_TIMEOUT_S = 3.0
+HANDLER_TIMEOUT_S = 10.0  # seconds a request may take to arrive
 
 
 class AuthorityError(PhantomError):
@@ -376,6 +377,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "phantom-dirauth"
     sys_version = ""
+    timeout = HANDLER_TIMEOUT_S  # a slow or silent client cannot hold a thread for long
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         """Never log requests: a request line would tie a client address to a time."""

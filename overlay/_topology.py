@@ -182,6 +182,23 @@ class NodeDescriptor:
             keys[epoch] = bytes(key)
         object.__setattr__(self, "epoch_keys", MappingProxyType(keys))
 
+    def __reduce__(self) -> tuple[type[NodeDescriptor], tuple[object, ...]]:
+        # For process pools on one machine; the wire format is to_bytes().
+        return (
+            NodeDescriptor,
+            (
+                self.node_id,
+                self.name,
+                self.role,
+                self.layer,
+                self.host,
+                self.port,
+                self.client_port,
+                self.identity_key,
+                dict(self.epoch_keys),
+            ),
+        )
+
     def epoch_key(self, epoch: int) -> bytes:
         """This node's X25519 public key for ``epoch``; DirectoryError if it has none."""
         try:
@@ -359,6 +376,20 @@ class TopologyDocument:
         object.__setattr__(self, "gateways", tuple(gateways))
         object.__setattr__(self, "layers", tuple(tuple(layer) for layer in layers))
         object.__setattr__(self, "by_id", MappingProxyType(by_id))
+
+    def __reduce__(self) -> tuple[type[TopologyDocument], tuple[object, ...]]:
+        # For process pools on one machine; the wire format is to_bytes().
+        return (
+            TopologyDocument,
+            (
+                self.epoch,
+                self.valid_after,
+                self.valid_until,
+                self.geometry,
+                self.mix_layers,
+                self.nodes,
+            ),
+        )
 
     def node(self, node_id: bytes) -> NodeDescriptor:
         """The node with ``node_id``; DirectoryError if the document does not list it."""

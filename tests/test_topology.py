@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 from collections import Counter
 
 import pytest
@@ -293,3 +294,11 @@ def test_randomness_is_injectable() -> None:
     assert uniform_index(5, zeros) == 0
     counts = Counter(uniform_index(3) for _ in range(3000))
     assert set(counts) == {0, 1, 2}
+
+
+def test_documents_cross_process_boundaries() -> None:
+    """Worker processes on one machine may receive a parsed document (not a wire format)."""
+    doc = _doc()
+    back = pickle.loads(pickle.dumps(doc))
+    assert back == doc and back.to_bytes() == doc.to_bytes()
+    assert back.by_id.keys() == doc.by_id.keys()
