@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from nacl.signing import SigningKey
+
 from overlay import (
     DirectoryError,
     DocumentSignature,
@@ -114,8 +116,7 @@ class Authority:
         self._clock = clock
         self._fetch = fetch if fetch is not None else _http_get
         self._lock = threading.Lock()
-        sig = sign_document(b"", seed)
-        self.public_key = sig.authority_key
+        self.public_key = bytes(SigningKey(seed).verify_key)
         if self.public_key not in cfg.directory.authority_keys:
             raise AuthorityError(
                 f"this authority's key {self.public_key.hex()} is not in "
@@ -150,6 +151,9 @@ class Authority:
         except (ValueError, UnicodeEncodeError):
             raise DirectoryError("descriptor body: malformed signature or descriptor") from None
         desc = verify_descriptor(data, sig)
+        allowed = self.cfg.authority.allowed_nodes
+        if allowed and desc.identity_key not in allowed:
+            raise DirectoryError("node is not enrolled at this authority")
         now_epoch = self._epoch()
         if max(desc.epoch_keys, default=-1) < now_epoch:
             raise DirectoryError("descriptor has no key for the current or a later epoch")
@@ -357,7 +361,8 @@ def _same_url(a: str, b: str) -> bool:
     loop = {"localhost", "127.0.0.1", "::1"}
     ha = "127.0.0.1" if pa.hostname in loop else pa.hostname
     hb = "127.0.0.1" if pb.hostname in loop else pb.hostname
-    return (ha, pa.port or 80) == (hb, pb.port or 80)
+    default = {"http": 80, "https": 443}
+    return (ha, pa.port or default.get(pa.scheme)) == (hb, pb.port or default.get(pb.scheme))
 
 
 def _http_get(url: str) -> bytes:
@@ -497,13 +502,13 @@ def load_authority(cfg: DirAuthConfig, **kwargs: Any) -> Authority:
 def init_authority_key(data_dir: Path) -> bytes:
     """Create an authority signing key in ``data_dir`` (mode 0600); returns its public key."""
     seed = create_identity_seed(Path(data_dir) / AUTHORITY_KEY_FILE)
-    return sign_document(b"", seed).authority_key
+    return bytes(SigningKey(seed).verify_key)
 
 
 def authority_public_key(data_dir: Path) -> bytes:
     """The public key of the authority whose data dir is ``data_dir``."""
     seed = load_identity_seed(Path(data_dir) / AUTHORITY_KEY_FILE)
-    return sign_document(b"", seed).authority_key
+    return bytes(SigningKey(seed).verify_key)
 
 
 # --------------------------------------------------------------------------------------

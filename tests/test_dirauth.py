@@ -21,7 +21,9 @@ from mixnode.config import (
     AuthoritySection,
     DirAuthConfig,
     DirectorySection,
+    load_dirauth_config,
     make_node_config,
+    write_config,
 )
 from mixnode.dirauth import Authority, RunningAuthority, init_authority_key, load_authority
 from mixnode.dirauth import main as dirauth_main
@@ -344,3 +346,39 @@ def test_real_authority_processes(tmp_path: Path) -> None:
             out, err = p.communicate(timeout=10)
             assert p.returncode == 0, err
             assert b"stopped" in out
+
+
+def test_enrolment_allowlist(tmp_path: Path) -> None:
+    (cfg,) = _auth_configs(tmp_path, 1, threshold=1)
+    nodes = _nodes(tmp_path, cfg)
+    (ok_cfg, ok_keys), (other_cfg, other_keys) = nodes[0], nodes[1]
+    a = cfg.authority
+    closed = DirAuthConfig(
+        AuthoritySection(
+            a.name,
+            a.listen_host,
+            a.listen_port,
+            a.data_dir,
+            a.round_interval_s,
+            a.geometry,
+            allowed_nodes=(ok_keys.identity_public,),
+        ),
+        cfg.directory,
+    )
+    write_config(tmp_path / "closed.toml", closed)
+    auth = load_authority(load_dirauth_config(tmp_path / "closed.toml"), fetch=lambda u: b"[]")
+    epoch = auth.current_epoch()
+    for keys in (ok_keys, other_keys):
+        keys.rotate(epoch)
+    auth.submit(descriptor_body(descriptor_for(ok_cfg, ok_keys, [epoch]), ok_keys))  # type: ignore[arg-type]
+    with pytest.raises(DirectoryError, match="not enrolled"):
+        auth.submit(descriptor_body(descriptor_for(other_cfg, other_keys, [epoch]), other_keys))  # type: ignore[arg-type]
+    # Nor can a peer slip it in.
+    peer_list = (
+        f"[{descriptor_body(descriptor_for(other_cfg, other_keys, [epoch]), other_keys).decode()}]"  # type: ignore[arg-type]
+    )
+    assert auth.merge_peer_descriptors(peer_list.encode()) == 0
+    auth.sync_round()
+    env = auth.signed(epoch)
+    assert env is not None
+    assert [n.node_id for n in TopologyDocument.from_bytes(env.document).nodes] == [ok_keys.node_id]
