@@ -65,8 +65,8 @@ from .config import (
 )
 from .keys import (
     KeyStoreError,
-    _ensure_dir,
     create_identity_seed,
+    ensure_private_dir,
     load_identity_seed,
     write_secret_atomic,
 )
@@ -325,8 +325,8 @@ class Authority:
 
     def _load_state(self) -> None:
         base = self.cfg.authority.data_dir
-        _ensure_dir(base / DESCRIPTOR_DIR)
-        _ensure_dir(base / DOCUMENT_DIR)
+        ensure_private_dir(base / DESCRIPTOR_DIR)
+        ensure_private_dir(base / DOCUMENT_DIR)
         for f in sorted((base / DESCRIPTOR_DIR).glob("*.json")):
             try:
                 self._accept(json.loads(f.read_bytes().decode("ascii")), persist=False)
