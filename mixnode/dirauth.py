@@ -50,6 +50,7 @@ from overlay import (
     canonical_json,
     document_digest,
     epoch_at,
+    parse_epoch,
     sign_document,
     signature_is_valid,
     verify_descriptor,
@@ -334,7 +335,8 @@ class Authority:
                 f.unlink(missing_ok=True)  # stale or damaged: nodes publish again
         epoch = self._epoch()
         for f in sorted((base / DOCUMENT_DIR).glob("*.json")):
-            if not f.stem.isdigit() or int(f.stem) < epoch - KEEP_EPOCHS:
+            file_epoch = parse_epoch(f.stem)
+            if file_epoch is None or file_epoch < epoch - KEEP_EPOCHS:
                 f.unlink(missing_ok=True)
                 continue
             try:
@@ -349,7 +351,7 @@ class Authority:
                 and signature_is_valid(digest, s)
             }
             if self.public_key in sigs:
-                self._docs[int(f.stem)] = _EpochDoc(env.document, digest, sigs)
+                self._docs[file_epoch] = _EpochDoc(env.document, digest, sigs)
 
 
 def _rank(d: NodeDescriptor) -> tuple[int, bytes]:
@@ -402,18 +404,17 @@ class _Handler(BaseHTTPRequestHandler):
         auth = self.server.authority
         parts = self.path.split("?", 1)[0].strip("/").split("/")
         if parts[:2] == ["v1", "topology"] and len(parts) == 3:
-            if parts[2] == "current":
-                epoch = auth.current_epoch()
-            elif parts[2].isdigit() and len(parts[2]) < 19:
-                epoch = int(parts[2])
-            else:
+            asked = auth.current_epoch() if parts[2] == "current" else parse_epoch(parts[2])
+            if asked is None:
                 return self._error(400, "epoch must be 'current' or a number")
+            epoch = asked
             env = auth.signed(epoch)
             if env is None:
                 return self._error(404, f"no document for epoch {epoch}")
             return self._send(200, env.to_bytes())
-        if parts[:2] == ["v1", "signature"] and len(parts) == 3 and parts[2].isdigit():
-            own = auth.own_signature(int(parts[2][:19]))
+        sig_epoch = parse_epoch(parts[2]) if len(parts) == 3 else None
+        if parts[:2] == ["v1", "signature"] and sig_epoch is not None:
+            own = auth.own_signature(sig_epoch)
             if own is None:
                 return self._error(404, "no document for that epoch")
             digest, sig = own
@@ -447,6 +448,11 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     authority: Authority
+    errors = 0  # requests that raised; counted, never logged with the client's address
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """socketserver would print the client's address and a traceback; count instead."""
+        self.errors += 1
 
 
 def make_server(authority: Authority, host: str, port: int) -> _Server:

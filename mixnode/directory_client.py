@@ -34,6 +34,7 @@ from overlay import (
     TopologyDocument,
     canonical_json,
     epoch_at,
+    parse_epoch,
     seconds_until_next_epoch,
     sign_descriptor,
     verify_document,
@@ -188,7 +189,7 @@ class DirectoryClient:
             return None
         try:
             files = sorted(
-                (f for f in self.cache_dir.glob("*.json") if f.stem.isdigit()),
+                (f for f in self.cache_dir.glob("*.json") if parse_epoch(f.stem) is not None),
                 key=lambda f: -int(f.stem),
             )
         except OSError:
@@ -209,7 +210,8 @@ class DirectoryClient:
             return
         self.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_secret_atomic(self.cache_dir / f"{epoch}.json", env.to_bytes())
-        old = sorted(int(f.stem) for f in self.cache_dir.glob("*.json") if f.stem.isdigit())
+        held = (parse_epoch(f.stem) for f in self.cache_dir.glob("*.json"))
+        old = sorted(e for e in held if e is not None)
         for e in old[:-CACHE_KEEP]:
             (self.cache_dir / f"{e}.json").unlink(missing_ok=True)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from overlay import PhantomError, generate_private_key, node_id_for, public_key
+from overlay import PhantomError, generate_private_key, node_id_for, parse_epoch, public_key
 
 IDENTITY_FILE = "identity.key"
 EPOCH_DIR = "epoch-keys"
@@ -160,10 +160,10 @@ class NodeKeys:
             name = f.name
             if name.startswith("."):
                 continue  # a temp file left by a crash mid-write
-            stem = name.removesuffix(EPOCH_SUFFIX)
-            if not name.endswith(EPOCH_SUFFIX) or not stem.isdigit():
+            epoch = parse_epoch(name.removesuffix(EPOCH_SUFFIX))
+            if not name.endswith(EPOCH_SUFFIX) or epoch is None:
                 raise KeyStoreError(f"{f}: unexpected file in the epoch key directory")
-            epochs[int(stem)] = read_secret(f)
+            epochs[epoch] = read_secret(f)
         return cls(data_dir, seed, epochs)
 
     @classmethod

@@ -75,6 +75,16 @@ def node_id_for(identity_key: bytes) -> bytes:
     return hashlib.blake2b(identity_key, digest_size=NODE_ID_LEN).digest()
 
 
+def parse_epoch(text: str) -> int | None:
+    """An epoch number written in ASCII decimal without leading zeros, or None."""
+    if not (0 < len(text) <= 19 and text.isascii() and text.isdecimal()):
+        return None
+    if text != "0" and text.startswith("0"):
+        return None
+    value = int(text)
+    return value if value < 2**63 else None
+
+
 def canonical_json(obj: object) -> bytes:
     """Sorted keys, no whitespace, ASCII only: one byte string per meaning."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
@@ -250,9 +260,10 @@ class NodeDescriptor:
             raise DirectoryError(f"{where}.epoch_keys: expected an object of at most 8 keys")
         keys: dict[int, bytes] = {}
         for e, k in raw_keys.items():
-            if not (isinstance(e, str) and e.isdigit() and str(int(e)) == e):
+            epoch = parse_epoch(e) if isinstance(e, str) else None
+            if epoch is None:
                 raise DirectoryError(f"{where}.epoch_keys: bad epoch {e!r}")
-            keys[int(e)] = _hex(k, f"{where}.epoch_keys.{e}", X25519_KEY_LEN)
+            keys[epoch] = _hex(k, f"{where}.epoch_keys.{e}", X25519_KEY_LEN)
         return cls(
             node_id=_hex(_field(d, "node_id", where), f"{where}.node_id", NODE_ID_LEN),
             name=_str(d, "name", where, MAX_NAME_LEN),

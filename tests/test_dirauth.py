@@ -193,6 +193,17 @@ def test_authority_refuses_forged_and_oversized_descriptors(
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
 
+    def get(path: str) -> int:
+        try:
+            with urllib.request.urlopen(f"{url}{path}", timeout=5) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    for bad in ("/v1/topology/%C2%B2", "/v1/topology/" + "9" * 30, "/v1/signature/x", "/nope"):
+        assert get(bad) in (400, 404)
+    assert get("/v1/topology/123") == 404
+
     code, reply = post(json.dumps(obj).encode())
     assert code == 400 and b"does not verify" in reply
     assert post(b"x" * (65 * 1024))[0] == 413
