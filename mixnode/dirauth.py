@@ -32,6 +32,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from http.client import HTTPException
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -292,7 +293,7 @@ class Authority:
         for url in peers:
             try:
                 self.merge_peer_descriptors(self._fetch(f"{url}/v1/descriptors"))
-            except (OSError, DirectoryError):
+            except (OSError, HTTPException, DirectoryError):
                 continue
         epoch = self._epoch()
         for e in (epoch, epoch + 1):
@@ -307,7 +308,7 @@ class Authority:
                     obj = json.loads(self._fetch(f"{url}/v1/signature/{e}").decode("ascii"))
                     digest = bytes.fromhex(obj["digest"])
                     sig = DocumentSignature.from_dict(obj["signature"])
-                except (OSError, ValueError, KeyError, TypeError, DirectoryError):
+                except (OSError, HTTPException, ValueError, KeyError, TypeError, DirectoryError):
                     continue
                 self.add_signature(e, digest, sig)
 

@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from http.client import HTTPException
 from pathlib import Path
 
 import trio
@@ -33,10 +34,12 @@ from overlay import (
     SignedDocument,
     TopologyDocument,
     canonical_json,
+    document_digest,
     epoch_at,
     parse_epoch,
     seconds_until_next_epoch,
     sign_descriptor,
+    signature_is_valid,
     verify_document,
 )
 
@@ -130,6 +133,16 @@ class DirectoryClient:
             raise DirectoryError(f"document for epoch {d.epoch} is not the one asked or expired")
         return d
 
+    def _count_valid(self, env: SignedDocument) -> int:
+        digest = document_digest(env.document)
+        return len(
+            {
+                s.authority_key
+                for s in env.signatures
+                if s.authority_key in self.authority_keys and signature_is_valid(digest, s)
+            }
+        )
+
     def fetch_result(self, epoch: int | None = None) -> FetchResult:
         """Fetch the document of ``epoch`` (default: current), verified; else the cache.
 
@@ -148,7 +161,7 @@ class DirectoryClient:
             except urllib.error.HTTPError as exc:
                 problems.append(f"{url}: HTTP {exc.code}")
                 continue
-            except (OSError, DirectoryError) as exc:
+            except (OSError, HTTPException, DirectoryError) as exc:
                 problems.append(f"{url}: {type(exc).__name__}")
                 continue
             sigs = merged.setdefault(env.document, {})
@@ -161,7 +174,7 @@ class DirectoryClient:
                 continue
             good = SignedDocument(env.document, tuple(sigs.values()))
             self._store(doc.epoch, good)
-            return FetchResult(doc, False, len(good.signatures))
+            return FetchResult(doc, False, self._count_valid(good))
         cached = self._cached(now, epoch)
         if cached is not None:
             return cached
@@ -202,7 +215,7 @@ class DirectoryClient:
                 doc = self._verify(env.document, env.signatures, now, epoch)
             except (OSError, DirectoryError):
                 continue
-            return FetchResult(doc, True, len(env.signatures))
+            return FetchResult(doc, True, self._count_valid(env))
         return None
 
     def _store(self, epoch: int, env: SignedDocument) -> None:
@@ -254,7 +267,7 @@ def publish_descriptor(
     for url in authorities:
         try:
             reply = json.loads(post(f"{url.rstrip('/')}/v1/descriptor", body, timeout_s))
-        except (OSError, ValueError):
+        except (OSError, HTTPException, ValueError):
             continue
         if isinstance(reply, dict) and "accepted" in reply:
             accepted.append(url)
