@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from scipy.signal import lfilter
+from scipy.signal import lfilter  # type: ignore[import-untyped]
 
 from overlay import UsageError
 
@@ -94,7 +94,7 @@ def _spurt(n: int, rng: np.random.Generator, base_f0: float) -> np.ndarray:
     env = np.ones(n)
     for start in range(0, n, BLOCK_SAMPLES):
         stop = min(n, start + BLOCK_SAMPLES)
-        k = np.searchsorted(bounds, start, side="right") - 1
+        k = int(np.searchsorted(bounds, start, side="right")) - 1
         seg0, seg1 = bounds[k], bounds[k + 1]
         frac = (start - seg0) / max(1, seg1 - seg0)
         nxt = targets[min(k + 1, len(targets) - 1)]
@@ -189,7 +189,7 @@ class PesqResult:
 
 def pesq_wb(reference: Pcm, degraded: Pcm) -> PesqResult:
     """Wideband PESQ (ITU-T P.862.2) at 16 kHz after aligning by the measured delay."""
-    from pesq import pesq  # imported lazily: only scoring needs it
+    from pesq import pesq  # type: ignore[import-untyped]  # lazily: only scoring needs it
 
     for name, x in (("reference", reference), ("degraded", degraded)):
         if not isinstance(x, np.ndarray) or x.ndim != 1 or len(x) < SPEECH_RATE_HZ // 4:

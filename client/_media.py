@@ -1,0 +1,317 @@
+"""Media packets: Opus frames with redundancy, sealed with ChaCha20-Poly1305, constant size.
+
+    >>> import os
+    >>> from client import Direction, MediaReceiver, MediaSender, VoiceProfile, derive_media_keys
+    >>> secret, call_id = os.urandom(32), os.urandom(16)
+    >>> profile = VoiceProfile()
+    >>> keys = derive_media_keys(secret, call_id, Direction.CALLER_TO_CALLEE)
+    >>> tx, rx = MediaSender(profile, keys), MediaReceiver(profile, keys)
+    >>> wire = tx.seal([b"a" * profile.frame_bytes, b"b" * profile.frame_bytes])
+    >>> len(wire)  # always exactly overlay.VOICE.user_payload
+    384
+    >>> packet = rx.open(wire)
+    >>> packet.seq, sorted(packet.frame_map(profile.samples_per_frame))
+    (0, [0, 1])
+
+Wire layout (every field big-endian; docs/media.md has the full table)::
+
+    masked seq (4) | ChaCha20-Poly1305 ciphertext of the body (len - 20) | tag (16)
+    body = timestamp (4) | n_frames (1) | n_redundant (1)
+           | (frame length (2) | frame) * (n_redundant + n_frames) | zero padding
+
+The sequence number is masked with a ChaCha20 keystream keyed by a separate header key
+and a sample of the ciphertext (as QUIC does), so the whole packet looks uniformly random
+to the gateway that stores it. The AEAD nonce is the 32-bit sequence number, never reused
+under one key: keys are per call and per direction, and a sender refuses to wrap.
+
+Python cannot promise to wipe keys from memory; they live only in ``MediaKeys`` objects
+that a call drops when it ends.
+"""
+
+from __future__ import annotations
+
+import hmac
+import struct
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from overlay import VOICE, PacketError, UsageError
+
+from ._voice import VoiceProfile
+
+MEDIA_LABEL = b"phantom-media-v1"  # versioned KDF label; bump on any wire change
+KEY_LEN = 32  # bytes, ChaCha20-Poly1305 and the header-protection key
+CALL_SECRET_LEN = 32  # bytes of per-call secret from the E2EE channel
+CALL_ID_LEN = 16  # bytes
+SEQ_LEN = 4  # bytes, masked sequence number
+TAG_LEN = 16  # bytes, Poly1305 tag
+HP_SAMPLE_LEN = 16  # bytes of ciphertext that seed the header-protection keystream
+BODY_HEADER_LEN = 6  # timestamp (4) + n_frames (1) + n_redundant (1)
+FRAME_LEN_LEN = 2  # bytes, length prefix of each Opus frame
+MAX_SEQ = 2**32 - 1  # a sender stops here (about 3.4 years at 25 packets/s)
+MAX_TIMESTAMP = 2**32 - 1  # samples of media clock
+REPLAY_WINDOW = 128  # packets, as in SRTP's recommended minimum of 64, doubled
+MIN_PACKET_LEN = SEQ_LEN + HP_SAMPLE_LEN + TAG_LEN  # shortest packet we can unmask
+
+
+class MediaError(PacketError):
+    """A media packet failed a check; it is counted and dropped."""
+
+    reason = "media"
+
+
+class MediaMalformed(MediaError):
+    """Wrong length, or a body that authenticated but does not parse (a buggy peer)."""
+
+    reason = "media_malformed"
+
+
+class MediaForged(MediaError):
+    """The AEAD tag does not verify: forged, corrupted, or for another key."""
+
+    reason = "media_forged"
+
+
+class MediaReplayed(MediaError):
+    """The sequence number was already accepted, or is older than the replay window."""
+
+    reason = "media_replayed"
+
+
+class Direction(IntEnum):
+    """Which way media flows; each direction has its own keys."""
+
+    CALLER_TO_CALLEE = 0
+    CALLEE_TO_CALLER = 1
+
+
+@dataclass(frozen=True, slots=True)
+class MediaKeys:
+    """The AEAD key and header-protection key of one direction of one call."""
+
+    aead_key: bytes = field(repr=False)
+    hp_key: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.aead_key) != KEY_LEN or len(self.hp_key) != KEY_LEN:
+            raise UsageError(f"media keys must be {KEY_LEN} bytes each")
+
+
+def derive_media_keys(
+    call_secret: bytes, call_id: bytes, direction: Direction, generation: int = 0
+) -> MediaKeys:
+    """HKDF-SHA256(salt=call id, ikm=call secret) with labels naming direction and rekey
+    generation, so the two directions and every rekey get unrelated keys."""
+    if not isinstance(call_secret, bytes) or len(call_secret) != CALL_SECRET_LEN:
+        raise UsageError(f"call_secret must be {CALL_SECRET_LEN} bytes")
+    if not isinstance(call_id, bytes) or len(call_id) != CALL_ID_LEN:
+        raise UsageError(f"call_id must be {CALL_ID_LEN} bytes")
+    if not isinstance(generation, int) or not 0 <= generation < 2**32:
+        raise UsageError("generation must be an integer in 0..2**32-1")
+    info = MEDIA_LABEL + struct.pack(">BI", Direction(direction), generation)
+    okm = HKDF(hashes.SHA256(), 2 * KEY_LEN, call_id, info).derive(call_secret)
+    return MediaKeys(okm[:KEY_LEN], okm[KEY_LEN:])
+
+
+def _nonce(seq: int) -> bytes:
+    return bytes(8) + struct.pack(">I", seq)
+
+
+def _seq_mask(hp_key: bytes, sample: bytes) -> bytes:
+    stream = Cipher(algorithms.ChaCha20(hp_key, sample), mode=None).encryptor()
+    return stream.update(bytes(SEQ_LEN))
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return bytes(x ^ y for x, y in zip(a, b, strict=True))
+
+
+def media_body_capacity(packet_len: int) -> int:
+    """Bytes for timestamp, counts and frames inside a packet of ``packet_len`` bytes."""
+    return packet_len - SEQ_LEN - TAG_LEN
+
+
+def check_fits(profile: VoiceProfile, packet_len: int) -> None:
+    """Raise a UsageError naming the fields when a profile's packet cannot fit."""
+    frames = profile.frames_per_packet * (1 + profile.redundancy)
+    need = BODY_HEADER_LEN + frames * (FRAME_LEN_LEN + profile.frame_bytes)
+    have = media_body_capacity(packet_len)
+    if need > have:
+        raise UsageError(
+            f"frames_per_packet * (1 + redundancy) * frame bytes (bitrate_bps, frame_ms) need"
+            f" {need} bytes but a {packet_len}-byte media packet holds {have}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MediaPacket:
+    """What one media packet carried: ``redundant`` frames immediately precede ``frames``."""
+
+    seq: int
+    timestamp: int  # media clock, in samples, of frames[0]
+    frames: tuple[bytes, ...]
+    redundant: tuple[bytes, ...]
+
+    def frame_map(self, samples_per_frame: int) -> dict[int, bytes]:
+        """Frame index (timestamp / samples per frame) to frame, redundant ones included."""
+        first = self.timestamp // samples_per_frame
+        out = {first - len(self.redundant) + i: f for i, f in enumerate(self.redundant)}
+        out.update({first + i: f for i, f in enumerate(self.frames)})
+        return {k: v for k, v in out.items() if k >= 0}
+
+
+class MediaSender:
+    """Seals ``frames_per_packet`` frames at a time; remembers recent ones for redundancy."""
+
+    def __init__(
+        self, profile: VoiceProfile, keys: MediaKeys, *, packet_len: int = VOICE.user_payload
+    ):
+        check_fits(profile, packet_len)
+        self.profile = profile
+        self.packet_len = packet_len
+        self._aead = ChaCha20Poly1305(keys.aead_key)
+        self._hp_key = keys.hp_key
+        self._seq = 0
+        self._timestamp = 0
+        self._history: deque[tuple[bytes, ...]] = deque(maxlen=max(1, profile.redundancy))
+
+    @property
+    def next_seq(self) -> int:
+        return self._seq
+
+    def seal(self, frames: Sequence[bytes]) -> bytes:
+        """One packet of exactly ``packet_len`` bytes, whatever the frames' sizes."""
+        p = self.profile
+        if len(frames) != p.frames_per_packet or not all(isinstance(f, bytes) for f in frames):
+            raise UsageError(f"seal wants exactly {p.frames_per_packet} frames of bytes")
+        if self._seq > MAX_SEQ or self._timestamp > MAX_TIMESTAMP:
+            raise UsageError("sequence space exhausted: rekey or end the call")
+        redundant = [f for pkt in self._history for f in pkt] if p.redundancy else []
+        parts = [struct.pack(">IBB", self._timestamp, len(frames), len(redundant))]
+        for f in (*redundant, *frames):
+            if len(f) >= 2 ** (8 * FRAME_LEN_LEN):
+                raise UsageError("an Opus frame is longer than its length prefix allows")
+            parts += [struct.pack(">H", len(f)), f]
+        body = b"".join(parts)
+        capacity = media_body_capacity(self.packet_len)
+        if len(body) > capacity:
+            raise UsageError(f"frames need {len(body)} bytes, the packet holds {capacity}")
+        body += bytes(capacity - len(body))
+        ciphertext = self._aead.encrypt(_nonce(self._seq), body, None)
+        mask = _seq_mask(self._hp_key, ciphertext[:HP_SAMPLE_LEN])
+        wire = _xor(struct.pack(">I", self._seq), mask) + ciphertext
+        self._history.append(tuple(frames))
+        self._seq += 1
+        self._timestamp += p.samples_per_frame * p.frames_per_packet
+        return wire
+
+
+class ReplayWindow:
+    """SRTP-style sliding window over sequence numbers (RFC 3711 section 3.3.2).
+
+    ``check`` before decrypting (cheap rejection), ``accept`` only after the tag verified,
+    so a forged packet can never move the window.
+    """
+
+    def __init__(self, size: int = REPLAY_WINDOW):
+        if not isinstance(size, int) or size < 1:
+            raise UsageError("size must be a positive integer")
+        self.size = size
+        self.highest = -1
+        self._bits = 0  # bit i set: highest - i was accepted
+
+    def check(self, seq: int) -> None:
+        if seq > self.highest:
+            return
+        age = self.highest - seq
+        if age >= self.size or (self._bits >> age) & 1:
+            raise MediaReplayed()
+
+    def accept(self, seq: int) -> None:
+        self.check(seq)
+        if seq > self.highest:
+            shift = seq - self.highest
+            self._bits = ((self._bits << shift) | 1) & ((1 << self.size) - 1)
+            self.highest = seq
+        else:
+            self._bits |= 1 << (self.highest - seq)
+
+
+@dataclass(slots=True)
+class MediaCounters:
+    """Aggregate counters only: how many packets were accepted and dropped, by reason."""
+
+    accepted: int = 0
+    media_malformed: int = 0
+    media_forged: int = 0
+    media_replayed: int = 0
+
+
+class MediaReceiver:
+    """Opens packets of one direction: unmask, replay check, AEAD open, strict parse."""
+
+    def __init__(
+        self,
+        profile: VoiceProfile,
+        keys: MediaKeys,
+        *,
+        packet_len: int = VOICE.user_payload,
+        window: int = REPLAY_WINDOW,
+    ):
+        check_fits(profile, packet_len)
+        self.profile = profile
+        self.packet_len = packet_len
+        self._aead = ChaCha20Poly1305(keys.aead_key)
+        self._hp_key = keys.hp_key
+        self.window = ReplayWindow(window)
+        self.counters = MediaCounters()
+
+    def open(self, wire: bytes) -> MediaPacket:
+        """The packet's contents, or a MediaError (counted) for anything wrong with it."""
+        try:
+            packet = self._open(wire)
+        except MediaError as err:
+            setattr(self.counters, err.reason, getattr(self.counters, err.reason) + 1)
+            raise
+        self.counters.accepted += 1
+        return packet
+
+    def _open(self, wire: bytes) -> MediaPacket:
+        if not isinstance(wire, bytes | bytearray) or len(wire) != self.packet_len:
+            raise MediaMalformed()
+        wire = bytes(wire)
+        ciphertext = wire[SEQ_LEN:]
+        mask = _seq_mask(self._hp_key, ciphertext[:HP_SAMPLE_LEN])
+        (seq,) = struct.unpack(">I", _xor(wire[:SEQ_LEN], mask))
+        self.window.check(seq)
+        try:
+            body = self._aead.decrypt(_nonce(seq), ciphertext, None)
+        except InvalidTag:
+            raise MediaForged() from None
+        self.window.accept(seq)  # authentic: even if the body is odd, never accept it twice
+        return _parse_body(seq, body)
+
+
+def _parse_body(seq: int, body: bytes) -> MediaPacket:
+    timestamp, n_frames, n_redundant = struct.unpack_from(">IBB", body)
+    pos, frames = BODY_HEADER_LEN, []
+    for _ in range(n_frames + n_redundant):
+        if pos + FRAME_LEN_LEN > len(body):
+            raise MediaMalformed()
+        (length,) = struct.unpack_from(">H", body, pos)
+        pos += FRAME_LEN_LEN
+        if length == 0 or pos + length > len(body):
+            raise MediaMalformed()
+        frames.append(body[pos : pos + length])
+        pos += length
+    if n_frames == 0 or not hmac.compare_digest(body[pos:], bytes(len(body) - pos)):
+        raise MediaMalformed()
+    return MediaPacket(seq, timestamp, tuple(frames[n_redundant:]), tuple(frames[:n_redundant]))
