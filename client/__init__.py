@@ -3,6 +3,12 @@
 Everything public is re-exported here; the ``_``-prefixed modules are implementation.
 """
 
+from ._jitter import Conceal as Conceal
+from ._jitter import Frame as Frame
+from ._jitter import JitterBuffer as JitterBuffer
+from ._jitter import JitterConfig as JitterConfig
+from ._jitter import JitterStats as JitterStats
+from ._jitter import render as render
 from ._media import REPLAY_WINDOW as REPLAY_WINDOW
 from ._media import Direction as Direction
 from ._media import MediaCounters as MediaCounters

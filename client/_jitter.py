@@ -1,0 +1,287 @@
+"""Adaptive jitter buffer on a 20 ms playout clock; sans-IO (the caller passes ``now``).
+
+    >>> from client import Conceal, Frame, JitterBuffer
+    >>> jb = JitterBuffer()
+    >>> jb.push({0: b"f0", 1: b"f1"}, seq=0, arrival_time=10.0)
+    >>> jb.pop(10.0) is None  # still buffering
+    True
+    >>> [jb.pop(10.0 + 0.02 * k) for k in range(3, 6)]
+    [Frame(index=0, data=b'f0'), Frame(index=1, data=b'f1'), Conceal(index=2, reason='missing')]
+
+Frames are keyed by their index on the sender's media clock (timestamp / samples per
+frame). Every frame index seen for the first time, as a primary frame or as a redundant
+copy in the next packet, gives one delay sample ``arrival - index * frame``; redundancy
+therefore shortens the effective delay as well as covering loss (in a mix network the next
+packet takes an independent path and often overtakes a delayed one).
+
+The playout delay ``D`` maps frame ``j`` to the time ``j * frame + D``. Its target is the
+``quantile`` of recent delay samples, kept within ``[min, min + max_extra]`` of the recent
+minimum. The buffer moves towards the target one frame at a time: it inserts a concealed
+frame to grow (``Conceal(reason='stretch')``) and skips a frame to shrink, at most once per
+``grow_every`` / ``shrink_every`` frames, so the playout clock never jumps.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from overlay import UsageError
+
+from ._media import MediaPacket
+from ._voice import OpusDecoder, Pcm
+
+ConcealReason = Literal["missing", "stretch"]
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """Play this Opus frame now."""
+
+    index: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Conceal:
+    """No frame to play now: run the decoder's loss concealment for one frame.
+
+    ``missing``: frame ``index`` never arrived in time. ``stretch``: the buffer is growing
+    its delay by one frame; ``index`` is the frame that will play next.
+    """
+
+    index: int
+    reason: ConcealReason
+
+
+@dataclass(frozen=True, slots=True)
+class JitterConfig:
+    """Tuning of the jitter buffer; times in milliseconds."""
+
+    frame_ms: int = 20
+    quantile: float = 0.95  # share of frames that should arrive before their playout time
+    window_frames: int = 500  # delay samples kept (10 s of 20 ms frames)
+    min_extra_ms: int = 20  # the target never goes below the recent minimum plus this
+    max_extra_ms: int = 600  # ... nor above the minimum plus this
+    initial_extra_ms: int = 60  # added to the first frame's delay before playout starts
+    grow_every: int = 2  # at most one inserted frame per this many frames played
+    shrink_every: int = 10  # at most one skipped frame per this many frames played
+    max_ahead_frames: int = 500  # frames further ahead than this resynchronize the clock
+
+    def __post_init__(self) -> None:
+        ints = (
+            "frame_ms",
+            "window_frames",
+            "min_extra_ms",
+            "max_extra_ms",
+            "initial_extra_ms",
+            "grow_every",
+            "shrink_every",
+            "max_ahead_frames",
+        )
+        for name in ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise UsageError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.frame_ms == 0 or self.window_frames == 0 or self.max_ahead_frames == 0:
+            raise UsageError("frame_ms, window_frames and max_ahead_frames must be positive")
+        if self.grow_every == 0 or self.shrink_every == 0:
+            raise UsageError("grow_every and shrink_every must be positive")
+        if not isinstance(self.quantile, float) or not 0.5 <= self.quantile < 1.0:
+            raise UsageError("quantile must be a float in [0.5, 1)")
+        if self.max_extra_ms < self.min_extra_ms:
+            raise UsageError("max_extra_ms must be at least min_extra_ms")
+
+
+@dataclass(frozen=True, slots=True)
+class JitterStats:
+    """Counters and the current delays (seconds) of one jitter buffer."""
+
+    played: int  # real frames handed out
+    concealed: int  # Conceal(missing) handed out
+    stretched: int  # Conceal(stretch) handed out
+    skipped: int  # frames dropped to shrink the delay
+    late: int  # frames that arrived after they were concealed
+    recovered: int  # frames that arrived only as a redundant copy and were then played
+    duplicates: int  # frames that arrived again (redundancy of frames already in hand)
+    resyncs: int  # clock jumps after a long gap
+    delay_s: float  # current playout delay (relative to the sender's clock)
+    target_s: float  # where the buffer is heading
+    min_delay_s: float  # recent minimum delay sample
+
+    @property
+    def late_loss(self) -> float:
+        """Share of due frames that were concealed (arrived late or never)."""
+        due = self.played + self.concealed
+        return self.concealed / due if due else 0.0
+
+
+class JitterBuffer:
+    """Reorders frames, absorbs delay variation, and says what to play every frame tick."""
+
+    def __init__(self, config: JitterConfig | None = None):
+        self.config = config or JitterConfig()
+        self._frame_s = self.config.frame_ms / 1000
+        self._buffer: dict[int, bytes] = {}
+        self._redundant_only: set[int] = set()
+        self._concealed: deque[int] = deque(maxlen=self.config.window_frames)
+        self._seen: set[int] = set()
+        self._samples: deque[float] = deque()
+        self._sorted: list[float] = []
+        self._next_index: int | None = None
+        self._next_time = 0.0
+        self._since_adjust = 0
+        self._played = self._concealed_n = self._stretched = self._skipped = 0
+        self._late = self._recovered = self._duplicates = self._resyncs = 0
+
+    # -- arrivals ---------------------------------------------------------------------
+
+    def push(
+        self,
+        frames: Mapping[int, bytes],
+        seq: int,
+        arrival_time: float,
+        *,
+        redundant: Collection[int] = (),
+    ) -> None:
+        """Frames of one packet: frame index -> Opus frame, redundant copies included.
+
+        ``redundant`` names the indices that came as copies (only for the ``recovered``
+        counter); ``seq`` is not used for ordering, which goes by frame index.
+        """
+        del seq
+        if not frames:
+            return
+        if any(not isinstance(i, int) or i < 0 for i in frames):
+            raise UsageError("frame indices must be non-negative integers")
+        if self._next_index is None:
+            self._start(min(frames), arrival_time)
+        assert self._next_index is not None
+        if max(frames) - self._next_index > self.config.max_ahead_frames:
+            self._resync(min(frames), arrival_time)
+        for index in sorted(frames):
+            self._arrive(index, frames[index], arrival_time, index in redundant)
+
+    def push_packet(self, packet: MediaPacket, samples_per_frame: int, arrival_time: float) -> None:
+        """``push`` for an opened media packet."""
+        frames = packet.frame_map(samples_per_frame)
+        first = packet.timestamp // samples_per_frame
+        self.push(frames, packet.seq, arrival_time, redundant={i for i in frames if i < first})
+
+    def _start(self, first: int, now: float) -> None:
+        self._next_index = first
+        self._next_time = now + self.config.initial_extra_ms / 1000
+
+    def _resync(self, first: int, now: float) -> None:
+        self._resyncs += 1
+        self._buffer.clear()
+        self._redundant_only.clear()
+        self._samples.clear()
+        self._sorted.clear()
+        self._start(first, now)
+
+    def _arrive(self, index: int, data: bytes, now: float, redundant: bool) -> None:
+        assert self._next_index is not None
+        if index not in self._seen:
+            self._seen.add(index)
+            self._sample(now - index * self._frame_s)
+            if index < self._next_index:
+                if index in self._concealed:
+                    self._late += 1
+                return
+            self._buffer[index] = data
+            if redundant:
+                self._redundant_only.add(index)
+        else:
+            self._duplicates += 1
+            self._redundant_only.discard(index)
+        if len(self._seen) > 4 * self.config.window_frames:
+            floor = self._next_index - self.config.window_frames
+            self._seen = {i for i in self._seen if i >= floor}
+
+    def _sample(self, delay: float) -> None:
+        self._samples.append(delay)
+        bisect.insort(self._sorted, delay)
+        if len(self._samples) > self.config.window_frames:
+            old = self._samples.popleft()
+            del self._sorted[bisect.bisect_left(self._sorted, old)]
+
+    # -- the target -------------------------------------------------------------------
+
+    def _target(self) -> float:
+        if not self._sorted:
+            return self._next_time - (self._next_index or 0) * self._frame_s
+        lo = self._sorted[0]
+        k = min(len(self._sorted) - 1, int(self.config.quantile * len(self._sorted)))
+        want = self._sorted[k]
+        return min(
+            max(want, lo + self.config.min_extra_ms / 1000), lo + self.config.max_extra_ms / 1000
+        )
+
+    # -- playout ----------------------------------------------------------------------
+
+    def pop(self, now: float) -> Frame | Conceal | None:
+        """What to play for the tick at ``now``; None while buffering or before it is due.
+
+        Call it every frame period; call it again in a loop if the caller fell behind.
+        """
+        if self._next_index is None or now < self._next_time - 1e-9:
+            return None
+        index = self._next_index
+        delay = self._next_time - index * self._frame_s
+        target = self._target()
+        self._since_adjust += 1
+        self._next_time += self._frame_s
+        cfg = self.config
+        if delay < target - self._frame_s / 2 and self._since_adjust >= cfg.grow_every:
+            self._since_adjust = 0
+            self._stretched += 1
+            return Conceal(index, "stretch")  # same index again next tick: delay + 1 frame
+        if delay > target + self._frame_s and self._since_adjust >= cfg.shrink_every:
+            self._since_adjust = 0
+            if index in self._buffer or index + 1 in self._buffer:
+                self._skipped += 1
+                self._drop(index)
+                index += 1
+        self._next_index = index + 1
+        data = self._buffer.pop(index, None)
+        if data is None:
+            self._concealed_n += 1
+            self._concealed.append(index)
+            return Conceal(index, "missing")
+        self._played += 1
+        if index in self._redundant_only:
+            self._redundant_only.discard(index)
+            self._recovered += 1
+        return Frame(index, data)
+
+    def _drop(self, index: int) -> None:
+        self._buffer.pop(index, None)
+        self._redundant_only.discard(index)
+
+    @property
+    def stats(self) -> JitterStats:
+        index = self._next_index or 0
+        return JitterStats(
+            played=self._played,
+            concealed=self._concealed_n,
+            stretched=self._stretched,
+            skipped=self._skipped,
+            late=self._late,
+            recovered=self._recovered,
+            duplicates=self._duplicates,
+            resyncs=self._resyncs,
+            delay_s=self._next_time - index * self._frame_s,
+            target_s=self._target(),
+            min_delay_s=self._sorted[0] if self._sorted else 0.0,
+        )
+
+
+def render(item: Frame | Conceal, decoder: OpusDecoder) -> Pcm:
+    """PCM for one jitter-buffer item: decode a frame, or run the decoder's concealment."""
+    if isinstance(item, Frame):
+        return decoder.decode(item.data)
+    return decoder.conceal()
