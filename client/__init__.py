@@ -12,6 +12,8 @@ from ._jitter import JitterBuffer as JitterBuffer
 from ._jitter import JitterConfig as JitterConfig
 from ._jitter import JitterStats as JitterStats
 from ._jitter import render as render
+from ._loopback import LoopResult as LoopResult
+from ._loopback import play_through as play_through
 from ._media import REPLAY_WINDOW as REPLAY_WINDOW
 from ._media import Direction as Direction
 from ._media import MediaCounters as MediaCounters

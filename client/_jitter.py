@@ -15,9 +15,10 @@ therefore shortens the effective delay as well as covering loss (in a mix networ
 packet takes an independent path and often overtakes a delayed one).
 
 The playout delay ``D`` maps frame ``j`` to the time ``j * frame + D``. Its target is the
-``quantile`` of recent delay samples, kept within ``[min, min + max_extra]`` of the recent
-minimum. The buffer moves towards the target one frame at a time: it inserts a concealed
-frame to grow (``Conceal(reason='stretch')``) and skips a frame to shrink, at most once per
+``quantile`` of recent delay samples plus a small margin, kept within
+``[min + min_extra, min + max_extra]`` of the recent minimum. The buffer moves towards the
+target one frame at a time: it inserts a concealed frame to grow
+(``Conceal(reason='stretch')``) and skips a frame to shrink, at most once per
 ``grow_every`` / ``shrink_every`` frames, so the playout clock never jumps.
 """
 
@@ -67,6 +68,7 @@ class JitterConfig:
     min_extra_ms: int = 20  # the target never goes below the recent minimum plus this
     max_extra_ms: int = 600  # ... nor above the minimum plus this
     initial_extra_ms: int = 60  # added to the first frame's delay before playout starts
+    margin_ms: int = 5  # added to the quantile: a frame due exactly on arrival is at risk
     grow_every: int = 2  # at most one inserted frame per this many frames played
     shrink_every: int = 10  # at most one skipped frame per this many frames played
     max_ahead_frames: int = 500  # frames further ahead than this resynchronize the clock
@@ -78,6 +80,7 @@ class JitterConfig:
             "min_extra_ms",
             "max_extra_ms",
             "initial_extra_ms",
+            "margin_ms",
             "grow_every",
             "shrink_every",
             "max_ahead_frames",
@@ -216,7 +219,7 @@ class JitterBuffer:
             return self._next_time - (self._next_index or 0) * self._frame_s
         lo = self._sorted[0]
         k = min(len(self._sorted) - 1, int(self.config.quantile * len(self._sorted)))
-        want = self._sorted[k]
+        want = self._sorted[k] + self.config.margin_ms / 1000
         return min(
             max(want, lo + self.config.min_extra_ms / 1000), lo + self.config.max_extra_ms / 1000
         )

@@ -91,8 +91,10 @@ def test_constant_delay_settles_at_the_minimum_without_loss() -> None:
     run = simulate(lambda rng, s: 0.3, packets=500)
     st = run.stats
     assert run.missing == 0 and st.late == 0
-    # Frame j arrives 0.3 s + packetization after j * 20 ms; 20..40 ms over 0.3 s.
-    assert 0.32 - 1e-9 <= st.delay_s <= 0.34 + 1e-9
+    # Frame j arrives 0.3 s + packetization after j * 20 ms: 20..40 ms over 0.3 s; the
+    # target is the top of that plus the 5 ms margin, and the delay sits within a frame.
+    assert st.target_s == pytest.approx(0.345)
+    assert st.target_s - 0.02 <= st.delay_s <= st.target_s + 0.02
 
 
 def test_mixnet_delays_keep_late_loss_near_the_quantile() -> None:
@@ -107,8 +109,10 @@ def test_redundancy_lowers_late_loss_on_independent_paths() -> None:
     without = simulate(
         mixnet(), packets=1500, seed=3, redundancy=0, config=JitterConfig(quantile=0.9)
     )
-    assert with_red.late_loss < without.late_loss
-    assert with_red.stats.target_s < without.stats.target_s  # copies overtake delayed packets
+    # The quantile sets the late loss; the copies, which often overtake a delayed packet,
+    # let the buffer reach it with less delay.
+    assert with_red.late_loss < without.late_loss + 0.01
+    assert with_red.stats.target_s < without.stats.target_s - 0.01
 
 
 def test_redundancy_covers_random_packet_loss() -> None:
