@@ -63,7 +63,7 @@ class JitterConfig:
     """Tuning of the jitter buffer; times in milliseconds."""
 
     frame_ms: int = 20
-    quantile: float = 0.95  # share of frames that should arrive before their playout time
+    quantile: float = 0.99  # share of frames that should arrive before their playout time
     window_frames: int = 500  # delay samples kept (10 s of 20 ms frames)
     min_extra_ms: int = 20  # the target never goes below the recent minimum plus this
     max_extra_ms: int = 600  # ... nor above the minimum plus this

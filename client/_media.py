@@ -19,10 +19,11 @@ Wire layout (every field big-endian; docs/media.md has the full table)::
     body = timestamp (4) | n_frames (1) | n_redundant (1)
            | (frame length (2) | frame) * (n_redundant + n_frames) | zero padding
 
-The sequence number is masked with a ChaCha20 keystream keyed by a separate header key
-and a sample of the ciphertext (as QUIC does), so the whole packet looks uniformly random
-to the gateway that stores it. The AEAD nonce is the 32-bit sequence number, never reused
-under one key: keys are per call and per direction, and a sender refuses to wrap.
+The sequence number is masked with a PRF (keyed BLAKE2b) of a sample of the ciphertext
+under a separate header key, in the manner of QUIC's header protection, so the whole
+packet looks uniformly random to the gateway that stores it. The AEAD nonce is the 32-bit
+sequence number, never reused under one key: keys are per call and per direction, and a
+sender refuses to wrap.
 
 Python cannot promise to wipe keys from memory; they live only in ``MediaKeys`` objects
 that a call drops when it ends.
@@ -30,6 +31,7 @@ that a call drops when it ends.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import struct
 from collections import deque
@@ -39,7 +41,6 @@ from enum import IntEnum
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -53,7 +54,8 @@ CALL_SECRET_LEN = 32  # bytes of per-call secret from the E2EE channel
 CALL_ID_LEN = 16  # bytes
 SEQ_LEN = 4  # bytes, masked sequence number
 TAG_LEN = 16  # bytes, Poly1305 tag
-HP_SAMPLE_LEN = 16  # bytes of ciphertext that seed the header-protection keystream
+HP_SAMPLE_LEN = 16  # bytes of ciphertext that seed the header-protection mask
+HP_PERSON = b"pn-media-hp-v1"  # BLAKE2b personalisation of the header-protection PRF
 BODY_HEADER_LEN = 6  # timestamp (4) + n_frames (1) + n_redundant (1)
 FRAME_LEN_LEN = 2  # bytes, length prefix of each Opus frame
 MAX_SEQ = 2**32 - 1  # a sender stops here (about 3.4 years at 25 packets/s)
@@ -126,8 +128,8 @@ def _nonce(seq: int) -> bytes:
 
 
 def _seq_mask(hp_key: bytes, sample: bytes) -> bytes:
-    stream = Cipher(algorithms.ChaCha20(hp_key, sample), mode=None).encryptor()
-    return stream.update(bytes(SEQ_LEN))
+    """Keyed BLAKE2b of a ciphertext sample: a PRF, so the masked number looks random."""
+    return hashlib.blake2b(sample, key=hp_key, digest_size=SEQ_LEN, person=HP_PERSON).digest()
 
 
 def _xor(a: bytes, b: bytes) -> bytes:

@@ -156,6 +156,7 @@ class Decimator:
         cutoff = 0.45 / factor  # cycles per input sample; 0.5/factor is the new Nyquist
         h = 2 * cutoff * np.sinc(2 * cutoff * n) * np.blackman(taps)
         self._h = h / h.sum()
+        self._reversed = np.ascontiguousarray(self._h[::-1])
         self._history = np.zeros(taps - 1)
         self._phase = 0
 
@@ -168,11 +169,18 @@ class Decimator:
         if self.factor == 1:
             return x.astype(np.int16)
         buf = np.concatenate([self._history, x.astype(np.float64)])
-        y = np.convolve(buf, self._h, mode="valid")  # len(x) outputs
-        self._history = buf[len(buf) - len(self._history) :]
-        out = y[self._phase :: self.factor]
+        taps = len(self._h)
+        self._history = buf[len(buf) - (taps - 1) :]
+        # Polyphase: evaluate the filter only at the kept output positions.
+        count = len(range(self._phase, len(x), self.factor))
+        step = buf.strides[0]
+        windows = np.lib.stride_tricks.as_strided(
+            buf[self._phase :], shape=(count, taps), strides=(self.factor * step, step)
+        )
         self._phase = (self._phase - len(x)) % self.factor
-        return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+        out: npt.NDArray[np.float64] = windows @ self._reversed
+        pcm: Pcm = np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+        return pcm
 
 
 class OpusDecoder:
