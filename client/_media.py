@@ -189,6 +189,11 @@ class MediaSender:
     def next_seq(self) -> int:
         return self._seq
 
+    def rekey(self, keys: MediaKeys) -> None:
+        """Seal with new keys from the next packet on; numbering and redundancy carry on."""
+        self._aead = ChaCha20Poly1305(keys.aead_key)
+        self._hp_key = keys.hp_key
+
     def seal(self, frames: Sequence[bytes]) -> bytes:
         """One packet of exactly ``packet_len`` bytes, whatever the frames' sizes."""
         p = self.profile
@@ -271,8 +276,7 @@ class MediaReceiver:
         check_fits(profile, packet_len)
         self.profile = profile
         self.packet_len = packet_len
-        self._aead = ChaCha20Poly1305(keys.aead_key)
-        self._hp_key = keys.hp_key
+        self._keys = [(ChaCha20Poly1305(keys.aead_key), keys.hp_key)]
         self.window = ReplayWindow(window)
         self.counters = MediaCounters()
 
@@ -286,20 +290,35 @@ class MediaReceiver:
         self.counters.accepted += 1
         return packet
 
+    def rekey(self, keys: MediaKeys) -> None:
+        """Open with new keys first; the previous keys stay for packets still in flight
+        until ``forget_previous`` (call it a few seconds later) or the next rekey."""
+        self._keys = [(ChaCha20Poly1305(keys.aead_key), keys.hp_key), self._keys[0]]
+
+    def forget_previous(self) -> None:
+        """Drop the keys before the last rekey."""
+        del self._keys[1:]
+
     def _open(self, wire: bytes) -> MediaPacket:
         if not isinstance(wire, bytes | bytearray) or len(wire) != self.packet_len:
             raise MediaMalformed()
         wire = bytes(wire)
         ciphertext = wire[SEQ_LEN:]
-        mask = _seq_mask(self._hp_key, ciphertext[:HP_SAMPLE_LEN])
-        (seq,) = struct.unpack(">I", _xor(wire[:SEQ_LEN], mask))
-        self.window.check(seq)
-        try:
-            body = self._aead.decrypt(_nonce(seq), ciphertext, None)
-        except InvalidTag:
-            raise MediaForged() from None
-        self.window.accept(seq)  # authentic: even if the body is odd, never accept it twice
-        return _parse_body(seq, body)
+        error: MediaError = MediaForged()
+        for aead, hp_key in self._keys:
+            mask = _seq_mask(hp_key, ciphertext[:HP_SAMPLE_LEN])
+            (seq,) = struct.unpack(">I", _xor(wire[:SEQ_LEN], mask))
+            try:
+                self.window.check(seq)
+                body = aead.decrypt(_nonce(seq), ciphertext, None)
+            except MediaReplayed as err:
+                error = err
+                continue
+            except InvalidTag:
+                continue
+            self.window.accept(seq)  # authentic: even if the body is odd, never accept twice
+            return _parse_body(seq, body)
+        raise error
 
 
 def _parse_body(seq: int, body: bytes) -> MediaPacket:

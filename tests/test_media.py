@@ -183,3 +183,22 @@ def test_authentic_but_malformed_body_is_malformed_and_not_replayable() -> None:
         rx.open(wire)
     with pytest.raises(MediaReplayed):
         rx.open(wire)
+
+
+def test_rekey_keeps_numbering_and_opens_packets_still_in_flight() -> None:
+    tx, rx = _pair()
+    old = [tx.seal(_frames(i)) for i in range(3)]
+    new_keys = derive_media_keys(SECRET, CALL_ID, Direction.CALLER_TO_CALLEE, generation=1)
+    tx.rekey(new_keys)
+    rx.rekey(new_keys)
+    fresh = tx.seal(_frames(3))
+    pkt = rx.open(fresh)
+    assert pkt.seq == 3 and len(pkt.redundant) == 2  # numbering and redundancy carry on
+    assert rx.open(old[1]).seq == 1  # sealed before the rekey, arrives after it
+    with pytest.raises(MediaReplayed):
+        rx.open(old[1])
+    rx.forget_previous()
+    with pytest.raises(MediaForged):
+        rx.open(old[2])
+    with pytest.raises(MediaForged):  # the old keys no longer seal anything it accepts
+        rx.open(MediaSender(PROFILE, derive_media_keys(SECRET, CALL_ID, 0)).seal(_frames(9)))
