@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from client import Conceal, Frame, JitterBuffer, JitterConfig, JitterStats
 from overlay import UsageError
@@ -158,3 +160,32 @@ def test_long_gap_resynchronizes_and_nothing_before_start() -> None:
 def test_config_rejects_bad_fields_by_name(field: str, value: object) -> None:
     with pytest.raises(UsageError, match=field):
         JitterConfig(**{field: value})  # type: ignore[arg-type]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(0.0, 0.8), min_size=5, max_size=60),
+    st.lists(st.booleans(), min_size=60, max_size=60),
+)
+def test_any_arrival_pattern_plays_each_frame_at_most_once_in_order(
+    delays: list[float], lost: list[bool]
+) -> None:
+    jb = JitterBuffer()
+    arrivals = sorted(((s + 1) * 0.04 + d, s) for s, d in enumerate(delays) if not lost[s])
+    out: list[Frame | Conceal] = []
+    k, tick = 0, 0
+    while tick < 400:
+        now = tick * FRAME_S
+        while k < len(arrivals) and arrivals[k][0] <= now:
+            t, s = arrivals[k]
+            lo = max(0, 2 * s - 2)
+            jb.push({i: bytes([i % 256]) for i in range(lo, 2 * s + 2)}, s, t)
+            k += 1
+        while (item := jb.pop(now)) is not None:
+            out.append(item)
+        tick += 1
+    played = [i.index for i in out if isinstance(i, Frame)]
+    assert played == sorted(set(played))
+    assert all(i.data == bytes([i.index % 256]) for i in out if isinstance(i, Frame))
+    missing = {i.index for i in out if isinstance(i, Conceal) and i.reason == "missing"}
+    assert not missing & set(played)
