@@ -116,12 +116,12 @@ def test_fuzz_parse_and_open_only_raise_packet_errors(data: bytes) -> None:
             frame = CODEC.parse(candidate)
         except PacketError:
             continue
-        for op in (
-            lambda: session.open_uplink(frame),
-            lambda: client.open_downlink(candidate),
-            lambda: GatewaySession.accept(CODEC, gw_sk, frame),
+        for op, arg in (
+            (session.open_uplink, frame),
+            (client.open_downlink, candidate),
+            (lambda f: GatewaySession.accept(CODEC, gw_sk, f), frame),
         ):
             try:
-                op()
+                op(arg)  # type: ignore[operator]
             except PacketError:
                 pass

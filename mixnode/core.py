@@ -1,0 +1,288 @@
+"""Sans-IO mix node core: packets and ``now`` in, typed actions out; no sockets, no trio.
+
+    >>> import os
+    >>> from overlay import VOICE, Hop, create_forward, public_key
+    >>> sk = os.urandom(32)
+    >>> core = NodeCore(VOICE, b"n" * 16)
+    >>> core.install_key(epoch=1, private_key=sk, expires_at=100.0)
+    >>> path = [Hop(b"n" * 16, public_key(sk), 2000), Hop(b"m" * 16, public_key(sk), 0)]
+    >>> core.receive(create_forward(VOICE, path, b"x" * 16, b"hi"), now=0.0) is None
+    True
+    >>> core.pop_due(0.001), core.pop_due(0.002)[0].send_at
+    ([], 0.002)
+
+The core owns what must be exact and testable on virtual time: per-key replay caches, the
+delay queue, the late-drop rule, loop cover timing and the previous epoch's key during the
+overlap. The edge (mixnode.daemon) owns sockets and clocks and turns actions into datagrams.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from overlay import (
+    Deliver,
+    DeliverReply,
+    Discard,
+    DownlinkKind,
+    Forward,
+    Geometry,
+    Hop,
+    MacMismatch,
+    PacketError,
+    Rng,
+    create_drop,
+    process_packet,
+)
+
+DEFAULT_LATE_DROP_S = 0.05  # seconds a release may be overdue before the packet is dropped
+DEFAULT_MAX_QUEUE = 50_000  # packets held in the delay queue at most
+DEFAULT_REPLAY_CAPACITY = 1_000_000  # replay tags remembered per epoch key at most
+REPLAY_TAG_KEEP = 16  # bytes of each replay tag kept (128 bits: collisions are negligible)
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardAt:
+    """Send ``packet`` to the node ``next_hop`` at ``send_at`` (seconds, the edge's clock)."""
+
+    next_hop: bytes
+    send_at: float
+    packet: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverAt:
+    """Hand ``data`` to ``mailbox`` at ``at``: a message, or ``surb id | payload`` of a reply."""
+
+    mailbox: bytes
+    at: float
+    kind: DownlinkKind
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """A packet was dropped; ``reason`` is the counter it went to."""
+
+    reason: str
+
+
+Action = ForwardAt | DeliverAt | Dropped
+PathSource = Callable[[], Sequence[Hop] | None]
+
+
+class ReplayCache:
+    """Replay tags seen under one epoch key; bounded, and thrown away with the key.
+
+    Tags live as long as the key: a tag forgotten earlier would let its packet be replayed
+    while the key still opens it. When full the cache fails closed (the packet is dropped).
+    """
+
+    __slots__ = ("capacity", "_seen")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._seen: set[bytes] = set()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def add(self, tag: bytes) -> str | None:
+        """Record ``tag``; returns a drop reason ("replay", "replay_cache_full") or None."""
+        t = tag[:REPLAY_TAG_KEEP]
+        if t in self._seen:
+            return "replay"
+        if len(self._seen) >= self.capacity:
+            return "replay_cache_full"
+        self._seen.add(t)
+        return None
+
+
+@dataclass(slots=True)
+class _EpochKey:
+    epoch: int
+    private_key: bytes
+    expires_at: float
+    cache: ReplayCache
+
+
+def exponential(rng: Rng, rate_hz: float) -> float:
+    """An exponential interval (seconds) with ``rate_hz`` from 53 random bits of ``rng``."""
+    u = ((int.from_bytes(rng(8), "big") >> 11) + 0.5) / 2.0**53
+    return -math.log(u) / rate_hz
+
+
+class NodeCore:
+    """One node's packet handling on a clock the caller supplies."""
+
+    def __init__(
+        self,
+        geometry: Geometry,
+        node_id: bytes,
+        *,
+        late_drop_s: float = DEFAULT_LATE_DROP_S,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        replay_capacity: int = DEFAULT_REPLAY_CAPACITY,
+        cover_rate_hz: float = 0.0,
+        rng: Rng = os.urandom,
+    ) -> None:
+        self.geometry = geometry
+        self.node_id = node_id
+        self.late_drop_s = late_drop_s
+        self.max_queue = max_queue
+        self.replay_capacity = replay_capacity
+        self.cover_rate_hz = cover_rate_hz
+        self.rng = rng
+        self.counters: Counter[str] = Counter()
+        self._keys: list[_EpochKey] = []  # newest first; at most current and previous
+        self._heap: list[tuple[float, int, ForwardAt | DeliverAt]] = []
+        self._seq = 0
+        self._next_cover: float | None = None
+        self._loop_path: PathSource | None = None
+
+    # -- keys --------------------------------------------------------------------------
+
+    def install_key(self, epoch: int, private_key: bytes, expires_at: float) -> None:
+        """Make ``private_key`` current; the previous one stays until its ``expires_at``."""
+        for k in self._keys:
+            if k.epoch == epoch:
+                k.expires_at = expires_at
+                return
+        self._keys.insert(
+            0, _EpochKey(epoch, private_key, expires_at, ReplayCache(self.replay_capacity))
+        )
+        self._keys.sort(key=lambda k: -k.epoch)
+        del self._keys[2:]
+
+    def expire_keys(self, now: float) -> None:
+        """Forget keys (and their replay caches) whose lifetime is over."""
+        self._keys = [k for k in self._keys if k.expires_at > now]
+
+    @property
+    def epochs(self) -> list[int]:
+        """Epochs whose keys are installed, newest first."""
+        return [k.epoch for k in self._keys]
+
+    def replay_entries(self) -> int:
+        """Tags held over all keys (for the memory bound)."""
+        return sum(len(k.cache) for k in self._keys)
+
+    # -- packets -----------------------------------------------------------------------
+
+    def drop(self, reason: str) -> Dropped:
+        """Count a drop (also for the edge's own checks, e.g. link framing)."""
+        self.counters["drop:" + reason] += 1
+        return Dropped(reason)
+
+    def receive(
+        self, packet: bytes, now: float, *, arrived_at: float | None = None
+    ) -> Dropped | None:
+        """Unwrap one layer and queue the result; a Dropped says why not. None: accepted.
+
+        ``arrived_at`` (default ``now``) is when the datagram reached the node; the
+        sender-chosen delay counts from then, so a packet that waited too long for a CPU
+        is late.
+        """
+        self.counters["packets_in"] += 1
+        self.expire_keys(now)
+        if not self._keys:
+            return self.drop("no_key")
+        result = None
+        key = self._keys[0]
+        for key in self._keys:
+            try:
+                result = process_packet(self.geometry, key.private_key, packet)
+                break
+            except MacMismatch as exc:
+                err: PacketError = exc
+                continue
+            except PacketError as exc:
+                return self.drop(exc.reason)
+        if result is None:
+            return self.drop(err.reason)
+        why = key.cache.add(result.replay_tag)
+        if why is not None:
+            if why == "replay":
+                self.counters["replays"] += 1
+            return self.drop(why)
+        release = (now if arrived_at is None else arrived_at) + result.delay_us / 1e6
+        if now - release > self.late_drop_s:
+            return self.drop("late")
+        action: ForwardAt | DeliverAt
+        if isinstance(result, Forward):
+            action = ForwardAt(result.next_hop, release, result.packet)
+        elif isinstance(result, Deliver):
+            action = DeliverAt(result.mailbox, release, DownlinkKind.MESSAGE, result.message)
+        elif isinstance(result, DeliverReply):
+            data = result.surb_id + result.payload
+            action = DeliverAt(result.mailbox, release, DownlinkKind.REPLY, data)
+        else:
+            assert isinstance(result, Discard)
+            self.counters["cover_received"] += 1
+            return None
+        return self._schedule(release, action)
+
+    def _schedule(self, at: float, action: ForwardAt | DeliverAt) -> Dropped | None:
+        if len(self._heap) >= self.max_queue:
+            return self.drop("queue_full")
+        self._seq += 1
+        heapq.heappush(self._heap, (at, self._seq, action))
+        return None
+
+    @property
+    def queue_depth(self) -> int:
+        """Packets waiting in the delay queue."""
+        return len(self._heap)
+
+    def next_deadline(self) -> float | None:
+        """When the caller should next call :meth:`pop_due` (None: nothing pending)."""
+        t = self._heap[0][0] if self._heap else None
+        if self._next_cover is not None and (t is None or self._next_cover < t):
+            return self._next_cover
+        return t
+
+    def pop_due(self, now: float) -> list[Action]:
+        """Actions whose time has come; those overdue by more than the late limit drop."""
+        out: list[Action] = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            at, _, action = heapq.heappop(heap)
+            if now - at > self.late_drop_s:
+                out.append(self.drop("late"))
+            else:
+                self.counters["forwarded" if isinstance(action, ForwardAt) else "delivered"] += 1
+                out.append(action)
+        if self._next_cover is not None and self._next_cover <= now:
+            out.extend(self._cover(now))
+        return out
+
+    # -- loop cover --------------------------------------------------------------------
+
+    def set_loop_paths(self, source: PathSource | None, now: float) -> None:
+        """Start (or stop, with None) loop cover; ``source`` returns a path ending here."""
+        self._loop_path = source
+        if source is None or self.cover_rate_hz <= 0:
+            self._next_cover = None
+        elif self._next_cover is None:
+            self._next_cover = now + exponential(self.rng, self.cover_rate_hz)
+
+    def _cover(self, now: float) -> list[Action]:
+        out: list[Action] = []
+        assert self._next_cover is not None
+        if now - self._next_cover > 1.0:  # the edge stalled: do not burst a backlog of cover
+            self._next_cover = now
+        while self._next_cover <= now:
+            self._next_cover += exponential(self.rng, self.cover_rate_hz)
+            path = self._loop_path() if self._loop_path is not None else None
+            if not path:
+                self.counters["cover_no_path"] += 1
+                continue
+            pkt = create_drop(self.geometry, path, rng=self.rng)
+            self.counters["cover_sent"] += 1
+            out.append(ForwardAt(path[0].node_id, now, pkt))
+        return out
