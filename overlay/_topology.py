@@ -1,0 +1,718 @@
+"""Topology documents, their signatures, epochs and path selection; sans-IO.
+
+    >>> import os
+    >>> from nacl.signing import SigningKey
+    >>> from overlay import VOICE, build_document, sign_document, verify_document
+    >>> auth = SigningKey(os.urandom(32))
+    >>> doc = build_document(7, epoch_length_s=3600, geometry=VOICE, descriptors=[])
+    >>> data = doc.to_bytes()
+    >>> sig = sign_document(data, bytes(auth))
+    >>> verify_document(data, [sig], [bytes(auth.verify_key)], threshold=1).epoch
+    7
+
+A document lists the nodes of one epoch (gateways and three mix layers), their addresses
+and X25519 epoch keys, and the packet geometry. Authorities sign a BLAKE2b digest of the
+document's canonical JSON bytes; a reader accepts it only with ``threshold`` valid
+signatures from distinct known authority keys, and only if the geometry digest matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+from ._errors import GeometryError, PhantomError, UsageError
+from ._geometry import MAX_DELAY_US, NODE_ID_LEN, Geometry
+from ._sphinx import Hop, Rng
+
+DOCUMENT_VERSION = 1  # "version" field of documents and descriptors
+ED25519_KEY_LEN = 32  # bytes, an Ed25519 public key (and a signing seed)
+ED25519_SIG_LEN = 64  # bytes
+X25519_KEY_LEN = 32  # bytes
+DOCUMENT_DIGEST_LEN = 32  # bytes, BLAKE2b-256 of a document's canonical bytes
+MAX_DOCUMENT_BYTES = 4 * 1024 * 1024  # bytes; a larger document is refused before parsing
+MAX_DESCRIPTOR_BYTES = 16 * 1024  # bytes
+MAX_NAME_LEN = 64  # characters of an operator label
+MAX_HOST_LEN = 253  # characters of a host name or address
+DEFAULT_MIX_LAYERS = 3  # stratified topology: entry gateway, 3 mix layers, exit gateway
+US_PER_S = 1_000_000
+
+# Domain separation: what a signature is over can never be read as something else.
+_PERSON_DOC = b"pn-topology-v1"  # BLAKE2b personalisation of the document digest
+_SIG_DOC = b"pn-topology-sig-v1\x00"  # prefix of the signed message (prefix | digest)
+_SIG_DESC = b"pn-descriptor-sig-v1\x00"  # prefix of a descriptor signature's message
+
+
+class DirectoryError(PhantomError):
+    """A topology document or descriptor failed a check; the reader must not use it."""
+
+
+class NoRouteError(DirectoryError):
+    """A path cannot be built: a layer has no usable node, or a gateway is unknown."""
+
+
+class NodeRole(StrEnum):
+    """What a node does: a gateway attaches clients, a mix sits in one layer."""
+
+    GATEWAY = "gateway"
+    MIX = "mix"
+
+
+def node_id_for(identity_key: bytes) -> bytes:
+    """A node's 16-byte id: BLAKE2b-128 of its Ed25519 identity public key."""
+    if len(identity_key) != ED25519_KEY_LEN:
+        raise UsageError(f"identity key must be {ED25519_KEY_LEN} bytes")
+    return hashlib.blake2b(identity_key, digest_size=NODE_ID_LEN).digest()
+
+
+def canonical_json(obj: object) -> bytes:
+    """Sorted keys, no whitespace, ASCII only: one byte string per meaning."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+# --------------------------------------------------------------------------------------
+# Strict field readers (untrusted JSON -> typed values, DirectoryError naming the field)
+
+
+def _field(data: Mapping[str, Any], name: str, where: str) -> Any:
+    if name not in data:
+        raise DirectoryError(f"{where}.{name}: missing")
+    return data[name]
+
+
+def _int(data: Mapping[str, Any], name: str, where: str, lo: int, hi: int) -> int:
+    v = _field(data, name, where)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise DirectoryError(f"{where}.{name}: expected an integer in {lo}..{hi}, got {v!r}")
+    return v
+
+
+def _str(data: Mapping[str, Any], name: str, where: str, max_len: int) -> str:
+    v = _field(data, name, where)
+    if not isinstance(v, str) or not 0 < len(v) <= max_len or not v.isprintable():
+        raise DirectoryError(f"{where}.{name}: expected a printable string of 1..{max_len}")
+    return v
+
+
+def _hex(value: object, where: str, length: int) -> bytes:
+    if not isinstance(value, str) or len(value) != 2 * length:
+        raise DirectoryError(f"{where}: expected {length} bytes as lowercase hex")
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raise DirectoryError(f"{where}: expected {length} bytes as lowercase hex") from None
+    if raw.hex() != value:
+        raise DirectoryError(f"{where}: expected {length} bytes as lowercase hex")
+    return raw
+
+
+def _exact_keys(data: object, keys: set[str], where: str) -> Mapping[str, Any]:
+    if not isinstance(data, dict):
+        raise DirectoryError(f"{where}: expected an object")
+    extra = set(data) - keys
+    if extra:
+        raise DirectoryError(f"{where}: unknown field {sorted(extra)[0]!r}")
+    return data
+
+
+# --------------------------------------------------------------------------------------
+# Node descriptors
+
+
+@dataclass(frozen=True, slots=True)
+class NodeDescriptor:
+    """What a node publishes about itself: id, role, layer, addresses, keys.
+
+    ``epoch_keys`` maps an epoch number to that epoch's X25519 public key (the current
+    and the next epoch, so that packets built near an epoch boundary still open).
+    """
+
+    node_id: bytes
+    name: str
+    role: NodeRole
+    layer: int
+    host: str
+    port: int
+    client_port: int | None
+    identity_key: bytes
+    epoch_keys: Mapping[int, bytes] = field(hash=False)
+
+    def __post_init__(self) -> None:
+        try:
+            role = NodeRole(self.role)
+        except ValueError:
+            raise DirectoryError(f"descriptor.role: unknown role {self.role!r}") from None
+        object.__setattr__(self, "role", role)
+        if len(self.identity_key) != ED25519_KEY_LEN:
+            raise DirectoryError(f"descriptor.identity_key: expected {ED25519_KEY_LEN} bytes")
+        if self.node_id != node_id_for(self.identity_key):
+            raise DirectoryError("descriptor.node_id: not the BLAKE2b-128 of identity_key")
+        if not 0 < len(self.name) <= MAX_NAME_LEN or not self.name.isprintable():
+            raise DirectoryError(
+                f"descriptor.name: expected a printable string of 1..{MAX_NAME_LEN}"
+            )
+        if not 0 < len(self.host) <= MAX_HOST_LEN or not self.host.isprintable():
+            raise DirectoryError("descriptor.host: expected a host name or address")
+        if not 1 <= self.port <= 65535:
+            raise DirectoryError(f"descriptor.port: expected 1..65535, got {self.port}")
+        if role is NodeRole.GATEWAY:
+            if self.layer != 0:
+                raise DirectoryError(f"descriptor.layer: a gateway is in layer 0, got {self.layer}")
+            if self.client_port is None or not 1 <= self.client_port <= 65535:
+                raise DirectoryError("descriptor.client_port: a gateway needs a port in 1..65535")
+        else:
+            if not 1 <= self.layer <= 255:
+                raise DirectoryError(f"descriptor.layer: a mix is in layer 1.., got {self.layer}")
+            if self.client_port is not None:
+                raise DirectoryError("descriptor.client_port: only gateways attach clients")
+        keys: dict[int, bytes] = {}
+        for epoch, key in sorted(self.epoch_keys.items()):
+            if not 0 <= epoch < 2**63 or len(key) != X25519_KEY_LEN:
+                raise DirectoryError(f"descriptor.epoch_keys.{epoch}: bad epoch or key length")
+            keys[epoch] = bytes(key)
+        object.__setattr__(self, "epoch_keys", MappingProxyType(keys))
+
+    def epoch_key(self, epoch: int) -> bytes:
+        """This node's X25519 public key for ``epoch``; DirectoryError if it has none."""
+        try:
+            return self.epoch_keys[epoch]
+        except KeyError:
+            raise DirectoryError(f"node {self.name!r} has no key for epoch {epoch}") from None
+
+    def restricted(self, epochs: Iterable[int]) -> NodeDescriptor:
+        """The same descriptor with only the keys of ``epochs``."""
+        wanted = set(epochs)
+        keys = {e: k for e, k in self.epoch_keys.items() if e in wanted}
+        return NodeDescriptor(
+            self.node_id,
+            self.name,
+            self.role,
+            self.layer,
+            self.host,
+            self.port,
+            self.client_port,
+            self.identity_key,
+            keys,
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form: bytes as lowercase hex, epochs as decimal strings."""
+        return {
+            "node_id": self.node_id.hex(),
+            "name": self.name,
+            "role": self.role.value,
+            "layer": self.layer,
+            "host": self.host,
+            "port": self.port,
+            "client_port": self.client_port,
+            "identity_key": self.identity_key.hex(),
+            "epoch_keys": {str(e): k.hex() for e, k in self.epoch_keys.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "descriptor") -> NodeDescriptor:
+        """Parse untrusted JSON; every malformed field is a DirectoryError naming it."""
+        d = _exact_keys(data, _DESCRIPTOR_KEYS, where)
+        role = _str(d, "role", where, 16)
+        if role not in (NodeRole.GATEWAY.value, NodeRole.MIX.value):
+            raise DirectoryError(f"{where}.role: expected 'gateway' or 'mix', got {role!r}")
+        cp = _field(d, "client_port", where)
+        client_port = None if cp is None else _int(d, "client_port", where, 1, 65535)
+        raw_keys = _field(d, "epoch_keys", where)
+        if not isinstance(raw_keys, dict) or len(raw_keys) > 8:
+            raise DirectoryError(f"{where}.epoch_keys: expected an object of at most 8 keys")
+        keys: dict[int, bytes] = {}
+        for e, k in raw_keys.items():
+            if not (isinstance(e, str) and e.isdigit() and str(int(e)) == e):
+                raise DirectoryError(f"{where}.epoch_keys: bad epoch {e!r}")
+            keys[int(e)] = _hex(k, f"{where}.epoch_keys.{e}", X25519_KEY_LEN)
+        return cls(
+            node_id=_hex(_field(d, "node_id", where), f"{where}.node_id", NODE_ID_LEN),
+            name=_str(d, "name", where, MAX_NAME_LEN),
+            role=NodeRole(role),
+            layer=_int(d, "layer", where, 0, 255),
+            host=_str(d, "host", where, MAX_HOST_LEN),
+            port=_int(d, "port", where, 1, 65535),
+            client_port=client_port,
+            identity_key=_hex(
+                _field(d, "identity_key", where), f"{where}.identity_key", ED25519_KEY_LEN
+            ),
+            epoch_keys=keys,
+        )
+
+    def to_bytes(self) -> bytes:
+        """Canonical JSON bytes (what the node signs)."""
+        return canonical_json({"version": DOCUMENT_VERSION, **self.to_dict()})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> NodeDescriptor:
+        """Parse canonical descriptor bytes; non-canonical input is refused."""
+        if len(data) > MAX_DESCRIPTOR_BYTES:
+            raise DirectoryError("descriptor: too large")
+        obj = _load_json(data, "descriptor")
+        d = _exact_keys(obj, _DESCRIPTOR_KEYS | {"version"}, "descriptor")
+        _int(d, "version", "descriptor", DOCUMENT_VERSION, DOCUMENT_VERSION)
+        desc = cls.from_dict({k: v for k, v in d.items() if k != "version"})
+        if desc.to_bytes() != data:
+            raise DirectoryError("descriptor: not in canonical form")
+        return desc
+
+
+_DESCRIPTOR_KEYS = {
+    "node_id",
+    "name",
+    "role",
+    "layer",
+    "host",
+    "port",
+    "client_port",
+    "identity_key",
+    "epoch_keys",
+}
+
+
+def _load_json(data: bytes, where: str) -> object:
+    try:
+        return json.loads(data.decode("ascii"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise DirectoryError(f"{where}: not ASCII JSON") from None
+
+
+def sign_descriptor(descriptor: NodeDescriptor, identity_seed: bytes) -> bytes:
+    """The node's 64-byte Ed25519 signature over its canonical descriptor bytes."""
+    key = SigningKey(identity_seed)
+    if bytes(key.verify_key) != descriptor.identity_key:
+        raise UsageError("identity seed does not match the descriptor's identity key")
+    return key.sign(_SIG_DESC + descriptor.to_bytes()).signature
+
+
+def verify_descriptor(data: bytes, signature: bytes) -> NodeDescriptor:
+    """Parse ``data`` and check the signature by the identity key it names; fail closed."""
+    desc = NodeDescriptor.from_bytes(data)
+    if len(signature) != ED25519_SIG_LEN:
+        raise DirectoryError("descriptor signature: wrong length")
+    try:
+        VerifyKey(desc.identity_key).verify(_SIG_DESC + data, signature)
+    except (BadSignatureError, ValueError):
+        raise DirectoryError("descriptor signature: does not verify") from None
+    return desc
+
+
+# --------------------------------------------------------------------------------------
+# Topology documents
+
+
+@dataclass(frozen=True, slots=True)
+class TopologyDocument:
+    """One epoch's network: its nodes sorted by id, the geometry, the validity window.
+
+    ``gateways`` and ``layers`` (``layers[0]`` is mix layer 1) are derived from ``nodes``.
+    """
+
+    epoch: int
+    valid_after: int  # unix seconds, inclusive
+    valid_until: int  # unix seconds, exclusive
+    geometry: Geometry
+    mix_layers: int
+    nodes: tuple[NodeDescriptor, ...]
+    gateways: tuple[NodeDescriptor, ...] = field(init=False)
+    layers: tuple[tuple[NodeDescriptor, ...], ...] = field(init=False)
+    by_id: Mapping[bytes, NodeDescriptor] = field(init=False, hash=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.epoch < 2**63:
+            raise DirectoryError(f"document.epoch: out of range: {self.epoch}")
+        if not 0 <= self.valid_after < self.valid_until:
+            raise DirectoryError("document: valid_after must be before valid_until")
+        if not 1 <= self.mix_layers <= self.geometry.max_hops - 2:
+            raise DirectoryError(
+                f"document.mix_layers: expected 1..{self.geometry.max_hops - 2} "
+                f"for geometry {self.geometry.name!r}, got {self.mix_layers}"
+            )
+        nodes = tuple(sorted(self.nodes, key=lambda n: n.node_id))
+        by_id: dict[bytes, NodeDescriptor] = {}
+        layers: list[list[NodeDescriptor]] = [[] for _ in range(self.mix_layers)]
+        gateways: list[NodeDescriptor] = []
+        for n in nodes:
+            if n.node_id in by_id:
+                raise DirectoryError(f"document.nodes: node {n.name!r} appears twice")
+            if self.epoch not in n.epoch_keys:
+                raise DirectoryError(f"document.nodes: node {n.name!r} has no key for the epoch")
+            by_id[n.node_id] = n
+            if n.role is NodeRole.GATEWAY:
+                gateways.append(n)
+            elif n.layer > self.mix_layers:
+                raise DirectoryError(f"document.nodes: node {n.name!r} is in layer {n.layer}")
+            else:
+                layers[n.layer - 1].append(n)
+        object.__setattr__(self, "nodes", nodes)
+        object.__setattr__(self, "gateways", tuple(gateways))
+        object.__setattr__(self, "layers", tuple(tuple(layer) for layer in layers))
+        object.__setattr__(self, "by_id", MappingProxyType(by_id))
+
+    def node(self, node_id: bytes) -> NodeDescriptor:
+        """The node with ``node_id``; DirectoryError if the document does not list it."""
+        try:
+            return self.by_id[node_id]
+        except KeyError:
+            raise DirectoryError("node is not in the topology document") from None
+
+    def is_valid_at(self, now: float) -> bool:
+        """True while ``valid_after <= now < valid_until``."""
+        return self.valid_after <= now < self.valid_until
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form of the whole document."""
+        return {
+            "version": DOCUMENT_VERSION,
+            "epoch": self.epoch,
+            "valid_after": self.valid_after,
+            "valid_until": self.valid_until,
+            "geometry": self.geometry.to_dict(),
+            "geometry_digest": self.geometry.digest.hex(),
+            "mix_layers": self.mix_layers,
+            "nodes": [n.to_dict() for n in self.nodes],
+        }
+
+    def to_bytes(self) -> bytes:
+        """Canonical JSON bytes: what authorities sign and serve."""
+        return canonical_json(self.to_dict())
+
+    @property
+    def digest(self) -> bytes:
+        """BLAKE2b-256 of the canonical bytes (what each authority signs)."""
+        return document_digest(self.to_bytes())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TopologyDocument:
+        """Parse canonical document bytes, strictly; checks the geometry digest.
+
+        This does not check signatures: use ``verify_document`` for anything received.
+        """
+        if len(data) > MAX_DOCUMENT_BYTES:
+            raise DirectoryError("document: too large")
+        d = _exact_keys(_load_json(data, "document"), _DOCUMENT_KEYS, "document")
+        _int(d, "version", "document", DOCUMENT_VERSION, DOCUMENT_VERSION)
+        geo_raw = _field(d, "geometry", "document")
+        if not isinstance(geo_raw, dict):
+            raise DirectoryError("document.geometry: expected an object")
+        try:
+            geometry = Geometry.from_dict(geo_raw)
+        except GeometryError as exc:
+            raise DirectoryError(f"document.geometry: {exc}") from None
+        digest = _hex(_field(d, "geometry_digest", "document"), "document.geometry_digest", 32)
+        if digest != geometry.digest or geo_raw.get("digest") != digest.hex():
+            raise DirectoryError("document.geometry_digest: does not match the geometry")
+        raw_nodes = _field(d, "nodes", "document")
+        if not isinstance(raw_nodes, list):
+            raise DirectoryError("document.nodes: expected a list")
+        nodes = tuple(
+            NodeDescriptor.from_dict(n, f"document.nodes[{i}]") for i, n in enumerate(raw_nodes)
+        )
+        doc = cls(
+            epoch=_int(d, "epoch", "document", 0, 2**63 - 1),
+            valid_after=_int(d, "valid_after", "document", 0, 2**63 - 1),
+            valid_until=_int(d, "valid_until", "document", 0, 2**63 - 1),
+            geometry=geometry,
+            mix_layers=_int(d, "mix_layers", "document", 1, 16),
+            nodes=nodes,
+        )
+        if doc.to_bytes() != data:
+            raise DirectoryError("document: not in canonical form")
+        return doc
+
+
+_DOCUMENT_KEYS = {
+    "version",
+    "epoch",
+    "valid_after",
+    "valid_until",
+    "geometry",
+    "geometry_digest",
+    "mix_layers",
+    "nodes",
+}
+
+
+def document_digest(doc_bytes: bytes) -> bytes:
+    """BLAKE2b-256 (personalised) of a document's canonical bytes."""
+    return hashlib.blake2b(doc_bytes, digest_size=DOCUMENT_DIGEST_LEN, person=_PERSON_DOC).digest()
+
+
+def build_document(
+    epoch: int,
+    *,
+    epoch_length_s: int,
+    geometry: Geometry,
+    descriptors: Iterable[NodeDescriptor],
+    genesis_s: int = 0,
+    mix_layers: int = DEFAULT_MIX_LAYERS,
+) -> TopologyDocument:
+    """The document for ``epoch``, the same bytes for the same inputs on every authority.
+
+    Nodes without a key for ``epoch`` or in a layer the document does not have are left
+    out; each kept node carries only its keys for ``epoch`` and ``epoch + 1``. If two
+    descriptors share a node id, the one with the latest epoch key wins (then the larger
+    canonical bytes), so authorities that merged the same set agree.
+    """
+    chosen: dict[bytes, NodeDescriptor] = {}
+    for d in descriptors:
+        if epoch not in d.epoch_keys or (d.role is NodeRole.MIX and d.layer > mix_layers):
+            continue
+        old = chosen.get(d.node_id)
+        if old is None or _descriptor_rank(d) > _descriptor_rank(old):
+            chosen[d.node_id] = d
+    start = epoch_start(epoch, epoch_length_s, genesis_s)
+    return TopologyDocument(
+        epoch=epoch,
+        valid_after=start,
+        valid_until=start + epoch_length_s,
+        geometry=geometry,
+        mix_layers=mix_layers,
+        nodes=tuple(d.restricted((epoch, epoch + 1)) for d in chosen.values()),
+    )
+
+
+def _descriptor_rank(d: NodeDescriptor) -> tuple[int, bytes]:
+    return (max(d.epoch_keys, default=-1), d.to_bytes())
+
+
+# --------------------------------------------------------------------------------------
+# Signatures
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentSignature:
+    """One authority's Ed25519 signature over a document digest."""
+
+    authority_key: bytes  # 32-byte Ed25519 public key of the authority
+    signature: bytes  # 64 bytes
+
+    def to_dict(self) -> dict[str, str]:
+        """JSON-ready form (hex)."""
+        return {"authority_key": self.authority_key.hex(), "signature": self.signature.hex()}
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "signature") -> DocumentSignature:
+        """Parse untrusted JSON; lengths are checked, validity is not."""
+        d = _exact_keys(data, {"authority_key", "signature"}, where)
+        return cls(
+            _hex(_field(d, "authority_key", where), f"{where}.authority_key", ED25519_KEY_LEN),
+            _hex(_field(d, "signature", where), f"{where}.signature", ED25519_SIG_LEN),
+        )
+
+
+def sign_document(doc_bytes: bytes, authority_seed: bytes) -> DocumentSignature:
+    """Sign a document's digest with an authority's 32-byte Ed25519 seed."""
+    key = SigningKey(authority_seed)
+    sig = key.sign(_SIG_DOC + document_digest(doc_bytes)).signature
+    return DocumentSignature(bytes(key.verify_key), sig)
+
+
+def signature_is_valid(digest: bytes, sig: DocumentSignature) -> bool:
+    """True if ``sig`` is a valid signature over ``digest`` by ``sig.authority_key``."""
+    try:
+        VerifyKey(sig.authority_key).verify(_SIG_DOC + digest, sig.signature)
+    except (BadSignatureError, ValueError):
+        return False
+    return True
+
+
+def verify_document(
+    doc_bytes: bytes,
+    signatures: Iterable[DocumentSignature],
+    authority_keys: Iterable[bytes],
+    threshold: int,
+    *,
+    geometry: Geometry | None = None,
+    now: float | None = None,
+) -> TopologyDocument:
+    """Parse and check a received document; fail closed with DirectoryError.
+
+    Counts valid signatures from distinct keys in ``authority_keys`` (a key signing twice
+    counts once, unknown keys count zero) and demands at least ``threshold``. With
+    ``geometry``, the document's geometry digest must equal it; with ``now``, the
+    document must be inside its validity window.
+    """
+    keys = {bytes(k) for k in authority_keys}
+    if not 1 <= threshold <= len(keys):
+        raise UsageError(f"threshold must be in 1..{len(keys)} (distinct keys), got {threshold}")
+    if len(doc_bytes) > MAX_DOCUMENT_BYTES:
+        raise DirectoryError("document: too large")
+    digest = document_digest(doc_bytes)
+    good: set[bytes] = set()
+    for sig in signatures:
+        if sig.authority_key in keys and sig.authority_key not in good:
+            if signature_is_valid(digest, sig):
+                good.add(sig.authority_key)
+    if len(good) < threshold:
+        raise DirectoryError(
+            f"document has {len(good)} valid authority signatures, {threshold} required"
+        )
+    doc = TopologyDocument.from_bytes(doc_bytes)
+    if geometry is not None and doc.geometry.digest != geometry.digest:
+        raise DirectoryError(
+            f"document geometry {doc.geometry.name!r} does not match ours ({geometry.name!r})"
+        )
+    if now is not None and not doc.is_valid_at(now):
+        raise DirectoryError(
+            f"document for epoch {doc.epoch} is not valid now "
+            f"(valid {doc.valid_after}..{doc.valid_until})"
+        )
+    return doc
+
+
+@dataclass(frozen=True, slots=True)
+class SignedDocument:
+    """What an authority serves: the exact document bytes and the signatures it holds."""
+
+    document: bytes
+    signatures: tuple[DocumentSignature, ...]
+
+    def to_bytes(self) -> bytes:
+        """JSON envelope; the document travels as a string so its bytes are kept exactly."""
+        return canonical_json(
+            {
+                "document": self.document.decode("ascii"),
+                "signatures": [s.to_dict() for s in self.signatures],
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SignedDocument:
+        """Parse an envelope (signatures are not checked here)."""
+        if len(data) > 2 * MAX_DOCUMENT_BYTES:
+            raise DirectoryError("signed document: too large")
+        d = _exact_keys(_load_json(data, "signed document"), {"document", "signatures"}, "signed")
+        doc = _field(d, "document", "signed")
+        sigs = _field(d, "signatures", "signed")
+        if not isinstance(doc, str) or not isinstance(sigs, list) or len(sigs) > 64:
+            raise DirectoryError("signed document: malformed envelope")
+        return cls(
+            doc.encode("ascii"),
+            tuple(DocumentSignature.from_dict(s, f"signatures[{i}]") for i, s in enumerate(sigs)),
+        )
+
+    def verify(
+        self,
+        authority_keys: Iterable[bytes],
+        threshold: int,
+        *,
+        geometry: Geometry | None = None,
+        now: float | None = None,
+    ) -> TopologyDocument:
+        """``verify_document`` on this envelope."""
+        return verify_document(
+            self.document, self.signatures, authority_keys, threshold, geometry=geometry, now=now
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Epochs
+
+
+def epoch_at(now: float, epoch_length_s: int, genesis_s: int = 0) -> int:
+    """The epoch that contains unix time ``now``: floor((now - genesis) / length)."""
+    if epoch_length_s <= 0:
+        raise UsageError(f"epoch_length_s must be > 0, got {epoch_length_s}")
+    if now < genesis_s:
+        raise UsageError("now is before the genesis of epochs")
+    return int((now - genesis_s) // epoch_length_s)
+
+
+def epoch_start(epoch: int, epoch_length_s: int, genesis_s: int = 0) -> int:
+    """Unix second at which ``epoch`` begins."""
+    if epoch_length_s <= 0:
+        raise UsageError(f"epoch_length_s must be > 0, got {epoch_length_s}")
+    return genesis_s + epoch * epoch_length_s
+
+
+def seconds_until_next_epoch(now: float, epoch_length_s: int, genesis_s: int = 0) -> float:
+    """How long until the next epoch begins (> 0)."""
+    nxt = epoch_start(epoch_at(now, epoch_length_s, genesis_s) + 1, epoch_length_s, genesis_s)
+    return nxt - now
+
+
+# --------------------------------------------------------------------------------------
+# Randomness and path selection
+
+
+def uniform_index(n: int, rng: Rng = os.urandom) -> int:
+    """An unbiased integer in ``0..n-1`` from ``rng`` bytes (rejection sampling)."""
+    if n <= 0:
+        raise UsageError("cannot choose from an empty set")
+    bits = max(1, (n - 1).bit_length())
+    nbytes = (bits + 7) // 8
+    mask = (1 << bits) - 1
+    while True:
+        v = int.from_bytes(rng(nbytes), "big") & mask
+        if v < n:
+            return v
+
+
+def exp_delay_us(mean_s: float, rng: Rng = os.urandom) -> int:
+    """An exponential delay with mean ``mean_s`` seconds, in whole microseconds.
+
+    Uses 53 random bits for a uniform u in [0, 1) and returns -mean * ln(1 - u), capped at
+    the largest delay a packet can carry.
+    """
+    if not mean_s >= 0 or math.isinf(mean_s):
+        raise UsageError(f"mean delay must be a finite number >= 0, got {mean_s!r}")
+    if mean_s == 0:
+        return 0
+    u = (int.from_bytes(rng(8), "big") >> 11) / float(1 << 53)
+    delay = -mean_s * math.log1p(-u) * US_PER_S
+    return min(MAX_DELAY_US, round(delay))
+
+
+def select_path(
+    doc: TopologyDocument,
+    entry_gateway_id: bytes,
+    exit_gateway_id: bytes,
+    mean_delay_s: float,
+    rng: Rng = os.urandom,
+    *,
+    avoid: Iterable[bytes] = (),
+    epoch: int | None = None,
+) -> list[Hop]:
+    """Entry gateway, one mix per layer, exit gateway; each with an exponential delay.
+
+    Mixes are drawn uniformly per layer among those not in ``avoid`` (so clients route
+    around mixes they saw fail). Keys are for ``epoch`` (default: the document's).
+    NoRouteError if a gateway is unknown or a layer has no usable mix.
+    """
+    epoch = doc.epoch if epoch is None else epoch
+    avoided = frozenset(avoid)
+    chosen: list[NodeDescriptor] = [_gateway(doc, entry_gateway_id, "entry")]
+    for i, layer in enumerate(doc.layers, start=1):
+        live = [n for n in layer if n.node_id not in avoided and epoch in n.epoch_keys]
+        if not live:
+            raise NoRouteError(f"mix layer {i} has no usable node")
+        chosen.append(live[uniform_index(len(live), rng)])
+    chosen.append(_gateway(doc, exit_gateway_id, "exit"))
+    if len(chosen) > doc.geometry.max_hops:
+        raise NoRouteError(f"path of {len(chosen)} hops exceeds the geometry")
+    return [Hop(n.node_id, n.epoch_key(epoch), exp_delay_us(mean_delay_s, rng)) for n in chosen]
+
+
+def _gateway(doc: TopologyDocument, node_id: bytes, which: str) -> NodeDescriptor:
+    node = doc.by_id.get(node_id)
+    if node is None or node.role is not NodeRole.GATEWAY:
+        raise NoRouteError(f"{which} gateway is not a gateway in the topology document")
+    return node
+
+
+def layer_of(doc: TopologyDocument, node_id: bytes) -> int | None:
+    """The layer a node sits in (0 for gateways), or None if it is not listed."""
+    node = doc.by_id.get(node_id)
+    return None if node is None else node.layer
