@@ -1,0 +1,571 @@
+"""Node and authority configuration: TOML in, frozen dataclasses out.
+
+    >>> cfg = parse_node_config('''
+    ... [node]
+    ... name = "mix-a"
+    ... role = "mix"
+    ... layer = 2
+    ... listen_port = 31002
+    ... data_dir = "/var/lib/phantom/mix-a"
+    ... [directory]
+    ... authorities = ["http://127.0.0.1:31900"]
+    ... authority_keys = ["%s"]
+    ... ''' % ("ab" * 32))
+    >>> cfg.node.layer, cfg.mixing.workers, cfg.directory.threshold
+    (2, 2, 1)
+    >>> parse_node_config('[node]\\nname = 5')
+    Traceback (most recent call last):
+    ...
+    mixnode.config.ConfigError: node.name: expected a string, got 5
+
+Every field is checked on load; an error names the field by its path (``section.field``)
+and says what was wanted. Unknown sections and fields are errors too (they are typos).
+docs/operators.md lists every field with its unit and default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import tomli_w
+
+from overlay import BULK, VOICE, Geometry, NodeRole, PhantomError
+from overlay._topology import DEFAULT_MIX_LAYERS
+
+GEOMETRIES: Mapping[str, Geometry] = {"voice": VOICE, "bulk": BULK}
+MAX_MIX_LAYERS = 3  # the VOICE geometry carries 5 hops: gateway, 3 mixes, gateway
+
+T = TypeVar("T")
+_REQUIRED: Any = object()
+
+
+class ConfigError(PhantomError, ValueError):
+    """A configuration field is missing or invalid; the message names the field path."""
+
+
+# --------------------------------------------------------------------------------------
+# Sections
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSection:
+    """[node]: who this node is and where it listens for packets (UDP)."""
+
+    name: str
+    role: NodeRole
+    layer: int  # 0 for gateways, 1..3 for mixes
+    listen_host: str
+    listen_port: int
+    data_dir: Path  # keys, cached topology; relative paths are relative to the config file
+    public_host: str  # the address published in the directory (default: listen_host)
+    geometry: str  # "voice" or "bulk"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySection:
+    """[gateway]: where clients attach and how fast the gateway delivers to them."""
+
+    client_host: str
+    client_port: int
+    delivery_rate_hz: float  # packets per second to each client (real or dummy)
+    mailbox_capacity: int  # packets queued per mailbox before the oldest are dropped
+
+
+@dataclass(frozen=True, slots=True)
+class MixingSection:
+    """[mixing]: queueing, cover and processing."""
+
+    loop_cover_rate_hz: float  # loop cover packets the node itself sends per second
+    max_queue: int  # packets held in the delay queue at most
+    late_drop_ms: float  # a packet later than its due time by more than this is dropped
+    workers: int  # worker threads/processes for Sphinx processing
+
+
+@dataclass(frozen=True, slots=True)
+class DirectorySection:
+    """[directory]: the authorities, their keys and the epoch schedule."""
+
+    authorities: tuple[str, ...]  # http(s) URLs
+    authority_keys: tuple[bytes, ...]  # 32-byte Ed25519 public keys
+    threshold: int  # valid signatures required on a document
+    epoch_length_s: int
+    genesis_s: int  # unix second at which epoch 0 begins
+    mix_layers: int
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSection:
+    """[metrics]: the Prometheus endpoint (loopback only)."""
+
+    enabled: bool
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSection:
+    """[link]: user-space emulation of a wide-area link on every packet this node sends."""
+
+    delay_ms_mean: float
+    delay_ms_jitter: float
+    loss: float  # probability in [0, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """A mix node's or gateway's whole configuration."""
+
+    node: NodeSection
+    gateway: GatewaySection | None
+    mixing: MixingSection
+    directory: DirectorySection
+    metrics: MetricsSection
+    link: LinkSection
+
+    @property
+    def geometry(self) -> Geometry:
+        """The packet geometry this node speaks."""
+        return GEOMETRIES[self.node.geometry]
+
+
+@dataclass(frozen=True, slots=True)
+class AuthoritySection:
+    """[authority]: a directory authority's own settings."""
+
+    name: str
+    listen_host: str
+    listen_port: int
+    data_dir: Path  # signing key, descriptors, documents
+    round_interval_s: float  # how often it merges descriptors and gathers signatures
+    geometry: str
+
+
+@dataclass(frozen=True, slots=True)
+class DirAuthConfig:
+    """A directory authority's configuration; [directory] lists every authority."""
+
+    authority: AuthoritySection
+    directory: DirectorySection
+
+    @property
+    def geometry(self) -> Geometry:
+        """The packet geometry published in the documents."""
+        return GEOMETRIES[self.authority.geometry]
+
+
+# --------------------------------------------------------------------------------------
+# Field readers
+
+
+def _show(value: object) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+class _Table:
+    """One TOML table being read; remembers which keys were used."""
+
+    def __init__(self, data: object, path: str):
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a table, got {_show(data)}")
+        self.data: dict[str, Any] = data
+        self.path = path
+        self.used: set[str] = set()
+
+    def _get(self, key: str, default: Any) -> Any:
+        self.used.add(key)
+        if key in self.data:
+            return self.data[key]
+        if default is _REQUIRED:
+            raise ConfigError(f"{self.path}.{key}: missing (required)")
+        return default
+
+    def fail(self, key: str, wanted: str, value: object) -> ConfigError:
+        return ConfigError(f"{self.path}.{key}: expected {wanted}, got {_show(value)}")
+
+    def text(self, key: str, default: Any = _REQUIRED, choices: tuple[str, ...] = ()) -> str:
+        v = self._get(key, default)
+        if not isinstance(v, str):
+            raise self.fail(key, "a string", v)
+        if choices and v not in choices:
+            raise self.fail(key, " or ".join(repr(c) for c in choices), v)
+        if not choices and (not v or not v.isprintable()):
+            raise self.fail(key, "a non-empty printable string", v)
+        return v
+
+    def integer(self, key: str, lo: int, hi: int, default: Any = _REQUIRED) -> int:
+        v = self._get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise self.fail(key, f"an integer in {lo}..{hi}", v)
+        return v
+
+    def number(
+        self, key: str, lo: float, hi: float | None = None, default: Any = _REQUIRED
+    ) -> float:
+        v = self._get(key, default)
+        ok = isinstance(v, int | float) and not isinstance(v, bool)
+        if ok and v != v:  # NaN
+            ok = False
+        wanted = f"a number >= {lo:g}" if hi is None else f"a number in {lo:g}..{hi:g}"
+        if not ok or v < lo or (hi is not None and v > hi) or v == float("inf"):
+            raise self.fail(key, wanted, v)
+        return float(v)
+
+    def boolean(self, key: str, default: Any = _REQUIRED) -> bool:
+        v = self._get(key, default)
+        if not isinstance(v, bool):
+            raise self.fail(key, "true or false", v)
+        return v
+
+    def items(
+        self, key: str, item: Callable[[str, object], T], default: Any = _REQUIRED
+    ) -> list[T]:
+        v = self._get(key, default)
+        if not isinstance(v, list):
+            raise self.fail(key, "a list", v)
+        return [item(f"{self.path}.{key}[{i}]", x) for i, x in enumerate(v)]
+
+    def host(self, key: str, default: Any = _REQUIRED) -> str:
+        v = self.text(key, default)
+        if any(c.isspace() for c in v) or "/" in v or len(v) > 253:
+            raise self.fail(key, "a host name or IP address", v)
+        return v
+
+    def finish(self) -> None:
+        extra = sorted(set(self.data) - self.used)
+        if extra:
+            raise ConfigError(f"{self.path}.{extra[0]}: unknown field")
+
+
+def _url(path: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{path}: expected an http:// URL, got {_show(value)}")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{path}: expected an http:// URL, got {_show(value)}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError(f"{path}: bad port in {_show(value)}") from None
+    return value.rstrip("/")
+
+
+def _key_hex(path: str, value: object) -> bytes:
+    bad = ConfigError(f"{path}: expected a 32-byte Ed25519 public key as 64 hex digits")
+    if not isinstance(value, str) or len(value) != 64:
+        raise bad
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise bad from None
+
+
+def is_loopback(host: str) -> bool:
+    """True for 'localhost' and loopback IP addresses."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _resolve(base: Path | None, raw: str) -> Path:
+    p = Path(raw).expanduser()
+    if not p.is_absolute() and base is not None:
+        p = base / p
+    return p
+
+
+def _root(text: str, where: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+
+
+def _read(path: Path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from None
+
+
+def _directory(root: _Table, *, need_authorities: bool) -> DirectorySection:
+    t = _Table(root._get("directory", _REQUIRED), "directory")
+    authorities = tuple(t.items("authorities", _url, default=[]))
+    if need_authorities and not authorities:
+        raise ConfigError("directory.authorities: expected at least one authority URL")
+    keys = tuple(t.items("authority_keys", _key_hex))
+    if not keys:
+        raise ConfigError("directory.authority_keys: expected at least one key")
+    if len(set(keys)) != len(keys):
+        raise ConfigError("directory.authority_keys: a key is listed twice")
+    threshold = t.integer("threshold", 1, len(keys), default=len(keys) // 2 + 1)
+    sec = DirectorySection(
+        authorities=authorities,
+        authority_keys=keys,
+        threshold=threshold,
+        epoch_length_s=t.integer("epoch_length_s", 10, 7 * 86400, default=3600),
+        genesis_s=t.integer("genesis_s", 0, 2**40, default=0),
+        mix_layers=t.integer("mix_layers", 1, MAX_MIX_LAYERS, default=DEFAULT_MIX_LAYERS),
+    )
+    t.finish()
+    return sec
+
+
+def _metrics(root: _Table) -> MetricsSection:
+    t = _Table(root._get("metrics", {}), "metrics")
+    host = t.host("host", default="127.0.0.1")
+    if not is_loopback(host):
+        raise t.fail("host", "a loopback address (metrics are never served off the machine)", host)
+    sec = MetricsSection(
+        enabled=t.boolean("enabled", default=True),
+        host=host,
+        port=t.integer("port", 1, 65535, default=9100),
+    )
+    t.finish()
+    return sec
+
+
+def parse_node_config(
+    text: str, *, base_dir: Path | None = None, where: str = "config"
+) -> NodeConfig:
+    """Parse a node config from TOML text; relative paths resolve against ``base_dir``."""
+    root = _Table(_root(text, where), where)
+    n = _Table(root._get("node", _REQUIRED), "node")
+    name = n.text("name")
+    if len(name) > 64:
+        raise n.fail("name", "at most 64 characters", name)
+    role = NodeRole(n.text("role", choices=("mix", "gateway")))
+    if role is NodeRole.GATEWAY:
+        layer = n.integer("layer", 0, 0, default=0)
+    else:
+        layer = n.integer("layer", 1, MAX_MIX_LAYERS)
+    listen_host = n.host("listen_host", default="127.0.0.1")
+    node = NodeSection(
+        name=name,
+        role=role,
+        layer=layer,
+        listen_host=listen_host,
+        listen_port=n.integer("listen_port", 1, 65535),
+        data_dir=_resolve(base_dir, n.text("data_dir")),
+        public_host=n.host("public_host", default=listen_host),
+        geometry=n.text("geometry", default="voice", choices=tuple(GEOMETRIES)),
+    )
+    n.finish()
+
+    gateway: GatewaySection | None = None
+    if role is NodeRole.GATEWAY:
+        g = _Table(root._get("gateway", _REQUIRED), "gateway")
+        gateway = GatewaySection(
+            client_host=g.host("client_host", default="127.0.0.1"),
+            client_port=g.integer("client_port", 1, 65535),
+            delivery_rate_hz=g.number("delivery_rate_hz", 0.1, 10_000.0, default=50.0),
+            mailbox_capacity=g.integer("mailbox_capacity", 1, 1_000_000, default=256),
+        )
+        g.finish()
+        if gateway.client_port == node.listen_port and gateway.client_host == listen_host:
+            raise ConfigError("gateway.client_port: must differ from node.listen_port")
+    elif "gateway" in root.data:
+        root.used.add("gateway")
+        raise ConfigError('gateway: only a node with role = "gateway" has this section')
+
+    m = _Table(root._get("mixing", {}), "mixing")
+    mixing = MixingSection(
+        loop_cover_rate_hz=m.number("loop_cover_rate_hz", 0.0, default=1.0),
+        max_queue=m.integer("max_queue", 1, 10_000_000, default=100_000),
+        late_drop_ms=m.number("late_drop_ms", 0.0, 60_000.0, default=50.0),
+        workers=m.integer("workers", 1, 64, default=2),
+    )
+    m.finish()
+
+    directory = _directory(root, need_authorities=True)
+    metrics = _metrics(root)
+
+    lk = _Table(root._get("link", {}), "link")
+    link = LinkSection(
+        delay_ms_mean=lk.number("delay_ms_mean", 0.0, 10_000.0, default=0.0),
+        delay_ms_jitter=lk.number("delay_ms_jitter", 0.0, 10_000.0, default=0.0),
+        loss=lk.number("loss", 0.0, 0.99, default=0.0),
+    )
+    lk.finish()
+    root.finish()
+    return NodeConfig(node, gateway, mixing, directory, metrics, link)
+
+
+def load_node_config(path: Path) -> NodeConfig:
+    """Read and check a node config file."""
+    path = Path(path)
+    return parse_node_config(_read(path), base_dir=path.resolve().parent, where=str(path))
+
+
+def parse_dirauth_config(
+    text: str, *, base_dir: Path | None = None, where: str = "config"
+) -> DirAuthConfig:
+    """Parse an authority config from TOML text."""
+    root = _Table(_root(text, where), where)
+    a = _Table(root._get("authority", _REQUIRED), "authority")
+    auth = AuthoritySection(
+        name=a.text("name"),
+        listen_host=a.host("listen_host", default="127.0.0.1"),
+        listen_port=a.integer("listen_port", 1, 65535),
+        data_dir=_resolve(base_dir, a.text("data_dir")),
+        round_interval_s=a.number("round_interval_s", 0.1, 3600.0, default=5.0),
+        geometry=a.text("geometry", default="voice", choices=tuple(GEOMETRIES)),
+    )
+    a.finish()
+    directory = _directory(root, need_authorities=False)
+    root.finish()
+    return DirAuthConfig(auth, directory)
+
+
+def load_dirauth_config(path: Path) -> DirAuthConfig:
+    """Read and check an authority config file."""
+    path = Path(path)
+    return parse_dirauth_config(_read(path), base_dir=path.resolve().parent, where=str(path))
+
+
+# --------------------------------------------------------------------------------------
+# Writing
+
+
+def _directory_dict(d: DirectorySection) -> dict[str, object]:
+    return {
+        "authorities": list(d.authorities),
+        "authority_keys": [k.hex() for k in d.authority_keys],
+        "threshold": d.threshold,
+        "epoch_length_s": d.epoch_length_s,
+        "genesis_s": d.genesis_s,
+        "mix_layers": d.mix_layers,
+    }
+
+
+def node_config_to_dict(cfg: NodeConfig) -> dict[str, object]:
+    """The config as TOML-ready tables (every field written, so the file is self-describing)."""
+    n = cfg.node
+    out: dict[str, object] = {
+        "node": {
+            "name": n.name,
+            "role": n.role.value,
+            "layer": n.layer,
+            "listen_host": n.listen_host,
+            "listen_port": n.listen_port,
+            "public_host": n.public_host,
+            "data_dir": str(n.data_dir),
+            "geometry": n.geometry,
+        },
+    }
+    if cfg.gateway is not None:
+        g = cfg.gateway
+        out["gateway"] = {
+            "client_host": g.client_host,
+            "client_port": g.client_port,
+            "delivery_rate_hz": g.delivery_rate_hz,
+            "mailbox_capacity": g.mailbox_capacity,
+        }
+    m = cfg.mixing
+    out["mixing"] = {
+        "loop_cover_rate_hz": m.loop_cover_rate_hz,
+        "max_queue": m.max_queue,
+        "late_drop_ms": m.late_drop_ms,
+        "workers": m.workers,
+    }
+    out["directory"] = _directory_dict(cfg.directory)
+    out["metrics"] = {
+        "enabled": cfg.metrics.enabled,
+        "host": cfg.metrics.host,
+        "port": cfg.metrics.port,
+    }
+    out["link"] = {
+        "delay_ms_mean": cfg.link.delay_ms_mean,
+        "delay_ms_jitter": cfg.link.delay_ms_jitter,
+        "loss": cfg.link.loss,
+    }
+    return out
+
+
+def dirauth_config_to_dict(cfg: DirAuthConfig) -> dict[str, object]:
+    """The authority config as TOML-ready tables."""
+    a = cfg.authority
+    return {
+        "authority": {
+            "name": a.name,
+            "listen_host": a.listen_host,
+            "listen_port": a.listen_port,
+            "data_dir": str(a.data_dir),
+            "round_interval_s": a.round_interval_s,
+            "geometry": a.geometry,
+        },
+        "directory": _directory_dict(cfg.directory),
+    }
+
+
+def write_config(path: Path, cfg: NodeConfig | DirAuthConfig) -> None:
+    """Write a node or authority config as TOML (checked by parsing it back first)."""
+    tables = (
+        node_config_to_dict(cfg) if isinstance(cfg, NodeConfig) else dirauth_config_to_dict(cfg)
+    )
+    text = tomli_w.dumps(tables)
+    if isinstance(cfg, NodeConfig):
+        parse_node_config(text, where=str(path))
+    else:
+        parse_dirauth_config(text, where=str(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def make_node_config(
+    *,
+    name: str,
+    role: str,
+    layer: int,
+    listen_port: int,
+    data_dir: Path,
+    authorities: list[str],
+    authority_keys: list[bytes],
+    threshold: int | None = None,
+    listen_host: str = "127.0.0.1",
+    client_port: int | None = None,
+    metrics_port: int = 9100,
+    epoch_length_s: int = 3600,
+    extra: Mapping[str, Mapping[str, object]] | None = None,
+) -> NodeConfig:
+    """Build a checked NodeConfig from the usual arguments (defaults for the rest).
+
+    ``extra`` adds or overrides fields by table, e.g. ``{"link": {"loss": 0.01}}``.
+    """
+    tables: dict[str, dict[str, object]] = {
+        "node": {
+            "name": name,
+            "role": role,
+            "layer": layer,
+            "listen_host": listen_host,
+            "listen_port": listen_port,
+            "data_dir": str(data_dir),
+        },
+        "directory": {
+            "authorities": list(authorities),
+            "authority_keys": [k.hex() for k in authority_keys],
+            "epoch_length_s": epoch_length_s,
+        },
+        "metrics": {"port": metrics_port},
+    }
+    if threshold is not None:
+        tables["directory"]["threshold"] = threshold
+    if role == "gateway":
+        tables["gateway"] = {"client_port": client_port}
+    for table, fields in (extra or {}).items():
+        tables.setdefault(table, {}).update(fields)
+    tables = {k: {f: v for f, v in t.items() if v is not None} for k, t in tables.items()}
+    return parse_node_config(tomli_w.dumps(tables), where="arguments")

@@ -1,0 +1,360 @@
+"""Aggregate-only metrics in the Prometheus text format, served on loopback.
+
+    >>> reg = Registry()
+    >>> m = NodeMetrics(reg)
+    >>> m.packets_in.inc(); m.drops.inc(label="mac_mismatch")
+    >>> m.processing_seconds.observe(0.0002)
+    >>> "phantom_drops_total{reason=\\"mac_mismatch\\"} 1" in reg.render()
+    True
+
+Only counts, gauges and fixed-bucket histograms: no metric carries an address, a node id,
+a mailbox or any other per-user value. A labelled metric declares its label values up front
+(e.g. the drop reasons); an undeclared value is counted under ``other``, so a label can
+never become a channel for identities. ``serve_metrics`` is a trio task that refuses to
+bind anything but a loopback address.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+from collections.abc import Iterable, Sequence
+
+import trio
+
+from overlay import UsageError
+
+from .config import is_loopback
+
+NAMESPACE = "phantom"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OTHER = "other"  # label value for anything not declared
+
+# Why a node dropped a packet. The PacketError reasons of overlay, then the node's own.
+DROP_REASONS: tuple[str, ...] = (
+    "malformed",
+    "wrong_length",
+    "unknown_version",
+    "mac_mismatch",
+    "bad_command",
+    "payload_tampered",
+    "replay",
+    "late",
+    "queue_full",
+    "unknown_next_hop",
+    "unknown_epoch",
+    "mailbox_full",
+    "no_client",
+    "peer_queue_full",
+    "send_failed",
+    "link_loss",
+    "shutdown",
+    OTHER,
+)
+# Seconds to process one packet: 50 us .. 100 ms.
+PROCESSING_BUCKETS_S: tuple[float, ...] = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+)
+MAX_REQUEST_BYTES = 8192  # bytes of an HTTP request head the endpoint reads at most
+
+
+def _check_name(name: str) -> None:
+    if not name or not all(c.isalnum() or c == "_" for c in name) or name[0].isdigit():
+        raise UsageError(f"bad metric name {name!r}")
+
+
+def _fmt(v: float) -> str:
+    if v == math.inf:
+        return "+Inf"
+    if v == int(v) and abs(v) < 2**53:
+        return str(int(v))
+    return repr(v)
+
+
+class _Metric:
+    kind = ""
+
+    def __init__(self, name: str, help: str, label: str | None, values: Sequence[str]):
+        _check_name(name)
+        if label is not None:
+            _check_name(label)
+            if not values:
+                raise UsageError(f"{name}: a labelled metric declares its label values")
+            values = tuple(dict.fromkeys([*values, OTHER]))
+        self.name = name
+        self.help = help
+        self.label = label
+        self.values: tuple[str, ...] = tuple(values) if label is not None else ("",)
+        self._lock = threading.Lock()
+
+    def _key(self, label: str | None) -> str:
+        if self.label is None:
+            if label is not None:
+                raise UsageError(f"{self.name} has no label")
+            return ""
+        return label if label in self.values else OTHER
+
+    def _labels(self, key: str, extra: str = "") -> str:
+        parts = [] if self.label is None else [f'{self.label}="{key}"']
+        if extra:
+            parts.append(extra)
+        return "{" + ",".join(parts) + "}" if parts else ""
+
+
+class Counter(_Metric):
+    """A count that only goes up (packets, drops)."""
+
+    kind = "counter"
+
+    def __init__(self, name: str, help: str, label: str | None = None, values: Sequence[str] = ()):
+        super().__init__(name, help, label, values)
+        self._v = dict.fromkeys(self.values, 0.0)
+
+    def inc(self, amount: float = 1.0, *, label: str | None = None) -> None:
+        """Add ``amount`` (>= 0) to the count (of ``label``, if the counter has one)."""
+        if amount < 0:
+            raise UsageError(f"{self.name}: a counter cannot go down")
+        key = self._key(label)
+        with self._lock:
+            self._v[key] += amount
+
+    def value(self, label: str | None = None) -> float:
+        """The current count."""
+        return self._v[self._key(label)]
+
+    def samples(self, full: str) -> Iterable[str]:
+        with self._lock:
+            items = list(self._v.items())
+        for key, v in items:
+            yield f"{full}{self._labels(key)} {_fmt(v)}"
+
+
+class Gauge(_Metric):
+    """A level that goes up and down (queue depth)."""
+
+    kind = "gauge"
+
+    def __init__(self, name: str, help: str, label: str | None = None, values: Sequence[str] = ()):
+        super().__init__(name, help, label, values)
+        self._v = dict.fromkeys(self.values, 0.0)
+
+    def set(self, value: float, *, label: str | None = None) -> None:
+        """Set the level."""
+        key = self._key(label)
+        with self._lock:
+            self._v[key] = float(value)
+
+    def inc(self, amount: float = 1.0, *, label: str | None = None) -> None:
+        """Raise the level by ``amount`` (negative to lower it)."""
+        key = self._key(label)
+        with self._lock:
+            self._v[key] += amount
+
+    def dec(self, amount: float = 1.0, *, label: str | None = None) -> None:
+        """Lower the level by ``amount``."""
+        self.inc(-amount, label=label)
+
+    def value(self, label: str | None = None) -> float:
+        """The current level."""
+        return self._v[self._key(label)]
+
+    def samples(self, full: str) -> Iterable[str]:
+        with self._lock:
+            items = list(self._v.items())
+        for key, v in items:
+            yield f"{full}{self._labels(key)} {_fmt(v)}"
+
+
+class Histogram(_Metric):
+    """Observations counted in fixed buckets (upper bounds, seconds), with sum and count."""
+
+    kind = "histogram"
+
+    def __init__(self, name: str, help: str, buckets: Sequence[float]):
+        super().__init__(name, help, None, ())
+        b = tuple(float(x) for x in buckets)
+        if not b or list(b) != sorted(set(b)) or b[-1] == math.inf:
+            raise UsageError(f"{name}: buckets must be finite and strictly increasing")
+        self.buckets = b
+        self._counts = [0] * (len(b) + 1)  # the last one is +Inf
+        self._sum = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one observation."""
+        i = bisect.bisect_left(self.buckets, value)
+        with self._lock:
+            self._counts[i] += 1
+            self._sum += value
+
+    @property
+    def count(self) -> int:
+        """Observations so far."""
+        return sum(self._counts)
+
+    @property
+    def sum(self) -> float:
+        """Sum of the observations."""
+        return self._sum
+
+    def samples(self, full: str) -> Iterable[str]:
+        with self._lock:
+            counts = list(self._counts)
+            total = self._sum
+        running = 0
+        for bound, c in zip((*self.buckets, math.inf), counts, strict=True):
+            running += c
+            yield f'{full}_bucket{{le="{_fmt(bound)}"}} {running}'
+        yield f"{full}_sum {_fmt(total)}"
+        yield f"{full}_count {running}"
+
+
+Metric = Counter | Gauge | Histogram
+
+
+class Registry:
+    """A named set of metrics, rendered together."""
+
+    def __init__(self, namespace: str = NAMESPACE):
+        _check_name(namespace)
+        self.namespace = namespace
+        self._metrics: dict[str, Metric] = {}
+        self._lock = threading.Lock()
+
+    def register(self, metric: Metric) -> Metric:
+        """Add a metric; UsageError if the name is taken."""
+        with self._lock:
+            if metric.name in self._metrics:
+                raise UsageError(f"metric {metric.name!r} is already registered")
+            self._metrics[metric.name] = metric
+        return metric
+
+    def counter(
+        self, name: str, help: str, label: str | None = None, values: Sequence[str] = ()
+    ) -> Counter:
+        """Register and return a counter."""
+        c = Counter(name, help, label, values)
+        self.register(c)
+        return c
+
+    def gauge(
+        self, name: str, help: str, label: str | None = None, values: Sequence[str] = ()
+    ) -> Gauge:
+        """Register and return a gauge."""
+        g = Gauge(name, help, label, values)
+        self.register(g)
+        return g
+
+    def histogram(self, name: str, help: str, buckets: Sequence[float]) -> Histogram:
+        """Register and return a histogram."""
+        h = Histogram(name, help, buckets)
+        self.register(h)
+        return h
+
+    def get(self, name: str) -> Metric:
+        """The metric registered as ``name`` (without the namespace)."""
+        return self._metrics[name]
+
+    def render(self) -> str:
+        """Everything in the Prometheus text exposition format (version 0.0.4)."""
+        lines: list[str] = []
+        with self._lock:
+            metrics = list(self._metrics.values())
+        for m in metrics:
+            full = f"{self.namespace}_{m.name}"
+            help_text = m.help.replace("\\", "\\\\").replace("\n", "\\n")
+            lines.append(f"# HELP {full} {help_text}")
+            lines.append(f"# TYPE {full} {m.kind}")
+            lines.extend(m.samples(full))
+        return "\n".join(lines) + "\n"
+
+
+class NodeMetrics:
+    """The metrics every mix node and gateway exports (names without the namespace)."""
+
+    def __init__(self, registry: Registry | None = None):
+        self.registry = registry if registry is not None else Registry()
+        r = self.registry
+        self.packets_in = r.counter("packets_in_total", "Packets received (all kinds).")
+        self.packets_out = r.counter("packets_out_total", "Packets sent (all kinds).")
+        self.drops = r.counter("drops_total", "Packets dropped, by reason.", "reason", DROP_REASONS)
+        self.replays = r.counter("replays_total", "Packets dropped as replays.")
+        self.queue_depth = r.gauge("queue_depth", "Packets waiting in the delay queue.")
+        self.cover_sent = r.counter("cover_sent_total", "Loop cover packets sent by this node.")
+        self.processing_seconds = r.histogram(
+            "processing_seconds", "Seconds to process one packet.", PROCESSING_BUCKETS_S
+        )
+        self.deliveries = r.counter(
+            "deliveries_total", "Packets delivered to clients (gateways; real and dummy)."
+        )
+        self.mailbox_depth = r.gauge(
+            "mailbox_depth", "Packets waiting in all client mailboxes (gateways)."
+        )
+
+
+# --------------------------------------------------------------------------------------
+# The endpoint
+
+
+def _response(status: str, body: bytes, content_type: str = "text/plain; charset=utf-8") -> bytes:
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def _handle(registry: Registry, stream: trio.SocketStream) -> None:
+    async with stream:
+        buf = b""
+        with trio.move_on_after(5):
+            while b"\r\n\r\n" not in buf and len(buf) < MAX_REQUEST_BYTES:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    break
+                buf += chunk
+        line = buf.split(b"\r\n", 1)[0].split()
+        if len(line) < 2 or line[0] != b"GET":
+            reply = _response("405 Method Not Allowed", b"GET /metrics\n")
+        elif line[1].split(b"?", 1)[0] not in (b"/metrics", b"/"):
+            reply = _response("404 Not Found", b"GET /metrics\n")
+        else:
+            reply = _response("200 OK", registry.render().encode(), CONTENT_TYPE)
+        try:
+            await stream.send_all(reply)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+async def serve_metrics(
+    registry: Registry,
+    host: str,
+    port: int,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``GET /metrics`` on ``host:port`` until cancelled; reports the bound port.
+
+    Refuses (UsageError) any host that is not a loopback address.
+    """
+    if not is_loopback(host):
+        raise UsageError(f"metrics host must be a loopback address, got {host!r}")
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = listeners[0].socket.getsockname()[1]
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await _handle(registry, stream)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, handler, listeners)
+        task_status.started(bound)

@@ -1,0 +1,177 @@
+"""Config: TOML to frozen dataclasses; every bad field is named in the error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mixnode.config import (
+    ConfigError,
+    DirAuthConfig,
+    load_dirauth_config,
+    load_node_config,
+    make_node_config,
+    parse_dirauth_config,
+    parse_node_config,
+    write_config,
+)
+from overlay import NodeRole
+
+KEY_A = "aa" * 32
+KEY_B = "bb" * 32
+
+GOOD_GATEWAY = f"""
+[node]
+name = "gw-1"
+role = "gateway"
+listen_port = 31001
+data_dir = "data/gw-1"
+
+[gateway]
+client_port = 31101
+delivery_rate_hz = 50
+
+[mixing]
+loop_cover_rate_hz = 2.5
+workers = 2
+
+[directory]
+authorities = ["http://127.0.0.1:31900", "http://127.0.0.1:31901/"]
+authority_keys = ["{KEY_A}", "{KEY_B}"]
+threshold = 2
+epoch_length_s = 600
+
+[metrics]
+port = 9200
+
+[link]
+delay_ms_mean = 20
+delay_ms_jitter = 5
+loss = 0.01
+"""
+
+
+def test_good_gateway_config_and_defaults(tmp_path: Path) -> None:
+    cfg = parse_node_config(GOOD_GATEWAY, base_dir=tmp_path)
+    assert cfg.node.role is NodeRole.GATEWAY and cfg.node.layer == 0
+    assert cfg.node.data_dir == tmp_path / "data" / "gw-1"
+    assert cfg.node.public_host == "127.0.0.1"
+    assert cfg.gateway is not None and cfg.gateway.client_port == 31101
+    assert cfg.gateway.mailbox_capacity == 256  # default
+    assert cfg.mixing.loop_cover_rate_hz == 2.5 and cfg.mixing.late_drop_ms == 50.0
+    assert cfg.directory.authorities[1] == "http://127.0.0.1:31901"
+    assert cfg.directory.authority_keys == (bytes.fromhex(KEY_A), bytes.fromhex(KEY_B))
+    assert cfg.metrics.host == "127.0.0.1" and cfg.metrics.port == 9200
+    assert cfg.link.loss == 0.01
+    assert cfg.geometry.packet_len == 636
+    with pytest.raises(AttributeError):
+        cfg.node.name = "x"  # type: ignore[misc]
+
+
+def _bad(text: str, replace: str, by: str) -> str:
+    assert replace in text
+    return text.replace(replace, by)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            "loop_cover_rate_hz = 2.5",
+            'loop_cover_rate_hz = "abc"',
+            "mixing.loop_cover_rate_hz: expected a number >= 0, got 'abc'",
+        ),
+        (
+            "loop_cover_rate_hz = 2.5",
+            "loop_cover_rate_hz = -1",
+            "mixing.loop_cover_rate_hz: expected a number >= 0",
+        ),
+        ('role = "gateway"', 'role = "relay"', "node.role: expected 'mix' or 'gateway'"),
+        ("listen_port = 31001", "listen_port = 70000", "node.listen_port: expected an integer"),
+        ("listen_port = 31001\n", "", "node.listen_port: missing"),
+        ("client_port = 31101", "", "gateway.client_port: missing"),
+        ("threshold = 2", "threshold = 3", "directory.threshold: expected an integer in 1..2"),
+        (f'"{KEY_B}"', '"beef"', "directory.authority_keys[1]: expected a 32-byte"),
+        (f'"{KEY_B}"', f'"{KEY_A}"', "directory.authority_keys: a key is listed twice"),
+        ('"http://127.0.0.1:31900"', '"ftp://x"', "directory.authorities[0]: expected an http"),
+        ("port = 9200", 'port = 9200\nhost = "0.0.0.0"', "metrics.host: expected a loopback"),
+        ("loss = 0.01", "loss = 1.5", "link.loss: expected a number in 0..0.99"),
+        ("workers = 2", "workers = true", "mixing.workers: expected an integer"),
+        ("workers = 2", "wokers = 2", "mixing.wokers: unknown field"),
+        ("[link]", "[lnk]", "lnk: unknown field"),
+        ("epoch_length_s = 600", "epoch_length_s = 1", "directory.epoch_length_s"),
+        ('name = "gw-1"', "name = 5", "node.name: expected a string, got 5"),
+    ],
+)
+def test_bad_field_is_named(old: str, new: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_node_config(_bad(GOOD_GATEWAY, old, new))
+    assert message in str(err.value)
+
+
+def test_mix_needs_layer_and_no_gateway_section() -> None:
+    mix = GOOD_GATEWAY.replace('role = "gateway"', 'role = "mix"\nlayer = 2')
+    with pytest.raises(ConfigError, match=r"^gateway: only a node with role"):
+        parse_node_config(mix)
+    no_gw = mix.split("[gateway]")[0] + "[mixing]" + mix.split("[mixing]")[1]
+    assert parse_node_config(no_gw).node.layer == 2
+    with pytest.raises(ConfigError, match=r"node.layer: expected an integer in 1..3, got 4"):
+        parse_node_config(no_gw.replace("layer = 2", "layer = 4"))
+    with pytest.raises(ConfigError, match=r"node.layer: missing"):
+        parse_node_config(no_gw.replace("layer = 2", ""))
+
+
+def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_node_config(tmp_path / "nope.toml")
+    (tmp_path / "bad.toml").write_text("[node\nname=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_node_config(tmp_path / "bad.toml")
+
+
+def test_write_then_load_round_trip(tmp_path: Path) -> None:
+    cfg = make_node_config(
+        name="mix-1",
+        role="mix",
+        layer=3,
+        listen_port=32003,
+        data_dir=tmp_path / "mix-1",
+        authorities=["http://127.0.0.1:31900"],
+        authority_keys=[bytes.fromhex(KEY_A)],
+        extra={"link": {"loss": 0.05}, "mixing": {"workers": 1}},
+    )
+    write_config(tmp_path / "mix-1.toml", cfg)
+    assert load_node_config(tmp_path / "mix-1.toml") == cfg
+    with pytest.raises(ConfigError, match="gateway.client_port: missing"):
+        make_node_config(
+            name="g",
+            role="gateway",
+            layer=0,
+            listen_port=1,
+            data_dir=tmp_path,
+            authorities=["http://127.0.0.1:1"],
+            authority_keys=[bytes(32)],
+        )
+
+
+def test_dirauth_config(tmp_path: Path) -> None:
+    text = f"""
+[authority]
+name = "auth-1"
+listen_port = 31900
+data_dir = "auth-1"
+round_interval_s = 0.5
+
+[directory]
+authorities = ["http://127.0.0.1:31900", "http://127.0.0.1:31901"]
+authority_keys = ["{KEY_A}", "{KEY_B}"]
+"""
+    cfg = parse_dirauth_config(text, base_dir=tmp_path)
+    assert isinstance(cfg, DirAuthConfig)
+    assert cfg.directory.threshold == 2  # default: a majority
+    assert cfg.authority.data_dir == tmp_path / "auth-1"
+    write_config(tmp_path / "a.toml", cfg)
+    assert load_dirauth_config(tmp_path / "a.toml") == cfg
+    with pytest.raises(ConfigError, match="authority.listen_port: missing"):
+        parse_dirauth_config(text.replace("listen_port = 31900", ""))
