@@ -22,6 +22,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
@@ -30,12 +31,15 @@ from mixnode.config import NodeConfig
 from mixnode.gateway import GatewayCore
 from mixnode.keys import NodeKeys
 from mixnode.metrics import DROP_REASONS, NodeMetrics, serve_metrics
+from mixnode.testnet import child_env
 from overlay import (
     Delivery,
+    DirectoryError,
     DownlinkKind,
     NodeDescriptor,
     NodeRole,
     TopologyDocument,
+    canonical_json,
     epoch_at,
     epoch_start,
     sign_descriptor,
@@ -65,6 +69,37 @@ def _reason(name: str) -> str:
     return name if name in DROP_REASONS else "other"
 
 
+class Directory(Protocol):
+    """Where a node publishes its descriptor and fetches verified topology documents."""
+
+    async def publish(self, descriptor: bytes, signature: bytes) -> None: ...
+
+    async def fetch(self, epoch: int) -> TopologyDocument: ...
+
+
+class AuthorityDirectory:
+    """The real directory: POST the descriptor to every authority, fetch and verify."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        from mixnode.directory_client import DirectoryClient
+
+        self.urls = list(config.directory.authorities)
+        self.client = DirectoryClient.from_config(config)
+
+    async def publish(self, descriptor: bytes, signature: bytes) -> None:
+        from mixnode.directory_client import publish_descriptor
+
+        body = canonical_json(
+            {"descriptor": descriptor.decode("ascii"), "signature": signature.hex()}
+        )
+        accepted = await trio.to_thread.run_sync(publish_descriptor, self.urls, body)
+        if not accepted:
+            raise DirectoryError("no authority accepted the descriptor")
+
+    async def fetch(self, epoch: int) -> TopologyDocument:
+        return await self.client.afetch(epoch)
+
+
 @dataclass(slots=True)
 class _WorkerHandle:
     index: int
@@ -78,8 +113,9 @@ class _WorkerHandle:
 class Node:
     """One running node: owns the worker processes and the control-plane tasks."""
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, directory: Directory | None = None) -> None:
         self.config = config
+        self.directory = directory
         self.geometry = config.geometry
         self.keys = NodeKeys.load_or_create(config.node.data_dir)
         self.node_id = self.keys.node_id
@@ -169,6 +205,7 @@ class Node:
         h.proc = subprocess.Popen(
             [sys.executable, "-m", "mixnode._worker", self._worker_settings(h, child.fileno())],
             pass_fds=(h.udp.fileno(), child.fileno()),
+            env=child_env(),
             stdin=subprocess.DEVNULL,
         )
         child.close()
@@ -290,18 +327,16 @@ class Node:
 
     # -- directory ---------------------------------------------------------------------
 
-    async def _directory_loop(self, started: trio.Event) -> None:
-        from mixnode.directory_client import DirectoryClient
-
+    async def _directory_loop(self, listed: trio.Event) -> None:
         d = self.config.directory
-        client = DirectoryClient(d, self.geometry)
+        client = self.directory if self.directory is not None else AuthorityDirectory(self.config)
         published_for = -1
         while True:
             if self.rotate():
                 self.broadcast(self._key_message())
                 self._gw_keys = self.gateway_private_keys()
             try:
-                if published_for != self.epoch:
+                if published_for != self.epoch or not listed.is_set():
                     desc, sig = self.descriptor()
                     await client.publish(desc, sig)
                     published_for = self.epoch
@@ -316,7 +351,7 @@ class Node:
                 self.broadcast(b"T" + doc.to_bytes())
                 log.info("topology for epoch %d: %d nodes", doc.epoch, len(doc.nodes))
             if doc.by_id.get(self.node_id) is not None:
-                started.set()
+                listed.set()
                 wait = self._until_next_epoch()
             else:
                 wait = DIRECTORY_RETRY_S  # not listed yet: the authorities have a round to go
@@ -424,7 +459,33 @@ class Node:
 
 
 async def run(
-    config: NodeConfig, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED
+    config: NodeConfig,
+    *,
+    directory: Directory | None = None,
+    task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a node until cancelled or signalled (SIGTERM/SIGINT); reports the Node started."""
-    await Node(config).serve(task_status)
+    await Node(config, directory).serve(task_status)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mixnode.daemon --config node.toml``: run one node in the foreground."""
+    import argparse
+
+    from mixnode.config import ConfigError, load_node_config
+
+    p = argparse.ArgumentParser(prog="python -m mixnode.daemon")
+    p.add_argument("--config", required=True, help="the node's TOML config")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        config = load_node_config(args.config)
+    except ConfigError as exc:
+        print(f"mixnode: {exc}", file=sys.stderr)
+        return 2
+    trio.run(run, config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
