@@ -184,7 +184,7 @@ class Worker:
 
     def send(self, addr: tuple[str, int], frame: bytes, now: float) -> None:
         if self.loss and self.sysrand.random() < self.loss:
-            self.core.counters["link_emulated_loss"] += 1
+            self.core.drop("link_loss")
             return
         if self.delay_mean_s or self.delay_jitter_s:
             d = max(0.0, self.sysrand.gauss(self.delay_mean_s, self.delay_jitter_s))
@@ -197,7 +197,7 @@ class Worker:
         q = self.pending.get(addr)
         if q:
             if len(q) >= PEER_QUEUE_MAX:
-                self.core.drop("send_queue_full")
+                self.core.drop("peer_queue_full")
             else:
                 q.append(frame)
             return
@@ -207,7 +207,7 @@ class Worker:
         except BlockingIOError:
             self.pending.setdefault(addr, deque()).append(frame)
         except OSError:
-            self.core.drop("send_error")
+            self.core.drop("send_failed")
 
     def flush(self) -> None:
         for addr, q in list(self.pending.items()):
@@ -218,7 +218,7 @@ class Worker:
                 except BlockingIOError:
                     break
                 except OSError:
-                    self.core.drop("send_error")
+                    self.core.drop("send_failed")
                 q.popleft()
             if not q:
                 del self.pending[addr]
@@ -228,7 +228,7 @@ class Worker:
             if isinstance(action, ForwardAt):
                 addr = self.peers.get(action.next_hop)
                 if addr is None:
-                    self.core.drop("unknown_peer")
+                    self.core.drop("unknown_next_hop")
                     continue
                 self.send(addr, self.codec.node_packet(action.packet), now)
             elif isinstance(action, DeliverAt):
@@ -271,6 +271,8 @@ class Worker:
             if self.pending:
                 poller.modify(self.udp, select.POLLIN | select.POLLOUT)
             events = poller.poll(wait * 1000.0)
+            ctrl_fd = self.ctrl.fileno()
+            events.sort(key=lambda e: e[0] != ctrl_fd)  # keys and topology before packets
             for fd, ev in events:
                 if fd == self.ctrl.fileno():
                     if ev & (select.POLLHUP | select.POLLERR):

@@ -191,7 +191,7 @@ class NodeCore:
         self.counters["packets_in"] += 1
         self.expire_keys(now)
         if not self._keys:
-            return self.drop("no_key")
+            return self.drop("unknown_epoch")
         result = None
         key = self._keys[0]
         for key in self._keys:

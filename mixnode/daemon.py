@@ -49,8 +49,11 @@ log = logging.getLogger("phantom.mixnode")
 
 KEY_OVERLAP_S = 60.0  # seconds the previous epoch's key keeps opening packets
 WORKER_STOP_S = 3.0  # seconds a worker gets to exit after "Q" before SIGKILL
+WORKER_READY_S = 10.0  # seconds to wait for workers to start before publishing anyway
 WORKER_RESTART_S = 1.0  # seconds between restarts of a crashed worker
-DIRECTORY_RETRY_S = 1.0  # seconds between directory attempts while there is no document
+DIRECTORY_RETRY_S = 1.0  # seconds between directory attempts after a failure
+DIRECTORY_REFRESH_S = 30.0  # seconds between fetches once the document is settled
+DIRECTORY_SETTLE_S = 15.0  # seconds without change before the document counts settled
 # Our counters' names -> the metric's declared drop reasons.
 _REASON_ALIASES = {
     "link_malformed": "malformed",
@@ -108,6 +111,7 @@ class _WorkerHandle:
     ctrl_raw: socket.socket | None = None  # sends (non-blocking; full means drop)
     proc: subprocess.Popen[bytes] | None = None
     last: Counter[str] | None = None
+    ready: trio.Event | None = None  # set by the worker's first report
 
 
 class Node:
@@ -212,6 +216,7 @@ class Node:
         h.ctrl_raw = parent
         h.ctrl = trio.socket.from_stdlib_socket(parent)
         h.last = Counter()
+        h.ready = trio.Event()
         self._send_worker(h, self._key_message())
         if self.topology is not None:
             self._send_worker(h, b"T" + self.topology.to_bytes())
@@ -259,7 +264,8 @@ class Node:
 
     def _on_stats(self, h: _WorkerHandle, stats: dict[str, object]) -> None:
         now = Counter({str(k): int(v) for k, v in stats["counters"].items()})  # type: ignore[attr-defined]
-        assert h.last is not None
+        assert h.last is not None and h.ready is not None
+        h.ready.set()
         delta = now - h.last
         h.last = now
         m = self.metrics
@@ -330,7 +336,12 @@ class Node:
     async def _directory_loop(self, listed: trio.Event) -> None:
         d = self.config.directory
         client = self.directory if self.directory is not None else AuthorityDirectory(self.config)
+        with trio.move_on_after(WORKER_READY_S):  # publish only once packets can be processed
+            for h in self.workers:
+                assert h.ready is not None
+                await h.ready.wait()
         published_for = -1
+        changed_at = time.monotonic()
         while True:
             if self.rotate():
                 self.broadcast(self._key_message())
@@ -348,14 +359,15 @@ class Node:
                 continue
             if self.topology is None or doc.to_bytes() != self.topology.to_bytes():
                 self.topology = doc
+                changed_at = time.monotonic()
                 self.broadcast(b"T" + doc.to_bytes())
                 log.info("topology for epoch %d: %d nodes", doc.epoch, len(doc.nodes))
             if doc.by_id.get(self.node_id) is not None:
                 listed.set()
-                wait = self._until_next_epoch()
-            else:
-                wait = DIRECTORY_RETRY_S  # not listed yet: the authorities have a round to go
-            await trio.sleep(min(wait, max(DIRECTORY_RETRY_S, d.epoch_length_s / 10)))
+            # While the network is changing (nodes joining), follow it closely.
+            settled = time.monotonic() - changed_at > DIRECTORY_SETTLE_S
+            wait = min(d.epoch_length_s / 20, DIRECTORY_REFRESH_S) if settled else 1.0
+            await trio.sleep(max(DIRECTORY_RETRY_S, min(wait, self._until_next_epoch())))
 
     def _until_next_epoch(self) -> float:
         d = self.config.directory

@@ -55,6 +55,8 @@ class ProcessInfo:
 class TestnetState:
     """What ``up`` wrote: processes and what a client needs to find the network."""
 
+    __test__ = False  # not a pytest class
+
     directory: str
     authorities: list[str]
     authority_keys: list[str]  # hex
@@ -90,6 +92,8 @@ class TestnetState:
 @dataclass(frozen=True, slots=True)
 class TestnetOptions:
     """Shape of the testnet and the settings every node gets."""
+
+    __test__ = False  # not a pytest class
 
     directory: Path = DEFAULT_DIR
     authorities: int = 3
@@ -285,6 +289,7 @@ def wait_for_topology(state: TestnetState, expected: int, timeout_s: float = UP_
         except (DirectoryError, OSError):
             seen = 0
         if seen >= expected:
+            time.sleep(1.5)  # nodes refetch every second while the document changes
             return
         time.sleep(0.3)
     raise TestnetError(f"topology lists {seen} of {expected} nodes after {timeout_s:.0f} s")

@@ -131,7 +131,7 @@ def test_key_overlap_and_expiry() -> None:
 
 def test_no_key() -> None:
     core = NodeCore(VOICE, ME)
-    assert core.receive(os.urandom(VOICE.packet_len), now=0.0) == Dropped("no_key")
+    assert core.receive(os.urandom(VOICE.packet_len), now=0.0) == Dropped("unknown_epoch")
 
 
 def test_loop_cover_rate_is_poisson_on_virtual_time() -> None:
