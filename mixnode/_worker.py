@@ -17,6 +17,7 @@ worker -> daemon ``D`` delivery, ``S`` statistics.
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import heapq
 import json
@@ -32,15 +33,27 @@ from collections import deque
 from collections.abc import Sequence
 
 from mixnode.core import DeliverAt, ForwardAt, NodeCore
-from overlay import BULK, VOICE, Hop, LinkCodec, LinkError, TopologyDocument, exp_delay_us
+from mixnode.metrics import PROCESSING_BUCKETS_S
+from overlay import (
+    BULK,
+    LINK_VERSION,
+    VOICE,
+    FrameType,
+    Hop,
+    LinkCodec,
+    LinkError,
+    TopologyDocument,
+    exp_delay_us,
+)
 
+NODE_FRAME_HEAD = bytes((LINK_VERSION, FrameType.NODE_PACKET))
+unpack_timespec = struct.Struct("qq").unpack_from
 SO_TIMESTAMPNS = 35  # Linux: kernel receive timestamps as struct timespec
 SO_ATTACH_REUSEPORT_CBPF = 51  # Linux: classic BPF picks the socket in a reuseport group
 ALPHA_BYTE_OFFSET = 3  # link header (2) + Sphinx version (1): first byte of alpha
 RECV_BATCH = 64  # datagrams read per poll wake-up at most
 PEER_QUEUE_MAX = 4096  # packets waiting per peer when the socket is full
 STATS_INTERVAL_S = 0.5  # seconds between statistics reports to the daemon
-MAX_SAMPLES = 20_000  # processing-time samples per report at most
 CONTROL_MAX = 1 << 20  # bytes; a topology document fits easily
 GEOMETRIES = {"voice": VOICE, "bulk": BULK}
 
@@ -101,6 +114,7 @@ class Worker:
             cover_rate_hz=float(settings["cover_rate_hz"]),  # type: ignore[arg-type]
         )
         self.codec = LinkCodec(geometry)
+        self.node_frame_len = self.codec.frame_len(FrameType.NODE_PACKET)
         self.delay_mean_s = float(settings.get("link_delay_ms", 0.0)) / 1000.0  # type: ignore[arg-type]
         self.delay_jitter_s = float(settings.get("link_jitter_ms", 0.0)) / 1000.0  # type: ignore[arg-type]
         self.loss = float(settings.get("link_loss", 0.0))  # type: ignore[arg-type]
@@ -115,7 +129,8 @@ class Worker:
         self.pending: dict[tuple[str, int], deque[bytes]] = {}
         self.emulated: list[tuple[float, int, tuple[str, int], bytes]] = []
         self.seq = 0
-        self.samples: list[float] = []
+        self.hist = [0] * (len(PROCESSING_BUCKETS_S) + 1)  # processing seconds, cumulative
+        self.hist_sum = 0.0
         self.running = True
         self.parent = os.getppid()
         self.sysrand = secrets.SystemRandom()
@@ -168,19 +183,26 @@ class Worker:
     def on_packet(self, packet: bytes, now: float, arrived_at: float) -> None:
         t0 = time.perf_counter()
         self.core.receive(packet, now, arrived_at=arrived_at)
-        if len(self.samples) < MAX_SAMPLES:
-            self.samples.append(time.perf_counter() - t0)
+        dt = time.perf_counter() - t0
+        self.hist[bisect.bisect_left(PROCESSING_BUCKETS_S, dt)] += 1
+        self.hist_sum += dt
 
-    def on_datagram(self, data: bytes, arrived_at: float) -> None:
-        try:
-            frame = self.codec.parse(data)
-        except LinkError as exc:
-            self.core.drop(exc.reason)
+    def on_datagram(self, data: bytes, arrived_at: float, now: float) -> None:
+        if len(data) != self.node_frame_len or data[:2] != NODE_FRAME_HEAD:
+            self.core.counters["packets_in"] += 1
+            try:
+                self.codec.parse(data)
+                self.core.drop("link_malformed")  # a well-formed frame of a client type
+            except LinkError as exc:
+                self.core.drop(exc.reason)
             return
-        if frame.type != 1:  # only node frames on the node port
-            self.core.drop("link_malformed")
+        if now - arrived_at > self.core.late_drop_s:
+            # Waited in the socket longer than the late limit: the node is overloaded.
+            # Shed it before the expensive crypto, so the backlog drains instead of growing.
+            self.core.counters["packets_in"] += 1
+            self.core.drop("late")
             return
-        self.on_packet(frame.body, time.time(), arrived_at)
+        self.on_packet(data[2:], now, arrived_at)
 
     def send(self, addr: tuple[str, int], frame: bytes, now: float) -> None:
         if self.loss and self.sysrand.random() < self.loss:
@@ -246,9 +268,9 @@ class Worker:
             "counters": dict(self.core.counters),
             "queue_depth": self.core.queue_depth + len(self.emulated),
             "replay_entries": self.core.replay_entries(),
-            "samples": self.samples,
+            "hist": self.hist,
+            "hist_sum": self.hist_sum,
         }
-        self.samples = []
         try:
             self.ctrl.send(b"S" + json.dumps(stats).encode())
         except OSError:
@@ -294,12 +316,12 @@ class Worker:
                             break
                         except OSError:
                             continue
-                        arrived = time.time()
-                        for level, ctype, cdata in ancdata:
-                            if level == socket.SOL_SOCKET and ctype == SO_TIMESTAMPNS:
-                                sec, nsec = struct.unpack("qq", cdata[:16])
-                                arrived = sec + nsec / 1e9
-                        self.on_datagram(data, arrived)
+                        now = time.time()
+                        arrived = now
+                        if ancdata:
+                            sec, nsec = unpack_timespec(ancdata[0][2])
+                            arrived = sec + nsec * 1e-9
+                        self.on_datagram(data, arrived, now)
                         self.run_due(time.time())
             if self.pending:
                 self.flush()

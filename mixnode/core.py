@@ -140,6 +140,7 @@ class NodeCore:
         self.rng = rng
         self.counters: Counter[str] = Counter()
         self._keys: list[_EpochKey] = []  # newest first; at most current and previous
+        self._first_expiry = math.inf  # when expire_keys next has work to do
         self._heap: list[tuple[float, int, ForwardAt | DeliverAt]] = []
         self._seq = 0
         self._next_cover: float | None = None
@@ -152,16 +153,19 @@ class NodeCore:
         for k in self._keys:
             if k.epoch == epoch:
                 k.expires_at = expires_at
+                self._first_expiry = min(x.expires_at for x in self._keys)
                 return
         self._keys.insert(
             0, _EpochKey(epoch, private_key, expires_at, ReplayCache(self.replay_capacity))
         )
         self._keys.sort(key=lambda k: -k.epoch)
         del self._keys[2:]
+        self._first_expiry = min(k.expires_at for k in self._keys)
 
     def expire_keys(self, now: float) -> None:
         """Forget keys (and their replay caches) whose lifetime is over."""
         self._keys = [k for k in self._keys if k.expires_at > now]
+        self._first_expiry = min((k.expires_at for k in self._keys), default=math.inf)
 
     @property
     def epochs(self) -> list[int]:
@@ -189,7 +193,8 @@ class NodeCore:
         is late.
         """
         self.counters["packets_in"] += 1
-        self.expire_keys(now)
+        if now >= self._first_expiry:
+            self.expire_keys(now)
         if not self._keys:
             return self.drop("unknown_epoch")
         result = None
