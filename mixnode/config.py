@@ -144,6 +144,8 @@ class AuthoritySection:
     data_dir: Path  # signing key, descriptors, documents
     round_interval_s: float  # how often it merges descriptors and gathers signatures
     geometry: str
+    # Identity keys of the nodes it lists; empty means open enrolment (testnets).
+    allowed_nodes: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,6 +422,7 @@ def parse_dirauth_config(
         data_dir=_resolve(base_dir, a.text("data_dir")),
         round_interval_s=a.number("round_interval_s", 0.1, 3600.0, default=5.0),
         geometry=a.text("geometry", default="voice", choices=tuple(GEOMETRIES)),
+        allowed_nodes=tuple(a.items("allowed_nodes", _key_hex, default=[])),
     )
     a.finish()
     directory = _directory(root, need_authorities=False)
@@ -503,6 +506,7 @@ def dirauth_config_to_dict(cfg: DirAuthConfig) -> dict[str, object]:
             "data_dir": str(a.data_dir),
             "round_interval_s": a.round_interval_s,
             "geometry": a.geometry,
+            "allowed_nodes": [k.hex() for k in a.allowed_nodes],
         },
         "directory": _directory_dict(cfg.directory),
     }

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from overlay import PhantomError, generate_private_key, node_id_for, public_key
+from overlay import PhantomError, generate_private_key, node_id_for, parse_epoch, public_key
 
 IDENTITY_FILE = "identity.key"
 EPOCH_DIR = "epoch-keys"
@@ -105,7 +105,8 @@ def read_secret(path: Path) -> bytes:
     return raw
 
 
-def _ensure_dir(path: Path) -> None:
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` with mode 0700, or tighten it to 0700 if we own it; else refuse."""
     path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
@@ -135,8 +136,8 @@ class NodeKeys:
     def create(cls, data_dir: Path) -> NodeKeys:
         """Make a new identity in ``data_dir``; KeyStoreError if one is already there."""
         data_dir = Path(data_dir)
-        _ensure_dir(data_dir)
-        _ensure_dir(data_dir / EPOCH_DIR)
+        ensure_private_dir(data_dir)
+        ensure_private_dir(data_dir / EPOCH_DIR)
         ident = data_dir / IDENTITY_FILE
         if ident.exists():
             raise KeyStoreError(f"{ident}: an identity already exists; refusing to replace it")
@@ -151,18 +152,18 @@ class NodeKeys:
         ident = data_dir / IDENTITY_FILE
         if not ident.exists():
             raise KeyStoreError(f"{ident}: no identity key (run `phantom-mixnode init` first)")
-        _ensure_dir(data_dir)
-        _ensure_dir(data_dir / EPOCH_DIR)
+        ensure_private_dir(data_dir)
+        ensure_private_dir(data_dir / EPOCH_DIR)
         seed = read_secret(ident)
         epochs: dict[int, bytes] = {}
         for f in sorted((data_dir / EPOCH_DIR).iterdir()):
             name = f.name
             if name.startswith("."):
                 continue  # a temp file left by a crash mid-write
-            stem = name.removesuffix(EPOCH_SUFFIX)
-            if not name.endswith(EPOCH_SUFFIX) or not stem.isdigit():
+            epoch = parse_epoch(name.removesuffix(EPOCH_SUFFIX))
+            if not name.endswith(EPOCH_SUFFIX) or epoch is None:
                 raise KeyStoreError(f"{f}: unexpected file in the epoch key directory")
-            epochs[int(stem)] = read_secret(f)
+            epochs[epoch] = read_secret(f)
         return cls(data_dir, seed, epochs)
 
     @classmethod
@@ -260,7 +261,7 @@ def load_identity_seed(path: Path) -> bytes:
 def create_identity_seed(path: Path) -> bytes:
     """Create a new Ed25519 seed file atomically with mode 0600; refuses to overwrite."""
     path = Path(path)
-    _ensure_dir(path.parent)
+    ensure_private_dir(path.parent)
     if path.exists():
         raise KeyStoreError(f"{path}: a key already exists; refusing to replace it")
     seed = os.urandom(KEY_LEN)

@@ -75,6 +75,16 @@ def node_id_for(identity_key: bytes) -> bytes:
     return hashlib.blake2b(identity_key, digest_size=NODE_ID_LEN).digest()
 
 
+def parse_epoch(text: str) -> int | None:
+    """An epoch number written in ASCII decimal without leading zeros, or None."""
+    if not (0 < len(text) <= 19 and text.isascii() and text.isdecimal()):
+        return None
+    if text != "0" and text.startswith("0"):
+        return None
+    value = int(text)
+    return value if value < 2**63 else None
+
+
 def canonical_json(obj: object) -> bytes:
     """Sorted keys, no whitespace, ASCII only: one byte string per meaning."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
@@ -182,6 +192,23 @@ class NodeDescriptor:
             keys[epoch] = bytes(key)
         object.__setattr__(self, "epoch_keys", MappingProxyType(keys))
 
+    def __reduce__(self) -> tuple[type[NodeDescriptor], tuple[object, ...]]:
+        # For process pools on one machine; the wire format is to_bytes().
+        return (
+            NodeDescriptor,
+            (
+                self.node_id,
+                self.name,
+                self.role,
+                self.layer,
+                self.host,
+                self.port,
+                self.client_port,
+                self.identity_key,
+                dict(self.epoch_keys),
+            ),
+        )
+
     def epoch_key(self, epoch: int) -> bytes:
         """This node's X25519 public key for ``epoch``; DirectoryError if it has none."""
         try:
@@ -233,9 +260,10 @@ class NodeDescriptor:
             raise DirectoryError(f"{where}.epoch_keys: expected an object of at most 8 keys")
         keys: dict[int, bytes] = {}
         for e, k in raw_keys.items():
-            if not (isinstance(e, str) and e.isdigit() and str(int(e)) == e):
+            epoch = parse_epoch(e) if isinstance(e, str) else None
+            if epoch is None:
                 raise DirectoryError(f"{where}.epoch_keys: bad epoch {e!r}")
-            keys[int(e)] = _hex(k, f"{where}.epoch_keys.{e}", X25519_KEY_LEN)
+            keys[epoch] = _hex(k, f"{where}.epoch_keys.{e}", X25519_KEY_LEN)
         return cls(
             node_id=_hex(_field(d, "node_id", where), f"{where}.node_id", NODE_ID_LEN),
             name=_str(d, "name", where, MAX_NAME_LEN),
@@ -359,6 +387,20 @@ class TopologyDocument:
         object.__setattr__(self, "gateways", tuple(gateways))
         object.__setattr__(self, "layers", tuple(tuple(layer) for layer in layers))
         object.__setattr__(self, "by_id", MappingProxyType(by_id))
+
+    def __reduce__(self) -> tuple[type[TopologyDocument], tuple[object, ...]]:
+        # For process pools on one machine; the wire format is to_bytes().
+        return (
+            TopologyDocument,
+            (
+                self.epoch,
+                self.valid_after,
+                self.valid_until,
+                self.geometry,
+                self.mix_layers,
+                self.nodes,
+            ),
+        )
 
     def node(self, node_id: bytes) -> NodeDescriptor:
         """The node with ``node_id``; DirectoryError if the document does not list it."""

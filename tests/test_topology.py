@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 from collections import Counter
 
 import pytest
@@ -28,6 +29,7 @@ from overlay import (
     epoch_start,
     exp_delay_us,
     node_id_for,
+    parse_epoch,
     select_path,
     sign_descriptor,
     sign_document,
@@ -293,3 +295,27 @@ def test_randomness_is_injectable() -> None:
     assert uniform_index(5, zeros) == 0
     counts = Counter(uniform_index(3) for _ in range(3000))
     assert set(counts) == {0, 1, 2}
+
+
+def test_documents_cross_process_boundaries() -> None:
+    """Worker processes on one machine may receive a parsed document (not a wire format)."""
+    doc = _doc()
+    back = pickle.loads(pickle.dumps(doc))
+    assert back == doc and back.to_bytes() == doc.to_bytes()
+    assert back.by_id.keys() == doc.by_id.keys()
+
+
+@pytest.mark.parametrize(
+    "text", ["", "-1", "01", "1.0", "\u00b2", "\u0663", "9" * 20, "9" * 5000, "x"]
+)
+def test_parse_epoch_refuses_anything_but_plain_decimal(text: str) -> None:
+    assert parse_epoch(text) is None
+
+
+def test_parse_epoch_accepts_plain_decimal() -> None:
+    assert [parse_epoch(t) for t in ("0", "7", str(2**63 - 1))] == [0, 7, 2**63 - 1]
+    desc, _ = _node("m", NodeRole.MIX, 1, 5000)
+    d = desc.to_dict()
+    d["epoch_keys"] = {"\u00b2": "00" * 32}
+    with pytest.raises(DirectoryError, match="bad epoch"):
+        NodeDescriptor.from_dict(d)

@@ -1,0 +1,296 @@
+"""``phantom-mixnode``: set up, run and watch a mix node or gateway.
+
+    $ phantom-mixnode init --config mix1.toml --role mix --layer 1 --name mix-1 \\
+          --listen-port 31011 --data-dir mix-1 \\
+          --authority http://127.0.0.1:31900 --authority-key <64 hex digits>
+    $ phantom-mixnode run --config mix1.toml
+    $ phantom-mixnode status --config mix1.toml
+
+``init`` writes a checked config and creates the node's keys (mode 0600) in its data dir;
+``run`` loads both and hands over to the daemon; ``status`` reads the node's loopback
+metrics endpoint and prints a table. Exit codes: 0 ok, 1 runtime failure, 2 bad config
+or keys, 3 missing component.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from overlay import PhantomError, epoch_at
+
+from .config import (
+    ConfigError,
+    NodeConfig,
+    load_node_config,
+    make_node_config,
+    write_config,
+)
+from .keys import KeyStoreError, NodeKeys
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_MISSING = 3
+STATUS_TIMEOUT_S = 3.0
+
+_SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
+
+
+class CliError(PhantomError):
+    """A command cannot go on; the message says what to fix."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.code = code
+
+
+# --------------------------------------------------------------------------------------
+# init
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    path = Path(args.config)
+    if path.exists() and not args.force:
+        raise CliError(f"{path} exists; use --force to overwrite the config", EXIT_CONFIG)
+    if args.role == "mix" and args.layer is None:
+        raise CliError("--layer is required for a mix (1..3)", EXIT_CONFIG)
+    extra: dict[str, dict[str, object]] = {"mixing": {"workers": args.workers}}
+    if args.public_host:
+        extra["node"] = {"public_host": args.public_host}
+    cfg = make_node_config(
+        name=args.name,
+        role=args.role,
+        layer=args.layer if args.layer is not None else 0,
+        listen_host=args.listen_host,
+        listen_port=args.listen_port,
+        client_port=args.client_port,
+        data_dir=Path(args.data_dir),
+        authorities=list(args.authority),
+        authority_keys=[bytes.fromhex(k) for k in args.authority_key],
+        threshold=args.threshold,
+        metrics_port=args.metrics_port,
+        epoch_length_s=args.epoch_length_s,
+        extra=extra,
+    )
+    write_config(path, cfg)
+    loaded = load_node_config(path)  # resolves data_dir against the config's directory
+    keys = NodeKeys.load_or_create(loaded.node.data_dir)
+    d = loaded.directory
+    keys.ensure_epochs(epoch_at(time.time(), d.epoch_length_s, d.genesis_s))
+    print(f"wrote {path}")
+    print(f"node id {keys.node_id.hex()} (identity key {keys.identity_public.hex()})")
+    print(f"keys in {loaded.node.data_dir} (mode 0600)")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------
+# run
+
+
+def _load(path: str) -> tuple[NodeConfig, NodeKeys]:
+    cfg = load_node_config(Path(path))
+    keys = NodeKeys.load(cfg.node.data_dir)
+    return cfg, keys
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    cfg, keys = _load(args.config)
+    try:
+        daemon = importlib.import_module("mixnode.daemon")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("mixnode.daemon", "mixnode"):
+            raise
+        raise CliError(
+            "the node daemon (mixnode.daemon) is not installed in this build; "
+            "install the full phantom-mixnet package",
+            EXIT_MISSING,
+        ) from None
+    run = getattr(daemon, "run", None)
+    if run is None:
+        raise CliError("mixnode.daemon has no run(config) entry point", EXIT_MISSING)
+    kwargs = {"keys": keys} if "keys" in inspect.signature(run).parameters else {}
+    if inspect.iscoroutinefunction(run):
+        import trio
+
+        result = trio.run(lambda: run(cfg, **kwargs))
+    else:
+        result = run(cfg, **kwargs)
+    return int(result) if isinstance(result, int) else EXIT_OK
+
+
+# --------------------------------------------------------------------------------------
+# status
+
+
+def parse_prometheus(text: str) -> dict[tuple[str, str], float]:
+    """Samples of a Prometheus text page: {(name, labels text), value}."""
+    out: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE.match(line)
+        if m is None:
+            continue
+        try:
+            value = float(m.group(3))
+        except ValueError:
+            continue
+        out[(m.group(1), (m.group(2) or "")[1:-1])] = value
+    return out
+
+
+def histogram_quantile(samples: dict[tuple[str, str], float], name: str, q: float) -> float | None:
+    """Upper bucket bound below which a fraction ``q`` of observations fall (or None)."""
+    buckets: list[tuple[float, float]] = []
+    for (n, labels), v in samples.items():
+        if n == f"{name}_bucket":
+            bound = labels.split('le="', 1)[1].rstrip('"')
+            buckets.append((float("inf") if bound == "+Inf" else float(bound), v))
+    buckets.sort()
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    target = q * buckets[-1][1]
+    for bound, count in buckets:
+        if count >= target:
+            return bound
+    return None
+
+
+def _fetch_metrics(cfg: NodeConfig) -> str:
+    url = f"http://{cfg.metrics.host}:{cfg.metrics.port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=STATUS_TIMEOUT_S) as resp:
+            data: bytes = resp.read(4 * 1024 * 1024)
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise CliError(f"cannot read metrics at {url}: {reason} (is the node running?)") from None
+    return data.decode("utf-8", errors="replace")
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    cfg = load_node_config(Path(args.config))
+    if not cfg.metrics.enabled:
+        raise CliError("metrics.enabled is false in this config: nothing to read", EXIT_CONFIG)
+    samples = parse_prometheus(_fetch_metrics(cfg))
+    console = Console()
+    n = cfg.node
+    head = f"{n.name}  role={n.role.value}  layer={n.layer}  udp={n.listen_host}:{n.listen_port}"
+    table = Table(title=head, show_lines=False)
+    table.add_column("metric")
+    table.add_column("labels")
+    table.add_column("value", justify="right")
+    for (name, labels), value in sorted(samples.items()):
+        if "_bucket" in name or (labels and value == 0 and not args.all):
+            continue
+        shown = int(value) if value == int(value) else round(value, 6)
+        table.add_row(name, labels, str(shown))
+    hist = next((nm[:-6] for nm, _ in samples if nm.endswith("processing_seconds_count")), None)
+    if hist is not None:
+        for q in (0.5, 0.99):
+            bound = histogram_quantile(samples, hist, q)
+            text = "-" if bound is None else f"<= {bound * 1e3:g} ms"
+            table.add_row(f"{hist} p{int(q * 100)}", "", text)
+    console.print(table)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------
+# argument parsing
+
+
+def _port(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number 1..65535, got {text!r}") from None
+    if not 1 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 1..65535, got {v}")
+    return v
+
+
+def _hex_key(text: str) -> str:
+    try:
+        if len(bytes.fromhex(text)) == 32:
+            return text.lower()
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(
+        f"expected a 32-byte Ed25519 public key as 64 hex digits, got {text!r}"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``phantom-mixnode`` argument parser."""
+    p = argparse.ArgumentParser(
+        prog="phantom-mixnode", description="Run a Phantom Net mix node or gateway."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    i = sub.add_parser("init", help="write a config and create the node's keys")
+    i.add_argument("--config", required=True, help="path of the TOML config to write")
+    i.add_argument("--role", choices=("mix", "gateway"), required=True)
+    i.add_argument("--layer", type=int, help="mix layer 1..3 (gateways: 0)")
+    i.add_argument("--name", required=True, help="operator label, published in the directory")
+    i.add_argument("--listen-host", default="127.0.0.1", help="UDP address for packets")
+    i.add_argument("--listen-port", type=_port, required=True, help="UDP port for packets")
+    i.add_argument("--public-host", help="address published in the directory")
+    i.add_argument("--client-port", type=_port, help="gateways: port where clients attach")
+    i.add_argument("--data-dir", required=True, help="keys and cached documents (mode 0700)")
+    i.add_argument(
+        "--authority", action="append", required=True, help="directory authority URL (repeat)"
+    )
+    i.add_argument(
+        "--authority-key",
+        action="append",
+        required=True,
+        type=_hex_key,
+        help="authority Ed25519 public key, hex (repeat)",
+    )
+    i.add_argument("--threshold", type=int, help="signatures required (default: majority)")
+    i.add_argument("--epoch-length-s", type=int, default=3600)
+    i.add_argument("--metrics-port", type=_port, default=9100)
+    i.add_argument("--workers", type=int, default=2, help="processing workers")
+    i.add_argument("--force", action="store_true", help="overwrite an existing config")
+    i.set_defaults(func=_cmd_init)
+
+    r = sub.add_parser("run", help="run the node until SIGTERM/SIGINT")
+    r.add_argument("--config", required=True)
+    r.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("status", help="print the node's metrics")
+    s.add_argument("--config", required=True)
+    s.add_argument("--all", action="store_true", help="also show labelled series at zero")
+    s.set_defaults(func=_cmd_status)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``phantom-mixnode``."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        print(f"phantom-mixnode: {exc}", file=sys.stderr)
+        return exc.code
+    except (ConfigError, KeyStoreError) as exc:
+        print(f"phantom-mixnode: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,659 @@
+"""A directory authority: collects node descriptors, signs one document per epoch.
+
+    $ phantom-dirauth init --config auth1.toml --name auth-1 --listen-port 31900 \\
+          --data-dir auth-1 --authority http://127.0.0.1:31900
+    $ phantom-dirauth run --config auth1.toml
+
+Nodes POST their self-signed descriptor to every authority. Each round, an authority pulls
+the descriptors its peers hold (each one's signature checked again), builds the document
+for the current and the next epoch from the union (``overlay.build_document`` is
+deterministic, so authorities holding the same descriptors build the same bytes), signs its
+digest, and fetches the peers' signatures, keeping only those over the same digest. It
+serves the document with every signature it holds; readers demand a threshold of them.
+
+HTTP (stdlib ``ThreadingHTTPServer``; no request is ever logged):
+
+    POST /v1/descriptor          {"descriptor": "<canonical JSON>", "signature": "<hex>"}
+    GET  /v1/descriptors         every descriptor held, for peer authorities
+    GET  /v1/signature/<epoch>   this authority's signature over its document of <epoch>
+    GET  /v1/topology/current    document of the current epoch and its signatures
+    GET  /v1/topology/<epoch>    the same for <epoch>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from http.client import HTTPException
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from nacl.signing import SigningKey
+
+from overlay import (
+    DirectoryError,
+    DocumentSignature,
+    NodeDescriptor,
+    NodeRole,
+    PhantomError,
+    SignedDocument,
+    build_document,
+    canonical_json,
+    document_digest,
+    epoch_at,
+    parse_epoch,
+    sign_document,
+    signature_is_valid,
+    verify_descriptor,
+)
+
+from .config import (
+    AuthoritySection,
+    ConfigError,
+    DirAuthConfig,
+    DirectorySection,
+    load_dirauth_config,
+    write_config,
+)
+from .keys import (
+    KeyStoreError,
+    create_identity_seed,
+    ensure_private_dir,
+    load_identity_seed,
+    write_secret_atomic,
+)
+
+AUTHORITY_KEY_FILE = "authority.key"
+DESCRIPTOR_DIR = "descriptors"
+DOCUMENT_DIR = "documents"
+MAX_BODY_BYTES = 64 * 1024  # bytes of a POSTed descriptor
+MAX_DESCRIPTORS = 10_000  # descriptors held at most (memory bound)
+MAX_PEER_RESPONSE_BYTES = 32 * 1024 * 1024  # bytes read from a peer authority
+KEEP_EPOCHS = 24  # documents of past epochs kept and served
+PEER_TIMEOUT_S = 3.0
+HANDLER_TIMEOUT_S = 10.0  # seconds a request may take to arrive
+
+
+class AuthorityError(PhantomError):
+    """The authority cannot start or a request to it was refused."""
+
+
+def _now() -> float:
+    return time.time()
+
+
+@dataclass(slots=True)
+class _EpochDoc:
+    document: bytes
+    digest: bytes
+    signatures: dict[bytes, DocumentSignature]  # authority key -> signature
+
+
+class Authority:
+    """The state of one authority: descriptors held, documents and signatures per epoch.
+
+    Thread-safe: HTTP handler threads and the round thread share it under one lock.
+    """
+
+    def __init__(
+        self,
+        cfg: DirAuthConfig,
+        seed: bytes,
+        *,
+        clock: Callable[[], float] = _now,
+        fetch: Callable[[str], bytes] | None = None,
+    ):
+        self.cfg = cfg
+        self._seed = seed
+        self._clock = clock
+        self._fetch = fetch if fetch is not None else _http_get
+        self._lock = threading.Lock()
+        self.public_key = bytes(SigningKey(seed).verify_key)
+        if self.public_key not in cfg.directory.authority_keys:
+            raise AuthorityError(
+                f"this authority's key {self.public_key.hex()} is not in "
+                "directory.authority_keys; add it to every authority's and node's config"
+            )
+        self._descriptors: dict[bytes, tuple[NodeDescriptor, bytes, bytes]] = {}
+        self._docs: dict[int, _EpochDoc] = {}
+        self._own_url = f"http://{cfg.authority.listen_host}:{cfg.authority.listen_port}"
+        self._load_state()
+
+    # -- descriptors --------------------------------------------------------------
+
+    def submit(self, body: bytes) -> NodeDescriptor:
+        """Accept a node's signed descriptor (JSON body); DirectoryError if it is not valid."""
+        if len(body) > MAX_BODY_BYTES:
+            raise DirectoryError("descriptor body too large")
+        try:
+            obj = json.loads(body.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            raise DirectoryError("descriptor body: not ASCII JSON") from None
+        return self._accept(obj, persist=True)
+
+    def _accept(self, obj: Any, *, persist: bool) -> NodeDescriptor:
+        if not isinstance(obj, dict) or set(obj) != {"descriptor", "signature"}:
+            raise DirectoryError("descriptor body: expected {descriptor, signature}")
+        text, sig_hex = obj["descriptor"], obj["signature"]
+        if not isinstance(text, str) or not isinstance(sig_hex, str):
+            raise DirectoryError("descriptor body: descriptor and signature are strings")
+        try:
+            sig = bytes.fromhex(sig_hex)
+            data = text.encode("ascii")
+        except (ValueError, UnicodeEncodeError):
+            raise DirectoryError("descriptor body: malformed signature or descriptor") from None
+        desc = verify_descriptor(data, sig)
+        allowed = self.cfg.authority.allowed_nodes
+        if allowed and desc.identity_key not in allowed:
+            raise DirectoryError("node is not enrolled at this authority")
+        now_epoch = self._epoch()
+        if max(desc.epoch_keys, default=-1) < now_epoch:
+            raise DirectoryError("descriptor has no key for the current or a later epoch")
+        if desc.role is NodeRole.MIX and desc.layer > self.cfg.directory.mix_layers:
+            raise DirectoryError(f"descriptor is in layer {desc.layer}; the network has fewer")
+        with self._lock:
+            old = self._descriptors.get(desc.node_id)
+            if old is not None and _rank(old[0]) >= _rank(desc):
+                return old[0]  # an older or identical descriptor never replaces a newer one
+            if old is None and len(self._descriptors) >= MAX_DESCRIPTORS:
+                raise DirectoryError("authority holds too many descriptors")
+            self._descriptors[desc.node_id] = (desc, data, sig)
+        if persist:
+            path = self.cfg.authority.data_dir / DESCRIPTOR_DIR / f"{desc.node_id.hex()}.json"
+            write_secret_atomic(path, canonical_json(obj))
+        return desc
+
+    def descriptors_payload(self) -> bytes:
+        """Every descriptor held with its signature (what peers pull)."""
+        with self._lock:
+            items = sorted(self._descriptors.values(), key=lambda t: t[0].node_id)
+        return canonical_json(
+            [{"descriptor": d.decode("ascii"), "signature": s.hex()} for _, d, s in items]
+        )
+
+    def merge_peer_descriptors(self, payload: bytes) -> int:
+        """Add the valid descriptors from a peer's list; returns how many were taken."""
+        try:
+            items = json.loads(payload.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            raise DirectoryError("peer descriptors: not ASCII JSON") from None
+        if not isinstance(items, list):
+            raise DirectoryError("peer descriptors: expected a list")
+        taken = 0
+        for obj in items[:MAX_DESCRIPTORS]:
+            try:
+                self._accept(obj, persist=True)
+                taken += 1
+            except DirectoryError:
+                continue  # one bad or stale entry does not spoil the rest
+        return taken
+
+    def expire(self) -> None:
+        """Forget descriptors with no key for the current or a later epoch."""
+        epoch = self._epoch()
+        with self._lock:
+            old = [k for k, v in self._descriptors.items() if max(v[0].epoch_keys) < epoch]
+            for k in old:
+                del self._descriptors[k]
+            for e in [e for e in self._docs if e < epoch - KEEP_EPOCHS]:
+                del self._docs[e]
+        for k in old:
+            (self.cfg.authority.data_dir / DESCRIPTOR_DIR / f"{k.hex()}.json").unlink(
+                missing_ok=True
+            )
+
+    # -- documents ----------------------------------------------------------------
+
+    def build(self, epoch: int) -> _EpochDoc:
+        """(Re)build and sign the document of ``epoch`` from the descriptors held.
+
+        If the bytes are unchanged the signatures collected so far are kept.
+        """
+        d = self.cfg.directory
+        with self._lock:
+            descs = [v[0] for v in self._descriptors.values()]
+        doc = build_document(
+            epoch,
+            epoch_length_s=d.epoch_length_s,
+            geometry=self.cfg.geometry,
+            descriptors=descs,
+            genesis_s=d.genesis_s,
+            mix_layers=d.mix_layers,
+        )
+        data = doc.to_bytes()
+        with self._lock:
+            cur = self._docs.get(epoch)
+            if cur is not None and cur.document == data:
+                return cur
+        own = sign_document(data, self._seed)
+        new = _EpochDoc(data, document_digest(data), {own.authority_key: own})
+        with self._lock:
+            self._docs[epoch] = new
+        self._persist_doc(epoch, new)
+        return new
+
+    def own_signature(self, epoch: int) -> tuple[bytes, DocumentSignature] | None:
+        """(digest, our signature) of our document for ``epoch``, if we have one."""
+        with self._lock:
+            cur = self._docs.get(epoch)
+            if cur is None:
+                return None
+            return cur.digest, cur.signatures[self.public_key]
+
+    def add_signature(self, epoch: int, digest: bytes, sig: DocumentSignature) -> bool:
+        """Keep a peer's signature if it is valid, by a known key, over our digest."""
+        if sig.authority_key not in self.cfg.directory.authority_keys:
+            return False
+        with self._lock:
+            cur = self._docs.get(epoch)
+        if cur is None or digest != cur.digest or not signature_is_valid(cur.digest, sig):
+            return False
+        with self._lock:
+            if self._docs.get(epoch) is not cur:
+                return False  # rebuilt meanwhile
+            if cur.signatures.get(sig.authority_key) == sig:
+                return True
+            cur.signatures[sig.authority_key] = sig
+        self._persist_doc(epoch, cur)
+        return True
+
+    def signed(self, epoch: int) -> SignedDocument | None:
+        """The document of ``epoch`` with every signature held, or None."""
+        with self._lock:
+            cur = self._docs.get(epoch)
+            if cur is None:
+                return None
+            sigs = tuple(sorted(cur.signatures.values(), key=lambda s: s.authority_key))
+            return SignedDocument(cur.document, sigs)
+
+    def current_epoch(self) -> int:
+        """The epoch at the authority's clock."""
+        return self._epoch()
+
+    # -- rounds -------------------------------------------------------------------
+
+    def peers(self) -> list[str]:
+        """Authority URLs other than this one."""
+        return [u for u in self.cfg.directory.authorities if not _same_url(u, self._own_url)]
+
+    def sync_round(self) -> None:
+        """One round: pull peers' descriptors, rebuild, sign, gather peer signatures."""
+        self.expire()
+        peers = self.peers()
+        for url in peers:
+            try:
+                self.merge_peer_descriptors(self._fetch(f"{url}/v1/descriptors"))
+            except (OSError, HTTPException, DirectoryError):
+                continue
+        epoch = self._epoch()
+        for e in (epoch, epoch + 1):
+            self.build(e)
+        self.gather_signatures([epoch, epoch + 1])
+
+    def gather_signatures(self, epochs: Sequence[int]) -> None:
+        """Fetch each peer's signature for ``epochs``; keep the ones over our digests."""
+        for url in self.peers():
+            for e in epochs:
+                try:
+                    obj = json.loads(self._fetch(f"{url}/v1/signature/{e}").decode("ascii"))
+                    digest = bytes.fromhex(obj["digest"])
+                    sig = DocumentSignature.from_dict(obj["signature"])
+                except (OSError, HTTPException, ValueError, KeyError, TypeError, DirectoryError):
+                    continue
+                self.add_signature(e, digest, sig)
+
+    def _epoch(self) -> int:
+        d = self.cfg.directory
+        return epoch_at(self._clock(), d.epoch_length_s, d.genesis_s)
+
+    # -- persistence --------------------------------------------------------------
+
+    def _persist_doc(self, epoch: int, doc: _EpochDoc) -> None:
+        env = self.signed(epoch)
+        if env is None or env.document != doc.document:
+            return
+        path = self.cfg.authority.data_dir / DOCUMENT_DIR / f"{epoch}.json"
+        write_secret_atomic(path, env.to_bytes())
+
+    def _load_state(self) -> None:
+        base = self.cfg.authority.data_dir
+        ensure_private_dir(base / DESCRIPTOR_DIR)
+        ensure_private_dir(base / DOCUMENT_DIR)
+        for f in sorted((base / DESCRIPTOR_DIR).glob("*.json")):
+            try:
+                self._accept(json.loads(f.read_bytes().decode("ascii")), persist=False)
+            except (DirectoryError, ValueError, UnicodeDecodeError):
+                f.unlink(missing_ok=True)  # stale or damaged: nodes publish again
+        epoch = self._epoch()
+        for f in sorted((base / DOCUMENT_DIR).glob("*.json")):
+            file_epoch = parse_epoch(f.stem)
+            if file_epoch is None or file_epoch < epoch - KEEP_EPOCHS:
+                f.unlink(missing_ok=True)
+                continue
+            try:
+                env = SignedDocument.from_bytes(f.read_bytes())
+            except DirectoryError:
+                continue
+            digest = document_digest(env.document)
+            sigs = {
+                s.authority_key: s
+                for s in env.signatures
+                if s.authority_key in self.cfg.directory.authority_keys
+                and signature_is_valid(digest, s)
+            }
+            if self.public_key in sigs:
+                self._docs[file_epoch] = _EpochDoc(env.document, digest, sigs)
+
+
+def _rank(d: NodeDescriptor) -> tuple[int, bytes]:
+    return (max(d.epoch_keys, default=-1), d.to_bytes())
+
+
+def _same_url(a: str, b: str) -> bool:
+    pa, pb = urlsplit(a), urlsplit(b)
+    loop = {"localhost", "127.0.0.1", "::1"}
+    ha = "127.0.0.1" if pa.hostname in loop else pa.hostname
+    hb = "127.0.0.1" if pb.hostname in loop else pb.hostname
+    default = {"http": 80, "https": 443}
+    return (ha, pa.port or default.get(pa.scheme)) == (hb, pb.port or default.get(pb.scheme))
+
+
+def _http_get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=PEER_TIMEOUT_S) as resp:  # noqa: S310 (http only)
+        data: bytes = resp.read(MAX_PEER_RESPONSE_BYTES + 1)
+    if len(data) > MAX_PEER_RESPONSE_BYTES:
+        raise DirectoryError("peer response too large")
+    return data
+
+
+# --------------------------------------------------------------------------------------
+# HTTP
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    server_version = "phantom-dirauth"
+    sys_version = ""
+    timeout = HANDLER_TIMEOUT_S  # a slow or silent client cannot hold a thread for long
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        """Never log requests: a request line would tie a client address to a time."""
+
+    def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _error(self, code: int, message: str) -> None:
+        self._send(code, canonical_json({"error": message}))
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        auth = self.server.authority
+        parts = self.path.split("?", 1)[0].strip("/").split("/")
+        if parts[:2] == ["v1", "topology"] and len(parts) == 3:
+            asked = auth.current_epoch() if parts[2] == "current" else parse_epoch(parts[2])
+            if asked is None:
+                return self._error(400, "epoch must be 'current' or a number")
+            epoch = asked
+            env = auth.signed(epoch)
+            if env is None:
+                return self._error(404, f"no document for epoch {epoch}")
+            return self._send(200, env.to_bytes())
+        sig_epoch = parse_epoch(parts[2]) if len(parts) == 3 else None
+        if parts[:2] == ["v1", "signature"] and sig_epoch is not None:
+            own = auth.own_signature(sig_epoch)
+            if own is None:
+                return self._error(404, "no document for that epoch")
+            digest, sig = own
+            return self._send(
+                200, canonical_json({"digest": digest.hex(), "signature": sig.to_dict()})
+            )
+        if parts == ["v1", "descriptors"]:
+            return self._send(200, auth.descriptors_payload())
+        if parts == ["v1", "health"]:
+            return self._send(200, canonical_json({"epoch": auth.current_epoch()}))
+        return self._error(404, "unknown path")
+
+    def do_POST(self) -> None:  # noqa: N802
+        if self.path.split("?", 1)[0].rstrip("/") != "/v1/descriptor":
+            return self._error(404, "unknown path")
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            return self._error(411, "Content-Length required")
+        if not 0 < length <= MAX_BODY_BYTES:
+            self.close_connection = True
+            return self._error(413, f"body must be 1..{MAX_BODY_BYTES} bytes")
+        body = self.rfile.read(length)
+        try:
+            desc = self.server.authority.submit(body)
+        except DirectoryError as exc:
+            return self._error(400, str(exc))
+        self._send(200, canonical_json({"accepted": desc.node_id.hex()}))
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    authority: Authority
+    errors = 0  # requests that raised; counted, never logged with the client's address
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """socketserver would print the client's address and a traceback; count instead."""
+        self.errors += 1
+
+
+def make_server(authority: Authority, host: str, port: int) -> _Server:
+    """An HTTP server for ``authority`` bound to ``host:port`` (port 0: any free port)."""
+    server = _Server((host, port), _Handler)
+    server.authority = authority
+    return server
+
+
+class RunningAuthority:
+    """An authority served over HTTP with its round thread; ``stop()`` ends both."""
+
+    def __init__(self, authority: Authority, host: str, port: int, round_interval_s: float):
+        self.authority = authority
+        self.server = make_server(authority, host, port)
+        self.port: int = self.server.server_address[1]
+        self.round_interval_s = round_interval_s
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self.server.serve_forever, name="dirauth-http", daemon=True),
+            threading.Thread(target=self._rounds, name="dirauth-rounds", daemon=True),
+        ]
+
+    def start(self) -> RunningAuthority:
+        """Start serving and running rounds (the first round runs at once)."""
+        for t in self._threads:
+            t.start()
+        return self
+
+    def _rounds(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.authority.sync_round()
+            except Exception as exc:  # a round must never kill the authority
+                print(f"phantom-dirauth: round failed: {type(exc).__name__}", file=sys.stderr)
+            self._stop.wait(self.round_interval_s)
+
+    def stop(self) -> None:
+        """Stop the round thread and the HTTP server."""
+        self._stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+        for t in self._threads:
+            t.join(timeout=5)
+
+
+def load_authority(cfg: DirAuthConfig, **kwargs: Any) -> Authority:
+    """Load the authority's signing key from its data dir and build its state."""
+    seed = load_identity_seed(cfg.authority.data_dir / AUTHORITY_KEY_FILE)
+    return Authority(cfg, seed, **kwargs)
+
+
+def init_authority_key(data_dir: Path) -> bytes:
+    """Create an authority signing key in ``data_dir`` (mode 0600); returns its public key."""
+    seed = create_identity_seed(Path(data_dir) / AUTHORITY_KEY_FILE)
+    return bytes(SigningKey(seed).verify_key)
+
+
+def authority_public_key(data_dir: Path) -> bytes:
+    """The public key of the authority whose data dir is ``data_dir``."""
+    seed = load_identity_seed(Path(data_dir) / AUTHORITY_KEY_FILE)
+    return bytes(SigningKey(seed).verify_key)
+
+
+# --------------------------------------------------------------------------------------
+# CLI
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    cfg_path = Path(args.config)
+    if cfg_path.exists() and not args.force:
+        raise AuthorityError(f"{cfg_path} exists; use --force to overwrite the config")
+    data_dir = Path(args.data_dir)
+    abs_data = data_dir if data_dir.is_absolute() else cfg_path.resolve().parent / data_dir
+    key_path = abs_data / AUTHORITY_KEY_FILE
+    pub = authority_public_key(abs_data) if key_path.exists() else init_authority_key(abs_data)
+    keys = [bytes.fromhex(k) for k in args.authority_key]
+    if pub not in keys:
+        keys.insert(0, pub)
+    own_url = f"http://{args.listen_host}:{args.listen_port}"
+    urls = list(args.authority) or [own_url]
+    cfg = DirAuthConfig(
+        AuthoritySection(
+            name=args.name,
+            listen_host=args.listen_host,
+            listen_port=args.listen_port,
+            data_dir=data_dir,
+            round_interval_s=args.round_interval_s,
+            geometry=args.geometry,
+        ),
+        DirectorySection(
+            authorities=tuple(urls),
+            authority_keys=tuple(keys),
+            threshold=args.threshold if args.threshold else len(keys) // 2 + 1,
+            epoch_length_s=args.epoch_length_s,
+            genesis_s=0,
+            mix_layers=3,
+        ),
+    )
+    write_config(cfg_path, cfg)
+    print(pub.hex())
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    cfg = load_dirauth_config(Path(args.config))
+    auth = load_authority(cfg)
+    running = RunningAuthority(
+        auth, cfg.authority.listen_host, cfg.authority.listen_port, cfg.authority.round_interval_s
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    running.start()
+    print(
+        f"phantom-dirauth: {cfg.authority.name} serving on "
+        f"{cfg.authority.listen_host}:{running.port}, key {auth.public_key.hex()}",
+        flush=True,
+    )
+    while not stop.is_set():
+        stop.wait(0.5)
+    running.stop()
+    print("phantom-dirauth: stopped", flush=True)
+    return 0
+
+
+def _cmd_key(args: argparse.Namespace) -> int:
+    cfg = load_dirauth_config(Path(args.config))
+    print(authority_public_key(cfg.authority.data_dir).hex())
+    return 0
+
+
+def _port(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number 1..65535, got {text!r}") from None
+    if not 1 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 1..65535, got {v}")
+    return v
+
+
+def _hex_key(text: str) -> str:
+    try:
+        if len(bytes.fromhex(text)) == 32:
+            return text.lower()
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError("expected a 32-byte Ed25519 public key as 64 hex digits")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``phantom-dirauth`` argument parser."""
+    p = argparse.ArgumentParser(prog="phantom-dirauth", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    i = sub.add_parser("init", help="create a signing key and write a config")
+    i.add_argument("--config", required=True, help="path of the TOML config to write")
+    i.add_argument("--name", required=True, help="operator label of this authority")
+    i.add_argument("--listen-host", default="127.0.0.1")
+    i.add_argument("--listen-port", type=_port, required=True)
+    i.add_argument("--data-dir", required=True, help="signing key, descriptors, documents")
+    i.add_argument(
+        "--authority", action="append", default=[], help="URL of every authority (repeat)"
+    )
+    i.add_argument(
+        "--authority-key", action="append", default=[], type=_hex_key, help="peer key (repeat)"
+    )
+    i.add_argument(
+        "--threshold", type=int, default=0, help="signatures required (default: majority)"
+    )
+    i.add_argument("--epoch-length-s", type=int, default=3600)
+    i.add_argument("--round-interval-s", type=float, default=5.0)
+    i.add_argument("--geometry", choices=("voice", "bulk"), default="voice")
+    i.add_argument("--force", action="store_true", help="overwrite an existing config")
+    i.set_defaults(func=_cmd_init)
+    r = sub.add_parser("run", help="serve documents until SIGTERM/SIGINT")
+    r.add_argument("--config", required=True)
+    r.set_defaults(func=_cmd_run)
+    k = sub.add_parser("key", help="print this authority's public key (hex)")
+    k.add_argument("--config", required=True)
+    k.set_defaults(func=_cmd_key)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``phantom-dirauth``."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ConfigError, KeyStoreError, AuthorityError) as exc:
+        print(f"phantom-dirauth: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"phantom-dirauth: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""phantom-mixnode: init writes config and keys, run hands over, status reads metrics."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import types
+from pathlib import Path
+
+import pytest
+import trio
+
+from mixnode.cli import histogram_quantile, main, parse_prometheus
+from mixnode.config import load_node_config
+from mixnode.keys import IDENTITY_FILE, NodeKeys
+from mixnode.metrics import NodeMetrics, serve_metrics
+
+KEY = "ab" * 32
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _init(tmp: Path, *extra: str) -> list[str]:
+    return [
+        "init", "--config", str(tmp / "node.toml"), "--name", "mix-1", "--listen-port", "31011",
+        "--data-dir", "mix-1", "--authority", "http://127.0.0.1:31900",
+        "--authority-key", KEY, *extra,
+    ]  # fmt: skip
+
+
+def test_init_writes_config_and_private_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(_init(tmp_path, "--role", "mix", "--layer", "2")) == 0
+    cfg = load_node_config(tmp_path / "node.toml")
+    assert cfg.node.layer == 2 and cfg.node.data_dir == tmp_path / "mix-1"
+    keys = NodeKeys.load(tmp_path / "mix-1")
+    assert keys.node_id.hex() in capsys.readouterr().out
+    assert stat.S_IMODE((tmp_path / "mix-1" / IDENTITY_FILE).stat().st_mode) == 0o600
+    assert len(keys.epochs()) == 2
+    # A second init keeps the config unless forced, and never replaces the identity.
+    assert main(_init(tmp_path, "--role", "mix", "--layer", "2")) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(_init(tmp_path, "--role", "mix", "--layer", "3", "--force")) == 0
+    assert NodeKeys.load(tmp_path / "mix-1").node_id == keys.node_id
+
+
+def test_init_errors_say_what_is_wanted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_init(tmp_path, "--role", "mix")) == 2
+    assert "--layer is required" in capsys.readouterr().err
+    assert main(_init(tmp_path, "--role", "gateway")) == 2
+    assert "gateway.client_port: missing" in capsys.readouterr().err
+    assert main(_init(tmp_path, "--role", "mix", "--layer", "9")) == 2
+    assert "node.layer: expected an integer in 1..3, got 9" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(_init(tmp_path, "--role", "mix", "--layer", "1", "--listen-port", "x"))
+    assert "expected a port number" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*_init(tmp_path, "--role", "mix", "--layer", "1"), "--authority-key", "zz"])
+    assert "64 hex digits" in capsys.readouterr().err
+
+
+def test_run_refuses_unsafe_keys_and_reports_missing_daemon(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(_init(tmp_path, "--role", "mix", "--layer", "1")) == 0
+    os.chmod(tmp_path / "mix-1" / IDENTITY_FILE, 0o644)
+    assert main(["run", "--config", str(tmp_path / "node.toml")]) == 2
+    assert "chmod 600" in capsys.readouterr().err
+    os.chmod(tmp_path / "mix-1" / IDENTITY_FILE, 0o600)
+    monkeypatch.setitem(sys.modules, "mixnode.daemon", None)  # import fails: not installed
+    assert main(["run", "--config", str(tmp_path / "node.toml")]) == 3
+    assert "mixnode.daemon" in capsys.readouterr().err
+
+
+def test_run_hands_config_and_keys_to_the_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(_init(tmp_path, "--role", "mix", "--layer", "1")) == 0
+    seen = {}
+
+    async def run(config: object, keys: NodeKeys) -> int:
+        seen["config"], seen["keys"] = config, keys
+        return 0
+
+    fake = types.ModuleType("mixnode.daemon")
+    fake.run = run  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "mixnode.daemon", fake)
+    assert main(["run", "--config", str(tmp_path / "node.toml")]) == 0
+    assert seen["config"] == load_node_config(tmp_path / "node.toml")
+    assert seen["keys"].node_id == NodeKeys.load(tmp_path / "mix-1").node_id  # type: ignore[attr-defined]
+
+
+def test_status_reads_a_live_metrics_endpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = _free_port()
+    assert main(_init(tmp_path, "--role", "mix", "--layer", "1", "--metrics-port", str(port))) == 0
+    assert main(["status", "--config", str(tmp_path / "node.toml")]) == 1
+    assert "is the node running?" in capsys.readouterr().err
+
+    m = NodeMetrics()
+    m.packets_in.inc(1234)
+    m.drops.inc(7, label="replay")
+    m.processing_seconds.observe(0.0003)
+    ready = threading.Event()
+    stop: list[tuple[trio.CancelScope, trio.lowlevel.TrioToken]] = []
+
+    async def serve() -> None:
+        with trio.CancelScope() as scope:
+            stop.append((scope, trio.lowlevel.current_trio_token()))
+            async with trio.open_nursery() as n:
+                await n.start(serve_metrics, m.registry, "127.0.0.1", port)
+                ready.set()
+
+    t = threading.Thread(target=trio.run, args=(serve,))
+    t.start()
+    try:
+        assert ready.wait(5)
+        capsys.readouterr()
+        assert main(["status", "--config", str(tmp_path / "node.toml")]) == 0
+        out = capsys.readouterr().out
+        assert "phantom_packets_in_total" in out and "1234" in out
+        assert 'reason="replay"' in out and 'reason="late"' not in out
+        assert "<= 0.5 ms" in out
+    finally:
+        scope, token = stop[0]
+        trio.from_thread.run_sync(scope.cancel, trio_token=token)
+        t.join(5)
+
+
+def test_prometheus_parsing() -> None:
+    m = NodeMetrics()
+    for v in (0.0001, 0.0001, 0.002, 0.02):
+        m.processing_seconds.observe(v)
+    s = parse_prometheus(m.registry.render())
+    assert s[("phantom_processing_seconds_count", "")] == 4
+    assert histogram_quantile(s, "phantom_processing_seconds", 0.5) == 0.0001
+    assert histogram_quantile(s, "phantom_processing_seconds", 0.99) == 0.025
+
+
+@pytest.mark.slow
+def test_console_script_help_runs() -> None:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = subprocess.run(
+        [sys.executable, "-m", "mixnode.cli", "--help"], capture_output=True, env=env, timeout=30
+    )
+    assert out.returncode == 0 and b"init" in out.stdout and b"status" in out.stdout
