@@ -193,11 +193,12 @@ def main(argv: list[str] | None = None) -> int:
             extra={"mixing": {"workers": args.workers, "loop_cover_rate_hz": 0.0}},
         )
         write_config(tmp / "node.toml", node_cfg)
+        NodeKeys.load_or_create(tmp / "node")
         env = child_env()
         logs = open(tmp / "processes.log", "ab")  # noqa: SIM115
         for cmd in (
             ["-m", "mixnode.dirauth", "run", "--config", str(tmp / "auth.toml")],
-            ["-m", "mixnode.daemon", "--config", str(tmp / "node.toml")],
+            ["-m", "mixnode.cli", "run", "--config", str(tmp / "node.toml")],
         ):
             procs.append(
                 subprocess.Popen([sys.executable, *cmd], env=env, stdout=logs, stderr=logs)

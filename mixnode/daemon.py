@@ -137,11 +137,16 @@ class _WorkerHandle:
 class Node:
     """One running node: owns the worker processes and the control-plane tasks."""
 
-    def __init__(self, config: NodeConfig, directory: Directory | None = None) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        directory: Directory | None = None,
+        keys: NodeKeys | None = None,
+    ) -> None:
         self.config = config
         self.directory = directory
         self.geometry = config.geometry
-        self.keys = NodeKeys.load_or_create(config.node.data_dir)
+        self.keys = keys if keys is not None else NodeKeys.load_or_create(config.node.data_dir)
         self.node_id = self.keys.node_id
         self.metrics = NodeMetrics()
         self.role = config.node.role
@@ -501,31 +506,15 @@ class Node:
 async def run(
     config: NodeConfig,
     *,
+    keys: NodeKeys | None = None,
     directory: Directory | None = None,
     task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run a node until cancelled or signalled (SIGTERM/SIGINT); reports the Node started."""
-    await Node(config, directory).serve(task_status)
+    """Run a node until cancelled or signalled (SIGTERM/SIGINT); reports the Node started.
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m mixnode.daemon --config node.toml``: run one node in the foreground."""
-    import argparse
-
-    from mixnode.config import ConfigError, load_node_config
-
-    p = argparse.ArgumentParser(prog="python -m mixnode.daemon")
-    p.add_argument("--config", required=True, help="the node's TOML config")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        config = load_node_config(args.config)
-    except ConfigError as exc:
-        print(f"mixnode: {exc}", file=sys.stderr)
-        return 2
-    trio.run(run, config)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    ``keys`` default to those in the config's data directory (created if missing);
+    ``directory`` defaults to the authorities named in the config.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    await Node(config, directory, keys).serve(task_status)

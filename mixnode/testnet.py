@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -113,8 +114,14 @@ class TestnetOptions:
     geometry: str = "voice"
 
 
+_children: dict[int, subprocess.Popen[bytes]] = {}  # started by this process
+
+
 def _alive(pid: int, config: str) -> bool:
     """True if ``pid`` runs and is the process started with ``config`` (not a reused pid)."""
+    child = _children.get(pid)
+    if child is not None:  # our own child: exact, even before its exec
+        return child.poll() is None
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -123,6 +130,37 @@ def _alive(pid: int, config: str) -> bool:
     if stat.rsplit(")", 1)[-1].split()[0] == "Z":
         return False
     return config.encode() in cmdline
+
+
+class _Ports:
+    """Consecutive ports from ``base``, or free ones chosen by the kernel when base is 0."""
+
+    def __init__(self, base: int) -> None:
+        self.next = base
+        self._held: list[socket.socket] = []
+
+    def take(self) -> int:
+        if self.next:
+            self.next += 1
+            return self.next - 1
+        # Hold each probe socket (TCP and UDP on the same port) until all are chosen, so
+        # that no two roles get the same port.
+        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        t.bind(("127.0.0.1", 0))
+        port = int(t.getsockname()[1])
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            u.bind(("127.0.0.1", port))
+        except OSError:
+            t.close()
+            return self.take()
+        self._held += [t, u]
+        return port
+
+    def release(self) -> None:
+        for s in self._held:
+            s.close()
+        self._held.clear()
 
 
 def child_env() -> dict[str, str]:
@@ -144,6 +182,7 @@ def _spawn(args: list[str], log: Path) -> int:
             start_new_session=True,  # its own process group: `down` can reach its workers
             cwd=log.parent,
         )
+    _children[proc.pid] = proc
     return proc.pid
 
 
@@ -153,10 +192,12 @@ def up(opts: TestnetOptions) -> TestnetState:
         AuthoritySection,
         DirAuthConfig,
         DirectorySection,
+        load_node_config,
         make_node_config,
         write_config,
     )
     from mixnode.dirauth import AUTHORITY_KEY_FILE, authority_public_key, init_authority_key
+    from mixnode.keys import NodeKeys
 
     d = opts.directory.resolve()
     d.mkdir(parents=True, exist_ok=True)
@@ -167,7 +208,15 @@ def up(opts: TestnetOptions) -> TestnetState:
             raise TestnetError(f"{d}: a testnet is already running (`phantom-testnet down`)")
     if not 1 <= opts.threshold <= opts.authorities:
         raise TestnetError("--threshold must be between 1 and --authorities")
-    port = opts.base_port
+    specs: list[tuple[str, str, int]] = [
+        (f"gw-{i + 1}", "gateway", 0) for i in range(opts.gateways)
+    ]
+    for layer in range(1, opts.layers + 1):
+        specs += [(f"mix-{layer}{chr(97 + j)}", "mix", layer) for j in range(opts.per_layer)]
+    ports = _Ports(opts.base_port)
+    auth_ports = [ports.take() for _ in range(opts.authorities)]
+    node_ports = [(ports.take(), ports.take(), ports.take()) for _ in specs]
+    ports.release()
     urls, keys = [], []
     auth_dirs = []
     for i in range(opts.authorities):
@@ -177,7 +226,7 @@ def up(opts: TestnetOptions) -> TestnetState:
             if (ad / AUTHORITY_KEY_FILE).exists()
             else init_authority_key(ad)
         )
-        urls.append(f"http://127.0.0.1:{port + i}")
+        urls.append(f"http://127.0.0.1:{auth_ports[i]}")
         keys.append(pub)
         auth_dirs.append(ad)
     directory = DirectorySection(
@@ -197,7 +246,7 @@ def up(opts: TestnetOptions) -> TestnetState:
             auth = AuthoritySection(
                 name=name,
                 listen_host="127.0.0.1",
-                listen_port=port + i,
+                listen_port=auth_ports[i],
                 data_dir=ad,
                 round_interval_s=opts.round_interval_s,
                 geometry=opts.geometry,
@@ -207,17 +256,13 @@ def up(opts: TestnetOptions) -> TestnetState:
                 [py, "-m", "mixnode.dirauth", "run", "--config", str(cfg_path)], d / f"{name}.log"
             )
             state.processes.append(
-                ProcessInfo(name, "authority", pid, str(cfg_path), str(d / f"{name}.log"), port + i)
+                ProcessInfo(
+                    name, "authority", pid, str(cfg_path), str(d / f"{name}.log"), auth_ports[i]
+                )
             )
-        port += opts.authorities
-        specs: list[tuple[str, str, int]] = [
-            (f"gw-{i + 1}", "gateway", 0) for i in range(opts.gateways)
-        ]
-        for layer in range(1, opts.layers + 1):
-            specs += [(f"mix-{layer}{chr(97 + j)}", "mix", layer) for j in range(opts.per_layer)]
-        for name, role, layer in specs:
-            node_port, client_port, metrics_port = port, port + 1, port + 2
-            port += 3
+        for (name, role, layer), (node_port, client_port, metrics_port) in zip(
+            specs, node_ports, strict=True
+        ):
             extra: dict[str, dict[str, object]] = {
                 "directory": {
                     "threshold": opts.threshold,
@@ -248,8 +293,9 @@ def up(opts: TestnetOptions) -> TestnetState:
             )
             cfg_path = d / f"{name}.toml"
             write_config(cfg_path, cfg)
+            NodeKeys.load_or_create(load_node_config(cfg_path).node.data_dir)  # `init`'s part
             log = d / f"{name}.log"
-            pid = _spawn([py, "-m", "mixnode.daemon", "--config", str(cfg_path)], log)
+            pid = _spawn([py, "-m", "mixnode.cli", "run", "--config", str(cfg_path)], log)
             state.processes.append(
                 ProcessInfo(
                     name,
@@ -327,6 +373,11 @@ def down(directory: Path, timeout_s: float = DOWN_TIMEOUT_S) -> list[str]:
 
 
 def _reap(pid: int) -> None:
+    child = _children.get(pid)
+    if child is not None:
+        if child.poll() is not None:
+            del _children[pid]
+        return
     try:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
