@@ -106,9 +106,48 @@ def _sender(frames: list[bytes], rate: float, addr: tuple[str, int], conn: objec
     conn.send(times.tobytes())  # type: ignore[attr-defined]
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid``."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            if ppid == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def _machine_busy_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, all cores."""
+    vals = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = vals[3] + vals[4]
+    return (sum(vals) - idle) / _TICK, sum(vals) / _TICK
+
+
 def _run_step(
-    sink: socket.socket, batch: list[tuple[bytes, bytes, int]], rate: float, port: int
-) -> dict[str, float]:
+    sink: socket.socket,
+    batch: list[tuple[bytes, bytes, int]],
+    rate: float,
+    port: int,
+    node_pid: int,
+) -> dict[str, object]:
+    workers = _children(node_pid)
+    cpu0 = [_cpu_s(p) for p in workers] + [_cpu_s(node_pid), _cpu_s(os.getpid())]
+    busy0, total0 = _machine_busy_s()
     frames = [b[0] for b in batch]
     ids = {b[1]: i for i, b in enumerate(batch)}
     parent, child = mp.Pipe()
@@ -133,7 +172,11 @@ def _run_step(
             break
     sent = array.array("d")
     sent.frombytes(parent.recv())
+    sender_cpu = _cpu_s(proc.pid)
+    cpu1 = [_cpu_s(p) for p in workers] + [_cpu_s(node_pid), _cpu_s(os.getpid())]
+    busy1, total1 = _machine_busy_s()
     proc.join()
+    wall = max(1e-9, (total1 - total0) / (os.cpu_count() or 1))
     added = sorted((arrivals[i] - sent[i] - batch[i][2] / 1e6) * 1000.0 for i in arrivals)
     p99 = added[min(len(added) - 1, int(0.99 * len(added)))] if added else float("inf")
     achieved = len(batch) / max(1e-9, sent[-1] - sent[0])
@@ -144,6 +187,11 @@ def _run_step(
         "lost": len(batch) - len(arrivals),
         "p50_added_ms": round(statistics.median(added), 3) if added else None,  # type: ignore[dict-item]
         "p99_added_ms": round(p99, 3),
+        # CPU cores in use during the step (CPU seconds / wall seconds), by role.
+        "cores_node_workers": round(sum(cpu1[i] - cpu0[i] for i in range(len(workers))) / wall, 2),
+        "cores_node_main": round((cpu1[-2] - cpu0[-2]) / wall, 2),
+        "cores_loadgen": round((cpu1[-1] - cpu0[-1] + sender_cpu) / wall, 2),
+        "cores_machine": round((busy1 - busy0) / wall, 2),
     }
 
 
@@ -261,10 +309,14 @@ def main(argv: list[str] | None = None) -> int:
         build_s = time.perf_counter() - t_build
         batches = [parts[2 * i] + parts[2 * i + 1] for i in range(len(total))]
 
+        busy0, total0 = _machine_busy_s()
+        time.sleep(1.0)
+        busy1, total1 = _machine_busy_s()
+        background = (busy1 - busy0) / max(1e-9, (total1 - total0) / (os.cpu_count() or 1))
         steps = []
         best = 0.0
         for rate, batch in zip(rates, batches, strict=True):
-            r = _run_step(sink, batch, rate, node_port)
+            r = _run_step(sink, batch, rate, node_port, procs[1].pid)
             r["held"] = r["lost"] == 0 and r["p99_added_ms"] <= P99_LIMIT_MS  # type: ignore[assignment]
             steps.append(r)
             if r["held"]:
@@ -284,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             "p99_limit_ms": P99_LIMIT_MS,
             "mean_delay_ms": MEAN_DELAY_S * 1000,
             "packet_build_s": round(build_s, 1),
+            # Cores busy with other work on this machine while the node sat idle.
+            "background_cores": round(background, 2),
             "steps": steps,
             **machine(),
         }
