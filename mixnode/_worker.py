@@ -53,6 +53,7 @@ SO_ATTACH_REUSEPORT_CBPF = 51  # Linux: classic BPF picks the socket in a reusep
 ALPHA_BYTE_OFFSET = 3  # link header (2) + Sphinx version (1): first byte of alpha
 RECV_BATCH = 64  # datagrams read per poll wake-up at most
 PEER_QUEUE_MAX = 4096  # packets waiting per peer when the socket is full
+EMULATION_MAX = 65536  # packets held by link-delay emulation at most
 STATS_INTERVAL_S = 0.5  # seconds between statistics reports to the daemon
 CONTROL_MAX = 1 << 20  # bytes; a topology document fits easily
 GEOMETRIES = {"voice": VOICE, "bulk": BULK}
@@ -210,6 +211,9 @@ class Worker:
             return
         if self.delay_mean_s or self.delay_jitter_s:
             d = max(0.0, self.sysrand.gauss(self.delay_mean_s, self.delay_jitter_s))
+            if len(self.emulated) >= EMULATION_MAX:
+                self.core.drop("peer_queue_full")
+                return
             self.seq += 1
             heapq.heappush(self.emulated, (now + d, self.seq, addr, frame))
             return

@@ -86,11 +86,16 @@ def test_replay_dropped_and_counted() -> None:
     assert core.counters["replays"] == 1
 
 
-def test_replay_cache_bounded_fails_closed() -> None:
-    cache = ReplayCache(capacity=2)
-    assert cache.add(b"a" * 32) is None and cache.add(b"b" * 32) is None
-    assert cache.add(b"c" * 32) == "replay_cache_full"
-    assert cache.add(b"a" * 32) == "replay" and len(cache) == 2
+def test_replay_filter_fixed_memory_no_misses_few_false_alarms() -> None:
+    cache = ReplayCache(bits_log2=16)  # 8 KiB
+    tags = [os.urandom(32) for _ in range(3000)]
+    false_alarms = sum(cache.add(t) == "replay" for t in tags)
+    assert all(cache.add(t) == "replay" for t in tags)  # every replay caught
+    # 3000 tags in 65536 bits with k=8: expected false alarm rate ~0.2%.
+    assert false_alarms < 30 and cache.memory_bytes == 8192
+    assert len(cache) == 3000 - false_alarms
+    with pytest.raises(ValueError):
+        ReplayCache(bits_log2=40)
 
 
 def test_queue_full() -> None:
