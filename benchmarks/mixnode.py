@@ -52,7 +52,7 @@ from overlay import (
 TARGET_RATIO = 1.3
 P99_LIMIT_MS = 5.0  # added latency allowed at the 99th percentile
 STEP_S = 1.0  # seconds of load per rate step
-STEPS = (0.6, 0.9, 1.1, 1.3, 1.45, 1.6)  # rates as multiples of the single-core rate
+STEPS = (0.3, 0.45, 0.6, 0.75, 0.9, 1.1, 1.3)  # rates as multiples of the single-core rate
 MEAN_DELAY_S = 0.001  # sender-chosen delay at the node (exponential mean)
 EPOCH_LENGTH_S = 3600
 CODEC = LinkCodec(VOICE)
@@ -188,7 +188,7 @@ def _run_step(
         "p50_added_ms": round(statistics.median(added), 3) if added else None,  # type: ignore[dict-item]
         "p99_added_ms": round(p99, 3),
         # CPU cores in use during the step (CPU seconds / wall seconds), by role.
-        "cores_node_workers": round(sum(cpu1[i] - cpu0[i] for i in range(len(workers))) / wall, 2),
+        "cores_node_workers": [round((cpu1[i] - cpu0[i]) / wall, 2) for i in range(len(workers))],
         "cores_node_main": round((cpu1[-2] - cpu0[-2]) / wall, 2),
         "cores_loadgen": round((cpu1[-1] - cpu0[-1] + sender_cpu) / wall, 2),
         "cores_machine": round((busy1 - busy0) / wall, 2),
