@@ -325,7 +325,10 @@ class Worker:
                         if ancdata:
                             sec, nsec = unpack_timespec(ancdata[0][2])
                             arrived = sec + nsec * 1e-9
-                        self.on_datagram(data, arrived, now)
+                        try:
+                            self.on_datagram(data, arrived, now)
+                        except Exception:  # a bug must cost one datagram, not the worker
+                            self.core.drop("other")
                         self.run_due(time.time())
             if self.pending:
                 self.flush()

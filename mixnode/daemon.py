@@ -265,6 +265,8 @@ class Node:
             assert ctrl is not None
             try:
                 msg = await ctrl.recv(CONTROL_MAX)
+            except trio.ClosedResourceError:
+                continue  # the worker was restarted: read from its new socket
             except OSError:
                 msg = b""
             if not msg:
@@ -343,7 +345,12 @@ class Node:
             except OSError:
                 continue  # e.g. ICMP port unreachable from a client that went away
             self.metrics.packets_in.inc()
-            packet = gw.on_datagram(data, addr, time.time(), self._gw_keys)
+            try:
+                packet = gw.on_datagram(data, addr, time.time(), self._gw_keys)
+            except Exception:  # a bug must cost one datagram, never the node
+                log.exception("client datagram handling failed")
+                self.counters["drop:other"] += 1
+                continue
             if packet is not None:
                 self._send_worker(self.workers[shard_of(packet, n)], b"P" + packet)
 

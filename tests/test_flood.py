@@ -7,6 +7,7 @@ up, counts every kind of drop, keeps forwarding, and that its memory does not ke
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -45,10 +46,8 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestnetState]:
         down(d)
 
 
-def _rss_kib(pid: int) -> int:
-    """Resident memory of ``pid`` and its children (the worker processes)."""
-    total = 0
-    pids = [pid]
+def _children(pid: int) -> list[int]:
+    out = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -56,8 +55,14 @@ def _rss_kib(pid: int) -> int:
             except OSError:
                 continue
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                pids.append(int(entry.name))
-    for p in pids:
+                out.append(int(entry.name))
+    return out
+
+
+def _rss_kib(pid: int) -> int:
+    """Resident memory of ``pid`` and its children (the worker processes)."""
+    total = 0
+    for p in [pid, *_children(pid)]:
         for line in Path(f"/proc/{p}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1])
@@ -136,3 +141,20 @@ async def test_flood_counts_drops_stays_up_and_bounded(net: TestnetState) -> Non
         with trio.fail_after(5):
             r = await link.receive()
     assert r.delivery.data == b"still alive"
+
+    # A worker that dies is restarted on the same socket; its shard keeps working.
+    workers = _children(mix_proc.pid)
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)
+    await trio.sleep(2.5)
+    now_workers = _children(mix_proc.pid)
+    assert len(now_workers) == 2 and workers[0] not in now_workers
+    async with loadgen.attach(doc, gw.node_id, box) as link:
+        for i in range(10):  # both shards: each packet's group element picks one
+            _, pkt = loadgen.forward_packet(doc, gw.node_id, gw.node_id, box, b"%d" % i)
+            await link.send(pkt)
+        got = set()
+        with trio.move_on_after(5):
+            while len(got) < 10:
+                got.add((await link.receive()).delivery.data)
+    assert got == {b"%d" % i for i in range(10)}
