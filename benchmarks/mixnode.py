@@ -73,6 +73,29 @@ def _single_core_rate() -> float:
     return median_rate(lambda: process_packet(VOICE, keys[0], pkt), number=1500, repeats=5)
 
 
+def _bare_loop(n: int, conn: object) -> None:
+    keys = [os.urandom(32) for _ in range(5)]
+    path = [Hop(bytes([i]) * 16, public_key(k), 1000) for i, k in enumerate(keys)]
+    pkt = create_forward(VOICE, path, b"m" * 16, os.urandom(VOICE.user_payload))
+    t0 = time.perf_counter()
+    for _ in range(n):
+        process_packet(VOICE, keys[0], pkt)
+    conn.send(n / (time.perf_counter() - t0))  # type: ignore[attr-defined]
+
+
+def _parallel_rate(processes: int, n: int = 6000) -> float:
+    """Packets/s of ``processes`` bare process_packet loops at once: the machine's ceiling."""
+    ctx = mp.get_context("fork")
+    pipes = [ctx.Pipe() for _ in range(processes)]
+    procs = [ctx.Process(target=_bare_loop, args=(n, child)) for _, child in pipes]
+    for p in procs:
+        p.start()
+    rates = [parent.recv() for parent, _ in pipes]
+    for p in procs:
+        p.join()
+    return float(sum(rates))
+
+
 def _build(args: tuple[int, bytes, bytes, bytes, bytes, bytes]) -> list[tuple[bytes, bytes, int]]:
     """(frame, id, delay_us) for ``count`` packets node -> sink (runs in a pool worker)."""
     count, node_id, node_sk, sink_id, sink_pk, _ = args
@@ -216,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     from mixnode.testnet import child_env
 
     single = _single_core_rate()
+    parallel = _parallel_rate(args.workers)
     tmp = Path(tempfile.mkdtemp(prefix="bench-mixnode-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -329,8 +353,12 @@ def main(argv: list[str] | None = None) -> int:
             "workers": args.workers,
             "cores": os.cpu_count(),
             "single_core_process_per_s": round(single),
+            # The same loop in ``workers`` processes at once: what the cores give right now.
+            "parallel_bare_process_per_s": round(parallel),
+            "parallel_bare_vs_single": round(parallel / single, 3),
             "node_sustained_pps": round(best),
             "ratio_vs_single_core": round(ratio, 3),
+            "ratio_vs_parallel_bare": round(best / parallel, 3),
             "target_ratio": TARGET_RATIO,
             "meets_target": ratio >= TARGET_RATIO,
             "p99_limit_ms": P99_LIMIT_MS,
