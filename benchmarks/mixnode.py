@@ -12,8 +12,9 @@ at build time with the node's key (the benchmark is the node's operator).
 
 A step is *held* when no packet is lost and the p99 of the added latency (arrival minus
 send minus the sender-chosen delay) is at most 5 ms. In the same run, the single-core
-``process_packet`` rate is measured in this process. Target: the highest held rate is at
-least 1.3x the single-core rate (the node uses both cores).
+``process_packet`` rate is measured in this process, and the same loop in ``--workers``
+processes at once (the most the cores give at that moment, other load included). Target:
+the highest held rate is at least 1.3x the single-core rate (the node uses both cores).
 """
 
 from __future__ import annotations
