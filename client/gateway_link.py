@@ -58,6 +58,8 @@ class GatewayLink:
             self.stats["sent"] += 1
         except BlockingIOError:
             self.stats["send_dropped"] += 1
+        except OSError:  # e.g. ICMP port unreachable reported on a connected socket
+            self.stats["send_failed"] += 1
         await trio.lowlevel.checkpoint()
 
     async def receive(self) -> Received:
@@ -99,7 +101,10 @@ class GatewayLink:
         frame = self._link.attach_frame()
         with trio.move_on_after(timeout_s):
             while not self._attached.is_set():
-                self._raw.send(frame)
+                try:
+                    self._raw.send(frame)
+                except OSError:
+                    self.stats["send_failed"] += 1  # gateway not up (yet): keep trying
                 with trio.move_on_after(ATTACH_RETRY_S):
                     await self._attached.wait()
         if not self._attached.is_set():
