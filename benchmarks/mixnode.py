@@ -223,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.mixnode")
     p.add_argument("--workers", type=int, default=2, help="node worker processes")
     p.add_argument("--check", action="store_true", help="exit 1 if the target is missed")
+    p.add_argument(
+        "--steps",
+        type=lambda t: tuple(float(x) for x in t.split(",")),
+        default=STEPS,
+        help="rates as multiples of the single-core rate, comma-separated",
+    )
     args = p.parse_args(argv)
 
     from nacl.signing import SigningKey
@@ -319,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         node_keys = NodeKeys.load(tmp / "node")
         node_sk = node_keys.epoch_private(epoch)
 
-        rates = [single * m for m in STEPS]
+        rates = [single * m for m in args.steps]
         total = [int(r * STEP_S) for r in rates]
         jobs = []
         for n in total:
