@@ -1,0 +1,527 @@
+"""The mix node / gateway daemon: the Trio edge around the sans-IO cores.
+
+    phantom-mixnode run --config node.toml      # calls trio.run(run, config)
+
+The control plane lives here, in one Trio process: keys and epochs, the directory
+(publish this node's descriptor, fetch and verify each epoch's topology), the gateway's
+client port and constant-rate downlink, the metrics endpoint, signals. The data plane is
+``workers`` processes (mixnode._worker), each owning one SO_REUSEPORT socket on the node's
+port, because Sphinx processing does not scale over threads in Python (see that module).
+The daemon restarts a worker that dies, on the same socket, so that its shard keeps
+working; SIGTERM or SIGINT stops everything, workers first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from mixnode._worker import CONTROL_MAX, bind_sharded, shard_of
+from mixnode.config import NodeConfig
+from mixnode.gateway import GatewayCore
+from mixnode.keys import NodeKeys
+from mixnode.metrics import (
+    DROP_REASONS,
+    PROCESSING_BUCKETS_S,
+    Histogram,
+    NodeMetrics,
+    serve_metrics,
+)
+from mixnode.testnet import child_env
+from overlay import (
+    Delivery,
+    DirectoryError,
+    DownlinkKind,
+    NodeDescriptor,
+    NodeRole,
+    TopologyDocument,
+    canonical_json,
+    epoch_at,
+    epoch_start,
+    sign_descriptor,
+)
+
+log = logging.getLogger("phantom.mixnode")
+
+KEY_OVERLAP_S = 60.0  # seconds the previous epoch's key keeps opening packets
+WORKER_STOP_S = 3.0  # seconds a worker gets to exit after "Q" before SIGKILL
+WORKER_READY_S = 10.0  # seconds to wait for workers to start before publishing anyway
+WORKER_RESTART_S = 1.0  # seconds between restarts of a crashed worker
+DIRECTORY_RETRY_S = 1.0  # seconds between directory attempts after a failure
+DIRECTORY_REFRESH_S = 30.0  # seconds between fetches once the document is settled
+DIRECTORY_SETTLE_S = 15.0  # seconds without change before the document counts settled
+# Our counters' names -> the metric's declared drop reasons.
+_REASON_ALIASES = {
+    "link_malformed": "malformed",
+    "link_auth": "malformed",
+    "no_key": "unknown_epoch",
+    "stale": "late",
+    "no_session": "no_client",
+    "too_many_mailboxes": "mailbox_full",
+    "replay_cache_full": "replay",
+    "delivery_backlog": "queue_full",
+}
+
+
+def _add_to_histogram(h: Histogram, counts: list[int], total: float) -> None:
+    """Merge bucket counts a worker measured (same bounds) into ``h``.
+
+    Workers bucket their own observations: shipping every sample to this process would
+    cost more CPU than the histogram is worth at 10k packets per second.
+    """
+    with h._lock:  # noqa: SLF001 (the registry offers observe() only)
+        for i, c in enumerate(counts):
+            h._counts[i] += c  # noqa: SLF001
+        h._sum += total  # noqa: SLF001
+
+
+def _reason(name: str) -> str:
+    name = _REASON_ALIASES.get(name, name)
+    return name if name in DROP_REASONS else "other"
+
+
+class Directory(Protocol):
+    """Where a node publishes its descriptor and fetches verified topology documents."""
+
+    async def publish(self, descriptor: bytes, signature: bytes) -> None: ...
+
+    async def fetch(self, epoch: int) -> TopologyDocument: ...
+
+
+class AuthorityDirectory:
+    """The real directory: POST the descriptor to every authority, fetch and verify."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        from mixnode.directory_client import DirectoryClient
+
+        self.urls = list(config.directory.authorities)
+        self.client = DirectoryClient.from_config(config)
+
+    async def publish(self, descriptor: bytes, signature: bytes) -> None:
+        from mixnode.directory_client import publish_descriptor
+
+        body = canonical_json(
+            {"descriptor": descriptor.decode("ascii"), "signature": signature.hex()}
+        )
+        accepted = await trio.to_thread.run_sync(publish_descriptor, self.urls, body)
+        if not accepted:
+            raise DirectoryError("no authority accepted the descriptor")
+
+    async def fetch(self, epoch: int) -> TopologyDocument:
+        return await self.client.afetch(epoch)
+
+
+@dataclass(slots=True)
+class _WorkerHandle:
+    index: int
+    udp: socket.socket  # kept open here so that a restarted worker gets the same shard
+    ctrl: trio.socket.SocketType | None = None  # receives (Trio)
+    ctrl_raw: socket.socket | None = None  # sends (non-blocking; full means drop)
+    proc: subprocess.Popen[bytes] | None = None
+    last: Counter[str] | None = None
+    ready: trio.Event | None = None  # set by the worker's first report
+    hist: list[int] | None = None  # the worker's last cumulative processing histogram
+    hist_sum: float = 0.0
+
+
+class Node:
+    """One running node: owns the worker processes and the control-plane tasks."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        directory: Directory | None = None,
+        keys: NodeKeys | None = None,
+    ) -> None:
+        self.config = config
+        self.directory = directory
+        self.geometry = config.geometry
+        self.keys = keys if keys is not None else NodeKeys.load_or_create(config.node.data_dir)
+        self.node_id = self.keys.node_id
+        self.metrics = NodeMetrics()
+        self.role = config.node.role
+        self.topology: TopologyDocument | None = None
+        self.epoch = -1
+        self.gateway: GatewayCore | None = None
+        self.client_sock: trio.socket.SocketType | None = None
+        self.client_raw: socket.socket | None = None
+        self.workers: list[_WorkerHandle] = []
+        self.counters: Counter[str] = Counter()  # control-plane counters (gateway etc.)
+        self.port = 0
+        self.client_port: int | None = None
+        self.metrics_port: int | None = None
+        self._stopping = False
+
+    # -- epochs and keys ---------------------------------------------------------------
+
+    def current_epoch(self) -> int:
+        d = self.config.directory
+        return epoch_at(time.time(), d.epoch_length_s, d.genesis_s)
+
+    def _key_expiry(self, epoch: int) -> float:
+        d = self.config.directory
+        return epoch_start(epoch + 1, d.epoch_length_s, d.genesis_s) + KEY_OVERLAP_S
+
+    def rotate(self) -> bool:
+        """Generate/prune keys for the current epoch; True if the epoch changed."""
+        epoch = self.current_epoch()
+        if epoch == self.epoch:
+            return False
+        self.keys.rotate(epoch)
+        self.epoch = epoch
+        return True
+
+    def _key_message(self) -> bytes:
+        held = [e for e in self.keys.epochs() if e <= self.epoch]
+        keys = [[e, self.keys.epoch_private(e).hex(), self._key_expiry(e)] for e in held[-2:]]
+        return b"K" + json.dumps(keys).encode()
+
+    def gateway_private_keys(self) -> list[bytes]:
+        held = [e for e in self.keys.epochs() if e <= self.epoch + 1]
+        return [self.keys.epoch_private(e) for e in sorted(held, reverse=True)[:3]]
+
+    def descriptor(self) -> tuple[bytes, bytes]:
+        """This node's signed descriptor for the current and the next epoch."""
+        n = self.config.node
+        desc = NodeDescriptor(
+            node_id=self.node_id,
+            name=n.name,
+            role=n.role,
+            layer=n.layer,
+            host=n.public_host,
+            port=self.port,
+            client_port=self.client_port,
+            identity_key=self.keys.identity_public,
+            epoch_keys=self.keys.public_epoch_keys([self.epoch, self.epoch + 1]),
+        )
+        return desc.to_bytes(), sign_descriptor(desc, self.keys.identity_seed)
+
+    # -- workers -----------------------------------------------------------------------
+
+    def _worker_settings(self, h: _WorkerHandle, ctrl_fd: int) -> str:
+        c = self.config
+        return json.dumps(
+            {
+                "geometry": c.node.geometry,
+                "node_id": self.node_id.hex(),
+                "late_drop_ms": c.mixing.late_drop_ms,
+                "max_queue": max(1, c.mixing.max_queue // c.mixing.workers),
+                "cover_rate_hz": c.mixing.loop_cover_rate_hz / c.mixing.workers,
+                "link_delay_ms": c.link.delay_ms_mean,
+                "link_jitter_ms": c.link.delay_ms_jitter,
+                "link_loss": c.link.loss,
+                "udp_fd": h.udp.fileno(),
+                "ctrl_fd": ctrl_fd,
+            }
+        )
+
+    def _spawn(self, h: _WorkerHandle) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        for s in (parent, child):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        parent.setblocking(False)
+        h.proc = subprocess.Popen(
+            [sys.executable, "-m", "mixnode._worker", self._worker_settings(h, child.fileno())],
+            pass_fds=(h.udp.fileno(), child.fileno()),
+            env=child_env(),
+            stdin=subprocess.DEVNULL,
+        )
+        child.close()
+        h.ctrl_raw = parent
+        h.ctrl = trio.socket.from_stdlib_socket(parent)
+        h.last = Counter()
+        h.ready = trio.Event()
+        h.hist, h.hist_sum = [0] * (len(PROCESSING_BUCKETS_S) + 1), 0.0
+        self._send_worker(h, self._key_message())
+        if self.topology is not None:
+            self._send_worker(h, b"T" + self.topology.to_bytes())
+
+    def _send_worker(self, h: _WorkerHandle, msg: bytes) -> None:
+        if h.ctrl_raw is None:
+            return
+        try:
+            h.ctrl_raw.send(msg)
+        except OSError:
+            self.counters["drop:delivery_backlog"] += 1
+
+    def broadcast(self, msg: bytes) -> None:
+        for h in self.workers:
+            self._send_worker(h, msg)
+
+    async def _worker_reader(self, h: _WorkerHandle) -> None:
+        while True:
+            ctrl = h.ctrl
+            assert ctrl is not None
+            try:
+                msg = await ctrl.recv(CONTROL_MAX)
+            except trio.ClosedResourceError:
+                continue  # the worker was restarted: read from its new socket
+            except OSError:
+                msg = b""
+            if not msg:
+                await trio.sleep(0.1)
+                continue
+            kind = msg[:1]
+            if kind == b"D":
+                self._on_delivery(msg[1:])
+            elif kind == b"S":
+                self._on_stats(h, json.loads(msg[1:]))
+
+    async def _supervise(self) -> None:
+        while True:
+            await trio.sleep(WORKER_RESTART_S)
+            for h in self.workers:
+                if h.proc is not None and h.proc.poll() is not None and not self._stopping:
+                    log.warning("worker %d exited with %s; restarting", h.index, h.proc.returncode)
+                    self.counters["worker_restarts"] += 1
+                    old = h.ctrl
+                    self._spawn(h)
+                    if old is not None:
+                        old.close()
+
+    def _on_stats(self, h: _WorkerHandle, stats: dict[str, object]) -> None:
+        now = Counter({str(k): int(v) for k, v in stats["counters"].items()})  # type: ignore[attr-defined]
+        assert h.last is not None and h.ready is not None
+        h.ready.set()
+        delta = now - h.last
+        h.last = now
+        m = self.metrics
+        for name, n in delta.items():
+            if name.startswith("drop:"):
+                m.drops.inc(n, label=_reason(name[5:]))
+            elif name == "packets_in":
+                m.packets_in.inc(n)
+            elif name == "packets_out":
+                m.packets_out.inc(n)
+            elif name == "replays":
+                m.replays.inc(n)
+            elif name == "cover_sent":
+                m.cover_sent.inc(n)
+        self._depths[h.index] = int(stats["queue_depth"])  # type: ignore[call-overload]
+        m.queue_depth.set(sum(self._depths.values()))
+        hist = [int(x) for x in stats["hist"]]  # type: ignore[attr-defined]
+        hist_sum = float(stats["hist_sum"])  # type: ignore[arg-type]
+        assert h.hist is not None
+        _add_to_histogram(
+            m.processing_seconds,
+            [a - b for a, b in zip(hist, h.hist, strict=True)],
+            hist_sum - h.hist_sum,
+        )
+        h.hist, h.hist_sum = hist, hist_sum
+
+    _depths: dict[int, int]
+
+    # -- gateway -----------------------------------------------------------------------
+
+    def _on_delivery(self, body: bytes) -> None:
+        if self.gateway is None or len(body) < 17:
+            self.counters["drop:no_client"] += 1
+            return
+        mailbox, kind = body[:16], body[16]
+        try:
+            dk = DownlinkKind(kind)
+        except ValueError:
+            return
+        self.gateway.enqueue(mailbox, Delivery(dk, body[17:]), time.time())
+
+    async def _client_reader(self) -> None:
+        assert self.gateway is not None and self.client_sock is not None
+        gw, sock = self.gateway, self.client_sock
+        n = len(self.workers)
+        while True:
+            try:
+                data, addr = await sock.recvfrom(4096)
+            except OSError:
+                continue  # e.g. ICMP port unreachable from a client that went away
+            self.metrics.packets_in.inc()
+            try:
+                packet = gw.on_datagram(data, addr, time.time(), self._gw_keys)
+            except Exception:  # a bug must cost one datagram, never the node
+                log.exception("client datagram handling failed")
+                self.counters["drop:other"] += 1
+                continue
+            if packet is not None:
+                self._send_worker(self.workers[shard_of(packet, n)], b"P" + packet)
+
+    async def _downlink(self) -> None:
+        assert self.gateway is not None and self.client_raw is not None
+        gw, sock = self.gateway, self.client_raw
+        while True:
+            now = time.time()
+            for addr, datagram in gw.due_slots(now):
+                try:
+                    sock.sendto(datagram, addr)
+                    self.metrics.packets_out.inc()
+                    self.metrics.deliveries.inc()
+                except (BlockingIOError, OSError):
+                    self.counters["drop:send_failed"] += 1
+            nxt = gw.next_deadline()
+            await trio.sleep_until(
+                trio.current_time() + (0.05 if nxt is None else max(0.0, nxt - time.time()))
+            )
+
+    # -- directory ---------------------------------------------------------------------
+
+    async def _directory_loop(self, listed: trio.Event) -> None:
+        d = self.config.directory
+        client = self.directory if self.directory is not None else AuthorityDirectory(self.config)
+        with trio.move_on_after(WORKER_READY_S):  # publish only once packets can be processed
+            for h in self.workers:
+                assert h.ready is not None
+                await h.ready.wait()
+        published_for = -1
+        changed_at = time.monotonic()
+        while True:
+            if self.rotate():
+                self.broadcast(self._key_message())
+                self._gw_keys = self.gateway_private_keys()
+            try:
+                if published_for != self.epoch or not listed.is_set():
+                    desc, sig = self.descriptor()
+                    await client.publish(desc, sig)
+                    published_for = self.epoch
+                doc = await client.fetch(self.epoch)
+            except Exception as exc:  # network or directory trouble: retry, never crash
+                self.counters["directory_errors"] += 1
+                log.info("directory: %s", type(exc).__name__)
+                await trio.sleep(DIRECTORY_RETRY_S)
+                continue
+            if self.topology is None or doc.to_bytes() != self.topology.to_bytes():
+                self.topology = doc
+                changed_at = time.monotonic()
+                self.broadcast(b"T" + doc.to_bytes())
+                log.info("topology for epoch %d: %d nodes", doc.epoch, len(doc.nodes))
+            if doc.by_id.get(self.node_id) is not None:
+                listed.set()
+            # While the network is changing (nodes joining), follow it closely.
+            settled = time.monotonic() - changed_at > DIRECTORY_SETTLE_S
+            wait = min(d.epoch_length_s / 20, DIRECTORY_REFRESH_S) if settled else 1.0
+            await trio.sleep(max(DIRECTORY_RETRY_S, min(wait, self._until_next_epoch())))
+
+    def _until_next_epoch(self) -> float:
+        d = self.config.directory
+        return max(0.5, epoch_start(self.epoch + 1, d.epoch_length_s, d.genesis_s) - time.time())
+
+    # -- gauges ------------------------------------------------------------------------
+
+    async def _gauges(self) -> None:
+        last: Counter[str] = Counter()
+        while True:
+            await trio.sleep(0.5)
+            if self.gateway is not None:
+                self.metrics.mailbox_depth.set(self.gateway.mailbox_depth)
+                now = self.gateway.counters + self.counters
+            else:
+                now = Counter(self.counters)
+            for name, n in (now - last).items():
+                if name.startswith("drop:"):
+                    self.metrics.drops.inc(n, label=_reason(name[5:]))
+            last = now
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def serve(self, task_status: trio.TaskStatus[Node]) -> None:
+        c = self.config
+        self._depths = {}
+        self.rotate()
+        self._gw_keys = self.gateway_private_keys()
+        socks = bind_sharded(c.node.listen_host, c.node.listen_port, c.mixing.workers)
+        self.port = socks[0].getsockname()[1]
+        self.workers = [_WorkerHandle(i, s) for i, s in enumerate(socks)]
+        if self.role is NodeRole.GATEWAY:
+            assert c.gateway is not None
+            self.gateway = GatewayCore(
+                self.geometry,
+                delivery_rate_hz=c.gateway.delivery_rate_hz,
+                mailbox_capacity=c.gateway.mailbox_capacity,
+            )
+            raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            raw.bind((c.gateway.client_host, c.gateway.client_port))
+            raw.setblocking(False)
+            self.client_raw = raw
+            self.client_sock = trio.socket.from_stdlib_socket(raw)
+            self.client_port = raw.getsockname()[1]
+        try:
+            for h in self.workers:
+                self._spawn(h)
+            async with trio.open_nursery() as nursery:
+                if c.metrics.enabled:
+                    self.metrics_port = await nursery.start(
+                        serve_metrics, self.metrics.registry, c.metrics.host, c.metrics.port
+                    )
+                for h in self.workers:
+                    nursery.start_soon(self._worker_reader, h)
+                nursery.start_soon(self._supervise)
+                nursery.start_soon(self._gauges)
+                if self.gateway is not None:
+                    nursery.start_soon(self._client_reader)
+                    nursery.start_soon(self._downlink)
+                listed = trio.Event()
+                nursery.start_soon(self._directory_loop, listed)
+                nursery.start_soon(self._signals, nursery.cancel_scope)
+                log.info(
+                    "node %s (%s) listening on port %d with %d workers",
+                    c.node.name,
+                    self.role.value,
+                    self.port,
+                    len(self.workers),
+                )
+                task_status.started(self)
+        finally:
+            self._stopping = True
+            with trio.CancelScope(shield=True):
+                await self._stop_workers()
+            for h in self.workers:
+                h.udp.close()
+            if self.client_sock is not None:
+                self.client_sock.close()
+
+    async def _signals(self, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("signal %d: shutting down", signum)
+                scope.cancel()
+                return
+
+    async def _stop_workers(self) -> None:
+        self._stopping = True
+        self.broadcast(b"Q")
+        deadline = time.monotonic() + WORKER_STOP_S
+        for h in self.workers:
+            if h.proc is None:
+                continue
+            while h.proc.poll() is None and time.monotonic() < deadline:
+                await trio.sleep(0.02)
+            if h.proc.poll() is None:
+                h.proc.kill()
+                h.proc.wait()
+            if h.ctrl is not None:
+                h.ctrl.close()
+
+
+async def run(
+    config: NodeConfig,
+    *,
+    keys: NodeKeys | None = None,
+    directory: Directory | None = None,
+    task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a node until cancelled or signalled (SIGTERM/SIGINT); reports the Node started.
+
+    ``keys`` default to those in the config's data directory (created if missing);
+    ``directory`` defaults to the authorities named in the config.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    await Node(config, directory, keys).serve(task_status)

@@ -1,0 +1,104 @@
+"""Data-plane pieces of a node without processes: socket sharding, link emulation, shedding."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from mixnode._worker import Worker, bind_sharded, shard_of
+from overlay import VOICE, Hop, LinkCodec, create_forward, public_key
+
+CODEC = LinkCodec(VOICE)
+
+
+def _drain(s: socket.socket) -> list[bytes]:
+    s.setblocking(False)
+    out = []
+    while True:
+        try:
+            out.append(s.recv(4096))
+        except BlockingIOError:
+            return out
+
+
+def test_reuseport_shards_by_alpha_so_replays_meet_the_same_worker() -> None:
+    socks = bind_sharded("127.0.0.1", 0, 2)
+    port = socks[0].getsockname()[1]
+    assert socks[1].getsockname()[1] == port
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    frames = [CODEC.node_packet(b"\x01" + os.urandom(VOICE.packet_len - 1)) for _ in range(40)]
+    for f in frames + frames:  # every packet twice: the replay must land beside the original
+        c.sendto(f, ("127.0.0.1", port))
+    time.sleep(0.2)
+    got = [_drain(s) for s in socks]
+    for i, received in enumerate(got):
+        assert received, "both workers get a share"
+        for f in received:
+            assert shard_of(f[2:], 2) == i
+            assert received.count(f) == 2
+    assert sum(map(len, got)) == 80
+    for s in socks + [c]:
+        s.close()
+
+
+def _worker(**settings: object) -> tuple[Worker, socket.socket, bytes]:
+    udp = bind_sharded("127.0.0.1", 0, 1)[0]
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    base = {
+        "geometry": "voice",
+        "node_id": (b"n" * 16).hex(),
+        "late_drop_ms": 50.0,
+        "max_queue": 1000,
+        "cover_rate_hz": 0.0,
+    }
+    w = Worker({**base, **settings}, udp, b)
+    sk = os.urandom(32)
+    w.core.install_key(1, sk, time.time() + 100)
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    w.peers = {b"s" * 16: sink.getsockname()}
+    return w, sink, sk
+
+
+def _frame(sk: bytes) -> bytes:
+    path = [Hop(b"n" * 16, public_key(sk), 0), Hop(b"s" * 16, public_key(os.urandom(32)), 0)]
+    return CODEC.node_packet(create_forward(VOICE, path, b"m" * 16, b"x"))
+
+
+def test_forwarding_and_link_loss_emulation() -> None:
+    w, sink, sk = _worker()
+    now = time.time()
+    w.on_datagram(_frame(sk), now, now)
+    w.run_due(now + 0.001)
+    time.sleep(0.05)
+    assert len(_drain(sink)) == 1
+    lossy, sink2, sk2 = _worker(link_loss=0.99999)
+    for _ in range(20):
+        lossy.on_datagram(_frame(sk2), now, now)
+    lossy.run_due(now + 0.001)
+    time.sleep(0.05)
+    assert _drain(sink2) == [] and lossy.core.counters["drop:link_loss"] == 20
+
+
+def test_link_delay_emulation_holds_packets() -> None:
+    w, sink, sk = _worker(link_delay_ms=200.0, link_jitter_ms=0.0)
+    now = time.time()
+    w.on_datagram(_frame(sk), now, now)
+    w.run_due(now + 0.001)
+    time.sleep(0.05)
+    assert _drain(sink) == [] and len(w.emulated) == 1
+    w.run_due(now + 0.25)
+    time.sleep(0.05)
+    assert len(_drain(sink)) == 1
+
+
+def test_overdue_datagrams_shed_before_crypto_and_junk_counted() -> None:
+    w, _, sk = _worker()
+    now = time.time()
+    w.on_datagram(_frame(sk), now - 1.0, now)  # waited a second in the socket
+    w.on_datagram(b"\x01\x09junk", now, now)
+    w.on_datagram(os.urandom(3000), now, now)
+    c = w.core.counters
+    assert c["drop:late"] == 1 and c["drop:link_malformed"] == 2 and c["packets_in"] == 3
+    assert c["forwarded"] == 0
