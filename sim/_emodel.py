@@ -42,4 +42,5 @@ def mos_from_r(r: float | np.ndarray) -> np.ndarray:
     """Estimated mean opinion score (1..4.5) from R, G.107 Annex B."""
     r = np.asarray(r, dtype=float)
     mos = 1 + 0.035 * r + r * (r - 60) * (100 - r) * 7e-6
-    return np.where(r <= 0, 1.0, np.where(r >= 100, 4.5, mos))
+    # The cubic dips just below 1 for 0 < R < 6.5; MOS is 1 at worst.
+    return np.where(r <= 0, 1.0, np.where(r >= 100, 4.5, np.maximum(mos, 1.0)))

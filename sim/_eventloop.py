@@ -35,7 +35,7 @@ def _draw(dist: Dist, rng: np.random.Generator) -> float:
 
 
 def transit_eventloop(sc: Scenario, rng: np.random.Generator, st: Streams) -> tuple[np.ndarray, int]:
-    """Arrival time of every packet at its receiver (inf if lost), and packet-hops done."""
+    """Arrival time of every packet at its receiver (inf if lost), and packet-hops."""
     net, v = sc.network, sc.voice
     hops = net.hops
     ser = net.serialization_s
@@ -53,7 +53,6 @@ def transit_eventloop(sc: Scenario, rng: np.random.Generator, st: Streams) -> tu
             ready = ph + math.ceil((ready - ph) / slot) * slot
         heap.append((ready, i, 0))
     heapq.heapify(heap)
-    done = 0
     while heap:
         t, i, h = heapq.heappop(heap)
         if h == 0:  # leaves the sender on the access link
@@ -61,9 +60,11 @@ def transit_eventloop(sc: Scenario, rng: np.random.Generator, st: Streams) -> tu
                 continue
             heapq.heappush(heap, (t + _draw(net.access_delay, rng) + ser, i, 1))
             continue
-        done += 1
-        t += _draw(net.processing, rng) + rng.exponential(mean_mix)
-        if h < hops:
+        if h <= hops:  # at node h: unwrap, wait the sender-chosen delay
+            t += _draw(net.processing, rng) + rng.exponential(mean_mix)
+            if h == hops:  # the exit gateway hands it to the downlink queue at time t
+                heapq.heappush(heap, (t, i, hops + 1))
+                continue
             if rng.random() < net.link_loss:
                 continue
             heapq.heappush(heap, (t + _draw(net.link_delay, rng) + ser, i, h + 1))
@@ -71,7 +72,7 @@ def transit_eventloop(sc: Scenario, rng: np.random.Generator, st: Streams) -> tu
         if rng.random() < net.link_loss:  # exit gateway -> receiver link
             continue
         s = int(st.stream[i])
-        if sc.cover:
+        if sc.cover:  # FIFO in the order packets enter the queue: one per downlink slot
             ph = float(st.down_phase_s[s])
             k = max(math.ceil((t - ph) / slot_dl), last_slot.get(s, -(1 << 62)) + 1)
             last_slot[s] = k

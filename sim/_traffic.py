@@ -236,6 +236,26 @@ def rank_of_truth(scores: np.ndarray, truth: np.ndarray, exclude: np.ndarray) ->
     return rank, top1
 
 
+def entropy_bits(weights: np.ndarray) -> float:
+    """Shannon entropy (bits) of the sender distribution p_u = w_u / sum(w)
+    (Serjantov and Danezis 2002); zero weights contribute nothing."""
+    w = np.asarray(weights, dtype=float)
+    w = w[w > 0]
+    return float(entropy_from_sums(np.array([w.sum()]), np.array([(w * np.log(w)).sum()]))[0])
+
+
+def entropy_from_sums(total: np.ndarray, wlogw: np.ndarray) -> np.ndarray:
+    """Entropy in bits from sum(w) and sum(w ln w), which can be accumulated block by block:
+    H = log2 W - sum(w ln w) / (W ln 2)."""
+    return (np.log(total) - wlogw / total) / LOG2
+
+
+def degree_of_anonymity(h_bits: float, n: int) -> float:
+    """Normalized degree d = H / log2 N (Diaz et al. 2002): 1 when every user is equally
+    likely, 0 when the sender is known."""
+    return h_bits / float(np.log2(n)) if n > 1 else 0.0
+
+
 def _summary(rank: np.ndarray, top1: np.ndarray, n: int) -> dict[str, float]:
     return {
         "top1": round(float(top1.mean()), 6),
@@ -323,11 +343,10 @@ def timing_likelihood(obs: Observations) -> dict[str, float]:
     rank, top1 = rank_of_truth(scores, a, b)
     out = _summary(rank, top1, obs.n_users)
     ok = lam_sum > 0
-    h = (np.log(lam_sum[ok]) - lam_log[ok] / lam_sum[ok]) / LOG2
-    h_max = float(np.log2(obs.n_users))
-    out["entropy_bits"] = round(float(h.mean()), 4) if len(h) else 0.0
-    out["entropy_max_bits"] = round(h_max, 4)
-    out["degree_of_anonymity"] = round(float(h.mean()) / h_max, 4) if len(h) else 0.0
+    h = float(entropy_from_sums(lam_sum[ok], lam_log[ok]).mean()) if ok.any() else 0.0
+    out["entropy_bits"] = round(h, 4)
+    out["entropy_max_bits"] = round(float(np.log2(obs.n_users)), 4)
+    out["degree_of_anonymity"] = round(degree_of_anonymity(h, obs.n_users), 4)
     out["entropy_packets"] = int(ok.sum())
     return out
 
