@@ -34,7 +34,9 @@ def _draw(dist: Dist, rng: np.random.Generator) -> float:
     return a * math.exp(dist.b_ms * rng.standard_normal())
 
 
-def transit_eventloop(sc: Scenario, rng: np.random.Generator, st: Streams) -> tuple[np.ndarray, int]:
+def transit_eventloop(
+    sc: Scenario, rng: np.random.Generator, st: Streams
+) -> tuple[np.ndarray, int]:
     """Arrival time of every packet at its receiver (inf if lost), and packet-hops."""
     net, v = sc.network, sc.voice
     hops = net.hops

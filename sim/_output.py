@@ -1,8 +1,8 @@
 """Results on disk (JSON, CSV, PNG) and a progress bar for long runs.
 
-    >>> from sim._output import progress_enabled
-    >>> isinstance(progress_enabled(), bool)
-    True
+>>> from sim._output import progress_enabled
+>>> isinstance(progress_enabled(), bool)
+True
 """
 
 from __future__ import annotations
@@ -133,7 +133,9 @@ def plot_sweep(out: Path, rep: dict[str, Any]) -> Path:
         )
     for (hops, fpp), pts in sorted(groups.items(), key=lambda kv: str(kv[0])):
         pts.sort()
-        ax.plot([a for a, _ in pts], [b for _, b in pts], marker="o", label=f"{hops} hops, {fpp} fr")
+        ax.plot(
+            [a for a, _ in pts], [b for _, b in pts], marker="o", label=f"{hops} hops, {fpp} fr"
+        )
     ax.axhline(rep["criteria"]["max_mouth_to_ear_p99_ms"], color="grey", ls="--")
     ax.set_xlabel("mean sender-chosen delay per hop (ms)")
     ax.set_ylabel("p99 mouth-to-ear (ms)")

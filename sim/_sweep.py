@@ -75,9 +75,7 @@ def recommend(
     """The feasible point (p99 mouth-to-ear and loss within bounds) with the most mixing:
     largest per-hop delay mean, then most hops, then best MOS."""
     ok = [
-        p
-        for p in points
-        if p["mouth_to_ear_p99_ms"] <= max_p99_ms and p["total_loss"] <= max_loss
+        p for p in points if p["mouth_to_ear_p99_ms"] <= max_p99_ms and p["total_loss"] <= max_loss
     ]
     if not ok:
         return None

@@ -79,7 +79,9 @@ def make_population(sc: Scenario, rng: np.random.Generator) -> Population:
     else:
         s_user, s_start, s_end = np.arange(n), np.zeros(n), np.full(n, dur)
     # Both ends of a call stay online through it.
-    c_user = np.concatenate([np.repeat(caller, u.calls_per_pair), np.repeat(callee, u.calls_per_pair)])
+    c_user = np.concatenate(
+        [np.repeat(caller, u.calls_per_pair), np.repeat(callee, u.calls_per_pair)]
+    )
     c_start = np.concatenate([call_start.ravel(), call_start.ravel()])
     s_user = np.concatenate([s_user, c_user])
     s_start = np.concatenate([s_start, c_start])
@@ -103,7 +105,9 @@ def make_population(sc: Scenario, rng: np.random.Generator) -> Population:
     )
 
 
-def call_streams(sc: Scenario, pop: Population, rng: np.random.Generator) -> tuple[Streams, np.ndarray, np.ndarray]:
+def call_streams(
+    sc: Scenario, pop: Population, rng: np.random.Generator
+) -> tuple[Streams, np.ndarray, np.ndarray]:
     """Media streams of every call, both directions; returns (streams, sender, receiver)."""
     k, r = pop.call_start_s.shape
     starts = np.concatenate([pop.call_start_s.ravel(), pop.call_start_s.ravel()])
@@ -222,7 +226,9 @@ def _sparse(user: np.ndarray, t: np.ndarray, n: int) -> tuple[np.ndarray, np.nda
     return np.r_[0, np.cumsum(counts)], t[order]
 
 
-def rank_of_truth(scores: np.ndarray, truth: np.ndarray, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def rank_of_truth(
+    scores: np.ndarray, truth: np.ndarray, exclude: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Expected rank (1 = best) of the true partner under random tie-breaking, and the
     probability the adversary's top-1 guess is right. ``scores`` is (targets, users)."""
     s = scores.astype(np.float64).copy()
@@ -470,8 +476,17 @@ def run_attacks(
         tr = transit(scd, r_tr, st)
         hops += tr.packet_hops
         obs = Observations(
-            scd, pop, st, sender, receiver, tr.arrive_s, tr.send_s,
-            lag_pmf(scd, r_lag), targets, r_att, tick,
+            scd,
+            pop,
+            st,
+            sender,
+            receiver,
+            tr.arrive_s,
+            tr.send_s,
+            lag_pmf(scd, r_lag),
+            targets,
+            r_att,
+            tick,
         )
         res: dict[str, Any] = {}
         for name in names:

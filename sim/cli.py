@@ -76,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-p99-ms", type=float, default=MAX_P99_MS)
     p.add_argument("--max-loss", type=float, default=MAX_LOSS)
     p.add_argument("--workers", type=_positive_int, help="local processes (default: cores)")
-    p.add_argument("--dask-scheduler", metavar="ADDR", help="run on a Dask cluster, tcp://host:port")
+    p.add_argument(
+        "--dask-scheduler", metavar="ADDR", help="run on a Dask cluster, tcp://host:port"
+    )
     p = sub.add_parser("attack", help="traffic analysis: design against baseline")
     common(p)
     p.add_argument("--attacks", help=f"comma-separated subset of {','.join(ATTACKS)}")
@@ -110,8 +112,13 @@ def _run(sc: Any, args: argparse.Namespace) -> int:
     write_csv(out / "late_loss.csv", res["late_loss_curve"])
     write_csv(
         out / "percentiles.csv",
-        [{"metric": k, **v} for k, v in (("one_way_ms", res["one_way_ms"]),
-                                         ("mouth_to_ear_ms", res["mouth_to_ear_ms"]))],
+        [
+            {"metric": k, **v}
+            for k, v in (
+                ("one_way_ms", res["one_way_ms"]),
+                ("mouth_to_ear_ms", res["mouth_to_ear_ms"]),
+            )
+        ],
     )
     plot_latency(out, res)
     m = res["mouth_to_ear_ms"]
@@ -172,9 +179,7 @@ def _attack(sc: Any, args: argparse.Namespace) -> int:
     took = time.perf_counter() - t0
     write_json(args.out / "attacks.json", rep)
     rows = [
-        {"design": d, "attack": a, **m}
-        for d, res in rep["designs"].items()
-        for a, m in res.items()
+        {"design": d, "attack": a, **m} for d, res in rep["designs"].items() for a, m in res.items()
     ]
     cols = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("design", "attack"), k))
     write_csv(args.out / "attacks.csv", [{c: r.get(c, "") for c in cols} for r in rows])

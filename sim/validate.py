@@ -65,7 +65,9 @@ def simulate_one_way(sc: Scenario, min_packets: int = 0) -> np.ndarray:
     per_call = 2 * sc.users.call_s / (sc.voice.slot_ms / 1000.0)
     calls = max(sc.users.n_calls, int(np.ceil(min_packets / max(per_call, 1.0))))
     if calls != sc.users.n_calls:
-        sc = sc.replace(**{"users.n_calls": calls, "users.n_users": max(sc.users.n_users, 2 * calls)})
+        sc = sc.replace(
+            **{"users.n_calls": calls, "users.n_users": max(sc.users.n_users, 2 * calls)}
+        )
     ss = np.random.SeedSequence(sc.seed)
     r_st, r_tr = (np.random.default_rng(s) for s in ss.spawn(2))
     st = make_streams(sc, r_st)

@@ -41,8 +41,9 @@ def _bare(**extra: object) -> dict[str, object]:
 
 @pytest.mark.parametrize("hops", [3, 5])
 def test_sum_of_hop_delays_is_erlang(hops: int) -> None:
-    sc = load_scenario(_bare(mixing={"delay_mean_ms": 20.0}, network={
-        **_bare()["network"], "hops": hops}))  # type: ignore[dict-item]
+    sc = load_scenario(
+        _bare(mixing={"delay_mean_ms": 20.0}, network={**_bare()["network"], "hops": hops})
+    )  # type: ignore[dict-item]
     st = make_streams(sc, np.random.default_rng(5))
     tr = transit(sc, np.random.default_rng(6), st)
     d = (tr.arrive_s - tr.send_s)[~st.warmup]

@@ -23,9 +23,7 @@ from sim._traffic import entropy_from_sums, rank_of_truth
 @pytest.mark.parametrize("n", [1, 2, 10, 1000, 100_000])
 def test_entropy_of_uniform_set_is_log2_n(n: int) -> None:
     assert entropy_bits(np.full(n, 3.0)) == pytest.approx(math.log2(n), abs=1e-9)
-    assert degree_of_anonymity(entropy_bits(np.ones(n)), n) == pytest.approx(
-        1.0 if n > 1 else 0.0
-    )
+    assert degree_of_anonymity(entropy_bits(np.ones(n)), n) == pytest.approx(1.0 if n > 1 else 0.0)
 
 
 def test_entropy_of_known_sender_is_zero_and_blocks_add_up() -> None:
@@ -68,9 +66,10 @@ def test_cover_and_shaping_defeat_the_gpa() -> None:
     assert d["flow_correlation"]["mean_rank"] > n / 5
     # Every online user is an equally likely sender of a packet: entropy near log2 N.
     assert d["timing_likelihood"]["degree_of_anonymity"] > 0.97
-    assert b["timing_likelihood"]["degree_of_anonymity"] < d["timing_likelihood"][
-        "degree_of_anonymity"
-    ]
+    assert (
+        b["timing_likelihood"]["degree_of_anonymity"]
+        < d["timing_likelihood"]["degree_of_anonymity"]
+    )
     assert d["intersection"]["candidates"] == n - 1  # all online: nothing to intersect
 
 
@@ -82,8 +81,13 @@ def test_same_seed_same_report() -> None:
 def test_churn_shrinks_the_intersection() -> None:
     data = _small()
     data["users"] = {
-        "n_users": 200, "n_calls": 10, "calls_per_pair": 3, "call_s": 8.0, "duration_s": 30.0,
-        "mean_online_s": 10.0, "mean_offline_s": 10.0,
+        "n_users": 200,
+        "n_calls": 10,
+        "calls_per_pair": 3,
+        "call_s": 8.0,
+        "duration_s": 30.0,
+        "mean_online_s": 10.0,
+        "mean_offline_s": 10.0,
     }
     rep = run_attacks(load_scenario(data), ["intersection"])
     got = rep["designs"]["design"]["intersection"]

@@ -105,12 +105,36 @@ def test_validate_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     sc = load_scenario(scen)
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"one_way_s": independent_one_way(sc, seed=5)}))
-    assert main(["validate", "--measured", str(good), "--scenario", str(scen),
-                 "--out", str(tmp_path / "o")]) == 0
+    assert (
+        main(
+            [
+                "validate",
+                "--measured",
+                str(good),
+                "--scenario",
+                str(scen),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 0
+    )
     assert "PASS" in capsys.readouterr().out
     assert json.loads((tmp_path / "o" / "validation.json").read_text())["passed"] is True
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([x * 2 for x in independent_one_way(sc, seed=5)]))
-    assert main(["validate", "--measured", str(bad), "--scenario", str(scen),
-                 "--out", str(tmp_path / "o")]) == 1
+    assert (
+        main(
+            [
+                "validate",
+                "--measured",
+                str(bad),
+                "--scenario",
+                str(scen),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 1
+    )
     assert "FAIL" in capsys.readouterr().out
