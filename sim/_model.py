@@ -221,29 +221,53 @@ def playout(
     st: Streams, tr: Transit, target_loss: float, window: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Adaptive jitter buffer: per talk spurt, the playout delay (from ready time) is the
-    (1 - target_loss) quantile of the last ``window`` delays received before the spurt.
+    (1 - target_loss) quantile of the last ``window`` delays the receiver got before the
+    spurt's first packet arrived. All spurts of all streams at once.
 
     Returns (playout delay per packet in seconds, late flag per packet).
     """
+    n = len(st.ready_s)
     delay = tr.arrive_s - st.ready_s
-    play = np.full(len(delay), np.nan)
-    bounds = np.flatnonzero(np.r_[True, st.stream[1:] != st.stream[:-1], True])
-    q = 1.0 - target_loss
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        sp = st.spurt[a:b]
-        d = delay[a:b]
-        arrive = tr.arrive_s[a:b]
-        cuts = np.flatnonzero(np.r_[True, sp[1:] != sp[:-1], True])
-        order = np.argsort(arrive, kind="stable")
-        arr_sorted = arrive[order]
-        for i in range(1, len(cuts) - 1):
-            lo, hi = cuts[i], cuts[i + 1]
-            # What the receiver knows when the spurt's first packet is due: the delays of
-            # the packets that have arrived by then (lost packets never arrive: inf).
-            known = np.searchsorted(arr_sorted, arrive[lo:hi].min(), side="left")
-            recent = d[order[max(0, known - window) : known]]
-            recent = recent[np.isfinite(recent)]
-            pd = np.quantile(recent, q) if len(recent) else np.nanmax(d[lo:hi])
-            play[a + lo : a + hi] = pd
+    play = np.full(n, np.nan)
+    if n == 0:
+        return play, np.zeros(0, bool)
+    # Spurts are contiguous runs of (stream, spurt) in the (stream, ready) order.
+    new = np.r_[True, (st.stream[1:] != st.stream[:-1]) | (st.spurt[1:] != st.spurt[:-1])]
+    first = np.flatnonzero(new)
+    group = np.cumsum(new) - 1
+    g_stream = st.stream[first]
+    g_first_arrival = np.minimum.reduceat(tr.arrive_s, first)
+    g_max_delay = np.maximum.reduceat(np.where(np.isfinite(delay), delay, -np.inf), first)
+    # Each stream's packets in arrival order, as one key: stream offset plus time.
+    finite = np.isfinite(tr.arrive_s)
+    lo = float(tr.arrive_s[finite].min()) if finite.any() else 0.0
+    span = (float(tr.arrive_s[finite].max()) - lo if finite.any() else 0.0) + 2.0
+    key = st.stream * span + np.where(finite, tr.arrive_s - lo, span - 1.0)
+    order = np.argsort(key, kind="stable")
+    key_sorted = key[order]
+    d_sorted = delay[order]
+    s_start = np.searchsorted(st.stream[order], np.arange(st.n_streams), side="left")
+    # The media spurts (warm-up spurt 0 only primes the buffer).
+    # A spurt whose packets were all lost plays nothing: leave its playout delay unset.
+    media = (st.spurt[first] != 0) & np.isfinite(g_first_arrival)
+    q_key = g_stream[media] * span + (g_first_arrival[media] - lo)
+    known = np.searchsorted(key_sorted, q_key, side="left")
+    begin = np.maximum(s_start[g_stream[media]], known - window)
+    idx = known[:, None] - window + np.arange(window)[None, :]
+    valid = idx >= begin[:, None]
+    # Lost packets never arrive, so windows hold finite delays only; a window is short
+    # only when the stream has not yet delivered ``window`` packets.
+    full = valid.all(axis=1)
+    pd = np.full(int(media.sum()), np.nan)
+    if full.any():
+        pd[full] = np.quantile(d_sorted[idx[full]], 1.0 - target_loss, axis=1)
+    for j in np.flatnonzero(~full):
+        if known[j] > begin[j]:
+            pd[j] = np.quantile(d_sorted[begin[j] : known[j]], 1.0 - target_loss)
+    has = ~np.isnan(pd)
+    pd[~has] = g_max_delay[media][~has]
+    g_play = np.full(len(first), np.nan)
+    g_play[media] = pd
+    play = g_play[group]
     late = ~(delay <= play)
     return play, late

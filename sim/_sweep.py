@@ -27,6 +27,7 @@ DEFAULT_GRID: dict[str, list[Any]] = {
     "voice.frames_per_packet": [1, 2, 3],
 }
 MAX_P99_MS = 600.0  # the upper end of the 300-600 ms mouth-to-ear envelope
+DASK_CONNECT_TIMEOUT_S = 10  # how long to wait for the scheduler before giving up
 MAX_LOSS = 0.05  # network plus late loss a call tolerates with Opus concealment and FEC
 
 
@@ -41,6 +42,8 @@ def _point(data: dict[str, Any]) -> dict[str, Any]:
     return {
         **data["params"],
         "slot_ms": sc.voice.slot_ms,
+        # Constant-rate cost of every online user, each way: one packet per slot.
+        "uplink_kbps": round(sc.network.geometry.packet_len * 8 / sc.voice.slot_ms, 3),
         "one_way_p99_ms": res.one_way_ms["p99"],
         "mouth_to_ear_p50_ms": res.mouth_to_ear_ms["p50"],
         "mouth_to_ear_p99_ms": res.mouth_to_ear_ms["p99"],
@@ -73,15 +76,16 @@ def recommend(
     points: list[dict[str, Any]], max_p99_ms: float = MAX_P99_MS, max_loss: float = MAX_LOSS
 ) -> dict[str, Any] | None:
     """The feasible point (p99 mouth-to-ear and loss within bounds) with the most mixing:
-    largest per-hop delay mean, then most hops, then best MOS."""
+    most hops (each mix layer multiplies the cost of compromising a whole route), then the
+    largest per-hop delay mean, then the best MOS."""
     ok = [
         p for p in points if p["mouth_to_ear_p99_ms"] <= max_p99_ms and p["total_loss"] <= max_loss
     ]
     if not ok:
         return None
 
-    def key(p: dict[str, Any]) -> tuple[float, int, float]:
-        return (p.get("mixing.delay_mean_ms", 0.0), p.get("network.hops", 0), p["mos"])
+    def key(p: dict[str, Any]) -> tuple[int, float, float]:
+        return (p.get("network.hops", 0), p.get("mixing.delay_mean_ms", 0.0), p["mos"])
 
     return max(ok, key=key)
 
@@ -134,7 +138,7 @@ def _run_dask(
             "--dask-scheduler needs dask[distributed]: pip install 'phantom-mixnet[cluster]'"
         ) from None
     try:
-        client = Client(address, timeout="10s")
+        client = Client(address, timeout=f"{DASK_CONNECT_TIMEOUT_S}s")
     except OSError as exc:
         raise SweepError(f"cannot reach the Dask scheduler at {address!r}: {exc}") from None
     try:

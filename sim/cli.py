@@ -73,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--delay-mean-ms", type=_floats, help="e.g. 5,10,20,40")
     p.add_argument("--hops", type=_ints, help="e.g. 3,4,5")
     p.add_argument("--frames-per-packet", type=_ints, help="e.g. 1,2,3 (slot = frames x 20 ms)")
+    p.add_argument("--downlink-speedup", type=_floats, help="e.g. 1,1.5,2 (default: scenario)")
     p.add_argument("--max-p99-ms", type=float, default=MAX_P99_MS)
     p.add_argument("--max-loss", type=float, default=MAX_LOSS)
     p.add_argument("--workers", type=_positive_int, help="local processes (default: cores)")
@@ -136,6 +137,7 @@ def _sweep(sc: Any, args: argparse.Namespace) -> int:
         ("mixing.delay_mean_ms", args.delay_mean_ms),
         ("network.hops", args.hops),
         ("voice.frames_per_packet", args.frames_per_packet),
+        ("voice.downlink_speedup", args.downlink_speedup),
     ):
         if val:
             grid[key] = val

@@ -125,3 +125,32 @@ def test_bad_input_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "comma-separated integers" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["attack", "--scenario", str(bad)])
+
+
+def test_sweep_on_a_dask_cluster(scen: Path) -> None:
+    """The same sweep through a real (local, loopback) Dask scheduler and worker."""
+    distributed = pytest.importorskip("dask.distributed")
+    sc = load_scenario(scen)
+    grid = {"mixing.delay_mean_ms": [5.0, 60.0], "voice.frames_per_packet": [2]}
+    with distributed.LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        protocol="tcp://",
+        host="127.0.0.1",
+        dashboard_address=None,
+    ) as cluster:
+        rep = sweep(sc, grid, dask_scheduler=cluster.scheduler_address)
+    local = sweep(sc, grid, workers=1)
+    assert rep["points"] == local["points"]  # same seed, same results, wherever they ran
+    assert rep["recommended"]["mixing.delay_mean_ms"] == 5.0
+
+
+def test_unreachable_dask_scheduler(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("dask.distributed")
+    import sim._sweep
+
+    monkeypatch.setattr(sim._sweep, "DASK_CONNECT_TIMEOUT_S", 1)
+    sc = load_scenario({"users": {"n_calls": 1, "call_s": 2.0}})
+    with pytest.raises(SweepError, match="cannot reach"):
+        sweep(sc, {"mixing.delay_mean_ms": [5.0]}, dask_scheduler="tcp://127.0.0.1:9")
