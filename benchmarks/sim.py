@@ -5,7 +5,7 @@ per-packet event-loop engine, on the same scenario and streams, in the same run.
     python -m benchmarks.sim --check    # exit 1 if a target is missed
 
 Both engines carry the same packets (100 calls x 60 s, both directions, of
-scenarios/voice.toml) hop by hop through the same delay model: uplink slot, access link,
+scenarios/bench.toml) hop by hop through the same delay model: uplink slot, access link,
 processing and sender-chosen delay at 5 hops, links between them, the shaped downlink.
 Rounds are interleaved so that the ratio holds on a busy machine.
 Targets: vectorized >= 50x the event loop and >= 2 million packet-hops/s.
@@ -26,7 +26,7 @@ from sim import load_scenario, run_latency
 from sim._eventloop import transit_eventloop
 from sim._model import make_streams, transit
 
-SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "voice.toml"
+SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "bench.toml"
 TARGET_RATIO = 50.0
 TARGET_RATE = 2e6  # packet-hops per second
 

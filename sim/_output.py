@@ -145,3 +145,23 @@ def plot_sweep(out: Path, rep: dict[str, Any]) -> Path:
     fig.savefig(p, dpi=110)
     plt.close(fig)
     return p
+
+
+def plot_validation(out: Path, measured_s: Any, simulated_s: Any, ks: float) -> Path:
+    """validation.png: empirical CDFs of measured and simulated one-way latency."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for data, label in ((measured_s, "measured"), (simulated_s, "simulated")):
+        x = np.sort(np.asarray(data)) * 1000.0
+        ax.plot(x, np.arange(1, len(x) + 1) / len(x), label=f"{label} (n={len(x)})")
+    ax.set_xlabel("one-way latency (ms)")
+    ax.set_ylabel("CDF")
+    ax.set_title(f"KS distance {ks:.3f}")
+    ax.legend()
+    p = out / "validation.png"
+    fig.tight_layout()
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return p

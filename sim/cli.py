@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from ._output import (
     plot_attacks,
     plot_latency,
     plot_sweep,
+    plot_validation,
     progress,
     write_csv,
     write_json,
@@ -29,7 +31,13 @@ from ._output import (
 from ._scenario import ScenarioError, load_scenario
 from ._sweep import DEFAULT_GRID, MAX_LOSS, MAX_P99_MS, SweepError, sweep
 from ._traffic import ATTACKS, CHUNK_USERS, run_attacks
-from .validate import MeasuredDataError, load_measured, validate
+from .validate import (
+    SIM_PACKETS,
+    MeasuredDataError,
+    load_measured,
+    simulate_one_way,
+    validate,
+)
 
 
 def _floats(text: str) -> list[float]:
@@ -56,6 +64,18 @@ def _positive_int(text: str) -> int:
     return n
 
 
+def _assignment(text: str) -> tuple[str, Any]:
+    """``section.field=value``; the value is read as a TOML literal, else taken as text."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"want FIELD=VALUE, got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip(), value
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="phantom-sim", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -63,6 +83,14 @@ def _parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser, out: bool = True) -> None:
         p.add_argument("--scenario", required=True, help="scenario TOML file")
         p.add_argument("--seed", type=int, help="override the scenario's seed")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            type=_assignment,
+            metavar="FIELD=VALUE",
+            help="override one field, e.g. mixing.path=call or users.n_users=5000",
+        )
         if out:
             p.add_argument("--out", type=Path, default=Path("out"), help="output directory")
 
@@ -97,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         sc = load_scenario(args.scenario)
+        if args.set:
+            sc = sc.replace(**dict(args.set))
         if args.seed is not None:
             sc = sc.replace(seed=args.seed)
         return _COMMANDS[args.command](sc, args)
@@ -195,13 +225,19 @@ def _attack(sc: Any, args: argparse.Namespace) -> int:
 
 
 def _validate(sc: Any, args: argparse.Namespace) -> int:
+    measured = load_measured(args.measured)
     res = validate(
-        load_measured(args.measured),
+        measured,
         sc,
         ks_tolerance=args.ks_tolerance,
         rel_tolerance=args.rel_tolerance,
     ).to_dict()
     write_json(args.out / "validation.json", res)
+    write_csv(
+        args.out / "validation.csv",
+        [{"percentile": p, **row} for p, row in res["percentiles_ms"].items()],
+    )
+    plot_validation(args.out, measured, simulate_one_way(sc, SIM_PACKETS), res["ks_distance"])
     for p, row in res["percentiles_ms"].items():
         print(f"{p:>5}: measured {row['measured']:8.1f} ms  simulated {row['simulated']:8.1f} ms")
     verdict = "PASS" if res["passed"] else "FAIL"

@@ -43,6 +43,26 @@ def test_run_writes_results_and_is_reproducible(scen: Path, tmp_path: Path) -> N
     c = tmp_path / "c"
     assert main(["run", "--scenario", str(scen), "--seed", "6", "--out", str(c)]) == 0
     assert (c / "results.json").read_bytes() != (a / "results.json").read_bytes()
+    d = tmp_path / "d"
+    assert (
+        main(
+            [
+                "run",
+                "--scenario",
+                str(scen),
+                "--set",
+                "mixing.delay_mean_ms=5",
+                "--set",
+                "voice.frames_per_packet=2",
+                "--out",
+                str(d),
+            ]
+        )
+        == 0
+    )
+    res_d = json.loads((d / "results.json").read_text())
+    assert res_d["components_ms"]["packetization"] == 40.0
+    assert res_d["components_ms"]["mixing"] < res["components_ms"]["mixing"] / 3
 
 
 def test_attack_writes_both_designs(scen: Path, tmp_path: Path) -> None:
@@ -125,6 +145,15 @@ def test_bad_input_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "comma-separated integers" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["attack", "--scenario", str(bad)])
+    capsys.readouterr()
+    good = tmp_path / "good.toml"
+    good.write_text(SMALL)
+    with pytest.raises(SystemExit):
+        main(["run", "--scenario", str(good), "--set", "mixing.path=sideways"])
+    assert "mixing.path" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run", "--scenario", str(good), "--set", "novalue"])
+    assert "FIELD=VALUE" in capsys.readouterr().err
 
 
 def test_sweep_on_a_dask_cluster(scen: Path) -> None:

@@ -100,7 +100,7 @@ def test_event_loop_engine_agrees(cover: bool) -> None:
         {
             "cover": cover,
             "users": {"n_users": 400, "n_calls": 200, "call_s": 5.0},
-            "voice": {"jitter_window": 20},
+            "voice": {"jitter_window": 20, "frames_per_packet": 3},
         }
     )
     st = make_streams(sc, np.random.default_rng(1))
@@ -120,7 +120,9 @@ def test_same_seed_same_result_other_seed_differs() -> None:
 
 
 def test_envelope_components_add_up() -> None:
-    res = run_latency(load_scenario({"users": {"n_calls": 20, "call_s": 30.0}}))
+    res = run_latency(
+        load_scenario({"mixing": {"delay_mean_ms": 20.0}, "users": {"n_calls": 20, "call_s": 30.0}})
+    )
     c = res.components_ms
     total = sum(c.values())
     # Mean mouth-to-ear is the sum of the mean components (jitter buffer included).

@@ -22,7 +22,7 @@ def test_example_scenarios_load(path: Path) -> None:
 def test_defaults_follow_the_voice_geometry() -> None:
     sc = load_scenario({})
     assert sc.hops == VOICE.max_hops == 5
-    assert sc.voice.slot_ms == 60.0
+    assert sc.voice.slot_ms == 20.0
     assert sc.network.serialization_s == pytest.approx(VOICE.packet_len * 8 / 20e6)
     assert sc.voice.payload_bytes <= VOICE.user_payload
 

@@ -121,6 +121,8 @@ def test_validate_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     )
     assert "PASS" in capsys.readouterr().out
     assert json.loads((tmp_path / "o" / "validation.json").read_text())["passed"] is True
+    assert (tmp_path / "o" / "validation.csv").read_text().startswith("percentile,")
+    assert (tmp_path / "o" / "validation.png").exists()
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([x * 2 for x in independent_one_way(sc, seed=5)]))
     assert (
