@@ -176,7 +176,7 @@ class Adversary:
 
     window_s: float = 1.0  # flow correlation: packet counts per window
     resolution_ms: float = 10.0  # timing attack: time-stamp resolution
-    compromised_fraction: float = 0.0  # of gateways and mixes
+    compromised_fraction: float = 0.0  # of the gateways and of each mix layer (whole nodes)
     targets: int = 50  # calls the attacks are scored on (sampled)
     entropy_packets: int = 20  # packets per target for the sender-set entropy
 

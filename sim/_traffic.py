@@ -99,10 +99,21 @@ def make_population(sc: Scenario, rng: np.random.Generator) -> Population:
         callee=callee,
         call_start_s=call_start,
         call_s=u.call_s,
-        gateway_bad=rng.random(sc.network.gateways) < sc.adversary.compromised_fraction,
-        mix_bad=rng.random((sc.hops - 2, sc.network.mixes_per_layer))
-        < sc.adversary.compromised_fraction,
+        gateway_bad=_compromise(rng, sc.adversary.compromised_fraction, 1, sc.network.gateways)[0],
+        mix_bad=_compromise(
+            rng, sc.adversary.compromised_fraction, sc.hops - 2, sc.network.mixes_per_layer
+        ),
     )
+
+
+def _compromise(rng: np.random.Generator, fraction: float, rows: int, per_row: int) -> np.ndarray:
+    """(rows, per_row) bool: in each row (gateways, or one mix layer) the nearest whole
+    number to ``fraction`` of the nodes, chosen at random, is compromised."""
+    k = int(fraction * per_row + 0.5)
+    out = np.zeros((rows, per_row), bool)
+    for r in range(rows):
+        out[r, rng.choice(per_row, size=k, replace=False)] = True
+    return out
 
 
 def call_streams(

@@ -130,3 +130,23 @@ def test_a_registered_attack_runs_on_both_designs() -> None:
         del ATTACKS["busiest_downlink"]
     with pytest.raises(ValueError, match="want one of"):
         run_attacks(load_scenario(_small()), ["nope"])
+
+
+@pytest.mark.parametrize(("path", "per_pair_routes"), [("call", 2), ("packet", None)])
+def test_route_compromise_matches_closed_form(path: str, per_pair_routes: int | None) -> None:
+    """One gateway (compromised), 2 mixes per layer with 1 compromised: a route is all bad
+    with probability 1/8. Per-call routes: 2 per call (one each way), so 1 - (7/8)^2."""
+    data = {
+        "seed": 9,
+        "network": {"gateways": 1, "mixes_per_layer": 2},
+        "mixing": {"path": path},
+        "users": {"n_users": 6000, "n_calls": 3000, "call_s": 5.0, "duration_s": 10.0},
+        "adversary": {"targets": 3000, "compromised_fraction": 0.5},
+    }
+    got = run_attacks(load_scenario(data), ["compromised_hops"])["designs"]["design"]
+    linked = got["compromised_hops"]["linked"]
+    if per_pair_routes is None:
+        assert linked > 0.99  # about a hundred routes per call: one is all bad
+    else:
+        want = 1 - (7 / 8) ** per_pair_routes
+        assert abs(linked - want) < 3 * math.sqrt(want * (1 - want) / 3000)
