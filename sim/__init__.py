@@ -17,8 +17,10 @@ from ._scenario import Scenario as Scenario
 from ._scenario import ScenarioError as ScenarioError
 from ._scenario import load_scenario as load_scenario
 from ._sweep import SweepError as SweepError
+from ._sweep import SweepReport as SweepReport
 from ._sweep import sweep as sweep
 from ._traffic import ATTACKS as ATTACKS
+from ._traffic import AttackReport as AttackReport
 from ._traffic import Observations as Observations
 from ._traffic import attack as attack
 from ._traffic import degree_of_anonymity as degree_of_anonymity

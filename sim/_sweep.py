@@ -3,7 +3,7 @@
     >>> from sim import load_scenario, sweep
     >>> sc = load_scenario({"users": {"n_calls": 2, "call_s": 5.0}})
     >>> out = sweep(sc, {"mixing.delay_mean_ms": [5.0, 10.0]}, workers=1)
-    >>> len(out["points"])
+    >>> len(out.points)
     2
 
 Every point uses the scenario's seed (common random numbers), so differences between
@@ -16,6 +16,7 @@ import itertools
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ._latency import run_latency
@@ -29,6 +30,21 @@ DEFAULT_GRID: dict[str, list[Any]] = {
 MAX_P99_MS = 600.0  # the upper end of the 300-600 ms mouth-to-ear envelope
 DASK_CONNECT_TIMEOUT_S = 10  # how long to wait for the scheduler before giving up
 MAX_LOSS = 0.05  # network plus late loss a call tolerates with Opus concealment and FEC
+
+
+@dataclass(frozen=True, slots=True)
+class SweepReport:
+    """Every grid point's summary and the recommended one (None if none is feasible)."""
+
+    scenario: str
+    seed: int
+    criteria: dict[str, float]
+    points: list[dict[str, Any]]
+    recommended: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (what sweep.json holds)."""
+        return asdict(self)
 
 
 class SweepError(RuntimeError):
@@ -99,7 +115,7 @@ def sweep(
     max_p99_ms: float = MAX_P99_MS,
     max_loss: float = MAX_LOSS,
     tick: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
+) -> SweepReport:
     """Run every grid point in parallel and pick the recommended defaults."""
     jobs = grid_points(sc, grid or DEFAULT_GRID)
     tick = tick or (lambda n: None)
@@ -118,13 +134,13 @@ def sweep(
                 for r in pool.map(_point, jobs):
                     results.append(r)
                     tick(1)
-    return {
-        "scenario": sc.name,
-        "seed": sc.seed,
-        "criteria": {"max_mouth_to_ear_p99_ms": max_p99_ms, "max_total_loss": max_loss},
-        "points": results,
-        "recommended": recommend(results, max_p99_ms, max_loss),
-    }
+    return SweepReport(
+        scenario=sc.name,
+        seed=sc.seed,
+        criteria={"max_mouth_to_ear_p99_ms": max_p99_ms, "max_total_loss": max_loss},
+        points=results,
+        recommended=recommend(results, max_p99_ms, max_loss),
+    )
 
 
 def _run_dask(

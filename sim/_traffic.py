@@ -5,7 +5,7 @@ client-gateway link (and optionally a fraction of compromised nodes).
     >>> sc = load_scenario({"users": {"n_users": 60, "n_calls": 6, "call_s": 20.0,
     ...                               "duration_s": 30.0}, "adversary": {"targets": 6}})
     >>> rep = run_attacks(sc, attacks=["flow_correlation"])
-    >>> sorted(rep["designs"])
+    >>> sorted(rep.designs)
     ['baseline', 'design']
 
 The adversary time-stamps packets at the client end of each access link. With cover
@@ -17,7 +17,7 @@ it arrives. Attacks read those observations through ``Observations`` and return 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -461,14 +461,31 @@ def lag_pmf(sc: Scenario, rng: np.random.Generator, n_streams: int = 100) -> np.
     return pmf / pmf.sum()
 
 
+@dataclass(frozen=True, slots=True)
+class AttackReport:
+    """Metrics of every attack against ``design`` (cover on) and ``baseline`` (cover off)."""
+
+    scenario: str
+    seed: int
+    users: int
+    calls: int
+    targets: int
+    packet_hops: int
+    designs: dict[str, dict[str, dict[str, float]]]  # design -> attack -> metric -> value
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (what attacks.json holds)."""
+        return asdict(self)
+
+
 def run_attacks(
     sc: Scenario,
     attacks: list[str] | None = None,
     *,
     tick: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
+) -> AttackReport:
     """Run the attacks against our design (``cover`` on) and the baseline (cover off) on the
-    same population, calls and talk spurts. Returns a JSON-able dict."""
+    same population, calls and talk spurts."""
     names = list(ATTACKS) if attacks is None else attacks
     for name in names:
         if name not in ATTACKS:
@@ -503,12 +520,12 @@ def run_attacks(
         for name in names:
             res[name] = ATTACKS[name](obs)
         designs[label] = res
-    return {
-        "scenario": sc.name,
-        "seed": sc.seed,
-        "users": sc.users.n_users,
-        "calls": int(k * sc.users.calls_per_pair),
-        "targets": len(targets),
-        "packet_hops": hops,
-        "designs": designs,
-    }
+    return AttackReport(
+        scenario=sc.name,
+        seed=sc.seed,
+        users=sc.users.n_users,
+        calls=int(k * sc.users.calls_per_pair),
+        targets=len(targets),
+        packet_hops=hops,
+        designs=designs,
+    )

@@ -184,7 +184,7 @@ def _sweep(sc: Any, args: argparse.Namespace) -> int:
             max_p99_ms=args.max_p99_ms,
             max_loss=args.max_loss,
             tick=tick,
-        )
+        ).to_dict()
     write_json(args.out / "sweep.json", rep)
     write_csv(args.out / "sweep.csv", rep["points"])
     plot_sweep(args.out, rep)
@@ -207,7 +207,7 @@ def _attack(sc: Any, args: argparse.Namespace) -> int:
     chunks = -(-sc.users.n_users // CHUNK_USERS)
     passes = 4 if names is None else len(names)
     with progress("attacks", 2 * chunks * passes) as tick:
-        rep = run_attacks(sc, names, tick=tick)
+        rep = run_attacks(sc, names, tick=tick).to_dict()
     took = time.perf_counter() - t0
     write_json(args.out / "attacks.json", rep)
     rows = [

@@ -171,8 +171,9 @@ def test_sweep_on_a_dask_cluster(scen: Path) -> None:
     ) as cluster:
         rep = sweep(sc, grid, dask_scheduler=cluster.scheduler_address)
     local = sweep(sc, grid, workers=1)
-    assert rep["points"] == local["points"]  # same seed, same results, wherever they ran
-    assert rep["recommended"]["mixing.delay_mean_ms"] == 5.0
+    assert rep.points == local.points  # same seed, same results, wherever they ran
+    assert rep.recommended is not None
+    assert rep.recommended["mixing.delay_mean_ms"] == 5.0
 
 
 def test_unreachable_dask_scheduler(monkeypatch: pytest.MonkeyPatch) -> None:
