@@ -66,8 +66,9 @@ def talk_spurts(
     per = int(np.ceil(length_s / (on + off) * 1.5)) + 8
     ons = rng.exponential(on, (n, per))
     offs = rng.exponential(off, (n, per))
-    # Each stream starts at a random point of its on/off cycle: silence first, half the time.
-    lead = np.where(rng.random(n) < 0.5, rng.exponential(off, n), 0.0)
+    # Each stream starts at a random point of its on/off cycle: in silence with probability
+    # off/(on+off), and then (memoryless) for a fresh exponential silence.
+    lead = np.where(rng.random(n) < off / (on + off), rng.exponential(off, n), 0.0)
     begin = lead[:, None] + np.concatenate(
         [np.zeros((n, 1)), np.cumsum(ons + offs, axis=1)[:, :-1]], axis=1
     )

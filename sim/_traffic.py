@@ -63,12 +63,9 @@ def make_population(sc: Scenario, rng: np.random.Generator) -> Population:
         per = int(np.ceil(dur / (on + off) * 1.5)) + 4
         ons = rng.exponential(on, (n, per))
         offs = rng.exponential(off, (n, per))
-        # Stationary start: online with probability on/(on+off), mid-way through a period.
-        lead = np.where(
-            rng.random(n) < on / (on + off),
-            -rng.random(n) * rng.exponential(on, n),
-            rng.random(n) * rng.exponential(off, n),
-        )
+        # Stationary start: online at 0 with probability on/(on+off); periods are
+        # exponential, so what is left of the current one is a fresh draw (memoryless).
+        lead = np.where(rng.random(n) < on / (on + off), 0.0, rng.exponential(off, n))
         begin = lead[:, None] + np.concatenate(
             [np.zeros((n, 1)), np.cumsum(ons + offs, axis=1)[:, :-1]], axis=1
         )

@@ -151,3 +151,26 @@ def test_route_compromise_matches_closed_form(path: str, per_pair_routes: int | 
     else:
         want = 1 - (7 / 8) ** per_pair_routes
         assert abs(linked - want) < 3 * math.sqrt(want * (1 - want) / 3000)
+
+
+def test_churn_is_stationary() -> None:
+    """On/off sessions: at any instant a user is online with probability on/(on+off)."""
+    from sim._traffic import make_population
+
+    sc = load_scenario(
+        {
+            "users": {
+                "n_users": 20000,
+                "n_calls": 1,
+                "call_s": 1.0,
+                "duration_s": 100.0,
+                "mean_online_s": 30.0,
+                "mean_offline_s": 10.0,
+            }
+        }
+    )
+    pop = make_population(sc, np.random.default_rng(4))
+    for t in (0.0, 50.0, 99.0):
+        on = (pop.sess_start_s <= t) & (pop.sess_end_s > t)
+        frac = len(np.unique(pop.sess_user[on])) / 20000
+        assert frac == pytest.approx(0.75, abs=0.02)
