@@ -92,7 +92,8 @@ def plot_latency(out: Path, res: dict[str, Any]) -> list[Path]:
     ax2.plot(x, [c["mos"] for c in curve], color="C1", label="MOS (E-model)")
     ax2.set_ylabel("MOS")
     ax.set_title("late loss and E-model MOS against playout delay")
-    fig.legend(loc="upper right")
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(handles, [str(h.get_label()) for h in handles], loc="center right")
     p2 = out / "late_loss.png"
     fig.tight_layout()
     fig.savefig(p2, dpi=110)

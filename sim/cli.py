@@ -77,7 +77,10 @@ def _assignment(text: str) -> tuple[str, Any]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="phantom-sim", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="phantom-sim",
+        description="Simulate Phantom Net voice calls: latency envelope and traffic analysis.",
+    )
     sub = ap.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser, out: bool = True) -> None:
@@ -102,8 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--hops", type=_ints, help="e.g. 3,4,5")
     p.add_argument("--frames-per-packet", type=_ints, help="e.g. 1,2,3 (slot = frames x 20 ms)")
     p.add_argument("--downlink-speedup", type=_floats, help="e.g. 1,1.5,2 (default: scenario)")
-    p.add_argument("--max-p99-ms", type=float, default=MAX_P99_MS)
-    p.add_argument("--max-loss", type=float, default=MAX_LOSS)
+    p.add_argument("--max-p99-ms", type=float, default=MAX_P99_MS, help="feasible p99 bound")
+    p.add_argument("--max-loss", type=float, default=MAX_LOSS, help="feasible total loss")
     p.add_argument("--workers", type=_positive_int, help="local processes (default: cores)")
     p.add_argument(
         "--dask-scheduler", metavar="ADDR", help="run on a Dask cluster, tcp://host:port"
