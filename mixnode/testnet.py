@@ -311,6 +311,7 @@ def up(opts: TestnetOptions) -> TestnetState:
             )
         state.save(state_path)
         wait_for_topology(state, expected=len(specs))
+        wait_for_gateways(state)
     except BaseException:
         state.save(state_path)
         down(d)
@@ -339,6 +340,35 @@ def wait_for_topology(state: TestnetState, expected: int, timeout_s: float = UP_
             return
         time.sleep(0.3)
     raise TestnetError(f"topology lists {seen} of {expected} nodes after {timeout_s:.0f} s")
+
+
+def wait_for_gateways(state: TestnetState, timeout_s: float = UP_TIMEOUT_S) -> None:
+    """Block until every gateway acknowledges a client attach, as a caller will need.
+
+    A gateway is listed in the document before its client port answers reliably; a
+    network handed out earlier makes the first attach of a caller time out.
+    """
+    from mixnode.directory_client import DirectoryClient
+    from overlay import ClientLink, DownlinkKind, Geometry, LinkError
+
+    doc = DirectoryClient(state.authorities, state.authority_key_bytes(), state.threshold).fetch()
+    geometry: Geometry = doc.geometry
+    deadline = time.monotonic() + timeout_s
+    for g in doc.gateways:
+        assert g.client_port is not None
+        link = ClientLink(geometry, g.epoch_key(doc.epoch), os.urandom(16))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(0.2)
+            sock.connect((g.host, g.client_port))
+            while True:
+                if time.monotonic() > deadline:
+                    raise TestnetError(f"gateway {g.name} does not answer attaches")
+                try:
+                    sock.send(link.attach_frame())
+                    if link.open_downlink(sock.recv(4096)).kind is DownlinkKind.ATTACHED:
+                        break
+                except (OSError, LinkError):
+                    continue
 
 
 def down(directory: Path, timeout_s: float = DOWN_TIMEOUT_S) -> list[str]:
@@ -437,6 +467,30 @@ def status(directory: Path) -> None:
     Console().print(table)
 
 
+def run_probe(args: argparse.Namespace) -> None:
+    """``phantom-testnet probe``: measure, write JSON, print percentiles."""
+    import trio
+
+    from mixnode.probe import ProbeError, ProbeSettings, probe
+
+    try:
+        settings = ProbeSettings(
+            duration_s=args.duration_s,
+            streams=args.streams,
+            mean_delay_s=args.mean_delay_ms / 1000.0,
+            frames_per_packet=args.frames_per_packet,
+        )
+    except ProbeError as exc:
+        raise TestnetError(str(exc)) from None
+    state = TestnetState.load(args.dir)
+    result = trio.run(probe, state, settings)
+    args.out.write_text(json.dumps(result.to_dict()))
+    print(
+        f"{result.received}/{result.sent} packets, loss {result.loss:.4f}, one-way ms "
+        f"{result.percentiles_ms()}; samples in {args.out}"
+    )
+
+
 def _nonneg(kind: type, what: str):  # type: ignore[no-untyped-def]
     def parse(text: str) -> object:
         try:
@@ -457,7 +511,10 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("up", help="generate configs and keys, start every process")
     s = sub.add_parser("status", help="show processes and metrics")
     dn = sub.add_parser("down", help="stop every process")
-    for q in (u, s, dn):
+    pr = sub.add_parser(
+        "probe", help="measure one-way latency of voice-like streams (for phantom-sim validate)"
+    )
+    for q in (u, s, dn, pr):
         q.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="testnet directory")
     count = _nonneg(int, "a whole number >= 0")
     real = _nonneg(float, "a number >= 0")
@@ -475,6 +532,11 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--link-jitter-ms", type=real, default=0.0, help="its standard deviation")
     u.add_argument("--link-loss", type=real, default=0.0, help="loss probability per packet")
     dn.add_argument("--timeout", type=real, default=DOWN_TIMEOUT_S, help="seconds before SIGKILL")
+    pr.add_argument("--duration-s", type=real, default=20.0, help="seconds each stream sends")
+    pr.add_argument("--streams", type=count, default=4, help="concurrent streams")
+    pr.add_argument("--mean-delay-ms", type=real, default=27.5, help="sender delay per hop")
+    pr.add_argument("--frames-per-packet", type=count, default=1, help="20 ms frames per slot")
+    pr.add_argument("--out", type=Path, default=Path("measured.json"), help="JSON output")
     return p
 
 
@@ -507,6 +569,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"testnet up in {state.directory}: {len(state.processes)} processes")
         elif args.command == "status":
             status(args.dir)
+        elif args.command == "probe":
+            run_probe(args)
         else:
             stopped = down(args.dir, args.timeout)
             print(f"stopped {len(stopped)} processes")
