@@ -153,9 +153,28 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _call_until_signal(doc, gw_a, gw_b, options, progress):  # type: ignore[no-untyped-def]
+    """``run_call``, cancelled cleanly on SIGTERM (trio itself turns Ctrl-C into
+    KeyboardInterrupt); the caller's ``finally`` then tears the testnet down."""
+    import trio
+
+    result = None
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                async for _ in signals:
+                    raise KeyboardInterrupt
+
+            nursery.start_soon(watch)
+            result = await run_call(doc, gw_a, gw_b, options, progress=progress)
+            nursery.cancel_scope.cancel()
+    return result
+
+
 def _run_with_progress(trio, console, doc, gw_a, gw_b, options):  # type: ignore[no-untyped-def]
     if not console.is_terminal:
-        return trio.run(run_call, doc, gw_a, gw_b, options)
+        return trio.run(_call_until_signal, doc, gw_a, gw_b, options, None)
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
@@ -167,7 +186,7 @@ def _run_with_progress(trio, console, doc, gw_a, gw_b, options):  # type: ignore
         def progress(done: float, total: float) -> None:
             bar.update(task, completed=done)
 
-        return trio.run(lambda: run_call(doc, gw_a, gw_b, options, progress=progress))
+        return trio.run(_call_until_signal, doc, gw_a, gw_b, options, progress)
 
 
 def _fmt(value: object) -> str:
