@@ -37,6 +37,8 @@ from overlay import (
     MAILBOX_ID_LEN,
     NODE_ID_LEN,
     VOICE,
+    Delivery,
+    DownlinkKind,
     TopologyDocument,
     UsageError,
     create_drop,
@@ -81,12 +83,22 @@ Clock = Callable[[], float]
 Rng = Callable[[int], bytes]
 
 
+class ReceivedLike(Protocol):
+    """A delivery and the wall-clock time (``time.time()``) it arrived."""
+
+    @property
+    def delivery(self) -> Delivery: ...
+
+    @property
+    def at(self) -> float: ...
+
+
 class LinkLike(Protocol):
     """What a caller needs from its gateway link (client.gateway_link.GatewayLink)."""
 
     async def send(self, packet: bytes) -> None: ...
 
-    async def receive(self) -> object: ...
+    async def receive(self) -> ReceivedLike: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,9 +399,10 @@ class Caller:
     async def _downlink(self) -> None:
         while True:
             received = await self.link.receive()
-            data = received.delivery.data  # type: ignore[attr-defined]
-            at = received.at - self._wall_offset  # type: ignore[attr-defined]
-            self.deliver(data, at)
+            if received.delivery.kind is not DownlinkKind.MESSAGE:
+                self.received["other"] += 1  # a reply: this client hands out no SURBs
+                continue
+            self.deliver(received.delivery.data, received.at - self._wall_offset)
 
     def deliver(self, data: bytes, at: float) -> None:
         """One delivery from our mailbox: media, else signaling, else cover."""
