@@ -79,7 +79,6 @@ MAX_FRAGMENTS = 255
 MAX_PENDING_MESSAGES = 16  # partly received signaling messages kept at most
 ANSWER_DELAY_S = 0.5  # the callee "picks up" this long after the phone rings (auto-answer)
 
-Clock = Callable[[], float]
 Rng = Callable[[int], bytes]
 
 
@@ -243,7 +242,8 @@ class PlayoutTrace:
 
 
 class Caller:
-    """One user's client: online, constant-rate uplink, one call at a time (sans UI)."""
+    """One user's client for one call: online with a constant-rate uplink before, during
+    and after it. Records what the report needs (``tx``, ``rx``, ``slots``, ``received``)."""
 
     def __init__(
         self,
@@ -259,7 +259,6 @@ class Caller:
         cover: CoverKind = CoverKind.LOOP,
         jitter: JitterConfig | None = None,
         auto_answer: bool = True,
-        clock: Clock = trio.current_time,
         wall_offset_s: float = 0.0,
         rng: Rng = os.urandom,
     ):
@@ -270,7 +269,7 @@ class Caller:
         self.cover = cover
         self.jitter_config = jitter or JitterConfig(frame_ms=self.profile.frame_ms)
         self.auto_answer = auto_answer
-        self._clock = clock
+        self._clock = trio.current_time  # the clock trio.sleep_until runs on
         self._wall_offset = wall_offset_s  # time.time() - clock(): arrival stamps are wall time
         self._rng = rng
         self.slot_s = self.profile.packet_interval_ms / 1000
