@@ -79,6 +79,47 @@ def _emodel():  # type: ignore[no-untyped-def]
     return rate
 
 
+def _simulator_check(one_way_s: list[float], args: argparse.Namespace, options: CallOptions):  # type: ignore[no-untyped-def]
+    """The simulator's one-way prediction for this testnet and call, against the measured."""
+    try:
+        from sim import load_scenario
+        from sim.validate import MeasuredDataError, validate
+    except ImportError:
+        return None
+    jitter = args.link_jitter_ms / args.link_delay_ms if args.link_delay_ms else 0.0
+    link = (
+        {"dist": "lognormal", "median_ms": args.link_delay_ms, "sigma": jitter}
+        if args.link_delay_ms
+        else {"dist": "constant", "value_ms": 0.1}
+    )
+    overrides = {
+        "mixing": {"delay_mean_ms": options.mean_delay_s * 1000},
+        "voice": {
+            "frames_per_packet": options.profile.frames_per_packet,
+            # the testnet's gateways deliver at 50 Hz (20 ms), uplink slots are 40 ms
+            "downlink_speedup": options.profile.packet_interval_ms / 20.0,
+        },
+        "network": {
+            "gateways": 2,
+            "mixes_per_layer": 2,
+            "access_delay": {"dist": "constant", "value_ms": 0.1},  # loopback
+            "link_delay": link,
+            "link_loss": args.link_loss,
+        },
+        "users": {
+            "n_users": 2,
+            "n_calls": 1,
+            "call_s": options.duration_s,
+            "duration_s": options.duration_s + 10,
+        },
+    }
+    try:
+        result = validate(one_way_s, load_scenario(overrides)).to_dict()
+    except MeasuredDataError:
+        return None
+    return {"scenario": overrides, **result}
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # the same clean-up path as Ctrl-C
 
@@ -140,7 +181,10 @@ def demo(args: argparse.Namespace) -> int:
         "link_loss": args.link_loss,
         "nodes": len(doc.nodes),
     }
-    pcms = {name: d.pop("received_pcm") for name, d in report["directions"].items()}  # type: ignore[union-attr]
+    dirs = report["directions"]
+    pcms = {name: d.pop("received_pcm") for name, d in dirs.items()}  # type: ignore[union-attr]
+    one_way = [x for d in dirs.values() for x in d.pop("one_way_s")]  # type: ignore[union-attr]
+    report["simulator"] = _simulator_check(one_way, args, options)
     if args.wav_out is not None:
         from ._speech import write_wav
 
@@ -224,6 +268,14 @@ def _print_report(report: dict, json_path: Path) -> None:  # type: ignore[type-a
     )
     console = Console()
     console.print(table)
+    sim = report.get("simulator")
+    if sim:
+        pm = sim["percentiles_ms"]
+        console.print(
+            "network one-way, measured vs simulated (ms): "
+            + ", ".join(f"{p} {v['measured']:.0f}/{v['simulated']:.0f}" for p, v in pm.items())
+            + f"; KS {sim['ks_distance']:.3f} ({'agrees' if sim['passed'] else 'differs'})"
+        )
     verdict = report["p99_vs_300_600_ms"]
     colour = "green" if verdict in ("inside", "below") else "red"
     console.print(

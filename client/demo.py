@@ -196,6 +196,7 @@ def direction_report(
     chunks = [rx.rx.pcm[k] for k in kept]
     pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
     out["received_pcm"] = pcm  # removed before JSON; written as WAV on request
+    out["one_way_s"] = one_way  # removed before JSON; compared with the simulator
     reference = voice[: tx.tx.frames_sent * tx.profile.samples_per_frame]
     out["pesq_wb"] = None
     if pesq and len(pcm) >= 16000 and len(reference) >= 16000:
