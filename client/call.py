@@ -1,0 +1,502 @@
+"""A Mode C call through the mixnet (Trio): constant-rate uplink, signaling and media.
+
+    me = Address(gateway_id, os.urandom(16))          # our gateway and mailbox
+    peer = Contact(Address(peer_gw, peer_box), key)   # exchanged over the E2EE messenger
+    caller = Caller(link, doc, me, peer, channel, voice)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(caller.run)               # online: one packet per slot from now
+        caller.place()                                # CALL_OFFER in the next free slot
+
+Every slot (``frames_per_packet`` x 20 ms) the caller sends exactly one Sphinx packet of
+the one geometry size: a queued signaling frame, else the media packet of the frames
+captured during the last slot, else cover (a loop to its own mailbox, or a drop). Each
+packet takes a fresh path: own gateway, one mix per layer, the contact's gateway, with
+sender-chosen exponential delays. The contact's gateway sees 384 random-looking bytes
+either way: media packets are AEAD with a masked sequence number, signaling frames are
+AEAD under a key from the contact card with a random nonce, and loops are random bytes.
+The receiver tries media first, then signaling; what opens as neither is cover.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+import numpy as np
+import trio
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from overlay import (
+    MAILBOX_ID_LEN,
+    NODE_ID_LEN,
+    VOICE,
+    Delivery,
+    DownlinkKind,
+    TopologyDocument,
+    UsageError,
+    create_drop,
+    create_forward,
+    select_path,
+    uniform_index,
+)
+
+from ._channel import SecureChannel
+from ._jitter import Frame, JitterBuffer, JitterConfig, JitterStats
+from ._media import Direction, MediaError, MediaReceiver, MediaSender
+from ._signaling import (
+    Action,
+    Call,
+    CallEnded,
+    CancelTimer,
+    EndReason,
+    IncomingCall,
+    MediaKeysChanged,
+    Role,
+    Send,
+    SetTimer,
+    StartMedia,
+    Timer,
+)
+from ._voice import DECODER_RATE_HZ, Decimator, OpusDecoder, OpusEncoder, Pcm, VoiceProfile
+
+# Mean sender-chosen delay per hop: the simulator's largest feasible mean for 2 frames per
+# packet (40 ms slot) at 5 hops, p99 mouth-to-ear 570 ms (docs/research.md, "Sweep").
+DEFAULT_MEAN_DELAY_S = 0.0225
+OPUS_LOOKAHEAD_S = 0.0065  # libopus encoder look-ahead (2.5 ms + 4 ms delay compensation)
+SIGNAL_KEY_LEN = 32  # bytes of the contact's signaling key
+SIGNAL_PERSON = b"pn-sigframe-v1"  # BLAKE2b personalisation of per-mailbox frame keys
+SIGNAL_NONCE_LEN = 12  # bytes, random per frame
+SIGNAL_TAG_LEN = 16  # bytes, Poly1305
+_FRAG = struct.Struct(">IBBH")  # message id, fragment index, fragment count, chunk length
+MAX_FRAGMENTS = 255
+MAX_PENDING_MESSAGES = 16  # partly received signaling messages kept at most
+ANSWER_DELAY_S = 0.5  # the callee "picks up" this long after the phone rings (auto-answer)
+
+Rng = Callable[[int], bytes]
+
+
+class ReceivedLike(Protocol):
+    """A delivery and the wall-clock time (``time.time()``) it arrived."""
+
+    @property
+    def delivery(self) -> Delivery: ...
+
+    @property
+    def at(self) -> float: ...
+
+
+class LinkLike(Protocol):
+    """What a caller needs from its gateway link (client.gateway_link.GatewayLink)."""
+
+    async def send(self, packet: bytes) -> None: ...
+
+    async def receive(self) -> ReceivedLike: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Where a client receives: its gateway's node id and its mailbox id there."""
+
+    gateway_id: bytes
+    mailbox: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.gateway_id) != NODE_ID_LEN or len(self.mailbox) != MAILBOX_ID_LEN:
+            raise UsageError(
+                f"gateway_id must be {NODE_ID_LEN} bytes and mailbox {MAILBOX_ID_LEN} bytes"
+            )
+
+    def to_bytes(self) -> bytes:
+        return self.gateway_id + self.mailbox
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """What two users exchange over their E2EE chat before a Mode C call."""
+
+    address: Address
+    signal_key: bytes = field(repr=False)  # shared by both ends of the conversation
+
+    def __post_init__(self) -> None:
+        if len(self.signal_key) != SIGNAL_KEY_LEN:
+            raise UsageError(f"signal_key must be {SIGNAL_KEY_LEN} bytes")
+
+
+class SlotKind(Enum):
+    SIGNAL = "signal"
+    MEDIA = "media"
+    COVER = "cover"
+
+
+class CoverKind(Enum):
+    LOOP = "loop"  # to our own mailbox (keeps our downlink busy too)
+    DROP = "drop"  # discarded by the last hop
+
+
+# -- signaling frames ----------------------------------------------------------------------
+
+
+def _frame_key(signal_key: bytes, to: Address) -> bytes:
+    return hashlib.blake2b(
+        to.to_bytes(), key=signal_key, digest_size=32, person=SIGNAL_PERSON
+    ).digest()
+
+
+class SignalFramer:
+    """Cuts sealed signaling envelopes into fixed-size encrypted frames and joins them again.
+
+    A frame is ``nonce (12) | ChaCha20-Poly1305(id (4) | index | count | length (2) | chunk
+    | zero padding) | tag (16)``, exactly ``payload_len`` bytes. The key is per receiving
+    mailbox, so a frame cannot be reflected to its sender.
+    """
+
+    def __init__(
+        self,
+        signal_key: bytes,
+        me: Address,
+        peer: Address,
+        *,
+        payload_len: int = VOICE.user_payload,
+        rng: Rng = os.urandom,
+    ):
+        self._tx = ChaCha20Poly1305(_frame_key(signal_key, peer))
+        self._rx = ChaCha20Poly1305(_frame_key(signal_key, me))
+        self.payload_len = payload_len
+        self.chunk_len = payload_len - SIGNAL_NONCE_LEN - SIGNAL_TAG_LEN - _FRAG.size
+        self._rng = rng
+        self._pending: dict[int, dict[int, bytes]] = {}
+        self._counts: dict[int, int] = {}
+
+    def frames(self, envelope: bytes) -> list[bytes]:
+        """The frames of one envelope, in order."""
+        chunks = [envelope[i : i + self.chunk_len] for i in range(0, len(envelope), self.chunk_len)]
+        if not chunks or len(chunks) > MAX_FRAGMENTS:
+            raise UsageError(f"a signaling message must be 1..{MAX_FRAGMENTS} frames long")
+        (msg_id,) = struct.unpack(">I", self._rng(4))
+        out = []
+        for i, chunk in enumerate(chunks):
+            body = _FRAG.pack(msg_id, i, len(chunks), len(chunk)) + chunk
+            body += bytes(self.chunk_len + _FRAG.size - len(body))
+            nonce = self._rng(SIGNAL_NONCE_LEN)
+            out.append(nonce + self._tx.encrypt(nonce, body, None))
+        return out
+
+    def open(self, frame: bytes) -> bytes | None:
+        """A whole envelope when ``frame`` completes one; None for a partial message.
+
+        Raises ``InvalidTag`` for anything that is not our signaling frame.
+        """
+        if len(frame) != self.payload_len:
+            raise InvalidTag()
+        body = self._rx.decrypt(frame[:SIGNAL_NONCE_LEN], frame[SIGNAL_NONCE_LEN:], None)
+        msg_id, index, count, length = _FRAG.unpack_from(body)
+        if count == 0 or index >= count or length > self.chunk_len:
+            raise InvalidTag()
+        chunk = body[_FRAG.size : _FRAG.size + length]
+        if count == 1:
+            return chunk
+        if msg_id not in self._pending:
+            if len(self._pending) >= MAX_PENDING_MESSAGES:
+                oldest = next(iter(self._pending))
+                del self._pending[oldest], self._counts[oldest]
+            self._pending[msg_id], self._counts[msg_id] = {}, count
+        if self._counts[msg_id] != count:
+            raise InvalidTag()
+        parts = self._pending[msg_id]
+        parts[index] = chunk
+        if len(parts) < count:
+            return None
+        del self._pending[msg_id], self._counts[msg_id]
+        return b"".join(parts[i] for i in range(count))
+
+
+# -- what a caller measured ----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class MediaTrace:
+    """Times (seconds on the caller's clock) of one direction's media, for the report."""
+
+    capture_start: float | None = None  # when frame 0's first sample entered the mic
+    sent: dict[int, float] = field(default_factory=dict)  # media seq -> send time
+    displaced: int = 0  # media packets whose slot a signaling frame took
+    frames_sent: int = 0
+
+
+@dataclass(slots=True)
+class PlayoutTrace:
+    """The receiving side of one direction."""
+
+    arrived: dict[int, float] = field(default_factory=dict)  # media seq -> arrival time
+    # Per playout tick item: (frame index, "frame" | "missing" | "stretch", play time)
+    items: list[tuple[int, str, float]] = field(default_factory=list)
+    pcm: list[Pcm] = field(default_factory=list)  # one entry per item
+    stats: JitterStats | None = None
+
+
+class Caller:
+    """One user's client for one call: online with a constant-rate uplink before, during
+    and after it. Records what the report needs (``tx``, ``rx``, ``slots``, ``received``)."""
+
+    def __init__(
+        self,
+        link: LinkLike,
+        doc: TopologyDocument,
+        me: Address,
+        contact: Contact,
+        channel: SecureChannel,
+        voice: Pcm,
+        *,
+        profile: VoiceProfile | None = None,
+        mean_delay_s: float = DEFAULT_MEAN_DELAY_S,
+        cover: CoverKind = CoverKind.LOOP,
+        jitter: JitterConfig | None = None,
+        auto_answer: bool = True,
+        wall_offset_s: float = 0.0,
+        rng: Rng = os.urandom,
+    ):
+        self.profile = profile or VoiceProfile()
+        self.link, self.doc, self.me, self.contact = link, doc, me, contact
+        self.voice = voice
+        self.mean_delay_s = mean_delay_s
+        self.cover = cover
+        self.jitter_config = jitter or JitterConfig(frame_ms=self.profile.frame_ms)
+        self.auto_answer = auto_answer
+        self._clock = trio.current_time  # the clock trio.sleep_until runs on
+        self._wall_offset = wall_offset_s  # time.time() - clock(): arrival stamps are wall time
+        self._rng = rng
+        self.slot_s = self.profile.packet_interval_ms / 1000
+        self.call = Call(channel, reply_mailbox=me.to_bytes(), surbs=b"", profile=self.profile)
+        self.framer = SignalFramer(contact.signal_key, me, contact.address, rng=rng)
+        self._signal_queue: deque[bytes] = deque()
+        self._timers: dict[Timer, float] = {}
+        self._answer_at: float | None = None
+        self._grid_start: float | None = None
+        self._sender: MediaSender | None = None
+        self._encoder: OpusEncoder | None = None
+        self._packets = 0  # media packets produced this call
+        self._receiver: MediaReceiver | None = None
+        self._decoder: OpusDecoder | None = None
+        self._jb: JitterBuffer | None = None
+        self._first_arrival: float | None = None
+        self._playout_ready = trio.Event()
+        self.connected = trio.Event()
+        self.ended = trio.Event()
+        self.end_reason: EndReason | None = None
+        self.slots: Counter[str] = Counter()  # packets sent, by SlotKind value; "missed"
+        self.received: Counter[str] = Counter()  # deliveries by what they turned out to be
+        self.sent_sizes: set[int] = set()
+        self.tx = MediaTrace()
+        self.rx = PlayoutTrace()
+
+    # -- user commands ------------------------------------------------------------------
+
+    def place(self) -> None:
+        """Call the contact: CALL_OFFER goes out in the next slot."""
+        self._apply(self.call.place(self._clock()))
+
+    def hangup(self) -> None:
+        """End the call: CALL_HANGUP goes out in the next slot; our media stops now."""
+        self._apply(self.call.hangup(self._clock()))
+
+    # -- tasks --------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Be online: the uplink, the downlink reader and the playout clock."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._uplink)
+            nursery.start_soon(self._downlink)
+            nursery.start_soon(self._playout)
+            task_status.started()
+
+    async def _uplink(self) -> None:
+        start = self._grid_start = self._clock()
+        k = 0
+        while True:
+            t = start + k * self.slot_s  # a fixed grid: no drift from repeated addition
+            await trio.sleep_until(t)
+            late = int((self._clock() - t) // self.slot_s)
+            if late > 0:  # fell behind by whole slots: skip them (never send a burst)
+                self.slots["missed"] += late
+                k += late
+                t = start + k * self.slot_s
+            await self.link.send(self.slot(t))
+            k += 1
+
+    def slot(self, now: float) -> bytes:
+        """The one packet of the slot at ``now``: signaling, else media, else cover."""
+        self._tick(now)
+        media = self._media_packet(now)
+        if self._signal_queue:
+            payload, kind = self._signal_queue.popleft(), SlotKind.SIGNAL
+            if media is not None:
+                self.tx.displaced += 1  # redundancy in the next packet carries its frames
+        elif media is not None:
+            seq, payload = media
+            kind = SlotKind.MEDIA
+            self.tx.sent[seq] = now
+        else:
+            kind = SlotKind.COVER
+            payload = b""
+        packet = self._sphinx(kind, payload)
+        self.slots[kind.value] += 1
+        self.sent_sizes.add(len(packet))
+        return packet
+
+    def _sphinx(self, kind: SlotKind, payload: bytes) -> bytes:
+        geometry, doc, me = self.doc.geometry, self.doc, self.me
+        if kind is not SlotKind.COVER:
+            path = select_path(
+                doc, me.gateway_id, self.contact.address.gateway_id, self.mean_delay_s, self._rng
+            )
+            return create_forward(geometry, path, self.contact.address.mailbox, payload,
+                                  rng=self._rng)  # fmt: skip
+        if self.cover is CoverKind.LOOP:
+            path = select_path(doc, me.gateway_id, me.gateway_id, self.mean_delay_s, self._rng)
+            noise = self._rng(geometry.user_payload)
+            return create_forward(geometry, path, me.mailbox, noise, rng=self._rng)
+        exit_ = doc.gateways[uniform_index(len(doc.gateways), self._rng)].node_id
+        path = select_path(doc, me.gateway_id, exit_, self.mean_delay_s, self._rng)
+        return create_drop(geometry, path, rng=self._rng)
+
+    def _tick(self, now: float) -> None:
+        for timer, deadline in list(self._timers.items()):
+            if deadline <= now:
+                del self._timers[timer]
+                self._apply(self.call.fire(timer, now))
+        if self._answer_at is not None and self._answer_at <= now:
+            self._answer_at = None
+            self._apply(self.call.accept(now))
+
+    def _media_packet(self, now: float) -> tuple[int, bytes] | None:
+        """Encode the frames captured during the slot that just ended, and seal them."""
+        if self._sender is None or self._encoder is None or self.tx.capture_start is None:
+            return None
+        if now < self.tx.capture_start + self.slot_s - 1e-9:
+            return None
+        p, n = self.profile, self.profile.samples_per_frame
+        frames = []
+        for j in range(p.frames_per_packet):
+            i = self._packets * p.frames_per_packet + j
+            pcm = self.voice[i * n : (i + 1) * n]
+            if len(pcm) < n:  # the test voice ran out: silence
+                pcm = np.concatenate([pcm, np.zeros(n - len(pcm), np.int16)])
+            frames.append(self._encoder.encode(pcm))
+        seq = self._sender.next_seq
+        wire = self._sender.seal(frames)
+        self._packets += 1
+        self.tx.frames_sent += p.frames_per_packet
+        return seq, wire
+
+    async def _downlink(self) -> None:
+        while True:
+            received = await self.link.receive()
+            if received.delivery.kind is not DownlinkKind.MESSAGE:
+                self.received["other"] += 1  # a reply: this client hands out no SURBs
+                continue
+            self.deliver(received.delivery.data, received.at - self._wall_offset)
+
+    def deliver(self, data: bytes, at: float) -> None:
+        """One delivery from our mailbox: media, else signaling, else cover."""
+        if self._receiver is not None and self._jb is not None:
+            try:
+                packet = self._receiver.open(data)
+            except MediaError:
+                pass
+            else:
+                self.received["media"] += 1
+                self.rx.arrived.setdefault(packet.seq, at)
+                self._jb.push_packet(packet, self.profile.samples_per_frame, at)
+                if self._first_arrival is None:
+                    self._first_arrival = at
+                    self._playout_ready.set()
+                return
+        try:
+            envelope = self.framer.open(data)
+        except InvalidTag:
+            self.received["cover"] += 1
+            return
+        self.received["signal_frames"] += 1
+        if envelope is not None:
+            self._apply(self.call.handle(envelope, self._clock()))
+
+    async def _playout(self) -> None:
+        await self._playout_ready.wait()
+        assert self._first_arrival is not None and self._jb is not None
+        assert self._decoder is not None
+        frame_s = self.profile.frame_ms / 1000
+        start = self._first_arrival + self.jitter_config.initial_extra_ms / 1000
+        k = 0
+        while True:
+            t = start + k * frame_s  # the jitter buffer's own playout grid
+            await trio.sleep_until(t)
+            while (item := self._jb.pop(t)) is not None:
+                if isinstance(item, Frame):
+                    self.rx.pcm.append(self._decoder.decode(item.data))
+                    self.rx.items.append((item.index, "frame", t))
+                else:
+                    self.rx.pcm.append(self._decoder.conceal())
+                    self.rx.items.append((item.index, item.reason, t))
+            self.rx.stats = self._jb.stats
+            k += 1
+
+    # -- signaling actions ----------------------------------------------------------------
+
+    def _apply(self, actions: list[Action]) -> None:
+        now = self._clock()
+        for act in actions:
+            match act:
+                case Send():
+                    self._signal_queue.extend(self.framer.frames(act.envelope))
+                case SetTimer():
+                    self._timers[act.timer] = act.deadline
+                case CancelTimer():
+                    self._timers.pop(act.timer, None)
+                case IncomingCall():
+                    if self.auto_answer:
+                        self._answer_at = now + ANSWER_DELAY_S
+                case StartMedia():
+                    self._start_media(act, now)
+                case MediaKeysChanged():
+                    ours = (
+                        Direction.CALLER_TO_CALLEE
+                        if self.call.role is Role.CALLER
+                        else Direction.CALLEE_TO_CALLER
+                    )
+                    if act.direction == ours and self._sender is not None:
+                        self._sender.rekey(act.keys)
+                    elif self._receiver is not None:
+                        self._receiver.rekey(act.keys)
+                case CallEnded():
+                    self._sender = self._encoder = None  # our media stops; we still listen
+                    self._answer_at = None
+                    self.end_reason = act.reason
+                    self.ended.set()
+                case _:
+                    pass
+
+    def _start_media(self, act: StartMedia, now: float) -> None:
+        self._sender = MediaSender(act.tx_profile, act.tx_keys)
+        self._encoder = OpusEncoder(act.tx_profile)
+        self._receiver = MediaReceiver(act.rx_profile, act.rx_keys)
+        self._decoder = OpusDecoder(act.rx_profile)
+        self._jb = JitterBuffer(self.jitter_config)
+        # The mic opens on the slot grid, so each packet leaves as its last frame is complete.
+        k = 0 if self._grid_start is None else -(-(now - self._grid_start) // self.slot_s)
+        self.tx.capture_start = (
+            now if self._grid_start is None else self._grid_start + k * self.slot_s
+        )
+        self.connected.set()
+
+
+def codec_delay_s(profile: VoiceProfile) -> float:
+    """Algorithmic delay of the voice codec path: Opus look-ahead plus our decimator."""
+    decimator = Decimator(DECODER_RATE_HZ // profile.sample_rate_hz)
+    return OPUS_LOOKAHEAD_S + decimator.delay_samples_in / DECODER_RATE_HZ

@@ -1,0 +1,261 @@
+"""Two callers, one call through a real mixnet, and the measured report (Trio).
+
+    doc = DirectoryClient(urls, keys, threshold).fetch()     # verified topology
+    result = trio.run(run_call, doc, gw_a, gw_b, CallOptions(duration_s=8))
+    report = call_report(result)                              # plain dict, JSON-ready
+
+Both callers run as tasks of one process, so their clocks are the same clock: the capture
+time of a frame at one caller and its playout time at the other can be subtracted. Their
+packets still cross real UDP sockets and the testnet's node processes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import trio
+
+from overlay import TopologyDocument, UsageError
+
+from ._channel import InMemoryChannel
+from ._speech import artificial_voice
+from ._voice import Pcm, VoiceProfile
+from .call import DEFAULT_MEAN_DELAY_S, Address, Caller, Contact, CoverKind, codec_delay_s
+from .gateway_link import GatewayLink, open_gateway_link
+
+SETUP_TIMEOUT_S = 15.0  # offer to both sides' media start, at most
+HANGUP_TIMEOUT_S = 10.0  # hangup to the peer's CallEnded, at most
+DRAIN_S = 1.5  # after the hangup, listen this long for media still in flight
+WARMUP_S = 1.0  # online with cover only before the call is placed
+ENVELOPE_MS = (300.0, 600.0)  # the target range of mouth-to-ear delay (DESIGN.md)
+Progress = Callable[[float, float], None]  # (seconds of call so far, total seconds)
+Emodel = Callable[[float, float], tuple[float, float]]  # (Ta ms, loss) -> (R, MOS)
+
+
+@dataclass(frozen=True, slots=True)
+class CallOptions:
+    duration_s: float = 20.0
+    mean_delay_s: float = DEFAULT_MEAN_DELAY_S
+    profile: VoiceProfile = field(default_factory=VoiceProfile)
+    cover: CoverKind = CoverKind.LOOP
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.duration_s, int | float) or not 1.0 <= self.duration_s <= 3600:
+            raise UsageError("duration_s must be a number of seconds in 1..3600")
+        if not isinstance(self.mean_delay_s, int | float) or not 0 <= self.mean_delay_s <= 1:
+            raise UsageError("mean_delay_s must be a number of seconds in 0..1")
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    """The two callers after the call, their voices, and how long setup took."""
+
+    options: CallOptions
+    a: Caller
+    b: Caller
+    voice_a: Pcm
+    voice_b: Pcm
+    setup_s: float
+    wall_s: float
+
+
+async def run_call(
+    doc: TopologyDocument,
+    gateway_a: bytes,
+    gateway_b: bytes,
+    options: CallOptions | None = None,
+    *,
+    progress: Progress | None = None,
+) -> CallResult:
+    """A attached to ``gateway_a`` calls B at ``gateway_b``; both talk; A hangs up."""
+    opts = options or CallOptions()
+    began = time.monotonic()
+    chan_a, chan_b = InMemoryChannel.pair()
+    signal_key = os.urandom(32)  # exchanged over the E2EE chat with the addresses
+    addr_a = Address(gateway_a, os.urandom(16))
+    addr_b = Address(gateway_b, os.urandom(16))
+    seconds = opts.duration_s + 5.0  # the mic never runs dry during the call
+    voice_a = artificial_voice(seconds, seed=1)
+    voice_b = artificial_voice(seconds, seed=2, female=True)
+    wall_offset = time.time() - trio.current_time()
+
+    def endpoint(gw: bytes) -> tuple[tuple[str, int], bytes]:
+        node = doc.node(gw)
+        if node.client_port is None:
+            raise UsageError("a caller's gateway must have a client port")
+        return (node.host, node.client_port), node.epoch_key(doc.epoch)
+
+    (addr_ga, key_ga), (addr_gb, key_gb) = endpoint(gateway_a), endpoint(gateway_b)
+    async with (
+        open_gateway_link(doc.geometry, addr_ga, key_ga, addr_a.mailbox) as link_a,
+        open_gateway_link(doc.geometry, addr_gb, key_gb, addr_b.mailbox) as link_b,
+    ):
+
+        def caller(link: GatewayLink, me: Address, peer: Address, chan: InMemoryChannel,
+                   voice: Pcm) -> Caller:  # fmt: skip
+            return Caller(link, doc, me, Contact(peer, signal_key), chan, voice,
+                          profile=opts.profile, mean_delay_s=opts.mean_delay_s,
+                          cover=opts.cover, wall_offset_s=wall_offset)  # fmt: skip
+
+        a = caller(link_a, addr_a, addr_b, chan_a, voice_a)
+        b = caller(link_b, addr_b, addr_a, chan_b, voice_b)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            await nursery.start(b.run)
+            await trio.sleep(WARMUP_S)
+            placed = trio.current_time()
+            a.place()
+            with trio.fail_after(SETUP_TIMEOUT_S):
+                await a.connected.wait()
+                await b.connected.wait()
+            setup_s = trio.current_time() - placed
+            start = trio.current_time()
+            while (elapsed := trio.current_time() - start) < opts.duration_s:
+                if progress is not None:
+                    progress(elapsed, opts.duration_s)
+                await trio.sleep(min(0.25, opts.duration_s - elapsed))
+            if progress is not None:
+                progress(opts.duration_s, opts.duration_s)
+            a.hangup()
+            with trio.fail_after(HANGUP_TIMEOUT_S):
+                await b.ended.wait()
+            await trio.sleep(DRAIN_S)
+            nursery.cancel_scope.cancel()
+    return CallResult(opts, a, b, voice_a, voice_b, setup_s, time.monotonic() - began)
+
+
+# -- the report ------------------------------------------------------------------------
+
+
+def _pcts(values_s: list[float]) -> dict[str, float] | None:
+    if not values_s:
+        return None
+    ms = np.asarray(values_s) * 1000
+    return {
+        "p50": round(float(np.percentile(ms, 50)), 1),
+        "p95": round(float(np.percentile(ms, 95)), 1),
+        "p99": round(float(np.percentile(ms, 99)), 1),
+        "max": round(float(ms.max()), 1),
+        "mean": round(float(ms.mean()), 1),
+    }
+
+
+def _rfc3550_jitter_ms(sent: dict[int, float], arrived: dict[int, float]) -> float:
+    """Interarrival jitter J of RFC 3550 (6.4.1), over packets in arrival order."""
+    order = sorted((t, seq) for seq, t in arrived.items() if seq in sent)
+    j, prev = 0.0, None
+    for at, seq in order:
+        transit = at - sent[seq]
+        if prev is not None:
+            j += (abs(transit - prev) - j) / 16
+        prev = transit
+    return round(j * 1000, 2)
+
+
+def direction_report(
+    tx: Caller, rx: Caller, voice: Pcm, *, pesq: bool = True, emodel: Emodel | None = None
+) -> dict[str, object]:
+    """Figures of the media that ``tx`` sent and ``rx`` played."""
+    sent, arrived = tx.tx.sent, rx.rx.arrived
+    received = [s for s in sent if s in arrived]
+    one_way = [arrived[s] - sent[s] for s in received]
+    frame_s = tx.profile.frame_ms / 1000
+    capture = tx.tx.capture_start or 0.0
+    codec = codec_delay_s(tx.profile)
+    # Only the frames the sender produced: after its last one the receiver conceals on.
+    kept = [k for k, (i, _, _) in enumerate(rx.rx.items) if i < tx.tx.frames_sent]
+    items = [rx.rx.items[k] for k in kept]
+    m2e = [t - (capture + i * frame_s) + codec for i, kind, t in items if kind == "frame"]
+    played = sum(1 for _, kind, _ in items if kind == "frame")
+    concealed = sum(1 for _, kind, _ in items if kind == "missing")
+    late_loss = concealed / (played + concealed) if played + concealed else None
+    stats = rx.rx.stats
+    out: dict[str, object] = {
+        "packets_sent": len(sent),
+        "packets_received": len(received),
+        "packets_displaced_by_signaling": tx.tx.displaced,
+        "loss": round(1 - len(received) / len(sent), 4) if sent else None,
+        "one_way_ms": _pcts(one_way),
+        "jitter_ms": _rfc3550_jitter_ms(sent, arrived),
+        "mouth_to_ear_ms": _pcts(m2e),
+        "codec_delay_ms": round(codec * 1000, 2),
+        "frames_sent": tx.tx.frames_sent,
+        "frames_played": played,
+        "concealed_frames": concealed,
+        "late_frames": stats.late if stats else 0,
+        "late_loss": round(late_loss, 4) if late_loss is not None else None,
+        "recovered_by_redundancy": stats.recovered if stats else 0,
+        "stretched": sum(1 for _, kind, _ in items if kind == "stretch"),
+        "skipped": stats.skipped if stats else 0,
+    }
+    chunks = [rx.rx.pcm[k] for k in kept]
+    pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+    out["received_pcm"] = pcm  # removed before JSON; written as WAV on request
+    out["one_way_s"] = one_way  # removed before JSON; compared with the simulator
+    reference = voice[: tx.tx.frames_sent * tx.profile.samples_per_frame]
+    out["pesq_wb"] = None
+    if pesq and len(pcm) >= 16000 and len(reference) >= 16000:
+        from ._speech import pesq_wb
+
+        try:
+            out["pesq_wb"] = round(pesq_wb(reference, pcm).mos, 3)
+        except ImportError:  # the `pesq` package comes with the test extra
+            out["pesq_wb_missing"] = "pip install pesq"
+    if emodel is not None and m2e and late_loss is not None:
+        r, mos = emodel(float(np.mean(m2e)) * 1000, late_loss)
+        out["emodel"] = {"r": round(r, 1), "mos": round(mos, 2)}
+    return out
+
+
+def envelope_verdict(p99_ms: float | None) -> str:
+    """'below', 'inside' or 'above' the 300-600 ms envelope; 'none' without data."""
+    if p99_ms is None or math.isnan(p99_ms):
+        return "none"
+    lo, hi = ENVELOPE_MS
+    return "below" if p99_ms < lo else "inside" if p99_ms <= hi else "above"
+
+
+def call_report(
+    result: CallResult, *, pesq: bool = True, emodel: Emodel | None = None
+) -> dict[str, object]:
+    """The whole report: settings, setup time, both directions, uplink constancy."""
+    a, b, opts = result.a, result.b, result.options
+    dirs = {
+        "A->B": direction_report(a, b, result.voice_a, pesq=pesq, emodel=emodel),
+        "B->A": direction_report(b, a, result.voice_b, pesq=pesq, emodel=emodel),
+    }
+    p99s = [m["p99"] for d in dirs.values() if isinstance(m := d["mouth_to_ear_ms"], dict)]
+    worst = max(p99s) if p99s else None
+    return {
+        "duration_s": opts.duration_s,
+        "wall_s": round(result.wall_s, 1),
+        "setup_s": round(result.setup_s, 3),
+        "end_reason": {"A": _name(a.end_reason), "B": _name(b.end_reason)},
+        "mean_delay_ms_per_hop": opts.mean_delay_s * 1000,
+        "hops": len(a.doc.layers) + 2,
+        "slot_ms": opts.profile.packet_interval_ms,
+        "profile": {
+            "sample_rate_hz": opts.profile.sample_rate_hz,
+            "frames_per_packet": opts.profile.frames_per_packet,
+            "bitrate_bps": opts.profile.bitrate_bps,
+            "redundancy": opts.profile.redundancy,
+        },
+        "directions": dirs,
+        "mouth_to_ear_p99_ms": worst,
+        "p99_vs_300_600_ms": envelope_verdict(worst),
+        "uplink": {
+            "A": dict(a.slots),
+            "B": dict(b.slots),
+            "packet_sizes": sorted(a.sent_sizes | b.sent_sizes),
+        },
+        "received": {"A": dict(a.received), "B": dict(b.received)},
+    }
+
+
+def _name(reason: object) -> str | None:
+    return getattr(reason, "name", None)

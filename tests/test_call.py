@@ -1,0 +1,210 @@
+"""Caller: constant-rate uplink, signaling frames, a whole call on virtual time.
+
+The in-memory network here runs the real Sphinx code at every hop (``process_packet``
+with each node's private key) and delivers to the mailbox's caller after the hop delays
+plus a fixed link delay; ``tests/test_call_testnet.py`` does the same over real processes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+
+import pytest
+import trio
+import trio.testing
+from cryptography.exceptions import InvalidTag
+from nacl.signing import SigningKey
+
+from client import InMemoryChannel, artificial_voice
+from client.call import Address, Caller, Contact, CoverKind, SignalFramer
+from client.cli import main
+from overlay import (
+    VOICE,
+    Deliver,
+    Delivery,
+    DownlinkKind,
+    Forward,
+    NodeDescriptor,
+    NodeRole,
+    TopologyDocument,
+    UsageError,
+    build_document,
+    generate_private_key,
+    node_id_for,
+    process_packet,
+    public_key,
+)
+
+EPOCH = 7
+LINK_S = 0.005  # one-way delay of every in-memory link
+
+
+def _network() -> tuple[TopologyDocument, dict[bytes, bytes]]:
+    nodes, secrets = [], {}
+    specs = [(NodeRole.GATEWAY, 0)] * 2 + [(NodeRole.MIX, layer) for layer in (1, 2, 3)] * 2
+    for i, (role, layer) in enumerate(specs):
+        ik = bytes(SigningKey(os.urandom(32)).verify_key)
+        sk = generate_private_key()
+        desc = NodeDescriptor(
+            node_id=node_id_for(ik), name=f"n{i}", role=role, layer=layer, host="127.0.0.1",
+            port=4000 + i, client_port=5000 + i if role is NodeRole.GATEWAY else None,
+            identity_key=ik, epoch_keys={EPOCH: public_key(sk)},
+        )  # fmt: skip
+        nodes.append(desc)
+        secrets[desc.node_id] = sk
+    doc = build_document(EPOCH, epoch_length_s=600, geometry=VOICE, descriptors=nodes)
+    return doc, secrets
+
+
+@dataclass(frozen=True, slots=True)
+class _Received:
+    delivery: Delivery
+    at: float
+
+
+class MemoryNet:
+    """Sphinx through every hop in memory; deliveries go to the caller of the mailbox."""
+
+    def __init__(self, doc: TopologyDocument, secrets: dict[bytes, bytes], nursery: trio.Nursery):
+        self.doc, self.secrets, self.nursery = doc, secrets, nursery
+        self.inboxes: dict[bytes, trio.MemorySendChannel[_Received]] = {}
+        self.dropped = 0
+
+    def link(self, address: Address) -> MemoryLink:
+        send, recv = trio.open_memory_channel[_Received](10_000)
+        self.inboxes[address.mailbox] = send
+        return MemoryLink(self, address.gateway_id, recv)
+
+    async def carry(self, node: bytes, packet: bytes) -> None:
+        while True:
+            await trio.sleep(LINK_S)
+            result = process_packet(self.doc.geometry, self.secrets[node], packet)
+            await trio.sleep(result.delay_us / 1e6)
+            match result:
+                case Forward():
+                    node, packet = result.next_hop, result.packet
+                case Deliver():
+                    delivery = Delivery(DownlinkKind.MESSAGE, result.message)
+                    self.inboxes[result.mailbox].send_nowait(
+                        _Received(delivery, trio.current_time())
+                    )
+                    return
+                case _:
+                    self.dropped += 1
+                    return
+
+
+class MemoryLink:
+    def __init__(self, net: MemoryNet, gateway: bytes, recv: trio.MemoryReceiveChannel[_Received]):
+        self.net, self.gateway, self.recv = net, gateway, recv
+        self.sent: list[tuple[float, int]] = []
+
+    async def send(self, packet: bytes) -> None:
+        self.sent.append((trio.current_time(), len(packet)))
+        self.net.nursery.start_soon(self.net.carry, self.gateway, packet)
+
+    async def receive(self) -> _Received:
+        return await self.recv.receive()
+
+
+def _pair(net: MemoryNet, doc: TopologyDocument, **kw: object) -> tuple[Caller, Caller]:
+    chan_a, chan_b = InMemoryChannel.pair()
+    key = os.urandom(32)
+    a_addr = Address(doc.gateways[0].node_id, os.urandom(16))
+    b_addr = Address(doc.gateways[1].node_id, os.urandom(16))
+    voice_a, voice_b = artificial_voice(6.0, seed=1), artificial_voice(6.0, seed=2)
+    a = Caller(net.link(a_addr), doc, a_addr, Contact(b_addr, key), chan_a, voice_a, **kw)  # type: ignore[arg-type]
+    b = Caller(net.link(b_addr), doc, b_addr, Contact(a_addr, key), chan_b, voice_b, **kw)  # type: ignore[arg-type]
+    return a, b
+
+
+async def test_every_slot_sends_one_packet_of_one_size_in_and_out_of_a_call(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    doc, secrets = _network()
+    async with trio.open_nursery() as nursery:
+        net = MemoryNet(doc, secrets, nursery)
+        a, b = _pair(net, doc, mean_delay_s=0.01)
+        await nursery.start(a.run)
+        await nursery.start(b.run)
+        start = trio.current_time()
+        await trio.sleep(0.99)
+        assert a.slots == Counter({"cover": 25}) == b.slots  # idle: cover only, 40 ms slots
+        a.place()
+        with trio.fail_after(5):
+            await a.connected.wait()
+            await b.connected.wait()
+        await trio.sleep(2.0)
+        a.hangup()
+        with trio.fail_after(5):
+            await b.ended.wait()
+        await trio.sleep(1.0)
+        await trio.sleep(0.04 - (trio.current_time() - start) % 0.04 + 0.01)  # off the grid
+        end = trio.current_time()
+        nursery.cancel_scope.cancel()
+    for caller in (a, b):
+        link = caller.link
+        assert isinstance(link, MemoryLink)
+        times = [t for t, _ in link.sent]
+        assert {size for _, size in link.sent} == {VOICE.packet_len}
+        # exactly one packet per 40 ms slot on a fixed grid, whatever the slot carried
+        assert len(times) == int((end - start) / 0.04) + 1
+        assert all(abs(t - (start + k * 0.04)) < 1e-6 for k, t in enumerate(times))
+        assert caller.slots["media"] > 40 and caller.slots["signal"] >= 1
+        assert caller.slots["cover"] > 40 and "missed" not in caller.slots
+    assert b.end_reason is not None and b.end_reason.name == "HANGUP"
+    # media went both ways and every packet arrived (no loss in memory)
+    for tx, rx in ((a, b), (b, a)):
+        assert tx.tx.sent and set(tx.tx.sent) <= set(rx.rx.arrived)
+        played = [i for i, kind, _ in rx.rx.items if kind == "frame"]
+        assert len(played) >= 0.9 * tx.tx.frames_sent
+    assert a.received["cover"] > 0 and b.received["cover"] > 0  # loops reach their owner
+
+
+async def test_drop_cover_is_never_delivered(autojump_clock: trio.testing.MockClock) -> None:
+    doc, secrets = _network()
+    async with trio.open_nursery() as nursery:
+        net = MemoryNet(doc, secrets, nursery)
+        a, _ = _pair(net, doc, cover=CoverKind.DROP, mean_delay_s=0.01)
+        await nursery.start(a.run)
+        await trio.sleep(1.99)
+        nursery.cancel_scope.cancel()
+    assert a.slots == Counter({"cover": 50})
+    assert sum(a.received.values()) == 0 and net.dropped >= 45
+
+
+def test_signal_frames_are_fixed_size_fragment_and_do_not_reflect() -> None:
+    key = os.urandom(32)
+    me, peer = Address(os.urandom(16), os.urandom(16)), Address(os.urandom(16), os.urandom(16))
+    tx, rx = SignalFramer(key, me, peer), SignalFramer(key, peer, me)
+    envelope = os.urandom(1000)
+    frames = tx.frames(envelope)
+    assert len(frames) == 3 and {len(f) for f in frames} == {VOICE.user_payload}
+    assert [rx.open(f) for f in frames[::-1][:2]] == [None, None]  # any order
+    assert rx.open(frames[0]) == envelope
+    with pytest.raises(InvalidTag):
+        tx.open(tx.frames(b"x")[0])  # our own frame, reflected back to us
+    with pytest.raises(InvalidTag):
+        SignalFramer(os.urandom(32), peer, me).open(frames[0])  # another conversation's key
+    with pytest.raises(InvalidTag):
+        rx.open(os.urandom(VOICE.user_payload))  # cover
+    with pytest.raises(UsageError):
+        tx.frames(b"")
+
+
+def test_addresses_and_contacts_check_lengths() -> None:
+    with pytest.raises(UsageError, match="mailbox"):
+        Address(os.urandom(16), b"short")
+    with pytest.raises(UsageError, match="signal_key"):
+        Contact(Address(os.urandom(16), os.urandom(16)), b"k")
+
+
+def test_cli_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["demo", "--duration", "0"], ["demo", "--link-loss", "x"], ["nope"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "want seconds in 1..3600" in err and "want a probability" in err

@@ -1,0 +1,100 @@
+"""A real Mode C call through a testnet of real node processes (slow: about 25 s)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from client.demo import CallOptions, call_report, run_call
+from mixnode.directory_client import DirectoryClient
+from mixnode.testnet import TestnetOptions, TestnetState, down, up
+from overlay import VOICE
+
+pytestmark = pytest.mark.slow
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is not running
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_call_through_real_testnet(tmp_path: Path) -> None:
+    state = up(TestnetOptions(directory=tmp_path, base_port=0))
+    try:
+        doc = DirectoryClient(
+            state.authorities, state.authority_key_bytes(), state.threshold
+        ).fetch()
+        gw_a, gw_b = doc.gateways[0].node_id, doc.gateways[1].node_id
+        result = trio.run(run_call, doc, gw_a, gw_b, CallOptions(duration_s=7.0))
+    finally:
+        down(tmp_path)
+    pids = [p.pid for p in TestnetState.load(tmp_path).processes]
+    assert pids and not any(_alive(pid) for pid in pids)
+
+    report = call_report(result)
+    assert report["end_reason"] == {"A": "HANGUP", "B": "HANGUP"}  # signaling both ways
+    assert report["uplink"]["packet_sizes"] == [VOICE.packet_len]  # type: ignore[index]
+    for name, d in report["directions"].items():  # type: ignore[attr-defined]
+        assert d["packets_sent"] >= 150, name  # 7 s of 40 ms packets
+        assert d["loss"] <= 0.02, name
+        assert d["late_loss"] <= 0.05, name
+        assert d["mouth_to_ear_ms"]["p99"] <= 600, name
+        assert d["mouth_to_ear_ms"]["p50"] >= 40, name  # at least the packetization
+        assert d["pesq_wb"] >= 2.5, name
+
+
+def _testnet_pids(directory: Path) -> list[int]:
+    return [p.pid for p in TestnetState.load(directory).processes]
+
+
+def test_cli_demo_writes_report_and_wavs_and_leaves_nothing(tmp_path: Path) -> None:
+    report_path, wavs, net = tmp_path / "r.json", tmp_path / "wav", tmp_path / "net"
+    argv = ["demo", "--duration", "2", "--dir", str(net), "--json", str(report_path),
+            "--wav-out", str(wavs), "--no-pesq"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "client.cli", *argv], capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    report = json.loads(report_path.read_text())
+    assert report["end_reason"] == {"A": "HANGUP", "B": "HANGUP"}
+    assert report["p99_vs_300_600_ms"] in ("below", "inside", "above")
+    assert sorted(p.name for p in wavs.iterdir()) == [
+        "received-A-to-B.wav", "received-B-to-A.wav"
+    ]  # fmt: skip
+    assert not any(_alive(pid) for pid in _testnet_pids(net))
+
+
+def test_cli_demo_sigterm_tears_the_testnet_down(tmp_path: Path) -> None:
+    net = tmp_path / "net"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "client.cli", "demo", "--duration", "60", "--dir", str(net)],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # wait until the call runs
+            if b"calling for" in line:
+                break
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not any(_alive(pid) for pid in _testnet_pids(net))
