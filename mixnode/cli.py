@@ -25,6 +25,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from mixnode._args import hex_key, port
 from overlay import PhantomError, epoch_at
 
 from .config import (
@@ -211,27 +212,6 @@ def _cmd_status(args: argparse.Namespace) -> int:
 # argument parsing
 
 
-def _port(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number 1..65535, got {text!r}") from None
-    if not 1 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number 1..65535, got {v}")
-    return v
-
-
-def _hex_key(text: str) -> str:
-    try:
-        if len(bytes.fromhex(text)) == 32:
-            return text.lower()
-    except ValueError:
-        pass
-    raise argparse.ArgumentTypeError(
-        f"expected a 32-byte Ed25519 public key as 64 hex digits, got {text!r}"
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``phantom-mixnode`` argument parser."""
     p = argparse.ArgumentParser(
@@ -245,9 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--layer", type=int, help="mix layer 1..3 (gateways: 0)")
     i.add_argument("--name", required=True, help="operator label, published in the directory")
     i.add_argument("--listen-host", default="127.0.0.1", help="UDP address for packets")
-    i.add_argument("--listen-port", type=_port, required=True, help="UDP port for packets")
+    i.add_argument("--listen-port", type=port, required=True, help="UDP port for packets")
     i.add_argument("--public-host", help="address published in the directory")
-    i.add_argument("--client-port", type=_port, help="gateways: port where clients attach")
+    i.add_argument("--client-port", type=port, help="gateways: port where clients attach")
     i.add_argument("--data-dir", required=True, help="keys and cached documents (mode 0700)")
     i.add_argument(
         "--authority", action="append", required=True, help="directory authority URL (repeat)"
@@ -256,12 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--authority-key",
         action="append",
         required=True,
-        type=_hex_key,
+        type=hex_key,
         help="authority Ed25519 public key, hex (repeat)",
     )
     i.add_argument("--threshold", type=int, help="signatures required (default: majority)")
     i.add_argument("--epoch-length-s", type=int, default=3600)
-    i.add_argument("--metrics-port", type=_port, default=9100)
+    i.add_argument("--metrics-port", type=port, default=9100)
     i.add_argument("--workers", type=int, default=2, help="processing workers")
     i.add_argument("--force", action="store_true", help="overwrite an existing config")
     i.set_defaults(func=_cmd_init)

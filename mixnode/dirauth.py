@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 
 from nacl.signing import SigningKey
 
+from mixnode._args import hex_key, port
 from overlay import (
     DirectoryError,
     DocumentSignature,
@@ -590,25 +591,6 @@ def _cmd_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def _port(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number 1..65535, got {text!r}") from None
-    if not 1 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number 1..65535, got {v}")
-    return v
-
-
-def _hex_key(text: str) -> str:
-    try:
-        if len(bytes.fromhex(text)) == 32:
-            return text.lower()
-    except ValueError:
-        pass
-    raise argparse.ArgumentTypeError("expected a 32-byte Ed25519 public key as 64 hex digits")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``phantom-dirauth`` argument parser."""
     p = argparse.ArgumentParser(prog="phantom-dirauth", description=__doc__.splitlines()[0])
@@ -617,13 +599,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--config", required=True, help="path of the TOML config to write")
     i.add_argument("--name", required=True, help="operator label of this authority")
     i.add_argument("--listen-host", default="127.0.0.1")
-    i.add_argument("--listen-port", type=_port, required=True)
+    i.add_argument("--listen-port", type=port, required=True)
     i.add_argument("--data-dir", required=True, help="signing key, descriptors, documents")
     i.add_argument(
         "--authority", action="append", default=[], help="URL of every authority (repeat)"
     )
     i.add_argument(
-        "--authority-key", action="append", default=[], type=_hex_key, help="peer key (repeat)"
+        "--authority-key", action="append", default=[], type=hex_key, help="peer key (repeat)"
     )
     i.add_argument(
         "--threshold", type=int, default=0, help="signatures required (default: majority)"
