@@ -186,6 +186,23 @@ def _spawn(args: list[str], log: Path) -> int:
     return proc.pid
 
 
+def _forget_directory_state(d: Path) -> None:
+    """Clear what an earlier run of this directory published (keys and identities stay).
+
+    Ports are chosen anew on each ``up``; an authority that kept the last run's descriptors
+    (same node identities, same epoch, old ports) would go on listing the old addresses.
+    """
+    import shutil
+
+    from mixnode.dirauth import DESCRIPTOR_DIR, DOCUMENT_DIR
+
+    for sub in (DESCRIPTOR_DIR, DOCUMENT_DIR):
+        for path in d.glob(f"auth-*/{sub}"):
+            shutil.rmtree(path, ignore_errors=True)
+    for path in d.glob("*/topology"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def up(opts: TestnetOptions) -> TestnetState:
     """Write configs and keys, start every process, wait for the topology; returns the state."""
     from mixnode.config import (
@@ -206,6 +223,7 @@ def up(opts: TestnetOptions) -> TestnetState:
         old = TestnetState.load(d)
         if any(_alive(p.pid, p.config) for p in old.processes):
             raise TestnetError(f"{d}: a testnet is already running (`phantom-testnet down`)")
+        _forget_directory_state(d)
     if not 1 <= opts.threshold <= opts.authorities:
         raise TestnetError("--threshold must be between 1 and --authorities")
     specs: list[tuple[str, str, int]] = [
@@ -325,6 +343,9 @@ def wait_for_topology(state: TestnetState, expected: int, timeout_s: float = UP_
     from overlay import DirectoryError
 
     client = DirectoryClient(state.authorities, state.authority_key_bytes(), state.threshold)
+    # Every node at the address it has now: a directory reused from an earlier run still
+    # serves that run's descriptors (same identities, other ports) until nodes republish.
+    want = {(p.port, p.client_port) for p in state.nodes()}
     deadline = time.monotonic() + timeout_s
     seen = 0
     while time.monotonic() < deadline:
@@ -332,7 +353,8 @@ def wait_for_topology(state: TestnetState, expected: int, timeout_s: float = UP_
             if not _alive(p.pid, p.config):
                 raise TestnetError(f"{p.name} exited during start-up; see {p.log}")
         try:
-            seen = len(client.fetch().nodes)
+            nodes = client.fetch().nodes
+            seen = len(want & {(n.port, n.client_port) for n in nodes})
         except (DirectoryError, OSError):
             seen = 0
         if seen >= expected:

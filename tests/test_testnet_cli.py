@@ -34,3 +34,19 @@ def test_status_and_down_without_a_testnet(
     assert main(["status", "--dir", str(tmp_path)]) == 2
     assert main(["down", "--dir", str(tmp_path)]) == 2
     assert "no testnet here" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_up_again_in_the_same_directory_serves_the_new_addresses(tmp_path: Path) -> None:
+    """Identities persist across runs but ports do not: the second `up` must not hand out
+    the first run's addresses (it waits for every gateway to acknowledge an attach)."""
+    from mixnode.testnet import TestnetOptions, _alive, down, up
+
+    first = up(TestnetOptions(directory=tmp_path, base_port=0, layers=1, per_layer=1))
+    down(tmp_path)
+    second = up(TestnetOptions(directory=tmp_path, base_port=0, layers=1, per_layer=1))
+    try:
+        assert {p.port for p in second.nodes()} != {p.port for p in first.nodes()}
+    finally:
+        down(tmp_path)
+    assert not any(_alive(p.pid, p.config) for p in second.processes)
