@@ -203,6 +203,7 @@ class Node:
             client_port=self.client_port,
             identity_key=self.keys.identity_public,
             epoch_keys=self.keys.public_epoch_keys([self.epoch, self.epoch + 1]),
+            published_at=int(time.time()),
         )
         return desc.to_bytes(), sign_descriptor(desc, self.keys.identity_seed)
 
@@ -381,13 +382,14 @@ class Node:
                 assert h.ready is not None
                 await h.ready.wait()
         published_for = -1
+        listed_here = False  # the document lists this node at its current addresses
         changed_at = time.monotonic()
         while True:
             if self.rotate():
                 self.broadcast(self._key_message())
                 self._gw_keys = self.gateway_private_keys()
             try:
-                if published_for != self.epoch or not listed.is_set():
+                if published_for != self.epoch or not listed_here:
                     desc, sig = self.descriptor()
                     await client.publish(desc, sig)
                     published_for = self.epoch
@@ -402,7 +404,12 @@ class Node:
                 changed_at = time.monotonic()
                 self.broadcast(b"T" + doc.to_bytes())
                 log.info("topology for epoch %d: %d nodes", doc.epoch, len(doc.nodes))
-            if doc.by_id.get(self.node_id) is not None:
+            mine = doc.by_id.get(self.node_id)
+            listed_here = mine is not None and (mine.port, mine.client_port) == (
+                self.port,
+                self.client_port,
+            )
+            if listed_here:
                 listed.set()
             # While the network is changing (nodes joining), follow it closely.
             settled = time.monotonic() - changed_at > DIRECTORY_SETTLE_S

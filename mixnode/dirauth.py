@@ -356,8 +356,10 @@ class Authority:
                 self._docs[file_epoch] = _EpochDoc(env.document, digest, sigs)
 
 
-def _rank(d: NodeDescriptor) -> tuple[int, bytes]:
-    return (max(d.epoch_keys, default=-1), d.to_bytes())
+def _rank(d: NodeDescriptor) -> tuple[int, int, bytes]:
+    """Newest epoch keys first, then the latest signature time (a restart on a new address
+    replaces the old entry); the bytes only break exact ties deterministically."""
+    return (max(d.epoch_keys, default=-1), d.published_at, d.to_bytes())
 
 
 def _same_url(a: str, b: str) -> bool:

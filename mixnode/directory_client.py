@@ -246,6 +246,7 @@ def descriptor_for(cfg: NodeConfig, keys: NodeKeys, epochs: Sequence[int]) -> No
         client_port=None if cfg.gateway is None else cfg.gateway.client_port,
         identity_key=keys.identity_public,
         epoch_keys=keys.public_epoch_keys(list(epochs)),
+        published_at=int(time.time()),
     )
 
 

@@ -156,8 +156,13 @@ class NodeDescriptor:
     client_port: int | None
     identity_key: bytes
     epoch_keys: Mapping[int, bytes] = field(hash=False)
+    # Unix seconds when the node signed it: of two descriptors for the same epochs the later
+    # wins, so a node that restarts on a new address is not left listed at the old one.
+    published_at: int = 0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.published_at, int) or not 0 <= self.published_at < 2**63:
+            raise DirectoryError("descriptor.published_at: expected unix seconds >= 0")
         try:
             role = NodeRole(self.role)
         except ValueError:
@@ -206,6 +211,7 @@ class NodeDescriptor:
                 self.client_port,
                 self.identity_key,
                 dict(self.epoch_keys),
+                self.published_at,
             ),
         )
 
@@ -230,6 +236,7 @@ class NodeDescriptor:
             self.client_port,
             self.identity_key,
             keys,
+            self.published_at,
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -244,6 +251,7 @@ class NodeDescriptor:
             "client_port": self.client_port,
             "identity_key": self.identity_key.hex(),
             "epoch_keys": {str(e): k.hex() for e, k in self.epoch_keys.items()},
+            "published_at": self.published_at,
         }
 
     @classmethod
@@ -276,6 +284,7 @@ class NodeDescriptor:
                 _field(d, "identity_key", where), f"{where}.identity_key", ED25519_KEY_LEN
             ),
             epoch_keys=keys,
+            published_at=_int(d, "published_at", where, 0, 2**63 - 1),
         )
 
     def to_bytes(self) -> bytes:
@@ -297,6 +306,7 @@ class NodeDescriptor:
 
 
 _DESCRIPTOR_KEYS = {
+    "published_at",
     "node_id",
     "name",
     "role",

@@ -393,3 +393,35 @@ def test_enrolment_allowlist(tmp_path: Path) -> None:
     env = auth.signed(epoch)
     assert env is not None
     assert [n.node_id for n in TopologyDocument.from_bytes(env.document).nodes] == [ok_keys.node_id]
+
+
+def test_a_later_descriptor_replaces_the_earlier_one_for_the_same_epochs(
+    tmp_path: Path,
+) -> None:
+    """A node restarted on a new port within an epoch must be listed at the new port; an
+    older descriptor (a replay, or a slow peer authority) never takes it back."""
+    import dataclasses
+
+    from overlay import sign_descriptor
+
+    (cfg,) = _auth_configs(tmp_path, 1, threshold=1)
+    auth = load_authority(cfg, clock=lambda: 1000.0 * EPOCH_S, fetch=lambda url: b"[]")
+    ncfg, keys = _nodes(tmp_path, cfg)[2]  # a mix
+    keys.rotate(1000)
+    base = descriptor_for(ncfg, keys, [1000, 1001])  # type: ignore[arg-type]
+
+    def body(port: int, at: int) -> bytes:
+        d = dataclasses.replace(base, port=port, published_at=at)
+        sig = sign_descriptor(d, keys.identity_seed)
+        obj = {"descriptor": d.to_bytes().decode("ascii"), "signature": sig.hex()}
+        return json.dumps(obj).encode()
+
+    # The later port sorts lower as bytes: only the publication time can make it win.
+    assert auth.submit(body(50001, 100)).port == 50001
+    assert auth.submit(body(40001, 200)).port == 40001
+    assert auth.submit(body(50001, 100)).port == 40001  # the older one is ignored
+    auth.sync_round()
+    signed = auth.signed(1000)
+    assert signed is not None
+    (node,) = TopologyDocument.from_bytes(signed.document).nodes
+    assert node.port == 40001 and node.published_at == 200
