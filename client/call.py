@@ -241,22 +241,6 @@ class PlayoutTrace:
     stats: JitterStats | None = None
 
 
-def initial_playout_extra_ms(hops: int, mean_delay_s: float, slot_ms: int) -> int:
-    """Start-up playout margin above the first frame's delay, from the known delay model.
-
-    The sender-chosen delays sum to an Erlang(hops, mean) variable; the first frame's delay is
-    a typical draw, so starting at its 99th percentile minus its median (plus a slot of
-    queueing at the downlink) avoids the late frames an adaptive buffer would otherwise lose
-    in its first seconds. Never below the buffer's default 60 ms.
-    """
-    from scipy.stats import gamma
-
-    if mean_delay_s <= 0:
-        return 60
-    spread_s = gamma.ppf(0.99, hops, scale=mean_delay_s) - gamma.median(hops, scale=mean_delay_s)
-    return max(60, round(spread_s * 1000.0 + slot_ms))
-
-
 class Caller:
     """One user's client for one call: online with a constant-rate uplink before, during
     and after it. Records what the report needs (``tx``, ``rx``, ``slots``, ``received``)."""
@@ -283,12 +267,7 @@ class Caller:
         self.voice = voice
         self.mean_delay_s = mean_delay_s
         self.cover = cover
-        self.jitter_config = jitter or JitterConfig(
-            frame_ms=self.profile.frame_ms,
-            initial_extra_ms=initial_playout_extra_ms(
-                doc.geometry.max_hops, mean_delay_s, self.profile.packet_interval_ms
-            ),
-        )
+        self.jitter_config = jitter or JitterConfig(frame_ms=self.profile.frame_ms)
         self.auto_answer = auto_answer
         self._clock = trio.current_time  # the clock trio.sleep_until runs on
         self._wall_offset = wall_offset_s  # time.time() - clock(): arrival stamps are wall time

@@ -208,16 +208,3 @@ def test_cli_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
         assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "want seconds in 1..3600" in err and "want a probability" in err
-
-
-def test_initial_playout_margin_follows_the_delay_model() -> None:
-    import numpy as np
-
-    from client.call import initial_playout_extra_ms
-
-    rng = np.random.default_rng(7)
-    sums = rng.exponential(0.0225, size=(200_000, 5)).sum(axis=1)
-    expected_ms = (np.quantile(sums, 0.99) - np.median(sums)) * 1000.0 + 40
-    assert abs(initial_playout_extra_ms(5, 0.0225, 40) - expected_ms) < 5
-    assert initial_playout_extra_ms(5, 0.0, 40) == 60  # no mixing delay: the default margin
-    assert initial_playout_extra_ms(5, 0.030, 40) > initial_playout_extra_ms(5, 0.020, 40)
