@@ -112,25 +112,15 @@ class _Metric:
         return "{" + ",".join(parts) + "}" if parts else ""
 
 
-class Counter(_Metric):
-    """A count that only goes up (packets, drops)."""
-
-    kind = "counter"
+class _Valued(_Metric):
+    """A metric holding one number per label value (counters and gauges)."""
 
     def __init__(self, name: str, help: str, label: str | None = None, values: Sequence[str] = ()):
         super().__init__(name, help, label, values)
         self._v = dict.fromkeys(self.values, 0.0)
 
-    def inc(self, amount: float = 1.0, *, label: str | None = None) -> None:
-        """Add ``amount`` (>= 0) to the count (of ``label``, if the counter has one)."""
-        if amount < 0:
-            raise UsageError(f"{self.name}: a counter cannot go down")
-        key = self._key(label)
-        with self._lock:
-            self._v[key] += amount
-
     def value(self, label: str | None = None) -> float:
-        """The current count."""
+        """The current number (of ``label``, if the metric has one)."""
         return self._v[self._key(label)]
 
     def samples(self, full: str) -> Iterable[str]:
@@ -140,14 +130,24 @@ class Counter(_Metric):
             yield f"{full}{self._labels(key)} {_fmt(v)}"
 
 
-class Gauge(_Metric):
+class Counter(_Valued):
+    """A count that only goes up (packets, drops)."""
+
+    kind = "counter"
+
+    def inc(self, amount: float = 1.0, *, label: str | None = None) -> None:
+        """Add ``amount`` (>= 0) to the count (of ``label``, if the counter has one)."""
+        if amount < 0:
+            raise UsageError(f"{self.name}: a counter cannot go down")
+        key = self._key(label)
+        with self._lock:
+            self._v[key] += amount
+
+
+class Gauge(_Valued):
     """A level that goes up and down (queue depth)."""
 
     kind = "gauge"
-
-    def __init__(self, name: str, help: str, label: str | None = None, values: Sequence[str] = ()):
-        super().__init__(name, help, label, values)
-        self._v = dict.fromkeys(self.values, 0.0)
 
     def set(self, value: float, *, label: str | None = None) -> None:
         """Set the level."""
@@ -164,16 +164,6 @@ class Gauge(_Metric):
     def dec(self, amount: float = 1.0, *, label: str | None = None) -> None:
         """Lower the level by ``amount``."""
         self.inc(-amount, label=label)
-
-    def value(self, label: str | None = None) -> float:
-        """The current level."""
-        return self._v[self._key(label)]
-
-    def samples(self, full: str) -> Iterable[str]:
-        with self._lock:
-            items = list(self._v.items())
-        for key, v in items:
-            yield f"{full}{self._labels(key)} {_fmt(v)}"
 
 
 class Histogram(_Metric):

@@ -23,7 +23,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
@@ -226,18 +226,7 @@ class NodeDescriptor:
         """The same descriptor with only the keys of ``epochs``."""
         wanted = set(epochs)
         keys = {e: k for e, k in self.epoch_keys.items() if e in wanted}
-        return NodeDescriptor(
-            self.node_id,
-            self.name,
-            self.role,
-            self.layer,
-            self.host,
-            self.port,
-            self.client_port,
-            self.identity_key,
-            keys,
-            self.published_at,
-        )
+        return replace(self, epoch_keys=keys)
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form: bytes as lowercase hex, epochs as decimal strings."""

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from surface_support import reexports
+
 import client
 
 CLIENT_DIR = Path(client.__file__).parent
@@ -14,14 +16,7 @@ SANS_IO = ("_voice.py", "_speech.py", "_media.py", "_jitter.py", "_signaling.py"
 
 
 def _reexports() -> list[str]:
-    tree = ast.parse((CLIENT_DIR / "__init__.py").read_text())
-    names = []
-    for node in tree.body:
-        if isinstance(node, ast.ImportFrom):
-            for alias in node.names:
-                assert alias.asname == alias.name, f"{alias.name} is not re-exported as itself"
-                names.append(alias.name)
-    return names
+    return reexports(CLIENT_DIR)
 
 
 def test_every_reexport_exists_and_is_public() -> None:

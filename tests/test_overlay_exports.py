@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from surface_support import reexports
+
 import overlay
 
 OVERLAY_DIR = Path(overlay.__file__).parent
@@ -14,15 +16,7 @@ FORBIDDEN = ("trio", "socket", "asyncio", "selectors", "ssl", "numpy")
 
 
 def _reexports() -> list[str]:
-    """Names imported in overlay/__init__.py with the ``X as X`` form."""
-    tree = ast.parse((OVERLAY_DIR / "__init__.py").read_text())
-    names = []
-    for node in tree.body:
-        if isinstance(node, ast.ImportFrom):
-            for alias in node.names:
-                assert alias.asname == alias.name, f"{alias.name} is not re-exported as itself"
-                names.append(alias.name)
-    return names
+    return reexports(OVERLAY_DIR)
 
 
 def test_every_reexport_exists_and_is_public() -> None:
