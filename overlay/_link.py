@@ -238,7 +238,17 @@ class ClientLink:
 
 
 class ReplayWindow:
-    """Sliding window of accepted counters (as in IPsec/SRTP): refuses repeats and stale ones."""
+    """Sliding window of accepted counters (as in IPsec/SRTP): refuses repeats and stale ones.
+
+    The window is ``REPLAY_WINDOW`` bits below the highest accepted counter, so time and memory
+    are O(1) whatever the jump between counters (RFC 4303 section 3.4.3): a sender that skips
+    from 1 to 2**63 shifts nothing; the window is simply reset to the new top.
+
+        >>> w = ReplayWindow()
+        >>> w.accept(1); w.accept(2**63)
+        >>> w.check(2**63), w.check(1), w.check(2**63 - 1)
+        (False, False, True)
+    """
 
     __slots__ = ("_top", "_bits")
 
@@ -257,9 +267,12 @@ class ReplayWindow:
         """Record ``counter`` (after its frame authenticated)."""
         if counter > self._top:
             shift = counter - self._top
-            self._bits = ((self._bits << shift) | 1) & ((1 << REPLAY_WINDOW) - 1)
+            if shift >= REPLAY_WINDOW:  # everything older falls out: no shift of 2**63 bits
+                self._bits = 1
+            else:
+                self._bits = ((self._bits << shift) | 1) & ((1 << REPLAY_WINDOW) - 1)
             self._top = counter
-        else:
+        elif self._top - counter < REPLAY_WINDOW:  # older than the window: nothing to record
             self._bits |= 1 << (self._top - counter)
 
 

@@ -19,6 +19,7 @@ from overlay import (
     LinkCodec,
     LinkError,
     PacketError,
+    ReplayWindow,
     generate_private_key,
     public_key,
 )
@@ -125,3 +126,40 @@ def test_fuzz_parse_and_open_only_raise_packet_errors(data: bytes) -> None:
                 op(arg)  # type: ignore[operator]
             except PacketError:
                 pass
+
+
+REPLAY_WINDOW = 1024  # overlay._link.REPLAY_WINDOW, restated: the documented link window
+
+
+def test_uplink_counter_jump_to_2_63_costs_nothing() -> None:
+    """Regression: counter 1 then 2**63 made the gateway raise MemoryError."""
+    client, session, _ = _pair()
+    session.open_uplink(CODEC.parse(client.seal_uplink(bytes(VOICE.packet_len))))
+    first = client.seal_uplink(bytes(VOICE.packet_len))
+    client._counter = 2**63 - 1  # a client that skips ahead; frames still authenticate
+    far = client.seal_uplink(bytes(VOICE.packet_len))
+    session.open_uplink(CODEC.parse(far))
+    with pytest.raises(LinkAuthError):  # counter 2 is now far below the window: stale
+        session.open_uplink(CODEC.parse(first))
+    with pytest.raises(LinkAuthError):
+        session.open_uplink(CODEC.parse(far))
+    assert session._window._bits.bit_length() <= REPLAY_WINDOW
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=2**64 - 1) | st.integers(0, 3000), max_size=60))
+def test_replay_window_matches_model_and_stays_bounded(counters: list[int]) -> None:
+    """Any sequence of counters (jumps up to 2**64): same answers as a set-based model, O(1) state."""
+    window = ReplayWindow()
+    seen: set[int] = set()
+    top = 0
+    for c in counters:
+        expected = c > 0 and c not in seen and (c > top or top - c < REPLAY_WINDOW)
+        assert window.check(c) is expected
+        if expected:
+            window.accept(c)
+            seen.add(c)
+            top = max(top, c)
+        # Out-of-window accept (misuse) must not allocate either.
+        window.accept(max(0, top - 2**62))
+        assert window._bits.bit_length() <= REPLAY_WINDOW
