@@ -10,6 +10,7 @@ from mixnode._worker import Worker, bind_sharded, shard_of
 from overlay import VOICE, Hop, LinkCodec, create_forward, public_key
 
 CODEC = LinkCodec(VOICE)
+PEER = ("127.0.0.1", 9)  # sender address of the datagrams
 
 
 def _drain(s: socket.socket) -> list[bytes]:
@@ -51,6 +52,7 @@ def _worker(**settings: object) -> tuple[Worker, socket.socket, bytes]:
         "late_drop_ms": 50.0,
         "max_queue": 1000,
         "cover_rate_hz": 0.0,
+        "mix_delay_ms": 1.0,
     }
     w = Worker({**base, **settings}, udp, b)
     sk = os.urandom(32)
@@ -68,14 +70,14 @@ def _frame(sk: bytes) -> bytes:
 
 def test_forwarding_and_link_loss_emulation() -> None:
     w, sink, sk = _worker()
-    now = time.time()
-    w.on_datagram(_frame(sk), now, now)
+    now = time.monotonic()
+    w.on_datagram(_frame(sk), PEER, now, now)
     w.run_due(now + 0.001)
     time.sleep(0.05)
     assert len(_drain(sink)) == 1
     lossy, sink2, sk2 = _worker(link_loss=0.99999)
     for _ in range(20):
-        lossy.on_datagram(_frame(sk2), now, now)
+        lossy.on_datagram(_frame(sk2), PEER, now, now)
     lossy.run_due(now + 0.001)
     time.sleep(0.05)
     assert _drain(sink2) == [] and lossy.core.counters["drop:link_loss"] == 20
@@ -83,8 +85,8 @@ def test_forwarding_and_link_loss_emulation() -> None:
 
 def test_link_delay_emulation_holds_packets() -> None:
     w, sink, sk = _worker(link_delay_ms=200.0, link_jitter_ms=0.0)
-    now = time.time()
-    w.on_datagram(_frame(sk), now, now)
+    now = time.monotonic()
+    w.on_datagram(_frame(sk), PEER, now, now)
     w.run_due(now + 0.001)
     time.sleep(0.05)
     assert _drain(sink) == [] and len(w.emulated) == 1
@@ -95,10 +97,10 @@ def test_link_delay_emulation_holds_packets() -> None:
 
 def test_overdue_datagrams_shed_before_crypto_and_junk_counted() -> None:
     w, _, sk = _worker()
-    now = time.time()
-    w.on_datagram(_frame(sk), now - 1.0, now)  # waited a second in the socket
-    w.on_datagram(b"\x01\x09junk", now, now)
-    w.on_datagram(os.urandom(3000), now, now)
+    now = time.monotonic()
+    w.on_datagram(_frame(sk), PEER, now - 1.0, now)  # waited a second in the socket
+    w.on_datagram(b"\x01\x09junk", PEER, now, now)
+    w.on_datagram(os.urandom(3000), PEER, now, now)
     c = w.core.counters
     assert c["drop:late"] == 1 and c["drop:link_malformed"] == 2 and c["packets_in"] == 3
     assert c["forwarded"] == 0
