@@ -106,11 +106,16 @@ class ReceiveStamps:
         self.offset = offset
 
     def arrival(self, stamp: float, mono_now: float) -> float:
-        """The monotonic time at which a datagram with wall ``stamp`` arrived."""
+        """The monotonic time at which a datagram with wall ``stamp`` arrived.
+
+        A reading up to ``STEP_TOLERANCE_S`` in the future is rounding or slewing, not a
+        step: it counts as valid (and is clamped to ``mono_now``).
+        """
         at = stamp - self.offset
         if mono_now < self._before_until:
             other = stamp - self._before
-            if at > mono_now or at < other <= mono_now:
+            latest = mono_now + STEP_TOLERANCE_S
+            if at > latest or at < other <= latest:
                 at = other
         return at if at < mono_now else mono_now
 
