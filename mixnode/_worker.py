@@ -19,7 +19,8 @@ clock; the wall clock serves only key expiry (epochs are wall time). Kernel rece
 are wall time and are mapped onto the monotonic timeline by :class:`ReceiveStamps`, so a
 wall clock step neither holds nor drops packets.
 
-Previous hops: a datagram from a listed node's address counts as that node's, any other
+Previous hops: a datagram from a listed node's address (host and port as the topology
+document writes them, so list nodes by IP address) counts as that node's, any other
 sender as one class ``UNLISTED`` and uplink packets from the daemon as ``UPLINK``; the
 core shares its delay queue fairly among these (spoofed sources cannot multiply shares).
 """
