@@ -13,6 +13,16 @@ Each worker is a plain loop around ``poll`` (no trio here: per-packet scheduling
 would eat the second core). It speaks to the daemon over a UNIX datagram socket:
 daemon -> worker ``K`` keys, ``T`` topology, ``P`` uplink packet, ``Q`` quit;
 worker -> daemon ``D`` delivery, ``S`` statistics.
+
+Clocks: the delay queue, late drops, link emulation and reports run on the monotonic
+clock; the wall clock serves only key expiry (epochs are wall time). Kernel receive stamps
+are wall time and are mapped onto the monotonic timeline by :class:`ReceiveStamps`, so a
+wall clock step neither holds nor drops packets.
+
+Previous hops: a datagram from a listed node's address (host and port as the topology
+document writes them, so list nodes by IP address) counts as that node's, any other
+sender as one class ``UNLISTED`` and uplink packets from the daemon as ``UPLINK``; the
+core shares its delay queue fairly among these (spoofed sources cannot multiply shares).
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import bisect
 import ctypes
 import heapq
 import json
+import math
 import os
 import secrets
 import select
@@ -30,7 +41,7 @@ import struct
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 from mixnode.core import DeliverAt, ForwardAt, NodeCore
 from mixnode.metrics import PROCESSING_BUCKETS_S
@@ -57,6 +68,57 @@ EMULATION_MAX = 65536  # packets held by link-delay emulation at most
 STATS_INTERVAL_S = 0.5  # seconds between statistics reports to the daemon
 CONTROL_MAX = 1 << 20  # bytes; a topology document fits easily
 GEOMETRIES = {"voice": VOICE, "bulk": BULK}
+STEP_TOLERANCE_S = 0.001  # a change of (wall - monotonic) beyond this is a clock step
+STEP_MEMORY_S = 2.0  # seconds after a step during which a stamp may still predate it
+UNLISTED = "unlisted"  # previous hop of a datagram from an address no listed node has
+UPLINK = "uplink"  # previous hop of a client's packet handed over by the daemon
+Clock = Callable[[], float]
+
+
+class ReceiveStamps:
+    """Kernel receive stamps (SO_TIMESTAMPNS: CLOCK_REALTIME) on the monotonic timeline.
+
+        >>> stamps = ReceiveStamps(mono=100.0, wall=5000.0)
+        >>> stamps.arrival(4999.75, mono_now=100.0)  # stamped 250 ms ago
+        99.75
+        >>> stamps.observe(mono=100.0, wall=4970.0)  # the wall clock steps back 30 s
+        >>> stamps.arrival(4999.75, mono_now=100.0)  # still 250 ms ago, not 30 s ahead
+        99.75
+
+    A stamp maps through the offset wall - monotonic. A step of the wall clock changes the
+    offset, so a packet stamped before a step and read after it would seem to have waited
+    the step (or to come from the future). The offset from before the latest step is kept
+    for ``STEP_MEMORY_S``; of the two readings the later one that is not in the future
+    wins, and an arrival is never later than ``mono_now``. Seconds throughout.
+    """
+
+    __slots__ = ("offset", "_before", "_before_until")
+
+    def __init__(self, mono: float, wall: float) -> None:
+        self.offset = wall - mono
+        self._before = self.offset
+        self._before_until = -math.inf
+
+    def observe(self, mono: float, wall: float) -> None:
+        """Note the clocks now (on every wake-up); a jump of their offset is a step."""
+        offset = wall - mono
+        if abs(offset - self.offset) > STEP_TOLERANCE_S:
+            self._before, self._before_until = self.offset, mono + STEP_MEMORY_S
+        self.offset = offset
+
+    def arrival(self, stamp: float, mono_now: float) -> float:
+        """The monotonic time at which a datagram with wall ``stamp`` arrived.
+
+        A reading up to ``STEP_TOLERANCE_S`` in the future is rounding or slewing, not a
+        step: it counts as valid (and is clamped to ``mono_now``).
+        """
+        at = stamp - self.offset
+        if mono_now < self._before_until:
+            other = stamp - self._before
+            latest = mono_now + STEP_TOLERANCE_S
+            if at > latest or at < other <= latest:
+                at = other
+        return at if at < mono_now else mono_now
 
 
 class _SockFilter(ctypes.Structure):
@@ -104,8 +166,21 @@ def bind_sharded(host: str, port: int, workers: int) -> list[socket.socket]:
 class Worker:
     """One data-plane process: receive, process, hold, forward; report to the daemon."""
 
-    def __init__(self, settings: dict[str, object], udp: socket.socket, ctrl: socket.socket):
+    def __init__(
+        self,
+        settings: dict[str, object],
+        udp: socket.socket,
+        ctrl: socket.socket,
+        *,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+    ) -> None:
+        """``clock`` schedules (monotonic seconds); ``wall_clock`` (unix seconds) is for
+        key expiry only."""
         geometry = GEOMETRIES[str(settings["geometry"])]
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.stamps = ReceiveStamps(clock(), wall_clock())
         self.node_id = bytes.fromhex(str(settings["node_id"]))
         self.core = NodeCore(
             geometry,
@@ -119,13 +194,14 @@ class Worker:
         self.delay_mean_s = float(settings.get("link_delay_ms", 0.0)) / 1000.0  # type: ignore[arg-type]
         self.delay_jitter_s = float(settings.get("link_jitter_ms", 0.0)) / 1000.0  # type: ignore[arg-type]
         self.loss = float(settings.get("link_loss", 0.0))  # type: ignore[arg-type]
-        self.mix_delay_s = float(settings.get("mix_delay_ms", 1.0)) / 1000.0  # type: ignore[arg-type]
+        self.mix_delay_s = float(settings["mix_delay_ms"]) / 1000.0  # type: ignore[arg-type]
         self.udp = udp
         self.ctrl = ctrl
         udp.setblocking(False)
         ctrl.setblocking(False)
         udp.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.peers: dict[bytes, tuple[str, int]] = {}
+        self.prev_hops: dict[tuple[str, int], bytes] = {}  # listed address -> node id
         self.topology: TopologyDocument | None = None
         self.pending: dict[tuple[str, int], deque[bytes]] = {}
         self.emulated: list[tuple[float, int, tuple[str, int], bytes]] = []
@@ -141,14 +217,17 @@ class Worker:
     def on_control(self, msg: bytes, now: float) -> None:
         kind, body = msg[:1], msg[1:]
         if kind == b"P":
-            self.on_packet(body, now, now)
+            self.on_packet(body, UPLINK, now, now)
         elif kind == b"K":
             for epoch, sk_hex, expires_at in json.loads(body):
                 self.core.install_key(int(epoch), bytes.fromhex(sk_hex), float(expires_at))
+            self.core.expire_keys(self.wall_clock())
         elif kind == b"T":
             doc = TopologyDocument.from_bytes(body)  # verified by the daemon
             self.topology = doc
+            self.core.max_delay_us = doc.max_delay_us
             self.peers = {n.node_id: (n.host, n.port) for n in doc.nodes}
+            self.prev_hops = {(n.host, n.port): n.node_id for n in doc.nodes}
             me = doc.by_id.get(self.node_id)
             self.core.set_loop_paths(self.loop_path if me is not None else None, now)
         elif kind == b"Q":
@@ -176,19 +255,33 @@ class Worker:
             key = n.epoch_keys.get(doc.epoch)
             if key is None:
                 return None
-            hops.append(Hop(n.node_id, key, exp_delay_us(self.mix_delay_s)))
+            delay = exp_delay_us(self.mix_delay_s, max_us=doc.max_delay_us)
+            hops.append(Hop(n.node_id, key, delay))
         return hops
 
     # -- packets -----------------------------------------------------------------------
 
-    def on_packet(self, packet: bytes, now: float, arrived_at: float) -> None:
+    def on_packet(self, packet: bytes, prev_hop: Hashable, now: float, arrived_at: float) -> None:
         t0 = time.perf_counter()
-        self.core.receive(packet, now, arrived_at=arrived_at)
+        self.core.receive(packet, now, prev_hop=prev_hop, arrived_at=arrived_at)
         dt = time.perf_counter() - t0
         self.hist[bisect.bisect_left(PROCESSING_BUCKETS_S, dt)] += 1
         self.hist_sum += dt
 
-    def on_datagram(self, data: bytes, arrived_at: float, now: float) -> None:
+    def on_received(self, data: bytes, addr: tuple[str, int], stamp: float | None) -> None:
+        """One datagram from ``addr`` with its kernel receive stamp (wall seconds) if any."""
+        now = self.clock()
+        self.stamps.observe(now, self.wall_clock())
+        arrived = now if stamp is None else self.stamps.arrival(stamp, now)
+        try:
+            self.on_datagram(data, addr, arrived, now)
+        except Exception:  # a bug must cost one datagram, not the worker
+            self.core.drop("other")
+
+    def on_datagram(
+        self, data: bytes, addr: tuple[str, int], arrived_at: float, now: float
+    ) -> None:
+        """Handle one datagram; ``arrived_at`` and ``now`` are monotonic seconds."""
         if len(data) != self.node_frame_len or data[:2] != NODE_FRAME_HEAD:
             self.core.counters["packets_in"] += 1
             try:
@@ -203,7 +296,7 @@ class Worker:
             self.core.counters["packets_in"] += 1
             self.core.drop("late")
             return
-        self.on_packet(data[2:], now, arrived_at)
+        self.on_packet(data[2:], self.prev_hops.get(addr, UNLISTED), now, arrived_at)
 
     def send(self, addr: tuple[str, int], frame: bytes, now: float) -> None:
         if self.loss and self.sysrand.random() < self.loss:
@@ -250,6 +343,8 @@ class Worker:
                 del self.pending[addr]
 
     def run_due(self, now: float) -> None:
+        """Send what is due at monotonic ``now``; forget keys expired by the wall clock."""
+        self.core.expire_keys(self.wall_clock())
         for action in self.core.pop_due(now):
             if isinstance(action, ForwardAt):
                 addr = self.peers.get(action.next_hop)
@@ -284,10 +379,11 @@ class Worker:
         poller = select.poll()
         poller.register(self.udp, select.POLLIN)
         poller.register(self.ctrl, select.POLLIN)
-        next_report = time.time()
+        clock = self.clock
+        next_report = clock()
         anc = socket.CMSG_SPACE(16)
         while self.running:
-            now = time.time()
+            now = clock()
             deadline = self.core.next_deadline()
             if self.emulated:
                 e = self.emulated[0][0]
@@ -311,30 +407,26 @@ class Worker:
                         if not msg:
                             self.running = False
                             break
-                        self.on_control(msg, time.time())
+                        self.on_control(msg, clock())
                 elif ev & select.POLLIN:
                     for _ in range(RECV_BATCH):
                         try:
-                            data, ancdata, _, _ = self.udp.recvmsg(4096, anc)
+                            data, ancdata, _, addr = self.udp.recvmsg(4096, anc)
                         except BlockingIOError:
                             break
                         except OSError:
                             continue
-                        now = time.time()
-                        arrived = now
+                        stamp = None
                         if ancdata:
                             sec, nsec = unpack_timespec(ancdata[0][2])
-                            arrived = sec + nsec * 1e-9
-                        try:
-                            self.on_datagram(data, arrived, now)
-                        except Exception:  # a bug must cost one datagram, not the worker
-                            self.core.drop("other")
-                        self.run_due(time.time())
+                            stamp = sec + nsec * 1e-9
+                        self.on_received(data, addr, stamp)
+                        self.run_due(clock())
             if self.pending:
                 self.flush()
                 if not self.pending:
                     poller.modify(self.udp, select.POLLIN)
-            now = time.time()
+            now = clock()
             self.run_due(now)
             if now >= next_report:
                 if os.getppid() != self.parent:  # the daemon is gone: never outlive it

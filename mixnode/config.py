@@ -85,6 +85,9 @@ class MixingSection:
     max_queue: int  # packets held in the delay queue at most
     late_drop_ms: float  # a packet later than its due time by more than this is dropped
     workers: int  # worker threads/processes for Sphinx processing
+    # Mean per-hop delay (ms) the node writes into its own loop cover: the callers' default
+    # (client.call.DEFAULT_MEAN_DELAY_S), so that cover is delayed like calls.
+    loop_cover_delay_ms: float = 22.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,6 +389,7 @@ def parse_node_config(
         max_queue=m.integer("max_queue", 1, 10_000_000, default=100_000),
         late_drop_ms=m.number("late_drop_ms", 0.0, 60_000.0, default=50.0),
         workers=m.integer("workers", 1, 64, default=2),
+        loop_cover_delay_ms=m.number("loop_cover_delay_ms", 0.0, 1000.0, default=22.5),
     )
     m.finish()
 
@@ -480,6 +484,7 @@ def node_config_to_dict(cfg: NodeConfig) -> dict[str, object]:
         "max_queue": m.max_queue,
         "late_drop_ms": m.late_drop_ms,
         "workers": m.workers,
+        "loop_cover_delay_ms": m.loop_cover_delay_ms,
     }
     out["directory"] = _directory_dict(cfg.directory)
     out["metrics"] = {

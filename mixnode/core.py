@@ -4,16 +4,21 @@
     >>> from overlay import VOICE, Hop, create_forward, public_key
     >>> sk = os.urandom(32)
     >>> core = NodeCore(VOICE, b"n" * 16)
-    >>> core.install_key(epoch=1, private_key=sk, expires_at=100.0)
+    >>> core.install_key(epoch=1, private_key=sk, expires_at=2e9)
     >>> path = [Hop(b"n" * 16, public_key(sk), 2000), Hop(b"m" * 16, public_key(sk), 0)]
-    >>> core.receive(create_forward(VOICE, path, b"x" * 16, b"hi"), now=0.0) is None
-    True
+    >>> core.receive(create_forward(VOICE, path, b"x" * 16, b"hi"), now=0.0, prev_hop="a")
     >>> core.pop_due(0.001), core.pop_due(0.002)[0].send_at
     ([], 0.002)
 
 The core owns what must be exact and testable on virtual time: per-key replay caches, the
-delay queue, the late-drop rule, loop cover timing and the previous epoch's key during the
-overlap. The edge (mixnode.daemon) owns sockets and clocks and turns actions into datagrams.
+delay queue (its delay cap and its fair share per previous hop), the late-drop rule, loop
+cover timing and the previous epoch's key during the overlap. The edge (mixnode._worker)
+owns sockets and clocks and turns actions into datagrams.
+
+Two clocks, never mixed: every ``now``, ``arrived_at`` and release time here is on the
+edge's monotonic clock (seconds; a wall clock step must not hold or drop packets), while
+key lifetimes (``install_key``'s ``expires_at``, ``expire_keys``) are unix seconds, because
+epochs are defined on the wall clock.
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ import math
 import os
 import struct
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 from overlay import (
+    DEFAULT_MAX_DELAY_US,
     Deliver,
     DeliverReply,
     Discard,
@@ -73,6 +79,7 @@ class Dropped:
 
 
 Action = ForwardAt | DeliverAt | Dropped
+_Queued = tuple[float, int, ForwardAt | DeliverAt, Hashable]  # release, order, action, hop
 PathSource = Callable[[], Sequence[Hop] | None]
 
 
@@ -139,7 +146,17 @@ def exponential(rng: Rng, rate_hz: float) -> float:
 
 
 class NodeCore:
-    """One node's packet handling on a clock the caller supplies."""
+    """One node's packet handling on a clock the caller supplies.
+
+    The delay queue holds ``max_queue`` packets at most and is shared among previous hops
+    by a dynamic threshold (Choudhury and Hahne, 1998): a packet from a hop that already
+    holds as many packets as the queue has free is dropped (``queue_full``). One hop alone
+    can fill half of the queue; a hop flooding it leaves every other hop room for as many
+    packets as are free, so a flood from one source costs another hop nothing while that
+    hop holds less than a quarter of ``max_queue`` (a third once the flood's share
+    settles). A sender-chosen delay above ``max_delay_us`` (the topology document's,
+    microseconds) is dropped (``delay_too_long``), so no packet holds its place longer.
+    """
 
     def __init__(
         self,
@@ -148,6 +165,7 @@ class NodeCore:
         *,
         late_drop_s: float = DEFAULT_LATE_DROP_S,
         max_queue: int = DEFAULT_MAX_QUEUE,
+        max_delay_us: int = DEFAULT_MAX_DELAY_US,
         replay_bits_log2: int = DEFAULT_REPLAY_BITS_LOG2,
         cover_rate_hz: float = 0.0,
         rng: Rng = os.urandom,
@@ -156,13 +174,15 @@ class NodeCore:
         self.node_id = node_id
         self.late_drop_s = late_drop_s
         self.max_queue = max_queue
+        self.max_delay_us = max_delay_us  # the edge sets it from each topology document
         self.replay_bits_log2 = replay_bits_log2
         self.cover_rate_hz = cover_rate_hz
         self.rng = rng
         self.counters: Counter[str] = Counter()
         self._keys: list[_EpochKey] = []  # newest first; at most current and previous
         self._first_expiry = math.inf  # when expire_keys next has work to do
-        self._heap: list[tuple[float, int, ForwardAt | DeliverAt]] = []
+        self._heap: list[_Queued] = []
+        self._held: dict[Hashable, int] = {}  # packets in the queue per previous hop
         self._seq = 0
         self._next_cover: float | None = None
         self._loop_path: PathSource | None = None
@@ -170,7 +190,10 @@ class NodeCore:
     # -- keys --------------------------------------------------------------------------
 
     def install_key(self, epoch: int, private_key: bytes, expires_at: float) -> None:
-        """Make ``private_key`` current; the previous one stays until its ``expires_at``."""
+        """Make ``private_key`` current; the previous one stays until its ``expires_at``.
+
+        ``expires_at`` is unix seconds (wall clock); :meth:`expire_keys` enforces it.
+        """
         for k in self._keys:
             if k.epoch == epoch:
                 k.expires_at = expires_at
@@ -183,9 +206,14 @@ class NodeCore:
         del self._keys[2:]
         self._first_expiry = min(k.expires_at for k in self._keys)
 
-    def expire_keys(self, now: float) -> None:
-        """Forget keys (and their replay caches) whose lifetime is over."""
-        self._keys = [k for k in self._keys if k.expires_at > now]
+    def expire_keys(self, wall_now: float) -> None:
+        """Forget keys (and their replay caches) whose lifetime is over at unix ``wall_now``.
+
+        Cheap when nothing expires, so the edge calls it on every wake-up.
+        """
+        if wall_now < self._first_expiry:
+            return
+        self._keys = [k for k in self._keys if k.expires_at > wall_now]
         self._first_expiry = min((k.expires_at for k in self._keys), default=math.inf)
 
     @property
@@ -205,17 +233,22 @@ class NodeCore:
         return Dropped(reason)
 
     def receive(
-        self, packet: bytes, now: float, *, arrived_at: float | None = None
+        self,
+        packet: bytes,
+        now: float,
+        *,
+        prev_hop: Hashable,
+        arrived_at: float | None = None,
     ) -> Dropped | None:
         """Unwrap one layer and queue the result; a Dropped says why not. None: accepted.
 
-        ``arrived_at`` (default ``now``) is when the datagram reached the node; the
-        sender-chosen delay counts from then, so a packet that waited too long for a CPU
-        is late.
+        ``now`` and ``arrived_at`` (default ``now``) are monotonic seconds; ``arrived_at``
+        is when the datagram reached the node; the sender-chosen delay counts from then,
+        so a packet that waited too long for a CPU is late. ``prev_hop`` names where the
+        packet came from (the previous node, or one class for senders that are not
+        listed); the delay queue is shared fairly among these.
         """
         self.counters["packets_in"] += 1
-        if now >= self._first_expiry:
-            self.expire_keys(now)
         if not self._keys:
             return self.drop("unknown_epoch")
         result = None
@@ -231,6 +264,8 @@ class NodeCore:
                 return self.drop(exc.reason)
         if result is None:
             return self.drop(err.reason)
+        if result.delay_us > self.max_delay_us:
+            return self.drop("delay_too_long")
         why = key.cache.add(result.replay_tag)
         if why is not None:
             if why == "replay":
@@ -251,13 +286,14 @@ class NodeCore:
             assert isinstance(result, Discard)
             self.counters["cover_received"] += 1
             return None
-        return self._schedule(release, action)
-
-    def _schedule(self, at: float, action: ForwardAt | DeliverAt) -> Dropped | None:
-        if len(self._heap) >= self.max_queue:
+        # Dynamic threshold: a hop may hold no more packets than the queue has free.
+        held = self._held
+        n = held.get(prev_hop, 0)
+        if n >= self.max_queue - len(self._heap):
             return self.drop("queue_full")
+        held[prev_hop] = n + 1
         self._seq += 1
-        heapq.heappush(self._heap, (at, self._seq, action))
+        heapq.heappush(self._heap, (release, self._seq, action, prev_hop))
         return None
 
     @property
@@ -275,9 +311,14 @@ class NodeCore:
     def pop_due(self, now: float) -> list[Action]:
         """Actions whose time has come; those overdue by more than the late limit drop."""
         out: list[Action] = []
-        heap = self._heap
+        heap, held = self._heap, self._held
         while heap and heap[0][0] <= now:
-            at, _, action = heapq.heappop(heap)
+            at, _, action, prev_hop = heapq.heappop(heap)
+            n = held[prev_hop] - 1
+            if n:
+                held[prev_hop] = n
+            else:
+                del held[prev_hop]
             if now - at > self.late_drop_s:
                 out.append(self.drop("late"))
             else:

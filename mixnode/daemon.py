@@ -9,6 +9,10 @@ client port and constant-rate downlink, the metrics endpoint, signals. The data 
 port, because Sphinx processing does not scale over threads in Python (see that module).
 The daemon restarts a worker that dies, on the same socket, so that its shard keeps
 working; SIGTERM or SIGINT stops everything, workers first.
+
+Clocks: the gateway's downlink slots and mailbox ages run on Trio's clock (monotonic);
+the wall clock serves epochs, key expiry and descriptors only, so a step of the wall
+clock neither delays nor drops a client's frames.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -142,8 +147,15 @@ class Node:
         config: NodeConfig,
         directory: Directory | None = None,
         keys: NodeKeys | None = None,
+        *,
+        clock: Callable[[], float] = trio.current_time,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        """``clock`` (monotonic seconds, Trio's by default) schedules the gateway;
+        ``wall_clock`` (unix seconds) is for epochs, key expiry and descriptors only."""
         self.config = config
+        self.clock = clock
+        self.wall_clock = wall_clock
         self.directory = directory
         self.geometry = config.geometry
         self.keys = keys if keys is not None else NodeKeys.load_or_create(config.node.data_dir)
@@ -166,7 +178,7 @@ class Node:
 
     def current_epoch(self) -> int:
         d = self.config.directory
-        return epoch_at(time.time(), d.epoch_length_s, d.genesis_s)
+        return epoch_at(self.wall_clock(), d.epoch_length_s, d.genesis_s)
 
     def _key_expiry(self, epoch: int) -> float:
         d = self.config.directory
@@ -203,7 +215,7 @@ class Node:
             client_port=self.client_port,
             identity_key=self.keys.identity_public,
             epoch_keys=self.keys.public_epoch_keys([self.epoch, self.epoch + 1]),
-            published_at=int(time.time()),
+            published_at=int(self.wall_clock()),
         )
         return desc.to_bytes(), sign_descriptor(desc, self.keys.identity_seed)
 
@@ -218,6 +230,7 @@ class Node:
                 "late_drop_ms": c.mixing.late_drop_ms,
                 "max_queue": max(1, c.mixing.max_queue // c.mixing.workers),
                 "cover_rate_hz": c.mixing.loop_cover_rate_hz / c.mixing.workers,
+                "mix_delay_ms": c.mixing.loop_cover_delay_ms,
                 "link_delay_ms": c.link.delay_ms_mean,
                 "link_jitter_ms": c.link.delay_ms_jitter,
                 "link_loss": c.link.loss,
@@ -334,7 +347,7 @@ class Node:
             dk = DownlinkKind(kind)
         except ValueError:
             return
-        self.gateway.enqueue(mailbox, Delivery(dk, body[17:]), time.time())
+        self.gateway.enqueue(mailbox, Delivery(dk, body[17:]), self.clock())
 
     async def _client_reader(self) -> None:
         assert self.gateway is not None and self.client_sock is not None
@@ -347,7 +360,7 @@ class Node:
                 continue  # e.g. ICMP port unreachable from a client that went away
             self.metrics.packets_in.inc()
             try:
-                packet = gw.on_datagram(data, addr, time.time(), self._gw_keys)
+                packet = gw.on_datagram(data, addr, self.clock(), self._gw_keys)
             except Exception:  # a bug must cost one datagram, never the node
                 log.exception("client datagram handling failed")
                 self.counters["drop:other"] += 1
@@ -359,7 +372,7 @@ class Node:
         assert self.gateway is not None and self.client_raw is not None
         gw, sock = self.gateway, self.client_raw
         while True:
-            now = time.time()
+            now = self.clock()
             for addr, datagram in gw.due_slots(now):
                 try:
                     sock.sendto(datagram, addr)
@@ -368,9 +381,7 @@ class Node:
                 except (BlockingIOError, OSError):
                     self.counters["drop:send_failed"] += 1
             nxt = gw.next_deadline()
-            await trio.sleep_until(
-                trio.current_time() + (0.05 if nxt is None else max(0.0, nxt - time.time()))
-            )
+            await trio.sleep(0.05 if nxt is None else max(0.0, nxt - self.clock()))
 
     # -- directory ---------------------------------------------------------------------
 
@@ -418,7 +429,8 @@ class Node:
 
     def _until_next_epoch(self) -> float:
         d = self.config.directory
-        return max(0.5, epoch_start(self.epoch + 1, d.epoch_length_s, d.genesis_s) - time.time())
+        nxt = epoch_start(self.epoch + 1, d.epoch_length_s, d.genesis_s)
+        return max(0.5, nxt - self.wall_clock())
 
     # -- gauges ------------------------------------------------------------------------
 

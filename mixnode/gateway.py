@@ -16,6 +16,8 @@ if there is one, otherwise a dummy; all frames have the same size and are encryp
 downlink never shows whether a call is on. Mailboxes are bounded: when one is full its
 oldest frame is dropped (a voice frame that old is useless anyway), and a frame older than
 ``max_age_s`` at its slot is dropped rather than sent late. Every drop is counted.
+Every ``now`` is the edge's monotonic clock in seconds (never the wall clock, whose steps
+would stall or burst the downlink).
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ DROP_REASONS: tuple[str, ...] = (
     "replay",
     "late",
     "queue_full",
+    "delay_too_long",
     "unknown_next_hop",
     "unknown_epoch",
     "mailbox_full",

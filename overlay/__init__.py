@@ -57,6 +57,7 @@ from ._sphinx import open_reply as open_reply
 from ._sphinx import process_packet as process_packet
 from ._sphinx import public_key as public_key
 from ._sphinx import surb_len as surb_len
+from ._topology import DEFAULT_MAX_DELAY_US as DEFAULT_MAX_DELAY_US
 from ._topology import DEFAULT_MIX_LAYERS as DEFAULT_MIX_LAYERS
 from ._topology import DirectoryError as DirectoryError
 from ._topology import DocumentSignature as DocumentSignature

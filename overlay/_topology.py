@@ -35,7 +35,9 @@ from ._errors import GeometryError, PhantomError, UsageError
 from ._geometry import MAX_DELAY_US, NODE_ID_LEN, Geometry
 from ._sphinx import Hop, Rng
 
-DOCUMENT_VERSION = 1  # "version" field of documents and descriptors
+# "version" field of documents and descriptors: one directory protocol version, so that a
+# node which cannot read the current documents (2: max_delay_us) is not listed either.
+DOCUMENT_VERSION = 2
 ED25519_KEY_LEN = 32  # bytes, an Ed25519 public key (and a signing seed)
 ED25519_SIG_LEN = 64  # bytes
 X25519_KEY_LEN = 32  # bytes
@@ -46,6 +48,11 @@ MAX_NAME_LEN = 64  # characters of an operator label
 MAX_HOST_LEN = 253  # characters of a host name or address
 DEFAULT_MIX_LAYERS = 3  # stratified topology: entry gateway, 3 mix layers, exit gateway
 US_PER_S = 1_000_000
+# Largest sender-chosen delay per hop (us) a node accepts unless the document says otherwise:
+# 10 s is 10 means of the slowest delay a client may choose (1 s), so a capped draw is
+# rare, while a flood of packets held this long ties a node's queue up for seconds, not
+# for the 71.6 minutes that the 32-bit delay field allows.
+DEFAULT_MAX_DELAY_US = 10 * US_PER_S
 
 # Domain separation: what a signature is over can never be read as something else.
 _PERSON_DOC = b"pn-topology-v1"  # BLAKE2b personalisation of the document digest
@@ -344,6 +351,8 @@ class TopologyDocument:
     """One epoch's network: its nodes sorted by id, the geometry, the validity window.
 
     ``gateways`` and ``layers`` (``layers[0]`` is mix layer 1) are derived from ``nodes``.
+    ``max_delay_us`` is the largest per-hop delay (microseconds) that nodes accept: senders
+    cap their draws at it, nodes drop a packet asking for more (``delay_too_long``).
     """
 
     epoch: int
@@ -352,6 +361,7 @@ class TopologyDocument:
     geometry: Geometry
     mix_layers: int
     nodes: tuple[NodeDescriptor, ...]
+    max_delay_us: int = DEFAULT_MAX_DELAY_US  # microseconds, 0..MAX_DELAY_US
     gateways: tuple[NodeDescriptor, ...] = field(init=False)
     layers: tuple[tuple[NodeDescriptor, ...], ...] = field(init=False)
     by_id: Mapping[bytes, NodeDescriptor] = field(init=False, hash=False, repr=False)
@@ -398,6 +408,7 @@ class TopologyDocument:
                 self.geometry,
                 self.mix_layers,
                 self.nodes,
+                self.max_delay_us,
             ),
         )
 
@@ -422,6 +433,7 @@ class TopologyDocument:
             "geometry": self.geometry.to_dict(),
             "geometry_digest": self.geometry.digest.hex(),
             "mix_layers": self.mix_layers,
+            "max_delay_us": self.max_delay_us,
             "nodes": [n.to_dict() for n in self.nodes],
         }
 
@@ -467,6 +479,7 @@ class TopologyDocument:
             geometry=geometry,
             mix_layers=_int(d, "mix_layers", "document", 1, 16),
             nodes=nodes,
+            max_delay_us=_int(d, "max_delay_us", "document", 0, MAX_DELAY_US),
         )
         if doc.to_bytes() != data:
             raise DirectoryError("document: not in canonical form")
@@ -481,6 +494,7 @@ _DOCUMENT_KEYS = {
     "geometry",
     "geometry_digest",
     "mix_layers",
+    "max_delay_us",
     "nodes",
 }
 
@@ -498,14 +512,19 @@ def build_document(
     descriptors: Iterable[NodeDescriptor],
     genesis_s: int = 0,
     mix_layers: int = DEFAULT_MIX_LAYERS,
+    max_delay_us: int = DEFAULT_MAX_DELAY_US,
 ) -> TopologyDocument:
     """The document for ``epoch``, the same bytes for the same inputs on every authority.
 
     Nodes without a key for ``epoch`` or in a layer the document does not have are left
     out; each kept node carries only its keys for ``epoch`` and ``epoch + 1``. If two
     descriptors share a node id, the one with the latest epoch key wins (then the larger
-    canonical bytes), so authorities that merged the same set agree.
+    canonical bytes), so authorities that merged the same set agree. ``max_delay_us``
+    (microseconds, 0..2**32-1) is published as the largest per-hop delay nodes accept;
+    UsageError outside that range.
     """
+    if isinstance(max_delay_us, bool) or not 0 <= max_delay_us <= MAX_DELAY_US:
+        raise UsageError(f"max_delay_us must be in 0..{MAX_DELAY_US}, got {max_delay_us!r}")
     chosen: dict[bytes, NodeDescriptor] = {}
     for d in descriptors:
         if epoch not in d.epoch_keys or (d.role is NodeRole.MIX and d.layer > mix_layers):
@@ -521,6 +540,7 @@ def build_document(
         geometry=geometry,
         mix_layers=mix_layers,
         nodes=tuple(d.restricted((epoch, epoch + 1)) for d in chosen.values()),
+        max_delay_us=max_delay_us,
     )
 
 
@@ -701,11 +721,12 @@ def uniform_index(n: int, rng: Rng = os.urandom) -> int:
             return v
 
 
-def exp_delay_us(mean_s: float, rng: Rng = os.urandom) -> int:
+def exp_delay_us(mean_s: float, rng: Rng = os.urandom, max_us: int = MAX_DELAY_US) -> int:
     """An exponential delay with mean ``mean_s`` seconds, in whole microseconds.
 
     Uses 53 random bits for a uniform u in [0, 1) and returns -mean * ln(1 - u), capped at
-    the largest delay a packet can carry.
+    ``max_us`` (default: the largest delay a packet can carry; pass a topology document's
+    ``max_delay_us`` so that nodes accept the packet).
     """
     if not mean_s >= 0 or math.isinf(mean_s):
         raise UsageError(f"mean delay must be a finite number >= 0, got {mean_s!r}")
@@ -713,7 +734,7 @@ def exp_delay_us(mean_s: float, rng: Rng = os.urandom) -> int:
         return 0
     u = (int.from_bytes(rng(8), "big") >> 11) / float(1 << 53)
     delay = -mean_s * math.log1p(-u) * US_PER_S
-    return min(MAX_DELAY_US, round(delay))
+    return min(max_us, MAX_DELAY_US, round(delay))
 
 
 def select_path(
@@ -727,6 +748,9 @@ def select_path(
     epoch: int | None = None,
 ) -> list[Hop]:
     """Entry gateway, one mix per layer, exit gateway; each with an exponential delay.
+
+    Delays are capped at the document's ``max_delay_us`` (a draw above it, rare for any
+    sensible mean, would be dropped by the node).
 
     Mixes are drawn uniformly per layer among those not in ``avoid`` (so clients route
     around mixes they saw fail). Keys are for ``epoch`` (default: the document's).
@@ -743,7 +767,10 @@ def select_path(
     chosen.append(_gateway(doc, exit_gateway_id, "exit"))
     if len(chosen) > doc.geometry.max_hops:
         raise NoRouteError(f"path of {len(chosen)} hops exceeds the geometry")
-    return [Hop(n.node_id, n.epoch_key(epoch), exp_delay_us(mean_delay_s, rng)) for n in chosen]
+    cap = doc.max_delay_us
+    return [
+        Hop(n.node_id, n.epoch_key(epoch), exp_delay_us(mean_delay_s, rng, cap)) for n in chosen
+    ]
 
 
 def _gateway(doc: TopologyDocument, node_id: bytes, which: str) -> NodeDescriptor:

@@ -12,6 +12,7 @@ from overlay import VOICE, DownlinkKind, Hop, create_forward, create_reply, crea
 ME = b"n" * 16
 NEXT = b"m" * 16
 MAILBOX = b"x" * 16
+PREV = ("127.0.0.1", 9000)  # the previous hop: the sender address of the datagram
 
 
 def _core(**kw: object) -> tuple[NodeCore, bytes]:
@@ -30,7 +31,7 @@ def _packet(sk: bytes, delay_us: int, *, final: bool = False) -> bytes:
 
 def test_forward_released_at_chosen_delay() -> None:
     core, sk = _core()
-    assert core.receive(_packet(sk, 250_000), now=10.0) is None
+    assert core.receive(_packet(sk, 250_000), now=10.0, prev_hop=PREV) is None
     assert core.next_deadline() == pytest.approx(10.25)
     assert core.pop_due(10.2499) == []
     (action,) = core.pop_due(10.25)
@@ -43,20 +44,20 @@ def test_forward_released_at_chosen_delay() -> None:
 def test_queue_orders_by_release_time() -> None:
     core, sk = _core()
     for d in (30_000, 10_000, 20_000):
-        core.receive(_packet(sk, d), now=0.0)
+        core.receive(_packet(sk, d), now=0.0, prev_hop=PREV)
     times = [a.send_at for a in core.pop_due(0.031) if isinstance(a, ForwardAt)]
     assert times == sorted(times) and len(times) == 3
 
 
 def test_delivery_and_reply() -> None:
     core, sk = _core()
-    core.receive(_packet(sk, 0, final=True), now=0.0)
+    core.receive(_packet(sk, 0, final=True), now=0.0, prev_hop=PREV)
     (d,) = core.pop_due(0.0)
     assert isinstance(d, DeliverAt)
     assert d.mailbox == MAILBOX and d.kind is DownlinkKind.MESSAGE and d.data == b"hello"
     surb, _ = create_surb(VOICE, [Hop(ME, public_key(sk), 0)], MAILBOX)
     _, reply = create_reply(VOICE, surb, b"back")
-    core.receive(reply, now=1.0)
+    core.receive(reply, now=1.0, prev_hop=PREV)
     (r,) = core.pop_due(1.0)
     assert isinstance(r, DeliverAt) and r.kind is DownlinkKind.REPLY
     assert len(r.data) == 16 + VOICE.payload_len
@@ -65,15 +66,17 @@ def test_delivery_and_reply() -> None:
 def test_late_on_arrival_is_dropped() -> None:
     core, sk = _core(late_drop_s=0.05)
     # Arrived at t=0 with a 10 ms delay, processed only at t=0.2: overdue by 190 ms.
-    assert core.receive(_packet(sk, 10_000), now=0.2, arrived_at=0.0) == Dropped("late")
+    assert core.receive(_packet(sk, 10_000), now=0.2, prev_hop=PREV, arrived_at=0.0) == Dropped(
+        "late"
+    )
     # Overdue by 30 ms only: kept.
-    assert core.receive(_packet(sk, 10_000), now=0.04, arrived_at=0.0) is None
+    assert core.receive(_packet(sk, 10_000), now=0.04, prev_hop=PREV, arrived_at=0.0) is None
     assert core.counters["drop:late"] == 1
 
 
 def test_late_in_queue_is_dropped() -> None:
     core, sk = _core(late_drop_s=0.05)
-    core.receive(_packet(sk, 10_000), now=0.0)
+    core.receive(_packet(sk, 10_000), now=0.0, prev_hop=PREV)
     assert core.pop_due(0.5) == [Dropped("late")]
     assert core.counters["drop:late"] == 1
 
@@ -81,8 +84,8 @@ def test_late_in_queue_is_dropped() -> None:
 def test_replay_dropped_and_counted() -> None:
     core, sk = _core()
     pkt = _packet(sk, 0)
-    assert core.receive(pkt, now=0.0) is None
-    assert core.receive(pkt, now=0.1) == Dropped("replay")
+    assert core.receive(pkt, now=0.0, prev_hop=PREV) is None
+    assert core.receive(pkt, now=0.1, prev_hop=PREV) == Dropped("replay")
     assert core.counters["replays"] == 1
 
 
@@ -99,20 +102,31 @@ def test_replay_filter_fixed_memory_no_misses_few_false_alarms() -> None:
 
 
 def test_queue_full() -> None:
-    core, sk = _core(max_queue=2)
-    core.receive(_packet(sk, 1000), now=0.0)
-    core.receive(_packet(sk, 1000), now=0.0)
-    assert core.receive(_packet(sk, 1000), now=0.0) == Dropped("queue_full")
+    core, sk = _core(max_queue=3)
+    for hop in "abc":  # each hop below the threshold: the queue fills
+        assert core.receive(_packet(sk, 1000), now=0.0, prev_hop=hop) is None
+    assert core.receive(_packet(sk, 1000), now=0.0, prev_hop="d") == Dropped("queue_full")
+    assert core.queue_depth == 3
+
+
+def test_one_hop_may_hold_what_the_queue_has_free() -> None:
+    core, sk = _core(max_queue=10)
+    got = [core.receive(_packet(sk, 1000), now=0.0, prev_hop="a") for _ in range(8)]
+    assert got == [None] * 5 + [Dropped("queue_full")] * 3  # 5 held, 5 free
+    assert core.receive(_packet(sk, 1000), now=0.0, prev_hop="b") is None
+    core.pop_due(0.001)  # releasing returns the shares
+    assert core.queue_depth == 0
+    assert core.receive(_packet(sk, 1000), now=0.001, prev_hop="a") is None
 
 
 def test_garbage_counted_by_reason() -> None:
     core, _ = _core()
-    assert core.receive(b"short", now=0.0) == Dropped("wrong_length")
+    assert core.receive(b"short", now=0.0, prev_hop=PREV) == Dropped("wrong_length")
     bad = bytearray(os.urandom(VOICE.packet_len))
     bad[0] = 1
-    assert core.receive(bytes(bad), now=0.0) == Dropped("mac_mismatch")
+    assert core.receive(bytes(bad), now=0.0, prev_hop=PREV) == Dropped("mac_mismatch")
     bad[0] = 9
-    assert core.receive(bytes(bad), now=0.0) == Dropped("unknown_version")
+    assert core.receive(bytes(bad), now=0.0, prev_hop=PREV) == Dropped("unknown_version")
     assert core.counters["drop:mac_mismatch"] == 1
 
 
@@ -120,23 +134,29 @@ def test_key_overlap_and_expiry() -> None:
     core, old = _core()
     in_flight = _packet(old, 0)
     replayed = _packet(old, 0)
-    assert core.receive(replayed, now=0.0) is None
+    assert core.receive(replayed, now=0.0, prev_hop=PREV) is None
     new = os.urandom(32)
     core.install_key(2, new, expires_at=2000.0)
     core.install_key(1, old, expires_at=10.0)  # previous key kept for the overlap only
     assert core.epochs == [2, 1]
-    assert core.receive(_packet(new, 0), now=1.0) is None
-    assert core.receive(in_flight, now=1.0) is None  # previous epoch's key still opens it
-    assert core.receive(replayed, now=1.0) == Dropped("replay")  # cache is per key, kept
+    assert core.receive(_packet(new, 0), now=1.0, prev_hop=PREV) is None
+    # The previous epoch's key still opens a packet in flight; its cache is kept, per key.
+    assert core.receive(in_flight, now=1.0, prev_hop=PREV) is None
+    assert core.receive(replayed, now=1.0, prev_hop=PREV) == Dropped("replay")
     assert core.replay_entries() == 3
-    # After the overlap the old key and its cache are gone.
-    assert core.receive(_packet(old, 0), now=11.0) == Dropped("mac_mismatch")
+    # After the overlap (wall clock, unix seconds) the old key and its cache are gone.
+    core.expire_keys(9.0)
+    assert core.epochs == [2, 1]
+    core.expire_keys(11.0)
+    assert core.receive(_packet(old, 0), now=11.0, prev_hop=PREV) == Dropped("mac_mismatch")
     assert core.epochs == [2] and core.replay_entries() == 1
 
 
 def test_no_key() -> None:
     core = NodeCore(VOICE, ME)
-    assert core.receive(os.urandom(VOICE.packet_len), now=0.0) == Dropped("unknown_epoch")
+    assert core.receive(os.urandom(VOICE.packet_len), now=0.0, prev_hop=PREV) == Dropped(
+        "unknown_epoch"
+    )
 
 
 def test_loop_cover_rate_is_poisson_on_virtual_time() -> None:
@@ -171,7 +191,7 @@ def test_loop_cover_comes_back_and_is_absorbed() -> None:
     assert actions and all(isinstance(a, ForwardAt) for a in actions)
     for a in actions:
         assert isinstance(a, ForwardAt)
-        assert core.receive(a.packet, now=5.0) is None
+        assert core.receive(a.packet, now=5.0, prev_hop=PREV) is None
     assert core.counters["cover_received"] == len(actions) == core.counters["cover_sent"]
 
 

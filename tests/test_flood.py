@@ -19,6 +19,7 @@ import trio
 from mixnode import loadgen
 from mixnode.testnet import TestnetOptions, TestnetState, down, scrape, up
 from overlay import VOICE, Hop, LinkCodec, create_forward
+from overlay._geometry import MAX_DELAY_US
 
 pytestmark = pytest.mark.slow
 CODEC = LinkCodec(VOICE)
@@ -115,6 +116,20 @@ async def test_flood_counts_drops_stays_up_and_bounded(net: TestnetState) -> Non
     rss1 = _rss_kib(mix_proc.pid)
     await trio.to_thread.run_sync(_flood, mix_proc.port, valid, 3000)
     await trio.to_thread.run_sync(_flood, gw_proc.client_port, [], 1000)
+    # Valid packets asking for the longest delay a packet can carry (71.6 minutes): the
+    # document's max_delay_us refuses them before they take a place in the queue.
+    too_long = [
+        CODEC.node_packet(
+            create_forward(
+                VOICE,
+                [Hop(mix.node_id, mix.epoch_key(doc.epoch), MAX_DELAY_US), sink],
+                b"z" * 16,
+                b"x",
+            )
+        )
+        for _ in range(200)
+    ]
+    await trio.to_thread.run_sync(_flood, mix_proc.port, too_long, 200)
     await trio.sleep(1.5)
     rss2 = _rss_kib(mix_proc.pid)
 
@@ -126,6 +141,9 @@ async def test_flood_counts_drops_stays_up_and_bounded(net: TestnetState) -> Non
     assert m['phantom_drops_total{reason="mac_mismatch"}'] > 500
     assert m['phantom_drops_total{reason="unknown_version"}'] > 500
     assert m["phantom_replays_total"] > 500
+    # UDP on loopback may lose a few under the flood.
+    assert m['phantom_drops_total{reason="delay_too_long"}'] >= 150
+    assert m["phantom_queue_depth"] < 50
     assert m["phantom_packets_out_total"] >= 20  # the valid ones went through, once each
     g = scrape(gw_proc.metrics_port)
     assert g['phantom_drops_total{reason="malformed"}'] >= 1000

@@ -15,6 +15,7 @@ from nacl.signing import SigningKey
 
 from overlay import (
     BULK,
+    DEFAULT_MAX_DELAY_US,
     VOICE,
     DirectoryError,
     DocumentSignature,
@@ -319,3 +320,49 @@ def test_parse_epoch_accepts_plain_decimal() -> None:
     d["epoch_keys"] = {"\u00b2": "00" * 32}
     with pytest.raises(DirectoryError, match="bad epoch"):
         NodeDescriptor.from_dict(d)
+
+
+def test_document_publishes_max_delay_and_paths_respect_it() -> None:
+    doc = build_document(
+        EPOCH, epoch_length_s=600, geometry=VOICE, descriptors=_network(), max_delay_us=50_000
+    )
+    obj = json.loads(doc.to_bytes())
+    assert obj["version"] == 2 and obj["max_delay_us"] == 50_000
+    assert TopologyDocument.from_bytes(doc.to_bytes()).max_delay_us == 50_000
+    assert pickle.loads(pickle.dumps(doc)).max_delay_us == 50_000
+    assert _doc().max_delay_us == DEFAULT_MAX_DELAY_US == 10_000_000
+    entry, exit_ = doc.gateways[0].node_id, doc.gateways[1].node_id
+    # A mean far above the cap: every draw is capped, none exceeds what nodes accept.
+    delays = [h.delay_us for _ in range(50) for h in select_path(doc, entry, exit_, 10.0)]
+    assert max(delays) == 50_000
+    assert exp_delay_us(0.05, lambda n: b"\xff" * n, max_us=1234) == 1234
+    with pytest.raises(UsageError, match="max_delay_us"):
+        build_document(EPOCH, epoch_length_s=600, geometry=VOICE, descriptors=[], max_delay_us=-1)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"version": 1}, "document.version"),  # the format before max_delay_us
+        ({"version": 3}, "document.version"),
+        ({"max_delay_us": 2**32}, "document.max_delay_us"),
+        ({"max_delay_us": -1}, "document.max_delay_us"),
+        ({"max_delay_us": "10"}, "document.max_delay_us"),
+        ({"max_delay_us": True}, "document.max_delay_us"),
+        ({"max_delay_us": None}, "document.max_delay_us"),
+    ],
+)
+def test_unknown_version_and_bad_max_delay_are_refused(
+    change: dict[str, object], match: str
+) -> None:
+    obj = json.loads(_doc().to_bytes()) | change
+    with pytest.raises(DirectoryError, match=match):
+        TopologyDocument.from_bytes(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode())
+
+
+def test_a_version_1_document_without_max_delay_is_refused() -> None:
+    obj = json.loads(_doc().to_bytes())
+    del obj["max_delay_us"]
+    obj["version"] = 1
+    with pytest.raises(DirectoryError, match="document.version"):
+        TopologyDocument.from_bytes(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode())

@@ -6,10 +6,24 @@ import os
 import socket
 import time
 
+from nacl.signing import SigningKey
+
 from mixnode._worker import Worker, bind_sharded, shard_of
-from overlay import VOICE, Hop, LinkCodec, create_forward, public_key
+from overlay import (
+    VOICE,
+    Hop,
+    LinkCodec,
+    NodeDescriptor,
+    NodeRole,
+    TopologyDocument,
+    build_document,
+    create_forward,
+    node_id_for,
+    public_key,
+)
 
 CODEC = LinkCodec(VOICE)
+PEER = ("127.0.0.1", 9)  # sender address of the datagrams
 
 
 def _drain(s: socket.socket) -> list[bytes]:
@@ -51,6 +65,7 @@ def _worker(**settings: object) -> tuple[Worker, socket.socket, bytes]:
         "late_drop_ms": 50.0,
         "max_queue": 1000,
         "cover_rate_hz": 0.0,
+        "mix_delay_ms": 1.0,
     }
     w = Worker({**base, **settings}, udp, b)
     sk = os.urandom(32)
@@ -68,14 +83,14 @@ def _frame(sk: bytes) -> bytes:
 
 def test_forwarding_and_link_loss_emulation() -> None:
     w, sink, sk = _worker()
-    now = time.time()
-    w.on_datagram(_frame(sk), now, now)
+    now = time.monotonic()
+    w.on_datagram(_frame(sk), PEER, now, now)
     w.run_due(now + 0.001)
     time.sleep(0.05)
     assert len(_drain(sink)) == 1
     lossy, sink2, sk2 = _worker(link_loss=0.99999)
     for _ in range(20):
-        lossy.on_datagram(_frame(sk2), now, now)
+        lossy.on_datagram(_frame(sk2), PEER, now, now)
     lossy.run_due(now + 0.001)
     time.sleep(0.05)
     assert _drain(sink2) == [] and lossy.core.counters["drop:link_loss"] == 20
@@ -83,8 +98,8 @@ def test_forwarding_and_link_loss_emulation() -> None:
 
 def test_link_delay_emulation_holds_packets() -> None:
     w, sink, sk = _worker(link_delay_ms=200.0, link_jitter_ms=0.0)
-    now = time.time()
-    w.on_datagram(_frame(sk), now, now)
+    now = time.monotonic()
+    w.on_datagram(_frame(sk), PEER, now, now)
     w.run_due(now + 0.001)
     time.sleep(0.05)
     assert _drain(sink) == [] and len(w.emulated) == 1
@@ -95,10 +110,53 @@ def test_link_delay_emulation_holds_packets() -> None:
 
 def test_overdue_datagrams_shed_before_crypto_and_junk_counted() -> None:
     w, _, sk = _worker()
-    now = time.time()
-    w.on_datagram(_frame(sk), now - 1.0, now)  # waited a second in the socket
-    w.on_datagram(b"\x01\x09junk", now, now)
-    w.on_datagram(os.urandom(3000), now, now)
+    now = time.monotonic()
+    w.on_datagram(_frame(sk), PEER, now - 1.0, now)  # waited a second in the socket
+    w.on_datagram(b"\x01\x09junk", PEER, now, now)
+    w.on_datagram(os.urandom(3000), PEER, now, now)
     c = w.core.counters
     assert c["drop:late"] == 1 and c["drop:link_malformed"] == 2 and c["packets_in"] == 3
     assert c["forwarded"] == 0
+
+
+def _doc_listing(addr: tuple[str, int], max_delay_us: int) -> TopologyDocument:
+    """A document whose only mix listens at ``addr``."""
+    ik = bytes(SigningKey(os.urandom(32)).verify_key)
+    mix = NodeDescriptor(
+        node_id=node_id_for(ik),
+        name="m1",
+        role=NodeRole.MIX,
+        layer=1,
+        host=addr[0],
+        port=addr[1],
+        client_port=None,
+        identity_key=ik,
+        epoch_keys={7: os.urandom(32)},
+    )
+    return build_document(
+        7, epoch_length_s=600, geometry=VOICE, descriptors=[mix], max_delay_us=max_delay_us
+    )
+
+
+def _frame_with_delay(sk: bytes, delay_us: int) -> bytes:
+    path = [Hop(b"n" * 16, public_key(sk), delay_us), Hop(b"s" * 16, public_key(os.urandom(32)), 0)]
+    return CODEC.node_packet(create_forward(VOICE, path, b"m" * 16, b"x"))
+
+
+def test_document_max_delay_and_previous_hops_reach_the_core() -> None:
+    w, _, sk = _worker(max_queue=20)
+    listed = ("127.0.0.1", 4001)
+    w.on_control(b"T" + _doc_listing(listed, 1_000_000).to_bytes(), time.monotonic())
+    assert w.core.max_delay_us == 1_000_000
+    now = time.monotonic()
+    w.on_datagram(_frame_with_delay(sk, 1_000_001), PEER, now, now)
+    assert w.core.counters["drop:delay_too_long"] == 1
+    # Unlisted senders, however many addresses they use, share one class: they hold half.
+    for port in range(100, 130):
+        w.on_datagram(_frame_with_delay(sk, 1_000_000), ("127.0.0.9", port), now, now)
+    assert w.core.queue_depth == 10 and w.core.counters["drop:queue_full"] == 20
+    # The listed mix and the daemon's uplink packets still find room.
+    for _ in range(3):
+        w.on_datagram(_frame_with_delay(sk, 1000), listed, now, now)
+    w.on_control(b"P" + _frame_with_delay(sk, 1000)[2:], now)
+    assert w.core.queue_depth == 14 and w.core.counters["drop:queue_full"] == 20
