@@ -24,6 +24,7 @@ from overlay import TopologyDocument, UsageError
 
 from ._channel import InMemoryChannel
 from ._speech import artificial_voice
+from ._tasks import open_background
 from ._voice import Pcm, VoiceProfile
 from .call import DEFAULT_MEAN_DELAY_S, Address, Caller, Contact, CoverKind, codec_delay_s
 from .gateway_link import GatewayLink, open_gateway_link
@@ -72,7 +73,12 @@ async def run_call(
     *,
     progress: Progress | None = None,
 ) -> CallResult:
-    """A attached to ``gateway_a`` calls B at ``gateway_b``; both talk; A hangs up."""
+    """A attached to ``gateway_a`` calls B at ``gateway_b``; both talk; A hangs up.
+
+    Raises ``AttachError`` if a gateway does not acknowledge its caller, ``TooSlowError``
+    if the call does not connect within ``SETUP_TIMEOUT_S`` or end within
+    ``HANGUP_TIMEOUT_S`` seconds (each as itself, not inside an ``ExceptionGroup``).
+    """
     opts = options or CallOptions()
     began = time.monotonic()
     chan_a, chan_b = InMemoryChannel.pair()
@@ -104,7 +110,7 @@ async def run_call(
 
         a = caller(link_a, addr_a, addr_b, chan_a, voice_a)
         b = caller(link_b, addr_b, addr_a, chan_b, voice_b)
-        async with trio.open_nursery() as nursery:
+        async with open_background() as nursery:  # TooSlowError leaves as itself
             await nursery.start(a.run)
             await nursery.start(b.run)
             await trio.sleep(WARMUP_S)
@@ -125,7 +131,6 @@ async def run_call(
             with trio.fail_after(HANGUP_TIMEOUT_S):
                 await b.ended.wait()
             await trio.sleep(DRAIN_S)
-            nursery.cancel_scope.cancel()
     return CallResult(opts, a, b, voice_a, voice_b, setup_s, time.monotonic() - began)
 
 
