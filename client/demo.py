@@ -33,6 +33,7 @@ SETUP_TIMEOUT_S = 15.0  # offer to both sides' media start, at most
 HANGUP_TIMEOUT_S = 10.0  # hangup to the peer's CallEnded, at most
 DRAIN_S = 1.5  # after the hangup, listen this long for media still in flight
 WARMUP_S = 1.0  # online with cover only before the call is placed
+UPLINK_FAULTS = ("skipped", "unroutable")  # Caller.slots counters a clean call keeps at 0
 ENVELOPE_MS = (300.0, 600.0)  # the target range of mouth-to-ear delay (DESIGN.md)
 Progress = Callable[[float, float], None]  # (seconds of call so far, total seconds)
 Emodel = Callable[[float, float], tuple[float, float]]  # (Ta ms, loss) -> (R, MOS)
@@ -253,9 +254,9 @@ def call_report(
         "directions": dirs,
         "mouth_to_ear_p99_ms": worst,
         "p99_vs_300_600_ms": envelope_verdict(worst),
-        "uplink": {
-            "A": dict(a.slots),
-            "B": dict(b.slots),
+        "uplink": {  # slots per kind; "skipped" and "unroutable" are always listed
+            "A": {**dict.fromkeys(UPLINK_FAULTS, 0), **a.slots},
+            "B": {**dict.fromkeys(UPLINK_FAULTS, 0), **b.slots},
             "packet_sizes": sorted(a.sent_sizes | b.sent_sizes),
         },
         "received": {"A": dict(a.received), "B": dict(b.received)},
