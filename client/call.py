@@ -460,6 +460,7 @@ class Caller:
                 self.received["media"] += 1
                 self.rx.arrived.setdefault(packet.seq, at)
                 self._jb.push_packet(packet, self.profile.samples_per_frame, at)
+                self._apply(self.call.media_received(self._clock()))  # the peer is there
                 if self._first_arrival is None:
                     self._first_arrival = at
                     self._playout_ready.set()
