@@ -318,7 +318,12 @@ class Caller:
     # -- tasks --------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Be online: the uplink, the downlink reader and the playout clock."""
+        """Be online: the uplink, the downlink reader and the playout clock, until cancelled.
+
+        Remote input and gaps in the topology are counted, never raised (``slots``,
+        ``received``, ``call.counters``); an error that still leaves a task is a bug and
+        leaves in Trio's ``ExceptionGroup``.
+        """
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._uplink)
             nursery.start_soon(self._downlink)
