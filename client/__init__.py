@@ -28,6 +28,7 @@ from ._media import MediaSender as MediaSender
 from ._media import ReplayWindow as ReplayWindow
 from ._media import check_fits as check_fits
 from ._media import derive_media_keys as derive_media_keys
+from ._signaling import DEFERRED as DEFERRED
 from ._signaling import TRANSITIONS as TRANSITIONS
 from ._signaling import Accept as Accept
 from ._signaling import Action as Action

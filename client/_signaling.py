@@ -65,6 +65,8 @@ PROFILE_LEN = 11  # bytes: rate u32, frame ms u8, frames/packet u8, bitrate u32,
 MAX_OPAQUE_LEN = 16384  # bytes, cap on reply-path and SURB fields
 FLAG_NO_DOWNGRADE = 0x01  # offer flag: the caller refuses any later downgrade by default
 KNOWN_FLAGS = FLAG_NO_DOWNGRADE
+MAX_HELD = 8  # messages kept per call because they overtook the one they follow
+MAX_ENDED_IDS = 16  # call ids remembered because their HANGUP/DECLINE overtook the offer
 
 Rng = Callable[[int], bytes]
 
@@ -433,9 +435,15 @@ class Event(Enum):
     RECV_HANGUP = auto()
     RECV_SWITCH_REQUEST = auto()
     RECV_SWITCH_ACK = auto()
+    RECV_MEDIA = auto()  # a media packet of the call opened: the peer is there
     TIMER_SETUP = auto()
     TIMER_SWITCH = auto()
     TIMER_REKEY = auto()
+    TIMER_MEDIA = auto()
+
+
+def _event_of(message: Message) -> Event:
+    return _RECV[_TYPE_OF[type(message)]]
 
 
 _RECV: dict[MessageType, Event] = {
@@ -489,6 +497,9 @@ def _table() -> dict[tuple[CallState, Event], frozenset[CallState]]:
         t[(s, E.REKEY)] = {s}
         t[(s, E.TIMER_REKEY)] = {s}
         t[(s, E.RECV_REKEY)] = {s, S.ENDED}  # a skipped generation fails closed
+        # Every non-final state has a timer that ends it: in a call, media silence.
+        t[(s, E.RECV_MEDIA)] = {s}
+        t[(s, E.TIMER_MEDIA)] = {S.ENDED}
     # Messages whose checks can fail end the call (fail closed): answer, accept, acks.
     for key in (
         (S.CALLING, E.RECV_ANSWER),
@@ -502,7 +513,23 @@ def _table() -> dict[tuple[CallState, Event], frozenset[CallState]]:
     return {k: frozenset(v) for k, v in t.items()}
 
 
+def _deferred() -> frozenset[tuple[CallState, Event]]:
+    """Messages that may overtake the one they follow (the mixnet reorders): the callee's
+    RING and ACCEPT can beat its ANSWER, its REKEY and mode switch request its ACCEPT."""
+    S, E = CallState, Event
+    before_answer = {(S.CALLING, E.RECV_RING), (S.CALLING, E.RECV_ACCEPT)}
+    before_accept = {
+        (s, e)
+        for s in (S.CALLING, S.ANSWERED, S.RINGING_REMOTE)
+        for e in (E.RECV_REKEY, E.RECV_SWITCH_REQUEST)
+    }
+    return frozenset(before_answer | before_accept)
+
+
 TRANSITIONS: dict[tuple[CallState, Event], frozenset[CallState]] = _table()
+# Received in one of these (state, event) pairs, a message is held (at most ``MAX_HELD``)
+# and handled as soon as a later state takes it; it is dropped if the call ends first.
+DEFERRED: frozenset[tuple[CallState, Event]] = _deferred()
 
 
 def state_diagram() -> str:
@@ -523,6 +550,7 @@ class Timer(Enum):
     SETUP = auto()  # offer unanswered, or ringing too long
     SWITCH = auto()  # a mode switch not answered or not decided
     REKEY = auto()  # start sending with the new keys (after the REKEY had time to arrive)
+    MEDIA = auto()  # in a call, no media from the peer for this long: it is gone
 
 
 # -- actions ----------------------------------------------------------------------------
@@ -631,6 +659,7 @@ class CallPolicy:
     setup_timeout_s: float = 60.0  # unanswered offer, or ringing without a decision
     switch_timeout_s: float = 30.0
     rekey_delay_s: float = 5.0  # > a mixnet signaling delay, so the REKEY arrives first
+    media_timeout_s: float = 10.0  # in a call: no media from the peer this long ends it
 
     def __post_init__(self) -> None:
         if not self.supported_modes or not all(
@@ -639,7 +668,7 @@ class CallPolicy:
             raise UsageError("supported_modes must be a non-empty set of PrivacyMode")
         if self.required_mode not in self.supported_modes:
             raise UsageError("required_mode must be one of supported_modes")
-        for name in ("setup_timeout_s", "switch_timeout_s", "rekey_delay_s"):
+        for name in ("setup_timeout_s", "switch_timeout_s", "rekey_delay_s", "media_timeout_s"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or value <= 0:
                 raise UsageError(f"{name} must be a positive number of seconds")
@@ -653,6 +682,9 @@ class SignalCounters:
     signal_malformed: int = 0
     signal_forged: int = 0
     unexpected: int = 0  # a valid message the current state has no use for
+    held: int = 0  # a valid message that overtook the one it follows, kept for later
+    ended_before_offer: int = 0  # a HANGUP/DECLINE for a call not offered yet, remembered
+    late_offer: int = 0  # an offer whose call was already ended: refused, never rings
 
 
 class Call:
@@ -701,6 +733,8 @@ class Call:
         self._generation = {Direction.CALLER_TO_CALLEE: 0, Direction.CALLEE_TO_CALLER: 0}
         self._pending_tx: tuple[int, bytes] | None = None
         self._switch_to: PrivacyMode | None = None
+        self._held: list[tuple[Message, bytes, bytes]] = []  # (message, raw, export)
+        self._ended_ids: dict[bytes, tuple[EndReason, float]] = {}  # call id -> (why, until)
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -746,6 +780,8 @@ class Call:
         self._secret.clear()  # Python cannot wipe memory; at least drop the references
         self._offer_secret = self._accept_key = b""
         self._pending_tx = None
+        self.counters.unexpected += len(self._held)  # overtook nothing after all
+        self._held.clear()
         actions += [CancelTimer(t) for t in Timer]
         actions.append(CallEnded(reason, by_peer))
         return actions
@@ -771,7 +807,7 @@ class Call:
         assert self.call_id is not None
         send, _ = self._send(Accept(self.call_id, self._accept_mac()))
         self._go(Event.ACCEPT, CallState.ACTIVE)
-        return [send, CancelTimer(Timer.SETUP), self._start_media()]
+        return [send, CancelTimer(Timer.SETUP), self._media_timer(now), self._start_media()]
 
     def decline(self, now: float) -> list[Action]:
         """Callee: the user rejects the call."""
@@ -822,12 +858,24 @@ class Call:
         self._local(Event.REFUSE)
         return self._answer_switch(Event.REFUSE, accepted=False)
 
+    def media_received(self, now: float) -> list[Action]:
+        """A media packet of this call opened (``now`` in seconds): the peer is still there.
+
+        In a call this re-arms the ``MEDIA`` timer (``SetTimer``); otherwise it returns [].
+        """
+        if not self._allowed(Event.RECV_MEDIA):
+            return []
+        self._go(Event.RECV_MEDIA, self.state)
+        return [self._media_timer(now)]
+
     def fire(self, timer: Timer, now: float) -> list[Action]:
         """A timer set by ``SetTimer`` expired; stale timers are ignored."""
         event = {Timer.SETUP: Event.TIMER_SETUP, Timer.SWITCH: Event.TIMER_SWITCH,
-                 Timer.REKEY: Event.TIMER_REKEY}[timer]  # fmt: skip
+                 Timer.REKEY: Event.TIMER_REKEY, Timer.MEDIA: Event.TIMER_MEDIA}[timer]  # fmt: skip
         if not self._allowed(event):
             return []
+        if event is Event.TIMER_MEDIA:
+            return self._end(event, EndReason.TIMEOUT, by_peer=False, tell=True)
         if event is Event.TIMER_SETUP:
             if self.state is CallState.RINGING_LOCAL:
                 return self._decline(event, EndReason.NO_ANSWER)
@@ -847,12 +895,27 @@ class Call:
     # -- received messages --------------------------------------------------------------
 
     def handle(self, envelope: bytes, now: float) -> list[Action]:
-        """One envelope from the peer. Bad ones are counted and dropped (no exception)."""
+        """One envelope from the peer. Bad ones are counted and dropped (no exception).
+
+        Messages may arrive in any order: one that overtook the message it follows is held
+        (``DEFERRED``) and handled once the state takes it; a HANGUP or DECLINE that
+        overtook its offer is remembered, so that the late offer ends the call unrung.
+        """
         try:
             plaintext, export = self.channel.open(envelope)
         except ChannelError:
             self.counters.channel += 1
             return []
+        actions = self._checked(plaintext, export, now)
+        while True:  # bounded: each round takes one of at most MAX_HELD held messages
+            fits = (h for h in self._held if (self.state, _event_of(h[0])) in TRANSITIONS)
+            ready = next(fits, None)
+            if ready is None:
+                return actions
+            self._held.remove(ready)
+            actions += self._checked(ready[1], ready[2], now)
+
+    def _checked(self, plaintext: bytes, export: bytes, now: float) -> list[Action]:
         try:
             message = decode(plaintext)
             return self._dispatch(message, plaintext, export, now)
@@ -861,15 +924,27 @@ class Call:
             return []
 
     def _dispatch(self, msg: Message, raw: bytes, export: bytes, now: float) -> list[Action]:
-        event = _RECV[_TYPE_OF[type(msg)]]
+        event = _event_of(msg)
         if isinstance(msg, Offer):
             if msg.call_id != call_id_for(self.channel.conversation_id, msg.nonce):
                 raise SignalForged()  # replayed from another conversation, or forged
+            ended = self._ended_ids.pop(msg.call_id, None)
+            if ended is not None and ended[1] > now and self.state is CallState.IDLE:
+                self.counters.late_offer += 1
+                self.role, self.call_id = Role.CALLEE, msg.call_id
+                return self._end(event, ended[0], by_peer=True, tell=False)
         elif msg.call_id != self.call_id:
-            self.counters.unexpected += 1
+            if isinstance(msg, Hangup | Decline):
+                self._remember_ended(msg.call_id, msg.reason, now)
+            else:
+                self.counters.unexpected += 1
             return []
         if not self._allowed(event):
-            self.counters.unexpected += 1
+            if (self.state, event) in DEFERRED and len(self._held) < MAX_HELD:
+                self.counters.held += 1
+                self._held.append((msg, raw, export))
+            else:
+                self.counters.unexpected += 1
             return []
         match msg:
             case Offer():
@@ -883,7 +958,7 @@ class Call:
                 if not hmac.compare_digest(msg.confirm_mac, self._accept_mac()):
                     return self._violation(event)
                 self._go(event, CallState.ACTIVE)
-                return [CancelTimer(Timer.SETUP), self._start_media()]
+                return [CancelTimer(Timer.SETUP), self._media_timer(now), self._start_media()]
             case Decline():
                 return self._end(event, msg.reason, by_peer=True, tell=False)
             case Hangup():
@@ -1011,6 +1086,22 @@ class Call:
         return [send, CancelTimer(Timer.SWITCH), ModeSwitchRefused(mode)]
 
     # -- helpers ------------------------------------------------------------------------
+
+    def _remember_ended(self, call_id: bytes, reason: EndReason, now: float) -> None:
+        """A HANGUP/DECLINE for a call we have not seen: its offer may still be on the way.
+
+        Kept for ``setup_timeout_s`` (the caller gives up by then), ``MAX_ENDED_IDS`` at most.
+        """
+        self.counters.ended_before_offer += 1
+        for old in [c for c, (_, until) in self._ended_ids.items() if until <= now]:
+            del self._ended_ids[old]
+        self._ended_ids.pop(call_id, None)
+        self._ended_ids[call_id] = (reason, now + self.policy.setup_timeout_s)
+        while len(self._ended_ids) > MAX_ENDED_IDS:
+            del self._ended_ids[next(iter(self._ended_ids))]
+
+    def _media_timer(self, now: float) -> SetTimer:
+        return SetTimer(Timer.MEDIA, now + self.policy.media_timeout_s)
 
     @property
     def _id(self) -> bytes:

@@ -11,9 +11,11 @@ Every slot (``frames_per_packet`` x 20 ms) the caller sends exactly one Sphinx p
 the one geometry size: a queued signaling frame, else the media packet of the frames
 captured during the last slot, else cover (a loop to its own mailbox, or a drop). Each
 packet takes a fresh path: own gateway, one mix per layer, the contact's gateway, with
-sender-chosen exponential delays. The contact's gateway sees 384 random-looking bytes
-either way: media packets are AEAD with a masked sequence number, signaling frames are
-AEAD under a key from the contact card with a random nonce, and loops are random bytes.
+sender-chosen exponential delays. When the topology offers no such path (an empty layer,
+an unlisted gateway) the slot still sends: drop cover to the own gateway alone, counted.
+The contact's gateway sees 384 random-looking bytes either way: media packets are AEAD
+with a masked sequence number, signaling frames are AEAD under a key from the contact card
+with a random nonce, and loops are random bytes.
 The receiver tries media first, then signaling; what opens as neither is cover.
 """
 
@@ -38,11 +40,16 @@ from overlay import (
     NODE_ID_LEN,
     VOICE,
     Delivery,
+    DirectoryError,
     DownlinkKind,
+    Hop,
+    NodeRole,
+    NoRouteError,
     TopologyDocument,
     UsageError,
     create_drop,
     create_forward,
+    exp_delay_us,
     select_path,
     uniform_index,
 )
@@ -290,7 +297,9 @@ class Caller:
         self.connected = trio.Event()
         self.ended = trio.Event()
         self.end_reason: EndReason | None = None
-        self.slots: Counter[str] = Counter()  # packets sent, by SlotKind value; "missed"
+        # Slots by SlotKind value sent, "skipped" (nothing routable), "unroutable" (sent as
+        # last-resort cover instead), "missed" (the process fell behind the grid).
+        self.slots: Counter[str] = Counter()
         self.received: Counter[str] = Counter()  # deliveries by what they turned out to be
         self.sent_sizes: set[int] = set()
         self.tx = MediaTrace()
@@ -309,7 +318,12 @@ class Caller:
     # -- tasks --------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Be online: the uplink, the downlink reader and the playout clock."""
+        """Be online: the uplink, the downlink reader and the playout clock, until cancelled.
+
+        Remote input and gaps in the topology are counted, never raised (``slots``,
+        ``received``, ``call.counters``); an error that still leaves a task is a bug and
+        leaves in Trio's ``ExceptionGroup``.
+        """
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._uplink)
             nursery.start_soon(self._downlink)
@@ -327,11 +341,21 @@ class Caller:
                 self.slots["missed"] += late
                 k += late
                 t = start + k * self.slot_s
-            await self.link.send(self.slot(t))
+            packet = self.slot(t)
+            if packet is not None:
+                await self.link.send(packet)
             k += 1
 
-    def slot(self, now: float) -> bytes:
-        """The one packet of the slot at ``now``: signaling, else media, else cover."""
+    def slot(self, now: float) -> bytes | None:
+        """The one packet of the slot at ``now``: signaling, else media, else cover.
+
+        Never raises for what the topology document lacks (an empty mix layer, an unknown
+        gateway): a packet that cannot be routed is counted ``unroutable`` and the slot
+        carries last-resort cover instead (a drop packet to our own gateway alone; a
+        signaling frame waits for the next slot). Returns None, counted ``skipped``, only
+        when not even our own gateway is routable. So every slot counts exactly one of
+        ``signal``, ``media``, ``cover`` or ``skipped`` in ``slots``.
+        """
         self._tick(now)
         media = self._media_packet(now)
         if self._signal_queue:
@@ -341,16 +365,28 @@ class Caller:
         elif media is not None:
             seq, payload = media
             kind = SlotKind.MEDIA
-            self.tx.sent[seq] = now
         else:
             kind = SlotKind.COVER
             payload = b""
-        packet = self._sphinx(kind, payload)
+        try:
+            packet = self._sphinx(kind, payload)
+        except DirectoryError:  # NoRouteError, or a listed node without the epoch's key
+            self.slots["unroutable"] += 1
+            if kind is SlotKind.SIGNAL:
+                self._signal_queue.appendleft(payload)
+            kind, fallback = SlotKind.COVER, self._last_resort_cover()
+            if fallback is None:
+                self.slots["skipped"] += 1
+                return None
+            packet = fallback
+        if kind is SlotKind.MEDIA:
+            self.tx.sent[seq] = now
         self.slots[kind.value] += 1
         self.sent_sizes.add(len(packet))
         return packet
 
     def _sphinx(self, kind: SlotKind, payload: bytes) -> bytes:
+        """The packet of one slot; DirectoryError (NoRouteError) when no path exists."""
         geometry, doc, me = self.doc.geometry, self.doc, self.me
         if kind is not SlotKind.COVER:
             path = select_path(
@@ -362,9 +398,24 @@ class Caller:
             path = select_path(doc, me.gateway_id, me.gateway_id, self.mean_delay_s, self._rng)
             noise = self._rng(geometry.user_payload)
             return create_forward(geometry, path, me.mailbox, noise, rng=self._rng)
+        if not doc.gateways:
+            raise NoRouteError("the topology document lists no gateway")
         exit_ = doc.gateways[uniform_index(len(doc.gateways), self._rng)].node_id
         path = select_path(doc, me.gateway_id, exit_, self.mean_delay_s, self._rng)
         return create_drop(geometry, path, rng=self._rng)
+
+    def _last_resort_cover(self) -> bytes | None:
+        """Drop cover over one hop, our own gateway, which discards it; None if the
+        document does not list that gateway with a key for its epoch. The gateway learns
+        that this slot is cover, which it could tell anyway while no path exists."""
+        node = self.doc.by_id.get(self.me.gateway_id)
+        if node is None or node.role is not NodeRole.GATEWAY:
+            return None
+        key = node.epoch_keys.get(self.doc.epoch)
+        if key is None:
+            return None
+        hop = Hop(node.node_id, key, exp_delay_us(self.mean_delay_s, self._rng))
+        return create_drop(self.doc.geometry, [hop], rng=self._rng)
 
     def _tick(self, now: float) -> None:
         for timer, deadline in list(self._timers.items()):
@@ -414,6 +465,7 @@ class Caller:
                 self.received["media"] += 1
                 self.rx.arrived.setdefault(packet.seq, at)
                 self._jb.push_packet(packet, self.profile.samples_per_frame, at)
+                self._apply(self.call.media_received(self._clock()))  # the peer is there
                 if self._first_arrival is None:
                     self._first_arrival = at
                     self._playout_ready.set()

@@ -21,8 +21,10 @@ from types import FrameType
 
 from overlay import UsageError
 
+from ._tasks import open_background
 from .call import DEFAULT_MEAN_DELAY_S
 from .demo import CallOptions, call_report, run_call
+from .gateway_link import AttachError
 
 
 def _number(lo: float, hi: float, what: str):  # type: ignore[no-untyped-def]
@@ -159,7 +161,7 @@ def demo(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")
         return 130
-    except (TestnetError, UsageError, OSError, TimeoutError) as exc:
+    except (TestnetError, UsageError, OSError, TimeoutError, AttachError) as exc:
         console.print(f"[red]phantom-call: {type(exc).__name__}: {exc}[/red]")
         return 1
     except trio.TooSlowError:
@@ -198,27 +200,43 @@ def demo(args: argparse.Namespace) -> int:
 
 
 async def _call_until_signal(doc, gw_a, gw_b, options, progress):  # type: ignore[no-untyped-def]
-    """``run_call``, cancelled cleanly on SIGTERM (trio itself turns Ctrl-C into
-    KeyboardInterrupt); the caller's ``finally`` then tears the testnet down."""
+    """``run_call``, cancelled cleanly on SIGTERM, which then leaves as KeyboardInterrupt
+    (trio itself turns Ctrl-C into KeyboardInterrupt); the caller's ``finally`` then tears
+    the testnet down."""
     import trio
 
-    result = None
+    result, terminated = None, False
     with trio.open_signal_receiver(signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
+        async with open_background() as nursery:
 
             async def watch() -> None:
+                nonlocal terminated
                 async for _ in signals:
-                    raise KeyboardInterrupt
+                    terminated = True  # raised below, outside the nursery: never a group
+                    nursery.cancel_scope.cancel()
+                    return
 
             nursery.start_soon(watch)
             result = await run_call(doc, gw_a, gw_b, options, progress=progress)
-            nursery.cancel_scope.cancel()
+    if terminated:
+        raise KeyboardInterrupt
     return result
+
+
+def _run(trio, *args):  # type: ignore[no-untyped-def]
+    """``trio.run(_call_until_signal, *args)``. Ctrl-C can land in any task; when it comes
+    out inside an ``ExceptionGroup`` it is handed on as the KeyboardInterrupt it is."""
+    try:
+        return trio.run(_call_until_signal, *args)
+    except BaseExceptionGroup as group:
+        if group.subgroup(KeyboardInterrupt) is None:
+            raise
+        raise KeyboardInterrupt from group
 
 
 def _run_with_progress(trio, console, doc, gw_a, gw_b, options):  # type: ignore[no-untyped-def]
     if not console.is_terminal:
-        return trio.run(_call_until_signal, doc, gw_a, gw_b, options, None)
+        return _run(trio, doc, gw_a, gw_b, options, None)
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
@@ -230,7 +248,7 @@ def _run_with_progress(trio, console, doc, gw_a, gw_b, options):  # type: ignore
         def progress(done: float, total: float) -> None:
             bar.update(task, completed=done)
 
-        return trio.run(_call_until_signal, doc, gw_a, gw_b, options, progress)
+        return _run(trio, doc, gw_a, gw_b, options, progress)
 
 
 def _fmt(value: object) -> str:

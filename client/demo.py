@@ -24,6 +24,7 @@ from overlay import TopologyDocument, UsageError
 
 from ._channel import InMemoryChannel
 from ._speech import artificial_voice
+from ._tasks import open_background
 from ._voice import Pcm, VoiceProfile
 from .call import DEFAULT_MEAN_DELAY_S, Address, Caller, Contact, CoverKind, codec_delay_s
 from .gateway_link import GatewayLink, open_gateway_link
@@ -32,6 +33,7 @@ SETUP_TIMEOUT_S = 15.0  # offer to both sides' media start, at most
 HANGUP_TIMEOUT_S = 10.0  # hangup to the peer's CallEnded, at most
 DRAIN_S = 1.5  # after the hangup, listen this long for media still in flight
 WARMUP_S = 1.0  # online with cover only before the call is placed
+UPLINK_FAULTS = ("skipped", "unroutable")  # Caller.slots counters a clean call keeps at 0
 ENVELOPE_MS = (300.0, 600.0)  # the target range of mouth-to-ear delay (DESIGN.md)
 Progress = Callable[[float, float], None]  # (seconds of call so far, total seconds)
 Emodel = Callable[[float, float], tuple[float, float]]  # (Ta ms, loss) -> (R, MOS)
@@ -72,7 +74,12 @@ async def run_call(
     *,
     progress: Progress | None = None,
 ) -> CallResult:
-    """A attached to ``gateway_a`` calls B at ``gateway_b``; both talk; A hangs up."""
+    """A attached to ``gateway_a`` calls B at ``gateway_b``; both talk; A hangs up.
+
+    Raises ``AttachError`` if a gateway does not acknowledge its caller, ``TooSlowError``
+    if the call does not connect within ``SETUP_TIMEOUT_S`` or end within
+    ``HANGUP_TIMEOUT_S`` seconds (each as itself, not inside an ``ExceptionGroup``).
+    """
     opts = options or CallOptions()
     began = time.monotonic()
     chan_a, chan_b = InMemoryChannel.pair()
@@ -104,7 +111,7 @@ async def run_call(
 
         a = caller(link_a, addr_a, addr_b, chan_a, voice_a)
         b = caller(link_b, addr_b, addr_a, chan_b, voice_b)
-        async with trio.open_nursery() as nursery:
+        async with open_background() as nursery:  # TooSlowError leaves as itself
             await nursery.start(a.run)
             await nursery.start(b.run)
             await trio.sleep(WARMUP_S)
@@ -125,7 +132,6 @@ async def run_call(
             with trio.fail_after(HANGUP_TIMEOUT_S):
                 await b.ended.wait()
             await trio.sleep(DRAIN_S)
-            nursery.cancel_scope.cancel()
     return CallResult(opts, a, b, voice_a, voice_b, setup_s, time.monotonic() - began)
 
 
@@ -248,9 +254,9 @@ def call_report(
         "directions": dirs,
         "mouth_to_ear_p99_ms": worst,
         "p99_vs_300_600_ms": envelope_verdict(worst),
-        "uplink": {
-            "A": dict(a.slots),
-            "B": dict(b.slots),
+        "uplink": {  # slots per kind; "skipped" and "unroutable" are always listed
+            "A": {**dict.fromkeys(UPLINK_FAULTS, 0), **a.slots},
+            "B": {**dict.fromkeys(UPLINK_FAULTS, 0), **b.slots},
             "packet_sizes": sorted(a.sent_sizes | b.sent_sizes),
         },
         "received": {"A": dict(a.received), "B": dict(b.received)},

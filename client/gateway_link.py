@@ -23,6 +23,8 @@ import trio
 
 from overlay import ClientLink, Delivery, DownlinkKind, Geometry, LinkError
 
+from ._tasks import open_background
+
 ATTACH_RETRY_S = 0.2  # seconds between ATTACH resends
 ATTACH_TIMEOUT_S = 5.0  # seconds to wait for the gateway's acknowledgement
 RECEIVE_QUEUE = 4096  # deliveries buffered for the application at most
@@ -120,7 +122,13 @@ async def open_gateway_link(
     *,
     timeout_s: float = ATTACH_TIMEOUT_S,
 ) -> AsyncIterator[GatewayLink]:
-    """Attach to the gateway at ``address`` (its client port) and keep the link open."""
+    """Attach to the gateway at ``address`` (its client port) and keep the link open.
+
+    ``gateway_key`` is the gateway's 32-byte X25519 epoch key, ``mailbox`` our 16-byte
+    mailbox id, ``timeout_s`` seconds to wait for the acknowledgement. Raises
+    ``AttachError`` when the gateway does not acknowledge in time; errors raised in the
+    ``async with`` block leave as themselves (not inside an ``ExceptionGroup``).
+    """
     raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     raw.setblocking(False)
@@ -128,10 +136,9 @@ async def open_gateway_link(
     sock = trio.socket.from_stdlib_socket(raw)
     link = GatewayLink(ClientLink(geometry, gateway_key, mailbox), sock, raw)
     try:
-        async with trio.open_nursery() as nursery:
+        async with open_background() as nursery:  # the reader ends with the block
             nursery.start_soon(link._reader)
             await link._attach(timeout_s)
             yield link
-            nursery.cancel_scope.cancel()
     finally:
         sock.close()

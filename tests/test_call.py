@@ -15,15 +15,19 @@ import pytest
 import trio
 import trio.testing
 from cryptography.exceptions import InvalidTag
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from client import InMemoryChannel, artificial_voice
-from client.call import Address, Caller, Contact, CoverKind, SignalFramer
+from client._signaling import CallState
+from client.call import Address, Caller, Contact, CoverKind, SignalFramer, SlotKind
 from client.cli import main
 from overlay import (
     VOICE,
     Deliver,
     Delivery,
+    Discard,
     DownlinkKind,
     Forward,
     NodeDescriptor,
@@ -41,17 +45,28 @@ EPOCH = 7
 LINK_S = 0.005  # one-way delay of every in-memory link
 
 
-def _network() -> tuple[TopologyDocument, dict[bytes, bytes]]:
+def _node(
+    i: int, role: NodeRole, layer: int, *, keyed: bool = True
+) -> tuple[NodeDescriptor, bytes]:
+    """A descriptor and its X25519 secret; ``keyed=False``: no key for ``EPOCH`` (left out)."""
+    ik = bytes(SigningKey(os.urandom(32)).verify_key)
+    sk = generate_private_key()
+    desc = NodeDescriptor(
+        node_id=node_id_for(ik), name=f"n{i}", role=role, layer=layer, host="127.0.0.1",
+        port=4000 + i, client_port=5000 + i if role is NodeRole.GATEWAY else None,
+        identity_key=ik, epoch_keys={EPOCH if keyed else EPOCH + 5: public_key(sk)},
+    )  # fmt: skip
+    return desc, sk
+
+
+def _network(
+    layers: tuple[int, ...] = (1, 2, 3),
+) -> tuple[TopologyDocument, dict[bytes, bytes]]:
+    """Two gateways and two mixes in each of ``layers`` (of 3)."""
     nodes, secrets = [], {}
-    specs = [(NodeRole.GATEWAY, 0)] * 2 + [(NodeRole.MIX, layer) for layer in (1, 2, 3)] * 2
+    specs = [(NodeRole.GATEWAY, 0)] * 2 + [(NodeRole.MIX, layer) for layer in layers] * 2
     for i, (role, layer) in enumerate(specs):
-        ik = bytes(SigningKey(os.urandom(32)).verify_key)
-        sk = generate_private_key()
-        desc = NodeDescriptor(
-            node_id=node_id_for(ik), name=f"n{i}", role=role, layer=layer, host="127.0.0.1",
-            port=4000 + i, client_port=5000 + i if role is NodeRole.GATEWAY else None,
-            identity_key=ik, epoch_keys={EPOCH: public_key(sk)},
-        )  # fmt: skip
+        desc, sk = _node(i, role, layer)
         nodes.append(desc)
         secrets[desc.node_id] = sk
     doc = build_document(EPOCH, epoch_length_s=600, geometry=VOICE, descriptors=nodes)
@@ -208,3 +223,112 @@ def test_cli_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
         assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "want seconds in 1..3600" in err and "want a probability" in err
+
+
+# -- an empty or unusable mix layer --------------------------------------------------------
+
+
+class _NoLink:
+    """Counts what a caller sends; nothing is delivered."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    async def send(self, packet: bytes) -> None:
+        self.sent.append(packet)
+
+    async def receive(self) -> _Received:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+async def test_a_missing_mix_layer_keeps_the_uplink_at_constant_rate(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    doc, secrets = _network(layers=(1, 3))  # mix layer 2 is empty: no path exists
+    assert doc.layers[1] == ()
+    link = _NoLink()
+    chan, _ = InMemoryChannel.pair()
+    me = Address(doc.gateways[0].node_id, os.urandom(16))
+    peer = Address(doc.gateways[1].node_id, os.urandom(16))
+    caller = Caller(link, doc, me, Contact(peer, os.urandom(32)), chan, artificial_voice(1.0))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(caller.run)
+        await trio.sleep(0.39)
+        caller.place()  # the offer cannot be routed: it waits, the slots go on
+        await trio.sleep(0.6)
+        nursery.cancel_scope.cancel()
+    assert caller.slots == Counter({"cover": 25, "unroutable": 25})
+    assert len(link.sent) == 25 and {len(p) for p in link.sent} == {VOICE.packet_len}
+    for packet in link.sent:  # last-resort cover: our own gateway discards it
+        result = process_packet(VOICE, secrets[me.gateway_id], packet)
+        assert isinstance(result, Discard)
+    assert caller.call.state is CallState.CALLING  # the offer is still queued, not lost
+
+
+_VOICE = artificial_voice(0.5)
+
+
+@st.composite
+def _topologies(draw: st.DrawFn) -> tuple[TopologyDocument, Address, Address]:
+    """Any topology: 1..3 layers of 0..2 mixes, gateways that may be missing or unkeyed."""
+    mix_layers = draw(st.integers(1, 3))
+    nodes: list[NodeDescriptor] = []
+    i = 0
+
+    def add(role: NodeRole, layer: int) -> bytes:
+        nonlocal i
+        desc, _ = _node(i, role, layer, keyed=draw(st.booleans()))
+        i += 1
+        nodes.append(desc)
+        return desc.node_id
+
+    own, contact = add(NodeRole.GATEWAY, 0), add(NodeRole.GATEWAY, 0)
+    for _ in range(draw(st.integers(0, 1))):
+        add(NodeRole.GATEWAY, 0)
+    for layer in range(1, mix_layers + 1):
+        for _ in range(draw(st.integers(0, 2))):
+            add(NodeRole.MIX, layer)
+    doc = build_document(
+        EPOCH, epoch_length_s=600, geometry=VOICE, descriptors=nodes, mix_layers=mix_layers
+    )
+    return doc, Address(own, os.urandom(16)), Address(contact, os.urandom(16))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    _topologies(),
+    st.sampled_from(CoverKind),
+    st.booleans(),
+    st.integers(1, 4),
+)
+def test_the_slot_function_never_raises_and_sends_or_skips_once_per_slot(
+    topology: tuple[TopologyDocument, Address, Address],
+    cover: CoverKind,
+    calling: bool,
+    n_slots: int,
+) -> None:
+    doc, me, peer = topology
+    listed = {n.node_id for n in doc.gateways}
+    own_ok = me.gateway_id in listed
+    routable = own_ok and all(doc.layers) and (peer.gateway_id in listed or not calling)
+    chan, _ = InMemoryChannel.pair()
+
+    async def run() -> list[bytes | None]:
+        caller = Caller(_NoLink(), doc, me, Contact(peer, os.urandom(32)), chan,
+                        _VOICE, cover=cover)  # fmt: skip
+        if calling:
+            caller.place()
+        out = [caller.slot(trio.current_time() + k * caller.slot_s) for k in range(n_slots)]
+        sent = sum(caller.slots[k.value] for k in SlotKind)
+        assert sent + caller.slots["skipped"] == n_slots  # exactly one send-or-skip per slot
+        assert caller.slots["skipped"] == sum(p is None for p in out)
+        assert caller.slots["unroutable"] == (0 if routable else n_slots)
+        return out
+
+    out = trio.run(run)
+    assert {len(p) for p in out if p is not None} <= {VOICE.packet_len}
+    if own_ok:
+        assert None not in out  # at worst last-resort cover to our own gateway
+    else:
+        assert out == [None] * n_slots

@@ -1,4 +1,5 @@
-"""The client's gateway link against a gateway that is not there: a clear error, no crash."""
+"""The client's gateway link: a clear error when nobody answers, and every error of the
+``async with`` block reaching the caller as itself under Trio's strict exception groups."""
 
 from __future__ import annotations
 
@@ -6,9 +7,23 @@ import os
 import socket
 
 import pytest
+import trio
 
+from client._tasks import open_background
 from client.gateway_link import AttachError, open_gateway_link
-from overlay import VOICE, public_key
+from overlay import (
+    VOICE,
+    Delivery,
+    DownlinkKind,
+    GatewaySession,
+    LinkCodec,
+    generate_private_key,
+    public_key,
+)
+
+
+class _BodyError(Exception):
+    pass
 
 
 async def test_attach_to_nobody_times_out_cleanly() -> None:
@@ -16,8 +31,86 @@ async def test_attach_to_nobody_times_out_cleanly() -> None:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()  # nothing listens there now: sends may see ICMP port unreachable
-    with pytest.raises(AttachError):
+    with pytest.raises(AttachError):  # AttachError itself, not an ExceptionGroup around it
         async with open_gateway_link(
             VOICE, ("127.0.0.1", port), public_key(os.urandom(32)), b"m" * 16, timeout_s=0.6
         ):
             pass
+
+
+async def _acknowledge_attach(sock: trio.socket.SocketType, private_key: bytes) -> None:
+    """A gateway that answers every ATTACH with ATTACHED (the real link code, in memory)."""
+    codec = LinkCodec(VOICE)
+    while True:
+        data, peer = await sock.recvfrom(4096)
+        session = GatewaySession.accept(codec, private_key, codec.parse(data))
+        await sock.sendto(session.seal_downlink(Delivery(DownlinkKind.ATTACHED, b"")), peer)
+
+
+async def test_errors_of_the_block_leave_the_attached_link_as_themselves() -> None:
+    gw_key = generate_private_key()
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await sock.bind(("127.0.0.1", 0))
+    address = sock.getsockname()
+    with sock:
+        async with trio.open_nursery() as gateway:
+            gateway.start_soon(_acknowledge_attach, sock, gw_key)
+            with trio.fail_after(5):
+                with pytest.raises(_BodyError):
+                    async with open_gateway_link(
+                        VOICE, address, public_key(gw_key), b"m" * 16
+                    ) as link:
+                        assert link.stats["frames"] >= 1  # the ATTACHED frame came in
+                        raise _BodyError
+                # and a block that ends normally closes the link without a group either
+                async with open_gateway_link(VOICE, address, public_key(gw_key), b"n" * 16):
+                    pass
+            gateway.cancel_scope.cancel()
+
+
+async def test_open_background_unwraps_only_the_blocks_own_error() -> None:
+    with pytest.raises(_BodyError):
+        async with open_background() as nursery:
+            nursery.start_soon(trio.sleep_forever)
+            raise _BodyError
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C reaches a CLI's handler as itself
+        async with open_background() as nursery:
+            nursery.start_soon(trio.sleep_forever)
+            raise KeyboardInterrupt
+
+    async def fail() -> None:
+        raise RuntimeError("a background task's bug")
+
+    with pytest.raises(BaseExceptionGroup) as info:  # a task's error stays in its group
+        async with open_background() as nursery:
+            nursery.start_soon(fail)
+            await trio.sleep_forever()
+    assert [type(e) for e in info.value.exceptions] == [RuntimeError]
+    with pytest.raises(BaseExceptionGroup) as info:  # both errors, none lost
+        async with open_background() as nursery:
+            nursery.start_soon(fail)
+            try:
+                await trio.sleep_forever()
+            finally:
+                raise _BodyError
+    assert {type(e) for e in info.value.exceptions} == {RuntimeError, _BodyError}
+
+
+async def test_open_background_ends_its_tasks_and_honours_outer_cancellation() -> None:
+    finished = []
+
+    async def task() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            finished.append(True)
+
+    async with open_background() as nursery:
+        nursery.start_soon(task)
+        await trio.sleep(0)
+    assert finished == [True]  # the block returned, the task was cancelled
+    with trio.move_on_after(0.05) as scope:
+        async with open_background() as nursery:
+            nursery.start_soon(task)
+            await trio.sleep_forever()
+    assert scope.cancelled_caught and finished == [True, True]
