@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from client import (
     REPLAY_WINDOW,
     Direction,
+    JitterBuffer,
+    JitterConfig,
     MediaError,
     MediaForged,
     MediaMalformed,
@@ -308,3 +310,46 @@ def test_rekey_keeps_numbering_and_opens_packets_still_in_flight() -> None:
         rx.open(old[2])
     with pytest.raises(NotMedia):  # the old keys no longer seal anything it accepts
         rx.open(MediaSender(PROFILE, derive_media_keys(SECRET, CALL_ID, 0)).seal(_frames(9)))
+
+
+@st.composite
+def _profiles(draw: st.DrawFn) -> VoiceProfile:
+    """Any profile that is valid and fits a media packet."""
+    try:
+        profile = VoiceProfile(
+            sample_rate_hz=draw(st.sampled_from([8000, 12000, 16000, 24000, 48000])),
+            frame_ms=draw(st.sampled_from([10, 20, 40, 60])),
+            frames_per_packet=draw(st.integers(1, 3)),
+            bitrate_bps=draw(st.sampled_from([6000, 8000, 12000, 16000, 24000])),
+            redundancy=draw(st.integers(0, 2)),
+        )
+        check_fits(profile, VOICE.user_payload)
+    except UsageError:
+        assume(False)
+    return profile
+
+
+@settings(max_examples=60, deadline=None)
+@given(_profiles())
+def test_frame_indices_count_the_senders_frames(peer: VoiceProfile) -> None:
+    """A receiver built with the sending peer's profile (as a call builds it, whatever its
+    own is) numbers the peer's frames 0, 1, 2, ...: every frame once, redundant copies on
+    the index of the original, none taken for another frame's duplicate."""
+    tx, rx = _pair(peer)
+    jb = JitterBuffer(JitterConfig(frame_ms=peer.frame_ms))
+    packets, fpp = 12, peer.frames_per_packet
+    for i in range(packets):
+        pkt = rx.open(tx.seal(_frames(i, peer)))
+        assert pkt.first_index == i * fpp and pkt.profile == peer
+        fmap = pkt.frame_map()
+        assert [fmap[i * fpp + j] for j in range(fpp)] == list(pkt.frames)
+        assert sorted(fmap) == list(range(max(0, i - peer.redundancy) * fpp, (i + 1) * fpp))
+        jb.push_packet(pkt, i * peer.packet_interval_ms / 1000)
+    copies = sum(min(i, peer.redundancy) * fpp for i in range(packets))
+    assert jb.stats.duplicates == copies
+
+
+def test_a_jitter_buffer_on_other_frames_than_the_packets_refuses_them() -> None:
+    tx, rx = _pair(VoiceProfile(frame_ms=40, bitrate_bps=12000))
+    with pytest.raises(UsageError, match="frame_ms"):
+        JitterBuffer(JitterConfig(frame_ms=20)).push_packet(rx.open(tx.seal(_frames(0))), 0.0)
