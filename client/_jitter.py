@@ -29,7 +29,9 @@ number is newer than any seen but it brings no frame newer than those seen (a pa
 is merely late keeps both in step). ``resync_packets`` off-clock packets in a row, off in
 the same direction, restart the clock on the newest of them, as at the start of a call; a
 newer on-clock packet in between ends the run, an older one (overtaken in the network)
-neither counts nor ends it. The cost of a packet is O(frames in it) whatever the jump.
+neither counts nor ends it. Packets numbered before the run that restarted the clock are
+from the old clock: dropped (no delay sample, no frame). The cost of a packet is O(frames
+in it) whatever the jump.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class _Held:
 
     frames: dict[int, bytes]
     redundant: frozenset[int]
+    seq: int
     arrival_time: float
 
 
@@ -149,7 +152,7 @@ class JitterStats:
     recovered: int  # frames that arrived only as a redundant copy and were then played
     duplicates: int  # frames that arrived again (redundancy of frames already in hand)
     resyncs: int  # playout clock restarts after the sender's clock jumped
-    off_clock: int  # packets that arrived off the playout clock (see JitterConfig)
+    off_clock: int  # packets off the playout clock: towards a resync, or from before one
     delay_s: float  # current playout delay (relative to the sender's clock)
     target_s: float  # where the buffer is heading
     min_delay_s: float  # recent minimum delay sample
@@ -184,6 +187,7 @@ class JitterBuffer:
         self._run: deque[_Held] = deque(maxlen=self.config.resync_packets)
         self._run_clock = _Clock.ON
         self._max_seq = -1  # newest packet pushed
+        self._clock_seq = -1  # packets numbered below this belong to an earlier clock
         self._max_index = -1  # newest frame index taken on the current clock
 
     # -- arrivals ---------------------------------------------------------------------
@@ -213,6 +217,9 @@ class JitterBuffer:
             raise UsageError("seq must be an integer")
         if self._next_index is None:
             self._start(min(frames), arrival_time)
+        if seq < self._clock_seq:
+            self._off_clock += 1  # from before the last resync: its times mean nothing now
+            return
         newest = max(frames)
         clock = self._clock(newest, arrival_time)
         if clock is _Clock.BEHIND and not (seq > self._max_seq and newest <= self._max_index):
@@ -227,7 +234,7 @@ class JitterBuffer:
             if clock is not self._run_clock:
                 self._run.clear()
             self._run_clock = clock
-            self._run.append(_Held(dict(frames), frozenset(redundant), arrival_time))
+            self._run.append(_Held(dict(frames), frozenset(redundant), seq, arrival_time))
             if len(self._run) == self.config.resync_packets:
                 self._resync()
                 return
@@ -284,6 +291,7 @@ class JitterBuffer:
         newest = run[-1]
         self._start(min(newest.frames), newest.arrival_time)
         self._max_index = max(max(held.frames) for held in run)
+        self._clock_seq = min(held.seq for held in run)
         for held in run:
             self._arrive_all(held.frames, held.arrival_time, held.redundant)
 

@@ -287,3 +287,21 @@ def test_hostile_indices_and_jumps_keep_the_buffer_bounded(
             pass
         assert len(jb._buffer) <= bound
         assert len(jb._run) <= config.resync_packets
+
+
+def test_stragglers_from_before_a_resync_neither_play_nor_move_the_target() -> None:
+    jb = JitterBuffer()
+    for s in range(50):  # 2 s on the old clock, 100 ms of delay
+        jb.push({2 * s: b"o", 2 * s + 1: b"o"}, s, 0.04 * (s + 1) + 0.1)
+    target = jb.stats.target_s
+    for s in range(51, 54):  # the clock jumped an hour ahead; packet 50 was overtaken
+        first = 2 * s + 180_000
+        jb.push({first: b"n", first + 1: b"n"}, s, 0.04 * (s + 1) + 0.1)
+    assert jb.stats.resyncs == 1
+    new_target = jb.stats.target_s
+    jb.push({100: b"o", 101: b"o"}, 50, 2.3)  # the straggler, an hour behind the new clock
+    assert jb.stats.target_s == new_target and jb.stats.off_clock == 4
+    assert abs(new_target - target) > 3000  # (the clocks differ by an hour)
+    played = [jb.pop(2.3 + k * FRAME_S) for k in range(20)]
+    assert not any(isinstance(i, Frame) and i.data == b"o" for i in played)
+    assert any(isinstance(i, Frame) and i.data == b"n" for i in played)
