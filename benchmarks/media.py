@@ -136,7 +136,7 @@ def _pipeline(
             wire = next(state["wires"])
         state["t"] += profile.packet_interval_ms / 1000
         now = state["t"]
-        state["jb"].push_packet(state["rx"].open(wire), profile.samples_per_frame, now)
+        state["jb"].push_packet(state["rx"].open(wire), now)
         out = []
         for k in range(fpp):
             item = state["jb"].pop(now + 0.2 + k * profile.frame_ms / 1000)

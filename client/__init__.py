@@ -25,6 +25,7 @@ from ._media import MediaPacket as MediaPacket
 from ._media import MediaReceiver as MediaReceiver
 from ._media import MediaReplayed as MediaReplayed
 from ._media import MediaSender as MediaSender
+from ._media import NotMedia as NotMedia
 from ._media import ReplayWindow as ReplayWindow
 from ._media import check_fits as check_fits
 from ._media import derive_media_keys as derive_media_keys

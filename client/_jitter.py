@@ -20,6 +20,18 @@ The playout delay ``D`` maps frame ``j`` to the time ``j * frame + D``. Its targ
 target one frame at a time: it inserts a concealed frame to grow
 (``Conceal(reason='stretch')``) and skips a frame to shrink, at most once per
 ``grow_every`` / ``shrink_every`` frames, so the playout clock never jumps.
+
+The one exception is a discontinuity of the sender's media clock (it restarted, or jumped).
+A packet is off the playout clock when its newest frame would play more than
+``max_wait_ms`` after it arrived (ahead: held aside, never buffered), or when it was due more
+than ``resync_late_ms`` before it arrived *and* the sender's clock went back: its sequence
+number is newer than any seen but it brings no frame newer than those seen (a packet that
+is merely late keeps both in step). ``resync_packets`` off-clock packets in a row, off in
+the same direction, restart the clock on the newest of them, as at the start of a call; a
+newer on-clock packet in between ends the run, an older one (overtaken in the network)
+neither counts nor ends it. Packets numbered before the run that restarted the clock are
+from the old clock: dropped (no delay sample, no frame). The cost of a packet is O(frames
+in it) whatever the jump.
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ import bisect
 from collections import deque
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Literal
 
 from overlay import UsageError
@@ -36,6 +49,25 @@ from ._media import MediaPacket
 from ._voice import OpusDecoder, Pcm
 
 ConcealReason = Literal["missing", "stretch"]
+MAX_FRAME_INDEX = 2**32  # frame indices come from 32-bit timestamps; floats stay exact below
+
+
+class _Clock(Enum):
+    """Where a packet's newest frame falls against the playout clock."""
+
+    ON = "on"
+    BEHIND = "behind"  # due more than resync_late_ms before it arrived
+    AHEAD = "ahead"  # would play more than max_wait_ms after it arrived
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """One off-clock packet of the current run, kept until the run resyncs or ends."""
+
+    frames: dict[int, bytes]
+    redundant: frozenset[int]
+    seq: int
+    arrival_time: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +103,9 @@ class JitterConfig:
     margin_ms: int = 5  # added to the quantile: a frame due exactly on arrival is at risk
     grow_every: int = 2  # at most one inserted frame per this many frames played
     shrink_every: int = 10  # at most one skipped frame per this many frames played
-    max_ahead_frames: int = 500  # frames further ahead than this resynchronize the clock
+    max_wait_ms: int = 800  # a packet due later than this after arrival is off the clock
+    resync_late_ms: int = 120  # a packet due earlier than this before arrival is off it
+    resync_packets: int = 3  # off-clock packets in a row (same direction) restart the clock
 
     def __post_init__(self) -> None:
         ints = (
@@ -83,20 +117,27 @@ class JitterConfig:
             "margin_ms",
             "grow_every",
             "shrink_every",
-            "max_ahead_frames",
+            "max_wait_ms",
+            "resync_late_ms",
+            "resync_packets",
         )
         for name in ints:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise UsageError(f"{name} must be a non-negative integer, got {value!r}")
-        if self.frame_ms == 0 or self.window_frames == 0 or self.max_ahead_frames == 0:
-            raise UsageError("frame_ms, window_frames and max_ahead_frames must be positive")
+        if self.frame_ms == 0 or self.window_frames == 0 or self.resync_packets == 0:
+            raise UsageError("frame_ms, window_frames and resync_packets must be positive")
         if self.grow_every == 0 or self.shrink_every == 0:
             raise UsageError("grow_every and shrink_every must be positive")
         if not isinstance(self.quantile, float) or not 0.5 <= self.quantile < 1.0:
             raise UsageError("quantile must be a float in [0.5, 1)")
         if self.max_extra_ms < self.min_extra_ms:
             raise UsageError("max_extra_ms must be at least min_extra_ms")
+        if self.max_wait_ms <= self.max_extra_ms + self.initial_extra_ms:
+            raise UsageError(
+                "max_wait_ms must exceed max_extra_ms + initial_extra_ms (frames on the clock"
+                " wait that long)"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +151,8 @@ class JitterStats:
     late: int  # frames that arrived after they were concealed
     recovered: int  # frames that arrived only as a redundant copy and were then played
     duplicates: int  # frames that arrived again (redundancy of frames already in hand)
-    resyncs: int  # clock jumps after a long gap
+    resyncs: int  # playout clock restarts after the sender's clock jumped
+    off_clock: int  # packets off the playout clock: towards a resync, or from before one
     delay_s: float  # current playout delay (relative to the sender's clock)
     target_s: float  # where the buffer is heading
     min_delay_s: float  # recent minimum delay sample
@@ -139,6 +181,14 @@ class JitterBuffer:
         self._since_adjust = 0
         self._played = self._concealed_n = self._stretched = self._skipped = 0
         self._late = self._recovered = self._duplicates = self._resyncs = 0
+        self._off_clock = 0
+        self._max_wait_s = self.config.max_wait_ms / 1000
+        self._late_s = self.config.resync_late_ms / 1000
+        self._run: deque[_Held] = deque(maxlen=self.config.resync_packets)
+        self._run_clock = _Clock.ON
+        self._max_seq = -1  # newest packet pushed
+        self._clock_seq = -1  # packets numbered below this belong to an earlier clock
+        self._max_index = -1  # newest frame index taken on the current clock
 
     # -- arrivals ---------------------------------------------------------------------
 
@@ -153,38 +203,97 @@ class JitterBuffer:
         """Frames of one packet: frame index -> Opus frame, redundant copies included.
 
         ``redundant`` names the indices that came as copies (only for the ``recovered``
-        counter); ``seq`` is not used for ordering, which goes by frame index.
+        counter). ``seq`` (the media packet's sequence number) is not used for ordering,
+        which goes by frame index; it tells a sender whose clock went back from a late
+        packet, so it must grow by packet. Indices are integers in ``0 .. 2**32 - 1``
+        (``UsageError`` otherwise). A packet off the playout clock counts towards a resync
+        (module docstring).
         """
-        del seq
         if not frames:
             return
-        if any(not isinstance(i, int) or i < 0 for i in frames):
-            raise UsageError("frame indices must be non-negative integers")
+        if any(not isinstance(i, int) or not 0 <= i < MAX_FRAME_INDEX for i in frames):
+            raise UsageError(f"frame indices must be integers in 0..{MAX_FRAME_INDEX - 1}")
+        if not isinstance(seq, int):
+            raise UsageError("seq must be an integer")
         if self._next_index is None:
             self._start(min(frames), arrival_time)
-        assert self._next_index is not None
-        if max(frames) - self._next_index > self.config.max_ahead_frames:
-            self._resync(min(frames), arrival_time)
+        if seq < self._clock_seq:
+            self._off_clock += 1  # from before the last resync: its times mean nothing now
+            return
+        newest = max(frames)
+        clock = self._clock(newest, arrival_time)
+        if clock is _Clock.BEHIND and not (seq > self._max_seq and newest <= self._max_index):
+            clock = _Clock.ON  # late, but on the same sender clock: adaptation's job
+        overtaken = seq < self._max_seq
+        self._max_seq = max(self._max_seq, seq)
+        if clock is _Clock.ON:
+            if not overtaken:
+                self._run.clear()
+        else:
+            self._off_clock += 1
+            if clock is not self._run_clock:
+                self._run.clear()
+            self._run_clock = clock
+            self._run.append(_Held(dict(frames), frozenset(redundant), seq, arrival_time))
+            if len(self._run) == self.config.resync_packets:
+                self._resync()
+                return
+            if clock is _Clock.AHEAD:
+                return  # held aside: buffering it would keep a frame for that long
+        self._max_index = max(self._max_index, newest)
+        self._arrive_all(frames, arrival_time, redundant)
+
+    def push_packet(self, packet: MediaPacket, arrival_time: float) -> None:
+        """``push`` for an opened media packet; its frame indices count the sender's frames
+        (``packet.profile``), whose duration must be this buffer's ``frame_ms``."""
+        if packet.profile.frame_ms != self.config.frame_ms:
+            raise UsageError(
+                f"the packet's frames last {packet.profile.frame_ms} ms but the jitter buffer"
+                f" runs on frame_ms={self.config.frame_ms}: configure it from the sender's"
+                " profile"
+            )
+        frames = packet.frame_map()
+        first = packet.first_index
+        self.push(frames, packet.seq, arrival_time, redundant={i for i in frames if i < first})
+
+    def _arrive_all(
+        self, frames: Mapping[int, bytes], arrival_time: float, redundant: Collection[int]
+    ) -> None:
         for index in sorted(frames):
             self._arrive(index, frames[index], arrival_time, index in redundant)
 
-    def push_packet(self, packet: MediaPacket, samples_per_frame: int, arrival_time: float) -> None:
-        """``push`` for an opened media packet."""
-        frames = packet.frame_map(samples_per_frame)
-        first = packet.timestamp // samples_per_frame
-        self.push(frames, packet.seq, arrival_time, redundant={i for i in frames if i < first})
+    def _clock(self, newest: int, now: float) -> _Clock:
+        assert self._next_index is not None
+        due = self._next_time + (newest - self._next_index) * self._frame_s
+        if due - now > self._max_wait_s:
+            return _Clock.AHEAD
+        if now - due > self._late_s:
+            return _Clock.BEHIND
+        return _Clock.ON
 
     def _start(self, first: int, now: float) -> None:
         self._next_index = first
         self._next_time = now + self.config.initial_extra_ms / 1000
 
-    def _resync(self, first: int, now: float) -> None:
+    def _resync(self) -> None:
+        """Restart on the run's newest packet as at the start of a call, then take the
+        run's packets (older ones mostly fall behind the new playout point)."""
+        run = list(self._run)
+        self._run.clear()
+        self._run_clock = _Clock.ON
         self._resyncs += 1
         self._buffer.clear()
         self._redundant_only.clear()
+        self._seen.clear()
+        self._concealed.clear()
         self._samples.clear()
         self._sorted.clear()
-        self._start(first, now)
+        newest = run[-1]
+        self._start(min(newest.frames), newest.arrival_time)
+        self._max_index = max(max(held.frames) for held in run)
+        self._clock_seq = min(held.seq for held in run)
+        for held in run:
+            self._arrive_all(held.frames, held.arrival_time, held.redundant)
 
     def _arrive(self, index: int, data: bytes, now: float, redundant: bool) -> None:
         assert self._next_index is not None
@@ -277,6 +386,7 @@ class JitterBuffer:
             recovered=self._recovered,
             duplicates=self._duplicates,
             resyncs=self._resyncs,
+            off_clock=self._off_clock,
             delay_s=self._next_time - index * self._frame_s,
             target_s=self._target(),
             min_delay_s=self._sorted[0] if self._sorted else 0.0,

@@ -74,7 +74,7 @@ def play_through(
     now = start
     while now < end and last_index < total - 1:
         while k < len(arrivals) and arrivals[k][0] <= now:
-            jb.push_packet(rx.open(arrivals[k][1]), n, arrivals[k][0])
+            jb.push_packet(rx.open(arrivals[k][1]), arrivals[k][0])
             k += 1
         while (item := jb.pop(now)) is not None:
             if isinstance(item, Frame):

@@ -10,7 +10,7 @@
     >>> len(wire)  # always exactly overlay.VOICE.user_payload
     384
     >>> packet = rx.open(wire)
-    >>> packet.seq, sorted(packet.frame_map(profile.samples_per_frame))
+    >>> packet.seq, sorted(packet.frame_map())
     (0, [0, 1])
 
 Wire layout (every field big-endian; docs/media.md has the full table)::
@@ -61,6 +61,10 @@ FRAME_LEN_LEN = 2  # bytes, length prefix of each Opus frame
 MAX_SEQ = 2**32 - 1  # a sender stops here (about 5.4 years at 25 packets/s)
 MAX_TIMESTAMP = 2**32 - 1  # samples of media clock
 REPLAY_WINDOW = 128  # packets, as in SRTP's recommended minimum of 64, doubled
+# A number up to this many packets ahead of the highest accepted one claims to be media of
+# this call (164 s at 40 ms per packet); random bytes unmask into the expected range with
+# probability (EXPECTED_AHEAD + REPLAY_WINDOW) / 2**32, about 1e-6.
+EXPECTED_AHEAD = 4096  # packets
 MIN_PACKET_LEN = SEQ_LEN + HP_SAMPLE_LEN + TAG_LEN  # shortest packet we can unmask
 
 
@@ -77,15 +81,28 @@ class MediaMalformed(MediaError):
 
 
 class MediaForged(MediaError):
-    """The AEAD tag does not verify: forged, corrupted, or for another key."""
+    """The packet claims to be media of this call (its unmasked sequence number is in the
+    range the replay window expects) but the AEAD tag does not verify: tampered or corrupted
+    after the sender sealed it."""
 
     reason = "media_forged"
 
 
 class MediaReplayed(MediaError):
-    """The sequence number was already accepted, or is older than the replay window."""
+    """The sequence number was already accepted, or the packet is authentic but older than
+    the replay window."""
 
     reason = "media_replayed"
+
+
+class NotMedia(MediaError):
+    """Not media of this call as far as the receiver can tell: the unmasked sequence number
+    is outside the expected range and the tag does not verify. Cover, signaling frames,
+    packets under other keys and random bytes all look like this; so does a media packet
+    whose masked number or first 16 ciphertext bytes were changed (the number turns random).
+    """
+
+    reason = "not_media"
 
 
 class Direction(IntEnum):
@@ -161,10 +178,17 @@ class MediaPacket:
     timestamp: int  # media clock, in samples, of frames[0]
     frames: tuple[bytes, ...]
     redundant: tuple[bytes, ...]
+    profile: VoiceProfile  # the sender's negotiated profile: it defines the media clock
 
-    def frame_map(self, samples_per_frame: int) -> dict[int, bytes]:
-        """Frame index (timestamp / samples per frame) to frame, redundant ones included."""
-        first = self.timestamp // samples_per_frame
+    @property
+    def first_index(self) -> int:
+        """Frame index of ``frames[0]``: timestamp / the sender's samples per frame."""
+        return self.timestamp // self.profile.samples_per_frame
+
+    def frame_map(self) -> dict[int, bytes]:
+        """Frame index (timestamp / the sender's samples per frame) to frame, redundant ones
+        included; the index counts the sender's frames, whatever our own profile is."""
+        first = self.first_index
         out = {first - len(self.redundant) + i: f for i, f in enumerate(self.redundant)}
         out.update({first + i: f for i, f in enumerate(self.frames)})
         return {k: v for k, v in out.items() if k >= 0}
@@ -225,17 +249,32 @@ class ReplayWindow:
     """SRTP-style sliding window over sequence numbers (RFC 3711 section 3.3.2).
 
     ``check`` before decrypting (cheap rejection), ``accept`` only after the tag verified,
-    so a forged packet can never move the window.
+    so a forged packet can never move the window. Time and memory are O(size), whatever
+    the jump between numbers: a jump of ``size`` or more starts a fresh bitmap instead of
+    shifting the old one.
     """
 
     def __init__(self, size: int = REPLAY_WINDOW):
-        if not isinstance(size, int) or size < 1:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise UsageError("size must be a positive integer")
         self.size = size
         self.highest = -1
-        self._bits = 0  # bit i set: highest - i was accepted
+        self._bits = 0  # bit i set: highest - i was accepted; never wider than size bits
+        self._full = (1 << size) - 1
+
+    def is_stale(self, seq: int) -> bool:
+        """True when ``seq`` is ``size`` or more behind the highest accepted number."""
+        return self.highest - seq >= self.size
+
+    def expects(self, seq: int, ahead: int = EXPECTED_AHEAD) -> bool:
+        """True when ``seq`` is inside the window or at most ``ahead`` numbers past it."""
+        return self.highest - self.size < seq <= self.highest + ahead
 
     def check(self, seq: int) -> None:
+        """Raise MediaReplayed if ``seq`` was accepted already or is stale; UsageError for a
+        negative or non-integer number."""
+        if not isinstance(seq, int) or seq < 0:
+            raise UsageError("sequence numbers are non-negative integers")
         if seq > self.highest:
             return
         age = self.highest - seq
@@ -243,13 +282,17 @@ class ReplayWindow:
             raise MediaReplayed()
 
     def accept(self, seq: int) -> None:
+        """Record ``seq`` as received (after its tag verified); MediaReplayed as ``check``."""
         self.check(seq)
-        if seq > self.highest:
-            shift = seq - self.highest
-            self._bits = ((self._bits << shift) | 1) & ((1 << self.size) - 1)
-            self.highest = seq
+        shift = seq - self.highest
+        if shift <= 0:
+            self._bits |= 1 << -shift
+            return
+        if shift >= self.size:
+            self._bits = 1  # nothing of the old window is inside the new one
         else:
-            self._bits |= 1 << (self.highest - seq)
+            self._bits = ((self._bits << shift) | 1) & self._full
+        self.highest = seq
 
 
 @dataclass(slots=True)
@@ -258,12 +301,17 @@ class MediaCounters:
 
     accepted: int = 0
     media_malformed: int = 0
-    media_forged: int = 0
+    media_forged: int = 0  # claimed to be media of this call; the tag did not verify
     media_replayed: int = 0
+    not_media: int = 0  # cover, signaling, other keys' packets, noise
 
 
 class MediaReceiver:
-    """Opens packets of one direction: unmask, replay check, AEAD open, strict parse."""
+    """Opens packets of one direction: unmask, replay check, AEAD open, strict parse.
+
+    ``profile`` is the sending peer's negotiated profile (``StartMedia.rx_profile``), not
+    ours: the packets it opens carry it, and their frame indices count its frames.
+    """
 
     def __init__(
         self,
@@ -281,7 +329,9 @@ class MediaReceiver:
         self.counters = MediaCounters()
 
     def open(self, wire: bytes) -> MediaPacket:
-        """The packet's contents, or a MediaError (counted) for anything wrong with it."""
+        """The packet's contents, or a MediaError subclass, counted by its ``reason``:
+        MediaMalformed (wrong length, or an authentic body that does not parse),
+        MediaReplayed, MediaForged (claims to be media, tag fails) or NotMedia."""
         try:
             packet = self._open(wire)
         except MediaError as err:
@@ -300,28 +350,38 @@ class MediaReceiver:
         del self._keys[1:]
 
     def _open(self, wire: bytes) -> MediaPacket:
+        """At most one AEAD open per key (two while a rekey is in progress), whatever the
+        input. Replayed outranks forged, which outranks not-media, across the keys tried."""
         if not isinstance(wire, bytes | bytearray) or len(wire) != self.packet_len:
             raise MediaMalformed()
         wire = bytes(wire)
         ciphertext = wire[SEQ_LEN:]
-        error: MediaError = MediaForged()
+        error: MediaError = NotMedia()
         for aead, hp_key in self._keys:
             mask = _seq_mask(hp_key, ciphertext[:HP_SAMPLE_LEN])
             (seq,) = struct.unpack(">I", _xor(wire[:SEQ_LEN], mask))
+            stale = self.window.is_stale(seq)
+            if not stale:
+                try:
+                    self.window.check(seq)  # accepted already: refused without decrypting
+                except MediaReplayed as err:
+                    error = err
+                    continue
             try:
-                self.window.check(seq)
                 body = aead.decrypt(_nonce(seq), ciphertext, None)
-            except MediaReplayed as err:
-                error = err
-                continue
             except InvalidTag:
+                if not isinstance(error, MediaReplayed) and self.window.expects(seq):
+                    error = MediaForged()
+                continue
+            if stale:  # authentic, but too old to tell from a replay
+                error = MediaReplayed()
                 continue
             self.window.accept(seq)  # authentic: even if the body is odd, never accept twice
-            return _parse_body(seq, body)
+            return _parse_body(seq, body, self.profile)
         raise error
 
 
-def _parse_body(seq: int, body: bytes) -> MediaPacket:
+def _parse_body(seq: int, body: bytes, profile: VoiceProfile) -> MediaPacket:
     timestamp, n_frames, n_redundant = struct.unpack_from(">IBB", body)
     pos, frames = BODY_HEADER_LEN, []
     for _ in range(n_frames + n_redundant):
@@ -335,4 +395,6 @@ def _parse_body(seq: int, body: bytes) -> MediaPacket:
         pos += length
     if n_frames == 0 or not hmac.compare_digest(body[pos:], bytes(len(body) - pos)):
         raise MediaMalformed()
-    return MediaPacket(seq, timestamp, tuple(frames[n_redundant:]), tuple(frames[:n_redundant]))
+    return MediaPacket(
+        seq, timestamp, tuple(frames[n_redundant:]), tuple(frames[:n_redundant]), profile
+    )

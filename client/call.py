@@ -16,7 +16,8 @@ an unlisted gateway) the slot still sends: drop cover to the own gateway alone, 
 The contact's gateway sees 384 random-looking bytes either way: media packets are AEAD
 with a masked sequence number, signaling frames are AEAD under a key from the contact card
 with a random nonce, and loops are random bytes.
-The receiver tries media first, then signaling; what opens as neither is cover.
+The receiver tries media first, then signaling; what opens as neither is cover, unless it
+claimed to be media of the call (``received`` counts each kind apart).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import os
 import struct
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Protocol
 
@@ -56,7 +57,7 @@ from overlay import (
 
 from ._channel import SecureChannel
 from ._jitter import Frame, JitterBuffer, JitterConfig, JitterStats
-from ._media import Direction, MediaError, MediaReceiver, MediaSender
+from ._media import Direction, MediaError, MediaReceiver, MediaSender, NotMedia
 from ._signaling import (
     Action,
     Call,
@@ -300,7 +301,9 @@ class Caller:
         # Slots by SlotKind value sent, "skipped" (nothing routable), "unroutable" (sent as
         # last-resort cover instead), "missed" (the process fell behind the grid).
         self.slots: Counter[str] = Counter()
-        self.received: Counter[str] = Counter()  # deliveries by what they turned out to be
+        # Deliveries by what they turned out to be (``deliver``): media, signal_frames,
+        # cover, other (replies), or the reason a frame that claimed to be media was dropped.
+        self.received: Counter[str] = Counter()
         self.sent_sizes: set[int] = set()
         self.tx = MediaTrace()
         self.rx = PlayoutTrace()
@@ -455,16 +458,22 @@ class Caller:
             self.deliver(received.delivery.data, received.at - self._wall_offset)
 
     def deliver(self, data: bytes, at: float) -> None:
-        """One delivery from our mailbox: media, else signaling, else cover."""
+        """One delivery from our mailbox (``at``: seconds on our clock): media, else
+        signaling, else cover. Counted in ``received`` under ``media``, ``signal_frames``,
+        ``cover`` (opened as neither and did not claim to be media: our loops, or noise,
+        or media that came before our call started), or, for a frame that claimed to be
+        media of the call and is not signaling either, the media drop reason
+        (``media_forged``, ``media_replayed``, ``media_malformed``)."""
+        refused: MediaError | None = None
         if self._receiver is not None and self._jb is not None:
             try:
                 packet = self._receiver.open(data)
-            except MediaError:
-                pass
+            except MediaError as err:
+                refused = err
             else:
                 self.received["media"] += 1
                 self.rx.arrived.setdefault(packet.seq, at)
-                self._jb.push_packet(packet, self.profile.samples_per_frame, at)
+                self._jb.push_packet(packet, at)  # frame indices on the peer's profile
                 self._apply(self.call.media_received(self._clock()))  # the peer is there
                 if self._first_arrival is None:
                     self._first_arrival = at
@@ -473,7 +482,9 @@ class Caller:
         try:
             envelope = self.framer.open(data)
         except InvalidTag:
-            self.received["cover"] += 1
+            self.received[
+                "cover" if refused is None or isinstance(refused, NotMedia) else refused.reason
+            ] += 1
             return
         self.received["signal_frames"] += 1
         if envelope is not None:
@@ -483,8 +494,8 @@ class Caller:
         await self._playout_ready.wait()
         assert self._first_arrival is not None and self._jb is not None
         assert self._decoder is not None
-        frame_s = self.profile.frame_ms / 1000
-        start = self._first_arrival + self.jitter_config.initial_extra_ms / 1000
+        frame_s = self._jb.config.frame_ms / 1000  # the peer's frames
+        start = self._first_arrival + self._jb.config.initial_extra_ms / 1000
         k = 0
         while True:
             t = start + k * frame_s  # the jitter buffer's own playout grid
@@ -539,7 +550,8 @@ class Caller:
         self._encoder = OpusEncoder(act.tx_profile)
         self._receiver = MediaReceiver(act.rx_profile, act.rx_keys)
         self._decoder = OpusDecoder(act.rx_profile)
-        self._jb = JitterBuffer(self.jitter_config)
+        # The jitter buffer runs on the peer's frames, which may last longer than ours.
+        self._jb = JitterBuffer(replace(self.jitter_config, frame_ms=act.rx_profile.frame_ms))
         # The mic opens on the slot grid, so each packet leaves as its last frame is complete.
         k = 0 if self._grid_start is None else -(-(now - self._grid_start) // self.slot_s)
         self.tx.capture_start = (

@@ -17,11 +17,23 @@ from overlay import UsageError
 FRAME_S = 0.02
 
 
+NEW = b"new"  # suffix of the frames a sender produced after its clock jumped
+
+
 @dataclass
 class Run:
     stats: JitterStats
     items: list[Frame | Conceal]  # only those for frames the sender sent
     targets: list[float]
+    timeline: list[tuple[float, Frame | Conceal]]  # every item with its playout time
+    jump_arrival: float | None  # first arrival of a packet sealed after the clock jumped
+
+    @property
+    def new_audio_delay(self) -> float:
+        """Seconds from the first post-jump arrival to the first post-jump frame played."""
+        assert self.jump_arrival is not None
+        played = [t for t, i in self.timeline if isinstance(i, Frame) and i.data.endswith(NEW)]
+        return (played[0] if played else float("inf")) - self.jump_arrival
 
     @property
     def played(self) -> int:
@@ -45,34 +57,47 @@ def simulate(
     loss: float = 0.0,
     seed: int = 0,
     config: JitterConfig | None = None,
+    jump_at: int | None = None,
+    jump_frames: int = 0,
 ) -> Run:
-    """Sender: one packet per fpp frames, sent when its last frame is captured."""
+    """Sender: one packet per fpp frames, sent when its last frame is captured. From
+    packet ``jump_at`` on, its media clock is ``jump_frames`` frames off (at most back to
+    0), and its new frames end with NEW; the first such packet repeats older frames under
+    the new clock, as MediaSender's redundancy does."""
+    if jump_at is not None:
+        jump_frames = max(jump_frames, -jump_at * fpp)
     rng = np.random.default_rng(seed)
     arrivals = []
     for s in range(packets):
         if rng.random() < loss:
             continue
-        first = s * fpp
+        jumped = jump_at is not None and s >= jump_at
+        first = s * fpp + (jump_frames if jumped else 0)
         lo = max(0, first - redundancy * fpp)
         frames = {i: i.to_bytes(4, "big") for i in range(lo, first + fpp)}
-        sent = (first + fpp) * FRAME_S
-        arrivals.append((sent + delay(rng, s), s, frames, first))
+        if jumped:  # the frames sealed since the jump, redundant copies included
+            jump_first = jump_at * fpp + jump_frames  # type: ignore[operator]
+            frames.update({i: f + NEW for i, f in frames.items() if i >= jump_first})
+        sent = (s + 1) * fpp * FRAME_S
+        arrivals.append((sent + delay(rng, s), s, frames, first, jumped))
     arrivals.sort(key=lambda a: a[0])
     jb = JitterBuffer(config)
-    items: list[Frame | Conceal] = []
+    timeline: list[tuple[float, Frame | Conceal]] = []
     targets: list[float] = []
     k, now, end = 0, 0.0037, arrivals[-1][0] + 1.0
-    total = packets * fpp
-    while now < end and (items[-1].index < total - 1 if items else True):
+    last = packets * fpp - 1 if jump_at is None else None  # with a jump: play on to the end
+    while now < end and (last is None or not timeline or timeline[-1][1].index < last):
         while k < len(arrivals) and arrivals[k][0] <= now:
-            t, s, frames, first = arrivals[k]
+            t, s, frames, first, _ = arrivals[k]
             jb.push(frames, s, t, redundant={i for i in frames if i < first})
             k += 1
         while (item := jb.pop(now)) is not None:
-            items.append(item)
+            timeline.append((now, item))
         targets.append(jb.stats.target_s)
         now += FRAME_S
-    return Run(jb.stats, [i for i in items if i.index < total], targets)
+    jump_arrival = min((a[0] for a in arrivals if a[4]), default=None)
+    items = [i for _, i in timeline if i.index < packets * fpp]
+    return Run(jb.stats, items, targets, timeline, jump_arrival)
 
 
 def mixnet(fixed: float = 0.05, hops: int = 5, mean: float = 0.02) -> Callable[..., float]:
@@ -142,20 +167,67 @@ def test_long_gap_resynchronizes_and_nothing_before_start() -> None:
     jb = JitterBuffer()
     assert jb.pop(100.0) is None
     jb.push({0: b"a"}, 0, 1.0)
-    jb.push({5000: b"b"}, 1, 2.0)  # sender restarted its clock far ahead
-    assert jb.stats.resyncs == 1
-    item = None
-    for k in range(10):
-        item = jb.pop(2.0 + k * FRAME_S) or item
-    assert item == Frame(5000, b"b") or isinstance(item, Conceal)
-    with pytest.raises(UsageError):
-        jb.push({-1: b"x"}, 2, 3.0)
+    for s in (1, 2, 3):  # sender restarted its clock far ahead
+        jb.push({5000 + s: b"b"}, s, 2.0 + s * 0.04)
+    assert jb.stats.resyncs == 1 and jb.stats.off_clock == 3
+    played = [jb.pop(2.12 + k * FRAME_S) for k in range(10)]
+    assert Frame(5003, b"b") in played
+    for bad in (-1, 2**32):
+        with pytest.raises(UsageError):
+            jb.push({bad: b"x"}, 4, 3.0)
+
+
+def test_a_sender_clock_restarted_behind_the_playout_point_plays_within_a_second() -> None:
+    # 10 s of call, then the sender's timestamps start again from 0 (its clock restarted).
+    run = simulate(mixnet(), packets=400, seed=7, jump_at=250, jump_frames=-500)
+    assert run.stats.resyncs == 1
+    assert run.new_audio_delay < 1.0
+    after = [i for t, i in run.timeline if run.jump_arrival is not None and t > run.jump_arrival]
+    assert sum(isinstance(i, Frame) and i.data.endswith(NEW) for i in after) > 285  # of 300
+
+
+@pytest.mark.parametrize("jump", [250, 3600 * 50])  # 5 s, an hour of 20 ms frames
+def test_a_sender_clock_far_ahead_plays_within_a_second(jump: int) -> None:
+    run = simulate(mixnet(), packets=400, seed=8, jump_at=250, jump_frames=jump)
+    assert run.stats.resyncs == 1 and run.new_audio_delay < 1.0
+    # Nothing was concealed for the hour in between: the clock jumped instead.
+    end = max(t for t, i in run.timeline if isinstance(i, Frame))
+    assert sum(isinstance(i, Conceal) for t, i in run.timeline if t < end) < 20
+
+
+def test_a_late_burst_on_the_same_clock_is_not_a_resync() -> None:
+    def stall(rng: np.random.Generator, s: int) -> float:
+        return 0.08 + (0.9 if 200 <= s < 230 else 0.0)  # 1.2 s of packets held 0.9 s
+
+    run = simulate(stall, packets=400, seed=9)
+    assert run.stats.resyncs == 0 and run.stats.off_clock == 0 and run.stats.late > 0
+    played = [i.index for i in run.items if isinstance(i, Frame)]
+    assert played == sorted(set(played))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(-(2**32), 2**32),
+    st.integers(3, 150),
+    st.integers(0, 2**16),
+    st.sampled_from([0.002, 0.01, 0.02, 0.03]),
+)
+def test_after_any_single_clock_discontinuity_audio_plays_again_within_a_second(
+    jump_frames: int, jump_at: int, seed: int, mean: float
+) -> None:
+    packets = jump_at + 60
+    jump_frames = min(jump_frames, 2**32 - 2 * packets - 2 * jump_at - 8)
+    run = simulate(
+        mixnet(mean=mean), packets=packets, seed=seed, jump_at=jump_at, jump_frames=jump_frames
+    )
+    assert run.new_audio_delay <= 1.0
 
 
 @pytest.mark.parametrize(
     ("field", "value"),
     [("quantile", 1.0), ("quantile", 0.2), ("frame_ms", 0), ("grow_every", 0),
-     ("max_extra_ms", 10), ("window_frames", -1)],
+     ("max_extra_ms", 10), ("window_frames", -1), ("max_wait_ms", 600),
+     ("resync_packets", 0), ("resync_late_ms", -5)],
 )  # fmt: skip
 def test_config_rejects_bad_fields_by_name(field: str, value: object) -> None:
     with pytest.raises(UsageError, match=field):
@@ -189,3 +261,47 @@ def test_any_arrival_pattern_plays_each_frame_at_most_once_in_order(
     assert all(i.data == bytes([i.index % 256]) for i in out if isinstance(i, Frame))
     missing = {i.index for i in out if isinstance(i, Conceal) and i.reason == "missing"}
     assert not missing & set(played)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2**32 - 5), st.integers(0, 2**32), st.booleans()),
+        min_size=1,
+        max_size=120,
+    )
+)
+def test_hostile_indices_and_jumps_keep_the_buffer_bounded(
+    packets: list[tuple[int, int, bool]],
+) -> None:
+    """Any indices and sequence numbers, one packet per tick, interleaved with an honest
+    stream or not: what the buffer holds stays within max_wait of the playout point."""
+    config = JitterConfig()
+    jb = JitterBuffer(config)
+    bound = config.max_wait_ms // config.frame_ms + 4 + 1
+    for k, (index, seq, honest) in enumerate(packets):
+        now = k * FRAME_S
+        first, s = (2 * k, k) if honest else (index, seq)
+        jb.push({first + j: b"x" for j in range(4)}, s, now)
+        while jb.pop(now) is not None:
+            pass
+        assert len(jb._buffer) <= bound
+        assert len(jb._run) <= config.resync_packets
+
+
+def test_stragglers_from_before_a_resync_neither_play_nor_move_the_target() -> None:
+    jb = JitterBuffer()
+    for s in range(50):  # 2 s on the old clock, 100 ms of delay
+        jb.push({2 * s: b"o", 2 * s + 1: b"o"}, s, 0.04 * (s + 1) + 0.1)
+    target = jb.stats.target_s
+    for s in range(51, 54):  # the clock jumped an hour ahead; packet 50 was overtaken
+        first = 2 * s + 180_000
+        jb.push({first: b"n", first + 1: b"n"}, s, 0.04 * (s + 1) + 0.1)
+    assert jb.stats.resyncs == 1
+    new_target = jb.stats.target_s
+    jb.push({100: b"o", 101: b"o"}, 50, 2.3)  # the straggler, an hour behind the new clock
+    assert jb.stats.target_s == new_target and jb.stats.off_clock == 4
+    assert abs(new_target - target) > 3000  # (the clocks differ by an hour)
+    played = [jb.pop(2.3 + k * FRAME_S) for k in range(20)]
+    assert not any(isinstance(i, Frame) and i.data == b"o" for i in played)
+    assert any(isinstance(i, Frame) and i.data == b"n" for i in played)
