@@ -80,12 +80,12 @@ def _bad(text: str, replace: str, by: str) -> str:
         (
             "loop_cover_rate_hz = 2.5",
             'loop_cover_rate_hz = "abc"',
-            "mixing.loop_cover_rate_hz: expected a number >= 0, got 'abc'",
+            "mixing.loop_cover_rate_hz: expected a number in 0..1000, got 'abc'",
         ),
         (
             "loop_cover_rate_hz = 2.5",
             "loop_cover_rate_hz = -1",
-            "mixing.loop_cover_rate_hz: expected a number >= 0",
+            "mixing.loop_cover_rate_hz: expected a number in 0..1000",
         ),
         ('role = "gateway"', 'role = "relay"', "node.role: expected 'mix' or 'gateway'"),
         ("listen_port = 31001", "listen_port = 70000", "node.listen_port: expected an integer"),
