@@ -106,8 +106,11 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 def _keys(cfg: NodeConfig, open_keys: Callable[[Path], NodeKeys]) -> NodeKeys:
     """``open_keys(node.data_dir)``; a path in the way or a bad key file names the field."""
+    data_dir = cfg.node.data_dir
     try:
-        return open_keys(cfg.node.data_dir)
+        if data_dir.exists() and not data_dir.is_dir():
+            raise ConfigError(f"node.data_dir: {data_dir} is a file, not a directory")
+        return open_keys(data_dir)
     except OSError as exc:
         raise data_dir_error("node.data_dir", exc) from None
     except KeyStoreError as exc:

@@ -251,19 +251,24 @@ class _Table:
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a table, got {_show(data)}")
         self.data: dict[str, Any] = data
-        self.path = path
+        self.path = path  # "" for the file's top level, whose keys are sections
+        self.unknown = "field" if path else "section"
         self.used: set[str] = set()
+
+    def name(self, key: str) -> str:
+        """The path of ``key`` in the file: ``section.field``, or the section's name."""
+        return f"{self.path}.{key}" if self.path else key
 
     def _get(self, key: str, default: Any) -> Any:
         self.used.add(key)
         if key in self.data:
             return self.data[key]
         if default is _REQUIRED:
-            raise ConfigError(f"{self.path}.{key}: missing (required)")
+            raise ConfigError(f"{self.name(key)}: missing (required)")
         return default
 
     def fail(self, key: str, wanted: str, value: object) -> ConfigError:
-        return ConfigError(f"{self.path}.{key}: expected {wanted}, got {_show(value)}")
+        return ConfigError(f"{self.name(key)}: expected {wanted}, got {_show(value)}")
 
     def text(self, key: str, default: Any = _REQUIRED, choices: tuple[str, ...] = ()) -> str:
         v = self._get(key, default)
@@ -290,7 +295,7 @@ class _Table:
 
     def ranged(self, key: str, default: Any = _REQUIRED) -> Any:
         """An integer or number checked against ``RANGES['<table>.<key>']``."""
-        r = RANGES[f"{self.path}.{key}"]
+        r = RANGES[self.name(key)]
         if r.integer:
             return self.integer(key, int(r.lo), int(r.hi), default)
         return self.number(key, r.lo, r.hi, default)
@@ -307,7 +312,7 @@ class _Table:
         v = self._get(key, default)
         if not isinstance(v, list):
             raise self.fail(key, "a list", v)
-        return [item(f"{self.path}.{key}[{i}]", x) for i, x in enumerate(v)]
+        return [item(f"{self.name(key)}[{i}]", x) for i, x in enumerate(v)]
 
     def host(self, key: str, default: Any = _REQUIRED) -> str:
         v = self.text(key, default)
@@ -319,7 +324,7 @@ class _Table:
     def finish(self) -> None:
         extra = sorted(set(self.data) - self.used)
         if extra:
-            raise ConfigError(f"{self.path}.{extra[0]}: unknown field")
+            raise ConfigError(f"{self.name(extra[0])}: unknown {self.unknown}")
 
 
 def _url(path: str, value: object) -> str:
@@ -375,8 +380,10 @@ def bind_error(host_field: str, port_field: str, host: str, port: int, exc: OSEr
 def data_dir_error(field: str, exc: OSError) -> ConfigError:
     """The ConfigError for a data directory (or a file in it) that cannot be used."""
     where = exc.filename if exc.filename is not None else "data directory"
-    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
-        return ConfigError(f"{field}: {where} is in the way: a file where a directory belongs")
+    if exc.errno == errno.EEXIST:
+        return ConfigError(f"{field}: {where} is a file where a directory belongs")
+    if exc.errno == errno.ENOTDIR:
+        return ConfigError(f"{field}: {where}: a part of this path is a file, not a directory")
     return ConfigError(f"{field}: {where}: {exc.strerror or exc}")
 
 
@@ -453,7 +460,7 @@ def parse_node_config(
     text: str, *, base_dir: Path | None = None, where: str = "config"
 ) -> NodeConfig:
     """Parse a node config from TOML text; relative paths resolve against ``base_dir``."""
-    root = _Table(_root(text, where), where)
+    root = _Table(_root(text, where), "")
     n = _Table(root._get("node", _REQUIRED), "node")
     name = n.text("name")
     if len(name) > 64:
@@ -531,7 +538,7 @@ def parse_dirauth_config(
     text: str, *, base_dir: Path | None = None, where: str = "config"
 ) -> DirAuthConfig:
     """Parse an authority config from TOML text."""
-    root = _Table(_root(text, where), where)
+    root = _Table(_root(text, where), "")
     a = _Table(root._get("authority", _REQUIRED), "authority")
     auth = AuthoritySection(
         name=a.text("name"),

@@ -99,7 +99,7 @@ def _bad(text: str, replace: str, by: str) -> str:
         ("loss = 0.01", "loss = 1.5", "link.loss: expected a number in 0..0.99"),
         ("workers = 2", "workers = true", "mixing.workers: expected an integer"),
         ("workers = 2", "wokers = 2", "mixing.wokers: unknown field"),
-        ("[link]", "[lnk]", "lnk: unknown field"),
+        ("[link]", "[lnk]", "lnk: unknown section"),
         ("epoch_length_s = 600", "epoch_length_s = 1", "directory.epoch_length_s"),
         ('name = "gw-1"', "name = 5", "node.name: expected a string, got 5"),
     ],
