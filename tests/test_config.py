@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import copy
+import math
+import re
 from pathlib import Path
 
 import pytest
+import tomli_w
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from mixnode.config import (
+    RANGES,
     ConfigError,
     DirAuthConfig,
+    FieldRange,
     load_dirauth_config,
     load_node_config,
     make_node_config,
@@ -17,6 +25,7 @@ from mixnode.config import (
     write_config,
 )
 from overlay import NodeRole
+from tests.config_cases import base_tables
 
 KEY_A = "aa" * 32
 KEY_B = "bb" * 32
@@ -175,3 +184,75 @@ authority_keys = ["{KEY_A}", "{KEY_B}"]
     assert load_dirauth_config(tmp_path / "a.toml") == cfg
     with pytest.raises(ConfigError, match="authority.listen_port: missing"):
         parse_dirauth_config(text.replace("listen_port = 31900", ""))
+
+
+# --------------------------------------------------------------------------------------
+# Ranges: a property over every numeric field
+
+_BASES = {role: base_tables(role, Path("/srv/phantom")) for role in ("mix", "gateway", "authority")}
+_BASES["mix"]["node"]["layer"] = 1  # valid for every mix_layers in range
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _base_for(path: str) -> dict[str, dict[str, object]]:
+    section = path.split(".")[0]
+    return _BASES[section if section in ("gateway", "authority") else "mix"]
+
+
+def _parse_with(path: str, value: object) -> None:
+    section, key = path.split(".")
+    tables = copy.deepcopy(_base_for(path))
+    tables[section][key] = value
+    text = tomli_w.dumps(tables)
+    (parse_dirauth_config if section == "authority" else parse_node_config)(text)
+
+
+def _outside(r: FieldRange) -> st.SearchStrategy[object]:
+    ints = st.one_of(
+        st.integers(_INT64[0], int(r.lo) - 1) if r.lo - 1 >= _INT64[0] else st.nothing(),
+        st.integers(math.floor(r.hi) + 1, _INT64[1]),
+    )
+    if r.integer:
+        return ints
+    return st.one_of(
+        ints,
+        st.floats(max_value=r.lo, exclude_max=True),
+        st.floats(min_value=r.hi, exclude_min=True),
+        st.just(math.nan),
+    )
+
+
+def _inside(r: FieldRange) -> st.SearchStrategy[object]:
+    ints = st.integers(math.ceil(r.lo), math.floor(r.hi))
+    return ints if r.integer else st.one_of(ints, st.floats(r.lo, r.hi))
+
+
+@pytest.mark.parametrize("path", sorted(RANGES))
+@given(data=st.data())
+def test_any_value_outside_a_range_names_the_field(path: str, data: st.DataObject) -> None:
+    value = data.draw(_outside(RANGES[path]))
+    with pytest.raises(ConfigError, match=rf"^{re.escape(path)}: expected an? (integer|number)"):
+        _parse_with(path, value)
+
+
+@pytest.mark.parametrize("path", sorted(RANGES))
+@given(data=st.data())
+def test_any_value_inside_a_range_is_accepted(path: str, data: st.DataObject) -> None:
+    value = data.draw(_inside(RANGES[path]))
+    assume(path != "gateway.client_port" or value != _BASES["gateway"]["node"]["listen_port"])
+    _parse_with(path, value)
+
+
+def test_every_rate_size_and_delay_is_bounded() -> None:
+    """The issue's 1e300 Hz loop cover, and every field of its kind, has a finite ceiling."""
+    assert all(math.isfinite(r.hi) and r.lo <= r.hi for r in RANGES.values())
+    ceilings = {"Hz": 10_000, "packets": 10**7, "ms": 60_000}  # what one node can hold
+    for path, r in RANGES.items():
+        assert r.hi <= ceilings.get(r.unit, math.inf), path
+    for path in RANGES:  # every range belongs to a real field
+        section, key = path.split(".")
+        assert key in _base_for(path)[section]
+    with pytest.raises(ConfigError, match=r"^mixing.loop_cover_rate_hz: expected a number in"):
+        _parse_with("mixing.loop_cover_rate_hz", 1e300)
+    with pytest.raises(ConfigError, match=r"^directory.genesis_s: expected an integer in"):
+        _parse_with("directory.genesis_s", 2**40)
