@@ -17,9 +17,11 @@ from mixnode.config import (
     ConfigError,
     DirAuthConfig,
     FieldRange,
+    dirauth_config_to_dict,
     load_dirauth_config,
     load_node_config,
     make_node_config,
+    node_config_to_dict,
     parse_dirauth_config,
     parse_node_config,
     write_config,
@@ -256,3 +258,31 @@ def test_every_rate_size_and_delay_is_bounded() -> None:
         _parse_with("mixing.loop_cover_rate_hz", 1e300)
     with pytest.raises(ConfigError, match=r"^directory.genesis_s: expected an integer in"):
         _parse_with("directory.genesis_s", 2**40)
+
+
+def _guide_rows() -> dict[str, list[str]]:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "operators.md").read_text()
+    section = text.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| `")]
+    return {cells[0].strip().strip("`"): [c.strip() for c in cells[1:]] for cells in rows}
+
+
+def _shown(x: float) -> str:
+    return str(int(x)) if x == int(x) else f"{x:g}"
+
+
+def test_operators_guide_lists_every_field_with_its_unit_and_range() -> None:
+    rows = _guide_rows()
+    gateway = node_config_to_dict(parse_node_config(tomli_w.dumps(_BASES["gateway"])))
+    authority = dirauth_config_to_dict(parse_dirauth_config(tomli_w.dumps(_BASES["authority"])))
+    written = {
+        f"{section}.{key}"
+        for tables in (gateway, authority)
+        for section, fields in tables.items()
+        for key in fields  # type: ignore[attr-defined]
+    }
+    assert set(rows) == written  # every field the writer knows, and no other
+    for path, r in RANGES.items():
+        _, unit, allowed, _, _ = rows[path]
+        assert unit == r.unit, path
+        assert allowed.startswith(f"{_shown(r.lo)}..{_shown(r.hi)}"), path
