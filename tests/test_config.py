@@ -286,3 +286,34 @@ def test_operators_guide_lists_every_field_with_its_unit_and_range() -> None:
         _, unit, allowed, _, _ = rows[path]
         assert unit == r.unit, path
         assert allowed.startswith(f"{_shown(r.lo)}..{_shown(r.hi)}"), path
+
+
+@given(
+    mix_layers=st.integers(1, 3),
+    layer=st.integers(-(2**63), 2**63 - 1),
+    keys=st.integers(1, 4),
+    threshold=st.integers(-(2**63), 2**63 - 1),
+)
+def test_dependent_ranges_layer_and_threshold(
+    mix_layers: int, layer: int, keys: int, threshold: int
+) -> None:
+    """node.layer lies in 1..directory.mix_layers, threshold in 1..len(authority_keys)."""
+    tables = copy.deepcopy(_BASES["mix"])
+    tables["directory"].update(
+        mix_layers=mix_layers,
+        authority_keys=[bytes([i + 1]).hex() * 32 for i in range(keys)],
+        threshold=1,
+    )
+    tables["node"]["layer"] = layer
+    if 1 <= layer <= mix_layers:
+        assert parse_node_config(tomli_w.dumps(tables)).node.layer == layer
+    else:
+        with pytest.raises(ConfigError, match=r"^node\.layer: expected"):
+            parse_node_config(tomli_w.dumps(tables))
+    tables["node"]["layer"] = 1
+    tables["directory"]["threshold"] = threshold
+    if 1 <= threshold <= keys:
+        assert parse_node_config(tomli_w.dumps(tables)).directory.threshold == threshold
+    else:
+        with pytest.raises(ConfigError, match=r"^directory\.threshold: expected an integer in"):
+            parse_node_config(tomli_w.dumps(tables))
