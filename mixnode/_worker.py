@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import errno
 import heapq
 import json
 import math
@@ -139,27 +140,68 @@ def shard_of(packet: bytes, workers: int) -> int:
     return packet[1] % workers if len(packet) > 1 else 0
 
 
+def _udp_sockets_on_port(port: int) -> list[tuple[str, int]] | None:
+    """(address, inode) of every IPv4 UDP socket bound to ``port`` (/proc/net/udp), or None.
+
+    Linux only; None where the table cannot be read.
+    """
+    try:
+        with open("/proc/net/udp", encoding="ascii") as f:
+            rows = [line.split() for line in f.read().splitlines()[1:]]
+    except OSError:
+        return None
+    # Columns: sl local_address rem_address st ... uid timeout inode; local is "ADDR:PORT"
+    # in hex, the address as the host-order integer of the network-order bytes.
+    out = []
+    for row in rows:
+        address, _, hex_port = row[1].partition(":")
+        if int(hex_port, 16) == port:
+            packed = int(address, 16).to_bytes(4, sys.byteorder)
+            out.append((socket.inet_ntoa(packed), int(row[9])))
+    return out
+
+
 def bind_sharded(host: str, port: int, workers: int) -> list[socket.socket]:
-    """``workers`` UDP sockets on one port, sharded by the packet's first alpha byte."""
-    socks = []
-    for _ in range(workers):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-        s.bind((host, port))
-        socks.append(s)
-        port = s.getsockname()[1]  # port 0: the first bind chose it, the rest join it
-    if workers > 1:
-        # A = packet[ALPHA_BYTE_OFFSET]; A %= workers; return A
-        prog = (_SockFilter * 3)(
-            _SockFilter(0x30, 0, 0, ALPHA_BYTE_OFFSET),
-            _SockFilter(0x94, 0, 0, workers),
-            _SockFilter(0x16, 0, 0, 0),
-        )
-        fprog = _SockFprog(3, ctypes.cast(prog, ctypes.POINTER(_SockFilter)))
-        raw = ctypes.string_at(ctypes.addressof(fprog), ctypes.sizeof(fprog))
-        socks[0].setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, raw)
+    """``workers`` UDP sockets on one port, sharded by the packet's first alpha byte.
+
+    The port must be free. SO_REUSEPORT would let a second node of the same user join this
+    node's group and take a share of its packets, so a probe socket first binds the port
+    without SO_REUSEPORT (EADDRINUSE if any socket holds it), and after binding the sockets
+    on the port are compared with ours (Linux /proc/net/udp) to close the window between
+    probe and bind. Raises OSError: EADDRINUSE for a busy port, EADDRNOTAVAIL for an
+    address not on this host, ``socket.gaierror`` for a name that does not resolve.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind((host, port))
+        port = probe.getsockname()[1]  # port 0: the probe chose a free one
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(workers):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            s.bind((host, port))
+        address = socks[0].getsockname()[0]
+        ours = {os.fstat(s.fileno()).st_ino for s in socks}
+        for other, inode in _udp_sockets_on_port(port) or []:
+            if inode not in ours and (other == address or "0.0.0.0" in (other, address)):
+                raise OSError(errno.EADDRINUSE, f"UDP port {port} is shared with another socket")
+        if workers > 1:
+            # A = packet[ALPHA_BYTE_OFFSET]; A %= workers; return A
+            prog = (_SockFilter * 3)(
+                _SockFilter(0x30, 0, 0, ALPHA_BYTE_OFFSET),
+                _SockFilter(0x94, 0, 0, workers),
+                _SockFilter(0x16, 0, 0, 0),
+            )
+            fprog = _SockFprog(3, ctypes.cast(prog, ctypes.POINTER(_SockFilter)))
+            raw = ctypes.string_at(ctypes.addressof(fprog), ctypes.sizeof(fprog))
+            socks[0].setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, raw)
+    except BaseException:
+        for s in socks:
+            s.close()
+        raise
     return socks
 
 

@@ -22,7 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mixnode._args import hex_key, port
@@ -31,6 +31,8 @@ from overlay import PhantomError, epoch_at
 from .config import (
     ConfigError,
     NodeConfig,
+    check_genesis,
+    data_dir_error,
     load_node_config,
     make_node_config,
     write_config,
@@ -84,9 +86,14 @@ def _cmd_init(args: argparse.Namespace) -> int:
     )
     write_config(path, cfg)
     loaded = load_node_config(path)  # resolves data_dir against the config's directory
-    keys = NodeKeys.load_or_create(loaded.node.data_dir)
+    now = time.time()
     d = loaded.directory
-    keys.ensure_epochs(epoch_at(time.time(), d.epoch_length_s, d.genesis_s))
+    check_genesis(d, now)
+    keys = _keys(loaded, NodeKeys.load_or_create)
+    try:
+        keys.ensure_epochs(epoch_at(now, d.epoch_length_s, d.genesis_s))
+    except OSError as exc:
+        raise data_dir_error("node.data_dir", exc) from None
     print(f"wrote {path}")
     print(f"node id {keys.node_id.hex()} (identity key {keys.identity_public.hex()})")
     print(f"keys in {loaded.node.data_dir} (mode 0600)")
@@ -97,10 +104,22 @@ def _cmd_init(args: argparse.Namespace) -> int:
 # run
 
 
+def _keys(cfg: NodeConfig, open_keys: Callable[[Path], NodeKeys]) -> NodeKeys:
+    """``open_keys(node.data_dir)``; a path in the way or a bad key file names the field."""
+    data_dir = cfg.node.data_dir
+    try:
+        if data_dir.exists() and not data_dir.is_dir():
+            raise ConfigError(f"node.data_dir: {data_dir} is a file, not a directory")
+        return open_keys(data_dir)
+    except OSError as exc:
+        raise data_dir_error("node.data_dir", exc) from None
+    except KeyStoreError as exc:
+        raise ConfigError(f"node.data_dir: {exc}") from None
+
+
 def _load(path: str) -> tuple[NodeConfig, NodeKeys]:
     cfg = load_node_config(Path(path))
-    keys = NodeKeys.load(cfg.node.data_dir)
-    return cfg, keys
+    return cfg, _keys(cfg, NodeKeys.load)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

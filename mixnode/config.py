@@ -20,12 +20,21 @@
 
 Every field is checked on load; an error names the field by its path (``section.field``)
 and says what was wanted. Unknown sections and fields are errors too (they are typos).
-docs/operators.md lists every field with its unit and default.
+Every numeric field has a closed range (``RANGES``: rates in Hz, sizes in packets, delays
+in ms, periods in s; NaN and infinities are refused), and every host is an IPv4 address or
+a DNS name (IPv6 is not supported: the packet sockets are IPv4). What only the running
+machine can tell (does the name resolve, is the address ours, is the port free, is the
+data directory a directory, has epoch 0 begun) is checked at start-up: ``bind_error``,
+``data_dir_error`` and ``check_genesis`` turn those failures into a ConfigError naming the
+field. docs/operators.md lists every field with its unit, range and default.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import re
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -47,6 +56,49 @@ _REQUIRED: Any = object()
 
 class ConfigError(PhantomError, ValueError):
     """A configuration field is missing or invalid; the message names the field path."""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRange:
+    """The closed range ``lo..hi`` that a numeric field must lie in, in ``unit``.
+
+    ``integer`` fields take TOML integers only; the others take integers or floats.
+    """
+
+    lo: float
+    hi: float
+    unit: str
+    integer: bool = False
+
+
+_PORT = FieldRange(1, 65535, "port", integer=True)
+GENESIS_MAX_S = 2**32 - 1  # unix seconds: 2106-02-07, the end of unsigned 32-bit time
+
+# Every numeric field whose range does not depend on another field (node.layer depends on
+# node.role, directory.threshold on the number of authority_keys). Upper bounds keep every
+# loop and buffer bounded: a node processes about 10k packets/s per worker
+# (docs/testnet.md), so 1000 Hz of loop cover or of downlink to one client is already a
+# tenth of a worker; 1M packets of 636 bytes hold 636 MB.
+RANGES: Mapping[str, FieldRange] = {
+    "node.listen_port": _PORT,
+    "gateway.client_port": _PORT,
+    "gateway.delivery_rate_hz": FieldRange(0.1, 1000.0, "Hz"),
+    "gateway.mailbox_capacity": FieldRange(1, 10_000, "packets", integer=True),
+    "mixing.loop_cover_rate_hz": FieldRange(0.0, 1000.0, "Hz"),
+    "mixing.max_queue": FieldRange(1, 1_000_000, "packets", integer=True),
+    "mixing.late_drop_ms": FieldRange(0.0, 60_000.0, "ms"),
+    "mixing.workers": FieldRange(1, 64, "processes", integer=True),
+    "mixing.loop_cover_delay_ms": FieldRange(0.0, 1000.0, "ms"),
+    "directory.epoch_length_s": FieldRange(10, 7 * 86400, "s", integer=True),
+    "directory.genesis_s": FieldRange(0, GENESIS_MAX_S, "unix s", integer=True),
+    "directory.mix_layers": FieldRange(1, MAX_MIX_LAYERS, "layers", integer=True),
+    "metrics.port": _PORT,
+    "link.delay_ms_mean": FieldRange(0.0, 10_000.0, "ms"),
+    "link.delay_ms_jitter": FieldRange(0.0, 10_000.0, "ms"),
+    "link.loss": FieldRange(0.0, 0.99, "probability"),
+    "authority.listen_port": _PORT,
+    "authority.round_interval_s": FieldRange(0.1, 3600.0, "s"),
+}
 
 
 # --------------------------------------------------------------------------------------
@@ -172,6 +224,30 @@ def _show(value: object) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def host_problem(host: str) -> str | None:
+    """What an IPv4 address or DNS name (RFC 1123) was wanted as, or None if ``host`` is one.
+
+    IPv6 literals are refused: the node's packet sockets, the gateway's client socket and
+    the authority's HTTP server are IPv4 only. A name whose last label is all digits must
+    be a valid dotted-quad address, so ``999.1.1.1`` is refused here, not by the resolver.
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return None if address.version == 4 else "an IPv4 address or name (IPv6 is not supported)"
+    labels = host.removesuffix(".").split(".")
+    if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return "a host name or IPv4 address"
+    if labels[-1].isdigit():
+        return "a valid IPv4 address (four numbers 0..255)"
+    return None
+
+
 class _Table:
     """One TOML table being read; remembers which keys were used."""
 
@@ -179,19 +255,24 @@ class _Table:
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a table, got {_show(data)}")
         self.data: dict[str, Any] = data
-        self.path = path
+        self.path = path  # "" for the file's top level, whose keys are sections
+        self.unknown = "field" if path else "section"
         self.used: set[str] = set()
+
+    def name(self, key: str) -> str:
+        """The path of ``key`` in the file: ``section.field``, or the section's name."""
+        return f"{self.path}.{key}" if self.path else key
 
     def _get(self, key: str, default: Any) -> Any:
         self.used.add(key)
         if key in self.data:
             return self.data[key]
         if default is _REQUIRED:
-            raise ConfigError(f"{self.path}.{key}: missing (required)")
+            raise ConfigError(f"{self.name(key)}: missing (required)")
         return default
 
     def fail(self, key: str, wanted: str, value: object) -> ConfigError:
-        return ConfigError(f"{self.path}.{key}: expected {wanted}, got {_show(value)}")
+        return ConfigError(f"{self.name(key)}: expected {wanted}, got {_show(value)}")
 
     def text(self, key: str, default: Any = _REQUIRED, choices: tuple[str, ...] = ()) -> str:
         v = self._get(key, default)
@@ -209,17 +290,19 @@ class _Table:
             raise self.fail(key, f"an integer in {lo}..{hi}", v)
         return v
 
-    def number(
-        self, key: str, lo: float, hi: float | None = None, default: Any = _REQUIRED
-    ) -> float:
+    def number(self, key: str, lo: float, hi: float, default: Any = _REQUIRED) -> float:
         v = self._get(key, default)
-        ok = isinstance(v, int | float) and not isinstance(v, bool)
-        if ok and v != v:  # NaN
-            ok = False
-        wanted = f"a number >= {lo:g}" if hi is None else f"a number in {lo:g}..{hi:g}"
-        if not ok or v < lo or (hi is not None and v > hi) or v == float("inf"):
-            raise self.fail(key, wanted, v)
+        # NaN fails both comparisons; infinities fail the range.
+        if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
+            raise self.fail(key, f"a number in {lo:g}..{hi:g}", v)
         return float(v)
+
+    def ranged(self, key: str, default: Any = _REQUIRED) -> Any:
+        """An integer or number checked against ``RANGES['<table>.<key>']``."""
+        r = RANGES[self.name(key)]
+        if r.integer:
+            return self.integer(key, int(r.lo), int(r.hi), default)
+        return self.number(key, r.lo, r.hi, default)
 
     def boolean(self, key: str, default: Any = _REQUIRED) -> bool:
         v = self._get(key, default)
@@ -233,18 +316,19 @@ class _Table:
         v = self._get(key, default)
         if not isinstance(v, list):
             raise self.fail(key, "a list", v)
-        return [item(f"{self.path}.{key}[{i}]", x) for i, x in enumerate(v)]
+        return [item(f"{self.name(key)}[{i}]", x) for i, x in enumerate(v)]
 
     def host(self, key: str, default: Any = _REQUIRED) -> str:
         v = self.text(key, default)
-        if any(c.isspace() for c in v) or "/" in v or len(v) > 253:
-            raise self.fail(key, "a host name or IP address", v)
+        problem = host_problem(v)
+        if problem is not None:
+            raise self.fail(key, problem, v)
         return v
 
     def finish(self) -> None:
         extra = sorted(set(self.data) - self.used)
         if extra:
-            raise ConfigError(f"{self.path}.{extra[0]}: unknown field")
+            raise ConfigError(f"{self.name(extra[0])}: unknown {self.unknown}")
 
 
 def _url(path: str, value: object) -> str:
@@ -278,6 +362,42 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def bind_error(host_field: str, port_field: str, host: str, port: int, exc: OSError) -> ConfigError:
+    """The ConfigError for a socket that failed to bind ``host:port``, naming the field at fault.
+
+    ``exc`` is what ``bind`` raised: a resolver error or EADDRNOTAVAIL blames the host
+    field; EADDRINUSE (another node or program holds the port) or EACCES the port field.
+    """
+    if isinstance(exc, socket.gaierror):
+        return ConfigError(f"{host_field}: cannot resolve {host!r} to an IPv4 address")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return ConfigError(f"{host_field}: {host} is not an address of this host")
+    if exc.errno == errno.EADDRINUSE:
+        return ConfigError(f"{port_field}: port {port} on {host} is already in use")
+    if exc.errno == errno.EACCES:
+        return ConfigError(f"{port_field}: not permitted to bind port {port} on {host}")
+    return ConfigError(f"{host_field}: cannot bind {host}:{port}: {exc.strerror or exc}")
+
+
+def data_dir_error(field: str, exc: OSError) -> ConfigError:
+    """The ConfigError for a data directory (or a file in it) that cannot be used."""
+    where = exc.filename if exc.filename is not None else "data directory"
+    if exc.errno == errno.EEXIST:
+        return ConfigError(f"{field}: {where} is a file where a directory belongs")
+    if exc.errno == errno.ENOTDIR:
+        return ConfigError(f"{field}: {where}: a part of this path is a file, not a directory")
+    return ConfigError(f"{field}: {where}: {exc.strerror or exc}")
+
+
+def check_genesis(directory: DirectorySection, now: float) -> None:
+    """ConfigError naming ``directory.genesis_s`` if epoch 0 begins after ``now`` (unix s)."""
+    if now < directory.genesis_s:
+        raise ConfigError(
+            f"directory.genesis_s: epoch 0 begins at {directory.genesis_s}, after this "
+            f"host's clock ({int(now)}); fix the field or the clock"
+        )
 
 
 def _resolve(base: Path | None, raw: str) -> Path:
@@ -318,9 +438,9 @@ def _directory(root: _Table, *, need_authorities: bool) -> DirectorySection:
         authorities=authorities,
         authority_keys=keys,
         threshold=threshold,
-        epoch_length_s=t.integer("epoch_length_s", 10, 7 * 86400, default=3600),
-        genesis_s=t.integer("genesis_s", 0, 2**40, default=0),
-        mix_layers=t.integer("mix_layers", 1, MAX_MIX_LAYERS, default=DEFAULT_MIX_LAYERS),
+        epoch_length_s=t.ranged("epoch_length_s", default=3600),
+        genesis_s=t.ranged("genesis_s", default=0),
+        mix_layers=t.ranged("mix_layers", default=DEFAULT_MIX_LAYERS),
     )
     t.finish()
     return sec
@@ -334,7 +454,7 @@ def _metrics(root: _Table) -> MetricsSection:
     sec = MetricsSection(
         enabled=t.boolean("enabled", default=True),
         host=host,
-        port=t.integer("port", 1, 65535, default=9100),
+        port=t.ranged("port", default=9100),
     )
     t.finish()
     return sec
@@ -344,7 +464,7 @@ def parse_node_config(
     text: str, *, base_dir: Path | None = None, where: str = "config"
 ) -> NodeConfig:
     """Parse a node config from TOML text; relative paths resolve against ``base_dir``."""
-    root = _Table(_root(text, where), where)
+    root = _Table(_root(text, where), "")
     n = _Table(root._get("node", _REQUIRED), "node")
     name = n.text("name")
     if len(name) > 64:
@@ -360,21 +480,25 @@ def parse_node_config(
         role=role,
         layer=layer,
         listen_host=listen_host,
-        listen_port=n.integer("listen_port", 1, 65535),
+        listen_port=n.ranged("listen_port"),
         data_dir=_resolve(base_dir, n.text("data_dir")),
         public_host=n.host("public_host", default=listen_host),
         geometry=n.text("geometry", default="voice", choices=tuple(GEOMETRIES)),
     )
     n.finish()
+    if node.public_host == "0.0.0.0":
+        raise n.fail(
+            "public_host", "an address others can reach (0.0.0.0 is a wildcard)", "0.0.0.0"
+        )
 
     gateway: GatewaySection | None = None
     if role is NodeRole.GATEWAY:
         g = _Table(root._get("gateway", _REQUIRED), "gateway")
         gateway = GatewaySection(
             client_host=g.host("client_host", default="127.0.0.1"),
-            client_port=g.integer("client_port", 1, 65535),
-            delivery_rate_hz=g.number("delivery_rate_hz", 0.1, 10_000.0, default=50.0),
-            mailbox_capacity=g.integer("mailbox_capacity", 1, 1_000_000, default=256),
+            client_port=g.ranged("client_port"),
+            delivery_rate_hz=g.ranged("delivery_rate_hz", default=50.0),
+            mailbox_capacity=g.ranged("mailbox_capacity", default=256),
         )
         g.finish()
         if gateway.client_port == node.listen_port and gateway.client_host == listen_host:
@@ -385,22 +509,24 @@ def parse_node_config(
 
     m = _Table(root._get("mixing", {}), "mixing")
     mixing = MixingSection(
-        loop_cover_rate_hz=m.number("loop_cover_rate_hz", 0.0, default=1.0),
-        max_queue=m.integer("max_queue", 1, 10_000_000, default=100_000),
-        late_drop_ms=m.number("late_drop_ms", 0.0, 60_000.0, default=50.0),
-        workers=m.integer("workers", 1, 64, default=2),
-        loop_cover_delay_ms=m.number("loop_cover_delay_ms", 0.0, 1000.0, default=22.5),
+        loop_cover_rate_hz=m.ranged("loop_cover_rate_hz", default=1.0),
+        max_queue=m.ranged("max_queue", default=100_000),
+        late_drop_ms=m.ranged("late_drop_ms", default=50.0),
+        workers=m.ranged("workers", default=2),
+        loop_cover_delay_ms=m.ranged("loop_cover_delay_ms", default=22.5),
     )
     m.finish()
 
     directory = _directory(root, need_authorities=True)
+    if node.layer > directory.mix_layers:
+        raise n.fail("layer", f"a layer in 1..{directory.mix_layers} (directory.mix_layers)", layer)
     metrics = _metrics(root)
 
     lk = _Table(root._get("link", {}), "link")
     link = LinkSection(
-        delay_ms_mean=lk.number("delay_ms_mean", 0.0, 10_000.0, default=0.0),
-        delay_ms_jitter=lk.number("delay_ms_jitter", 0.0, 10_000.0, default=0.0),
-        loss=lk.number("loss", 0.0, 0.99, default=0.0),
+        delay_ms_mean=lk.ranged("delay_ms_mean", default=0.0),
+        delay_ms_jitter=lk.ranged("delay_ms_jitter", default=0.0),
+        loss=lk.ranged("loss", default=0.0),
     )
     lk.finish()
     root.finish()
@@ -417,14 +543,14 @@ def parse_dirauth_config(
     text: str, *, base_dir: Path | None = None, where: str = "config"
 ) -> DirAuthConfig:
     """Parse an authority config from TOML text."""
-    root = _Table(_root(text, where), where)
+    root = _Table(_root(text, where), "")
     a = _Table(root._get("authority", _REQUIRED), "authority")
     auth = AuthoritySection(
         name=a.text("name"),
         listen_host=a.host("listen_host", default="127.0.0.1"),
-        listen_port=a.integer("listen_port", 1, 65535),
+        listen_port=a.ranged("listen_port"),
         data_dir=_resolve(base_dir, a.text("data_dir")),
-        round_interval_s=a.number("round_interval_s", 0.1, 3600.0, default=5.0),
+        round_interval_s=a.ranged("round_interval_s", default=5.0),
         geometry=a.text("geometry", default="voice", choices=tuple(GEOMETRIES)),
         allowed_nodes=tuple(a.items("allowed_nodes", _key_hex, default=[])),
     )

@@ -32,7 +32,7 @@ from typing import Protocol
 import trio
 
 from mixnode._worker import CONTROL_MAX, bind_sharded, shard_of
-from mixnode.config import NodeConfig
+from mixnode.config import ConfigError, NodeConfig, bind_error, check_genesis
 from mixnode.gateway import GatewayCore
 from mixnode.keys import NodeKeys
 from mixnode.metrics import (
@@ -450,14 +450,54 @@ class Node:
 
     # -- lifecycle ---------------------------------------------------------------------
 
+    def _bind(self) -> None:
+        """Bind the packet sockets (and a gateway's client socket); ConfigError names the field.
+
+        Runs before the workers and tasks start, so that a bad host or a busy port is an
+        operator's error message, not a half-started node.
+        """
+        n, g = self.config.node, self.config.gateway
+        try:
+            socks = bind_sharded(n.listen_host, n.listen_port, self.config.mixing.workers)
+        except OSError as exc:
+            raise bind_error(
+                "node.listen_host", "node.listen_port", n.listen_host, n.listen_port, exc
+            ) from None
+        self.port = socks[0].getsockname()[1]
+        self.workers = [_WorkerHandle(i, s) for i, s in enumerate(socks)]
+        if g is None:
+            return
+        raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            raw.bind((g.client_host, g.client_port))
+        except OSError as exc:
+            raw.close()
+            for s in socks:
+                s.close()
+            raise bind_error(
+                "gateway.client_host", "gateway.client_port", g.client_host, g.client_port, exc
+            ) from None
+        raw.setblocking(False)
+        self.client_raw = raw
+        self.client_sock = trio.socket.from_stdlib_socket(raw)
+        self.client_port = raw.getsockname()[1]
+
+    async def _start_metrics(self, nursery: trio.Nursery) -> None:
+        m = self.config.metrics
+        try:
+            self.metrics_port = await nursery.start(
+                serve_metrics, self.metrics.registry, m.host, m.port
+            )
+        except OSError as exc:
+            raise bind_error("metrics.host", "metrics.port", m.host, m.port, exc) from None
+
     async def serve(self, task_status: trio.TaskStatus[Node]) -> None:
         c = self.config
         self._depths = {}
+        check_genesis(c.directory, time.time())
         self.rotate()
         self._gw_keys = self.gateway_private_keys()
-        socks = bind_sharded(c.node.listen_host, c.node.listen_port, c.mixing.workers)
-        self.port = socks[0].getsockname()[1]
-        self.workers = [_WorkerHandle(i, s) for i, s in enumerate(socks)]
+        self._bind()
         if self.role is NodeRole.GATEWAY:
             assert c.gateway is not None
             self.gateway = GatewayCore(
@@ -465,20 +505,12 @@ class Node:
                 delivery_rate_hz=c.gateway.delivery_rate_hz,
                 mailbox_capacity=c.gateway.mailbox_capacity,
             )
-            raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            raw.bind((c.gateway.client_host, c.gateway.client_port))
-            raw.setblocking(False)
-            self.client_raw = raw
-            self.client_sock = trio.socket.from_stdlib_socket(raw)
-            self.client_port = raw.getsockname()[1]
         try:
             for h in self.workers:
                 self._spawn(h)
             async with trio.open_nursery() as nursery:
                 if c.metrics.enabled:
-                    self.metrics_port = await nursery.start(
-                        serve_metrics, self.metrics.registry, c.metrics.host, c.metrics.port
-                    )
+                    await self._start_metrics(nursery)
                 for h in self.workers:
                     nursery.start_soon(self._worker_reader, h)
                 nursery.start_soon(self._supervise)
@@ -539,8 +571,23 @@ async def run(
     """Run a node until cancelled or signalled (SIGTERM/SIGINT); reports the Node started.
 
     ``keys`` default to those in the config's data directory (created if missing);
-    ``directory`` defaults to the authorities named in the config.
+    ``directory`` defaults to the authorities named in the config. Raises ConfigError,
+    naming the field, if a socket cannot bind (bad host, address not on this host, busy
+    port) or if ``directory.genesis_s`` is after this host's clock.
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    await Node(config, directory, keys).serve(task_status)
+    try:
+        await Node(config, directory, keys).serve(task_status)
+    except BaseExceptionGroup as group:
+        # A start-up ConfigError raised inside the nursery (the metrics port) comes out
+        # wrapped; hand it on bare so that the caller reports the field, not a traceback.
+        config_errors, rest = group.split(ConfigError)
+        if config_errors is not None and rest is None:
+            raise _first_leaf(config_errors) from None
+        raise
+
+
+def _first_leaf(group: BaseExceptionGroup[ConfigError]) -> ConfigError:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

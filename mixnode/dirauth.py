@@ -63,6 +63,9 @@ from .config import (
     ConfigError,
     DirAuthConfig,
     DirectorySection,
+    bind_error,
+    check_genesis,
+    data_dir_error,
     load_dirauth_config,
     write_config,
 )
@@ -563,10 +566,19 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     cfg = load_dirauth_config(Path(args.config))
-    auth = load_authority(cfg)
-    running = RunningAuthority(
-        auth, cfg.authority.listen_host, cfg.authority.listen_port, cfg.authority.round_interval_s
-    )
+    a = cfg.authority
+    check_genesis(cfg.directory, time.time())
+    try:
+        auth = load_authority(cfg)
+    except OSError as exc:
+        raise data_dir_error("authority.data_dir", exc) from None
+    except KeyStoreError as exc:
+        raise ConfigError(f"authority.data_dir: {exc}") from None
+    try:
+        running = RunningAuthority(auth, a.listen_host, a.listen_port, a.round_interval_s)
+    except OSError as exc:
+        host_field, port_field = "authority.listen_host", "authority.listen_port"
+        raise bind_error(host_field, port_field, a.listen_host, a.listen_port, exc) from None
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:

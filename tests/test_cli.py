@@ -154,3 +154,22 @@ def test_console_script_help_runs() -> None:
         [sys.executable, "-m", "mixnode.cli", "--help"], capture_output=True, env=env, timeout=30
     )
     assert out.returncode == 0 and b"init" in out.stdout and b"status" in out.stdout
+
+
+def test_init_names_the_data_dir_when_a_file_is_in_the_way(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "mix-1").write_text("a file, not a directory\n")
+    assert main(_init(tmp_path, "--role", "mix", "--layer", "1")) == 2
+    assert "node.data_dir: " in capsys.readouterr().err
+    (tmp_path / "mix-1").unlink()
+    (tmp_path / "mix-1").mkdir(mode=0o700)
+    (tmp_path / "mix-1" / "epoch-keys").write_text("")  # from the issue: a plain file
+    assert main(_init(tmp_path, "--role", "mix", "--layer", "1", "--force")) == 2
+    err = capsys.readouterr().err
+    assert "node.data_dir: " in err and "epoch-keys is a file where a directory belongs" in err
+    assert (
+        main(_init(tmp_path, "--role", "mix", "--layer", "1", "--listen-host", "::1", "--force"))
+        == 2
+    )
+    assert "node.listen_host: expected an IPv4 address or name (IPv6" in capsys.readouterr().err

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import copy
+import math
+import re
 from pathlib import Path
 
 import pytest
+import tomli_w
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from mixnode.config import (
+    RANGES,
     ConfigError,
     DirAuthConfig,
+    FieldRange,
+    dirauth_config_to_dict,
     load_dirauth_config,
     load_node_config,
     make_node_config,
+    node_config_to_dict,
     parse_dirauth_config,
     parse_node_config,
     write_config,
 )
 from overlay import NodeRole
+from tests.config_cases import base_tables
 
 KEY_A = "aa" * 32
 KEY_B = "bb" * 32
@@ -80,12 +91,12 @@ def _bad(text: str, replace: str, by: str) -> str:
         (
             "loop_cover_rate_hz = 2.5",
             'loop_cover_rate_hz = "abc"',
-            "mixing.loop_cover_rate_hz: expected a number >= 0, got 'abc'",
+            "mixing.loop_cover_rate_hz: expected a number in 0..1000, got 'abc'",
         ),
         (
             "loop_cover_rate_hz = 2.5",
             "loop_cover_rate_hz = -1",
-            "mixing.loop_cover_rate_hz: expected a number >= 0",
+            "mixing.loop_cover_rate_hz: expected a number in 0..1000",
         ),
         ('role = "gateway"', 'role = "relay"', "node.role: expected 'mix' or 'gateway'"),
         ("listen_port = 31001", "listen_port = 70000", "node.listen_port: expected an integer"),
@@ -99,7 +110,7 @@ def _bad(text: str, replace: str, by: str) -> str:
         ("loss = 0.01", "loss = 1.5", "link.loss: expected a number in 0..0.99"),
         ("workers = 2", "workers = true", "mixing.workers: expected an integer"),
         ("workers = 2", "wokers = 2", "mixing.wokers: unknown field"),
-        ("[link]", "[lnk]", "lnk: unknown field"),
+        ("[link]", "[lnk]", "lnk: unknown section"),
         ("epoch_length_s = 600", "epoch_length_s = 1", "directory.epoch_length_s"),
         ('name = "gw-1"', "name = 5", "node.name: expected a string, got 5"),
     ],
@@ -175,3 +186,134 @@ authority_keys = ["{KEY_A}", "{KEY_B}"]
     assert load_dirauth_config(tmp_path / "a.toml") == cfg
     with pytest.raises(ConfigError, match="authority.listen_port: missing"):
         parse_dirauth_config(text.replace("listen_port = 31900", ""))
+
+
+# --------------------------------------------------------------------------------------
+# Ranges: a property over every numeric field
+
+_BASES = {role: base_tables(role, Path("/srv/phantom")) for role in ("mix", "gateway", "authority")}
+_BASES["mix"]["node"]["layer"] = 1  # valid for every mix_layers in range
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _base_for(path: str) -> dict[str, dict[str, object]]:
+    section = path.split(".")[0]
+    return _BASES[section if section in ("gateway", "authority") else "mix"]
+
+
+def _parse_with(path: str, value: object) -> None:
+    section, key = path.split(".")
+    tables = copy.deepcopy(_base_for(path))
+    tables[section][key] = value
+    text = tomli_w.dumps(tables)
+    (parse_dirauth_config if section == "authority" else parse_node_config)(text)
+
+
+def _outside(r: FieldRange) -> st.SearchStrategy[object]:
+    ints = st.one_of(
+        st.integers(_INT64[0], int(r.lo) - 1) if r.lo - 1 >= _INT64[0] else st.nothing(),
+        st.integers(math.floor(r.hi) + 1, _INT64[1]),
+    )
+    if r.integer:
+        return ints
+    return st.one_of(
+        ints,
+        st.floats(max_value=r.lo, exclude_max=True),
+        st.floats(min_value=r.hi, exclude_min=True),
+        st.just(math.nan),
+    )
+
+
+def _inside(r: FieldRange) -> st.SearchStrategy[object]:
+    ints = st.integers(math.ceil(r.lo), math.floor(r.hi))
+    return ints if r.integer else st.one_of(ints, st.floats(r.lo, r.hi))
+
+
+@pytest.mark.parametrize("path", sorted(RANGES))
+@given(data=st.data())
+def test_any_value_outside_a_range_names_the_field(path: str, data: st.DataObject) -> None:
+    value = data.draw(_outside(RANGES[path]))
+    with pytest.raises(ConfigError, match=rf"^{re.escape(path)}: expected an? (integer|number)"):
+        _parse_with(path, value)
+
+
+@pytest.mark.parametrize("path", sorted(RANGES))
+@given(data=st.data())
+def test_any_value_inside_a_range_is_accepted(path: str, data: st.DataObject) -> None:
+    value = data.draw(_inside(RANGES[path]))
+    assume(path != "gateway.client_port" or value != _BASES["gateway"]["node"]["listen_port"])
+    _parse_with(path, value)
+
+
+def test_every_rate_size_and_delay_is_bounded() -> None:
+    """The issue's 1e300 Hz loop cover, and every field of its kind, has a finite ceiling."""
+    assert all(math.isfinite(r.hi) and r.lo <= r.hi for r in RANGES.values())
+    ceilings = {"Hz": 10_000, "packets": 10**7, "ms": 60_000}  # what one node can hold
+    for path, r in RANGES.items():
+        assert r.hi <= ceilings.get(r.unit, math.inf), path
+    for path in RANGES:  # every range belongs to a real field
+        section, key = path.split(".")
+        assert key in _base_for(path)[section]
+    with pytest.raises(ConfigError, match=r"^mixing.loop_cover_rate_hz: expected a number in"):
+        _parse_with("mixing.loop_cover_rate_hz", 1e300)
+    with pytest.raises(ConfigError, match=r"^directory.genesis_s: expected an integer in"):
+        _parse_with("directory.genesis_s", 2**40)
+
+
+def _guide_rows() -> dict[str, list[str]]:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "operators.md").read_text()
+    section = text.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| `")]
+    return {cells[0].strip().strip("`"): [c.strip() for c in cells[1:]] for cells in rows}
+
+
+def _shown(x: float) -> str:
+    return str(int(x)) if x == int(x) else f"{x:g}"
+
+
+def test_operators_guide_lists_every_field_with_its_unit_and_range() -> None:
+    rows = _guide_rows()
+    gateway = node_config_to_dict(parse_node_config(tomli_w.dumps(_BASES["gateway"])))
+    authority = dirauth_config_to_dict(parse_dirauth_config(tomli_w.dumps(_BASES["authority"])))
+    written = {
+        f"{section}.{key}"
+        for tables in (gateway, authority)
+        for section, fields in tables.items()
+        for key in fields  # type: ignore[attr-defined]
+    }
+    assert set(rows) == written  # every field the writer knows, and no other
+    for path, r in RANGES.items():
+        _, unit, allowed, _, _ = rows[path]
+        assert unit == r.unit, path
+        assert allowed.startswith(f"{_shown(r.lo)}..{_shown(r.hi)}"), path
+
+
+@given(
+    mix_layers=st.integers(1, 3),
+    layer=st.integers(-(2**63), 2**63 - 1),
+    keys=st.integers(1, 4),
+    threshold=st.integers(-(2**63), 2**63 - 1),
+)
+def test_dependent_ranges_layer_and_threshold(
+    mix_layers: int, layer: int, keys: int, threshold: int
+) -> None:
+    """node.layer lies in 1..directory.mix_layers, threshold in 1..len(authority_keys)."""
+    tables = copy.deepcopy(_BASES["mix"])
+    tables["directory"].update(
+        mix_layers=mix_layers,
+        authority_keys=[bytes([i + 1]).hex() * 32 for i in range(keys)],
+        threshold=1,
+    )
+    tables["node"]["layer"] = layer
+    if 1 <= layer <= mix_layers:
+        assert parse_node_config(tomli_w.dumps(tables)).node.layer == layer
+    else:
+        with pytest.raises(ConfigError, match=r"^node\.layer: expected"):
+            parse_node_config(tomli_w.dumps(tables))
+    tables["node"]["layer"] = 1
+    tables["directory"]["threshold"] = threshold
+    if 1 <= threshold <= keys:
+        assert parse_node_config(tomli_w.dumps(tables)).directory.threshold == threshold
+    else:
+        with pytest.raises(ConfigError, match=r"^directory\.threshold: expected an integer in"):
+            parse_node_config(tomli_w.dumps(tables))
