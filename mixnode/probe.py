@@ -26,7 +26,7 @@ import trio
 
 from mixnode import loadgen
 from mixnode.testnet import TestnetState
-from overlay import create_forward, select_path
+from overlay import NoRouteError, create_forward, select_path
 
 _HEAD = struct.Struct(">Qd")  # sequence number, ready time (unix seconds)
 DRAIN_S = 3.0  # seconds to keep listening after the last send
@@ -112,6 +112,10 @@ async def probe(state: TestnetState, settings: ProbeSettings) -> ProbeResult:
     if len(gateways) < 2:
         raise ProbeError("the probe needs a testnet with at least two gateways")
     src, dst = gateways[0].node_id, gateways[1].node_id
+    try:  # the document is fixed for the whole probe: a route found now is found later
+        select_path(doc, src, dst, settings.mean_delay_s)
+    except NoRouteError as exc:
+        raise ProbeError(f"the testnet's document has no route: {exc}") from None
     n = int(settings.duration_s / settings.slot_s)
     samples: list[float] = []
     received = 0
@@ -129,6 +133,8 @@ async def probe(state: TestnetState, settings: ProbeSettings) -> ProbeResult:
                 nonlocal received
                 while True:
                     got = await downlink.receive()
+                    if len(got.delivery.data) < _HEAD.size:
+                        continue  # not one of ours: nothing to measure
                     seq, ready = _HEAD.unpack_from(got.delivery.data)
                     if seq >= settings.warmup_packets:
                         received += 1

@@ -505,7 +505,10 @@ def run_probe(args: argparse.Namespace) -> None:
     except ProbeError as exc:
         raise TestnetError(str(exc)) from None
     state = TestnetState.load(args.dir)
-    result = trio.run(probe, state, settings)
+    try:
+        result = trio.run(probe, state, settings)
+    except ProbeError as exc:  # raised before any task starts, so never inside a group
+        raise TestnetError(str(exc)) from None
     args.out.write_text(json.dumps(result.to_dict()))
     print(
         f"{result.received}/{result.sent} packets, loss {result.loss:.4f}, one-way ms "

@@ -149,7 +149,7 @@ def test_uplink_counter_jump_to_2_63_costs_nothing() -> None:
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.integers(min_value=0, max_value=2**64 - 1) | st.integers(0, 3000), max_size=60))
 def test_replay_window_matches_model_and_stays_bounded(counters: list[int]) -> None:
-    """Any sequence of counters (jumps up to 2**64): same answers as a set-based model, O(1) state."""
+    """Any counters (jumps up to 2**64): the same answers as a set-based model, O(1) state."""
     window = ReplayWindow()
     seen: set[int] = set()
     top = 0
