@@ -12,6 +12,8 @@ import json
 import os
 import random
 import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from nacl.exceptions import RuntimeError as NaclRuntimeError
 from nacl.signing import SigningKey
 
 from mixnode.config import AuthoritySection, DirAuthConfig, DirectorySection
-from mixnode.dirauth import Authority, AuthorityEvent, parse_signature_reply
+from mixnode.dirauth import Authority, AuthorityEvent, RunningAuthority, parse_signature_reply
 from mixnode.directory_client import DirectoryClient, FetchEvent
 from overlay import (
     VOICE,
@@ -184,12 +186,27 @@ HOSTILE_VALUES: st.SearchStrategy[object] = st.one_of(
 )
 
 
+HOSTILE_TEXT = [  # JSON text that no Python value serializes to
+    b"[" * 3000 + b"]" * 3000,
+    b'{"a":' * 3000 + b"1" + b"}" * 3000,
+    b"9" * 5000,
+    b"1e999999",
+    b"NaN",
+    b'"\\u00e9"',
+    b'"\\ud800"',
+]
+_MARK = "\x01hostile\x01"
+
+
 @st.composite
 def hostile_tree(draw: st.DrawFn, base: dict[str, object]) -> bytes:
     """``base`` with one value (anywhere in the tree) replaced by a hostile one."""
     paths = [p for p in _json_paths(base) if p]
     path = draw(st.sampled_from(paths))
-    return canonical_json(_with_key(base, list(path), draw(HOSTILE_VALUES)))
+    if draw(st.booleans()):
+        return canonical_json(_with_key(base, list(path), draw(HOSTILE_VALUES)))
+    text = canonical_json(_with_key(base, list(path), _MARK))
+    return text.replace(canonical_json(_MARK), draw(st.sampled_from(HOSTILE_TEXT)))
 
 
 @st.composite
@@ -632,3 +649,30 @@ def test_hostile_peer_replies_never_stop_the_round() -> None:
             assert {d.node_id for d, _ in NETWORK[:3]} <= set(doc.by_id)
 
         run()
+
+
+def test_an_upload_with_a_low_order_key_is_refused_over_http_and_counted(
+    tmp_path: Path,
+) -> None:
+    """The real server: the node sees the reason, the operator sees the count."""
+    auth = _authority(tmp_path, lambda url: b"[]")
+    running = RunningAuthority(auth, "127.0.0.1", 0, 60.0).start()
+    try:
+        url = f"http://127.0.0.1:{running.port}"
+        desc, seed = NETWORK[2]
+        obj = _with_key(json.loads(desc.to_bytes()), ["epoch_keys", str(EPOCH)], "00" * 32)
+        req = urllib.request.Request(
+            f"{url}/v1/descriptor", data=_signed_descriptor_body(obj, seed), method="POST"
+        )
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(req, timeout=5)
+        assert info.value.code == 400
+        assert json.loads(info.value.read()) == {
+            "error": f"descriptor.epoch_keys.{EPOCH}: X25519 key is a low-order point"
+        }
+        with urllib.request.urlopen(f"{url}/v1/health", timeout=5) as resp:
+            health = json.loads(resp.read())
+        assert health["counters"][AuthorityEvent.DESCRIPTOR_REFUSED] == 1
+        assert health["counters"][AuthorityEvent.DESCRIPTOR_ACCEPTED] == 0
+    finally:
+        running.stop()
