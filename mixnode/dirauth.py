@@ -18,6 +18,11 @@ HTTP (stdlib ``ThreadingHTTPServer``; no request is ever logged):
     GET  /v1/signature/<epoch>   this authority's signature over its document of <epoch>
     GET  /v1/topology/current    document of the current epoch and its signatures
     GET  /v1/topology/<epoch>    the same for <epoch>
+    GET  /v1/health              {"epoch": <n>, "counters": {<AuthorityEvent>: <n>}}
+
+Whatever a node or a peer sends is bounded in size and nesting before it is parsed, and a
+refusal is a DirectoryError naming the field, counted (``AuthorityEvent``); a round always
+goes on to build and sign.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@
 
 A document is used only with ``threshold`` valid signatures from the configured authority
 keys and the geometry this node speaks. Signatures for the same document bytes are merged
-across authorities, so one authority that missed a round does not block readers. The last
+across authorities, so one authority that missed a round does not block readers; whatever
+one authority does (no answer, garbage, a document that fails a check) is counted
+(``FetchEvent``) and the next one is asked: only the threshold decides. The last
 verified document is cached on disk (atomically); when no authority answers, the cached
 one is served while it is still valid, and never after.
 

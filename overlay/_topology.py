@@ -14,6 +14,12 @@ A document lists the nodes of one epoch (gateways and three mix layers), their a
 and X25519 epoch keys, and the packet geometry. Authorities sign a BLAKE2b digest of the
 document's canonical JSON bytes; a reader accepts it only with ``threshold`` valid
 signatures from distinct known authority keys, and only if the geometry digest matches.
+
+Everything read from the network is untrusted: JSON is bounded in size and nesting before
+it is parsed (``load_json``), every malformed field is a ``DirectoryFieldError`` naming it
+(``document.nodes[3].epoch_keys.41: X25519 key is a low-order point``), and a descriptor
+whose X25519 or Ed25519 key is not a usable point is refused (``InvalidKeyError``), so a
+document listing one is refused as a whole.
 """
 
 from __future__ import annotations
