@@ -394,7 +394,7 @@ class NodeDescriptor:
             raise DirectoryFieldError(where, "epoch_keys", "expected an object of at most 8 keys")
         keys: dict[int, bytes] = {}
         for e, k in raw_keys.items():
-            epoch = parse_epoch(e)
+            epoch = parse_epoch(e) if isinstance(e, str) else None
             if epoch is None:
                 raise DirectoryFieldError(where, "epoch_keys", f"bad epoch {e!r}")
             keys[epoch] = _hex(k, where, f"epoch_keys.{e}", X25519_KEY_LEN)
