@@ -24,6 +24,7 @@ document listing one is refused as a whole.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -220,10 +221,14 @@ def _exact_keys(data: object, keys: set[str], where: str) -> Mapping[str, Any]:
 # --------------------------------------------------------------------------------------
 # Public keys from the network
 
+# Keys are checked once per distinct value: documents are parsed again every epoch and an
+# authority rebuilds them every round, with the same keys.
+KEY_CHECK_CACHE = 32_768  # entries (about 100 bytes each)
 _P25519 = 2**255 - 19  # the field prime of Curve25519 (RFC 7748, section 4.1)
 _A25519 = 486662  # Montgomery coefficient A of Curve25519 (RFC 7748, section 4.1)
 
 
+@functools.lru_cache(maxsize=KEY_CHECK_CACHE)
 def x25519_key_problem(key: bytes) -> str | None:
     """Why ``key`` is not a usable X25519 public key, or None if it is.
 
@@ -250,6 +255,7 @@ def x25519_key_problem(key: bytes) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=KEY_CHECK_CACHE)
 def ed25519_key_problem(key: bytes) -> str | None:
     """Why ``key`` is not a usable Ed25519 public key, or None if it is.
 
