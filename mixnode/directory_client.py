@@ -57,6 +57,7 @@ CACHE_KEEP = 3  # cached documents kept
 FETCH_TIMEOUT_S = 5.0
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # bytes read from an authority
 MAX_PUBLISH_REPLY_BYTES = 65536  # bytes of an authority's reply to a descriptor POST
+MAX_ERROR_TEXT = 4096  # bytes of an authority's error reply read for its reason
 
 
 def _now() -> float:
@@ -314,6 +315,49 @@ def descriptor_body(desc: NodeDescriptor, keys: NodeKeys) -> bytes:
     return canonical_json({"descriptor": desc.to_bytes().decode("ascii"), "signature": sig.hex()})
 
 
+@dataclass(frozen=True, slots=True)
+class PublishReport:
+    """What the authorities said to a descriptor: who took it, and why the others did not."""
+
+    accepted: tuple[str, ...]  # authority URLs
+    refused: tuple[str, ...]  # "<url>: <reason>", in the authority's words when it gave any
+
+
+def publish_report(
+    authorities: Sequence[str],
+    body: bytes,
+    *,
+    timeout_s: float = FETCH_TIMEOUT_S,
+    post: Callable[[str, bytes, float], bytes] = _http_post,
+) -> PublishReport:
+    """POST a signed descriptor to every authority; who accepted it, and why not.
+
+    An authority's refusal names the field, e.g. ``http://dir1: HTTP 400
+    descriptor.epoch_keys.41: X25519 key is a low-order point``.
+    """
+    accepted: list[str] = []
+    refused: list[str] = []
+    for url in authorities:
+        try:
+            raw = post(f"{url.rstrip('/')}/v1/descriptor", body, timeout_s)
+        except urllib.error.HTTPError as exc:
+            refused.append(f"{url}: HTTP {exc.code} {_error_text(exc)}".rstrip())
+            continue
+        except (OSError, HTTPException, ValueError, DirectoryError) as exc:
+            refused.append(f"{url}: {type(exc).__name__}: {exc}")
+            continue
+        try:
+            reply = load_json(raw, "publish reply", max_bytes=MAX_PUBLISH_REPLY_BYTES)
+        except DirectoryError as exc:
+            refused.append(f"{url}: {exc}")
+            continue
+        if isinstance(reply, dict) and "accepted" in reply:
+            accepted.append(url)
+        else:
+            refused.append(f"{url}: publish reply: no 'accepted' field")
+    return PublishReport(tuple(accepted), tuple(refused))
+
+
 def publish_descriptor(
     authorities: Sequence[str],
     body: bytes,
@@ -321,17 +365,21 @@ def publish_descriptor(
     timeout_s: float = FETCH_TIMEOUT_S,
     post: Callable[[str, bytes, float], bytes] = _http_post,
 ) -> list[str]:
-    """POST a signed descriptor to every authority; returns the URLs that accepted it."""
-    accepted = []
-    for url in authorities:
-        try:
-            raw = post(f"{url.rstrip('/')}/v1/descriptor", body, timeout_s)
-            reply = load_json(raw, "publish reply", max_bytes=MAX_PUBLISH_REPLY_BYTES)
-        except (OSError, HTTPException, ValueError, DirectoryError):
-            continue
-        if isinstance(reply, dict) and "accepted" in reply:
-            accepted.append(url)
-    return accepted
+    """POST a signed descriptor to every authority; returns the URLs that accepted it
+    (``publish_report`` also says why the others did not)."""
+    return list(publish_report(authorities, body, timeout_s=timeout_s, post=post).accepted)
+
+
+def _error_text(exc: urllib.error.HTTPError) -> str:
+    """An authority's ``{"error": ...}`` reason, printable ASCII, at most 200 characters."""
+    try:
+        reply = load_json(exc.read(MAX_ERROR_TEXT), "error", max_bytes=MAX_ERROR_TEXT)
+    except (OSError, HTTPException, ValueError, DirectoryError):
+        return ""
+    text = reply.get("error") if isinstance(reply, dict) else None
+    if not isinstance(text, str):
+        return ""
+    return "".join(c if c.isascii() and c.isprintable() else "?" for c in text[:200])
 
 
 async def apublish_descriptor(cfg: NodeConfig, keys: NodeKeys, epoch: int) -> list[str]:

@@ -26,7 +26,7 @@ from nacl.signing import SigningKey
 
 from mixnode.config import AuthoritySection, DirAuthConfig, DirectorySection
 from mixnode.dirauth import Authority, AuthorityEvent, RunningAuthority, parse_signature_reply
-from mixnode.directory_client import DirectoryClient, FetchEvent
+from mixnode.directory_client import DirectoryClient, FetchEvent, publish_report
 from overlay import (
     VOICE,
     DirectoryError,
@@ -670,9 +670,39 @@ def test_an_upload_with_a_low_order_key_is_refused_over_http_and_counted(
         assert json.loads(info.value.read()) == {
             "error": f"descriptor.epoch_keys.{EPOCH}: X25519 key is a low-order point"
         }
+        # What the node's publisher reports, in the authority's words.
+        report = publish_report([url], _signed_descriptor_body(obj, seed))
+        assert report.accepted == ()
+        assert report.refused == (
+            f"{url}: HTTP 400 descriptor.epoch_keys.{EPOCH}: X25519 key is a low-order point",
+        )
+        assert publish_report([url], _body(desc, seed)).accepted == (url,)
         with urllib.request.urlopen(f"{url}/v1/health", timeout=5) as resp:
             health = json.loads(resp.read())
-        assert health["counters"][AuthorityEvent.DESCRIPTOR_REFUSED] == 1
-        assert health["counters"][AuthorityEvent.DESCRIPTOR_ACCEPTED] == 0
+        assert health["counters"][AuthorityEvent.DESCRIPTOR_REFUSED] == 2
+        assert health["counters"][AuthorityEvent.DESCRIPTOR_ACCEPTED] == 1
     finally:
         running.stop()
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        (OSError("refused"), "OSError: refused"),
+        (b"[" * 5000 + b"]" * 5000, "publish reply: nested deeper than 8 levels"),
+        (b'{"ok":1}', "publish reply: no 'accepted' field"),
+    ],
+)
+def test_publishing_says_why_each_authority_did_not_accept(
+    reply: bytes | Exception, reason: str
+) -> None:
+    def post(url: str, body: bytes, timeout_s: float) -> bytes:
+        if url.startswith("http://good"):
+            return b'{"accepted":"00"}'
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    report = publish_report(["http://bad", "http://good"], b"{}", post=post)
+    assert report.accepted == ("http://good",)
+    assert report.refused == (f"http://bad: {reason}",)
