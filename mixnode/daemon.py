@@ -407,7 +407,7 @@ class Node:
                 doc = await client.fetch(self.epoch)
             except Exception as exc:  # network or directory trouble: retry, never crash
                 self.counters["directory_errors"] += 1
-                log.info("directory: %s", type(exc).__name__)
+                log.info("directory: %s: %s", type(exc).__name__, exc)
                 await trio.sleep(DIRECTORY_RETRY_S)
                 continue
             if self.topology is None or doc.to_bytes() != self.topology.to_bytes():

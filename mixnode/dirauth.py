@@ -18,12 +18,16 @@ HTTP (stdlib ``ThreadingHTTPServer``; no request is ever logged):
     GET  /v1/signature/<epoch>   this authority's signature over its document of <epoch>
     GET  /v1/topology/current    document of the current epoch and its signatures
     GET  /v1/topology/<epoch>    the same for <epoch>
+    GET  /v1/health              {"epoch": <n>, "counters": {<AuthorityEvent>: <n>}}
+
+Whatever a node or a peer sends is bounded in size and nesting before it is parsed, and a
+refusal is a DirectoryError naming the field, counted (``AuthorityEvent``); a round always
+goes on to build and sign.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import threading
@@ -32,6 +36,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from http.client import HTTPException
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -43,6 +48,7 @@ from nacl.signing import SigningKey
 from mixnode._args import hex_key, port
 from overlay import (
     DirectoryError,
+    DirectoryFieldError,
     DocumentSignature,
     NodeDescriptor,
     NodeRole,
@@ -52,6 +58,7 @@ from overlay import (
     canonical_json,
     document_digest,
     epoch_at,
+    load_json,
     parse_epoch,
     sign_document,
     signature_is_valid,
@@ -69,6 +76,7 @@ from .config import (
     load_dirauth_config,
     write_config,
 )
+from .directory_client import EventCounts
 from .keys import (
     KeyStoreError,
     create_identity_seed,
@@ -83,6 +91,7 @@ DOCUMENT_DIR = "documents"
 MAX_BODY_BYTES = 64 * 1024  # bytes of a POSTed descriptor
 MAX_DESCRIPTORS = 10_000  # descriptors held at most (memory bound)
 MAX_PEER_RESPONSE_BYTES = 32 * 1024 * 1024  # bytes read from a peer authority
+MAX_SIGNATURE_REPLY_BYTES = 1024  # bytes of a peer's /v1/signature reply (about 260 used)
 KEEP_EPOCHS = 24  # documents of past epochs kept and served
 PEER_TIMEOUT_S = 3.0
 HANDLER_TIMEOUT_S = 10.0  # seconds a request may take to arrive
@@ -90,6 +99,18 @@ HANDLER_TIMEOUT_S = 10.0  # seconds a request may take to arrive
 
 class AuthorityError(PhantomError):
     """The authority cannot start or a request to it was refused."""
+
+
+class AuthorityEvent(StrEnum):
+    """What an authority counts (``Authority.counters``, served by ``/v1/health``)."""
+
+    DESCRIPTOR_ACCEPTED = "descriptor_accepted"  # a POSTed descriptor was taken
+    DESCRIPTOR_REFUSED = "descriptor_refused"  # a POSTed descriptor failed a check
+    PEER_DESCRIPTOR_REFUSED = "peer_descriptor_refused"  # one entry of a peer's list failed
+    PEER_REPLY_REFUSED = "peer_reply_refused"  # a peer's whole reply was malformed
+    PEER_SIGNATURE_REFUSED = "peer_signature_refused"  # not valid, or over another digest
+    PEER_UNREACHABLE = "peer_unreachable"  # a request to a peer failed
+    ROUND_FAILED = "round_failed"  # a round raised (a bug: rounds go on regardless)
 
 
 def _now() -> float:
@@ -129,6 +150,7 @@ class Authority:
                 "directory.authority_keys; add it to every authority's and node's config"
             )
         self._descriptors: dict[bytes, tuple[NodeDescriptor, bytes, bytes]] = {}
+        self._counts = EventCounts(AuthorityEvent)
         self._docs: dict[int, _EpochDoc] = {}
         self._own_url = f"http://{cfg.authority.listen_host}:{cfg.authority.listen_port}"
         self._load_state()
@@ -136,26 +158,32 @@ class Authority:
     # -- descriptors --------------------------------------------------------------
 
     def submit(self, body: bytes) -> NodeDescriptor:
-        """Accept a node's signed descriptor (JSON body); DirectoryError if it is not valid."""
-        if len(body) > MAX_BODY_BYTES:
-            raise DirectoryError("descriptor body too large")
-        try:
-            obj = json.loads(body.decode("ascii"))
-        except (UnicodeDecodeError, ValueError):
-            raise DirectoryError("descriptor body: not ASCII JSON") from None
-        return self._accept(obj, persist=True)
+        """Accept a node's signed descriptor (JSON body), counted either way.
 
-    def _accept(self, obj: Any, *, persist: bool) -> NodeDescriptor:
-        if not isinstance(obj, dict) or set(obj) != {"descriptor", "signature"}:
-            raise DirectoryError("descriptor body: expected {descriptor, signature}")
-        text, sig_hex = obj["descriptor"], obj["signature"]
-        if not isinstance(text, str) or not isinstance(sig_hex, str):
-            raise DirectoryError("descriptor body: descriptor and signature are strings")
+        DirectoryError if it is not valid: a DirectoryFieldError naming the field
+        (``descriptor.epoch_keys.41: X25519 key is a low-order point``), or a refusal
+        by policy (not enrolled, stale, wrong layer, authority full).
+        """
         try:
-            sig = bytes.fromhex(sig_hex)
-            data = text.encode("ascii")
-        except (ValueError, UnicodeEncodeError):
-            raise DirectoryError("descriptor body: malformed signature or descriptor") from None
+            obj = load_json(body, "descriptor body", max_bytes=MAX_BODY_BYTES)
+            desc = self._accept(obj, persist=True)
+        except DirectoryError:
+            self.count(AuthorityEvent.DESCRIPTOR_REFUSED)
+            raise
+        self.count(AuthorityEvent.DESCRIPTOR_ACCEPTED)
+        return desc
+
+    def _accept(self, obj: object, *, persist: bool) -> NodeDescriptor:
+        where = "descriptor body"
+        if not isinstance(obj, dict) or set(obj) != {"descriptor", "signature"}:
+            raise DirectoryFieldError(where, "", "expected {descriptor, signature}")
+        text, sig_hex = obj["descriptor"], obj["signature"]
+        if not isinstance(text, str) or not text.isascii():
+            raise DirectoryFieldError(where, "descriptor", "expected a string of ASCII JSON")
+        sig = _from_hex(sig_hex)
+        if sig is None:
+            raise DirectoryFieldError(where, "signature", "expected lowercase hex")
+        data = text.encode("ascii")
         desc = verify_descriptor(data, sig)
         allowed = self.cfg.authority.allowed_nodes
         if allowed and desc.identity_key not in allowed:
@@ -186,20 +214,23 @@ class Authority:
         )
 
     def merge_peer_descriptors(self, payload: bytes) -> int:
-        """Add the valid descriptors from a peer's list; returns how many were taken."""
-        try:
-            items = json.loads(payload.decode("ascii"))
-        except (UnicodeDecodeError, ValueError):
-            raise DirectoryError("peer descriptors: not ASCII JSON") from None
-        if not isinstance(items, list):
-            raise DirectoryError("peer descriptors: expected a list")
+        """Add the valid descriptors from a peer's list; returns how many were taken.
+
+        Each refused entry is counted (``peer_descriptor_refused``) and skipped; a reply
+        that is not a list of at most MAX_DESCRIPTORS is a DirectoryFieldError.
+        """
+        items = load_json(payload, "peer descriptors", max_bytes=MAX_PEER_RESPONSE_BYTES)
+        if not isinstance(items, list) or len(items) > MAX_DESCRIPTORS:
+            raise DirectoryFieldError(
+                "peer descriptors", "", f"expected a list of at most {MAX_DESCRIPTORS}"
+            )
         taken = 0
-        for obj in items[:MAX_DESCRIPTORS]:
+        for obj in items:
             try:
                 self._accept(obj, persist=True)
                 taken += 1
             except DirectoryError:
-                continue  # one bad or stale entry does not spoil the rest
+                self.count(AuthorityEvent.PEER_DESCRIPTOR_REFUSED)  # the rest still count
         return taken
 
     def expire(self) -> None:
@@ -284,6 +315,15 @@ class Authority:
         """The epoch at the authority's clock."""
         return self._epoch()
 
+    @property
+    def counters(self) -> dict[str, int]:
+        """How often each AuthorityEvent happened since start (every event, zeros too)."""
+        return self._counts.snapshot()
+
+    def count(self, event: AuthorityEvent) -> None:
+        """Add one to ``event``'s counter."""
+        self._counts.add(event)
+
     # -- rounds -------------------------------------------------------------------
 
     def peers(self) -> list[str]:
@@ -291,14 +331,20 @@ class Authority:
         return [u for u in self.cfg.directory.authorities if not _same_url(u, self._own_url)]
 
     def sync_round(self) -> None:
-        """One round: pull peers' descriptors, rebuild, sign, gather peer signatures."""
+        """One round: pull peers' descriptors, rebuild, sign, gather peer signatures.
+
+        Whatever one peer serves or fails to serve is counted and skipped; the round
+        always goes on to build and sign.
+        """
         self.expire()
-        peers = self.peers()
-        for url in peers:
-            try:
-                self.merge_peer_descriptors(self._fetch(f"{url}/v1/descriptors"))
-            except (OSError, HTTPException, DirectoryError):
+        for url in self.peers():
+            payload = self._peer_get(f"{url}/v1/descriptors")
+            if payload is None:
                 continue
+            try:
+                self.merge_peer_descriptors(payload)
+            except DirectoryError:
+                self.count(AuthorityEvent.PEER_REPLY_REFUSED)
         epoch = self._epoch()
         for e in (epoch, epoch + 1):
             self.build(e)
@@ -308,13 +354,24 @@ class Authority:
         """Fetch each peer's signature for ``epochs``; keep the ones over our digests."""
         for url in self.peers():
             for e in epochs:
-                try:
-                    obj = json.loads(self._fetch(f"{url}/v1/signature/{e}").decode("ascii"))
-                    digest = bytes.fromhex(obj["digest"])
-                    sig = DocumentSignature.from_dict(obj["signature"])
-                except (OSError, HTTPException, ValueError, KeyError, TypeError, DirectoryError):
+                payload = self._peer_get(f"{url}/v1/signature/{e}")
+                if payload is None:
                     continue
-                self.add_signature(e, digest, sig)
+                try:
+                    digest, sig = parse_signature_reply(payload)
+                except DirectoryError:
+                    self.count(AuthorityEvent.PEER_REPLY_REFUSED)
+                    continue
+                if not self.add_signature(e, digest, sig):
+                    self.count(AuthorityEvent.PEER_SIGNATURE_REFUSED)
+
+    def _peer_get(self, url: str) -> bytes | None:
+        """A peer's reply, or None (counted) if the request failed in any way."""
+        try:
+            return self._fetch(url)
+        except (OSError, HTTPException, ValueError, DirectoryError):
+            self.count(AuthorityEvent.PEER_UNREACHABLE)
+            return None
 
     def _epoch(self) -> int:
         d = self.cfg.directory
@@ -335,8 +392,9 @@ class Authority:
         ensure_private_dir(base / DOCUMENT_DIR)
         for f in sorted((base / DESCRIPTOR_DIR).glob("*.json")):
             try:
-                self._accept(json.loads(f.read_bytes().decode("ascii")), persist=False)
-            except (DirectoryError, ValueError, UnicodeDecodeError):
+                obj = load_json(f.read_bytes(), f.name, max_bytes=MAX_BODY_BYTES)
+                self._accept(obj, persist=False)
+            except DirectoryError:
                 f.unlink(missing_ok=True)  # stale or damaged: nodes publish again
         epoch = self._epoch()
         for f in sorted((base / DOCUMENT_DIR).glob("*.json")):
@@ -357,6 +415,31 @@ class Authority:
             }
             if self.public_key in sigs:
                 self._docs[file_epoch] = _EpochDoc(env.document, digest, sigs)
+
+
+def parse_signature_reply(payload: bytes) -> tuple[bytes, DocumentSignature]:
+    """A peer's ``/v1/signature/<epoch>`` reply: (32-byte digest, its signature).
+
+    DirectoryFieldError naming the field (``signature reply.digest: ...``) if malformed;
+    the signature is not checked here.
+    """
+    where = "signature reply"
+    obj = load_json(payload, where, max_bytes=MAX_SIGNATURE_REPLY_BYTES)
+    if not isinstance(obj, dict) or set(obj) != {"digest", "signature"}:
+        raise DirectoryFieldError(where, "", "expected {digest, signature}")
+    digest = _from_hex(obj["digest"])
+    if digest is None or len(digest) != 32:
+        raise DirectoryFieldError(where, "digest", "expected 32 bytes as lowercase hex")
+    return digest, DocumentSignature.from_dict(obj["signature"], f"{where}.signature")
+
+
+def _from_hex(value: object) -> bytes | None:
+    """The bytes of a lowercase hex string, or None for anything else."""
+    try:
+        raw = bytes.fromhex(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    return raw if raw is not None and raw.hex() == value else None
 
 
 def _rank(d: NodeDescriptor) -> tuple[int, int, bytes]:
@@ -431,7 +514,8 @@ class _Handler(BaseHTTPRequestHandler):
         if parts == ["v1", "descriptors"]:
             return self._send(200, auth.descriptors_payload())
         if parts == ["v1", "health"]:
-            return self._send(200, canonical_json({"epoch": auth.current_epoch()}))
+            health = {"epoch": auth.current_epoch(), "counters": auth.counters}
+            return self._send(200, canonical_json(health))
         return self._error(404, "unknown path")
 
     def do_POST(self) -> None:  # noqa: N802
@@ -494,7 +578,10 @@ class RunningAuthority:
             try:
                 self.authority.sync_round()
             except Exception as exc:  # a round must never kill the authority
-                print(f"phantom-dirauth: round failed: {type(exc).__name__}", file=sys.stderr)
+                self.authority.count(AuthorityEvent.ROUND_FAILED)
+                print(
+                    f"phantom-dirauth: round failed: {type(exc).__name__}: {exc}", file=sys.stderr
+                )
             self._stop.wait(self.round_interval_s)
 
     def stop(self) -> None:

@@ -6,7 +6,9 @@
 
 A document is used only with ``threshold`` valid signatures from the configured authority
 keys and the geometry this node speaks. Signatures for the same document bytes are merged
-across authorities, so one authority that missed a round does not block readers. The last
+across authorities, so one authority that missed a round does not block readers; whatever
+one authority does (no answer, garbage, a document that fails a check) is counted
+(``FetchEvent``) and the next one is asked: only the threshold decides. The last
 verified document is cached on disk (atomically); when no authority answers, the cached
 one is served while it is still valid, and never after.
 
@@ -15,14 +17,17 @@ Blocking HTTP (urllib) runs in a worker thread when called from trio.
 
 from __future__ import annotations
 
-import json
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from http.client import HTTPException
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import trio
 
@@ -36,6 +41,7 @@ from overlay import (
     canonical_json,
     document_digest,
     epoch_at,
+    load_json,
     parse_epoch,
     seconds_until_next_epoch,
     sign_descriptor,
@@ -50,6 +56,8 @@ CACHE_DIR = "topology"  # in the data dir: <epoch>.json, the newest few kept
 CACHE_KEEP = 3  # cached documents kept
 FETCH_TIMEOUT_S = 5.0
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # bytes read from an authority
+MAX_PUBLISH_REPLY_BYTES = 65536  # bytes of an authority's reply to a descriptor POST
+MAX_ERROR_TEXT = 4096  # bytes of an authority's error reply read for its reason
 
 
 def _now() -> float:
@@ -69,8 +77,39 @@ def _http_post(url: str, body: bytes, timeout_s: float) -> bytes:
         url, data=body, method="POST", headers={"Content-Type": "application/json"}
     )
     with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310
-        data: bytes = resp.read(65536)
+        data: bytes = resp.read(MAX_PUBLISH_REPLY_BYTES)
     return data
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+class EventCounts(Generic[E]):
+    """Thread-safe counts of the events of one enum; aggregate numbers only."""
+
+    def __init__(self, events: type[E]) -> None:
+        self._events = events
+        self._lock = threading.Lock()
+        self._counts: Counter[E] = Counter()
+
+    def add(self, event: E) -> None:
+        """Count one ``event``."""
+        with self._lock:
+            self._counts[event] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        """Every event's value and count, zeros included."""
+        with self._lock:
+            return {e.value: self._counts[e] for e in self._events}
+
+
+class FetchEvent(StrEnum):
+    """What a DirectoryClient counts (``DirectoryClient.counters``)."""
+
+    FETCHED = "fetched"  # a verified document came from an authority
+    FROM_CACHE = "from_cache"  # no authority yielded one; the cached document was used
+    AUTHORITY_FAILED = "authority_failed"  # no answer, an HTTP error or a reply too large
+    DOCUMENT_REFUSED = "document_refused"  # an envelope or document failed a check
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +146,7 @@ class DirectoryClient:
         self.timeout_s = timeout_s
         self._clock = clock
         self._get = get
+        self._counts = EventCounts(FetchEvent)  # fetches run in worker threads
 
     @classmethod
     def from_config(cls, cfg: NodeConfig, *, clock: Callable[[], float] = _now) -> DirectoryClient:
@@ -154,15 +194,23 @@ class DirectoryClient:
         merged: dict[bytes, dict[bytes, DocumentSignature]] = {}
         problems: list[str] = []
         for url in self.authorities:
+            # Whatever one authority does (no answer, garbage, a document that fails a check)
+            # is counted and noted, and the next one is asked: only the threshold decides.
             try:
-                env = SignedDocument.from_bytes(
-                    self._get(f"{url}/v1/topology/{which}", self.timeout_s)
-                )
+                payload = self._get(f"{url}/v1/topology/{which}", self.timeout_s)
             except urllib.error.HTTPError as exc:
+                self._count(FetchEvent.AUTHORITY_FAILED)
                 problems.append(f"{url}: HTTP {exc.code}")
                 continue
-            except (OSError, HTTPException, DirectoryError) as exc:
-                problems.append(f"{url}: {type(exc).__name__}")
+            except (OSError, HTTPException, ValueError, DirectoryError) as exc:
+                self._count(FetchEvent.AUTHORITY_FAILED)
+                problems.append(f"{url}: {type(exc).__name__}: {exc}")
+                continue
+            try:
+                env = SignedDocument.from_bytes(payload)
+            except DirectoryError as exc:
+                self._count(FetchEvent.DOCUMENT_REFUSED)
+                problems.append(f"{url}: {exc}")
                 continue
             sigs = merged.setdefault(env.document, {})
             for s in env.signatures:
@@ -170,15 +218,26 @@ class DirectoryClient:
             try:
                 doc = self._verify(env.document, list(sigs.values()), now, epoch)
             except DirectoryError as exc:
+                self._count(FetchEvent.DOCUMENT_REFUSED)
                 problems.append(f"{url}: {exc}")
                 continue
             good = SignedDocument(env.document, tuple(sigs.values()))
             self._store(doc.epoch, good)
+            self._count(FetchEvent.FETCHED)
             return FetchResult(doc, False, self._count_valid(good))
         cached = self._cached(now, epoch)
         if cached is not None:
+            self._count(FetchEvent.FROM_CACHE)
             return cached
         raise DirectoryError("no verifiable topology document: " + "; ".join(problems))
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """How often each FetchEvent happened (every event, zeros too)."""
+        return self._counts.snapshot()
+
+    def _count(self, event: FetchEvent) -> None:
+        self._counts.add(event)
 
     def fetch(self, epoch: int | None = None) -> TopologyDocument:
         """``fetch_result(epoch).document``."""
@@ -256,6 +315,49 @@ def descriptor_body(desc: NodeDescriptor, keys: NodeKeys) -> bytes:
     return canonical_json({"descriptor": desc.to_bytes().decode("ascii"), "signature": sig.hex()})
 
 
+@dataclass(frozen=True, slots=True)
+class PublishReport:
+    """What the authorities said to a descriptor: who took it, and why the others did not."""
+
+    accepted: tuple[str, ...]  # authority URLs
+    refused: tuple[str, ...]  # "<url>: <reason>", in the authority's words when it gave any
+
+
+def publish_report(
+    authorities: Sequence[str],
+    body: bytes,
+    *,
+    timeout_s: float = FETCH_TIMEOUT_S,
+    post: Callable[[str, bytes, float], bytes] = _http_post,
+) -> PublishReport:
+    """POST a signed descriptor to every authority; who accepted it, and why not.
+
+    An authority's refusal names the field, e.g. ``http://dir1: HTTP 400
+    descriptor.epoch_keys.41: X25519 key is a low-order point``.
+    """
+    accepted: list[str] = []
+    refused: list[str] = []
+    for url in authorities:
+        try:
+            raw = post(f"{url.rstrip('/')}/v1/descriptor", body, timeout_s)
+        except urllib.error.HTTPError as exc:
+            refused.append(f"{url}: HTTP {exc.code} {_error_text(exc)}".rstrip())
+            continue
+        except (OSError, HTTPException, ValueError, DirectoryError) as exc:
+            refused.append(f"{url}: {type(exc).__name__}: {exc}")
+            continue
+        try:
+            reply = load_json(raw, "publish reply", max_bytes=MAX_PUBLISH_REPLY_BYTES)
+        except DirectoryError as exc:
+            refused.append(f"{url}: {exc}")
+            continue
+        if isinstance(reply, dict) and "accepted" in reply:
+            accepted.append(url)
+        else:
+            refused.append(f"{url}: publish reply: no 'accepted' field")
+    return PublishReport(tuple(accepted), tuple(refused))
+
+
 def publish_descriptor(
     authorities: Sequence[str],
     body: bytes,
@@ -263,16 +365,21 @@ def publish_descriptor(
     timeout_s: float = FETCH_TIMEOUT_S,
     post: Callable[[str, bytes, float], bytes] = _http_post,
 ) -> list[str]:
-    """POST a signed descriptor to every authority; returns the URLs that accepted it."""
-    accepted = []
-    for url in authorities:
-        try:
-            reply = json.loads(post(f"{url.rstrip('/')}/v1/descriptor", body, timeout_s))
-        except (OSError, HTTPException, ValueError):
-            continue
-        if isinstance(reply, dict) and "accepted" in reply:
-            accepted.append(url)
-    return accepted
+    """POST a signed descriptor to every authority; returns the URLs that accepted it
+    (``publish_report`` also says why the others did not)."""
+    return list(publish_report(authorities, body, timeout_s=timeout_s, post=post).accepted)
+
+
+def _error_text(exc: urllib.error.HTTPError) -> str:
+    """An authority's ``{"error": ...}`` reason, printable ASCII, at most 200 characters."""
+    try:
+        reply = load_json(exc.read(MAX_ERROR_TEXT), "error", max_bytes=MAX_ERROR_TEXT)
+    except (OSError, HTTPException, ValueError, DirectoryError):
+        return ""
+    text = reply.get("error") if isinstance(reply, dict) else None
+    if not isinstance(text, str):
+        return ""
+    return "".join(c if c.isascii() and c.isprintable() else "?" for c in text[:200])
 
 
 async def apublish_descriptor(cfg: NodeConfig, keys: NodeKeys, epoch: int) -> list[str]:

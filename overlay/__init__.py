@@ -60,7 +60,9 @@ from ._sphinx import surb_len as surb_len
 from ._topology import DEFAULT_MAX_DELAY_US as DEFAULT_MAX_DELAY_US
 from ._topology import DEFAULT_MIX_LAYERS as DEFAULT_MIX_LAYERS
 from ._topology import DirectoryError as DirectoryError
+from ._topology import DirectoryFieldError as DirectoryFieldError
 from ._topology import DocumentSignature as DocumentSignature
+from ._topology import InvalidKeyError as InvalidKeyError
 from ._topology import NodeDescriptor as NodeDescriptor
 from ._topology import NodeRole as NodeRole
 from ._topology import NoRouteError as NoRouteError
@@ -69,10 +71,12 @@ from ._topology import TopologyDocument as TopologyDocument
 from ._topology import build_document as build_document
 from ._topology import canonical_json as canonical_json
 from ._topology import document_digest as document_digest
+from ._topology import ed25519_key_problem as ed25519_key_problem
 from ._topology import epoch_at as epoch_at
 from ._topology import epoch_start as epoch_start
 from ._topology import exp_delay_us as exp_delay_us
 from ._topology import layer_of as layer_of
+from ._topology import load_json as load_json
 from ._topology import node_id_for as node_id_for
 from ._topology import parse_epoch as parse_epoch
 from ._topology import seconds_until_next_epoch as seconds_until_next_epoch
@@ -83,3 +87,4 @@ from ._topology import signature_is_valid as signature_is_valid
 from ._topology import uniform_index as uniform_index
 from ._topology import verify_descriptor as verify_descriptor
 from ._topology import verify_document as verify_document
+from ._topology import x25519_key_problem as x25519_key_problem

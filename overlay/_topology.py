@@ -14,20 +14,29 @@ A document lists the nodes of one epoch (gateways and three mix layers), their a
 and X25519 epoch keys, and the packet geometry. Authorities sign a BLAKE2b digest of the
 document's canonical JSON bytes; a reader accepts it only with ``threshold`` valid
 signatures from distinct known authority keys, and only if the geometry digest matches.
+
+Everything read from the network is untrusted: JSON is bounded in size and nesting before
+it is parsed (``load_json``), every malformed field is a ``DirectoryFieldError`` naming it
+(``document.nodes[3].epoch_keys.41: X25519 key is a low-order point``), and a descriptor
+whose X25519 or Ed25519 key is not a usable point is refused (``InvalidKeyError``), so a
+document listing one is refused as a whole.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
+from nacl.bindings import crypto_core_ed25519_is_valid_point
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
@@ -44,6 +53,8 @@ X25519_KEY_LEN = 32  # bytes
 DOCUMENT_DIGEST_LEN = 32  # bytes, BLAKE2b-256 of a document's canonical bytes
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024  # bytes; a larger document is refused before parsing
 MAX_DESCRIPTOR_BYTES = 16 * 1024  # bytes
+MAX_ENVELOPE_BYTES = 2 * MAX_DOCUMENT_BYTES  # bytes of a signed document (JSON string escapes)
+MAX_SIGNATURES = 64  # signatures an envelope may carry
 MAX_NAME_LEN = 64  # characters of an operator label
 MAX_HOST_LEN = 253  # characters of a host name or address
 DEFAULT_MIX_LAYERS = 3  # stratified topology: entry gateway, 3 mix layers, exit gateway
@@ -62,6 +73,35 @@ _SIG_DESC = b"pn-descriptor-sig-v1\x00"  # prefix of a descriptor signature's me
 
 class DirectoryError(PhantomError):
     """A topology document or descriptor failed a check; the reader must not use it."""
+
+
+class DirectoryFieldError(DirectoryError):
+    """One field of a document, descriptor or envelope is malformed.
+
+    ``where`` is the dotted path of the object that holds it (``document.nodes[3]``),
+    ``field`` the field inside it (``epoch_keys.41``, or ``""`` for the object itself) and
+    ``problem`` what is wrong; ``str()`` is ``"document.nodes[3].epoch_keys.41: problem"``.
+    """
+
+    def __init__(self, where: str, field: str, problem: str) -> None:
+        self.where = where
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+    @property
+    def path(self) -> str:
+        """``where.field`` (or ``where`` alone)."""
+        return f"{self.where}.{self.field}" if self.field else self.where
+
+    def under(self, where: str) -> DirectoryFieldError:
+        """The same error for the same field of an object found at ``where`` instead."""
+        return type(self)(where, self.field, self.problem)
+
+
+class InvalidKeyError(DirectoryFieldError):
+    """A public key is not a usable point: a low-order or non-canonical X25519 key, or an
+    Ed25519 key that is not a point of the prime-order subgroup."""
 
 
 class NoRouteError(DirectoryError):
@@ -98,48 +138,142 @@ def canonical_json(obj: object) -> bytes:
 
 
 # --------------------------------------------------------------------------------------
-# Strict field readers (untrusted JSON -> typed values, DirectoryError naming the field)
+# Strict field readers (untrusted JSON -> typed values, DirectoryFieldError naming the field)
+
+MAX_JSON_DEPTH = 8  # nesting of arrays and objects in any JSON we read (documents use 4)
+_JSON_ESCAPE = re.compile(rb"\\.", re.DOTALL)  # a backslash and the byte it escapes
+_JSON_STRING = re.compile(rb'"[^"]*"')  # a string literal once escapes are gone
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def load_json(
+    data: bytes, where: str, *, max_bytes: int, max_depth: int = MAX_JSON_DEPTH
+) -> object:
+    """Parse untrusted ASCII JSON of at most ``max_bytes`` bytes and ``max_depth`` levels.
+
+    The size and nesting are checked before the parser runs (linear time, no recursion),
+    so hostile input costs O(len) and never reaches Python's recursion limit. ``NaN`` and
+    ``Infinity`` are refused. DirectoryFieldError at ``where`` for anything else.
+    """
+    if len(data) > max_bytes:
+        raise DirectoryFieldError(where, "", f"larger than {max_bytes} bytes")
+    if not data.isascii():
+        raise DirectoryFieldError(where, "", "not ASCII JSON")
+    # The brackets outside string literals (tokenized as the parser does: escapes pair
+    # left to right, then strings end at the next quote), all regular expressions without
+    # backtracking. Each pass removes the innermost pairs, so the brackets of valid JSON of
+    # depth n are gone after n passes; anything left is too deep or unbalanced.
+    text = _JSON_STRING.sub(b"", _JSON_ESCAPE.sub(b"", data))
+    brackets = text.translate(None, _NOT_BRACKET).replace(b"{", b"[").replace(b"}", b"]")
+    for _ in range(max_depth):
+        if not brackets:
+            break
+        brackets = brackets.replace(b"[]", b"")
+    if b"[]" in brackets:
+        raise DirectoryFieldError(where, "", f"nested deeper than {max_depth} levels")
+    if brackets:
+        raise DirectoryFieldError(where, "", "not ASCII JSON (unbalanced brackets)")
+    try:
+        return json.loads(data.decode("ascii"), parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        raise DirectoryFieldError(where, "", "not ASCII JSON") from None
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _field(data: Mapping[str, Any], name: str, where: str) -> Any:
     if name not in data:
-        raise DirectoryError(f"{where}.{name}: missing")
+        raise DirectoryFieldError(where, name, "missing")
     return data[name]
 
 
 def _int(data: Mapping[str, Any], name: str, where: str, lo: int, hi: int) -> int:
     v = _field(data, name, where)
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise DirectoryError(f"{where}.{name}: expected an integer in {lo}..{hi}, got {v!r}")
+        raise DirectoryFieldError(where, name, f"expected an integer in {lo}..{hi}, got {v!r}")
     return v
 
 
 def _str(data: Mapping[str, Any], name: str, where: str, max_len: int) -> str:
     v = _field(data, name, where)
     if not isinstance(v, str) or not 0 < len(v) <= max_len or not v.isprintable():
-        raise DirectoryError(f"{where}.{name}: expected a printable string of 1..{max_len}")
+        raise DirectoryFieldError(where, name, f"expected a printable string of 1..{max_len}")
     return v
 
 
-def _hex(value: object, where: str, length: int) -> bytes:
+def _hex(value: object, where: str, name: str, length: int) -> bytes:
+    problem = f"expected {length} bytes as lowercase hex"
     if not isinstance(value, str) or len(value) != 2 * length:
-        raise DirectoryError(f"{where}: expected {length} bytes as lowercase hex")
+        raise DirectoryFieldError(where, name, problem)
     try:
         raw = bytes.fromhex(value)
     except ValueError:
-        raise DirectoryError(f"{where}: expected {length} bytes as lowercase hex") from None
+        raise DirectoryFieldError(where, name, problem) from None
     if raw.hex() != value:
-        raise DirectoryError(f"{where}: expected {length} bytes as lowercase hex")
+        raise DirectoryFieldError(where, name, problem)
     return raw
 
 
 def _exact_keys(data: object, keys: set[str], where: str) -> Mapping[str, Any]:
     if not isinstance(data, dict):
-        raise DirectoryError(f"{where}: expected an object")
+        raise DirectoryFieldError(where, "", "expected an object")
     extra = set(data) - keys
     if extra:
-        raise DirectoryError(f"{where}: unknown field {sorted(extra)[0]!r}")
+        raise DirectoryFieldError(where, sorted(extra)[0], "unknown field")
     return data
+
+
+# --------------------------------------------------------------------------------------
+# Public keys from the network
+
+# Keys are checked once per distinct value: documents are parsed again every epoch and an
+# authority rebuilds them every round, with the same keys.
+KEY_CHECK_CACHE = 32_768  # entries (about 100 bytes each)
+_P25519 = 2**255 - 19  # the field prime of Curve25519 (RFC 7748, section 4.1)
+_A25519 = 486662  # Montgomery coefficient A of Curve25519 (RFC 7748, section 4.1)
+
+
+@functools.lru_cache(maxsize=KEY_CHECK_CACHE)
+def x25519_key_problem(key: bytes) -> str | None:
+    """Why ``key`` is not a usable X25519 public key, or None if it is.
+
+    Refused: a length other than 32 bytes; a non-canonical encoding (bit 255 set, or a
+    u-coordinate >= p, RFC 7748 section 5); and every point of small order, i.e. whose
+    order divides 8 (the seven u values in libsodium's blocklist: 0, 1, p - 1 and the two
+    order-8 points, and their encodings >= p). With such a key a Diffie-Hellman result is
+    known to everyone, and libsodium refuses it. Order is tested with three x-only
+    doublings: [8]P is the point at infinity (Z = 0) exactly when P has small order.
+    """
+    if len(key) != X25519_KEY_LEN:
+        return f"expected {X25519_KEY_LEN} bytes, got {len(key)}"
+    u = int.from_bytes(key, "little")
+    if u >> 255:
+        return "non-canonical X25519 key (bit 255 set)"
+    if u >= _P25519:
+        return "non-canonical X25519 key (u >= p)"
+    x, z = u, 1
+    for _ in range(3):
+        xx, zz, xz = x * x % _P25519, z * z % _P25519, x * z % _P25519
+        x, z = (xx - zz) ** 2 % _P25519, 4 * xz * (xx + _A25519 * xz + zz) % _P25519
+    if z == 0:
+        return "X25519 key is a low-order point"
+    return None
+
+
+@functools.lru_cache(maxsize=KEY_CHECK_CACHE)
+def ed25519_key_problem(key: bytes) -> str | None:
+    """Why ``key`` is not a usable Ed25519 public key, or None if it is.
+
+    libsodium's ``crypto_core_ed25519_is_valid_point``: a canonical encoding of a point
+    on the curve, in the prime-order subgroup and not of small order.
+    """
+    if len(key) != ED25519_KEY_LEN:
+        return f"expected {ED25519_KEY_LEN} bytes, got {len(key)}"
+    if not crypto_core_ed25519_is_valid_point(key):
+        return "Ed25519 key is not a valid point of the prime-order subgroup"
+    return None
 
 
 # --------------------------------------------------------------------------------------
@@ -168,39 +302,44 @@ class NodeDescriptor:
     published_at: int = 0
 
     def __post_init__(self) -> None:
+        def bad(name: str, problem: str) -> DirectoryFieldError:
+            return DirectoryFieldError("descriptor", name, problem)
+
         if not isinstance(self.published_at, int) or not 0 <= self.published_at < 2**63:
-            raise DirectoryError("descriptor.published_at: expected unix seconds >= 0")
+            raise bad("published_at", "expected unix seconds >= 0")
         try:
             role = NodeRole(self.role)
         except ValueError:
-            raise DirectoryError(f"descriptor.role: unknown role {self.role!r}") from None
+            raise bad("role", f"unknown role {self.role!r}") from None
         object.__setattr__(self, "role", role)
-        if len(self.identity_key) != ED25519_KEY_LEN:
-            raise DirectoryError(f"descriptor.identity_key: expected {ED25519_KEY_LEN} bytes")
+        problem = ed25519_key_problem(self.identity_key)
+        if problem is not None:
+            raise InvalidKeyError("descriptor", "identity_key", problem)
         if self.node_id != node_id_for(self.identity_key):
-            raise DirectoryError("descriptor.node_id: not the BLAKE2b-128 of identity_key")
+            raise bad("node_id", "not the BLAKE2b-128 of identity_key")
         if not 0 < len(self.name) <= MAX_NAME_LEN or not self.name.isprintable():
-            raise DirectoryError(
-                f"descriptor.name: expected a printable string of 1..{MAX_NAME_LEN}"
-            )
+            raise bad("name", f"expected a printable string of 1..{MAX_NAME_LEN}")
         if not 0 < len(self.host) <= MAX_HOST_LEN or not self.host.isprintable():
-            raise DirectoryError("descriptor.host: expected a host name or address")
+            raise bad("host", "expected a host name or address")
         if not 1 <= self.port <= 65535:
-            raise DirectoryError(f"descriptor.port: expected 1..65535, got {self.port}")
+            raise bad("port", f"expected 1..65535, got {self.port}")
         if role is NodeRole.GATEWAY:
             if self.layer != 0:
-                raise DirectoryError(f"descriptor.layer: a gateway is in layer 0, got {self.layer}")
+                raise bad("layer", f"a gateway is in layer 0, got {self.layer}")
             if self.client_port is None or not 1 <= self.client_port <= 65535:
-                raise DirectoryError("descriptor.client_port: a gateway needs a port in 1..65535")
+                raise bad("client_port", "a gateway needs a port in 1..65535")
         else:
             if not 1 <= self.layer <= 255:
-                raise DirectoryError(f"descriptor.layer: a mix is in layer 1.., got {self.layer}")
+                raise bad("layer", f"a mix is in layer 1..255, got {self.layer}")
             if self.client_port is not None:
-                raise DirectoryError("descriptor.client_port: only gateways attach clients")
+                raise bad("client_port", "only gateways attach clients")
         keys: dict[int, bytes] = {}
         for epoch, key in sorted(self.epoch_keys.items()):
-            if not 0 <= epoch < 2**63 or len(key) != X25519_KEY_LEN:
-                raise DirectoryError(f"descriptor.epoch_keys.{epoch}: bad epoch or key length")
+            if not 0 <= epoch < 2**63:
+                raise bad(f"epoch_keys.{epoch}", "epoch out of range")
+            problem = x25519_key_problem(key)
+            if problem is not None:
+                raise InvalidKeyError("descriptor", f"epoch_keys.{epoch}", problem)
             keys[epoch] = bytes(key)
         object.__setattr__(self, "epoch_keys", MappingProxyType(keys))
 
@@ -252,36 +391,43 @@ class NodeDescriptor:
 
     @classmethod
     def from_dict(cls, data: object, where: str = "descriptor") -> NodeDescriptor:
-        """Parse untrusted JSON; every malformed field is a DirectoryError naming it."""
+        """Parse untrusted JSON found at ``where`` (e.g. ``document.nodes[3]``).
+
+        Every malformed field is a DirectoryFieldError whose path starts with ``where``
+        (InvalidKeyError for a key that is not a usable point).
+        """
         d = _exact_keys(data, _DESCRIPTOR_KEYS, where)
         role = _str(d, "role", where, 16)
         if role not in (NodeRole.GATEWAY.value, NodeRole.MIX.value):
-            raise DirectoryError(f"{where}.role: expected 'gateway' or 'mix', got {role!r}")
+            raise DirectoryFieldError(where, "role", f"expected 'gateway' or 'mix', got {role!r}")
         cp = _field(d, "client_port", where)
         client_port = None if cp is None else _int(d, "client_port", where, 1, 65535)
         raw_keys = _field(d, "epoch_keys", where)
         if not isinstance(raw_keys, dict) or len(raw_keys) > 8:
-            raise DirectoryError(f"{where}.epoch_keys: expected an object of at most 8 keys")
+            raise DirectoryFieldError(where, "epoch_keys", "expected an object of at most 8 keys")
         keys: dict[int, bytes] = {}
         for e, k in raw_keys.items():
             epoch = parse_epoch(e) if isinstance(e, str) else None
             if epoch is None:
-                raise DirectoryError(f"{where}.epoch_keys: bad epoch {e!r}")
-            keys[epoch] = _hex(k, f"{where}.epoch_keys.{e}", X25519_KEY_LEN)
-        return cls(
-            node_id=_hex(_field(d, "node_id", where), f"{where}.node_id", NODE_ID_LEN),
-            name=_str(d, "name", where, MAX_NAME_LEN),
-            role=NodeRole(role),
-            layer=_int(d, "layer", where, 0, 255),
-            host=_str(d, "host", where, MAX_HOST_LEN),
-            port=_int(d, "port", where, 1, 65535),
-            client_port=client_port,
-            identity_key=_hex(
-                _field(d, "identity_key", where), f"{where}.identity_key", ED25519_KEY_LEN
-            ),
-            epoch_keys=keys,
-            published_at=_int(d, "published_at", where, 0, 2**63 - 1),
-        )
+                raise DirectoryFieldError(where, "epoch_keys", f"bad epoch {e!r}")
+            keys[epoch] = _hex(k, where, f"epoch_keys.{e}", X25519_KEY_LEN)
+        try:
+            return cls(
+                node_id=_hex(_field(d, "node_id", where), where, "node_id", NODE_ID_LEN),
+                name=_str(d, "name", where, MAX_NAME_LEN),
+                role=NodeRole(role),
+                layer=_int(d, "layer", where, 0, 255),
+                host=_str(d, "host", where, MAX_HOST_LEN),
+                port=_int(d, "port", where, 1, 65535),
+                client_port=client_port,
+                identity_key=_hex(
+                    _field(d, "identity_key", where), where, "identity_key", ED25519_KEY_LEN
+                ),
+                epoch_keys=keys,
+                published_at=_int(d, "published_at", where, 0, 2**63 - 1),
+            )
+        except DirectoryFieldError as exc:
+            raise exc.under(where) from None
 
     def to_bytes(self) -> bytes:
         """Canonical JSON bytes (what the node signs)."""
@@ -289,15 +435,17 @@ class NodeDescriptor:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> NodeDescriptor:
-        """Parse canonical descriptor bytes; non-canonical input is refused."""
-        if len(data) > MAX_DESCRIPTOR_BYTES:
-            raise DirectoryError("descriptor: too large")
-        obj = _load_json(data, "descriptor")
+        """Parse canonical descriptor bytes; non-canonical input is refused.
+
+        DirectoryFieldError naming the field for anything malformed (``descriptor.port:
+        ...``), InvalidKeyError for a key that is not a usable point.
+        """
+        obj = load_json(data, "descriptor", max_bytes=MAX_DESCRIPTOR_BYTES)
         d = _exact_keys(obj, _DESCRIPTOR_KEYS | {"version"}, "descriptor")
         _int(d, "version", "descriptor", DOCUMENT_VERSION, DOCUMENT_VERSION)
         desc = cls.from_dict({k: v for k, v in d.items() if k != "version"})
         if desc.to_bytes() != data:
-            raise DirectoryError("descriptor: not in canonical form")
+            raise DirectoryFieldError("descriptor", "", "not in canonical form")
         return desc
 
 
@@ -313,13 +461,6 @@ _DESCRIPTOR_KEYS = {
     "identity_key",
     "epoch_keys",
 }
-
-
-def _load_json(data: bytes, where: str) -> object:
-    try:
-        return json.loads(data.decode("ascii"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise DirectoryError(f"{where}: not ASCII JSON") from None
 
 
 def sign_descriptor(descriptor: NodeDescriptor, identity_seed: bytes) -> bytes:
@@ -368,28 +509,33 @@ class TopologyDocument:
 
     def __post_init__(self) -> None:
         if not 0 <= self.epoch < 2**63:
-            raise DirectoryError(f"document.epoch: out of range: {self.epoch}")
+            raise DirectoryFieldError("document", "epoch", f"out of range: {self.epoch}")
         if not 0 <= self.valid_after < self.valid_until:
-            raise DirectoryError("document: valid_after must be before valid_until")
+            raise DirectoryFieldError("document", "valid_until", "not after valid_after")
         if not 1 <= self.mix_layers <= self.geometry.max_hops - 2:
-            raise DirectoryError(
-                f"document.mix_layers: expected 1..{self.geometry.max_hops - 2} "
-                f"for geometry {self.geometry.name!r}, got {self.mix_layers}"
+            raise DirectoryFieldError(
+                "document",
+                "mix_layers",
+                f"expected 1..{self.geometry.max_hops - 2} "
+                f"for geometry {self.geometry.name!r}, got {self.mix_layers}",
             )
         nodes = tuple(sorted(self.nodes, key=lambda n: n.node_id))
         by_id: dict[bytes, NodeDescriptor] = {}
         layers: list[list[NodeDescriptor]] = [[] for _ in range(self.mix_layers)]
         gateways: list[NodeDescriptor] = []
-        for n in nodes:
+        for i, n in enumerate(nodes):
+            where = f"nodes[{i}]"
             if n.node_id in by_id:
-                raise DirectoryError(f"document.nodes: node {n.name!r} appears twice")
+                raise DirectoryFieldError("document", where, f"node {n.name!r} appears twice")
             if self.epoch not in n.epoch_keys:
-                raise DirectoryError(f"document.nodes: node {n.name!r} has no key for the epoch")
+                raise DirectoryFieldError("document", f"{where}.epoch_keys", "no key for the epoch")
             by_id[n.node_id] = n
             if n.role is NodeRole.GATEWAY:
                 gateways.append(n)
             elif n.layer > self.mix_layers:
-                raise DirectoryError(f"document.nodes: node {n.name!r} is in layer {n.layer}")
+                raise DirectoryFieldError(
+                    "document", f"{where}.layer", f"{n.layer} > mix_layers {self.mix_layers}"
+                )
             else:
                 layers[n.layer - 1].append(n)
         object.__setattr__(self, "nodes", nodes)
@@ -451,24 +597,25 @@ class TopologyDocument:
         """Parse canonical document bytes, strictly; checks the geometry digest.
 
         This does not check signatures: use ``verify_document`` for anything received.
+        DirectoryFieldError naming the field for anything malformed
+        (``document.nodes[3].epoch_keys.41: X25519 key is a low-order point``).
         """
-        if len(data) > MAX_DOCUMENT_BYTES:
-            raise DirectoryError("document: too large")
-        d = _exact_keys(_load_json(data, "document"), _DOCUMENT_KEYS, "document")
+        obj = load_json(data, "document", max_bytes=MAX_DOCUMENT_BYTES)
+        d = _exact_keys(obj, _DOCUMENT_KEYS, "document")
         _int(d, "version", "document", DOCUMENT_VERSION, DOCUMENT_VERSION)
         geo_raw = _field(d, "geometry", "document")
         if not isinstance(geo_raw, dict):
-            raise DirectoryError("document.geometry: expected an object")
+            raise DirectoryFieldError("document", "geometry", "expected an object")
         try:
             geometry = Geometry.from_dict(geo_raw)
         except GeometryError as exc:
-            raise DirectoryError(f"document.geometry: {exc}") from None
-        digest = _hex(_field(d, "geometry_digest", "document"), "document.geometry_digest", 32)
+            raise DirectoryFieldError("document", "geometry", str(exc)) from None
+        digest = _hex(_field(d, "geometry_digest", "document"), "document", "geometry_digest", 32)
         if digest != geometry.digest or geo_raw.get("digest") != digest.hex():
-            raise DirectoryError("document.geometry_digest: does not match the geometry")
+            raise DirectoryFieldError("document", "geometry_digest", "does not match the geometry")
         raw_nodes = _field(d, "nodes", "document")
         if not isinstance(raw_nodes, list):
-            raise DirectoryError("document.nodes: expected a list")
+            raise DirectoryFieldError("document", "nodes", "expected a list")
         nodes = tuple(
             NodeDescriptor.from_dict(n, f"document.nodes[{i}]") for i, n in enumerate(raw_nodes)
         )
@@ -482,7 +629,7 @@ class TopologyDocument:
             max_delay_us=_int(d, "max_delay_us", "document", 0, MAX_DELAY_US),
         )
         if doc.to_bytes() != data:
-            raise DirectoryError("document: not in canonical form")
+            raise DirectoryFieldError("document", "", "not in canonical form")
         return doc
 
 
@@ -568,8 +715,8 @@ class DocumentSignature:
         """Parse untrusted JSON; lengths are checked, validity is not."""
         d = _exact_keys(data, {"authority_key", "signature"}, where)
         return cls(
-            _hex(_field(d, "authority_key", where), f"{where}.authority_key", ED25519_KEY_LEN),
-            _hex(_field(d, "signature", where), f"{where}.signature", ED25519_SIG_LEN),
+            _hex(_field(d, "authority_key", where), where, "authority_key", ED25519_KEY_LEN),
+            _hex(_field(d, "signature", where), where, "signature", ED25519_SIG_LEN),
         )
 
 
@@ -609,7 +756,7 @@ def verify_document(
     if not 1 <= threshold <= len(keys):
         raise UsageError(f"threshold must be in 1..{len(keys)} (distinct keys), got {threshold}")
     if len(doc_bytes) > MAX_DOCUMENT_BYTES:
-        raise DirectoryError("document: too large")
+        raise DirectoryFieldError("document", "", f"larger than {MAX_DOCUMENT_BYTES} bytes")
     digest = document_digest(doc_bytes)
     good: set[bytes] = set()
     for sig in signatures:
@@ -651,17 +798,27 @@ class SignedDocument:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SignedDocument:
-        """Parse an envelope (signatures are not checked here)."""
-        if len(data) > 2 * MAX_DOCUMENT_BYTES:
-            raise DirectoryError("signed document: too large")
-        d = _exact_keys(_load_json(data, "signed document"), {"document", "signatures"}, "signed")
-        doc = _field(d, "document", "signed")
-        sigs = _field(d, "signatures", "signed")
-        if not isinstance(doc, str) or not isinstance(sigs, list) or len(sigs) > 64:
-            raise DirectoryError("signed document: malformed envelope")
+        """Parse an envelope (signatures are not checked here).
+
+        DirectoryFieldError naming the field (``envelope.document: ...``) for anything
+        malformed; the document itself is parsed only by ``verify``.
+        """
+        obj = load_json(data, "envelope", max_bytes=MAX_ENVELOPE_BYTES)
+        d = _exact_keys(obj, {"document", "signatures"}, "envelope")
+        doc = _field(d, "document", "envelope")
+        sigs = _field(d, "signatures", "envelope")
+        if not isinstance(doc, str) or not doc.isascii():
+            raise DirectoryFieldError("envelope", "document", "expected a string of ASCII JSON")
+        if not isinstance(sigs, list) or len(sigs) > MAX_SIGNATURES:
+            raise DirectoryFieldError(
+                "envelope", "signatures", f"expected a list of at most {MAX_SIGNATURES}"
+            )
         return cls(
             doc.encode("ascii"),
-            tuple(DocumentSignature.from_dict(s, f"signatures[{i}]") for i, s in enumerate(sigs)),
+            tuple(
+                DocumentSignature.from_dict(s, f"envelope.signatures[{i}]")
+                for i, s in enumerate(sigs)
+            ),
         )
 
     def verify(

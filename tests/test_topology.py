@@ -29,8 +29,10 @@ from overlay import (
     epoch_at,
     epoch_start,
     exp_delay_us,
+    generate_private_key,
     node_id_for,
     parse_epoch,
+    public_key,
     select_path,
     sign_descriptor,
     sign_document,
@@ -54,7 +56,10 @@ def _node(name: str, role: NodeRole, layer: int, port: int) -> tuple[NodeDescrip
         port=port,
         client_port=port + 100 if role is NodeRole.GATEWAY else None,
         identity_key=ik,
-        epoch_keys={EPOCH: os.urandom(32), EPOCH + 1: os.urandom(32)},
+        epoch_keys={
+            EPOCH: public_key(generate_private_key()),
+            EPOCH + 1: public_key(generate_private_key()),
+        },
     )
     return desc, seed
 
