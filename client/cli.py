@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from overlay import UsageError
+from overlay import DirectoryError, UsageError
 
 from ._tasks import open_background
 from .call import DEFAULT_MEAN_DELAY_S
@@ -161,7 +161,7 @@ def demo(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")
         return 130
-    except (TestnetError, UsageError, OSError, TimeoutError, AttachError) as exc:
+    except (TestnetError, UsageError, DirectoryError, OSError, TimeoutError, AttachError) as exc:
         console.print(f"[red]phantom-call: {type(exc).__name__}: {exc}[/red]")
         return 1
     except trio.TooSlowError:

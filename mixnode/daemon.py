@@ -113,14 +113,15 @@ class AuthorityDirectory:
         self.client = DirectoryClient.from_config(config)
 
     async def publish(self, descriptor: bytes, signature: bytes) -> None:
-        from mixnode.directory_client import publish_descriptor
+        from mixnode.directory_client import publish_report
 
         body = canonical_json(
             {"descriptor": descriptor.decode("ascii"), "signature": signature.hex()}
         )
-        accepted = await trio.to_thread.run_sync(publish_descriptor, self.urls, body)
-        if not accepted:
-            raise DirectoryError("no authority accepted the descriptor")
+        report = await trio.to_thread.run_sync(publish_report, self.urls, body)
+        if not report.accepted:
+            why = "; ".join(report.refused) or "no authority configured"
+            raise DirectoryError(f"no authority accepted the descriptor: {why}")
 
     async def fetch(self, epoch: int) -> TopologyDocument:
         return await self.client.afetch(epoch)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 import tempfile
 import urllib.error
 import urllib.request
@@ -25,6 +26,7 @@ from nacl.exceptions import RuntimeError as NaclRuntimeError
 from nacl.signing import SigningKey
 
 from mixnode.config import AuthoritySection, DirAuthConfig, DirectorySection
+from mixnode.daemon import AuthorityDirectory
 from mixnode.dirauth import Authority, AuthorityEvent, RunningAuthority, parse_signature_reply
 from mixnode.directory_client import DirectoryClient, FetchEvent, publish_report
 from overlay import (
@@ -706,3 +708,14 @@ def test_publishing_says_why_each_authority_did_not_accept(
     report = publish_report(["http://bad", "http://good"], b"{}", post=post)
     assert report.accepted == ("http://good",)
     assert report.refused == (f"http://bad: {reason}",)
+
+
+async def test_the_node_says_why_no_authority_took_its_descriptor() -> None:
+    """The daemon's publish names each authority and its reason, not a bare refusal."""
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    directory = object.__new__(AuthorityDirectory)
+    directory.urls = [f"http://127.0.0.1:{port}"]
+    with pytest.raises(DirectoryError, match=rf"127\.0\.0\.1:{port}: .*Error"):
+        await directory.publish(b"{}", bytes(64))
