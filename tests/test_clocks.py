@@ -233,7 +233,7 @@ def _loop_doc(node: Node) -> TopologyDocument:
             port=4000,
             client_port=4100,
             identity_key=node.keys.identity_public,
-            epoch_keys={7: os.urandom(32)},
+            epoch_keys={7: public_key(os.urandom(32))},
         ),
         NodeDescriptor(
             node_id=node_id_for(mix_ik),
@@ -244,7 +244,7 @@ def _loop_doc(node: Node) -> TopologyDocument:
             port=4001,
             client_port=None,
             identity_key=mix_ik,
-            epoch_keys={7: os.urandom(32)},
+            epoch_keys={7: public_key(os.urandom(32))},
         ),
     ]
     return build_document(7, epoch_length_s=600, geometry=VOICE, descriptors=nodes, mix_layers=1)

@@ -12,7 +12,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from mixnode import loadgen, probe
-from overlay import VOICE, NodeDescriptor, NodeRole, build_document, node_id_for
+from overlay import VOICE, NodeDescriptor, NodeRole, build_document, node_id_for, public_key
 
 EPOCH = 7
 
@@ -28,7 +28,7 @@ def _node(role: NodeRole, layer: int, port: int) -> NodeDescriptor:
         port=port,
         client_port=port + 100 if role is NodeRole.GATEWAY else None,
         identity_key=ik,
-        epoch_keys={EPOCH: os.urandom(32), EPOCH + 1: os.urandom(32)},
+        epoch_keys={EPOCH: public_key(os.urandom(32)), EPOCH + 1: public_key(os.urandom(32))},
     )
 
 

@@ -131,7 +131,7 @@ def _doc_listing(addr: tuple[str, int], max_delay_us: int) -> TopologyDocument:
         port=addr[1],
         client_port=None,
         identity_key=ik,
-        epoch_keys={7: os.urandom(32)},
+        epoch_keys={7: public_key(os.urandom(32))},
     )
     return build_document(
         7, epoch_length_s=600, geometry=VOICE, descriptors=[mix], max_delay_us=max_delay_us
