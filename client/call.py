@@ -1,6 +1,6 @@
 """A Mode C call through the mixnet (Trio): constant-rate uplink, signaling and media.
 
-    me = Address(gateway_id, os.urandom(16))          # our gateway and mailbox
+    me = Address(gateway_id, mailbox_key.mailbox_id)  # our gateway and mailbox (MailboxKey)
     peer = Contact(Address(peer_gw, peer_box), key)   # exchanged over the E2EE messenger
     caller = Caller(link, doc, me, peer, channel, voice)
     async with trio.open_nursery() as nursery:

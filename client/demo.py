@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import trio
 
-from overlay import TopologyDocument, UsageError
+from overlay import MailboxKey, TopologyDocument, UsageError
 
 from ._channel import InMemoryChannel
 from ._speech import artificial_voice
@@ -84,8 +84,9 @@ async def run_call(
     began = time.monotonic()
     chan_a, chan_b = InMemoryChannel.pair()
     signal_key = os.urandom(32)  # exchanged over the E2EE chat with the addresses
-    addr_a = Address(gateway_a, os.urandom(16))
-    addr_b = Address(gateway_b, os.urandom(16))
+    key_a, key_b = MailboxKey.generate(), MailboxKey.generate()  # each stays with its client
+    addr_a = Address(gateway_a, key_a.mailbox_id)  # what contacts know: ids, never keys
+    addr_b = Address(gateway_b, key_b.mailbox_id)
     seconds = opts.duration_s + 5.0  # the mic never runs dry during the call
     voice_a = artificial_voice(seconds, seed=1)
     voice_b = artificial_voice(seconds, seed=2, female=True)
@@ -99,8 +100,8 @@ async def run_call(
 
     (addr_ga, key_ga), (addr_gb, key_gb) = endpoint(gateway_a), endpoint(gateway_b)
     async with (
-        open_gateway_link(doc.geometry, addr_ga, key_ga, addr_a.mailbox) as link_a,
-        open_gateway_link(doc.geometry, addr_gb, key_gb, addr_b.mailbox) as link_b,
+        open_gateway_link(doc.geometry, addr_ga, key_ga, key_a) as link_a,
+        open_gateway_link(doc.geometry, addr_gb, key_gb, key_b) as link_b,
     ):
 
         def caller(link: GatewayLink, me: Address, peer: Address, chan: InMemoryChannel,

@@ -1,17 +1,25 @@
 """A client's encrypted UDP link to its gateway (Trio).
 
-    async with open_gateway_link(VOICE, ("127.0.0.1", 31001), gw_key, mailbox) as link:
+    key = MailboxKey.generate()                 # kept by the client; contacts get key.mailbox_id
+    async with open_gateway_link(VOICE, ("127.0.0.1", 31001), gw_key, key) as link:
         await link.send(packet)                 # one Sphinx packet, sealed
         delivery = await link.receive()         # next real delivery (dummies are skipped)
 
-The link attaches with the mailbox id only, resends ATTACH until the gateway acknowledges
-it in a downlink slot, then seals every uplink packet and opens every downlink frame.
-Received deliveries wait in a bounded channel; when the application does not keep up the
-newest are dropped and counted (``stats``), never buffered without bound.
+The link attaches by proving it holds the mailbox's key (ATTACH, the gateway's CHALLENGE
+cookie, ATTACH with the proof; docs/wire-link.md), then seals every uplink packet and opens
+every downlink frame. It watches its session: when no authenticated downlink frame came for
+``silence_s`` seconds, or the gateway's UNKNOWN_SESSION hint is not contradicted by one
+within ``hint_confirm_s`` (gateway restart, idle expiry), it attaches again with a fresh
+ephemeral key, backing off exponentially with jitter up to ``REATTACH_CAP_S``, and counts it
+(``stats["reattaches"]``). Leaving the ``async with`` block sends LEAVE, so the gateway stops
+the downlink at once. Received deliveries wait in a bounded channel; when the application
+does not keep up the newest are dropped and counted (``stats``), never buffered without
+bound.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections import Counter
@@ -21,13 +29,32 @@ from dataclasses import dataclass
 
 import trio
 
-from overlay import ClientLink, Delivery, DownlinkKind, Geometry, LinkError
+from overlay import (
+    Challenged,
+    ClientLink,
+    Delivery,
+    DownlinkKind,
+    Geometry,
+    LinkError,
+    LinkEvent,
+    MailboxKey,
+    Rng,
+    SessionUnknown,
+    SessionWatch,
+    backoff_delay,
+)
 
 from ._tasks import open_background
 
 ATTACH_RETRY_S = 0.2  # seconds between ATTACH resends
 ATTACH_TIMEOUT_S = 5.0  # seconds to wait for the gateway's acknowledgement
 RECEIVE_QUEUE = 4096  # deliveries buffered for the application at most
+SILENCE_S = 2.0  # seconds without an authenticated downlink frame: the session is lost
+HINT_CONFIRM_S = 0.3  # seconds an UNKNOWN_SESSION hint waits to be contradicted
+REATTACH_TRY_S = 1.0  # seconds one re-attach attempt resends ATTACH
+REATTACH_BASE_S = 0.25  # seconds: first backoff between failed re-attach attempts
+REATTACH_CAP_S = 8.0  # seconds: the backoff's cap
+LEAVE_COPIES = 3  # the LEAVE datagram is sent this many times (UDP may lose one)
 
 
 class AttachError(Exception):
@@ -45,13 +72,34 @@ class Received:
 class GatewayLink:
     """An attached link; create it with :func:`open_gateway_link`."""
 
-    def __init__(self, link: ClientLink, sock: trio.socket.SocketType, raw: socket.socket):
-        self._link = link
+    def __init__(
+        self,
+        geometry: Geometry,
+        gateway_key: bytes,
+        mailbox_key: MailboxKey,
+        sock: trio.socket.SocketType,
+        raw: socket.socket,
+        *,
+        silence_s: float = SILENCE_S,
+        hint_confirm_s: float = HINT_CONFIRM_S,
+        rng: Rng = os.urandom,
+    ) -> None:
+        self._geometry, self._gateway_key, self._mailbox_key = geometry, gateway_key, mailbox_key
+        self._rng = rng
+        self._link = self._new_link()  # the session in use
+        self._pending: ClientLink | None = None  # a session being attached
         self._sock = sock
         self._raw = raw
         self._send_ch, self._recv_ch = trio.open_memory_channel[Received](RECEIVE_QUEUE)
-        self._attached = trio.Event()
+        self._acked = trio.Event()
+        self._progress = trio.Event()  # something arrived for the attach under way
+        self._wake = trio.Event()  # something arrived that the session watch should see
+        self._watch = SessionWatch(silence_s, hint_confirm_s, trio.current_time())
+        self.attached = False
         self.stats: Counter[str] = Counter()
+
+    def _new_link(self) -> ClientLink:
+        return ClientLink(self._geometry, self._gateway_key, self._mailbox_key, rng=self._rng)
 
     async def send(self, packet: bytes) -> None:
         """Seal and send one Sphinx packet (a full socket buffer drops it, counted)."""
@@ -75,42 +123,109 @@ class GatewayLink:
         except trio.WouldBlock:
             return None
 
+    def _open(self, data: bytes) -> tuple[ClientLink, LinkEvent] | None:
+        links = [self._link]
+        if self._pending is not None and self._pending is not self._link:
+            links.insert(0, self._pending)
+        for link in links:
+            try:
+                return link, link.receive(data)
+            except LinkError:
+                continue
+        return None
+
     async def _reader(self) -> None:
         while True:
             try:
                 data = await self._sock.recv(4096)
             except OSError:
                 continue
-            now = time.time()
-            try:
-                d = self._link.open_downlink(data)
-            except LinkError:
+            now, mono = time.time(), trio.current_time()
+            opened = self._open(data)
+            if opened is None:
                 self.stats["bad_frames"] += 1
                 continue
-            self.stats["frames"] += 1
-            if d.kind is DownlinkKind.DUMMY:
-                self.stats["dummies"] += 1
-            elif d.kind is DownlinkKind.ATTACHED:
-                self._attached.set()
-            else:
-                self.stats["deliveries"] += 1
-                try:
-                    self._send_ch.send_nowait(Received(d, now))
-                except trio.WouldBlock:
-                    self.stats["receive_dropped"] += 1
+            link, event = opened
+            match event:
+                case Challenged():
+                    self.stats["challenges"] += 1
+                    self._progress.set()
+                case SessionUnknown():
+                    self.stats["unknown_session_hints"] += 1
+                    if link is self._link:
+                        self._watch.on_hint(mono)
+                        self._wake.set()
+                case Delivery(kind=kind):
+                    self.stats["frames"] += 1
+                    if link is self._pending and kind is DownlinkKind.ATTACHED:
+                        self._link, self._pending = link, None
+                        self._acked.set()
+                        self._progress.set()
+                    if link is self._link:
+                        self._watch.on_downlink(mono)
+                    self._deliver(event, now)
 
-    async def _attach(self, timeout_s: float) -> None:
-        frame = self._link.attach_frame()
+    def _deliver(self, d: Delivery, now: float) -> None:
+        if d.kind is DownlinkKind.DUMMY:
+            self.stats["dummies"] += 1
+        elif d.kind is not DownlinkKind.ATTACHED:
+            self.stats["deliveries"] += 1
+            try:
+                self._send_ch.send_nowait(Received(d, now))
+            except trio.WouldBlock:
+                self.stats["receive_dropped"] += 1
+
+    async def _attach(self, link: ClientLink, timeout_s: float) -> bool:
+        """Attach ``link`` (ATTACH, CHALLENGE, ATTACH with proof, ATTACHED); True if acked."""
+        self._pending, self._acked = link, trio.Event()
         with trio.move_on_after(timeout_s):
-            while not self._attached.is_set():
+            while not self._acked.is_set():
+                self._progress = trio.Event()
                 try:
-                    self._raw.send(frame)
+                    self._raw.send(link.attach_frame())
                 except OSError:
                     self.stats["send_failed"] += 1  # gateway not up (yet): keep trying
                 with trio.move_on_after(ATTACH_RETRY_S):
-                    await self._attached.wait()
-        if not self._attached.is_set():
-            raise AttachError("the gateway did not acknowledge the attach")
+                    await self._progress.wait()
+        if self._pending is link:
+            self._pending = None
+        if self._acked.is_set():
+            self._watch.on_downlink(trio.current_time())
+            self.attached = True
+        return self._acked.is_set()
+
+    async def _keeper(self) -> None:
+        """Re-attach whenever the session watch says the session is lost."""
+        while True:
+            now = trio.current_time()
+            if not self._watch.lost(now):
+                self._wake = trio.Event()
+                with trio.move_on_after(self._watch.next_check(now)):
+                    await self._wake.wait()
+                continue
+            self.stats["sessions_lost"] += 1
+            attempt = 0
+            while not await self._attach(self._new_link(), REATTACH_TRY_S):
+                self.stats["reattach_failed"] += 1
+                await trio.sleep(
+                    backoff_delay(
+                        attempt, base_s=REATTACH_BASE_S, cap_s=REATTACH_CAP_S, rng=self._rng
+                    )
+                )
+                attempt += 1
+            self.stats["reattaches"] += 1
+
+    def _leave(self) -> None:
+        """Send LEAVE for the current session (best effort: never blocks, never raises)."""
+        if not self.attached:
+            return
+        frame = self._link.leave_frame()
+        for _ in range(LEAVE_COPIES):
+            try:
+                self._raw.send(frame)
+            except OSError:
+                self.stats["send_failed"] += 1
+        self.attached = False
 
 
 @asynccontextmanager
@@ -118,27 +233,35 @@ async def open_gateway_link(
     geometry: Geometry,
     address: tuple[str, int],
     gateway_key: bytes,
-    mailbox: bytes,
+    mailbox_key: MailboxKey,
     *,
     timeout_s: float = ATTACH_TIMEOUT_S,
+    silence_s: float = SILENCE_S,
 ) -> AsyncIterator[GatewayLink]:
     """Attach to the gateway at ``address`` (its client port) and keep the link open.
 
-    ``gateway_key`` is the gateway's 32-byte X25519 epoch key, ``mailbox`` our 16-byte
-    mailbox id, ``timeout_s`` seconds to wait for the acknowledgement. Raises
-    ``AttachError`` when the gateway does not acknowledge in time; errors raised in the
-    ``async with`` block leave as themselves (not inside an ``ExceptionGroup``).
+    ``gateway_key`` is the gateway's 32-byte X25519 epoch key, ``mailbox_key`` the
+    :class:`~overlay.MailboxKey` that owns our mailbox, ``timeout_s`` seconds to wait for
+    the first acknowledgement, ``silence_s`` seconds without downlink after which the link
+    re-attaches. Raises ``AttachError`` when the gateway does not acknowledge in time;
+    errors raised in the ``async with`` block leave as themselves (not inside an
+    ``ExceptionGroup``). On the way out the link sends LEAVE.
     """
     raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     raw.setblocking(False)
     raw.connect(address)
     sock = trio.socket.from_stdlib_socket(raw)
-    link = GatewayLink(ClientLink(geometry, gateway_key, mailbox), sock, raw)
+    link = GatewayLink(geometry, gateway_key, mailbox_key, sock, raw, silence_s=silence_s)
     try:
         async with open_background() as nursery:  # the reader ends with the block
             nursery.start_soon(link._reader)
-            await link._attach(timeout_s)
-            yield link
+            if not await link._attach(link._link, timeout_s):
+                raise AttachError("the gateway did not acknowledge the attach")
+            nursery.start_soon(link._keeper)
+            try:
+                yield link
+            finally:
+                link._leave()
     finally:
         sock.close()

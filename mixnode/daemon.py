@@ -33,10 +33,11 @@ import trio
 
 from mixnode._worker import CONTROL_MAX, bind_sharded, shard_of
 from mixnode.config import ConfigError, NodeConfig, bind_error, check_genesis
-from mixnode.gateway import GatewayCore
+from mixnode.gateway import GatewayAction, GatewayCore, Reply, Uplink
 from mixnode.keys import NodeKeys
 from mixnode.metrics import (
     DROP_REASONS,
+    GATEWAY_EVENTS,
     PROCESSING_BUCKETS_S,
     Histogram,
     NodeMetrics,
@@ -69,6 +70,7 @@ DIRECTORY_SETTLE_S = 15.0  # seconds without change before the document counts s
 _REASON_ALIASES = {
     "link_malformed": "malformed",
     "link_auth": "malformed",
+    "attach_proof": "malformed",
     "no_key": "unknown_epoch",
     "stale": "late",
     "no_session": "no_client",
@@ -361,13 +363,25 @@ class Node:
                 continue  # e.g. ICMP port unreachable from a client that went away
             self.metrics.packets_in.inc()
             try:
-                packet = gw.on_datagram(data, addr, self.clock(), self._gw_keys)
+                action = gw.on_datagram(data, addr, self.clock(), self._gw_keys)
             except Exception:  # a bug must cost one datagram, never the node
                 log.exception("client datagram handling failed")
                 self.counters["drop:other"] += 1
                 continue
-            if packet is not None:
+            self._act(action, addr, n)
+
+    def _act(self, action: GatewayAction, addr: object, n: int) -> None:
+        """Carry out what the gateway core decided for one client datagram."""
+        match action:
+            case Uplink(packet):
                 self._send_worker(self.workers[shard_of(packet, n)], b"P" + packet)
+            case Reply(datagram):  # CHALLENGE or UNKNOWN_SESSION, shorter than the request
+                assert self.client_raw is not None
+                try:
+                    self.client_raw.sendto(datagram, addr)
+                    self.metrics.packets_out.inc()
+                except OSError:  # includes BlockingIOError: a full buffer drops it
+                    self.counters["drop:send_failed"] += 1
 
     async def _downlink(self) -> None:
         assert self.gateway is not None and self.client_raw is not None
@@ -441,12 +455,17 @@ class Node:
             await trio.sleep(0.5)
             if self.gateway is not None:
                 self.metrics.mailbox_depth.set(self.gateway.mailbox_depth)
+                self.metrics.gateway_sessions.set(self.gateway.sessions)
                 now = self.gateway.counters + self.counters
             else:
                 now = Counter(self.counters)
             for name, n in (now - last).items():
                 if name.startswith("drop:"):
                     self.metrics.drops.inc(n, label=_reason(name[5:]))
+                if name in GATEWAY_EVENTS:
+                    self.metrics.gateway_events.inc(n, label=name)
+                elif name == "drop:attach_proof":
+                    self.metrics.gateway_events.inc(n, label="attach_refused")
             last = now
 
     # -- lifecycle ---------------------------------------------------------------------

@@ -1,41 +1,55 @@
-"""Sans-IO gateway role: client sessions, bounded mailboxes, constant-rate downlink.
+"""Sans-IO gateway role: client sessions, owned mailboxes, constant-rate downlink.
 
-    >>> import os
-    >>> from overlay import VOICE, ClientLink, Delivery, DownlinkKind, public_key
-    >>> sk = os.urandom(32)
+    >>> from overlay import VOICE, ClientLink, Delivery, DownlinkKind, MailboxKey
+    >>> from overlay import generate_private_key, public_key
+    >>> sk, key = generate_private_key(), MailboxKey.generate()
     >>> gw = GatewayCore(VOICE, delivery_rate_hz=50.0)
-    >>> client = ClientLink(VOICE, public_key(sk), b"M" * 16)
+    >>> client = ClientLink(VOICE, public_key(sk), key)
+    >>> challenge = gw.on_datagram(client.attach_frame(), "addr", now=0.0, private_keys=[sk])
+    >>> type(client.receive(challenge.datagram)).__name__
+    'Challenged'
     >>> gw.on_datagram(client.attach_frame(), "addr", now=0.0, private_keys=[sk])
-    >>> gw.enqueue(b"M" * 16, Delivery(DownlinkKind.MESSAGE, b"hi"), now=0.0)
+    >>> gw.enqueue(key.mailbox_id, Delivery(DownlinkKind.MESSAGE, b"hi"), now=0.0)
     >>> [client.open_downlink(d).kind.name for _, d in gw.due_slots(0.0) + gw.due_slots(0.02)]
     ['ATTACHED', 'MESSAGE']
 
-A client attaches with its mailbox id and nothing else. Every attached client gets exactly
-one downlink frame per slot (``1 / delivery_rate_hz`` seconds): the oldest queued delivery
-if there is one, otherwise a dummy; all frames have the same size and are encrypted, so the
-downlink never shows whether a call is on. Mailboxes are bounded: when one is full its
-oldest frame is dropped (a voice frame that old is useless anyway), and a frame older than
-``max_age_s`` at its slot is dropped rather than sent late. Every drop is counted.
-Every ``now`` is the edge's monotonic clock in seconds (never the wall clock, whose steps
-would stall or burst the downlink).
+A client attaches in two steps (docs/wire-link.md): its first ATTACH gets a CHALLENGE
+carrying a stateless cookie bound to its address, and only an ATTACH with that cookie and a
+valid mailbox proof (an Ed25519 signature by the key whose hash is the mailbox id) opens a
+session. Until then the gateway stores nothing and answers each ATTACH with one shorter
+datagram, so it can neither be filled nor used as an amplifier; and a contact who knows a
+mailbox id cannot take that mailbox's downlink. A LEAVE ends the session at once; an UPLINK
+for a session the gateway does not hold gets a short UNKNOWN_SESSION hint so the client can
+re-attach (a hint never longer than the frame it answers).
+
+Every attached client gets exactly one downlink frame per slot (``1 / delivery_rate_hz``
+seconds): the oldest queued delivery if there is one, otherwise a dummy; all frames have the
+same size and are encrypted, so the downlink never shows whether a call is on. Mailboxes are
+bounded: when one is full its oldest frame is dropped (a voice frame that old is useless
+anyway), and a frame older than ``max_age_s`` at its slot is dropped rather than sent late.
+Every drop is counted. Every ``now`` is the edge's monotonic clock in seconds (never the
+wall clock, whose steps would stall or burst the downlink).
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter, deque
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 from overlay import (
+    CookieJar,
     Delivery,
     DownlinkKind,
     Frame,
     FrameType,
     GatewaySession,
     Geometry,
-    LinkAuthError,
     LinkCodec,
     PacketError,
+    Rng,
+    attach_cookie,
 )
 
 DEFAULT_MAILBOX_CAPACITY = 64  # frames queued per mailbox at most
@@ -43,6 +57,31 @@ DEFAULT_MAX_AGE_S = 1.0  # seconds a frame may wait in a mailbox before it is dr
 DEFAULT_MAX_MAILBOXES = 10_000  # mailboxes (attached or not) a gateway holds at most
 DEFAULT_SESSION_IDLE_S = 30.0  # seconds without an uplink frame before a session ends
 _DUMMY = Delivery(DownlinkKind.DUMMY, b"")
+
+
+@dataclass(frozen=True, slots=True)
+class Uplink:
+    """An UPLINK frame authenticated: hand its Sphinx packet to the mix workers."""
+
+    packet: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Send ``datagram`` back to the sender's address (never longer than what it got)."""
+
+    datagram: bytes
+
+
+GatewayAction = Uplink | Reply | None
+
+
+def peer_bytes(addr: Hashable) -> bytes:
+    """The canonical bytes of a client address that a cookie binds (its ``repr``).
+
+    For the socket's ``(host, port)`` tuples the repr is one exact string per address.
+    """
+    return repr(addr).encode()
 
 
 @dataclass(slots=True)
@@ -61,7 +100,13 @@ class _Mailbox:
 
 
 class GatewayCore:
-    """Client sessions and mailboxes of one gateway, driven by the edge's clock."""
+    """Client sessions and mailboxes of one gateway, driven by the edge's clock.
+
+    ``rng`` (default ``os.urandom``) draws the cookie secret; ``counters`` holds aggregate
+    counts only: ``attach``, ``challenge``, ``session_replaced``, ``leave``,
+    ``session_expired``, ``unknown_session_hint``, ``uplink``, ``deliveries``, ``dummies``,
+    ``slot_skipped`` and ``drop:<reason>``.
+    """
 
     def __init__(
         self,
@@ -72,6 +117,7 @@ class GatewayCore:
         max_age_s: float = DEFAULT_MAX_AGE_S,
         max_mailboxes: int = DEFAULT_MAX_MAILBOXES,
         session_idle_s: float = DEFAULT_SESSION_IDLE_S,
+        rng: Rng = os.urandom,
     ) -> None:
         if delivery_rate_hz <= 0:
             raise ValueError("delivery_rate_hz must be > 0")
@@ -82,29 +128,35 @@ class GatewayCore:
         self.max_mailboxes = max_mailboxes
         self.session_idle_s = session_idle_s
         self.counters: Counter[str] = Counter()
+        self._cookies = CookieJar(rng=rng)
         self._sessions: dict[bytes, _Session] = {}
+        self._by_mailbox: dict[bytes, bytes] = {}  # mailbox id -> its one session id
         self._mailboxes: dict[bytes, _Mailbox] = {}
 
     # -- uplink ------------------------------------------------------------------------
 
     def on_datagram(
         self, datagram: bytes, addr: Hashable, now: float, private_keys: Sequence[bytes]
-    ) -> bytes | None:
-        """Handle one client datagram; returns the Sphinx packet of an UPLINK frame.
-
-        ATTACH opens (or refreshes) a session; bad frames are counted and return None.
+    ) -> GatewayAction:
+        """Handle one client datagram from ``addr`` at ``now``; ``private_keys`` are the
+        gateway's current X25519 keys. Returns Uplink (a Sphinx packet for the workers),
+        Reply (a CHALLENGE or UNKNOWN_SESSION for ``addr``) or None; a bad frame is counted
+        as ``drop:<reason>`` and never raises.
         """
         try:
             frame = self.codec.parse(datagram)
             if frame.type is FrameType.ATTACH:
-                self._attach(frame, addr, now, private_keys)
+                return self._attach(frame, addr, now, private_keys)
+            if frame.type is FrameType.LEAVE:
+                self._leave(frame)
                 return None
             if frame.type is not FrameType.UPLINK:
                 raise PacketError("unexpected frame type on the client port")
             s = self._sessions.get(GatewaySession.session_id_of(frame))
             if s is None:
                 self.counters["drop:no_session"] += 1
-                return None
+                self.counters["unknown_session_hint"] += 1
+                return Reply(self.codec.unknown_session(frame))
             packet = s.link.open_uplink(frame)
         except PacketError as exc:
             self.counters["drop:" + exc.reason] += 1
@@ -112,31 +164,48 @@ class GatewayCore:
         s.addr = addr  # the client may have moved (NAT rebinding); the frame authenticated
         s.last_seen = now
         self.counters["uplink"] += 1
-        return packet
+        return Uplink(packet)
 
     def _attach(
         self, frame: Frame, addr: Hashable, now: float, private_keys: Sequence[bytes]
-    ) -> None:
-        link = None
-        for sk in private_keys:
-            try:
-                link = GatewaySession.accept(self.codec, sk, frame)
-                break
-            except LinkAuthError:
-                continue
-        if link is None:
-            raise LinkAuthError("attach does not open under any current key")
-        old = self._sessions.get(link.keys.session_id)
+    ) -> GatewayAction:
+        eph_pub, cookie = attach_cookie(frame)
+        peer = peer_bytes(addr)
+        if not self._cookies.check(cookie, peer, eph_pub, now):
+            # Stateless: nothing is stored, and the answer is shorter than the question.
+            self.counters["challenge"] += 1
+            return Reply(self.codec.challenge(frame, self._cookies.make(peer, eph_pub, now)))
+        link = GatewaySession.accept(self.codec, private_keys, frame)  # raises: counted
+        sid = link.keys.session_id
+        old = self._sessions.get(sid)
         if old is not None:  # a resent ATTACH: acknowledge again, keep counters
             old.ack_pending, old.addr, old.last_seen = True, addr, now
-            return
-        for sid, s in list(self._sessions.items()):  # one session per mailbox
-            if s.link.mailbox == link.mailbox:
-                del self._sessions[sid]
+            return None
         if not self._ensure_mailbox(link.mailbox, now):
-            return
-        self._sessions[link.keys.session_id] = _Session(link, addr, now, now)
+            return None
+        replaced = self._by_mailbox.get(link.mailbox)
+        if replaced is not None:  # one session per mailbox: its owner attached again
+            self._end(replaced)
+            self.counters["session_replaced"] += 1
+        self._sessions[sid] = _Session(link, addr, now, now)
+        self._by_mailbox[link.mailbox] = sid
         self.counters["attach"] += 1
+        return None
+
+    def _leave(self, frame: Frame) -> None:
+        sid = GatewaySession.session_id_of(frame)
+        s = self._sessions.get(sid)
+        if s is None:  # no hint: a client that left must not be told to come back
+            self.counters["drop:no_session"] += 1
+            return
+        s.link.open_leave(frame)  # raises: counted, the session stays
+        self._end(sid)
+        self.counters["leave"] += 1
+
+    def _end(self, sid: bytes) -> None:
+        s = self._sessions.pop(sid)
+        if self._by_mailbox.get(s.link.mailbox) == sid:
+            del self._by_mailbox[s.link.mailbox]
 
     # -- mailboxes ---------------------------------------------------------------------
 
@@ -152,9 +221,8 @@ class GatewayCore:
         return box
 
     def _expire_mailboxes(self, now: float) -> None:
-        attached = {s.link.mailbox for s in self._sessions.values()}
         for m, box in list(self._mailboxes.items()):
-            if m not in attached and now - box.touched > self.max_age_s:
+            if m not in self._by_mailbox and now - box.touched > self.max_age_s:
                 self.counters["drop:stale"] += len(box.frames)
                 del self._mailboxes[m]
 
@@ -194,7 +262,7 @@ class GatewayCore:
         out: list[tuple[Hashable, bytes]] = []
         for sid, s in list(self._sessions.items()):
             if now - s.last_seen > self.session_idle_s:
-                del self._sessions[sid]
+                self._end(sid)
                 self.counters["session_expired"] += 1
                 continue
             if s.next_slot > now:

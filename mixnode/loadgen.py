@@ -1,7 +1,8 @@
 """A small mixnet client for tests, demos and the benchmark: real topology, real link.
 
     doc = fetch_topology(state)                                  # verified, threshold
-    async with attach(doc, gateway_id, mailbox) as link:         # encrypted UDP link
+    key = MailboxKey.generate()                                  # owns key.mailbox_id
+    async with attach(doc, gateway_id, key) as link:             # encrypted UDP link
         await link.send(forward_packet(doc, gateway_id, peer_gw, peer_mailbox, b"hi"))
 
 Messages built with :func:`stamp` carry a sequence number and the send time, so the
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 from client.gateway_link import GatewayLink, open_gateway_link
 from overlay import (
     Hop,
+    MailboxKey,
     Surb,
     SurbKeys,
     TopologyDocument,
@@ -53,13 +55,14 @@ def gateway_id(doc: TopologyDocument, port: int) -> bytes:
 
 @asynccontextmanager
 async def attach(
-    doc: TopologyDocument, gateway: bytes, mailbox: bytes
+    doc: TopologyDocument, gateway: bytes, mailbox_key: MailboxKey
 ) -> AsyncIterator[GatewayLink]:
-    """Open an encrypted link to ``gateway`` (a node id in ``doc``) for ``mailbox``."""
+    """Open an encrypted link to ``gateway`` (a node id in ``doc``) for the mailbox that
+    ``mailbox_key`` owns (its id is ``mailbox_key.mailbox_id``)."""
     g = doc.node(gateway)
     assert g.client_port is not None
     async with open_gateway_link(
-        doc.geometry, (g.host, g.client_port), g.epoch_key(doc.epoch), mailbox
+        doc.geometry, (g.host, g.client_port), g.epoch_key(doc.epoch), mailbox_key
     ) as link:
         yield link
 

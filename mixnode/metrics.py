@@ -53,6 +53,16 @@ DROP_REASONS: tuple[str, ...] = (
     "shutdown",
     OTHER,
 )
+# What a gateway did with its clients' sessions (docs/wire-link.md, docs/operators.md).
+GATEWAY_EVENTS: tuple[str, ...] = (
+    "attach",
+    "challenge",
+    "attach_refused",
+    "session_replaced",
+    "leave",
+    "session_expired",
+    "unknown_session_hint",
+)
 # Seconds to process one packet: 50 us .. 100 ms.
 PROCESSING_BUCKETS_S: tuple[float, ...] = (
     0.00005,
@@ -291,6 +301,13 @@ class NodeMetrics:
         self.mailbox_depth = r.gauge(
             "mailbox_depth", "Packets waiting in all client mailboxes (gateways)."
         )
+        self.gateway_events = r.counter(
+            "gateway_events_total",
+            "Client session events (gateways), by event.",
+            "event",
+            GATEWAY_EVENTS,
+        )
+        self.gateway_sessions = r.gauge("gateway_sessions", "Attached clients (gateways).")
 
 
 # --------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import trio
 
 from mixnode import loadgen
 from mixnode.testnet import TestnetState
-from overlay import NoRouteError, create_forward, select_path
+from overlay import MailboxKey, NoRouteError, create_forward, select_path
 
 _HEAD = struct.Struct(">Qd")  # sequence number, ready time (unix seconds)
 DRAIN_S = 3.0  # seconds to keep listening after the last send
@@ -122,11 +122,12 @@ async def probe(state: TestnetState, settings: ProbeSettings) -> ProbeResult:
 
     async def stream() -> None:
         nonlocal received
-        send_box, recv_box = os.urandom(16), os.urandom(16)
+        send_key, recv_key = MailboxKey.generate(), MailboxKey.generate()
+        recv_box = recv_key.mailbox_id
         slot_s = settings.slot_s
         async with (
-            loadgen.attach(doc, src, send_box) as uplink,
-            loadgen.attach(doc, dst, recv_box) as downlink,
+            loadgen.attach(doc, src, send_key) as uplink,
+            loadgen.attach(doc, dst, recv_key) as downlink,
         ):
 
             async def receive() -> None:

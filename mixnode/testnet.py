@@ -371,14 +371,14 @@ def wait_for_gateways(state: TestnetState, timeout_s: float = UP_TIMEOUT_S) -> N
     network handed out earlier makes the first attach of a caller time out.
     """
     from mixnode.directory_client import DirectoryClient
-    from overlay import ClientLink, DownlinkKind, Geometry, LinkError
+    from overlay import ClientLink, Delivery, DownlinkKind, Geometry, LinkError, MailboxKey
 
     doc = DirectoryClient(state.authorities, state.authority_key_bytes(), state.threshold).fetch()
     geometry: Geometry = doc.geometry
     deadline = time.monotonic() + timeout_s
     for g in doc.gateways:
         assert g.client_port is not None
-        link = ClientLink(geometry, g.epoch_key(doc.epoch), os.urandom(16))
+        link = ClientLink(geometry, g.epoch_key(doc.epoch), MailboxKey.generate())
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.settimeout(0.2)
             sock.connect((g.host, g.client_port))
@@ -386,8 +386,10 @@ def wait_for_gateways(state: TestnetState, timeout_s: float = UP_TIMEOUT_S) -> N
                 if time.monotonic() > deadline:
                     raise TestnetError(f"gateway {g.name} does not answer attaches")
                 try:
-                    sock.send(link.attach_frame())
-                    if link.open_downlink(sock.recv(4096)).kind is DownlinkKind.ATTACHED:
+                    sock.send(link.attach_frame())  # answered by CHALLENGE, then ATTACHED
+                    event = link.receive(sock.recv(4096))
+                    if isinstance(event, Delivery) and event.kind is DownlinkKind.ATTACHED:
+                        sock.send(link.leave_frame())
                         break
                 except (OSError, LinkError):
                     continue

@@ -24,7 +24,7 @@ from nacl.signing import SigningKey
 from mixnode._worker import STEP_TOLERANCE_S, ReceiveStamps, Worker, bind_sharded
 from mixnode.config import parse_node_config
 from mixnode.daemon import Node, _WorkerHandle
-from mixnode.gateway import GatewayCore
+from mixnode.gateway import GatewayCore, Reply
 from mixnode.keys import NodeKeys
 from overlay import (
     VOICE,
@@ -32,6 +32,7 @@ from overlay import (
     DownlinkKind,
     Hop,
     LinkCodec,
+    MailboxKey,
     NodeDescriptor,
     NodeRole,
     TopologyDocument,
@@ -290,8 +291,12 @@ async def _downlink_with_step(tmp_path: Path, step: float) -> tuple[list[float],
     rec = _Recorder()
     node.client_raw = rec  # type: ignore[assignment]
     sk = os.urandom(32)
-    mailbox = b"M" * 16
-    client = ClientLink(VOICE, public_key(sk), mailbox)
+    key = MailboxKey.generate()
+    mailbox = key.mailbox_id
+    client = ClientLink(VOICE, public_key(sk), key)
+    challenge = gw.on_datagram(client.attach_frame(), ("127.0.0.1", 1), trio.current_time(), [sk])
+    assert isinstance(challenge, Reply)
+    client.receive(challenge.datagram)
     gw.on_datagram(client.attach_frame(), ("127.0.0.1", 1), trio.current_time(), [sk])
     t0 = trio.current_time()
     async with trio.open_nursery() as nursery:

@@ -18,7 +18,7 @@ import trio
 
 from mixnode import loadgen
 from mixnode.testnet import TestnetOptions, TestnetState, down, scrape, up
-from overlay import VOICE, Hop, LinkCodec, create_forward
+from overlay import VOICE, Hop, LinkCodec, MailboxKey, create_forward
 from overlay._geometry import MAX_DELAY_US
 
 pytestmark = pytest.mark.slow
@@ -152,8 +152,9 @@ async def test_flood_counts_drops_stays_up_and_bounded(net: TestnetState) -> Non
     assert rss2 < 400 * 1024, (rss0, rss1, rss2)
 
     # Still forwarding end to end: a packet from a client, through the mix, back to it.
-    box = os.urandom(16)
-    async with loadgen.attach(doc, gw.node_id, box) as link:
+    key = MailboxKey.generate()
+    box = key.mailbox_id
+    async with loadgen.attach(doc, gw.node_id, key) as link:
         _, pkt = loadgen.forward_packet(doc, gw.node_id, gw.node_id, box, b"still alive")
         await link.send(pkt)
         with trio.fail_after(5):
@@ -167,7 +168,7 @@ async def test_flood_counts_drops_stays_up_and_bounded(net: TestnetState) -> Non
     await trio.sleep(2.5)
     now_workers = _children(mix_proc.pid)
     assert len(now_workers) == 2 and workers[0] not in now_workers
-    async with loadgen.attach(doc, gw.node_id, box) as link:
+    async with loadgen.attach(doc, gw.node_id, key) as link:
         for i in range(10):  # both shards: each packet's group element picks one
             _, pkt = loadgen.forward_packet(doc, gw.node_id, gw.node_id, box, b"%d" % i)
             await link.send(pkt)

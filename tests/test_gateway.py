@@ -1,20 +1,49 @@
-"""Gateway role on virtual time: constant-rate downlink, same-size frames, drop policy."""
+"""Gateway role on virtual time: constant-rate downlink, same-size frames, drop policy,
+owned mailboxes, stateless challenges, LEAVE and the unknown-session hint."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Hashable
 
-from mixnode.gateway import GatewayCore
-from overlay import VOICE, ClientLink, Delivery, DownlinkKind, public_key
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-MB = b"M" * 16
+from mixnode.gateway import GatewayCore, Reply, Uplink
+from overlay import (
+    VOICE,
+    ClientLink,
+    Delivery,
+    DownlinkKind,
+    FrameType,
+    LinkCodec,
+    MailboxKey,
+    SessionUnknown,
+    generate_private_key,
+    public_key,
+)
+
+KEY = MailboxKey(b"m" * 32)
+MB = KEY.mailbox_id
+ADDR = ("127.0.0.1", 1)
+CODEC = LinkCodec(VOICE)
+
+
+def _attach(
+    gw: GatewayCore, client: ClientLink, sk: bytes, addr: Hashable = ADDR, now: float = 0.0
+) -> None:
+    """ATTACH, the gateway's CHALLENGE, ATTACH with the proof: as a client does."""
+    challenge = gw.on_datagram(client.attach_frame(), addr, now, [sk])
+    assert isinstance(challenge, Reply)
+    client.receive(challenge.datagram)
+    assert gw.on_datagram(client.attach_frame(), addr, now, [sk]) is None
 
 
 def _attached(rate: float = 50.0, **kw: object) -> tuple[GatewayCore, ClientLink, bytes]:
-    sk = os.urandom(32)
+    sk = generate_private_key()
     gw = GatewayCore(VOICE, delivery_rate_hz=rate, **kw)  # type: ignore[arg-type]
-    client = ClientLink(VOICE, public_key(sk), MB)
-    assert gw.on_datagram(client.attach_frame(), ("127.0.0.1", 1), 0.0, [sk]) is None
+    client = ClientLink(VOICE, public_key(sk), KEY)
+    _attach(gw, client, sk)
     assert gw.sessions == 1
     return gw, client, sk
 
@@ -77,11 +106,12 @@ def test_uplink_opens_and_bad_frames_counted() -> None:
     gw, client, sk = _attached()
     pkt = os.urandom(VOICE.packet_len)
     up = client.seal_uplink(pkt)
-    assert gw.on_datagram(up, ("127.0.0.1", 1), 0.1, [sk]) == pkt
+    assert gw.on_datagram(up, ("127.0.0.1", 1), 0.1, [sk]) == Uplink(pkt)
     assert gw.on_datagram(up, ("127.0.0.1", 1), 0.1, [sk]) is None  # replayed frame
     assert gw.on_datagram(b"junk", ("127.0.0.1", 1), 0.1, [sk]) is None
-    other = ClientLink(VOICE, public_key(sk), b"N" * 16)
-    assert gw.on_datagram(other.seal_uplink(pkt), ("127.0.0.1", 2), 0.1, [sk]) is None
+    other = ClientLink(VOICE, public_key(sk), MailboxKey.generate())
+    hint = gw.on_datagram(other.seal_uplink(pkt), ("127.0.0.1", 2), 0.1, [sk])
+    assert isinstance(hint, Reply) and other.receive(hint.datagram) == SessionUnknown()
     assert gw.counters["drop:link_auth"] == 1
     assert gw.counters["drop:link_malformed"] == 1
     assert gw.counters["drop:no_session"] == 1
@@ -96,3 +126,124 @@ def test_mailbox_ids_bounded_and_idle_sessions_end() -> None:
     assert gw.counters["drop:too_many_mailboxes"] == 8
     gw.due_slots(10.0)
     assert gw.sessions == 0 and gw.counters["session_expired"] == 1
+
+
+# -- owned mailboxes and the ATTACH exchange (DESIGN.md decision 11) ---------------------
+
+
+def test_attach_flood_from_a_silent_address_reflects_less_than_it_gets() -> None:
+    """Regression: 1,000 ATTACHes (66 KB) made a gateway send 126 MB to a source that
+    never answered. Now: one shorter CHALLENGE each, no session, no downlink, no state."""
+    sk = generate_private_key()
+    gw = GatewayCore(VOICE, delivery_rate_hz=50.0)
+    got = sent = 0
+    for i in range(1000):
+        client = ClientLink(VOICE, public_key(sk), MailboxKey.generate())
+        datagram = client.attach_frame()
+        got += len(datagram)
+        out = gw.on_datagram(datagram, ("198.51.100.7", 4000), i * 0.01, [sk])
+        assert isinstance(out, Reply)
+        sent += len(out.datagram)
+        sent += sum(len(d) for _, d in gw.due_slots(i * 0.01))
+    for t in range(100):  # and nothing after: the address never answered
+        sent += sum(len(d) for _, d in gw.due_slots(10.0 + t * 0.02))
+    assert sent <= got and sent == 1000 * CODEC.frame_len(FrameType.CHALLENGE)
+    assert gw.sessions == 0 and gw.next_deadline() is None
+    assert gw.counters["challenge"] == 1000 and gw.counters["attach"] == 0
+    assert not gw._sessions and not gw._mailboxes  # noqa: SLF001 (no memory per ATTACH)
+
+
+def test_forged_mailbox_proofs_open_nothing_and_send_nothing() -> None:
+    """An attacker at a real address (it gets cookies) with the victim's mailbox id but
+    not its key: no session, nothing sent back but challenges, the victim keeps its mail."""
+    sk = generate_private_key()
+    gw = GatewayCore(VOICE, delivery_rate_hz=50.0)
+    victim = ClientLink(VOICE, public_key(sk), KEY)
+    _attach(gw, victim, sk, addr=("192.0.2.1", 1))
+    victim_sid = victim.keys.session_id
+    got = sent = 0
+    attacker_addr = ("203.0.113.9", 5)
+    for i in range(1000):
+        attacker = ClientLink(VOICE, public_key(sk), MailboxKey.generate())
+        hello = attacker.attach_frame()
+        challenge = gw.on_datagram(hello, attacker_addr, 0.0, [sk])
+        assert isinstance(challenge, Reply)
+        attacker.receive(challenge.datagram)
+        forged = bytearray(attacker.attach_frame())
+        forged[-20 - i % 50] ^= 1  # tampered proof: does not open, or does not verify
+        got += len(hello) + len(forged)
+        sent += len(challenge.datagram)
+        out = gw.on_datagram(bytes(forged), attacker_addr, 0.0, [sk])
+        assert out is None
+    assert sent <= got
+    assert gw.counters["drop:link_auth"] + gw.counters["drop:attach_proof"] == 1000
+    assert gw.sessions == 1 and set(gw._sessions) == {victim_sid}  # noqa: SLF001
+    gw.enqueue(MB, Delivery(DownlinkKind.MESSAGE, b"for the victim"), 0.0)
+    slots = [(addr, victim.open_downlink(d)) for addr, d in _addressed(gw, 0.0, 0.1)]
+    assert {addr for addr, _ in slots} == {("192.0.2.1", 1)}
+    assert Delivery(DownlinkKind.MESSAGE, b"for the victim") in [d for _, d in slots]
+
+
+def test_a_proven_attach_from_the_owner_replaces_its_old_session() -> None:
+    gw, old, sk = _attached()
+    new = ClientLink(VOICE, public_key(sk), KEY)  # same key, new ephemeral: a restart
+    _attach(gw, new, sk, addr=("127.0.0.1", 2), now=0.5)
+    assert gw.sessions == 1 and gw.counters["session_replaced"] == 1
+    slots = _addressed(gw, 0.5, 0.7)
+    assert {addr for addr, _ in slots} == {("127.0.0.1", 2)}
+    assert new.open_downlink(slots[0][1]).kind is DownlinkKind.ATTACHED
+
+
+def _addressed(gw: GatewayCore, t0: float, t1: float) -> list[tuple[Hashable, bytes]]:
+    out = []
+    t = t0
+    while t < t1:
+        out += gw.due_slots(t)
+        t += 0.001
+    return out
+
+
+def test_attach_with_a_cookie_for_another_address_is_challenged_again() -> None:
+    """A cookie proves the address it was sent to: replayed from elsewhere it counts nothing."""
+    sk = generate_private_key()
+    gw = GatewayCore(VOICE, delivery_rate_hz=50.0)
+    client = ClientLink(VOICE, public_key(sk), KEY)
+    challenge = gw.on_datagram(client.attach_frame(), ("192.0.2.1", 1), 0.0, [sk])
+    assert isinstance(challenge, Reply)
+    client.receive(challenge.datagram)
+    again = gw.on_datagram(client.attach_frame(), ("192.0.2.66", 1), 0.0, [sk])
+    assert isinstance(again, Reply) and gw.sessions == 0
+    late = gw.on_datagram(client.attach_frame(), ("192.0.2.1", 1), 130.0, [sk])
+    assert isinstance(late, Reply) and gw.sessions == 0  # the cookie expired
+    assert gw.on_datagram(client.attach_frame(), ("192.0.2.1", 1), 61.0, [sk]) is None
+    assert gw.sessions == 1
+
+
+def test_leave_ends_the_downlink_at_once_and_a_forged_one_does_not() -> None:
+    gw, client, sk = _attached()
+    assert len(_run(gw, 0.0, 0.1)) == 5
+    forged = bytearray(client.leave_frame())
+    forged[-1] ^= 1
+    assert gw.on_datagram(bytes(forged), ADDR, 0.1, [sk]) is None
+    assert gw.sessions == 1 and gw.counters["drop:link_auth"] == 1
+    leave = client.leave_frame()
+    assert gw.on_datagram(leave, ADDR, 0.1, [sk]) is None
+    assert gw.sessions == 0 and gw.counters["leave"] == 1
+    assert _run(gw, 0.1, 1.0) == []
+    assert gw.on_datagram(leave, ADDR, 0.2, [sk]) is None  # no hint after a LEAVE
+    assert gw.counters["drop:no_session"] == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=0, max_size=800), st.sampled_from(list(FrameType)))
+def test_any_client_datagram_is_answered_with_at_most_its_own_size(
+    body: bytes, ftype: FrameType
+) -> None:
+    """Whatever a source sends, the gateway answers with no more bytes, and opens nothing."""
+    sk = generate_private_key()
+    gw = GatewayCore(VOICE, delivery_rate_hz=50.0)
+    n = CODEC.body_len[ftype]
+    for datagram in (body, bytes((2, ftype)) + (body + bytes(n))[:n]):
+        out = gw.on_datagram(datagram, ADDR, 0.0, [sk])
+        assert out is None or (isinstance(out, Reply) and len(out.datagram) <= len(datagram))
+    assert gw.sessions == 0

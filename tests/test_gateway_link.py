@@ -11,15 +11,8 @@ import trio
 
 from client._tasks import open_background
 from client.gateway_link import AttachError, open_gateway_link
-from overlay import (
-    VOICE,
-    Delivery,
-    DownlinkKind,
-    GatewaySession,
-    LinkCodec,
-    generate_private_key,
-    public_key,
-)
+from mixnode.gateway import GatewayCore, Reply
+from overlay import VOICE, MailboxKey, generate_private_key, public_key
 
 
 class _BodyError(Exception):
@@ -33,18 +26,25 @@ async def test_attach_to_nobody_times_out_cleanly() -> None:
     s.close()  # nothing listens there now: sends may see ICMP port unreachable
     with pytest.raises(AttachError):  # AttachError itself, not an ExceptionGroup around it
         async with open_gateway_link(
-            VOICE, ("127.0.0.1", port), public_key(os.urandom(32)), b"m" * 16, timeout_s=0.6
+            VOICE,
+            ("127.0.0.1", port),
+            public_key(os.urandom(32)),
+            MailboxKey.generate(),
+            timeout_s=0.6,
         ):
             pass
 
 
 async def _acknowledge_attach(sock: trio.socket.SocketType, private_key: bytes) -> None:
-    """A gateway that answers every ATTACH with ATTACHED (the real link code, in memory)."""
-    codec = LinkCodec(VOICE)
+    """A gateway that answers ATTACHes (the real GatewayCore; no downlink slots)."""
+    gw = GatewayCore(VOICE, delivery_rate_hz=50.0)
     while True:
         data, peer = await sock.recvfrom(4096)
-        session = GatewaySession.accept(codec, private_key, codec.parse(data))
-        await sock.sendto(session.seal_downlink(Delivery(DownlinkKind.ATTACHED, b"")), peer)
+        action = gw.on_datagram(data, peer, trio.current_time(), [private_key])
+        if isinstance(action, Reply):
+            await sock.sendto(action.datagram, peer)
+        for addr, datagram in gw.due_slots(trio.current_time()):
+            await sock.sendto(datagram, addr)
 
 
 async def test_errors_of_the_block_leave_the_attached_link_as_themselves() -> None:
@@ -58,12 +58,13 @@ async def test_errors_of_the_block_leave_the_attached_link_as_themselves() -> No
             with trio.fail_after(5):
                 with pytest.raises(_BodyError):
                     async with open_gateway_link(
-                        VOICE, address, public_key(gw_key), b"m" * 16
+                        VOICE, address, public_key(gw_key), MailboxKey.generate()
                     ) as link:
                         assert link.stats["frames"] >= 1  # the ATTACHED frame came in
                         raise _BodyError
                 # and a block that ends normally closes the link without a group either
-                async with open_gateway_link(VOICE, address, public_key(gw_key), b"n" * 16):
+                key = MailboxKey.generate()
+                async with open_gateway_link(VOICE, address, public_key(gw_key), key):
                     pass
             gateway.cancel_scope.cancel()
 

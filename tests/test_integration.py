@@ -16,7 +16,7 @@ import trio
 
 from mixnode import loadgen
 from mixnode.testnet import TestnetOptions, TestnetState, down, up
-from overlay import DownlinkKind, create_reply, open_reply
+from overlay import DownlinkKind, MailboxKey, create_reply, open_reply
 
 pytestmark = pytest.mark.slow
 
@@ -49,8 +49,9 @@ async def test_end_to_end_with_reply_and_a_dead_mix(testnet: TestnetState) -> No
     doc = loadgen.fetch_topology(testnet)
     assert len(doc.gateways) == 2 and [len(layer) for layer in doc.layers] == [2, 2, 2]
     gw_a, gw_b = (loadgen.gateway_id(doc, p.port) for p in testnet.nodes("gateway"))
-    box_a, box_b = os.urandom(16), os.urandom(16)
-    async with loadgen.attach(doc, gw_a, box_a) as alice, loadgen.attach(doc, gw_b, box_b) as bob:
+    key_a, key_b = MailboxKey.generate(), MailboxKey.generate()
+    box_a, box_b = key_a.mailbox_id, key_b.mailbox_id
+    async with loadgen.attach(doc, gw_a, key_a) as alice, loadgen.attach(doc, gw_b, key_b) as bob:
         # 1. Forward messages alice -> bob across 5 hops.
         sent = {}
         for seq in range(30):

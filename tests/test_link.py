@@ -1,7 +1,8 @@
-"""Link framing: round trips, exact lengths, constant downlink size, fuzz."""
+"""Link framing: round trips, exact lengths, constant downlink size, mailbox proofs, fuzz."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import pytest
@@ -9,8 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from overlay import (
+    BULK,
+    LINK_VERSION,
     VOICE,
+    Challenged,
     ClientLink,
+    CookieJar,
     Delivery,
     DownlinkKind,
     FrameType,
@@ -18,19 +23,32 @@ from overlay import (
     LinkAuthError,
     LinkCodec,
     LinkError,
+    MailboxKey,
+    MailboxProofError,
     PacketError,
     ReplayWindow,
+    SessionUnknown,
     generate_private_key,
+    mailbox_id,
     public_key,
 )
+from overlay._link import _nonce, _proof_aead
 
 CODEC = LinkCodec(VOICE)
+KEY = MailboxKey(b"k" * 32)
 
 
-def _pair() -> tuple[ClientLink, GatewaySession, bytes]:
+def _challenge(client: ClientLink, cookie: bytes = b"c" * 16) -> bytes:
+    """Give ``client`` a cookie as a gateway's CHALLENGE would; its next ATTACH proves."""
+    hello = CODEC.parse(client.attach_frame())
+    assert client.receive(CODEC.challenge(hello, cookie)) == Challenged(cookie)
+    return client.attach_frame()
+
+
+def _pair(key: MailboxKey = KEY) -> tuple[ClientLink, GatewaySession, bytes]:
     gw_sk = generate_private_key()
-    client = ClientLink(VOICE, public_key(gw_sk), b"M" * 16)
-    session = GatewaySession.accept(CODEC, gw_sk, CODEC.parse(client.attach_frame()))
+    client = ClientLink(VOICE, public_key(gw_sk), key)
+    session = GatewaySession.accept(CODEC, [gw_sk], CODEC.parse(_challenge(client)))
     return client, session, gw_sk
 
 
@@ -42,7 +60,7 @@ def test_node_frame_round_trip() -> None:
 
 def test_attach_uplink_downlink_round_trip() -> None:
     client, session, _ = _pair()
-    assert session.mailbox == b"M" * 16
+    assert session.mailbox == KEY.mailbox_id == client.mailbox
     pkt = os.urandom(VOICE.packet_len)
     up = client.seal_uplink(pkt)
     assert len(up) == CODEC.frame_len(FrameType.UPLINK)
@@ -86,14 +104,142 @@ def test_out_of_order_inside_window_accepted() -> None:
 
 
 def test_attach_with_wrong_gateway_key_fails() -> None:
-    client = ClientLink(VOICE, public_key(generate_private_key()), b"M" * 16)
+    client = ClientLink(VOICE, public_key(generate_private_key()), KEY)
     with pytest.raises(LinkAuthError):
-        GatewaySession.accept(CODEC, generate_private_key(), CODEC.parse(client.attach_frame()))
+        GatewaySession.accept(CODEC, [generate_private_key()], CODEC.parse(_challenge(client)))
+
+
+# -- mailbox ownership (DESIGN.md decision 11) ------------------------------------------
+
+
+def test_mailbox_id_is_the_labelled_hash_of_the_public_key() -> None:
+    """Pinned: BLAKE2b-128, person "pn-mailbox-v1", of the Ed25519 public key."""
+    want = hashlib.blake2b(KEY.public_key, digest_size=16, person=b"pn-mailbox-v1").digest()
+    assert KEY.mailbox_id == mailbox_id(KEY.public_key) == want
+    assert MailboxKey.generate().mailbox_id != KEY.mailbox_id
+    assert "k" * 8 not in repr(KEY)  # the seed is not printed
+
+
+def _forged_attach(client: ClientLink, mailbox_pub: bytes, sig: bytes) -> bytes:
+    """An ATTACH whose sealed proof is (mailbox_pub, sig): what an attacker can build."""
+    frame = CODEC.parse(_challenge(client))
+    head = bytes((LINK_VERSION, FrameType.ATTACH)) + frame.body[:48]
+    sealed = _proof_aead(client.keys, frame.body[32:48]).encrypt(_nonce(0), mailbox_pub + sig, head)
+    return head + sealed
+
+
+def test_attach_without_the_mailbox_key_is_refused() -> None:
+    """Regression: ATTACH carried only the mailbox id, so any contact could take it over."""
+    gw_sk = generate_private_key()
+    victim = MailboxKey.generate()
+    attacker = MailboxKey.generate()
+    client = ClientLink(VOICE, public_key(gw_sk), attacker)
+    # The victim's public key with the attacker's signature, or a zero signature.
+    for sig in (attacker.sign(b"anything"), bytes(64)):
+        forged = _forged_attach(client, victim.public_key, sig)
+        with pytest.raises(MailboxProofError):
+            GatewaySession.accept(CODEC, [gw_sk], CODEC.parse(forged))
+    # A valid signature of the transcript with another gateway key in it does not verify.
+    other = ClientLink(VOICE, public_key(generate_private_key()), victim)
+    stolen = CODEC.parse(_challenge(other))
+    with pytest.raises(LinkAuthError):
+        GatewaySession.accept(CODEC, [gw_sk], stolen)
+    # The attacker's own key opens the attacker's own mailbox, never the victim's.
+    session = GatewaySession.accept(CODEC, [gw_sk], CODEC.parse(_challenge(client)))
+    assert session.mailbox == attacker.mailbox_id != victim.mailbox_id
+
+
+def test_attach_proof_is_bound_to_the_cookie() -> None:
+    gw_sk = generate_private_key()
+    client = ClientLink(VOICE, public_key(gw_sk), KEY)
+    good = bytearray(_challenge(client, b"a" * 16))
+    good[2 + 32 : 2 + 48] = b"b" * 16  # another cookie, same sealed proof
+    with pytest.raises(LinkAuthError):
+        GatewaySession.accept(CODEC, [gw_sk], CODEC.parse(bytes(good)))
+
+
+def test_a_new_cookie_makes_a_new_proof_under_a_new_key() -> None:
+    """No (key, nonce) reuse: each cookie seals under its own key."""
+    gw_sk = generate_private_key()
+    client = ClientLink(VOICE, public_key(gw_sk), KEY)
+    a = _challenge(client, b"a" * 16)
+    assert client.attach_frame() == a  # resent unchanged
+    b = _challenge(client, b"b" * 16)
+    assert a[50:] != b[50:]
+    for frame in (a, b):
+        assert GatewaySession.accept(CODEC, [gw_sk], CODEC.parse(frame)).mailbox == KEY.mailbox_id
+
+
+def test_hello_and_challenge_sizes() -> None:
+    """The CHALLENGE is shorter than the ATTACH it answers, for every geometry."""
+    for geometry in (VOICE, BULK):
+        codec = LinkCodec(geometry)
+        client = ClientLink(geometry, public_key(generate_private_key()), KEY)
+        hello = client.attach_frame()
+        assert len(hello) == codec.frame_len(FrameType.ATTACH) == 162
+        assert hello[2 + 32 :] == bytes(128)  # no cookie, no proof yet
+        challenge = codec.challenge(codec.parse(hello), b"c" * 16)
+        assert len(challenge) == codec.frame_len(FrameType.CHALLENGE) == 50 < len(hello)
+        up = codec.parse(client.seal_uplink(bytes(geometry.packet_len)))
+        assert len(codec.unknown_session(up)) == 10
+
+
+def test_challenge_for_another_ephemeral_key_is_refused() -> None:
+    gw_sk = generate_private_key()
+    a = ClientLink(VOICE, public_key(gw_sk), KEY)
+    b = ClientLink(VOICE, public_key(gw_sk), KEY)
+    with pytest.raises(LinkError):
+        a.receive(CODEC.challenge(CODEC.parse(b.attach_frame()), b"c" * 16))
+    assert a.attach_frame()[34:] == bytes(128)  # still asking for a cookie
+
+
+def test_cookie_jar_binds_peer_key_and_time() -> None:
+    jar = CookieJar(period_s=60.0)
+    eph = public_key(generate_private_key())
+    c = jar.make(b"peer", eph, 119.0)
+    assert jar.check(c, b"peer", eph, 119.0) and jar.check(c, b"peer", eph, 179.0)
+    assert not jar.check(c, b"peer", eph, 180.0)  # two periods later
+    assert not jar.check(c, b"peer", eph, 59.0)  # from the future
+    assert not jar.check(c, b"peeR", eph, 119.0)
+    assert not jar.check(c, b"peer", bytes(32), 119.0)
+    assert not CookieJar(period_s=60.0).check(c, b"peer", eph, 119.0)  # another secret
+
+
+def test_leave_authenticates_once() -> None:
+    client, session, _ = _pair()
+    leave = client.leave_frame()
+    assert len(leave) == CODEC.frame_len(FrameType.LEAVE) == 34
+    session.open_leave(CODEC.parse(leave))
+    with pytest.raises(LinkAuthError):  # replayed
+        session.open_leave(CODEC.parse(leave))
+    forged = bytearray(client.leave_frame())
+    forged[-1] ^= 1
+    with pytest.raises(LinkAuthError):
+        session.open_leave(CODEC.parse(bytes(forged)))
+    other, _, _ = _pair()
+    with pytest.raises(LinkAuthError):
+        session.open_leave(CODEC.parse(other.leave_frame()))
+
+
+def test_unknown_session_hint_only_for_our_session() -> None:
+    client, _, _ = _pair()
+    other, _, _ = _pair()
+    ours = CODEC.parse(client.seal_uplink(bytes(VOICE.packet_len)))
+    assert client.receive(CODEC.unknown_session(ours)) == SessionUnknown()
+    theirs = CODEC.parse(other.seal_uplink(bytes(VOICE.packet_len)))
+    with pytest.raises(LinkError):
+        client.receive(CODEC.unknown_session(theirs))
 
 
 @pytest.mark.parametrize(
     "datagram",
-    [b"", b"\x01", b"\x02\x01" + bytes(VOICE.packet_len), b"\x01\x09" + bytes(10)],
+    [
+        b"",
+        b"\x02",
+        b"\x03\x01" + bytes(VOICE.packet_len),
+        b"\x01\x01" + bytes(VOICE.packet_len),  # link version 1: refused
+        b"\x02\x09" + bytes(10),
+    ],
 )
 def test_bad_frames_raise_typed_errors(datagram: bytes) -> None:
     with pytest.raises(LinkError):
@@ -105,22 +251,30 @@ def test_every_type_demands_exact_length() -> None:
         n = CODEC.frame_len(ftype)
         for m in (n - 1, n + 1):
             with pytest.raises(LinkError):
-                CODEC.parse(bytes((1, ftype)) + bytes(m - 2))
+                CODEC.parse(bytes((2, ftype)) + bytes(m - 2))
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=1200))
-def test_fuzz_parse_and_open_only_raise_packet_errors(data: bytes) -> None:
+@given(st.binary(max_size=1200), st.sampled_from(list(FrameType)))
+def test_fuzz_parse_and_open_only_raise_packet_errors(data: bytes, ftype: FrameType) -> None:
+    """Every frame type, right length and random body: parse and every open raise only
+    PacketError (LinkError and its subclasses), on the client and the gateway side."""
     client, session, gw_sk = _pair()
-    for candidate in (data, b"\x01" + data, b"\x01\x03" + data[: CODEC.body_len[FrameType.UPLINK]]):
+    typed = (
+        bytes((2, ftype))
+        + (data * (1 + CODEC.body_len[ftype] // max(1, len(data))))[: CODEC.body_len[ftype]]
+    )
+    for candidate in (data, b"\x02" + data, typed):
         try:
             frame = CODEC.parse(candidate)
         except PacketError:
             continue
         for op, arg in (
             (session.open_uplink, frame),
+            (session.open_leave, frame),
             (client.open_downlink, candidate),
-            (lambda f: GatewaySession.accept(CODEC, gw_sk, f), frame),
+            (client.receive, candidate),
+            (lambda f: GatewaySession.accept(CODEC, [gw_sk], f), frame),
         ):
             try:
                 op(arg)  # type: ignore[operator]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ import trio
 
 from mixnode import loadgen
 from mixnode.testnet import TestnetOptions, TestnetState, down, scrape, up
-from overlay import seconds_until_next_epoch
+from overlay import MailboxKey, seconds_until_next_epoch
 
 pytestmark = pytest.mark.slow
 EPOCH_S = 10
@@ -45,7 +44,8 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestnetState]:
 async def test_packets_built_for_either_epoch_get_through_the_rotation(net: TestnetState) -> None:
     old = loadgen.fetch_topology(net)
     gw = old.gateways[0].node_id
-    box = os.urandom(16)
+    key = MailboxKey.generate()
+    box = key.mailbox_id
     # Built now, sent after the epoch changed: the previous key must still open them.
     late = [loadgen.forward_packet(old, gw, gw, box, b"old-%d" % i)[1] for i in range(3)]
     await trio.sleep(seconds_until_next_epoch(time.time(), EPOCH_S) + 1.5)
@@ -55,7 +55,7 @@ async def test_packets_built_for_either_epoch_get_through_the_rotation(net: Test
     assert mix.epoch_key(new.epoch) != old.layers[0][0].epoch_key(old.epoch)
     fresh = [loadgen.forward_packet(new, gw, gw, box, b"new-%d" % i)[1] for i in range(3)]
     got: set[bytes] = set()
-    async with loadgen.attach(new, gw, box) as link:
+    async with loadgen.attach(new, gw, key) as link:
         for pkt in late + fresh:
             await link.send(pkt)
         with trio.move_on_after(5):
