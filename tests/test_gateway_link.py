@@ -12,7 +12,7 @@ import trio
 from client._tasks import open_background
 from client.gateway_link import AttachError, open_gateway_link
 from mixnode.gateway import GatewayCore, Reply
-from overlay import VOICE, MailboxKey, generate_private_key, public_key
+from overlay import VOICE, Delivery, DownlinkKind, MailboxKey, generate_private_key, public_key
 
 
 class _BodyError(Exception):
@@ -115,3 +115,73 @@ async def test_open_background_ends_its_tasks_and_honours_outer_cancellation() -
             nursery.start_soon(task)
             await trio.sleep_forever()
     assert scope.cancelled_caught and finished == [True, True]
+
+
+class _Edge:
+    """A gateway edge in memory around the real GatewayCore: replies and 50 Hz downlink.
+
+    ``restart()`` swaps in a fresh core (every session and cookie secret lost), as a
+    gateway process restart does."""
+
+    def __init__(self, sock: trio.socket.SocketType, private_key: bytes) -> None:
+        self.sock, self.private_key = sock, private_key
+        self.core = GatewayCore(VOICE, delivery_rate_hz=50.0)
+
+    def restart(self) -> None:
+        self.core = GatewayCore(VOICE, delivery_rate_hz=50.0)
+
+    async def serve(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._downlink)
+            while True:
+                data, peer = await self.sock.recvfrom(4096)
+                action = self.core.on_datagram(data, peer, trio.current_time(), [self.private_key])
+                if isinstance(action, Reply):
+                    await self.sock.sendto(action.datagram, peer)
+
+    async def _downlink(self) -> None:
+        while True:
+            for addr, datagram in self.core.due_slots(trio.current_time()):
+                await self.sock.sendto(datagram, addr)
+            await trio.sleep(0.005)
+
+
+async def test_forged_hints_do_not_reattach_and_a_restart_is_noticed_by_its_hint() -> None:
+    """UNKNOWN_SESSION is unauthenticated: while authenticated downlink keeps coming, a
+    forged one changes nothing; after a real restart the hint makes the link re-attach
+    long before its silence limit (10 s here)."""
+    gw_key = generate_private_key()
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await sock.bind(("127.0.0.1", 0))
+    edge = _Edge(sock, gw_key)
+    key = MailboxKey.generate()
+    with sock:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(edge.serve)
+            async with open_gateway_link(
+                VOICE, sock.getsockname(), public_key(gw_key), key, silence_s=10.0
+            ) as link:
+                peer = next(iter(edge.core._sessions.values())).addr  # noqa: SLF001
+                hint = bytes((2, 7)) + link._link.keys.session_id  # noqa: SLF001
+                for _ in range(20):  # forged hints, from the gateway's own address
+                    await sock.sendto(hint, peer)
+                    await trio.sleep(0.05)
+                assert link.stats["unknown_session_hints"] == 20
+                assert link.stats["reattaches"] == 0 and edge.core.sessions == 1
+                edge.restart()
+                started = trio.current_time()
+                with trio.fail_after(5):
+                    while link.stats["reattaches"] == 0:
+                        await link.send(bytes(VOICE.packet_len))
+                        await trio.sleep(0.02)
+                assert trio.current_time() - started < 3.0  # by the hint, not the silence
+                assert edge.core.sessions == 1 and edge.core.counters["attach"] == 1
+                edge.core.enqueue(
+                    key.mailbox_id,
+                    Delivery(DownlinkKind.MESSAGE, b"again"),
+                    trio.current_time(),
+                )
+                with trio.fail_after(2):
+                    assert (await link.receive()).delivery.data == b"again"
+            assert edge.core.counters["leave"] == 1
+            nursery.cancel_scope.cancel()

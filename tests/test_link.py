@@ -28,6 +28,8 @@ from overlay import (
     PacketError,
     ReplayWindow,
     SessionUnknown,
+    SessionWatch,
+    backoff_delay,
     generate_private_key,
     mailbox_id,
     public_key,
@@ -317,3 +319,33 @@ def test_replay_window_matches_model_and_stays_bounded(counters: list[int]) -> N
         # Out-of-window accept (misuse) must not allocate either.
         window.accept(max(0, top - 2**62))
         assert window._bits.bit_length() <= REPLAY_WINDOW
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 10_000), st.binary(min_size=8, max_size=8))
+def test_backoff_is_exponential_capped_and_jittered(attempt: int, noise: bytes) -> None:
+    d = min(8.0, 0.25 * 2.0 ** min(attempt, 60))
+    delay = backoff_delay(attempt, base_s=0.25, cap_s=8.0, rng=lambda n: noise[:n])
+    assert d / 2 <= delay < d or delay == d / 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["down", "hint"]), st.floats(0, 0.5)), max_size=40))
+def test_session_watch_never_loses_a_session_that_keeps_its_downlink(
+    events: list[tuple[str, float]],
+) -> None:
+    """However many hints arrive, a session whose authenticated downlink keeps coming
+    (gaps under both limits) is never counted lost; silence always is."""
+    watch = SessionWatch(silence_s=2.0, hint_confirm_s=0.6, last_downlink=0.0)
+    now = 0.0
+    for kind, gap in events:
+        now += gap
+        if kind == "hint":
+            watch.on_hint(now)
+        else:
+            watch.on_downlink(now)
+        assert not watch.lost(now) or watch.hint_at is not None
+        watch.on_downlink(now + 0.01)  # the next slot's frame
+        now += 0.01
+        assert not watch.lost(now)
+    assert watch.lost(now + 2.001)
