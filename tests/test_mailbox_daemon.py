@@ -140,6 +140,11 @@ async def test_attach_flood_from_a_silent_source_gets_fewer_bytes_back(tmp_path:
         assert node.gateway is not None
         assert node.gateway.sessions == 0 and node.gateway.counters["attach"] == 0
         assert 0 < got <= sent, (got, sent)  # challenges came, shorter than the ATTACHes
+        text = node.metrics.registry.render()  # aggregate counts only, no address or id
+        challenges = node.gateway.counters["challenge"]
+        assert challenges > 900 and got == challenges * 50
+        assert f'phantom_gateway_events_total{{event="challenge"}} {challenges}' in text
+        assert "phantom_gateway_sessions 0" in text
         nursery.cancel_scope.cancel()
         sock.close()
     await gw.stop()
