@@ -18,11 +18,20 @@ import trio
 
 from mixnode import loadgen
 from mixnode.testnet import TestnetOptions, TestnetState, down, scrape, up
-from overlay import VOICE, Hop, LinkCodec, MailboxKey, create_forward
+from overlay import (
+    LINK_VERSION,
+    VOICE,
+    FrameType,
+    Hop,
+    LinkCodec,
+    MailboxKey,
+    create_forward,
+)
 from overlay._geometry import MAX_DELAY_US
 
 pytestmark = pytest.mark.slow
 CODEC = LinkCodec(VOICE)
+NODE_HEAD = bytes((LINK_VERSION, FrameType.NODE_PACKET))  # a node frame's two clear bytes
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +87,8 @@ def _flood(port: int, valid: list[bytes], rounds: int) -> None:
         junk = [
             os.urandom(i % 1500 + 1),  # random size, random bytes
             os.urandom(good_len),  # right size, wrong version/type bytes mostly
-            b"\x01\x01\x01" + os.urandom(VOICE.packet_len - 1),  # right frame, MAC fails
-            b"\x01\x01\x07" + os.urandom(VOICE.packet_len - 1),  # unknown Sphinx version
+            NODE_HEAD + b"\x01" + os.urandom(VOICE.packet_len - 1),  # right frame, MAC fails
+            NODE_HEAD + b"\x07" + os.urandom(VOICE.packet_len - 1),  # unknown Sphinx version
             os.urandom(9000),  # oversized
             b"",  # empty
         ]
