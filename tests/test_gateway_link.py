@@ -12,7 +12,16 @@ import trio
 from client._tasks import open_background
 from client.gateway_link import AttachError, open_gateway_link
 from mixnode.gateway import GatewayCore, Reply
-from overlay import VOICE, Delivery, DownlinkKind, MailboxKey, generate_private_key, public_key
+from overlay import (
+    LINK_VERSION,
+    VOICE,
+    Delivery,
+    DownlinkKind,
+    FrameType,
+    MailboxKey,
+    generate_private_key,
+    public_key,
+)
 
 
 class _BodyError(Exception):
@@ -162,7 +171,7 @@ async def test_forged_hints_do_not_reattach_and_a_restart_is_noticed_by_its_hint
                 VOICE, sock.getsockname(), public_key(gw_key), key, silence_s=10.0
             ) as link:
                 peer = next(iter(edge.core._sessions.values())).addr  # noqa: SLF001
-                hint = bytes((2, 7)) + link._link.keys.session_id  # noqa: SLF001
+                hint = bytes((LINK_VERSION, FrameType.UNKNOWN_SESSION)) + link._link.keys.session_id  # noqa: SLF001
                 for _ in range(20):  # forged hints, from the gateway's own address
                     await sock.sendto(hint, peer)
                     await trio.sleep(0.05)
