@@ -26,12 +26,19 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
 
-from mixnode._worker import CONTROL_MAX, bind_sharded, shard_of
+from mixnode._udp import (
+    DROP_COUNT_SPACE,
+    DropCount,
+    attach_length_filter,
+    drop_count,
+    enable_drop_count,
+)
+from mixnode._worker import CONTROL_MAX, RECV_BATCH, bind_sharded, shard_of
 from mixnode.config import ConfigError, NodeConfig, bind_error, check_genesis
 from mixnode.gateway import GatewayCore
 from mixnode.keys import NodeKeys
@@ -47,6 +54,7 @@ from overlay import (
     Delivery,
     DirectoryError,
     DownlinkKind,
+    LinkCodec,
     NodeDescriptor,
     NodeRole,
     TopologyDocument,
@@ -65,6 +73,9 @@ WORKER_RESTART_S = 1.0  # seconds between restarts of a crashed worker
 DIRECTORY_RETRY_S = 1.0  # seconds between directory attempts after a failure
 DIRECTORY_REFRESH_S = 30.0  # seconds between fetches once the document is settled
 DIRECTORY_SETTLE_S = 15.0  # seconds without change before the document counts settled
+# Bytes asked for the client socket's receive buffer: room for a burst of frames while the
+# control plane is busy. Linux caps it at net.core.rmem_max (and doubles it for overhead).
+CLIENT_RCVBUF = 4 << 20
 # Our counters' names -> the metric's declared drop reasons.
 _REASON_ALIASES = {
     "link_malformed": "malformed",
@@ -138,6 +149,8 @@ class _WorkerHandle:
     ready: trio.Event | None = None  # set by the worker's first report
     hist: list[int] | None = None  # the worker's last cumulative processing histogram
     hist_sum: float = 0.0
+    # The kernel's drop count of ``udp``: kept across restarts, since the socket stays.
+    drops: DropCount = field(default_factory=DropCount)
 
 
 class Node:
@@ -172,6 +185,10 @@ class Node:
         self.counters: Counter[str] = Counter()  # control-plane counters (gateway etc.)
         self.port = 0
         self.client_port: int | None = None
+        # Lengths of every link frame type: anything else on the client port is junk.
+        codec = LinkCodec(self.geometry)
+        self._client_lengths = frozenset(codec.frame_len(t) for t in codec.body_len)
+        self._client_drops = DropCount()
         self.metrics_port: int | None = None
         self._stopping = False
 
@@ -334,6 +351,9 @@ class Node:
             hist_sum - h.hist_sum,
         )
         h.hist, h.hist_sum = hist, hist_sum
+        kernel = stats.get("socket_drops")
+        count = None if kernel is None else int(kernel)  # type: ignore[call-overload]
+        m.socket_drops.inc(h.drops.update(count), label="packet")
 
     _depths: dict[int, int]
 
@@ -351,15 +371,40 @@ class Node:
         self.gateway.enqueue(mailbox, Delivery(dk, body[17:]), self.clock())
 
     async def _client_reader(self) -> None:
-        assert self.gateway is not None and self.client_sock is not None
-        gw, sock = self.gateway, self.client_sock
-        n = len(self.workers)
+        assert self.gateway is not None and self.client_raw is not None
+        raw = self.client_raw
         while True:
+            await trio.lowlevel.wait_readable(raw)
+            self.read_client_batch()
+
+    def read_client_batch(self) -> int:
+        """Read and handle up to ``RECV_BATCH`` waiting client datagrams; returns how many.
+
+        Never blocks. A datagram longer than any link frame is read only up to that length
+        (MSG_TRUNC tells it was longer), and one whose length is no frame's is dropped
+        (``drops_total{reason="wrong_length"}``) before any parsing or crypto. The kernel's
+        drop count for the socket (SO_RXQ_OVFL) goes to ``socket_drops_total{socket="client"}``.
+        """
+        assert self.gateway is not None and self.client_raw is not None
+        gw, raw, lengths = self.gateway, self.client_raw, self._client_lengths
+        bufsize = max(lengths)
+        n = len(self.workers)
+        got = 0
+        for _ in range(RECV_BATCH):
             try:
-                data, addr = await sock.recvfrom(4096)
+                data, ancdata, flags, addr = raw.recvmsg(bufsize, DROP_COUNT_SPACE)
+            except BlockingIOError:
+                break
             except OSError:
                 continue  # e.g. ICMP port unreachable from a client that went away
+            got += 1
             self.metrics.packets_in.inc()
+            if ancdata:
+                dropped = self._client_drops.update(drop_count(ancdata))
+                self.metrics.socket_drops.inc(dropped, label="client")
+            if flags & socket.MSG_TRUNC or len(data) not in lengths:
+                self.counters["drop:wrong_length"] += 1
+                continue
             try:
                 packet = gw.on_datagram(data, addr, self.clock(), self._gw_keys)
             except Exception:  # a bug must cost one datagram, never the node
@@ -368,6 +413,7 @@ class Node:
                 continue
             if packet is not None:
                 self._send_worker(self.workers[shard_of(packet, n)], b"P" + packet)
+        return got
 
     async def _downlink(self) -> None:
         assert self.gateway is not None and self.client_raw is not None
@@ -479,6 +525,12 @@ class Node:
                 "gateway.client_host", "gateway.client_port", g.client_host, g.client_port, exc
             ) from None
         raw.setblocking(False)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, CLIENT_RCVBUF)
+        enable_drop_count(raw)
+        try:  # junk of any other length never takes room in the receive buffer
+            attach_length_filter(raw, self._client_lengths)
+        except OSError as exc:  # the length check in read_client_batch still applies
+            log.warning("client socket: no kernel length filter (%s)", exc.strerror)
         self.client_raw = raw
         self.client_sock = trio.socket.from_stdlib_socket(raw)
         self.client_port = raw.getsockname()[1]

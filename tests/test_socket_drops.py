@@ -1,0 +1,262 @@
+"""Kernel receive drops made visible, and the gateway client port's length filter.
+
+Real loopback sockets throughout: a receive buffer is filled until the kernel drops, and
+the count must appear where the node reads it (SO_RXQ_OVFL) and in its metrics. The
+real-process versions (a stopped worker, a stopped gateway) are in tests/test_flood.py.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from config_cases import free_port
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mixnode._udp import (
+    DROP_COUNT_SPACE,
+    DropCount,
+    attach_length_filter,
+    drop_count,
+    enable_drop_count,
+    length_filter,
+)
+from mixnode.config import parse_node_config
+from mixnode.daemon import Node
+from mixnode.gateway import GatewayCore
+from mixnode.keys import NodeKeys
+from overlay import VOICE, FrameType, LinkCodec
+
+CODEC = LinkCodec(VOICE)
+UPLINK_LEN = CODEC.frame_len(FrameType.UPLINK)
+MAX_UDP = 65507  # bytes: the largest IPv4 UDP payload
+
+NODE_TOML = """
+[node]
+name = "gw-1"
+role = "gateway"
+listen_port = {port}
+data_dir = "data"
+
+[gateway]
+client_port = {client_port}
+delivery_rate_hz = 50
+
+[directory]
+authorities = ["http://127.0.0.1:31900"]
+authority_keys = ["{key}"]
+epoch_length_s = 600
+"""
+
+
+def _pair(rcvbuf: int | None = None) -> tuple[socket.socket, socket.socket, tuple[str, int]]:
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    if rcvbuf is not None:
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    rx.bind(("127.0.0.1", 0))
+    rx.setblocking(False)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    return rx, tx, rx.getsockname()
+
+
+def _drain(rx: socket.socket, bufsize: int = 70000) -> list[tuple[bytes, int | None]]:
+    """Every waiting datagram with the drop count it carried."""
+    out = []
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        try:
+            data, anc, _, _ = rx.recvmsg(bufsize, DROP_COUNT_SPACE)
+        except BlockingIOError:
+            break
+        out.append((data, drop_count(anc)))
+    return out
+
+
+def _settle() -> None:
+    time.sleep(0.05)  # loopback delivers in softirq, nearly at once; leave it a moment
+
+
+def test_drop_count_rises_when_the_receive_buffer_fills() -> None:
+    rx, tx, addr = _pair(rcvbuf=64 * 1024)
+    enable_drop_count(rx)
+    sent = 3000
+    for _ in range(sent):
+        tx.sendto(bytes(UPLINK_LEN), addr)
+    _settle()
+    first = _drain(rx)
+    assert 0 < len(first) < sent  # the buffer was full: the kernel dropped the rest
+    tx.sendto(b"after", addr)  # the next datagram reports the count
+    _settle()
+    ((data, count),) = _drain(rx)
+    assert data == b"after" and count == sent - len(first)
+    counter = DropCount()
+    assert counter.update(None) == 0
+    assert counter.update(count) == sent - len(first)
+    assert counter.update(count) == 0
+    rx.close()
+    tx.close()
+
+
+def test_no_count_without_the_option() -> None:
+    rx, tx, addr = _pair(rcvbuf=4096)
+    for _ in range(100):
+        tx.sendto(bytes(1000), addr)
+    _settle()
+    assert all(count is None for _, count in _drain(rx))
+    rx.close()
+    tx.close()
+
+
+def test_length_filter_keeps_frame_lengths_and_counts_the_rest() -> None:
+    rx, tx, addr = _pair()
+    enable_drop_count(rx)
+    keep = sorted({CODEC.frame_len(t) for t in FrameType})
+    attach_length_filter(rx, keep)
+    sizes = [1, 2, 9, keep[0] - 1, keep[0] + 1, 9000, MAX_UDP, *keep]
+    for n in sizes:
+        tx.sendto(os.urandom(n), addr)
+    _settle()
+    tx.sendto(bytes(keep[-1]), addr)
+    _settle()
+    got = _drain(rx)
+    assert [len(d) for d, _ in got] == [*keep, keep[-1]]
+    assert got[-1][1] == len(sizes) - len(keep)  # the filtered ones count as kernel drops
+    rx.close()
+    tx.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    keep=st.sets(st.integers(1, MAX_UDP), min_size=1, max_size=6),
+    probe=st.lists(st.integers(1, MAX_UDP), min_size=1, max_size=6),
+)
+def test_length_filter_property(keep: set[int], probe: list[int]) -> None:
+    """The real kernel delivers exactly the datagrams whose length is in the set."""
+    sizes = [*probe, *keep]
+    rx, tx, addr = _pair(rcvbuf=1 << 20)
+    attach_length_filter(rx, keep)
+    for n in sizes:
+        tx.sendto(bytes(n), addr)
+    _settle()
+    assert [len(d) for d, _ in _drain(rx)] == [n for n in sizes if n in keep]
+    rx.close()
+    tx.close()
+
+
+def test_length_filter_refuses_bad_lengths() -> None:
+    for bad in ([], [0], [MAX_UDP + 1], list(range(1, 300))):
+        with pytest.raises(ValueError):
+            length_filter(bad)
+
+
+@given(steps=st.lists(st.integers(0, 2**31), max_size=20), start=st.integers(0, 2**32 - 1))
+def test_drop_count_increments_survive_the_32_bit_wrap(steps: list[int], start: int) -> None:
+    counter = DropCount()
+    assert counter.update(start) == start
+    total, kernel = 0, start
+    for step in steps:
+        kernel = (kernel + step) % 2**32
+        total += counter.update(kernel)
+    assert total == sum(steps)
+
+
+# -- the gateway's client port (daemon edge, in process, real sockets) ------------------
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Node]:
+    port = client_port = free_port()
+    while client_port == port:
+        client_port = free_port()
+    text = NODE_TOML.format(key="ab" * 32, port=port, client_port=client_port)
+    cfg = parse_node_config(text, base_dir=tmp_path)
+    node = Node(cfg, keys=NodeKeys.load_or_create(tmp_path / "data"), clock=time.monotonic)
+    node._bind()
+    node.gateway = GatewayCore(VOICE, delivery_rate_hz=50.0)
+    node._gw_keys = [os.urandom(32)]
+    try:
+        yield node
+    finally:
+        for h in node.workers:
+            h.udp.close()
+        assert node.client_raw is not None
+        node.client_raw.close()
+
+
+def _read_all(node: Node) -> int:
+    total = 0
+    while n := node.read_client_batch():
+        total += n
+    return total
+
+
+def _metric(node: Node, name: str, label: str) -> float:
+    metric = getattr(node.metrics, name)
+    return float(metric.value(label))
+
+
+def test_client_port_drops_junk_by_length_in_the_kernel(gateway: Node) -> None:
+    assert gateway.client_port is not None
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    addr = ("127.0.0.1", gateway.client_port)
+    junk = [1, 100, UPLINK_LEN - 1, UPLINK_LEN + 1, 9000, MAX_UDP]
+    for n in junk:
+        tx.sendto(os.urandom(n), addr)
+    tx.sendto(os.urandom(UPLINK_LEN), addr)  # right length: parsed, refused as malformed
+    _settle()
+    assert _read_all(gateway) == 1
+    assert gateway.gateway is not None
+    assert sum(gateway.gateway.counters.values()) == 1  # one drop, by the link parser
+    assert gateway.counters["drop:wrong_length"] == 0  # the kernel had them already
+    assert _metric(gateway, "socket_drops", "client") == len(junk)
+    tx.close()
+
+
+def test_client_port_counts_a_full_receive_buffer(gateway: Node) -> None:
+    """Fill the client socket while the control plane does not read: every datagram is
+    either read or in socket_drops_total{socket="client"}."""
+    assert gateway.client_port is not None
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    addr = ("127.0.0.1", gateway.client_port)
+    sent = 0
+    for _ in range(30):  # a 4 MiB buffer (8 MiB with overhead) holds a few thousand
+        for _ in range(1000):
+            tx.sendto(os.urandom(UPLINK_LEN), addr)
+        sent += 1000
+    _settle()
+    read = _read_all(gateway)
+    tx.sendto(os.urandom(UPLINK_LEN), addr)
+    _settle()
+    read += _read_all(gateway)
+    drops = _metric(gateway, "socket_drops", "client")
+    assert read < sent and drops > 0
+    assert read + drops == sent + 1
+    assert gateway.metrics.packets_in.value() == read
+    tx.close()
+
+
+def test_client_reader_checks_length_without_the_kernel_filter(gateway: Node) -> None:
+    """Where no filter is attached, oversized datagrams are read truncated (MSG_TRUNC) and
+    dropped as wrong_length before any parsing."""
+    plain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    plain.bind(("127.0.0.1", 0))
+    plain.setblocking(False)
+    enable_drop_count(plain)
+    assert gateway.client_raw is not None
+    gateway.client_raw.close()
+    gateway.client_raw = plain
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    big = bytes([1, FrameType.UPLINK]) + bytes(MAX_UDP - 2)  # an uplink head, but 64 KB
+    for d in (big, bytes(UPLINK_LEN + 1), b"", os.urandom(UPLINK_LEN)):
+        tx.sendto(d, plain.getsockname())
+    _settle()
+    assert _read_all(gateway) == 4
+    assert gateway.counters["drop:wrong_length"] == 3
+    assert gateway.gateway is not None
+    assert sum(gateway.gateway.counters.values()) == 1
+    tx.close()
