@@ -2,18 +2,20 @@
 
     >>> import socket
     >>> s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    >>> enable_drop_count(s)
+    >>> kernel_drops(s)  # datagrams the kernel dropped for this socket so far
+    0
     >>> attach_length_filter(s, [638, 686])  # the kernel keeps only these payload lengths
-    >>> DropCount().update(None), DropCount().update(7)  # cumulative kernel count -> new drops
-    (0, 7)
+    >>> counter = DropCount()
+    >>> counter.update(7), counter.update(9)  # cumulative kernel count -> new drops
+    (7, 2)
     >>> s.close()
 
-Linux only (SO_RXQ_OVFL since 2.6.33, SO_ATTACH_FILTER). A socket whose receive buffer is
-full loses datagrams inside the kernel, unseen by the process; with SO_RXQ_OVFL set, every
-datagram the process reads carries, as ancillary data, the socket's cumulative drop count
-(``sk_drops``, an unsigned 32-bit number) at the time it was queued (socket(7)). The count
-includes datagrams a socket filter refused. Nothing here is secret or per-sender: only
-counts leave.
+Linux only (SO_MEMINFO since 3.17, its drop count since 4.7; SO_ATTACH_FILTER). A socket
+whose receive buffer is full loses datagrams inside the kernel, unseen by the process;
+the kernel counts them per socket (``sk_drops``, the ``drops`` column of /proc/net/udp),
+together with the datagrams a socket filter refused. ``getsockopt(SO_MEMINFO)`` reads that
+count for one socket in one system call, whether or not anything arrives (socket(7),
+linux/sock_diag.h). Only counts leave: no address, no content.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ import socket
 import struct
 from collections.abc import Iterable
 
-SO_RXQ_OVFL = 40  # Linux asm-generic/socket.h: ancillary uint32 drop count per datagram
+SO_MEMINFO = 55  # Linux asm-generic/socket.h: u32[SK_MEMINFO_VARS] of socket memory
+SK_MEMINFO_DROPS = 8  # linux/sock_diag.h: index of sk_drops in SO_MEMINFO
 SO_ATTACH_FILTER = 26  # Linux asm-generic/socket.h: classic BPF socket filter
 UDP_HEADER_LEN = 8  # bytes; a UDP socket filter sees the datagram from its UDP header on
-DROP_COUNT_SPACE = socket.CMSG_SPACE(4)  # ancillary bytes for one SO_RXQ_OVFL message
 _U32 = struct.Struct("=I")
 _WRAP = 1 << 32  # sk_drops is reported as an unsigned 32-bit number
 # Classic BPF (linux/filter.h): struct sock_filter {u16 code; u8 jt; u8 jf; u32 k}.
@@ -38,29 +40,17 @@ _KEEP_ALL = 0xFFFFFFFF
 _MAX_LENGTHS = 250  # jump offsets are one byte
 
 
-def enable_drop_count(sock: socket.socket) -> None:
-    """Ask the kernel to attach the socket's drop count to each datagram (SO_RXQ_OVFL).
+def kernel_drops(sock: socket.socket) -> int:
+    """Datagrams the kernel dropped for ``sock`` since it was opened (mod 2**32).
 
-    Raises OSError where the option does not exist (not Linux).
+    Counts a full receive buffer and refusals of a socket filter alike. Raises OSError
+    where SO_MEMINFO does not exist (not Linux) or the socket is closed.
     """
-    sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
-
-
-def count_of(cmsg_data: bytes) -> int:
-    """The count in the body of one SO_RXQ_OVFL control message (0 if it is short)."""
-    return int(_U32.unpack_from(cmsg_data)[0]) if len(cmsg_data) >= _U32.size else 0
-
-
-def drop_count(ancdata: Iterable[tuple[int, int, bytes]]) -> int | None:
-    """The kernel's cumulative drop count in one datagram's ancillary data, or None.
-
-    ``ancdata`` is what ``socket.recvmsg`` returns. The kernel sends the count only once
-    it is above zero, so None means "no drop yet" or "not enabled".
-    """
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL:
-            return count_of(data)
-    return None
+    size = (SK_MEMINFO_DROPS + 1) * _U32.size
+    raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, size)
+    if len(raw) < size:
+        raise OSError("SO_MEMINFO has no drop count on this kernel (Linux >= 4.7)")
+    return int(_U32.unpack_from(raw, SK_MEMINFO_DROPS * _U32.size)[0])
 
 
 class DropCount:
@@ -71,10 +61,8 @@ class DropCount:
     def __init__(self) -> None:
         self.last: int | None = None  # the last count seen; None before the first
 
-    def update(self, count: int | None) -> int:
-        """Datagrams dropped since the last count seen (0 for None); wraps at 2**32."""
-        if count is None:
-            return 0
+    def update(self, count: int) -> int:
+        """Datagrams dropped since the last count seen; the count wraps at 2**32."""
         new = count if self.last is None else (count - self.last) % _WRAP
         self.last = count
         return new

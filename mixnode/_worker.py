@@ -44,7 +44,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 
-from mixnode._udp import DROP_COUNT_SPACE, SO_RXQ_OVFL, count_of, enable_drop_count
 from mixnode.core import DeliverAt, ForwardAt, NodeCore
 from mixnode.metrics import PROCESSING_BUCKETS_S
 from overlay import (
@@ -243,8 +242,6 @@ class Worker:
         udp.setblocking(False)
         ctrl.setblocking(False)
         udp.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        enable_drop_count(udp)
-        self.socket_drops: int | None = None  # the kernel's cumulative count (SO_RXQ_OVFL)
         self.peers: dict[bytes, tuple[str, int]] = {}
         self.prev_hops: dict[tuple[str, int], bytes] = {}  # listed address -> node id
         self.topology: TopologyDocument | None = None
@@ -414,7 +411,6 @@ class Worker:
             "replay_entries": self.core.replay_entries(),
             "hist": self.hist,
             "hist_sum": self.hist_sum,
-            "socket_drops": self.socket_drops,
         }
         try:
             self.ctrl.send(b"S" + json.dumps(stats).encode())
@@ -427,7 +423,7 @@ class Worker:
         poller.register(self.ctrl, select.POLLIN)
         clock = self.clock
         next_report = clock()
-        anc = socket.CMSG_SPACE(16) + DROP_COUNT_SPACE
+        anc = socket.CMSG_SPACE(16)
         while self.running:
             now = clock()
             deadline = self.core.next_deadline()
@@ -463,14 +459,9 @@ class Worker:
                         except OSError:
                             continue
                         stamp = None
-                        for level, kind, cdata in ancdata:
-                            if level != socket.SOL_SOCKET:
-                                continue
-                            if kind == SO_TIMESTAMPNS:
-                                sec, nsec = unpack_timespec(cdata)
-                                stamp = sec + nsec * 1e-9
-                            elif kind == SO_RXQ_OVFL:
-                                self.socket_drops = count_of(cdata)
+                        if ancdata:
+                            sec, nsec = unpack_timespec(ancdata[0][2])
+                            stamp = sec + nsec * 1e-9
                         self.on_received(data, addr, stamp)
                         self.run_due(clock())
             if self.pending:

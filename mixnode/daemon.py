@@ -31,13 +31,7 @@ from typing import Protocol
 
 import trio
 
-from mixnode._udp import (
-    DROP_COUNT_SPACE,
-    DropCount,
-    attach_length_filter,
-    drop_count,
-    enable_drop_count,
-)
+from mixnode._udp import DropCount, attach_length_filter, kernel_drops
 from mixnode._worker import CONTROL_MAX, RECV_BATCH, bind_sharded, shard_of
 from mixnode.config import ConfigError, NodeConfig, bind_error, check_genesis
 from mixnode.gateway import GatewayCore
@@ -351,9 +345,6 @@ class Node:
             hist_sum - h.hist_sum,
         )
         h.hist, h.hist_sum = hist, hist_sum
-        kernel = stats.get("socket_drops")
-        count = None if kernel is None else int(kernel)  # type: ignore[call-overload]
-        m.socket_drops.inc(h.drops.update(count), label="packet")
 
     _depths: dict[int, int]
 
@@ -382,8 +373,8 @@ class Node:
 
         Never blocks. A datagram longer than any link frame is read only up to that length
         (MSG_TRUNC tells it was longer), and one whose length is no frame's is dropped
-        (``drops_total{reason="wrong_length"}``) before any parsing or crypto. The kernel's
-        drop count for the socket (SO_RXQ_OVFL) goes to ``socket_drops_total{socket="client"}``.
+        (``drops_total{reason="wrong_length"}``) before any parsing or crypto; the kernel's
+        length filter normally refused it already (:meth:`count_socket_drops`).
         """
         assert self.gateway is not None and self.client_raw is not None
         gw, raw, lengths = self.gateway, self.client_raw, self._client_lengths
@@ -392,16 +383,13 @@ class Node:
         got = 0
         for _ in range(RECV_BATCH):
             try:
-                data, ancdata, flags, addr = raw.recvmsg(bufsize, DROP_COUNT_SPACE)
+                data, _, flags, addr = raw.recvmsg(bufsize)
             except BlockingIOError:
                 break
             except OSError:
                 continue  # e.g. ICMP port unreachable from a client that went away
             got += 1
             self.metrics.packets_in.inc()
-            if ancdata:
-                dropped = self._client_drops.update(drop_count(ancdata))
-                self.metrics.socket_drops.inc(dropped, label="client")
             if flags & socket.MSG_TRUNC or len(data) not in lengths:
                 self.counters["drop:wrong_length"] += 1
                 continue
@@ -481,10 +469,29 @@ class Node:
 
     # -- gauges ------------------------------------------------------------------------
 
+    def count_socket_drops(self) -> None:
+        """Add what the kernel dropped on this node's sockets since the last look.
+
+        ``socket_drops_total{socket="packet"}`` sums the worker sockets (a full receive
+        buffer); ``{socket="client"}`` is the gateway's client socket (a full buffer, or a
+        length no link frame has, refused by its filter). Read with SO_MEMINFO, so a flood
+        shows even when nothing else arrives.
+        """
+        socks = [(h.udp, h.drops, "packet") for h in self.workers]
+        if self.client_raw is not None:
+            socks.append((self.client_raw, self._client_drops, "client"))
+        for sock, seen, label in socks:
+            try:
+                count = kernel_drops(sock)
+            except OSError:
+                continue  # closed while stopping
+            self.metrics.socket_drops.inc(seen.update(count), label=label)
+
     async def _gauges(self) -> None:
         last: Counter[str] = Counter()
         while True:
             await trio.sleep(0.5)
+            self.count_socket_drops()
             if self.gateway is not None:
                 self.metrics.mailbox_depth.set(self.gateway.mailbox_depth)
                 now = self.gateway.counters + self.counters
@@ -526,7 +533,6 @@ class Node:
             ) from None
         raw.setblocking(False)
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, CLIENT_RCVBUF)
-        enable_drop_count(raw)
         try:  # junk of any other length never takes room in the receive buffer
             attach_length_filter(raw, self._client_lengths)
         except OSError as exc:  # the length check in read_client_batch still applies

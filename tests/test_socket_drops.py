@@ -1,7 +1,7 @@
 """Kernel receive drops made visible, and the gateway client port's length filter.
 
 Real loopback sockets throughout: a receive buffer is filled until the kernel drops, and
-the count must appear where the node reads it (SO_RXQ_OVFL) and in its metrics. The
+the count must appear where the node reads it (SO_MEMINFO) and in its metrics. The
 real-process versions (a stopped worker, a stopped gateway) are in tests/test_flood.py.
 """
 
@@ -18,14 +18,7 @@ from config_cases import free_port
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mixnode._udp import (
-    DROP_COUNT_SPACE,
-    DropCount,
-    attach_length_filter,
-    drop_count,
-    enable_drop_count,
-    length_filter,
-)
+from mixnode._udp import DropCount, attach_length_filter, kernel_drops, length_filter
 from mixnode.config import parse_node_config
 from mixnode.daemon import Node
 from mixnode.gateway import GatewayCore
@@ -64,16 +57,15 @@ def _pair(rcvbuf: int | None = None) -> tuple[socket.socket, socket.socket, tupl
     return rx, tx, rx.getsockname()
 
 
-def _drain(rx: socket.socket, bufsize: int = 70000) -> list[tuple[bytes, int | None]]:
-    """Every waiting datagram with the drop count it carried."""
+def _drain(rx: socket.socket) -> list[bytes]:
+    """Every waiting datagram."""
     out = []
     deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline:
         try:
-            data, anc, _, _ = rx.recvmsg(bufsize, DROP_COUNT_SPACE)
+            out.append(rx.recv(MAX_UDP))
         except BlockingIOError:
             break
-        out.append((data, drop_count(anc)))
     return out
 
 
@@ -83,49 +75,34 @@ def _settle() -> None:
 
 def test_drop_count_rises_when_the_receive_buffer_fills() -> None:
     rx, tx, addr = _pair(rcvbuf=64 * 1024)
-    enable_drop_count(rx)
+    assert kernel_drops(rx) == 0
     sent = 3000
     for _ in range(sent):
         tx.sendto(bytes(UPLINK_LEN), addr)
     _settle()
-    first = _drain(rx)
-    assert 0 < len(first) < sent  # the buffer was full: the kernel dropped the rest
-    tx.sendto(b"after", addr)  # the next datagram reports the count
-    _settle()
-    ((data, count),) = _drain(rx)
-    assert data == b"after" and count == sent - len(first)
+    count = kernel_drops(rx)  # known before anything is read
+    got = _drain(rx)
+    assert 0 < len(got) < sent  # the buffer was full: the kernel dropped the rest
+    assert count == sent - len(got)
     counter = DropCount()
-    assert counter.update(None) == 0
-    assert counter.update(count) == sent - len(first)
+    assert counter.update(count) == count
     assert counter.update(count) == 0
     rx.close()
     tx.close()
-
-
-def test_no_count_without_the_option() -> None:
-    rx, tx, addr = _pair(rcvbuf=4096)
-    for _ in range(100):
-        tx.sendto(bytes(1000), addr)
-    _settle()
-    assert all(count is None for _, count in _drain(rx))
-    rx.close()
-    tx.close()
+    with pytest.raises(OSError):
+        kernel_drops(rx)
 
 
 def test_length_filter_keeps_frame_lengths_and_counts_the_rest() -> None:
     rx, tx, addr = _pair()
-    enable_drop_count(rx)
     keep = sorted({CODEC.frame_len(t) for t in FrameType})
     attach_length_filter(rx, keep)
     sizes = [1, 2, 9, keep[0] - 1, keep[0] + 1, 9000, MAX_UDP, *keep]
     for n in sizes:
         tx.sendto(os.urandom(n), addr)
     _settle()
-    tx.sendto(bytes(keep[-1]), addr)
-    _settle()
-    got = _drain(rx)
-    assert [len(d) for d, _ in got] == [*keep, keep[-1]]
-    assert got[-1][1] == len(sizes) - len(keep)  # the filtered ones count as kernel drops
+    assert [len(d) for d in _drain(rx)] == keep
+    assert kernel_drops(rx) == len(sizes) - len(keep)  # refused ones count as kernel drops
     rx.close()
     tx.close()
 
@@ -143,7 +120,7 @@ def test_length_filter_property(keep: set[int], probe: list[int]) -> None:
     for n in sizes:
         tx.sendto(bytes(n), addr)
     _settle()
-    assert [len(d) for d, _ in _drain(rx)] == [n for n in sizes if n in keep]
+    assert [len(d) for d in _drain(rx)] == [n for n in sizes if n in keep]
     rx.close()
     tx.close()
 
@@ -210,6 +187,7 @@ def test_client_port_drops_junk_by_length_in_the_kernel(gateway: Node) -> None:
     tx.sendto(os.urandom(UPLINK_LEN), addr)  # right length: parsed, refused as malformed
     _settle()
     assert _read_all(gateway) == 1
+    gateway.count_socket_drops()
     assert gateway.gateway is not None
     assert sum(gateway.gateway.counters.values()) == 1  # one drop, by the link parser
     assert gateway.counters["drop:wrong_length"] == 0  # the kernel had them already
@@ -229,13 +207,11 @@ def test_client_port_counts_a_full_receive_buffer(gateway: Node) -> None:
             tx.sendto(os.urandom(UPLINK_LEN), addr)
         sent += 1000
     _settle()
+    gateway.count_socket_drops()
     read = _read_all(gateway)
-    tx.sendto(os.urandom(UPLINK_LEN), addr)
-    _settle()
-    read += _read_all(gateway)
     drops = _metric(gateway, "socket_drops", "client")
     assert read < sent and drops > 0
-    assert read + drops == sent + 1
+    assert read + drops == sent
     assert gateway.metrics.packets_in.value() == read
     tx.close()
 
@@ -246,7 +222,6 @@ def test_client_reader_checks_length_without_the_kernel_filter(gateway: Node) ->
     plain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     plain.bind(("127.0.0.1", 0))
     plain.setblocking(False)
-    enable_drop_count(plain)
     assert gateway.client_raw is not None
     gateway.client_raw.close()
     gateway.client_raw = plain
