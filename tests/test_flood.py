@@ -186,7 +186,8 @@ def _blast(port: int, datagrams: list[bytes], copies: int) -> None:
                 s.sendto(d, ("127.0.0.1", port))
 
 
-def _metric(port: int, name: str) -> float:
+def _metric(port: int | None, name: str) -> float:
+    assert port is not None
     return scrape(port).get(name, 0.0)
 
 
@@ -204,10 +205,8 @@ async def test_kernel_drops_show_in_the_metrics(net: TestnetState) -> None:
 
     # The mix's packet sockets: both workers stopped, 40,000 node frames (both shards).
     frames = [b"\x01\x01\x01" + os.urandom(VOICE.packet_len - 1) for _ in range(100)]
-    in0, drops0 = (
-        _metric(mix_proc.metrics_port, "phantom_packets_in_total"),
-        _metric(mix_proc.metrics_port, packet),
-    )
+    in0 = _metric(mix_proc.metrics_port, "phantom_packets_in_total")
+    drops0 = _metric(mix_proc.metrics_port, packet)
     workers = _children(mix_proc.pid)
     for w in workers:
         os.kill(w, signal.SIGSTOP)
@@ -241,6 +240,6 @@ async def test_kernel_drops_show_in_the_metrics(net: TestnetState) -> None:
     kernel, no_session, read = (
         _metric(gw_proc.metrics_port, n) - b for n, b in zip(names, before, strict=True)
     )
-    assert kernel >= 5000 + 1, (kernel, no_session, read)  # all the wrong ones, and a full buffer
+    assert kernel > 5000, (kernel, no_session, read)  # all the wrong ones, and a full buffer
     assert kernel + no_session == 25_000, (kernel, no_session, read)
     assert read == no_session

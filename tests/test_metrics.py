@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import trio
 
-from mixnode import metrics as metrics_module
 from mixnode.metrics import DROP_REASONS, SOCKETS, NodeMetrics, Registry, serve_metrics
 from overlay import UsageError
 
@@ -160,7 +159,7 @@ async def test_listener_error_after_start_reaches_the_caller_as_itself(
         await trio.sleep(0)
         raise OSError(errno.EBADF, "listener gone")
 
-    monkeypatch.setattr(metrics_module.trio, "serve_listeners", failing)
+    monkeypatch.setattr(trio, "serve_listeners", failing)
     with pytest.raises(OSError) as info:
         await serve_metrics(Registry(), "127.0.0.1", 0)
     assert info.value.errno == errno.EBADF
