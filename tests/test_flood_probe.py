@@ -17,6 +17,7 @@ end; a flood process ends on its own and is killed if it does not.
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -97,8 +98,10 @@ def _flood(port: int, smallest: int, biggest: int, head: bytes = b"") -> subproc
 
 async def _probe_under(
     net: TestnetState, flood: subprocess.Popen[bytes]
-) -> tuple[ProbeResult, int, float]:
-    """The probe while ``flood`` runs; returns its result, datagrams sent and seconds."""
+) -> tuple[ProbeResult, int, float, float]:
+    """The probe while ``flood`` runs: its result, datagrams sent, seconds, the flood's CPU
+    seconds."""
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         await trio.sleep(0.5)  # the flood is at full rate before the first attach
         result = await probe(net, ProbeSettings(duration_s=PROBE_S))
@@ -107,9 +110,11 @@ async def _probe_under(
         if flood.poll() is None:
             flood.kill()
             flood.wait()
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)  # the flood's, once reaped
+    cpu_s = cpu.ru_utime + cpu.ru_stime - cpu0.ru_utime - cpu0.ru_stime
     await trio.sleep(1.0)  # the gateway's next gauge round
     sent, seconds = out.split()
-    return result, int(sent), float(seconds)
+    return result, int(sent), float(seconds), cpu_s
 
 
 def _gateway_metrics(port: int) -> dict[str, float]:
@@ -122,8 +127,20 @@ def _gateway_metrics(port: int) -> dict[str, float]:
     }
 
 
+def _network_drops(net: TestnetState) -> dict[str, float]:
+    """Drops by reason (and kernel drops by socket) summed over every node."""
+    out: dict[str, float] = {}
+    for p in net.nodes():
+        if p.metrics_port is None:
+            continue
+        for name, v in scrape(p.metrics_port).items():
+            if name.startswith(("phantom_drops_total{", "phantom_socket_drops_total{")):
+                out[name] = out.get(name, 0.0) + v
+    return out
+
+
 def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
-    return {k: after[k] - before[k] for k in after}
+    return {k: v - before.get(k, 0.0) for k, v in after.items()}
 
 
 async def test_probe_keeps_its_packets_while_the_client_port_is_flooded(
@@ -146,17 +163,20 @@ async def test_probe_keeps_its_packets_while_the_client_port_is_flooded(
         "uplink_length": (uplink_len, uplink_len, uplink_head),
     }
     for name, (smallest, biggest, head) in floods.items():
-        before = _gateway_metrics(metrics_port)
-        result, sent, seconds = await _probe_under(
+        before, network0 = _gateway_metrics(metrics_port), _network_drops(net)
+        result, sent, seconds, cpu_s = await _probe_under(
             net, _flood(entry.client_port, smallest, biggest, head)
         )
         counted = _delta(_gateway_metrics(metrics_port), before)
+        network = {k: v for k, v in _delta(_network_drops(net), network0).items() if v}
         runs[name] = {
             "datagrams": sent,
             "bytes": [smallest, biggest],
             "rate_per_s": round(sent / seconds),
             "loss": round(result.loss, 4),
+            "flood_cpu_s": round(cpu_s, 1),
             "gateway": counted,
+            "network_drops": network,
         }
     figures = {"probe_packets": quiet.sent, "loss_no_flood": round(quiet.loss, 4), **runs}
     print(json.dumps(figures))
