@@ -10,6 +10,10 @@ port, because Sphinx processing does not scale over threads in Python (see that 
 The daemon restarts a worker that dies, on the same socket, so that its shard keeps
 working; SIGTERM or SIGINT stops everything, workers first.
 
+The gateway's client socket keeps only datagrams of a link frame's length (a kernel
+filter: junk costs the node nothing) and is read in batches; what the kernel drops on any
+of the node's sockets is counted (``socket_drops_total``, docs/operators.md).
+
 Clocks: the gateway's downlink slots and mailbox ages run on Trio's clock (monotonic);
 the wall clock serves epochs, key expiry and descriptors only, so a step of the wall
 clock neither delays nor drops a client's frames.

@@ -7,6 +7,7 @@ real-process versions (a stopped worker, a stopped gateway) are in tests/test_fl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -145,8 +146,9 @@ def test_drop_count_increments_survive_the_32_bit_wrap(steps: list[int], start: 
 # -- the gateway's client port (daemon edge, in process, real sockets) ------------------
 
 
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Node]:
+@contextlib.contextmanager
+def _gateway(tmp_path: Path) -> Iterator[Node]:
+    """A gateway's control plane with its real sockets bound; no workers, no tasks."""
     port = client_port = free_port()
     while client_port == port:
         client_port = free_port()
@@ -163,6 +165,12 @@ def gateway(tmp_path: Path) -> Iterator[Node]:
             h.udp.close()
         assert node.client_raw is not None
         node.client_raw.close()
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Node]:
+    with _gateway(tmp_path) as node:
+        yield node
 
 
 def _read_all(node: Node) -> int:
@@ -235,3 +243,45 @@ def test_client_reader_checks_length_without_the_kernel_filter(gateway: Node) ->
     assert gateway.gateway is not None
     assert sum(gateway.gateway.counters.values()) == 1
     tx.close()
+
+
+def test_every_client_datagram_is_read_or_counted(tmp_path: Path) -> None:
+    """Fuzz: any datagrams at the client port (lengths near and far from frame lengths,
+    valid heads or not) cost no crash, and each is either dropped by the kernel or read
+    and then counted by the length check or by the gateway core."""
+    heads = [bytes((1, t)) for t in FrameType] + [b"", b"\x00\x00", b"\x01\x09"]
+    lengths = sorted({CODEC.frame_len(t) for t in FrameType})
+    sizes = st.one_of(
+        st.sampled_from(lengths),
+        st.sampled_from(lengths).map(lambda n: n + 1),
+        st.integers(0, 2048),
+        st.integers(2049, MAX_UDP),
+    )
+    datagram = st.tuples(st.sampled_from(heads), sizes).map(
+        lambda hs: (hs[0] + os.urandom(hs[1]))[: hs[1]] if hs[1] else b""
+    )
+
+    with _gateway(tmp_path) as node:
+        assert node.client_port is not None and node.client_raw is not None
+        core, raw = node.gateway, node.client_raw
+        assert core is not None
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+        @settings(max_examples=60, deadline=None)
+        @given(batch=st.lists(datagram, min_size=1, max_size=80))
+        def check(batch: list[bytes]) -> None:
+            kernel0, core0 = kernel_drops(raw), sum(core.counters.values())
+            wrong0 = node.counters["drop:wrong_length"]
+            for d in batch:
+                tx.sendto(d, ("127.0.0.1", node.client_port))
+            _settle()
+            read = _read_all(node)
+            kernel = kernel_drops(raw) - kernel0
+            assert read + kernel == len(batch)
+            assert kernel == sum(1 for d in batch if len(d) not in lengths)
+            wrong = node.counters["drop:wrong_length"] - wrong0
+            assert wrong == 0  # the kernel filter had every one of them
+            assert sum(core.counters.values()) - core0 >= read
+
+        check()
+        tx.close()
