@@ -393,7 +393,6 @@ class Node:
             except OSError:
                 continue  # e.g. ICMP port unreachable from a client that went away
             got += 1
-            self.metrics.packets_in.inc()
             if flags & socket.MSG_TRUNC or len(data) not in lengths:
                 self.counters["drop:wrong_length"] += 1
                 continue
@@ -405,6 +404,7 @@ class Node:
                 continue
             if packet is not None:
                 self._send_worker(self.workers[shard_of(packet, n)], b"P" + packet)
+        self.metrics.packets_in.inc(got)
         return got
 
     async def _downlink(self) -> None:
