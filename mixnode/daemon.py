@@ -10,6 +10,10 @@ port, because Sphinx processing does not scale over threads in Python (see that 
 The daemon restarts a worker that dies, on the same socket, so that its shard keeps
 working; SIGTERM or SIGINT stops everything, workers first.
 
+The gateway's client socket keeps only datagrams of a link frame's length (a kernel
+filter: junk costs the node nothing) and is read in batches; what the kernel drops on any
+of the node's sockets is counted (``socket_drops_total``, docs/operators.md).
+
 Clocks: the gateway's downlink slots and mailbox ages run on Trio's clock (monotonic);
 the wall clock serves epochs, key expiry and descriptors only, so a step of the wall
 clock neither delays nor drops a client's frames.
@@ -26,12 +30,13 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
 
-from mixnode._worker import CONTROL_MAX, bind_sharded, shard_of
+from mixnode._udp import DropCount, attach_length_filter, kernel_drops
+from mixnode._worker import CONTROL_MAX, RECV_BATCH, bind_sharded, shard_of
 from mixnode.config import ConfigError, NodeConfig, bind_error, check_genesis
 from mixnode.gateway import GatewayAction, GatewayCore, Reply, Uplink
 from mixnode.keys import NodeKeys
@@ -48,6 +53,7 @@ from overlay import (
     Delivery,
     DirectoryError,
     DownlinkKind,
+    LinkCodec,
     NodeDescriptor,
     NodeRole,
     TopologyDocument,
@@ -66,6 +72,9 @@ WORKER_RESTART_S = 1.0  # seconds between restarts of a crashed worker
 DIRECTORY_RETRY_S = 1.0  # seconds between directory attempts after a failure
 DIRECTORY_REFRESH_S = 30.0  # seconds between fetches once the document is settled
 DIRECTORY_SETTLE_S = 15.0  # seconds without change before the document counts settled
+# Bytes asked for the client socket's receive buffer: room for a burst of frames while the
+# control plane is busy. Linux caps it at net.core.rmem_max (and doubles it for overhead).
+CLIENT_RCVBUF = 4 << 20
 # Our counters' names -> the metric's declared drop reasons.
 _REASON_ALIASES = {
     "link_malformed": "malformed",
@@ -140,6 +149,8 @@ class _WorkerHandle:
     ready: trio.Event | None = None  # set by the worker's first report
     hist: list[int] | None = None  # the worker's last cumulative processing histogram
     hist_sum: float = 0.0
+    # The kernel's drop count of ``udp``: kept across restarts, since the socket stays.
+    drops: DropCount = field(default_factory=DropCount)
 
 
 class Node:
@@ -174,6 +185,10 @@ class Node:
         self.counters: Counter[str] = Counter()  # control-plane counters (gateway etc.)
         self.port = 0
         self.client_port: int | None = None
+        # Lengths of every link frame type: anything else on the client port is junk.
+        codec = LinkCodec(self.geometry)
+        self._client_lengths = frozenset(codec.frame_len(t) for t in codec.body_len)
+        self._client_drops = DropCount()
         self.metrics_port: int | None = None
         self._stopping = False
 
@@ -353,15 +368,36 @@ class Node:
         self.gateway.enqueue(mailbox, Delivery(dk, body[17:]), self.clock())
 
     async def _client_reader(self) -> None:
-        assert self.gateway is not None and self.client_sock is not None
-        gw, sock = self.gateway, self.client_sock
-        n = len(self.workers)
+        assert self.gateway is not None and self.client_raw is not None
+        raw = self.client_raw
         while True:
+            await trio.lowlevel.wait_readable(raw)
+            self.read_client_batch()
+
+    def read_client_batch(self) -> int:
+        """Read and handle up to ``RECV_BATCH`` waiting client datagrams; returns how many.
+
+        Never blocks. A datagram longer than any link frame is read only up to that length
+        (MSG_TRUNC tells it was longer), and one whose length is no frame's is dropped
+        (``drops_total{reason="wrong_length"}``) before any parsing or crypto; the kernel's
+        length filter normally refused it already (:meth:`count_socket_drops`).
+        """
+        assert self.gateway is not None and self.client_raw is not None
+        gw, raw, lengths = self.gateway, self.client_raw, self._client_lengths
+        bufsize = max(lengths)
+        n = len(self.workers)
+        got = 0
+        for _ in range(RECV_BATCH):
             try:
-                data, addr = await sock.recvfrom(4096)
+                data, _, flags, addr = raw.recvmsg(bufsize)
+            except BlockingIOError:
+                break
             except OSError:
                 continue  # e.g. ICMP port unreachable from a client that went away
-            self.metrics.packets_in.inc()
+            got += 1
+            if flags & socket.MSG_TRUNC or len(data) not in lengths:
+                self.counters["drop:wrong_length"] += 1
+                continue
             try:
                 action = gw.on_datagram(data, addr, self.clock(), self._gw_keys)
             except Exception:  # a bug must cost one datagram, never the node
@@ -369,6 +405,8 @@ class Node:
                 self.counters["drop:other"] += 1
                 continue
             self._act(action, addr, n)
+        self.metrics.packets_in.inc(got)
+        return got
 
     def _act(self, action: GatewayAction, addr: object, n: int) -> None:
         """Carry out what the gateway core decided for one client datagram."""
@@ -449,10 +487,29 @@ class Node:
 
     # -- gauges ------------------------------------------------------------------------
 
+    def count_socket_drops(self) -> None:
+        """Add what the kernel dropped on this node's sockets since the last look.
+
+        ``socket_drops_total{socket="packet"}`` sums the worker sockets (a full receive
+        buffer); ``{socket="client"}`` is the gateway's client socket (a full buffer, or a
+        length no link frame has, refused by its filter). Read with SO_MEMINFO, so a flood
+        shows even when nothing else arrives.
+        """
+        socks = [(h.udp, h.drops, "packet") for h in self.workers]
+        if self.client_raw is not None:
+            socks.append((self.client_raw, self._client_drops, "client"))
+        for sock, seen, label in socks:
+            try:
+                count = kernel_drops(sock)
+            except OSError:
+                continue  # closed while stopping
+            self.metrics.socket_drops.inc(seen.update(count), label=label)
+
     async def _gauges(self) -> None:
         last: Counter[str] = Counter()
         while True:
             await trio.sleep(0.5)
+            self.count_socket_drops()
             if self.gateway is not None:
                 self.metrics.mailbox_depth.set(self.gateway.mailbox_depth)
                 self.metrics.gateway_sessions.set(self.gateway.sessions)
@@ -498,6 +555,11 @@ class Node:
                 "gateway.client_host", "gateway.client_port", g.client_host, g.client_port, exc
             ) from None
         raw.setblocking(False)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, CLIENT_RCVBUF)
+        try:  # junk of any other length never takes room in the receive buffer
+            attach_length_filter(raw, self._client_lengths)
+        except OSError as exc:  # the length check in read_client_batch still applies
+            log.warning("client socket: no kernel length filter (%s)", exc.strerror)
         self.client_raw = raw
         self.client_sock = trio.socket.from_stdlib_socket(raw)
         self.client_port = raw.getsockname()[1]

@@ -17,6 +17,7 @@ bind anything but a loopback address.
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 import threading
 from collections.abc import Iterable, Sequence
@@ -78,6 +79,12 @@ PROCESSING_BUCKETS_S: tuple[float, ...] = (
     0.1,
 )
 MAX_REQUEST_BYTES = 8192  # bytes of an HTTP request head the endpoint reads at most
+REQUEST_TIMEOUT_S = 5.0  # seconds a client has to send its request head
+# Which socket the kernel dropped datagrams on: the gateway's client port, or the node's
+# packet port (all worker sockets together).
+SOCKETS: tuple[str, ...] = ("client", "packet")
+
+log = logging.getLogger("phantom.metrics")
 
 
 def _check_name(name: str) -> None:
@@ -308,6 +315,13 @@ class NodeMetrics:
             GATEWAY_EVENTS,
         )
         self.gateway_sessions = r.gauge("gateway_sessions", "Attached clients (gateways).")
+        self.socket_drops = r.counter(
+            "socket_drops_total",
+            "Datagrams the kernel dropped before the node read them (receive buffer full, "
+            "or refused by the socket's length filter), by socket.",
+            "socket",
+            SOCKETS,
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -325,7 +339,7 @@ def _response(status: str, body: bytes, content_type: str = "text/plain; charset
 async def _handle(registry: Registry, stream: trio.SocketStream) -> None:
     async with stream:
         buf = b""
-        with trio.move_on_after(5):
+        with trio.move_on_after(REQUEST_TIMEOUT_S):
             while b"\r\n\r\n" not in buf and len(buf) < MAX_REQUEST_BYTES:
                 chunk = await stream.receive_some(4096)
                 if not chunk:
@@ -338,10 +352,15 @@ async def _handle(registry: Registry, stream: trio.SocketStream) -> None:
             reply = _response("404 Not Found", b"GET /metrics\n")
         else:
             reply = _response("200 OK", registry.render().encode(), CONTENT_TYPE)
-        try:
-            await stream.send_all(reply)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        await stream.send_all(reply)
+
+
+def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception inside (possibly nested) groups, or None if there are several."""
+    if len(group.exceptions) != 1:
+        return None
+    inner = group.exceptions[0]
+    return _sole(inner) if isinstance(inner, BaseExceptionGroup) else inner
 
 
 async def serve_metrics(
@@ -353,7 +372,10 @@ async def serve_metrics(
 ) -> None:
     """Serve ``GET /metrics`` on ``host:port`` until cancelled; reports the bound port.
 
-    Refuses (UsageError) any host that is not a loopback address.
+    Raises UsageError for a host that is not a loopback address, OSError if the port
+    cannot be bound (``errno.EADDRINUSE`` for a busy one), and any later error of the
+    listener as itself, never wrapped in an ExceptionGroup (trio's nurseries are strict).
+    A client that resets, stalls or sends garbage costs its own connection only.
     """
     if not is_loopback(host):
         raise UsageError(f"metrics host must be a loopback address, got {host!r}")
@@ -361,8 +383,19 @@ async def serve_metrics(
     bound = listeners[0].socket.getsockname()[1]
 
     async def handler(stream: trio.SocketStream) -> None:
-        await _handle(registry, stream)
+        try:
+            await _handle(registry, stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away (e.g. a reset): nothing to answer
+        except Exception:  # a bug must cost one connection, never the node
+            log.exception("metrics request failed")
 
-    async with trio.open_nursery() as nursery:
-        await nursery.start(trio.serve_listeners, handler, listeners)
-        task_status.started(bound)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, handler, listeners)
+            task_status.started(bound)
+    except BaseExceptionGroup as group:
+        sole = _sole(group)
+        if sole is None:
+            raise
+        raise sole from None

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import math
+import socket
+import struct
+from typing import Any
 
 import pytest
 import trio
 
-from mixnode.metrics import DROP_REASONS, NodeMetrics, Registry, serve_metrics
+from mixnode.metrics import DROP_REASONS, SOCKETS, NodeMetrics, Registry, serve_metrics
 from overlay import UsageError
 
 
@@ -97,3 +101,65 @@ async def test_endpoint_serves_metrics_on_loopback() -> None:
 async def test_endpoint_refuses_non_loopback(host: str) -> None:
     with pytest.raises(UsageError, match="loopback"):
         await serve_metrics(Registry(), host, 0)
+
+
+def test_socket_drops_are_labelled_by_socket_only() -> None:
+    m = NodeMetrics()
+    m.socket_drops.inc(5, label="client")
+    m.socket_drops.inc(2, label="packet")
+    m.socket_drops.inc(label="127.0.0.1:4000")  # never a new series
+    text = m.registry.render()
+    assert "# TYPE phantom_socket_drops_total counter" in text
+    assert _sample(text, 'phantom_socket_drops_total{socket="client"}') == 5
+    assert _sample(text, 'phantom_socket_drops_total{socket="packet"}') == 2
+    assert _sample(text, 'phantom_socket_drops_total{socket="other"}') == 1
+    series = [x for x in text.splitlines() if x.startswith("phantom_socket_drops_total{")]
+    assert len(series) == len(SOCKETS) + 1
+
+
+async def test_busy_port_is_an_oserror_not_a_group() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError) as info:
+            await serve_metrics(Registry(), "127.0.0.1", port)
+        assert info.value.errno == errno.EADDRINUSE
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(OSError) as info:
+                await nursery.start(serve_metrics, Registry(), "127.0.0.1", port)
+            assert info.value.errno == errno.EADDRINUSE
+
+
+async def test_a_client_that_resets_costs_its_connection_only() -> None:
+    """A reset in the middle of a request used to end the server (and the node with it)
+    with a BrokenResourceError inside three ExceptionGroups."""
+    m = NodeMetrics()
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_metrics, m.registry, "127.0.0.1", 0)
+        for _ in range(3):
+            s = socket.socket()
+            s.connect(("127.0.0.1", port))
+            s.send(b"GET /met")
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()  # RST
+        await trio.sleep(0.2)
+        assert (await _get(port, b"/metrics")).startswith(b"HTTP/1.1 200 OK")
+        nursery.cancel_scope.cancel()
+
+
+async def test_listener_error_after_start_reaches_the_caller_as_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Errors from inside the server's nursery are not wrapped in an ExceptionGroup. The
+    listener is replaced here (a unit test); the real listener is used above."""
+
+    async def failing(handler: Any, listeners: Any, *, task_status: Any) -> None:
+        task_status.started(listeners)
+        await trio.sleep(0)
+        raise OSError(errno.EBADF, "listener gone")
+
+    monkeypatch.setattr(trio, "serve_listeners", failing)
+    with pytest.raises(OSError) as info:
+        await serve_metrics(Registry(), "127.0.0.1", 0)
+    assert info.value.errno == errno.EBADF
