@@ -214,7 +214,7 @@ async def test_kernel_drops_show_in_the_metrics(net: TestnetState) -> None:
     )
 
     # The mix's packet sockets: both workers stopped, 40,000 node frames (both shards).
-    frames = [b"\x01\x01\x01" + os.urandom(VOICE.packet_len - 1) for _ in range(100)]
+    frames = [NODE_HEAD + b"\x01" + os.urandom(VOICE.packet_len - 1) for _ in range(100)]
     in0 = _metric(mix_proc.metrics_port, "phantom_packets_in_total")
     drops0 = _metric(mix_proc.metrics_port, packet)
     workers = _children(mix_proc.pid)
@@ -236,7 +236,8 @@ async def test_kernel_drops_show_in_the_metrics(net: TestnetState) -> None:
     # The gateway's client socket: its control plane stopped (the workers run on), 20,000
     # datagrams of the uplink frame's length and 5,000 of lengths no frame has.
     uplink_len = CODEC.frame_len(FrameType.UPLINK)
-    right = [b"\x01\x03" + os.urandom(uplink_len - 2) for _ in range(100)]
+    head = bytes((LINK_VERSION, FrameType.UPLINK))
+    right = [head + os.urandom(uplink_len - 2) for _ in range(100)]
     wrong = [os.urandom(n) for n in (1, 100, uplink_len + 1, 9000, 65507)]
     names = (client, 'phantom_drops_total{reason="no_client"}', "phantom_packets_in_total")
     before = [_metric(gw_proc.metrics_port, n) for n in names]

@@ -24,7 +24,7 @@ from mixnode.config import parse_node_config
 from mixnode.daemon import Node
 from mixnode.gateway import GatewayCore
 from mixnode.keys import NodeKeys
-from overlay import VOICE, FrameType, LinkCodec
+from overlay import LINK_VERSION, VOICE, FrameType, LinkCodec
 
 CODEC = LinkCodec(VOICE)
 UPLINK_LEN = CODEC.frame_len(FrameType.UPLINK)
@@ -249,7 +249,7 @@ def test_every_client_datagram_is_read_or_counted(tmp_path: Path) -> None:
     """Fuzz: any datagrams at the client port (lengths near and far from frame lengths,
     valid heads or not) cost no crash, and each is either dropped by the kernel or read
     and then counted by the length check or by the gateway core."""
-    heads = [bytes((1, t)) for t in FrameType] + [b"", b"\x00\x00", b"\x01\x09"]
+    heads = [bytes((v, t)) for v in (1, LINK_VERSION) for t in FrameType] + [b"", b"\x00\x00"]
     lengths = sorted({CODEC.frame_len(t) for t in FrameType})
     sizes = st.one_of(
         st.sampled_from(lengths),
