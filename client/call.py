@@ -18,6 +18,14 @@ with a masked sequence number, signaling frames are AEAD under a key from the co
 with a random nonce, and loops are random bytes.
 The receiver tries media first, then signaling; what opens as neither is cover, unless it
 claimed to be media of the call (``received`` counts each kind apart).
+
+One clock: the uplink grid, the signaling timers, the link's arrival stamps, the jitter
+buffer and the playout all run on Trio's clock (``trio.current_time()``, monotonic), so a
+step of the wall clock changes nothing in a call. The link must stamp arrivals on that same
+clock (``client.gateway_link`` does); a stamp from another clock is refused with
+``UsageError``. The traces a caller keeps for the report carry ``to_monotonic_s``, which
+turns their times into ``time.monotonic()`` seconds for comparison with another process's
+(docs/calling.md, "Clocks").
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -86,12 +95,17 @@ _FRAG = struct.Struct(">IBBH")  # message id, fragment index, fragment count, ch
 MAX_FRAGMENTS = 255
 MAX_PENDING_MESSAGES = 16  # partly received signaling messages kept at most
 ANSWER_DELAY_S = 0.5  # the callee "picks up" this long after the phone rings (auto-answer)
+# An arrival stamp later than now, or older than this many seconds, was not read on Trio's
+# clock (the wall clock is ~1.7e9 s ahead; time.monotonic() >= 1e4 s behind, by Trio's offset).
+MAX_STAMP_AGE_S = 600.0
+STAMP_SLACK_S = 1e-3  # seconds a stamp may lie ahead of now (float rounding, not a clock)
 
 Rng = Callable[[int], bytes]
 
 
 class ReceivedLike(Protocol):
-    """A delivery and the wall-clock time (``time.time()``) it arrived."""
+    """A delivery and when it arrived: ``at`` in seconds on Trio's clock
+    (``trio.current_time()``), never the wall clock."""
 
     @property
     def delivery(self) -> Delivery: ...
@@ -230,8 +244,12 @@ class SignalFramer:
 
 @dataclass(slots=True)
 class MediaTrace:
-    """Times (seconds on the caller's clock) of one direction's media, for the report."""
+    """Times (seconds on the caller's Trio clock) of one direction's media, for the report.
 
+    ``to_monotonic_s``: add it to a time here for ``time.monotonic()`` seconds
+    (CLOCK_MONOTONIC, shared by the processes of one machine)."""
+
+    to_monotonic_s: float = 0.0
     capture_start: float | None = None  # when frame 0's first sample entered the mic
     sent: dict[int, float] = field(default_factory=dict)  # media seq -> send time
     displaced: int = 0  # media packets whose slot a signaling frame took
@@ -240,8 +258,10 @@ class MediaTrace:
 
 @dataclass(slots=True)
 class PlayoutTrace:
-    """The receiving side of one direction."""
+    """The receiving side of one direction; times in seconds on the caller's Trio clock,
+    ``to_monotonic_s`` as in :class:`MediaTrace`."""
 
+    to_monotonic_s: float = 0.0
     arrived: dict[int, float] = field(default_factory=dict)  # media seq -> arrival time
     # Per playout tick item: (frame index, "frame" | "missing" | "stretch", play time)
     items: list[tuple[int, str, float]] = field(default_factory=list)
@@ -267,7 +287,6 @@ class Caller:
         cover: CoverKind = CoverKind.LOOP,
         jitter: JitterConfig | None = None,
         auto_answer: bool = True,
-        wall_offset_s: float = 0.0,
         rng: Rng = os.urandom,
     ):
         self.profile = profile or VoiceProfile()
@@ -277,8 +296,7 @@ class Caller:
         self.cover = cover
         self.jitter_config = jitter or JitterConfig(frame_ms=self.profile.frame_ms)
         self.auto_answer = auto_answer
-        self._clock = trio.current_time  # the clock trio.sleep_until runs on
-        self._wall_offset = wall_offset_s  # time.time() - clock(): arrival stamps are wall time
+        self._clock = trio.current_time  # the one clock: trio.sleep_until runs on it
         self._rng = rng
         self.slot_s = self.profile.packet_interval_ms / 1000
         self.call = Call(channel, reply_mailbox=me.to_bytes(), surbs=b"", profile=self.profile)
@@ -325,8 +343,10 @@ class Caller:
 
         Remote input and gaps in the topology are counted, never raised (``slots``,
         ``received``, ``call.counters``); an error that still leaves a task is a bug and
-        leaves in Trio's ``ExceptionGroup``.
+        leaves in Trio's ``ExceptionGroup`` (so does ``UsageError`` from a link that stamps
+        arrivals on another clock than Trio's).
         """
+        self.tx.to_monotonic_s = self.rx.to_monotonic_s = monotonic_offset_s()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._uplink)
             nursery.start_soon(self._downlink)
@@ -455,7 +475,7 @@ class Caller:
             if received.delivery.kind is not DownlinkKind.MESSAGE:
                 self.received["other"] += 1  # a reply: this client hands out no SURBs
                 continue
-            self.deliver(received.delivery.data, received.at - self._wall_offset)
+            self.deliver(received.delivery.data, received.at)
 
     def deliver(self, data: bytes, at: float) -> None:
         """One delivery from our mailbox (``at``: seconds on our clock): media, else
@@ -463,7 +483,14 @@ class Caller:
         ``cover`` (opened as neither and did not claim to be media: our loops, or noise,
         or media that came before our call started), or, for a frame that claimed to be
         media of the call and is not signaling either, the media drop reason
-        (``media_forged``, ``media_replayed``, ``media_malformed``)."""
+        (``media_forged``, ``media_replayed``, ``media_malformed``).
+
+        Raises ``UsageError`` when ``at`` lies ahead of ``trio.current_time()`` or more than
+        ``MAX_STAMP_AGE_S`` behind it: it was read on another clock (the wall clock, or
+        ``time.monotonic()`` without Trio's offset), and would shift the playout."""
+        now = self._clock()
+        if not now - MAX_STAMP_AGE_S <= at <= now + STAMP_SLACK_S:
+            raise UsageError("arrival stamps must be on trio.current_time(), the caller's clock")
         refused: MediaError | None = None
         if self._receiver is not None and self._jb is not None:
             try:
@@ -474,7 +501,7 @@ class Caller:
                 self.received["media"] += 1
                 self.rx.arrived.setdefault(packet.seq, at)
                 self._jb.push_packet(packet, at)  # frame indices on the peer's profile
-                self._apply(self.call.media_received(self._clock()))  # the peer is there
+                self._apply(self.call.media_received(now))  # the peer is there
                 if self._first_arrival is None:
                     self._first_arrival = at
                     self._playout_ready.set()
@@ -488,7 +515,7 @@ class Caller:
             return
         self.received["signal_frames"] += 1
         if envelope is not None:
-            self._apply(self.call.handle(envelope, self._clock()))
+            self._apply(self.call.handle(envelope, now))
 
     async def _playout(self) -> None:
         await self._playout_ready.wait()
@@ -558,6 +585,26 @@ class Caller:
             now if self._grid_start is None else self._grid_start + k * self.slot_s
         )
         self.connected.set()
+
+
+_MONOTONIC_OFFSET: trio.lowlevel.RunVar[float] = trio.lowlevel.RunVar("monotonic_offset_s")
+
+
+def monotonic_offset_s() -> float:
+    """``time.monotonic()`` - ``trio.current_time()`` in seconds, read once per Trio run.
+
+    Trio's default clock is CLOCK_MONOTONIC plus a random offset per run; adding this turns
+    a time on it into CLOCK_MONOTONIC seconds, comparable across the processes of one
+    machine. Every caller of one run gets the same value, so their times compare exactly
+    (also on ``trio.testing.MockClock``, where the value has no meaning of its own). Must
+    be called inside ``trio.run``.
+    """
+    try:
+        return _MONOTONIC_OFFSET.get()
+    except LookupError:
+        offset = time.monotonic() - trio.current_time()
+        _MONOTONIC_OFFSET.set(offset)
+        return offset
 
 
 def codec_delay_s(profile: VoiceProfile) -> float:

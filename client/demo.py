@@ -4,9 +4,12 @@
     result = trio.run(run_call, doc, gw_a, gw_b, CallOptions(duration_s=8))
     report = call_report(result)                              # plain dict, JSON-ready
 
-Both callers run as tasks of one process, so their clocks are the same clock: the capture
-time of a frame at one caller and its playout time at the other can be subtracted. Their
-packets still cross real UDP sockets and the testnet's node processes.
+Both callers run as tasks of one process; each records its times on Trio's clock (monotonic)
+and the report turns them into CLOCK_MONOTONIC seconds (``to_monotonic_s`` of each trace)
+before it subtracts the capture time of a frame at one caller from its playout time at the
+other, so the figures hold for two callers in two processes of one machine as well. The
+wall clock is never read for a figure. Their packets still cross real UDP sockets and the
+testnet's node processes.
 """
 
 from __future__ import annotations
@@ -90,7 +93,6 @@ async def run_call(
     seconds = opts.duration_s + 5.0  # the mic never runs dry during the call
     voice_a = artificial_voice(seconds, seed=1)
     voice_b = artificial_voice(seconds, seed=2, female=True)
-    wall_offset = time.time() - trio.current_time()
 
     def endpoint(gw: bytes) -> tuple[tuple[str, int], bytes]:
         node = doc.node(gw)
@@ -108,7 +110,7 @@ async def run_call(
                    voice: Pcm) -> Caller:  # fmt: skip
             return Caller(link, doc, me, Contact(peer, signal_key), chan, voice,
                           profile=opts.profile, mean_delay_s=opts.mean_delay_s,
-                          cover=opts.cover, wall_offset_s=wall_offset)  # fmt: skip
+                          cover=opts.cover)  # fmt: skip
 
         a = caller(link_a, addr_a, addr_b, chan_a, voice_a)
         b = caller(link_b, addr_b, addr_a, chan_b, voice_b)
@@ -152,12 +154,15 @@ def _pcts(values_s: list[float]) -> dict[str, float] | None:
     }
 
 
-def _rfc3550_jitter_ms(sent: dict[int, float], arrived: dict[int, float]) -> float:
-    """Interarrival jitter J of RFC 3550 (6.4.1), over packets in arrival order."""
+def _rfc3550_jitter_ms(
+    sent: dict[int, float], arrived: dict[int, float], shift: float = 0.0
+) -> float:
+    """Interarrival jitter J of RFC 3550 (6.4.1), over packets in arrival order; ``shift``
+    (seconds) is added to every transit time (the receiver's clock minus the sender's)."""
     order = sorted((t, seq) for seq, t in arrived.items() if seq in sent)
     j, prev = 0.0, None
     for at, seq in order:
-        transit = at - sent[seq]
+        transit = at + shift - sent[seq]
         if prev is not None:
             j += (abs(transit - prev) - j) / 16
         prev = transit
@@ -167,17 +172,22 @@ def _rfc3550_jitter_ms(sent: dict[int, float], arrived: dict[int, float]) -> flo
 def direction_report(
     tx: Caller, rx: Caller, voice: Pcm, *, pesq: bool = True, emodel: Emodel | None = None
 ) -> dict[str, object]:
-    """Figures of the media that ``tx`` sent and ``rx`` played."""
+    """Figures of the media that ``tx`` sent and ``rx`` played.
+
+    Differences of a time at ``rx`` and one at ``tx`` are taken on CLOCK_MONOTONIC: each
+    trace's ``to_monotonic_s`` is added to its own times (``shift``), so the two callers
+    may run in different Trio runs or processes of one machine."""
     sent, arrived = tx.tx.sent, rx.rx.arrived
+    shift = rx.rx.to_monotonic_s - tx.tx.to_monotonic_s  # rx's clock to tx's clock
     received = [s for s in sent if s in arrived]
-    one_way = [arrived[s] - sent[s] for s in received]
+    one_way = [arrived[s] + shift - sent[s] for s in received]
     frame_s = tx.profile.frame_ms / 1000
     capture = tx.tx.capture_start or 0.0
     codec = codec_delay_s(tx.profile)
     # Only the frames the sender produced: after its last one the receiver conceals on.
     kept = [k for k, (i, _, _) in enumerate(rx.rx.items) if i < tx.tx.frames_sent]
     items = [rx.rx.items[k] for k in kept]
-    m2e = [t - (capture + i * frame_s) + codec for i, kind, t in items if kind == "frame"]
+    m2e = [t + shift - (capture + i * frame_s) + codec for i, kind, t in items if kind == "frame"]
     played = sum(1 for _, kind, _ in items if kind == "frame")
     concealed = sum(1 for _, kind, _ in items if kind == "missing")
     late_loss = concealed / (played + concealed) if played + concealed else None
@@ -188,7 +198,7 @@ def direction_report(
         "packets_displaced_by_signaling": tx.tx.displaced,
         "loss": round(1 - len(received) / len(sent), 4) if sent else None,
         "one_way_ms": _pcts(one_way),
-        "jitter_ms": _rfc3550_jitter_ms(sent, arrived),
+        "jitter_ms": _rfc3550_jitter_ms(sent, arrived, shift),
         "mouth_to_ear_ms": _pcts(m2e),
         "codec_delay_ms": round(codec * 1000, 2),
         "frames_sent": tx.tx.frames_sent,

@@ -14,14 +14,15 @@ ephemeral key, backing off exponentially with jitter up to ``REATTACH_CAP_S``, a
 (``stats["reattaches"]``). Leaving the ``async with`` block sends LEAVE, so the gateway stops
 the downlink at once. Received deliveries wait in a bounded channel; when the application
 does not keep up the newest are dropped and counted (``stats``), never buffered without
-bound.
+bound. Every time the link reads or keeps is on Trio's clock (``trio.current_time()``,
+monotonic): arrival stamps, the session watch and the backoff; a step of the wall clock
+changes none of them.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -63,7 +64,8 @@ class AttachError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    """A real delivery and the local time (``time.time()``) its frame arrived."""
+    """A real delivery and when its frame was read: ``at`` in seconds on Trio's clock
+    (``trio.current_time()``, monotonic; the clock ``trio.sleep_until`` runs on)."""
 
     delivery: Delivery
     at: float
@@ -140,7 +142,7 @@ class GatewayLink:
                 data = await self._sock.recv(4096)
             except OSError:
                 continue
-            now, mono = time.time(), trio.current_time()
+            now = trio.current_time()  # monotonic: a wall-clock step never moves a stamp
             opened = self._open(data)
             if opened is None:
                 self.stats["bad_frames"] += 1
@@ -153,7 +155,7 @@ class GatewayLink:
                 case SessionUnknown():
                     self.stats["unknown_session_hints"] += 1
                     if link is self._link:
-                        self._watch.on_hint(mono)
+                        self._watch.on_hint(now)
                         self._wake.set()
                 case Delivery(kind=kind):
                     self.stats["frames"] += 1
@@ -162,7 +164,7 @@ class GatewayLink:
                         self._acked.set()
                         self._progress.set()
                     if link is self._link:
-                        self._watch.on_downlink(mono)
+                        self._watch.on_downlink(now)
                     self._deliver(event, now)
 
     def _deliver(self, d: Delivery, now: float) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import os
 import struct
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,7 +27,7 @@ from mixnode import loadgen
 from mixnode.testnet import TestnetState
 from overlay import MailboxKey, NoRouteError, create_forward, select_path
 
-_HEAD = struct.Struct(">Qd")  # sequence number, ready time (unix seconds)
+_HEAD = struct.Struct(">Qd")  # sequence number, ready time (seconds, trio.current_time())
 DRAIN_S = 3.0  # seconds to keep listening after the last send
 
 
@@ -146,14 +145,14 @@ async def probe(state: TestnetState, settings: ProbeSettings) -> ProbeResult:
                 # Frames complete on a grid; the uplink sends on its own grid, both with
                 # random offsets against every other clock in the network.
                 offset = 0.5 + _uniform01() * slot_s
-                wall0, mono0 = time.time() + offset, trio.current_time() + offset
+                mono0 = trio.current_time() + offset  # the link stamps arrivals on it too
                 phase = _uniform01() * slot_s
                 for seq in range(n):
                     ready = (seq + 1) * slot_s
                     slot = phase + math.ceil((ready - phase) / slot_s) * slot_s
                     await trio.sleep_until(mono0 + slot)
                     hops = select_path(doc, src, dst, settings.mean_delay_s)
-                    body = _HEAD.pack(seq, wall0 + ready)
+                    body = _HEAD.pack(seq, mono0 + ready)
                     await uplink.send(create_forward(doc.geometry, hops, recv_box, body))
                 await trio.sleep(DRAIN_S + 10 * settings.mean_delay_s)
                 nursery.cancel_scope.cancel()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 import pytest
 import trio
@@ -135,6 +137,21 @@ def _pair(net: MemoryNet, doc: TopologyDocument, **kw: object) -> tuple[Caller, 
     return a, b
 
 
+async def converse(
+    a: Caller, b: Caller, talk: Callable[[], Awaitable[object]], *, timeout_s: float = 5.0
+) -> None:
+    """A places the call, both talk while ``talk()`` runs, A hangs up and B's end comes;
+    each wait is bounded by ``timeout_s`` seconds (trio.TooSlowError)."""
+    a.place()
+    with trio.fail_after(timeout_s):
+        await a.connected.wait()
+        await b.connected.wait()
+    await talk()
+    a.hangup()
+    with trio.fail_after(timeout_s):
+        await b.ended.wait()
+
+
 async def test_every_slot_sends_one_packet_of_one_size_in_and_out_of_a_call(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -147,14 +164,7 @@ async def test_every_slot_sends_one_packet_of_one_size_in_and_out_of_a_call(
         start = trio.current_time()
         await trio.sleep(0.99)
         assert a.slots == Counter({"cover": 25}) == b.slots  # idle: cover only, 40 ms slots
-        a.place()
-        with trio.fail_after(5):
-            await a.connected.wait()
-            await b.connected.wait()
-        await trio.sleep(2.0)
-        a.hangup()
-        with trio.fail_after(5):
-            await b.ended.wait()
+        await converse(a, b, partial(trio.sleep, 2.0))
         await trio.sleep(1.0)
         await trio.sleep(0.04 - (trio.current_time() - start) % 0.04 + 0.01)  # off the grid
         end = trio.current_time()
