@@ -62,6 +62,10 @@ GATEWAY_EVENTS: tuple[str, ...] = (
     "leave",
     "session_expired",
     "unknown_session_hint",
+    "session_evicted",
+    "roam_refused",
+    "mailbox_expired",
+    "mailbox_evicted",
 )
 # Seconds to process one packet: 50 us .. 100 ms.
 PROCESSING_BUCKETS_S: tuple[float, ...] = (
@@ -308,6 +312,9 @@ class NodeMetrics:
             GATEWAY_EVENTS,
         )
         self.gateway_sessions = r.gauge("gateway_sessions", "Attached clients (gateways).")
+        self.gateway_mailboxes = r.gauge(
+            "gateway_mailboxes", "Mailboxes held, with or without a session (gateways)."
+        )
 
 
 # --------------------------------------------------------------------------------------
