@@ -74,6 +74,9 @@ DEFAULT_MAX_SESSIONS = 1_000
 DEFAULT_MAX_SESSIONS_PER_SOURCE = 64
 DEFAULT_MAX_MAILBOXES = 10_000  # mailboxes (attached or not) a gateway holds at most
 DEFAULT_SESSION_IDLE_S = 30.0  # seconds without an uplink frame before a session ends
+# Bytes the downlink may send to a roamed-to address per byte received from it (QUIC's
+# anti-amplification limit before path validation, RFC 9000 section 8).
+AMPLIFICATION = 3
 _DUMMY = Delivery(DownlinkKind.DUMMY, b"")
 
 
@@ -119,6 +122,9 @@ class _Session:
     next_k: int  # grid index of its next regular downlink slot
     last_seen: float
     ack_pending: bool = True
+    # Downlink frames this session may still send to an address it roamed to (None: the
+    # address answered a cookie): anti-amplification, as QUIC before path validation.
+    credit: int | None = None
 
 
 @dataclass(slots=True)
@@ -187,10 +193,11 @@ class GatewayCore:
     (must exceed ``max_sessions``: an attaching client always finds room). ``counters``
     holds aggregate counts only: ``attach``, ``challenge``, ``session_replaced``,
     ``session_evicted``, ``roam_refused``, ``leave``, ``session_expired``,
-    ``mailbox_expired``, ``mailbox_evicted``, ``unknown_session_hint``, ``uplink``,
-    ``deliveries``, ``dummies``, ``slot_skipped`` and ``drop:<reason>``. ``steps`` counts
-    the entries the core's loops visited (slots, expired or evicted mailboxes): a cost
-    meter for tests and benchmarks, not a metric. Raises ValueError on a bad setting.
+    ``mailbox_expired``, ``mailbox_evicted``, ``slot_withheld``, ``unknown_session_hint``,
+    ``uplink``, ``deliveries``, ``dummies``, ``slot_skipped`` and ``drop:<reason>``.
+    ``steps`` counts the entries the core's loops visited (slots, expired or evicted
+    mailboxes): a cost meter for tests and benchmarks, not a metric. Raises ValueError on a
+    bad setting.
     """
 
     def __init__(
@@ -218,6 +225,11 @@ class GatewayCore:
         self.max_sessions_per_source = max_sessions_per_source
         self.max_mailboxes = max_mailboxes
         self.session_idle_s = session_idle_s
+        # Downlink frames one UPLINK pays for at an address not proved by a cookie, and
+        # the most that can be saved up (2 s of slots).
+        down = self.codec.frame_len(FrameType.DOWNLINK)
+        self._earn = AMPLIFICATION * self.codec.frame_len(FrameType.UPLINK) // down
+        self._credit_cap = max(self._earn, round(2 * delivery_rate_hz))
         self.counters: Counter[str] = Counter()
         self.steps = 0
         self._cookies = CookieJar(rng=rng)
@@ -264,24 +276,34 @@ class GatewayCore:
         except PacketError as exc:
             self.counters["drop:" + exc.reason] += 1
             return None
-        self._seen(s, sid, addr, now)
+        self._seen(s, sid, addr, now, proved=False)
         self.counters["uplink"] += 1
         return Uplink(packet)
 
-    def _seen(self, s: _Session, sid: bytes, addr: Hashable, now: float) -> None:
-        """An authenticated frame of ``s`` came from ``addr``: it is active, and its
-        downlink follows it (NAT rebinding) unless the new source is at its cap."""
+    def _seen(self, s: _Session, sid: bytes, addr: Hashable, now: float, *, proved: bool) -> None:
+        """An authenticated frame of ``s`` came from ``addr`` (``proved``: an ATTACH whose
+        cookie proved the address): it is active, and its downlink follows it (NAT
+        rebinding) unless the new source is at its cap. The UPLINK frame (``proved`` False)
+        earns downlink credit at its address: a source address anyone can forge never gets
+        more than ``AMPLIFICATION`` times the bytes sent from it."""
         s.last_seen = now
         src = source_of(addr)
         if src == s.source:
-            s.addr = addr
             self._sources.touch(src, sid)
         elif self._sources.count(src) >= self.max_sessions_per_source:
             self.counters["roam_refused"] += 1  # the downlink stays where it was
+            return
         else:
             self._sources.remove(s.source, sid)
             self._sources.add(src, sid)
-            s.source, s.addr = src, addr
+            s.source = src
+        if proved:
+            s.credit = None
+        elif addr != s.addr:
+            s.credit = self._earn
+        elif s.credit is not None:
+            s.credit = min(s.credit + self._earn, self._credit_cap)
+        s.addr = addr
 
     def _attach(
         self, frame: Frame, addr: Hashable, now: float, private_keys: Sequence[bytes]
@@ -297,7 +319,7 @@ class GatewayCore:
         old = self._sessions.get(sid)
         if old is not None:  # a resent ATTACH: acknowledge again, keep counters
             old.ack_pending = True
-            self._seen(old, sid, addr, now)
+            self._seen(old, sid, addr, now, proved=True)
             return None
         replaced = self._by_mailbox.get(link.mailbox)
         if replaced is not None:  # one session per mailbox: its owner attached again
@@ -480,6 +502,11 @@ class GatewayCore:
             self.counters["slot_skipped"] += 1
             s.next_k = self._grid_after(now)
         self._due.append((s.next_k, sid, s))
+        if s.credit is not None:
+            if s.credit <= 0:  # roamed and stopped sending: not an amplifier
+                self.counters["slot_withheld"] += 1
+                return
+            s.credit -= 1
         out.append((s.addr, s.link.seal_downlink(self._next_delivery(s, now))))
 
     def _next_delivery(self, s: _Session, now: float) -> Delivery:

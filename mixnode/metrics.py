@@ -66,6 +66,7 @@ GATEWAY_EVENTS: tuple[str, ...] = (
     "roam_refused",
     "mailbox_expired",
     "mailbox_evicted",
+    "slot_withheld",
 )
 # Seconds to process one packet: 50 us .. 100 ms.
 PROCESSING_BUCKETS_S: tuple[float, ...] = (

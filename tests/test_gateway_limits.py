@@ -266,3 +266,62 @@ def test_memory_stays_bounded_whatever_arrives(ops: list[tuple[str, int, float]]
 def test_source_of_groups_ports_of_one_host() -> None:
     assert source_of(("127.0.0.1", 1)) == source_of(("127.0.0.1", 2)) == "127.0.0.1"
     assert source_of("addr") == "addr"
+
+
+# -- roaming is no amplifier --------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.floats(0.0, 3.0)),  # which source address, gap (s)
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_a_forged_source_address_gets_at_most_three_times_what_it_sent(
+    uplinks: list[tuple[int, float]],
+) -> None:
+    """An attacker owns a session (its cookie came to 127.0.0.1) and sends UPLINKs whose
+    source address it forges (127.0.0.5..7): each forged address receives no more than
+    3x the bytes sent from it, whatever the order and timing (RFC 9000 section 8)."""
+    gw = GatewayCore(VOICE, delivery_rate_hz=50.0)
+    home = ("127.0.0.1", 1)
+    client = _attach(gw, home, 0.0)
+    got: dict[Hashable, int] = {}
+    sent: dict[Hashable, int] = {}
+    now = 0.0
+    for which, gap in uplinks:
+        end = now + gap
+        while now < end:
+            for addr, datagram in gw.due_slots(now):
+                sent[addr] = sent.get(addr, 0) + len(datagram)
+            now += 0.01
+        addr = home if which == 0 else (f"127.0.0.{4 + which}", 9)
+        frame = client.seal_uplink(bytes(VOICE.packet_len))
+        got[addr] = got.get(addr, 0) + len(frame)
+        gw.on_datagram(frame, addr, now, [SK])
+    for t in range(300):  # and after the last one
+        for addr, datagram in gw.due_slots(now + t * 0.01):
+            sent[addr] = sent.get(addr, 0) + len(datagram)
+    for addr, n in sent.items():
+        assert addr == home or n <= 3 * got[addr], (addr, n, got[addr])
+
+
+def test_roaming_regression_one_forged_uplink_no_longer_buys_30_s_of_downlink() -> None:
+    """Regression: one 670-byte UPLINK with a forged source moved the session's 50 Hz
+    downlink there for 30 s (about 680 KB, 1000x). Now 4 frames, then it is withheld;
+    an honest client that moved (NAT rebinding) and keeps sending keeps its downlink."""
+    gw = GatewayCore(VOICE, delivery_rate_hz=50.0)
+    attacker = _attach(gw, ("127.0.0.1", 1), 0.0)
+    gw.on_datagram(attacker.seal_uplink(bytes(VOICE.packet_len)), ("127.0.0.9", 9), 0.0, [SK])
+    honest = _attach(gw, ("127.0.0.2", 1), 0.0)
+    to: dict[Hashable, int] = {}
+    for i in range(1, 1500):  # 15 s; the honest client uplinks at 25 Hz from a new port
+        if i % 4 == 0:
+            up = honest.seal_uplink(bytes(VOICE.packet_len))
+            assert gw.on_datagram(up, ("127.0.0.2", 2), i * 0.01, [SK]) is not None
+        for addr, _ in gw.due_slots(i * 0.01):
+            to[addr] = to.get(addr, 0) + 1
+    assert to[("127.0.0.9", 9)] == 4 and gw.counters["slot_withheld"] > 700
+    assert to[("127.0.0.2", 2)] >= 745  # every slot after the move
