@@ -39,7 +39,10 @@ source's least recently active session ends; when the gateway is full, the least
 active session of the source holding the most sessions ends (max-min fairness), so a flood
 from some hosts never locks out a client from another. A mailbox without a session is freed
 once its newest frame is older than ``max_age_s`` (everything in it would be stale), or
-earlier, oldest first, when a new mailbox needs its room.
+earlier, oldest first, when a new mailbox needs its room. A session's downlink follows its
+authenticated UPLINKs to a new address, but an address no cookie proved gets at most
+``AMPLIFICATION`` times the bytes it sent (RFC 9000 section 8), so forging a source address
+on one's own session buys no amplifier.
 """
 
 from __future__ import annotations
