@@ -69,8 +69,9 @@ from overlay import (
 
 DEFAULT_MAILBOX_CAPACITY = 64  # frames queued per mailbox at most
 DEFAULT_MAX_AGE_S = 1.0  # seconds a frame may wait in a mailbox before it is dropped
-# Sessions one gateway serves: its downlink runs in one process (one core) and costs about
-# 20 us per session per slot with the send (docs/operators.md, "Gateway capacity").
+# Sessions one gateway serves: its downlink runs in one process (one core); a session costs
+# about 15 us per 20 ms slot (its downlink frame with the send, half an uplink), so one core
+# serves about 1,350 (benchmarks/gateway.py; docs/operators.md, "Gateway capacity").
 DEFAULT_MAX_SESSIONS = 1_000
 # Sessions one source host may hold: several clients behind one NAT (and every testnet
 # client, all on 127.0.0.1) fit; one host cannot take more than this share of the gateway.
