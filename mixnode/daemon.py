@@ -84,6 +84,7 @@ _REASON_ALIASES = {
     "stale": "late",
     "no_session": "no_client",
     "too_many_mailboxes": "mailbox_full",
+    "mailbox_evicted": "mailbox_full",
     "replay_cache_full": "replay",
     "delivery_backlog": "queue_full",
 }
@@ -513,6 +514,7 @@ class Node:
             if self.gateway is not None:
                 self.metrics.mailbox_depth.set(self.gateway.mailbox_depth)
                 self.metrics.gateway_sessions.set(self.gateway.sessions)
+                self.metrics.gateway_mailboxes.set(self.gateway.mailboxes)
                 now = self.gateway.counters + self.counters
             else:
                 now = Counter(self.counters)

@@ -63,6 +63,11 @@ GATEWAY_EVENTS: tuple[str, ...] = (
     "leave",
     "session_expired",
     "unknown_session_hint",
+    "session_evicted",
+    "roam_refused",
+    "mailbox_expired",
+    "mailbox_evicted",
+    "slot_withheld",
 )
 # Seconds to process one packet: 50 us .. 100 ms.
 PROCESSING_BUCKETS_S: tuple[float, ...] = (
@@ -321,6 +326,9 @@ class NodeMetrics:
             "or refused by the socket's length filter), by socket.",
             "socket",
             SOCKETS,
+        )
+        self.gateway_mailboxes = r.gauge(
+            "gateway_mailboxes", "Mailboxes held, with or without a session (gateways)."
         )
 
 

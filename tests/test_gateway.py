@@ -118,14 +118,26 @@ def test_uplink_opens_and_bad_frames_counted() -> None:
 
 
 def test_mailbox_ids_bounded_and_idle_sessions_end() -> None:
-    gw, _, _ = _attached(max_mailboxes=3, session_idle_s=5.0, max_age_s=0.5)
+    """Unknown mailbox ids take the room of the oldest idle mailbox (never an attached
+    one); idle mailboxes expire once their frames are stale; idle sessions end."""
+    gw, _, _ = _attached(
+        max_mailboxes=3,
+        max_sessions=2,
+        max_sessions_per_source=2,
+        session_idle_s=5.0,
+        max_age_s=0.5,
+    )
     for i in range(10):
         gw.enqueue(bytes([i]) * 16, Delivery(DownlinkKind.MESSAGE, b"x"), now=0.0)
-    assert gw.counters["drop:too_many_mailboxes"] > 0
+    assert gw.mailboxes == 3 and gw.counters["mailbox_evicted"] == 8
+    assert gw.counters["drop:mailbox_evicted"] == 8 and gw.mailbox_depth == 2
+    gw.enqueue(MB, Delivery(DownlinkKind.MESSAGE, b"kept"), now=0.0)  # attached: still here
     gw.enqueue(b"z" * 16, Delivery(DownlinkKind.MESSAGE, b"x"), now=10.0)  # old ones expire
-    assert gw.counters["drop:too_many_mailboxes"] == 8
+    assert gw.counters["mailbox_expired"] == 2 and gw.counters["drop:too_many_mailboxes"] == 0
     gw.due_slots(10.0)
     assert gw.sessions == 0 and gw.counters["session_expired"] == 1
+    gw.due_slots(11.0)  # the departed client's mailbox and z's expire too
+    assert gw.mailboxes == 0 and gw.mailbox_depth == 0
 
 
 # -- owned mailboxes and the ATTACH exchange (DESIGN.md decision 11) ---------------------

@@ -228,3 +228,69 @@ async def test_a_client_reattaches_when_its_gateway_restarts(tmp_path: Path) -> 
                 inner.cancel_scope.cancel()
         await gw.stop()
         outer.cancel_scope.cancel()
+
+
+async def _proved_attach(sock: trio.socket.SocketType, link: ClientLink) -> None:
+    """ATTACH, CHALLENGE, proved ATTACH, until the ATTACHED slot comes (as a client does)."""
+    with trio.fail_after(5):
+        while True:
+            await sock.send(link.attach_frame())
+            with trio.move_on_after(0.2):
+                while True:
+                    event = link.receive(await sock.recv(4096))
+                    if isinstance(event, Delivery) and event.kind is DownlinkKind.ATTACHED:
+                        return
+                    if not isinstance(event, Delivery):
+                        break  # the challenge: answer it
+
+
+async def test_a_flood_of_proved_attaches_from_one_host_locks_out_no_other(
+    tmp_path: Path,
+) -> None:
+    """Regression: 10,000 ATTACHes filled gw-1 and an honest ATTACH was refused. An attacker
+    on 127.0.0.1 that answers its challenges attaches 80 proved sessions: it keeps its
+    per-host share (64), a client on 127.0.0.2 attaches and receives, the counters show
+    it, and the mailboxes of evicted or unknown clients expire so mailbox_depth falls back."""
+    gw = _Gateway(tmp_path)
+    socks: list[trio.socket.SocketType] = []
+    async with trio.open_nursery() as nursery:
+        node = await gw.start(nursery)
+        assert node.gateway is not None
+        cap = node.gateway.max_sessions_per_source
+        for _ in range(cap + 16):
+            sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks.append(sock)
+            await sock.bind(("127.0.0.1", 0))
+            await sock.connect(gw.address)
+            await _proved_attach(sock, ClientLink(VOICE, gw.public_key(), MailboxKey.generate()))
+        assert node.gateway.sessions == cap
+        assert node.gateway.counters["session_evicted"] == 16
+        honest_sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        socks.append(honest_sock)
+        await honest_sock.bind(("127.0.0.2", 0))
+        await honest_sock.connect(gw.address)
+        key = MailboxKey.generate()
+        honest = ClientLink(VOICE, gw.public_key(), key)
+        await _proved_attach(honest_sock, honest)
+        node._on_delivery(key.mailbox_id + bytes((DownlinkKind.MESSAGE,)) + b"hello")  # noqa: SLF001
+        with trio.fail_after(3):
+            while honest.receive(await honest_sock.recv(4096)) != Delivery(
+                DownlinkKind.MESSAGE, b"hello"
+            ):
+                pass
+        for i in range(51):  # deliveries for clients that are not here
+            node._on_delivery(bytes([i]) * 16 + bytes((DownlinkKind.MESSAGE,)) + b"x")  # noqa: SLF001
+        assert node.gateway.mailbox_depth >= 51
+        await trio.sleep(1.7)  # frames stale after 1 s; gauges every 0.5 s
+        text = node.metrics.registry.render()
+        assert "phantom_mailbox_depth 0" in text, text
+        assert f"phantom_gateway_sessions {cap + 1}" in text
+        assert f"phantom_gateway_mailboxes {cap + 1}" in text
+        assert 'phantom_gateway_events_total{event="session_evicted"} 16' in text
+        expired = node.gateway.counters["mailbox_expired"]
+        assert expired == 16 + 51
+        assert f'phantom_gateway_events_total{{event="mailbox_expired"}} {expired}' in text
+        nursery.cancel_scope.cancel()
+    for sock in socks:
+        sock.close()
+    await gw.stop()
