@@ -9,7 +9,6 @@ the grammar (IPv4 literal or LDH name), with a DirectoryFieldError naming the fi
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import urllib.error
@@ -17,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from directory_support import make_node
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
@@ -34,9 +34,6 @@ from overlay import (
     build_document,
     canonical_json,
     descriptor_host_problem,
-    generate_private_key,
-    node_id_for,
-    public_key,
     sign_document,
 )
 from overlay._topology import _SIG_DESC
@@ -79,23 +76,7 @@ UNUSABLE = REPORTED + [
 
 def _descriptor(host: str, *, port: int = 9, layer: int = 1) -> tuple[dict[str, object], bytes]:
     """A layer-``layer`` mix's descriptor as JSON, with any host; and its signing seed."""
-    seed = os.urandom(32)
-    ik = bytes(SigningKey(seed).verify_key)
-    good = NodeDescriptor(
-        node_id=node_id_for(ik),
-        name="mix",
-        role=NodeRole.MIX,
-        layer=layer,
-        host="127.0.0.1",
-        port=9,
-        client_port=None,
-        identity_key=ik,
-        epoch_keys={
-            EPOCH: public_key(generate_private_key()),
-            EPOCH + 1: public_key(generate_private_key()),
-        },
-        published_at=EPOCH * EPOCH_S,
-    )
+    good, seed = make_node(0, NodeRole.MIX, layer, EPOCH, EPOCH_S)
     obj = json.loads(good.to_bytes())
     obj["host"], obj["port"] = host, port
     return obj, seed
