@@ -11,7 +11,8 @@ deterministic, so authorities holding the same descriptors build the same bytes)
 digest, and fetches the peers' signatures, keeping only those over the same digest. It
 serves the document with every signature it holds; readers demand a threshold of them.
 
-HTTP (stdlib ``ThreadingHTTPServer``; no request is ever logged):
+HTTP (stdlib ``ThreadingHTTPServer``; no request is ever logged; each connection has
+HANDLER_TIMEOUT_S in all and at most MAX_CONNECTIONS are served at once):
 
     POST /v1/descriptor          {"descriptor": "<canonical JSON>", "signature": "<hex>"}
     GET  /v1/descriptors         every descriptor held, for peer authorities
@@ -22,7 +23,8 @@ HTTP (stdlib ``ThreadingHTTPServer``; no request is ever logged):
 
 Whatever a node or a peer sends is bounded in size and nesting before it is parsed, and a
 refusal is a DirectoryError naming the field, counted (``AuthorityEvent``); a round always
-goes on to build and sign.
+goes on to build and sign. Peers are asked at once, each exchange under one deadline
+(``peer_timeout_s``), so a slow peer cannot hold a round past its interval.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ from typing import TypeVar
 
 import pytest
 from directory_support import make_network
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 import mixnode.dirauth as dirauth
@@ -260,6 +262,29 @@ def test_every_kind_of_slow_reply_ends_at_the_deadline(reply: bytes, head: int) 
             )
         took = time.monotonic() - start
         assert DEADLINE_S - 0.05 <= took < DEADLINE_S + SLACK_S, took
+    finally:
+        server.close()
+
+
+@given(
+    head=st.integers(0, len(DRIP_BODY)),
+    drip_s=st.floats(0.02, 0.4),
+    deadline_s=st.floats(0.2, 0.6),
+)
+@settings(deadline=None, max_examples=12, suppress_health_check=[HealthCheck.too_slow])
+def test_however_a_server_paces_its_reply_the_exchange_ends_by_its_deadline(
+    head: int, drip_s: float, deadline_s: float
+) -> None:
+    """The kind: any split of a reply into a burst and a drip costs one deadline at most."""
+    server = SlowServer(DRIP_BODY, head, drip_s)
+    try:
+        start = time.monotonic()
+        with pytest.raises((TimeoutError, http.client.HTTPException)):
+            _within(
+                BOUND_S,
+                lambda: http_exchange(server.url, deadline_s=deadline_s, max_bytes=1 << 23),
+            )
+        assert time.monotonic() - start < deadline_s + SLACK_S
     finally:
         server.close()
 
