@@ -336,6 +336,19 @@ def test_race_yields_each_outcome_as_it_ends_and_stops_at_its_bound() -> None:
     assert 0.45 <= took < 0.5 + SLACK_S
 
 
+def test_a_tls_handshake_that_never_ends_ends_at_the_deadline() -> None:
+    """https:// authorities: the handshake shares the exchange's one deadline."""
+    server = SlowServer(b"", 0)  # reads the ClientHello, never answers it
+    url = server.url.replace("http://", "https://")
+    try:
+        start = time.monotonic()
+        with pytest.raises(TimeoutError, match="no complete exchange within 1 s"):
+            _within(BOUND_S, lambda: http_exchange(url, deadline_s=DEADLINE_S, max_bytes=1000))
+        assert time.monotonic() - start < DEADLINE_S + SLACK_S
+    finally:
+        server.close()
+
+
 # --------------------------------------------------------------------------------------
 # Named regressions: publishing and the authority's rounds
 
