@@ -11,7 +11,8 @@ deterministic, so authorities holding the same descriptors build the same bytes)
 digest, and fetches the peers' signatures, keeping only those over the same digest. It
 serves the document with every signature it holds; readers demand a threshold of them.
 
-HTTP (stdlib ``ThreadingHTTPServer``; no request is ever logged):
+HTTP (stdlib ``ThreadingHTTPServer``; no request is ever logged; each connection has
+HANDLER_TIMEOUT_S in all and at most MAX_CONNECTIONS are served at once):
 
     POST /v1/descriptor          {"descriptor": "<canonical JSON>", "signature": "<hex>"}
     GET  /v1/descriptors         every descriptor held, for peer authorities
@@ -22,7 +23,8 @@ HTTP (stdlib ``ThreadingHTTPServer``; no request is ever logged):
 
 Whatever a node or a peer sends is bounded in size and nesting before it is parsed, and a
 refusal is a DirectoryError naming the field, counted (``AuthorityEvent``); a round always
-goes on to build and sign.
+goes on to build and sign. Peers are asked at once, each exchange under one deadline
+(``peer_timeout_s``), so a slow peer cannot hold a round past its interval.
 """
 
 from __future__ import annotations
@@ -32,12 +34,10 @@ import signal
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from http.client import HTTPException
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -76,7 +76,14 @@ from .config import (
     load_dirauth_config,
     write_config,
 )
-from .directory_client import EventCounts
+from .directory_client import (
+    REPLY_SLACK_S,
+    Deadline,
+    DeadlineSocket,
+    EventCounts,
+    http_exchange,
+    race,
+)
 from .keys import (
     KeyStoreError,
     create_identity_seed,
@@ -93,8 +100,10 @@ MAX_DESCRIPTORS = 10_000  # descriptors held at most (memory bound)
 MAX_PEER_RESPONSE_BYTES = 32 * 1024 * 1024  # bytes read from a peer authority
 MAX_SIGNATURE_REPLY_BYTES = 1024  # bytes of a peer's /v1/signature reply (about 260 used)
 KEEP_EPOCHS = 24  # documents of past epochs kept and served
-PEER_TIMEOUT_S = 3.0
-HANDLER_TIMEOUT_S = 10.0  # seconds a request may take to arrive
+PEER_TIMEOUT_S = 3.0  # s, the most one whole exchange with a peer may take
+MIN_PEER_TIMEOUT_S = 0.5  # s, the least, however short the round interval
+HANDLER_TIMEOUT_S = 10.0  # s one connection to the server may take, request and reply
+MAX_CONNECTIONS = 64  # connections served at once; more are closed unanswered (counted)
 
 
 class AuthorityError(PhantomError):
@@ -111,6 +120,7 @@ class AuthorityEvent(StrEnum):
     PEER_SIGNATURE_REFUSED = "peer_signature_refused"  # not valid, or over another digest
     PEER_UNREACHABLE = "peer_unreachable"  # a request to a peer failed
     ROUND_FAILED = "round_failed"  # a round raised (a bug: rounds go on regardless)
+    CONNECTION_SHED = "connection_shed"  # closed unanswered: MAX_CONNECTIONS being served
 
 
 def _now() -> float:
@@ -136,7 +146,7 @@ class Authority:
         seed: bytes,
         *,
         clock: Callable[[], float] = _now,
-        fetch: Callable[[str], bytes] | None = None,
+        fetch: Callable[[str, float, int], bytes] | None = None,
     ):
         self.cfg = cfg
         self._seed = seed
@@ -153,6 +163,10 @@ class Authority:
         self._counts = EventCounts(AuthorityEvent)
         self._docs: dict[int, _EpochDoc] = {}
         self._own_url = f"http://{cfg.authority.listen_host}:{cfg.authority.listen_port}"
+        # A round has two rounds of exchanges with the peers (descriptors, then signatures)
+        # and must end within its interval however slowly a peer answers.
+        interval = cfg.authority.round_interval_s
+        self.peer_timeout_s = min(PEER_TIMEOUT_S, max(MIN_PEER_TIMEOUT_S, interval / 3))
         self._load_state()
 
     # -- descriptors --------------------------------------------------------------
@@ -333,14 +347,14 @@ class Authority:
     def sync_round(self) -> None:
         """One round: pull peers' descriptors, rebuild, sign, gather peer signatures.
 
-        Whatever one peer serves or fails to serve is counted and skipped; the round
-        always goes on to build and sign.
+        The peers are asked at once, each exchange within ``peer_timeout_s`` (a third of
+        the round interval, 0.5..3 s), so a slow or silent peer delays a round by at most
+        twice that. Whatever one peer serves or fails to serve is counted and skipped; the
+        round always goes on to build and sign.
         """
         self.expire()
-        for url in self.peers():
-            payload = self._peer_get(f"{url}/v1/descriptors")
-            if payload is None:
-                continue
+        urls = [f"{url}/v1/descriptors" for url in self.peers()]
+        for _, payload in self._peer_replies(urls, MAX_PEER_RESPONSE_BYTES):
             try:
                 self.merge_peer_descriptors(payload)
             except DirectoryError:
@@ -351,27 +365,31 @@ class Authority:
         self.gather_signatures([epoch, epoch + 1])
 
     def gather_signatures(self, epochs: Sequence[int]) -> None:
-        """Fetch each peer's signature for ``epochs``; keep the ones over our digests."""
-        for url in self.peers():
-            for e in epochs:
-                payload = self._peer_get(f"{url}/v1/signature/{e}")
-                if payload is None:
-                    continue
-                try:
-                    digest, sig = parse_signature_reply(payload)
-                except DirectoryError:
-                    self.count(AuthorityEvent.PEER_REPLY_REFUSED)
-                    continue
-                if not self.add_signature(e, digest, sig):
-                    self.count(AuthorityEvent.PEER_SIGNATURE_REFUSED)
+        """Fetch each peer's signature for ``epochs`` at once; keep those over our digests."""
+        asked = [(url, e) for url in self.peers() for e in epochs]
+        urls = [f"{url}/v1/signature/{e}" for url, e in asked]
+        for i, payload in self._peer_replies(urls, MAX_SIGNATURE_REPLY_BYTES):
+            try:
+                digest, sig = parse_signature_reply(payload)
+            except DirectoryError:
+                self.count(AuthorityEvent.PEER_REPLY_REFUSED)
+                continue
+            if not self.add_signature(asked[i][1], digest, sig):
+                self.count(AuthorityEvent.PEER_SIGNATURE_REFUSED)
 
-    def _peer_get(self, url: str) -> bytes | None:
-        """A peer's reply, or None (counted) if the request failed in any way."""
-        try:
-            return self._fetch(url)
-        except (OSError, HTTPException, ValueError, DirectoryError):
+    def _peer_replies(self, urls: Sequence[str], max_bytes: int) -> Iterator[tuple[int, bytes]]:
+        """GET every URL at once; yield (index, reply) as each arrives. A request that
+        fails or has not ended by ``peer_timeout_s`` is counted (``peer_unreachable``)."""
+        timeout = self.peer_timeout_s
+        calls = [partial(self._fetch, url, timeout, max_bytes) for url in urls]
+        answered = 0
+        for out in race(calls, timeout + REPLY_SLACK_S):
+            if out.error is not None or out.value is None:
+                continue
+            answered += 1
+            yield out.index, out.value
+        for _ in range(len(urls) - answered):
             self.count(AuthorityEvent.PEER_UNREACHABLE)
-            return None
 
     def _epoch(self) -> int:
         d = self.cfg.directory
@@ -457,12 +475,9 @@ def _same_url(a: str, b: str) -> bool:
     return (ha, pa.port or default.get(pa.scheme)) == (hb, pb.port or default.get(pb.scheme))
 
 
-def _http_get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=PEER_TIMEOUT_S) as resp:  # noqa: S310 (http only)
-        data: bytes = resp.read(MAX_PEER_RESPONSE_BYTES + 1)
-    if len(data) > MAX_PEER_RESPONSE_BYTES:
-        raise DirectoryError("peer response too large")
-    return data
+def _http_get(url: str, timeout_s: float, max_bytes: int) -> bytes:
+    """A peer's reply to a GET: one deadline for the whole exchange, the body capped."""
+    return http_exchange(url, deadline_s=timeout_s, max_bytes=max_bytes)
 
 
 # --------------------------------------------------------------------------------------
@@ -476,10 +491,19 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     timeout = HANDLER_TIMEOUT_S  # a slow or silent client cannot hold a thread for long
 
+    def setup(self) -> None:
+        """Every read and write of this connection shares one deadline (HANDLER_TIMEOUT_S),
+        so a client that sends or reads one byte at a time cannot hold a thread longer."""
+        super().setup()
+        self.rfile.close()
+        self.deadline = DeadlineSocket(self.connection, Deadline(HANDLER_TIMEOUT_S))
+        self.rfile = self.deadline.makefile("rb")
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         """Never log requests: a request line would tie a client address to a time."""
 
     def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
+        self.deadline.arm()  # the reply too must be taken within the deadline
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -541,9 +565,31 @@ class _Server(ThreadingHTTPServer):
     authority: Authority
     errors = 0  # requests that raised; counted, never logged with the client's address
 
+    def __init__(self, address: tuple[str, int], handler: type[_Handler]) -> None:
+        super().__init__(address, handler)
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         """socketserver would print the client's address and a traceback; count instead."""
         self.errors += 1
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread per connection, at most MAX_CONNECTIONS at once; others are closed."""
+        if not self.slots.acquire(blocking=False):
+            self.authority.count(AuthorityEvent.CONNECTION_SHED)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 def make_server(authority: Authority, host: str, port: int) -> _Server:

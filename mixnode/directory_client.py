@@ -8,26 +8,33 @@ A document is used only with ``threshold`` valid signatures from the configured 
 keys and the geometry this node speaks. Signatures for the same document bytes are merged
 across authorities, so one authority that missed a round does not block readers; whatever
 one authority does (no answer, garbage, a document that fails a check) is counted
-(``FetchEvent``) and the next one is asked: only the threshold decides. The last
-verified document is cached on disk (atomically); when no authority answers, the cached
-one is served while it is still valid, and never after.
+(``FetchEvent``): only the threshold decides. The last verified document is cached on disk
+(atomically); when no authority answers, the cached one is served while it is still
+valid, and never after.
 
-Blocking HTTP (urllib) runs in a worker thread when called from trio.
+Every HTTP exchange (``http_exchange``, stdlib ``http.client``) has one deadline for the
+whole of it and a cap on the reply, and the authorities are asked at once (``race``), so
+one slow or hostile authority costs a fetch or a publish at most its deadline
+(``FETCH_TIMEOUT_S``). Blocking calls run in a worker thread when called from trio.
 """
 
 from __future__ import annotations
 
+import http.client
+import io
+import queue
+import socket
+import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from http.client import HTTPException
+from functools import partial
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit
 
 import trio
 
@@ -54,7 +61,7 @@ from .keys import NodeKeys, write_secret_atomic
 
 CACHE_DIR = "topology"  # in the data dir: <epoch>.json, the newest few kept
 CACHE_KEEP = 3  # cached documents kept
-FETCH_TIMEOUT_S = 5.0
+FETCH_TIMEOUT_S = 5.0  # s for one whole exchange with an authority (connect to last byte)
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # bytes read from an authority
 MAX_PUBLISH_REPLY_BYTES = 65536  # bytes of an authority's reply to a descriptor POST
 MAX_ERROR_TEXT = 4096  # bytes of an authority's error reply read for its reason
@@ -64,21 +71,265 @@ def _now() -> float:
     return time.time()
 
 
+# --------------------------------------------------------------------------------------
+# HTTP with one deadline per exchange
+
+REPLY_SLACK_S = 0.1  # s a caller waits past an exchange's deadline for its outcome
+
+
+class HttpStatusError(DirectoryError):
+    """An authority answered with an HTTP status other than 200.
+
+    ``status`` is the code and ``reason`` the authority's ``{"error": ...}`` text
+    (printable ASCII, at most 200 characters, "" if it gave none);
+    ``str()`` is ``"HTTP 400 descriptor.host: ..."``.
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(f"HTTP {status} {reason}".rstrip())
+
+
+class Deadline:
+    """A point in time on ``clock`` (default: the monotonic clock), ``total_s`` from now."""
+
+    def __init__(self, total_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.total_s = total_s
+        self._clock = clock
+        self._at = clock() + total_s
+
+    def left(self) -> float:
+        """Seconds left (> 0); TimeoutError (an OSError) once the deadline has passed."""
+        left = self._at - self._clock()
+        if left <= 0:
+            raise self.expired()
+        return left
+
+    def expired(self) -> TimeoutError:
+        """The error for an exchange that did not end in time."""
+        return TimeoutError(f"no complete exchange within {self.total_s:g} s")
+
+
+class DeadlineSocket:
+    """A connected socket whose every send and receive may take only the time left.
+
+    ``http.client`` sets one timeout per socket operation, so a peer that sends one byte
+    every few seconds would hold an exchange for as long as it likes; here each
+    operation's timeout is the time left until one deadline, for the whole exchange.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: Deadline) -> None:
+        self.sock = sock
+        self.deadline = deadline
+
+    def arm(self) -> None:
+        """Set the socket's timeout to the time left; TimeoutError if none is."""
+        self.sock.settimeout(self.deadline.left())
+
+    def sendall(self, data: bytes) -> None:
+        """``socket.sendall`` within the deadline (its timeout bounds the whole call)."""
+        self.arm()
+        try:
+            self.sock.sendall(data)
+        except TimeoutError:
+            raise self.deadline.expired() from None
+
+    def recv_into(self, buffer: memoryview) -> int:
+        """``socket.recv_into`` within the deadline."""
+        self.arm()
+        try:
+            return self.sock.recv_into(buffer)
+        except TimeoutError:
+            raise self.deadline.expired() from None
+
+    def makefile(self, mode: str = "rb", *args: object, **kwargs: object) -> io.BufferedReader:
+        """A buffered reader whose every read is bounded by the deadline (mode "rb" only)."""
+        if mode != "rb":
+            raise ValueError(f"DeadlineSocket.makefile: mode {mode!r} is not supported")
+        return io.BufferedReader(_DeadlineReader(self))
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close()
+
+
+class _DeadlineReader(io.RawIOBase):
+    def __init__(self, sock: DeadlineSocket) -> None:
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self._sock.recv_into(buffer)
+
+
+def _open(host: str, port: int, deadline: Deadline) -> socket.socket:
+    """A TCP connection to ``host:port``, each address tried with the time left."""
+    error: OSError = OSError(f"{host}: no address")
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(deadline.left())
+            sock.connect(address)
+        except TimeoutError:
+            sock.close()
+            raise deadline.expired() from None
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    raise error
+
+
+class _Http(http.client.HTTPConnection):
+    def __init__(self, host: str, port: int | None, deadline: Deadline) -> None:
+        super().__init__(host, port, timeout=deadline.left())
+        self.deadline = deadline
+
+    def connect(self) -> None:
+        self.sock = DeadlineSocket(_open(self.host, self.port, self.deadline), self.deadline)
+
+
+class _Https(http.client.HTTPSConnection):
+    def __init__(self, host: str, port: int | None, deadline: Deadline) -> None:
+        self.tls = ssl.create_default_context()
+        super().__init__(host, port, timeout=deadline.left(), context=self.tls)
+        self.deadline = deadline
+
+    def connect(self) -> None:
+        raw = _open(self.host, self.port, self.deadline)
+        raw.settimeout(self.deadline.left())  # the handshake's timeout bounds it as a whole
+        try:
+            tls = self.tls.wrap_socket(raw, server_hostname=self.host)
+        except TimeoutError:
+            raw.close()
+            raise self.deadline.expired() from None
+        except BaseException:
+            raw.close()
+            raise
+        self.sock = DeadlineSocket(tls, self.deadline)
+
+
+def http_exchange(
+    url: str,
+    body: bytes | None = None,
+    *,
+    deadline_s: float,
+    max_bytes: int,
+    clock: Callable[[], float] = time.monotonic,
+) -> bytes:
+    """GET ``url`` (or POST the JSON ``body``) and return the body of a 200 reply.
+
+    The whole exchange (name lookup aside: connect, TLS, request, headers, body) must end
+    within ``deadline_s`` seconds on ``clock``, else TimeoutError; the reply body may have
+    at most ``max_bytes`` bytes, else DirectoryError (a longer Content-Length is refused
+    before the body is read). HttpStatusError for another status; OSError or
+    http.client.HTTPException for a connection that fails or a reply cut short;
+    ValueError for a URL that is not ``http(s)://host[:port]/path``. Redirects are not
+    followed and no proxy is used.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an http(s) URL")
+    deadline = Deadline(deadline_s, clock)
+    kind = _Https if parts.scheme == "https" else _Http
+    conn = kind(parts.hostname, parts.port, deadline)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    headers = {"Connection": "close", "Accept": "application/json"}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    try:
+        conn.request("GET" if body is None else "POST", target, body=body, headers=headers)
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise HttpStatusError(resp.status, _error_text(resp.read(MAX_ERROR_TEXT)))
+        if resp.length is not None and resp.length > max_bytes:
+            raise DirectoryError(f"reply of {resp.length} bytes, at most {max_bytes} taken")
+        data = resp.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise DirectoryError(f"reply larger than {max_bytes} bytes")
+        if resp.length:  # the peer closed before its Content-Length was reached
+            raise http.client.IncompleteRead(data, resp.length)
+        return data
+    finally:
+        conn.close()
+
+
+def _error_text(raw: bytes) -> str:
+    """An authority's ``{"error": ...}`` reason, printable ASCII, at most 200 characters."""
+    try:
+        reply = load_json(raw, "error", max_bytes=MAX_ERROR_TEXT)
+    except DirectoryError:
+        return ""
+    text = reply.get("error") if isinstance(reply, dict) else None
+    if not isinstance(text, str):
+        return ""
+    return "".join(c if c.isascii() and c.isprintable() else "?" for c in text[:200])
+
+
+def failure_reason(exc: BaseException) -> str:
+    """How a failed exchange is reported: ``HTTP 400 <reason>`` or ``<Type>: <message>``."""
+    if isinstance(exc, HttpStatusError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome(Generic[T]):
+    """What one of the calls given to ``race`` did: its index, and its value or error."""
+
+    index: int
+    value: T | None
+    error: Exception | None
+
+
+def race(
+    calls: Sequence[Callable[[], T]],
+    wait_s: float,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[Outcome[T]]:
+    """Run every call at once, one daemon thread each; yield each Outcome as it ends.
+
+    Stops after ``wait_s`` seconds on ``clock`` even if calls are still running: they are
+    abandoned (each must bound itself, as ``http_exchange`` does) and their indices are
+    the ones never yielded. An Exception a call raises is its Outcome's ``error``, so no
+    remote input can end the caller. The caller may stop iterating early.
+    """
+    done: queue.SimpleQueue[Outcome[T]] = queue.SimpleQueue()
+
+    def run(index: int, call: Callable[[], T]) -> None:
+        try:
+            done.put(Outcome(index, call(), None))
+        except Exception as exc:  # whatever a peer makes a call raise is an outcome
+            done.put(Outcome(index, None, exc))
+
+    end = clock() + wait_s
+    for i, call in enumerate(calls):
+        threading.Thread(target=run, args=(i, call), name="directory-http", daemon=True).start()
+    for _ in calls:
+        left = end - clock()
+        if left <= 0:
+            return
+        try:
+            yield done.get(timeout=left)
+        except queue.Empty:
+            return
+
+
 def _http_get(url: str, timeout_s: float) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (http only)
-        data: bytes = resp.read(MAX_RESPONSE_BYTES + 1)
-    if len(data) > MAX_RESPONSE_BYTES:
-        raise DirectoryError("authority response too large")
-    return data
+    return http_exchange(url, deadline_s=timeout_s, max_bytes=MAX_RESPONSE_BYTES)
 
 
 def _http_post(url: str, body: bytes, timeout_s: float) -> bytes:
-    req = urllib.request.Request(
-        url, data=body, method="POST", headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310
-        data: bytes = resp.read(MAX_PUBLISH_REPLY_BYTES)
-    return data
+    return http_exchange(url, body, deadline_s=timeout_s, max_bytes=MAX_PUBLISH_REPLY_BYTES)
 
 
 E = TypeVar("E", bound=StrEnum)
@@ -186,31 +437,33 @@ class DirectoryClient:
     def fetch_result(self, epoch: int | None = None) -> FetchResult:
         """Fetch the document of ``epoch`` (default: current), verified; else the cache.
 
-        DirectoryError if no authority yields a verifiable document and the cache holds
+        Asks every authority at once and returns as soon as the signatures merged so far
+        verify, at most ``timeout_s`` (plus REPLY_SLACK_S) after the start. DirectoryError
+        if no authority yields a verifiable document and the cache holds
         none that is valid now (for the epoch asked).
         """
         now = self._clock()
         which = "current" if epoch is None else str(epoch)
         merged: dict[bytes, dict[bytes, DocumentSignature]] = {}
-        problems: list[str] = []
-        for url in self.authorities:
-            # Whatever one authority does (no answer, garbage, a document that fails a check)
-            # is counted and noted, and the next one is asked: only the threshold decides.
-            try:
-                payload = self._get(f"{url}/v1/topology/{which}", self.timeout_s)
-            except urllib.error.HTTPError as exc:
+        problems: dict[int, str] = {}
+        calls = [
+            partial(self._get, f"{u}/v1/topology/{which}", self.timeout_s) for u in self.authorities
+        ]
+        # Every authority is asked at once and each reply is looked at as it arrives, so a
+        # slow or silent one costs at most its deadline. Whatever one does (no answer,
+        # garbage, a document that fails a check) is counted and noted: only the threshold
+        # decides.
+        for out in race(calls, self.timeout_s + REPLY_SLACK_S):
+            url = self.authorities[out.index]
+            if out.error is not None or out.value is None:
                 self._count(FetchEvent.AUTHORITY_FAILED)
-                problems.append(f"{url}: HTTP {exc.code}")
-                continue
-            except (OSError, HTTPException, ValueError, DirectoryError) as exc:
-                self._count(FetchEvent.AUTHORITY_FAILED)
-                problems.append(f"{url}: {type(exc).__name__}: {exc}")
+                problems[out.index] = f"{url}: {failure_reason(out.error or ValueError())}"
                 continue
             try:
-                env = SignedDocument.from_bytes(payload)
+                env = SignedDocument.from_bytes(out.value)
             except DirectoryError as exc:
                 self._count(FetchEvent.DOCUMENT_REFUSED)
-                problems.append(f"{url}: {exc}")
+                problems[out.index] = f"{url}: {exc}"
                 continue
             sigs = merged.setdefault(env.document, {})
             for s in env.signatures:
@@ -219,17 +472,22 @@ class DirectoryClient:
                 doc = self._verify(env.document, list(sigs.values()), now, epoch)
             except DirectoryError as exc:
                 self._count(FetchEvent.DOCUMENT_REFUSED)
-                problems.append(f"{url}: {exc}")
+                problems[out.index] = f"{url}: {exc}"
                 continue
             good = SignedDocument(env.document, tuple(sigs.values()))
             self._store(doc.epoch, good)
             self._count(FetchEvent.FETCHED)
             return FetchResult(doc, False, self._count_valid(good))
+        for i, url in enumerate(self.authorities):
+            if i not in problems:
+                self._count(FetchEvent.AUTHORITY_FAILED)
+                problems[i] = f"{url}: no reply within {self.timeout_s:g} s"
         cached = self._cached(now, epoch)
         if cached is not None:
             self._count(FetchEvent.FROM_CACHE)
             return cached
-        raise DirectoryError("no verifiable topology document: " + "; ".join(problems))
+        reasons = (problems[i] for i in sorted(problems))
+        raise DirectoryError("no verifiable topology document: " + "; ".join(reasons))
 
     @property
     def counters(self) -> dict[str, int]:
@@ -330,24 +588,27 @@ def publish_report(
     timeout_s: float = FETCH_TIMEOUT_S,
     post: Callable[[str, bytes, float], bytes] = _http_post,
 ) -> PublishReport:
-    """POST a signed descriptor to every authority; who accepted it, and why not.
+    """POST a signed descriptor to every authority at once; who accepted it, and why not.
 
-    An authority's refusal names the field, e.g. ``http://dir1: HTTP 400
-    descriptor.epoch_keys.41: X25519 key is a low-order point``.
+    Returns within ``timeout_s`` (plus REPLY_SLACK_S) whatever the authorities do; one
+    that has not answered by then is refused as ``<url>: no reply within 5 s`` or
+    ``<url>: TimeoutError: ...``. An authority's refusal names the field, e.g.
+    ``http://dir1: HTTP 400 descriptor.epoch_keys.41: X25519 key is a low-order point``.
     """
+    calls = [partial(post, f"{u.rstrip('/')}/v1/descriptor", body, timeout_s) for u in authorities]
+    outcomes = {out.index: out for out in race(calls, timeout_s + REPLY_SLACK_S)}
     accepted: list[str] = []
     refused: list[str] = []
-    for url in authorities:
-        try:
-            raw = post(f"{url.rstrip('/')}/v1/descriptor", body, timeout_s)
-        except urllib.error.HTTPError as exc:
-            refused.append(f"{url}: HTTP {exc.code} {_error_text(exc)}".rstrip())
+    for i, url in enumerate(authorities):
+        out = outcomes.get(i)
+        if out is None:
+            refused.append(f"{url}: no reply within {timeout_s:g} s")
             continue
-        except (OSError, HTTPException, ValueError, DirectoryError) as exc:
-            refused.append(f"{url}: {type(exc).__name__}: {exc}")
+        if out.error is not None or out.value is None:
+            refused.append(f"{url}: {failure_reason(out.error or ValueError())}")
             continue
         try:
-            reply = load_json(raw, "publish reply", max_bytes=MAX_PUBLISH_REPLY_BYTES)
+            reply = load_json(out.value, "publish reply", max_bytes=MAX_PUBLISH_REPLY_BYTES)
         except DirectoryError as exc:
             refused.append(f"{url}: {exc}")
             continue
@@ -368,18 +629,6 @@ def publish_descriptor(
     """POST a signed descriptor to every authority; returns the URLs that accepted it
     (``publish_report`` also says why the others did not)."""
     return list(publish_report(authorities, body, timeout_s=timeout_s, post=post).accepted)
-
-
-def _error_text(exc: urllib.error.HTTPError) -> str:
-    """An authority's ``{"error": ...}`` reason, printable ASCII, at most 200 characters."""
-    try:
-        reply = load_json(exc.read(MAX_ERROR_TEXT), "error", max_bytes=MAX_ERROR_TEXT)
-    except (OSError, HTTPException, ValueError, DirectoryError):
-        return ""
-    text = reply.get("error") if isinstance(reply, dict) else None
-    if not isinstance(text, str):
-        return ""
-    return "".join(c if c.isascii() and c.isprintable() else "?" for c in text[:200])
 
 
 async def apublish_descriptor(cfg: NodeConfig, keys: NodeKeys, epoch: int) -> list[str]:

@@ -81,6 +81,7 @@ from ._topology import SignedDocument as SignedDocument
 from ._topology import TopologyDocument as TopologyDocument
 from ._topology import build_document as build_document
 from ._topology import canonical_json as canonical_json
+from ._topology import descriptor_host_problem as descriptor_host_problem
 from ._topology import document_digest as document_digest
 from ._topology import ed25519_key_problem as ed25519_key_problem
 from ._topology import epoch_at as epoch_at

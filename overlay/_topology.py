@@ -19,13 +19,16 @@ Everything read from the network is untrusted: JSON is bounded in size and nesti
 it is parsed (``load_json``), every malformed field is a ``DirectoryFieldError`` naming it
 (``document.nodes[3].epoch_keys.41: X25519 key is a low-order point``), and a descriptor
 whose X25519 or Ed25519 key is not a usable point is refused (``InvalidKeyError``), so a
-document listing one is refused as a whole.
+document listing one is refused as a whole. So is a descriptor whose host a node could not
+send to (``descriptor_host_problem``): every field a node acts on is checked where a
+descriptor is accepted.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import ipaddress
 import json
 import math
 import os
@@ -277,6 +280,56 @@ def ed25519_key_problem(key: bytes) -> str | None:
 
 
 # --------------------------------------------------------------------------------------
+# Addresses from the network
+
+_LDH_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")  # RFC 1123 section 2.1
+_TLD = re.compile(r"[A-Za-z]")  # a top-level label starts with a letter (RFC 1123 2.1)
+# IPv4 destinations no node can send a packet to, or that would reach many hosts at once.
+_UNUSABLE_V4 = (
+    (ipaddress.IPv4Network("0.0.0.0/8"), "an unspecified address (0.0.0.0/8, RFC 1122)"),
+    (ipaddress.IPv4Network("224.0.0.0/4"), "a multicast address (224.0.0.0/4)"),
+    (ipaddress.IPv4Network("240.0.0.0/4"), "a reserved or broadcast address (240.0.0.0/4)"),
+)
+
+
+def descriptor_host_problem(host: object) -> str | None:
+    """Why ``host`` cannot be a published node address, or None if it can.
+
+    A host is either an IPv4 literal in dotted-decimal form (``ipaddress`` syntax: four
+    numbers 0..255, no leading zeros), outside 0.0.0.0/8, multicast 224.0.0.0/4 and
+    240.0.0.0/4 (which holds the broadcast address); or an LDH name (RFC 1123 section 2.1:
+    ASCII letters, digits and hyphens, labels of 1..63 characters that neither start nor
+    end with a hyphen, dots between them, at most 253 characters, one trailing dot
+    allowed) whose last label starts with a letter, so that no resolver reads it as an
+    address (``1.2.3.0x4``). IPv6 is refused: node sockets are IPv4.
+
+    Whatever passes is pure ASCII without NUL, so ``socket.sendto(data, (host, port))``
+    converts it without ``TypeError``/``UnicodeError`` (it can only fail with OSError).
+    """
+    if not isinstance(host, str):
+        return "expected a string"
+    if not 0 < len(host) <= MAX_HOST_LEN:
+        return f"expected 1..{MAX_HOST_LEN} characters"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        if address.version != 4:
+            return "expected an IPv4 address or a host name (IPv6 is not supported)"
+        for network, what in _UNUSABLE_V4:
+            if address in network:
+                return f"{what} is not a node address"
+        return None
+    labels = host.removesuffix(".").split(".")
+    if not all(_LDH_LABEL.fullmatch(label) for label in labels):
+        return "expected an IPv4 address or an LDH host name (RFC 1123)"
+    if not _TLD.match(labels[-1]):
+        return "expected dotted-decimal IPv4 or a name whose top label starts with a letter"
+    return None
+
+
+# --------------------------------------------------------------------------------------
 # Node descriptors
 
 
@@ -317,16 +370,20 @@ class NodeDescriptor:
             raise InvalidKeyError("descriptor", "identity_key", problem)
         if self.node_id != node_id_for(self.identity_key):
             raise bad("node_id", "not the BLAKE2b-128 of identity_key")
-        if not 0 < len(self.name) <= MAX_NAME_LEN or not self.name.isprintable():
+        name_ok = isinstance(self.name, str) and 0 < len(self.name) <= MAX_NAME_LEN
+        if not name_ok or not self.name.isprintable():
             raise bad("name", f"expected a printable string of 1..{MAX_NAME_LEN}")
-        if not 0 < len(self.host) <= MAX_HOST_LEN or not self.host.isprintable():
-            raise bad("host", "expected a host name or address")
-        if not 1 <= self.port <= 65535:
-            raise bad("port", f"expected 1..65535, got {self.port}")
+        problem = descriptor_host_problem(self.host)
+        if problem is not None:
+            raise bad("host", problem)
+        if not _is_port(self.port):
+            raise bad("port", f"expected 1..65535, got {self.port!r}")
+        if not _is_int(self.layer):
+            raise bad("layer", f"expected an integer, got {self.layer!r}")
         if role is NodeRole.GATEWAY:
             if self.layer != 0:
                 raise bad("layer", f"a gateway is in layer 0, got {self.layer}")
-            if self.client_port is None or not 1 <= self.client_port <= 65535:
+            if not _is_port(self.client_port):
                 raise bad("client_port", "a gateway needs a port in 1..65535")
         else:
             if not 1 <= self.layer <= 255:
@@ -447,6 +504,14 @@ class NodeDescriptor:
         if desc.to_bytes() != data:
             raise DirectoryFieldError("descriptor", "", "not in canonical form")
         return desc
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_port(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
 
 
 _DESCRIPTOR_KEYS = {

@@ -221,13 +221,13 @@ def test_authority_refuses_forged_and_oversized_descriptors(
 def test_authority_state_survives_restart(tmp_path: Path) -> None:
     (cfg,) = _auth_configs(tmp_path, 1, threshold=1)
     clock = [1000.0 * EPOCH_S]
-    auth = load_authority(cfg, clock=lambda: clock[0], fetch=lambda url: b"[]")
+    auth = load_authority(cfg, clock=lambda: clock[0], fetch=lambda *a: b"[]")
     ncfg, keys = _nodes(tmp_path, cfg)[0]
     keys.rotate(1000)
     auth.submit(descriptor_body(descriptor_for(ncfg, keys, [1000, 1001]), keys))  # type: ignore[arg-type]
     auth.sync_round()
     first = auth.signed(1000)
-    again = load_authority(cfg, clock=lambda: clock[0], fetch=lambda url: b"[]")
+    again = load_authority(cfg, clock=lambda: clock[0], fetch=lambda *a: b"[]")
     assert again.signed(1000) == first
     again.sync_round()
     assert again.signed(1000) == first  # same descriptors: same bytes, same signature
@@ -377,7 +377,7 @@ def test_enrolment_allowlist(tmp_path: Path) -> None:
         cfg.directory,
     )
     write_config(tmp_path / "closed.toml", closed)
-    auth = load_authority(load_dirauth_config(tmp_path / "closed.toml"), fetch=lambda u: b"[]")
+    auth = load_authority(load_dirauth_config(tmp_path / "closed.toml"), fetch=lambda *a: b"[]")
     epoch = auth.current_epoch()
     for keys in (ok_keys, other_keys):
         keys.rotate(epoch)
@@ -405,7 +405,7 @@ def test_a_later_descriptor_replaces_the_earlier_one_for_the_same_epochs(
     from overlay import sign_descriptor
 
     (cfg,) = _auth_configs(tmp_path, 1, threshold=1)
-    auth = load_authority(cfg, clock=lambda: 1000.0 * EPOCH_S, fetch=lambda url: b"[]")
+    auth = load_authority(cfg, clock=lambda: 1000.0 * EPOCH_S, fetch=lambda *a: b"[]")
     ncfg, keys = _nodes(tmp_path, cfg)[2]  # a mix
     keys.rotate(1000)
     base = descriptor_for(ncfg, keys, [1000, 1001])  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from directory_support import make_network, make_node
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.bindings import crypto_scalarmult
@@ -40,6 +41,7 @@ from overlay import (
     TopologyDocument,
     build_document,
     canonical_json,
+    descriptor_host_problem,
     ed25519_key_problem,
     generate_private_key,
     load_json,
@@ -80,29 +82,10 @@ def _x25519() -> bytes:
 
 
 def _node(i: int, role: NodeRole, layer: int) -> tuple[NodeDescriptor, bytes]:
-    seed = os.urandom(32)
-    ik = bytes(SigningKey(seed).verify_key)
-    desc = NodeDescriptor(
-        node_id=node_id_for(ik),
-        name=f"n{i}",
-        role=role,
-        layer=layer,
-        host="127.0.0.1",
-        port=4000 + i,
-        client_port=6000 + i if role is NodeRole.GATEWAY else None,
-        identity_key=ik,
-        epoch_keys={EPOCH: _x25519(), EPOCH + 1: _x25519()},
-        published_at=EPOCH * EPOCH_S,
-    )
-    return desc, seed
+    return make_node(i, role, layer, EPOCH, EPOCH_S)
 
 
-def _network() -> list[tuple[NodeDescriptor, bytes]]:
-    specs = [(NodeRole.GATEWAY, 0)] * 2 + [(NodeRole.MIX, layer) for layer in (1, 2, 3)]
-    return [_node(i, role, layer) for i, (role, layer) in enumerate(specs)]
-
-
-NETWORK = _network()
+NETWORK = make_network(EPOCH, EPOCH_S)
 DOC = build_document(
     EPOCH, epoch_length_s=EPOCH_S, geometry=VOICE, descriptors=[d for d, _ in NETWORK]
 )
@@ -380,7 +363,8 @@ def test_any_bad_node_field_is_named_with_its_index(data: st.DataObject) -> None
         assert str(exc).startswith(f"document.nodes[{i}].") or "canonical" in str(exc), exc
     else:  # accepted: the value was already there, or is valid for the field
         unchanged = DOC_OBJ["nodes"][i][name] == value
-        assert unchanged or (name in ("name", "host") and isinstance(value, str)), (name, value)
+        usable_host = name == "host" and descriptor_host_problem(value) is None
+        assert unchanged or usable_host or (name == "name" and isinstance(value, str)), name
 
 
 def test_envelope_errors_name_the_field() -> None:
@@ -422,7 +406,9 @@ def _honest_served(hostile: bytes | Exception, position: int) -> dict[str, bytes
 def test_non_ascii_document_from_one_authority_does_not_stop_the_fetch() -> None:
     client = _client(_honest_served(canonical_json({"document": "\u00e9", "signatures": []}), 0))
     assert client.fetch() == DOC
-    assert client.counters[FetchEvent.DOCUMENT_REFUSED] == 2  # the hostile one, then 1 of 2
+    # Authorities are asked at once: 1 of 2 signatures is refused, and the hostile reply
+    # is counted if it arrived before the second honest one.
+    assert client.counters[FetchEvent.DOCUMENT_REFUSED] in (1, 2)
     assert client.counters[FetchEvent.FETCHED] == 1
 
 
@@ -432,7 +418,7 @@ def test_non_ascii_document_from_one_authority_does_not_stop_the_fetch() -> None
 def test_an_authority_that_fails_to_answer_does_not_stop_the_fetch(failure: Exception) -> None:
     client = _client(_honest_served(failure, 1))
     assert client.fetch() == DOC
-    assert client.counters[FetchEvent.AUTHORITY_FAILED] == 1
+    assert client.counters[FetchEvent.AUTHORITY_FAILED] <= 1  # 0 if it came last
 
 
 @given(hostile=hostile_envelope(), position=st.integers(0, 2))
@@ -569,6 +555,7 @@ def test_a_signed_document_with_an_all_zero_epoch_key_is_refused_by_the_client()
 
 
 def _authority(tmp: Path, fetch: Callable[[str], bytes]) -> Authority:
+    """An authority whose peer GETs return ``fetch(url)``."""
     seed = AUTH_SEEDS[0]
     cfg = DirAuthConfig(
         AuthoritySection("auth0", "127.0.0.1", 31999, tmp, 0.2, "voice"),
@@ -581,7 +568,7 @@ def _authority(tmp: Path, fetch: Callable[[str], bytes]) -> Authority:
             mix_layers=3,
         ),
     )
-    return Authority(cfg, seed, clock=lambda: NOW, fetch=fetch)
+    return Authority(cfg, seed, clock=lambda: NOW, fetch=lambda url, *_: fetch(url))
 
 
 def _body(desc: NodeDescriptor, seed: bytes) -> bytes:
