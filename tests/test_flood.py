@@ -139,11 +139,23 @@ async def test_flood_counts_drops_stays_up_and_bounded(net: TestnetState) -> Non
         )
         for _ in range(200)
     ]
+    before = scrape(mix_proc.metrics_port)
     await trio.to_thread.run_sync(_flood, mix_proc.port, too_long, 200)
     await trio.sleep(1.5)
     rss2 = _rss_kib(mix_proc.pid)
 
     m = scrape(mix_proc.metrics_port)
+
+    def grew(name: str) -> float:
+        return m.get(name, 0.0) - before.get(name, 0.0)
+
+    # The 200 too-long packets (and the phase's junk) are each dropped under one reason:
+    # delay_too_long once processed; under load some are shed unprocessed (late) or lost
+    # in the kernel (socket drops), never queued.
+    too_long_n = grew('phantom_drops_total{reason="delay_too_long"}')
+    shed = grew('phantom_drops_total{reason="late"}')
+    lost = grew('phantom_socket_drops_total{socket="packet"}')
+    assert too_long_n >= 50 and too_long_n + shed + lost >= 190, (too_long_n, shed, lost)
     assert m, "the mix must still answer on its metrics port"
     assert m['phantom_drops_total{reason="malformed"}'] > 3000
     # Every datagram was counted (7 per round, 6000 rounds), each under one reason.
@@ -151,8 +163,6 @@ async def test_flood_counts_drops_stays_up_and_bounded(net: TestnetState) -> Non
     assert m['phantom_drops_total{reason="mac_mismatch"}'] > 500
     assert m['phantom_drops_total{reason="unknown_version"}'] > 500
     assert m["phantom_replays_total"] > 500
-    # UDP on loopback may lose a few under the flood.
-    assert m['phantom_drops_total{reason="delay_too_long"}'] >= 150, m
     assert m["phantom_queue_depth"] < 50
     assert m["phantom_packets_out_total"] >= 20  # the valid ones went through, once each
     g = scrape(gw_proc.metrics_port)
