@@ -78,8 +78,6 @@ CLIENT_RCVBUF = 4 << 20
 # Our counters' names -> the metric's declared drop reasons.
 _REASON_ALIASES = {
     "link_malformed": "malformed",
-    "link_auth": "malformed",
-    "attach_proof": "malformed",
     "no_key": "unknown_epoch",
     "stale": "late",
     "no_session": "no_client",

@@ -38,6 +38,8 @@ DROP_REASONS: tuple[str, ...] = (
     "wrong_length",
     "unknown_version",
     "mac_mismatch",
+    "link_auth",
+    "attach_proof",
     "bad_command",
     "payload_tampered",
     "replay",
