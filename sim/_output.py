@@ -122,6 +122,49 @@ def plot_attacks(out: Path, rep: dict[str, Any]) -> Path:
     return p
 
 
+def plot_policies(out: Path, rep: dict[str, Any]) -> Path:
+    """policy.png: flow-correlation and timing top-1 (mean over seeds, 95 % interval)
+    against data per day both ways, one point per policy, with the goal and the mobile
+    budget drawn in."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    floor = rep["chance_top1"] / 4  # log axis: a top-1 of 0 is drawn on the floor
+    marks = {"flow_correlation": "o", "timing_likelihood": "s", "session_edges": "^"}
+    for i, (attack, mark) in enumerate(marks.items()):
+        pts = [p for p in rep["policies"] if attack in p["attacks"]]
+        if not pts:
+            continue
+        x = [p["data_per_day"]["total_mb"] for p in pts]
+        y = [max(p["attacks"][attack]["top1"]["mean"], floor) for p in pts]
+        err = [p["attacks"][attack]["top1"]["ci95"] for p in pts]
+        ax.errorbar(x, y, yerr=err, fmt=mark, color=f"C{i}", label=attack, capsize=3, alpha=0.8)
+    for p in rep["policies"]:
+        y = max(max(p["attacks"][a]["top1"]["mean"] for a in marks if a in p["attacks"]), floor)
+        ax.annotate(
+            p["policy"],
+            (p["data_per_day"]["total_mb"], y),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
+    ax.axhline(rep["goal_top1"], color="C3", ls="--", lw=1, label="goal 1.5/N")
+    ax.axhline(rep["chance_top1"], color="grey", ls=":", lw=1, label="chance 1/(N-1)")
+    ax.axvline(rep["mobile_budget_mb"], color="C4", ls="--", lw=1, label="mobile budget")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("data per day, up + down (MB)")
+    ax.set_ylabel("adversary top-1 (mean over seeds)")
+    ax.set_title(
+        f"{rep['scenario']}: {rep['users']} users, seeds {rep['seeds']} (0 drawn at chance/4)"
+    )
+    ax.legend(fontsize=8, loc="upper right")
+    p = out / "policy.png"
+    fig.tight_layout()
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return p
+
+
 def plot_sweep(out: Path, rep: dict[str, Any]) -> Path:
     """sweep.png: p99 mouth-to-ear against the delay mean, one line per (hops, frames)."""
     plt = _pyplot()
