@@ -35,6 +35,7 @@ from ._traffic import ATTACKS, check_attacks, observe, prepare
 GOAL_FACTOR = 1.5  # goal: flow-correlation and timing top-1 at most 1.5 / N (the issue)
 GOAL_ATTACKS = ("flow_correlation", "timing_likelihood")
 MOBILE_BUDGET_MB = 500.0  # data per day, both ways, of the mobile profile
+MIN_REACHABILITY = 0.95  # a profile must let calls find the callee online (DESIGN.md 10)
 MB = 1e6  # bytes
 
 
@@ -233,10 +234,11 @@ def _leak(row: Mapping[str, Any]) -> float:
 
 
 def recommend(rows: list[dict[str, Any]], goal: float) -> dict[str, Any]:
-    """The two profiles. Desktop (no data limit): among policies that meet the goal, the
-    best reachability, then the least data. Mobile (``MOBILE_BUDGET_MB`` a day both ways):
-    the same among policies within the budget; when none meets the goal there, the one with
-    the smallest goal-attack top-1 ("best point"), then the best reachability."""
+    """The two profiles, among policies whose reachability is at least ``MIN_REACHABILITY``.
+    Desktop (no data limit): among those that meet the goal, the best reachability, then
+    the least data. Mobile (``MOBILE_BUDGET_MB`` a day both ways): the same among those
+    within the budget; when none meets the goal there, the one with the smallest
+    goal-attack top-1 ("best point"), then the best reachability."""
 
     def pick(cands: list[dict[str, Any]]) -> dict[str, Any] | None:
         ok = [r for r in cands if r["goal_met"]]
@@ -250,5 +252,6 @@ def recommend(rows: list[dict[str, Any]], goal: float) -> dict[str, Any]:
         best = min(cands, key=lambda r: (_leak(r), -r["reachability"]["mean"]))
         return {"policy": best["policy"], "goal_met": False, "top1": _leak(best)}
 
-    mobile = [r for r in rows if r["data_per_day"]["total_mb"] <= MOBILE_BUDGET_MB]
-    return {"desktop": pick(rows), "mobile": pick(mobile)}
+    usable = [r for r in rows if r["reachability"]["mean"] >= MIN_REACHABILITY]
+    mobile = [r for r in usable if r["data_per_day"]["total_mb"] <= MOBILE_BUDGET_MB]
+    return {"desktop": pick(usable), "mobile": pick(mobile)}

@@ -202,7 +202,8 @@ def _row(name: str, top1: float, mb: float, reach: float) -> dict[str, Any]:
 def test_recommend_picks_the_goal_then_reachability_then_data() -> None:
     rows = [
         _row("always", 0.0005, 3400.0, 1.0),
-        _row("daily", 0.0005, 400.0, 0.2),
+        _row("daily", 0.0005, 400.0, 0.97),
+        _row("calls-only", 0.0002, 80.0, 0.0),  # nobody can reach it: never recommended
         _row("idle", 0.004, 450.0, 1.0),
         _row("leaky", 0.03, 300.0, 1.0),
     ]
@@ -250,6 +251,9 @@ def test_policy_command_writes_table_json_and_plot(
     assert rep["seeds"] == [1, 2] and len(rep["policies"]) == 2
     assert (tmp_path / "o" / "policy.png").stat().st_size > 10_000
     assert (tmp_path / "o" / "policy.csv").read_text().startswith("policy,")
+    assert main([*argv[:-1], str(tmp_path / "again")]) == 0  # same seeds, same bytes
+    again = (tmp_path / "again" / "policy.json").read_bytes()
+    assert again == (tmp_path / "o" / "policy.json").read_bytes()
     with pytest.raises(SystemExit):
         main([*argv[:-2], "--only", "zzz", "--out", str(tmp_path / "o")])
     assert "--only: unknown ['zzz']" in capsys.readouterr().err
