@@ -137,15 +137,29 @@ def plot_policies(out: Path, rep: dict[str, Any]) -> Path:
         x = [p["data_per_day"]["total_mb"] for p in pts]
         y = [max(p["attacks"][attack]["top1"]["mean"], floor) for p in pts]
         err = [p["attacks"][attack]["top1"]["ci95"] for p in pts]
-        ax.errorbar(x, y, yerr=err, fmt=mark, color=f"C{i}", label=attack, capsize=3, alpha=0.8)
+        low = [min(e, v - floor * 0.8) for e, v in zip(err, y, strict=True)]  # stay on the axis
+        ax.errorbar(
+            x, y, yerr=[low, err], fmt=mark, color=f"C{i}", label=attack, capsize=3, alpha=0.8
+        )
+    # One label per cluster of policies drawn at about the same place.
+    spots: list[tuple[float, float, list[str]]] = []
     for p in rep["policies"]:
+        x = p["data_per_day"]["total_mb"]
         y = max(max(p["attacks"][a]["top1"]["mean"] for a in marks if a in p["attacks"]), floor)
+        for sx, sy, names in spots:
+            if abs(x / sx - 1) < 0.03 and abs(y / sy - 1) < 0.5:
+                names.append(p["policy"])
+                break
+        else:
+            spots.append((x, y, [p["policy"]]))
+    for x, y, names in spots:
         ax.annotate(
-            p["policy"],
-            (p["data_per_day"]["total_mb"], y),
+            "\n".join(names),
+            (x, y),
             fontsize=7,
-            xytext=(4, 4),
+            xytext=(5, 3),
             textcoords="offset points",
+            va="bottom",
         )
     ax.axhline(rep["goal_top1"], color="C3", ls="--", lw=1, label="goal 1.5/N")
     ax.axhline(rep["chance_top1"], color="grey", ls=":", lw=1, label="chance 1/(N-1)")
@@ -157,6 +171,7 @@ def plot_policies(out: Path, rep: dict[str, Any]) -> Path:
     ax.set_title(
         f"{rep['scenario']}: {rep['users']} users, seeds {rep['seeds']} (0 drawn at chance/4)"
     )
+    ax.set_xlim(right=ax.get_xlim()[1] * 1.6)  # room for the labels on the right
     ax.legend(fontsize=8, loc="upper right")
     p = out / "policy.png"
     fig.tight_layout()
