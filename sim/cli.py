@@ -127,7 +127,9 @@ def _parser() -> argparse.ArgumentParser:
         default=Path("scenarios/policies.toml"),
         help="TOML file of [policies.NAME] tables of dotted fields",
     )
-    p.add_argument("--seeds", type=_ints, default=[1, 2, 3, 4, 5], help="e.g. 1,2,3,4,5")
+    p.add_argument(
+        "--seeds", type=_ints, help="e.g. 1,2,3,4,5 (default: --seed if given, else 1..5)"
+    )
     p.add_argument("--only", help="comma-separated subset of the file's policy names")
     p.add_argument("--attacks", help=f"comma-separated subset of {','.join(ATTACKS)}")
     p = sub.add_parser("validate", help="compare measured one-way latencies with the model")
@@ -250,6 +252,8 @@ def _policy(sc: Any, args: argparse.Namespace) -> int:
         if bad:
             raise ScenarioError(f"--only: unknown {bad}; the file has {sorted(policies)}")
         policies = {p: policies[p] for p in want}
+    if args.seeds is None:
+        args.seeds = [args.seed] if args.seed is not None else [1, 2, 3, 4, 5]
     if not args.seeds:
         raise ScenarioError("--seeds: want at least one seed")
     names = [a for a in args.attacks.split(",") if a] if args.attacks else list(ATTACKS)
