@@ -139,7 +139,8 @@ Measured (``mobile``, as DESKTOP): 208 MB up and 283 MB down a day (4 calls of 5
 reachability 1.0; top-1 flow correlation 0.29 % +- 0.35 %, timing 0.42 % +- 0.31 % (mean
 rank 298 of 2,000), session edges 0.20 %, intersection 0.22 %; at the budget day's call
 density (scenarios/policy-sparse.toml) flow 1.8 % +- 2.2 %, timing 1.3 % +- 1.4 % (mean
-rank 55). The goal of 0.075 % is NOT met. No policy within 500 MB can meet it: the partner hides only among the clients at the
-call rate, a share d of them, so top-1 is at least about 1/(d N), and 500 MB buys at most
-d = 15 % of a day at the call rate (top-1 >= 0.34 %, docs/research.md). This is the best
-measured point within the budget that keeps the client reachable."""
+rank 55). The goal of 0.075 % is NOT met. No policy within 500 MB can meet it: the
+partner hides only among the clients at the call rate, a share d of them, so top-1 is at
+least about 1/(d N), and 500 MB buys at most d = 15 % of a day at the call rate (top-1 >=
+0.34 %, docs/research.md). This is the best measured point within the budget that keeps
+the client reachable."""
