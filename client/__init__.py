@@ -82,3 +82,4 @@ from ._voice import Decimator as Decimator
 from ._voice import OpusDecoder as OpusDecoder
 from ._voice import OpusEncoder as OpusEncoder
 from ._voice import VoiceProfile as VoiceProfile
+from .policy import ClientPolicy as ClientPolicy

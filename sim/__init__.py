@@ -12,7 +12,13 @@ from ._emodel import mos_from_r as mos_from_r
 from ._emodel import r_factor as r_factor
 from ._latency import LatencyResult as LatencyResult
 from ._latency import run_latency as run_latency
+from ._policy import PolicyRun as PolicyRun
+from ._policy import data_per_day as data_per_day
+from ._policy import load_policies as load_policies
+from ._policy import measure_policies as measure_policies
+from ._policy import run_policy as run_policy
 from ._scenario import Dist as Dist
+from ._scenario import Policy as Policy
 from ._scenario import Scenario as Scenario
 from ._scenario import ScenarioError as ScenarioError
 from ._scenario import load_scenario as load_scenario

@@ -122,6 +122,64 @@ def plot_attacks(out: Path, rep: dict[str, Any]) -> Path:
     return p
 
 
+def plot_policies(out: Path, rep: dict[str, Any]) -> Path:
+    """policy.png: flow-correlation and timing top-1 (mean over seeds, 95 % interval)
+    against data per day both ways, one point per policy, with the goal and the mobile
+    budget drawn in."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    floor = rep["chance_top1"] / 4  # log axis: a top-1 of 0 is drawn on the floor
+    marks = {"flow_correlation": "o", "timing_likelihood": "s", "session_edges": "^"}
+    for i, (attack, mark) in enumerate(marks.items()):
+        pts = [p for p in rep["policies"] if attack in p["attacks"]]
+        if not pts:
+            continue
+        x = [p["data_per_day"]["total_mb"] for p in pts]
+        y = [max(p["attacks"][attack]["top1"]["mean"], floor) for p in pts]
+        err = [p["attacks"][attack]["top1"]["ci95"] for p in pts]
+        low = [min(e, v - floor * 0.8) for e, v in zip(err, y, strict=True)]  # stay on the axis
+        ax.errorbar(
+            x, y, yerr=[low, err], fmt=mark, color=f"C{i}", label=attack, capsize=3, alpha=0.8
+        )
+    # One label per cluster of policies drawn at about the same place.
+    spots: list[tuple[float, float, list[str]]] = []
+    for p in rep["policies"]:
+        x = p["data_per_day"]["total_mb"]
+        y = max(max(p["attacks"][a]["top1"]["mean"] for a in marks if a in p["attacks"]), floor)
+        for sx, sy, names in spots:
+            if abs(x / sx - 1) < 0.03 and abs(y / sy - 1) < 0.5:
+                names.append(p["policy"])
+                break
+        else:
+            spots.append((x, y, [p["policy"]]))
+    for x, y, names in spots:
+        ax.annotate(
+            "\n".join(names),
+            (x, y),
+            fontsize=7,
+            xytext=(5, 3),
+            textcoords="offset points",
+            va="bottom",
+        )
+    ax.axhline(rep["goal_top1"], color="C3", ls="--", lw=1, label="goal 1.5/N")
+    ax.axhline(rep["chance_top1"], color="grey", ls=":", lw=1, label="chance 1/(N-1)")
+    ax.axvline(rep["mobile_budget_mb"], color="C4", ls="--", lw=1, label="mobile budget")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("data per day, up + down (MB)")
+    ax.set_ylabel("adversary top-1 (mean over seeds)")
+    ax.set_title(
+        f"{rep['scenario']}: {rep['users']} users, seeds {rep['seeds']} (0 drawn at chance/4)"
+    )
+    ax.set_xlim(right=ax.get_xlim()[1] * 1.6)  # room for the labels on the right
+    ax.legend(fontsize=8, loc="upper right")
+    p = out / "policy.png"
+    fig.tight_layout()
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return p
+
+
 def plot_sweep(out: Path, rep: dict[str, Any]) -> Path:
     """sweep.png: p99 mouth-to-ear against the delay mean, one line per (hops, frames)."""
     plt = _pyplot()

@@ -116,7 +116,11 @@ class Mixing:
     """Sender-chosen delays (exponential per hop, as in Loopix) and path choice."""
 
     delay_mean_ms: float = 27.5  # chosen by the sweep (docs/research.md)
-    path: str = "packet"  # "packet": new route per packet; "call": one route per call
+    # "packet": new route per packet; "call": one route per call direction; "epoch": one
+    # route per sender and epoch, shared by its calls
+    path: str = "packet"
+    epoch_s: float = 3600.0  # route lifetime under path = "epoch"
+    failover: int = 0  # routes a call direction (or epoch) may move to when one loses packets
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +174,39 @@ class Users:
     mean_offline_s: float = 0.0
 
 
+SCHEDULES = ("churn", "always", "daily", "calls")
+LINGERS = ("constant", "exponential", "uniform")
+DAY_S = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """What a client does to stay hidden (docs/research.md, "Client policy").
+
+    ``schedule``: when a client is online whatever its calls: ``churn`` (random sessions,
+    ``users.mean_online_s``/``mean_offline_s``; always when those are 0), ``always``,
+    ``daily`` (one window of ``daily_online_h`` hours a day at a random time of day per user)
+    or ``calls`` (only around calls). Around each call a client is online from
+    ``linger_before_s`` before to ``linger_after_s`` after (means; ``linger`` is their
+    distribution). With ``idle_slot_factor`` k > 1 an idle client sends one packet per k slots
+    and switches to the call rate from ``rate_lead_s`` before a call to ``rate_lag_s`` after
+    it (means, same distribution), and also for ``decoys_per_hour`` call-shaped periods with
+    no call. ``budget_*`` describe the day the data cost is computed for.
+    """
+
+    schedule: str = "churn"
+    daily_online_h: float = 8.0
+    linger: str = "exponential"
+    linger_before_s: float = 0.0
+    linger_after_s: float = 0.0
+    idle_slot_factor: int = 1
+    rate_lead_s: float = 0.0
+    rate_lag_s: float = 0.0
+    decoys_per_hour: float = 0.0
+    budget_calls_per_day: float = 4.0
+    budget_call_s: float = 300.0
+
+
 @dataclass(frozen=True, slots=True)
 class Adversary:
     """What the attacker sees and controls."""
@@ -179,6 +216,9 @@ class Adversary:
     compromised_fraction: float = 0.0  # of the gateways and of each mix layer (whole nodes)
     targets: int = 50  # calls the attacks are scored on (sampled)
     entropy_packets: int = 20  # packets per target for the sender-set entropy
+    # Compromised nodes drop the packets of routes they are on but do not fully own, so that
+    # the client fails over to a new route (Borisov et al., CCS 2007)
+    selective_dos: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +234,7 @@ class Scenario:
     talk: Talk = field(default_factory=Talk)
     users: Users = field(default_factory=Users)
     adversary: Adversary = field(default_factory=Adversary)
+    policy: Policy = field(default_factory=Policy)
 
     @property
     def hops(self) -> int:
@@ -234,6 +275,7 @@ class Scenario:
             "talk": dataclasses.asdict(self.talk),
             "users": dataclasses.asdict(self.users),
             "adversary": dataclasses.asdict(self.adversary),
+            "policy": dataclasses.asdict(self.policy),
         }
 
 
@@ -333,7 +375,18 @@ def load_scenario(source: str | Path | Mapping[str, Any]) -> Scenario:
             raise ScenarioError(f"scenario file {str(source)!r}: not valid TOML: {exc}") from None
     else:
         raw = source
-    top = {"name", "seed", "cover", "network", "mixing", "voice", "talk", "users", "adversary"}
+    top = {
+        "name",
+        "seed",
+        "cover",
+        "network",
+        "mixing",
+        "voice",
+        "talk",
+        "users",
+        "adversary",
+        "policy",
+    }
     unknown = set(raw) - top
     if unknown:
         raise ScenarioError(f"unknown top-level field(s) {sorted(unknown)}")
@@ -356,6 +409,7 @@ def load_scenario(source: str | Path | Mapping[str, Any]) -> Scenario:
         talk=_section(Talk, "talk", raw.get("talk"), {}),
         users=_section(Users, "users", raw.get("users"), {}),
         adversary=_section(Adversary, "adversary", raw.get("adversary"), {}),
+        policy=_section(Policy, "policy", raw.get("policy"), {}),
     )
     _check(sc)
     return sc
@@ -376,8 +430,12 @@ def _check(sc: Scenario) -> None:
         raise ScenarioError("network.link_loss: must be < 1")
     if net.bandwidth_mbps <= 0:
         raise ScenarioError("network.bandwidth_mbps: must be > 0")
-    if sc.mixing.path not in ("packet", "call"):
-        raise ScenarioError(f"mixing.path: want 'packet' or 'call', got {sc.mixing.path!r}")
+    if sc.mixing.path not in ("packet", "call", "epoch"):
+        raise ScenarioError(
+            f"mixing.path: want 'packet', 'call' or 'epoch', got {sc.mixing.path!r}"
+        )
+    if sc.mixing.epoch_s <= 0:
+        raise ScenarioError("mixing.epoch_s: must be > 0")
     if v.frame_ms <= 0 or v.frames_per_packet < 1 or v.redundancy < 1:
         raise ScenarioError("voice.frame_ms, frames_per_packet and redundancy must be >= 1")
     if v.payload_bytes > net.geometry.user_payload:
@@ -414,3 +472,14 @@ def _check(sc: Scenario) -> None:
         raise ScenarioError("adversary.compromised_fraction: must be in [0, 1]")
     if adv.targets < 1:
         raise ScenarioError("adversary.targets: must be >= 1")
+    pol = sc.policy
+    if pol.schedule not in SCHEDULES:
+        raise ScenarioError(f"policy.schedule: want one of {list(SCHEDULES)}, got {pol.schedule!r}")
+    if pol.linger not in LINGERS:
+        raise ScenarioError(f"policy.linger: want one of {list(LINGERS)}, got {pol.linger!r}")
+    if not 0 < pol.daily_online_h <= 24:
+        raise ScenarioError("policy.daily_online_h: must be in (0, 24]")
+    if pol.idle_slot_factor < 1:
+        raise ScenarioError("policy.idle_slot_factor: must be >= 1 (1: no idle rate)")
+    if pol.budget_calls_per_day * pol.budget_call_s > DAY_S:
+        raise ScenarioError("policy.budget_calls_per_day: calls of budget_call_s exceed a day")

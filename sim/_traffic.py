@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ._model import Streams, make_streams, transit
-from ._scenario import Scenario
+from ._scenario import DAY_S, Scenario
 
 CHUNK_USERS = 1000  # users per block of binned observations (bounds memory)
 LOG2 = np.log(2.0)
@@ -31,7 +31,7 @@ LOG2 = np.log(2.0)
 
 @dataclass(frozen=True, slots=True)
 class Population:
-    """Users, their gateways, online sessions and the calls between them."""
+    """Users, their gateways, online sessions, call-rate periods and the calls between them."""
 
     n_users: int
     gateway: np.ndarray  # per user
@@ -46,11 +46,20 @@ class Population:
     call_s: float
     gateway_bad: np.ndarray  # per gateway: compromised
     mix_bad: np.ndarray  # (mix layers, mixes per layer): compromised
+    reachable: np.ndarray  # (pairs, calls_per_pair): callee online by its schedule at the ring
+    clock_s: float = 0.0  # time of day (s) at the start of the run
+    idle_slot_factor: int = 1  # idle clients send one packet per this many slots
+    high_user: np.ndarray | None = None  # call-rate periods, sorted by user (idle factor > 1)
+    high_start_s: np.ndarray | None = None
+    high_end_s: np.ndarray | None = None
 
 
 def make_population(sc: Scenario, rng: np.random.Generator) -> Population:
-    """Draw gateways, phases, churn sessions and call pairs (calls keep both ends online)."""
-    u = sc.users
+    """Draw gateways, phases, online schedules and call pairs; the policy (``sc.policy``)
+    decides the sessions outside calls, how long both ends stay online around each call and
+    when a client runs at the call rate. Scenarios whose policy is the default draw exactly
+    what they drew before the policy section existed."""
+    u, pol = sc.users, sc.policy
     n, dur = u.n_users, u.duration_s
     slot = sc.voice.slot_ms / 1000.0
     perm = rng.permutation(n)[: 2 * u.n_calls]
@@ -58,37 +67,63 @@ def make_population(sc: Scenario, rng: np.random.Generator) -> Population:
     part = dur / u.calls_per_pair
     base = np.arange(u.calls_per_pair) * part
     call_start = base[None, :] + rng.random((u.n_calls, u.calls_per_pair)) * (part - u.call_s)
-    if u.mean_online_s > 0:
-        on, off = u.mean_online_s, u.mean_offline_s
-        per = int(np.ceil(dur / (on + off) * 1.5)) + 4
-        ons = rng.exponential(on, (n, per))
-        offs = rng.exponential(off, (n, per))
-        # Stationary start: online at 0 with probability on/(on+off); periods are
-        # exponential, so what is left of the current one is a fresh draw (memoryless).
-        lead = np.where(rng.random(n) < on / (on + off), 0.0, rng.exponential(off, n))
-        begin = lead[:, None] + np.concatenate(
-            [np.zeros((n, 1)), np.cumsum(ons + offs, axis=1)[:, :-1]], axis=1
-        )
-        end = begin + ons
-        keep = (begin < dur) & (end > 0)
-        s_user = np.broadcast_to(np.arange(n)[:, None], (n, per))[keep]
-        s_start, s_end = np.maximum(begin[keep], 0.0), np.minimum(end[keep], dur)
-    else:
+    churn = pol.schedule == "churn" and u.mean_online_s > 0
+    if churn:
+        s_user, s_start, s_end = _churn(rng, n, dur, u.mean_online_s, u.mean_offline_s)
+    elif pol.schedule in ("always", "churn"):
         s_user, s_start, s_end = np.arange(n), np.zeros(n), np.full(n, dur)
-    # Both ends of a call stay online through it.
+    else:  # daily windows are drawn below, after every draw of the older scenarios
+        s_user = s_start = s_end = np.zeros(0)
+    gateway = rng.integers(0, sc.network.gateways, n)
+    up_phase = rng.random(n) * slot
+    down_phase = rng.random(n) * slot / sc.voice.downlink_speedup
+    gateway_bad = _compromise(rng, sc.adversary.compromised_fraction, 1, sc.network.gateways)[0]
+    mix_bad = _compromise(
+        rng, sc.adversary.compromised_fraction, sc.hops - 2, sc.network.mixes_per_layer
+    )
+    clock = 0.0
+    if pol.schedule == "daily":
+        clock = float(rng.random() * DAY_S)
+        s_user, s_start, s_end = _daily(rng, n, dur, clock, pol.daily_online_h * 3600.0)
+    else:
+        s_user, s_start, s_end = s_user.astype(np.int64), s_start, s_end
+    reach = _covered(
+        s_user, s_start, s_end, np.repeat(callee, u.calls_per_pair), call_start.ravel()
+    ).reshape(call_start.shape)
+    # Both ends of a call stay online through it, from linger_before_s before to
+    # linger_after_s after.
     c_user = np.concatenate(
         [np.repeat(caller, u.calls_per_pair), np.repeat(callee, u.calls_per_pair)]
     )
     c_start = np.concatenate([call_start.ravel(), call_start.ravel()])
-    s_user = np.concatenate([s_user, c_user])
-    s_start = np.concatenate([s_start, c_start])
-    s_end = np.concatenate([s_end, c_start + u.call_s])
+    c_end = c_start + u.call_s
+    high: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    if pol.linger_before_s > 0 or pol.linger_after_s > 0:
+        c_start = c_start - _linger(rng, pol.linger, pol.linger_before_s, len(c_start))
+        c_end = c_end + _linger(rng, pol.linger, pol.linger_after_s, len(c_end))
+    o_user, o_start, o_end = [s_user, c_user], [s_start, c_start], [s_end, c_end]
+    if pol.idle_slot_factor > 1:
+        both = np.concatenate([call_start.ravel(), call_start.ravel()])
+        h_start = both - _linger(rng, pol.linger, pol.rate_lead_s, len(both))
+        h_end = both + u.call_s + _linger(rng, pol.linger, pol.rate_lag_s, len(both))
+        d_user, d_start, d_end = _decoys(rng, sc, n)
+        h_user = np.concatenate([c_user, d_user])
+        h_start, h_end = np.concatenate([h_start, d_start]), np.concatenate([h_end, d_end])
+        # A client at the call rate is online.
+        o_user.append(h_user)
+        o_start.append(h_start)
+        o_end.append(h_end)
+        order = np.argsort(h_user, kind="stable")
+        high = (h_user[order], h_start[order], h_end[order])
+    s_user = np.concatenate(o_user)
+    s_start = np.concatenate(o_start)
+    s_end = np.concatenate(o_end)
     order = np.argsort(s_user, kind="stable")
     return Population(
         n_users=n,
-        gateway=rng.integers(0, sc.network.gateways, n),
-        up_phase_s=rng.random(n) * slot,
-        down_phase_s=rng.random(n) * slot / sc.voice.downlink_speedup,
+        gateway=gateway,
+        up_phase_s=up_phase,
+        down_phase_s=down_phase,
         sess_user=s_user[order],
         sess_start_s=s_start[order],
         sess_end_s=s_end[order],
@@ -96,11 +131,97 @@ def make_population(sc: Scenario, rng: np.random.Generator) -> Population:
         callee=callee,
         call_start_s=call_start,
         call_s=u.call_s,
-        gateway_bad=_compromise(rng, sc.adversary.compromised_fraction, 1, sc.network.gateways)[0],
-        mix_bad=_compromise(
-            rng, sc.adversary.compromised_fraction, sc.hops - 2, sc.network.mixes_per_layer
-        ),
+        gateway_bad=gateway_bad,
+        mix_bad=mix_bad,
+        reachable=reach,
+        clock_s=clock,
+        idle_slot_factor=pol.idle_slot_factor,
+        high_user=None if high is None else high[0],
+        high_start_s=None if high is None else high[1],
+        high_end_s=None if high is None else high[2],
     )
+
+
+def _churn(
+    rng: np.random.Generator, n: int, dur: float, on: float, off: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random sessions: exponential online and offline periods, stationary at time 0."""
+    per = int(np.ceil(dur / (on + off) * 1.5)) + 4
+    ons = rng.exponential(on, (n, per))
+    offs = rng.exponential(off, (n, per))
+    # Stationary start: online at 0 with probability on/(on+off); periods are
+    # exponential, so what is left of the current one is a fresh draw (memoryless).
+    lead = np.where(rng.random(n) < on / (on + off), 0.0, rng.exponential(off, n))
+    begin = lead[:, None] + np.concatenate(
+        [np.zeros((n, 1)), np.cumsum(ons + offs, axis=1)[:, :-1]], axis=1
+    )
+    end = begin + ons
+    keep = (begin < dur) & (end > 0)
+    s_user = np.broadcast_to(np.arange(n)[:, None], (n, per))[keep]
+    return s_user, np.maximum(begin[keep], 0.0), np.minimum(end[keep], dur)
+
+
+def _daily(
+    rng: np.random.Generator, n: int, dur: float, clock: float, window: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One window of ``window`` seconds a day per user, at a uniform time of day; the run
+    starts at time of day ``clock``. Returns the parts of the windows inside [0, dur)."""
+    begin = rng.random(n) * DAY_S - clock  # a window's start, relative to the run
+    users, starts, ends = [], [], []
+    for day in (-1.0, 0.0, 1.0):  # the window of the day before, this day and the next
+        s = begin + day * DAY_S
+        e = s + window
+        keep = (s < dur) & (e > 0)
+        users.append(np.flatnonzero(keep))
+        starts.append(np.maximum(s[keep], 0.0))
+        ends.append(np.minimum(e[keep], dur))
+    return np.concatenate(users), np.concatenate(starts), np.concatenate(ends)
+
+
+def _covered(
+    s_user: np.ndarray, s_start: np.ndarray, s_end: np.ndarray, user: np.ndarray, t: np.ndarray
+) -> np.ndarray:
+    """Bool per query: is ``user`` inside one of its sessions at time ``t``."""
+    if len(s_user) == 0:
+        return np.zeros(len(user), bool)
+    span = float(max(s_end.max(), t.max(), 0.0)) + 1.0  # user-major keys: user * span + time
+    order = np.lexsort((s_start, s_user))
+    su, ss, se = s_user[order], s_start[order], s_end[order]
+    i = np.searchsorted(su * span + ss, user * span + t, side="right") - 1
+    j = np.maximum(i, 0)
+    # A user's sessions do not overlap (churn periods, one window a day), so the last one
+    # to start at or before t is the only one that can hold t.
+    return (i >= 0) & (su[j] == user) & (se[j] > t)
+
+
+def _linger(rng: np.random.Generator, kind: str, mean: float, size: int) -> np.ndarray:
+    """Seconds a client stays online (or at the call rate) beyond a call, mean ``mean``."""
+    if mean <= 0:
+        return np.zeros(size)
+    if kind == "constant":
+        return np.full(size, mean)
+    if kind == "uniform":
+        return rng.random(size) * 2.0 * mean
+    return rng.exponential(mean, size)
+
+
+def _decoys(rng: np.random.Generator, sc: Scenario, n: int) -> tuple[np.ndarray, ...]:
+    """Call-shaped call-rate periods without a call: Poisson starts at ``decoys_per_hour``
+    per user, from one decoy length before the run to its end; each lasts as long as a call
+    with its lead and lag."""
+    pol, dur = sc.policy, sc.users.duration_s
+    span = sc.users.call_s + pol.rate_lead_s + pol.rate_lag_s
+    lo = -4.0 * span  # a decoy that began before the run can still be on at its start
+    count = rng.poisson(pol.decoys_per_hour / 3600.0 * (dur - lo), n)
+    user = np.repeat(np.arange(n), count)
+    start = lo + rng.random(len(user)) * (dur - lo)
+    k = len(user)
+    length = (
+        sc.users.call_s
+        + _linger(rng, pol.linger, pol.rate_lead_s, k)
+        + _linger(rng, pol.linger, pol.rate_lag_s, k)
+    )
+    return user, start, start + length
 
 
 def _compromise(rng: np.random.Generator, fraction: float, rows: int, per_row: int) -> np.ndarray:
@@ -175,14 +296,27 @@ class Observations:
     def online(self, users: np.ndarray) -> np.ndarray:
         """(len(users), n_bins) bool: is the user online in each bin."""
         p = self.pop
-        lo = np.searchsorted(p.sess_user, users, side="left")
-        hi = np.searchsorted(p.sess_user, users, side="right")
+        return self._mask(users, p.sess_user, p.sess_start_s, p.sess_end_s)
+
+    def high(self, users: np.ndarray) -> np.ndarray:
+        """(len(users), n_bins) bool: is the user sending at the call rate in each bin (the
+        same as ``online`` without an idle rate)."""
+        p = self.pop
+        if p.high_user is None or p.high_start_s is None or p.high_end_s is None:
+            return self.online(users)
+        return self._mask(users, p.high_user, p.high_start_s, p.high_end_s)
+
+    def _mask(
+        self, users: np.ndarray, s_user: np.ndarray, s_start: np.ndarray, s_end: np.ndarray
+    ) -> np.ndarray:
+        lo = np.searchsorted(s_user, users, side="left")
+        hi = np.searchsorted(s_user, users, side="right")
         counts = hi - lo
         idx = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi, strict=True)])
         row = np.repeat(np.arange(len(users)), counts)
         diff = np.zeros((len(users), self.n_bins + 1), np.int32)
-        b0 = np.clip(np.floor(p.sess_start_s[idx] / self.bin_s).astype(np.int64), 0, self.n_bins)
-        b1 = np.clip(np.ceil(p.sess_end_s[idx] / self.bin_s).astype(np.int64), 0, self.n_bins)
+        b0 = np.clip(np.floor(s_start[idx] / self.bin_s).astype(np.int64), 0, self.n_bins)
+        b1 = np.clip(np.ceil(s_end[idx] / self.bin_s).astype(np.int64), 0, self.n_bins)
         np.add.at(diff, (row, b0), 1)
         np.add.at(diff, (row, b1), -1)
         return np.cumsum(diff[:, :-1], axis=1) > 0
@@ -200,6 +334,11 @@ class Observations:
             on = np.zeros((len(users), self.n_bins + 1), bool)
             on[:, :-1] = self.online(users)
             w = np.take_along_axis(on, b, axis=1)
+            f = self.pop.idle_slot_factor
+            if f > 1:  # idle: every f-th slot; at the call rate: every slot
+                hi = np.zeros((len(users), self.n_bins + 1), bool)
+                hi[:, :-1] = self.high(users)
+                w &= np.take_along_axis(hi, b, axis=1) | (k % f == 0)[None, :]
             flat = (np.arange(len(users))[:, None] * (self.n_bins + 1) + b)[w]
             out = np.bincount(flat, minlength=len(users) * (self.n_bins + 1))
             return out.reshape(len(users), self.n_bins + 1)[:, :-1].astype(np.float32)
@@ -378,8 +517,8 @@ def intersection(obs: Observations) -> dict[str, float]:
     size = np.zeros(t_count)
     has_b = np.zeros(t_count, bool)
     for users in obs.chunks():
-        if obs.sc.cover:
-            act = obs.online(users).astype(np.int32)
+        if obs.sc.cover:  # able to take part: at the call rate (online without an idle rate)
+            act = obs.high(users).astype(np.int32)
             need_all = True
         else:
             act = (obs.rows("up", users) + obs.rows("down", users) > 0).astype(np.int32)
@@ -403,11 +542,42 @@ def intersection(obs: Observations) -> dict[str, float]:
     return out
 
 
+@attack("session_edges")
+def session_edges(obs: Observations) -> dict[str, float]:
+    """Align rate changes: where a user's uplink count per window steps up or down (coming
+    online, leaving, switching between idle and call rate), the partner's steps the same
+    way at nearly the same time. Each user's signed steps are spread over +-h windows, h
+    the larger of 2 s and the policy's mean lead, lag and linger (the adversary knows the
+    policy), and users are scored by the cosine of the caller's steps with theirs."""
+    up = obs.windows("up")
+    d = np.diff(up, axis=1)
+    e = (np.sign(d) * (np.abs(d) > 1.5)).astype(np.float32)  # +-1 count is slot jitter
+    pol = obs.sc.policy
+    spread = max(2.0, pol.linger_before_s, pol.linger_after_s, pol.rate_lead_s, pol.rate_lag_s)
+    h = max(1, round(spread / obs.sc.adversary.window_s))
+    c = np.concatenate([np.zeros((len(e), 1), np.float32), np.cumsum(e, axis=1)], axis=1)
+    idx = np.arange(e.shape[1])
+    lo, hi = np.clip(idx - h, 0, e.shape[1]), np.clip(idx + h + 1, 0, e.shape[1])
+    s = c[:, hi] - c[:, lo]  # box sum of the steps within +-h windows
+    a = obs.pop.caller[obs.targets]
+    b = obs.pop.callee[obs.targets]
+    norm_e = np.linalg.norm(e[a], axis=1)[:, None]
+    norm_s = np.linalg.norm(s, axis=1)[None, :]
+    raw = e[a] @ s.T
+    scores = np.divide(raw, norm_e * norm_s, out=np.zeros_like(raw), where=norm_e * norm_s > 0)
+    rank, top1 = rank_of_truth(scores, b, a)
+    obs.tick(obs.n_users)
+    return _summary(rank, top1, obs.n_users)
+
+
 @attack("compromised_hops")
 def compromised_hops(obs: Observations) -> dict[str, float]:
     """A fraction of gateways and mixes is compromised. Baseline: the caller's and callee's
     gateways together link the call by timing. Our design: they also need every mix of
-    some packet's route, since cover and shaping hide timing; routes per packet or per call."""
+    some packet's route, since cover and shaping hide timing; routes per packet, per call
+    direction or per sender and epoch, with ``mixing.failover`` spare routes. Under
+    ``adversary.selective_dos`` compromised nodes drop what crosses a route they do not
+    fully own, which makes the client fail over; a call that runs out of routes fails."""
     sc = obs.sc
     rng = obs.rng
     layers = sc.hops - 2
@@ -415,6 +585,7 @@ def compromised_hops(obs: Observations) -> dict[str, float]:
     a = obs.pop.caller[obs.targets]
     b = obs.pop.callee[obs.targets]
     gw_both = gw_bad[obs.pop.gateway[a]] & gw_bad[obs.pop.gateway[b]]
+    failed = np.zeros(len(a), bool)
     if not sc.cover:
         linked = gw_both
     else:
@@ -427,14 +598,32 @@ def compromised_hops(obs: Observations) -> dict[str, float]:
         wanted[obs.targets] = True
         pk = media & wanted[pair_of_stream[st.stream]]
         p_stream = st.stream[pk]
-        if sc.mixing.path == "call":
-            route = rng.integers(0, sc.network.mixes_per_layer, (st.n_streams, layers))
-            bad = mix_bad[np.arange(layers)[None, :], route].all(axis=1)[p_stream]
-        else:
+        if sc.mixing.path == "packet":
             route = rng.integers(0, sc.network.mixes_per_layer, (len(p_stream), layers))
             bad = mix_bad[np.arange(layers)[None, :], route].all(axis=1)
-        pair_bad = np.zeros(k, bool)
-        pair_bad[pair_of_stream[p_stream[bad]]] = True
+            pair_bad = np.zeros(k, bool)
+            pair_bad[pair_of_stream[p_stream[bad]]] = True
+        else:
+            # One route (and its spares) per key: a call direction, or a sender and epoch.
+            if sc.mixing.path == "call":
+                key = np.arange(st.n_streams)
+            else:
+                sender = obs.sender
+                starts = np.concatenate([obs.pop.call_start_s.ravel()] * 2)
+                epoch = np.floor((obs.pop.clock_s + starts) / sc.mixing.epoch_s).astype(np.int64)
+                key = np.unique(np.stack([sender, epoch]), axis=1, return_inverse=True)[1]
+                key = np.asarray(key).ravel()
+            n_keys = int(key.max()) + 1
+            tries = sc.mixing.failover + 1 if sc.adversary.selective_dos else 1
+            key_bad, key_failed = route_outcome(rng, mix_bad, n_keys, tries)
+            has_media = np.zeros(st.n_streams, bool)
+            has_media[p_stream] = True
+            streams = np.flatnonzero(has_media)
+            pair_bad = np.zeros(k, bool)
+            pair_bad[pair_of_stream[streams[key_bad[key[streams]]]]] = True
+            pair_failed = np.zeros(k, bool)
+            pair_failed[pair_of_stream[streams[key_failed[key[streams]]]]] = True
+            failed = pair_failed[obs.targets]
         linked = gw_both & pair_bad[obs.targets]
     n = obs.n_users
     rank = np.where(linked, 1.0, n / 2.0)
@@ -442,7 +631,35 @@ def compromised_hops(obs: Observations) -> dict[str, float]:
     out = _summary(rank, top1, n)
     out["linked"] = round(float(linked.mean()), 6)
     out["both_gateways_compromised"] = round(float(gw_both.mean()), 6)
+    out["failed"] = round(float(failed.mean()), 6)
     return out
+
+
+def route_outcome(
+    rng: np.random.Generator, mix_bad: np.ndarray, n_keys: int, tries: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Routes of ``n_keys`` independent route holders, each trying up to ``tries`` routes.
+
+    A route takes one uniform mix per layer of ``mix_bad`` (layers, mixes per layer). With
+    ``tries`` > 1 the adversary drops what crosses a route it holds in part, so the holder
+    moves on until a route is clean or all bad. Returns (linked: some route all bad, failed:
+    every try was dropped), each a bool array of length ``n_keys``. With per-route
+    probabilities q (all bad) and s (part bad), P(linked) = q (1 - s^tries) / (1 - s)
+    and P(failed) = s^tries (``tries`` = 1: q and 0).
+    """
+    layers, per = mix_bad.shape
+    linked = np.zeros(n_keys, bool)
+    active = np.arange(n_keys)
+    for _ in range(tries):
+        route = rng.integers(0, per, (len(active), layers))
+        bad = mix_bad[np.arange(layers)[None, :], route]
+        all_bad, any_bad = bad.all(axis=1), bad.any(axis=1)
+        linked[active[all_bad]] = True
+        active = active[any_bad & ~all_bad]
+    failed = np.zeros(n_keys, bool)
+    if tries > 1:
+        failed[active] = True
+    return linked, failed
 
 
 def lag_pmf(sc: Scenario, rng: np.random.Generator, n_streams: int = 100) -> np.ndarray:
@@ -475,6 +692,57 @@ class AttackReport:
         return asdict(self)
 
 
+def prepare(
+    sc: Scenario,
+) -> tuple[Population, Streams, np.ndarray, np.ndarray, np.ndarray, np.random.SeedSequence]:
+    """Population, call streams (with sender and receiver), scored targets and the seed
+    sequence of the two designs, all drawn from ``sc.seed``."""
+    ss = np.random.SeedSequence(sc.seed)
+    r_pop, r_stream, r_target = (np.random.default_rng(s) for s in ss.spawn(3))
+    pop = make_population(sc, r_pop)
+    st, sender, receiver = call_streams(sc, pop, r_stream)
+    k = len(pop.caller)
+    targets = np.sort(r_target.choice(k, size=min(k, sc.adversary.targets), replace=False))
+    return pop, st, sender, receiver, targets, ss
+
+
+def observe(
+    sc: Scenario,
+    pop: Population,
+    st: Streams,
+    sender: np.ndarray,
+    receiver: np.ndarray,
+    targets: np.ndarray,
+    seq: np.random.SeedSequence,
+    tick: Callable[[int], None] | None = None,
+) -> tuple[Observations, int]:
+    """Carry the media through the network of ``sc`` and return what the adversary sees,
+    with the packet-hops simulated."""
+    r_tr, r_lag, r_att = (np.random.default_rng(s) for s in seq.spawn(3))
+    tr = transit(sc, r_tr, st)
+    obs = Observations(
+        sc,
+        pop,
+        st,
+        sender,
+        receiver,
+        tr.arrive_s,
+        tr.send_s,
+        lag_pmf(sc, r_lag),
+        targets,
+        r_att,
+        tick,
+    )
+    return obs, tr.packet_hops
+
+
+def check_attacks(names: list[str]) -> None:
+    """Raise ValueError naming an attack that is not registered."""
+    for name in names:
+        if name not in ATTACKS:
+            raise ValueError(f"attack {name!r}: want one of {sorted(ATTACKS)}")
+
+
 def run_attacks(
     sc: Scenario,
     attacks: list[str] | None = None,
@@ -484,44 +752,20 @@ def run_attacks(
     """Run the attacks against our design (``cover`` on) and the baseline (cover off) on the
     same population, calls and talk spurts."""
     names = list(ATTACKS) if attacks is None else attacks
-    for name in names:
-        if name not in ATTACKS:
-            raise ValueError(f"attack {name!r}: want one of {sorted(ATTACKS)}")
-    ss = np.random.SeedSequence(sc.seed)
-    r_pop, r_stream, r_target = (np.random.default_rng(s) for s in ss.spawn(3))
-    pop = make_population(sc, r_pop)
-    st, sender, receiver = call_streams(sc, pop, r_stream)
-    k = len(pop.caller)
-    targets = np.sort(r_target.choice(k, size=min(k, sc.adversary.targets), replace=False))
+    check_attacks(names)
+    pop, st, sender, receiver, targets, ss = prepare(sc)
     designs: dict[str, Any] = {}
     hops = 0
     for label, cover, seq in zip(("design", "baseline"), (True, False), ss.spawn(2), strict=True):
         scd = replace(sc, cover=cover)
-        r_tr, r_lag, r_att = (np.random.default_rng(s) for s in seq.spawn(3))
-        tr = transit(scd, r_tr, st)
-        hops += tr.packet_hops
-        obs = Observations(
-            scd,
-            pop,
-            st,
-            sender,
-            receiver,
-            tr.arrive_s,
-            tr.send_s,
-            lag_pmf(scd, r_lag),
-            targets,
-            r_att,
-            tick,
-        )
-        res: dict[str, Any] = {}
-        for name in names:
-            res[name] = ATTACKS[name](obs)
-        designs[label] = res
+        obs, h = observe(scd, pop, st, sender, receiver, targets, seq, tick)
+        hops += h
+        designs[label] = {name: ATTACKS[name](obs) for name in names}
     return AttackReport(
         scenario=sc.name,
         seed=sc.seed,
         users=sc.users.n_users,
-        calls=int(k * sc.users.calls_per_pair),
+        calls=int(len(pop.caller) * sc.users.calls_per_pair),
         targets=len(targets),
         packet_hops=hops,
         designs=designs,

@@ -3,6 +3,7 @@
     phantom-sim run --scenario scenarios/voice.toml --out out/voice
     phantom-sim sweep --scenario scenarios/voice.toml --out out/sweep --workers 2
     phantom-sim attack --scenario scenarios/traffic-small.toml --out out/attack
+    phantom-sim policy --scenario scenarios/policy-small.toml --policies scenarios/policies.toml
     phantom-sim validate --measured measured.json --scenario scenarios/voice.toml
 
 Results go to the output directory as JSON, CSV and PNG; a one-line summary goes to stdout.
@@ -22,15 +23,17 @@ from ._latency import run_latency
 from ._output import (
     plot_attacks,
     plot_latency,
+    plot_policies,
     plot_sweep,
     plot_validation,
     progress,
     write_csv,
     write_json,
 )
+from ._policy import load_policies, measure_policies
 from ._scenario import ScenarioError, load_scenario
 from ._sweep import DEFAULT_GRID, MAX_LOSS, MAX_P99_MS, SweepError, sweep
-from ._traffic import ATTACKS, CHUNK_USERS, run_attacks
+from ._traffic import ATTACKS, run_attacks
 from .validate import (
     SIM_PACKETS,
     MeasuredDataError,
@@ -113,6 +116,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     p = sub.add_parser("attack", help="traffic analysis: design against baseline")
     common(p)
+    p.add_argument("--attacks", help=f"comma-separated subset of {','.join(ATTACKS)}")
+    p = sub.add_parser(
+        "policy", help="client policies: every attack, data per day, reachability, over seeds"
+    )
+    common(p)
+    p.add_argument(
+        "--policies",
+        type=Path,
+        default=Path("scenarios/policies.toml"),
+        help="TOML file of [policies.NAME] tables of dotted fields",
+    )
+    p.add_argument(
+        "--seeds", type=_ints, help="e.g. 1,2,3,4,5 (default: --seed if given, else 1..5)"
+    )
+    p.add_argument("--only", help="comma-separated subset of the file's policy names")
     p.add_argument("--attacks", help=f"comma-separated subset of {','.join(ATTACKS)}")
     p = sub.add_parser("validate", help="compare measured one-way latencies with the model")
     common(p)
@@ -207,9 +225,8 @@ def _attack(sc: Any, args: argparse.Namespace) -> int:
         if bad:
             raise ScenarioError(f"--attacks: unknown {bad}; want some of {sorted(ATTACKS)}")
     t0 = time.perf_counter()
-    chunks = -(-sc.users.n_users // CHUNK_USERS)
-    passes = 4 if names is None else len(names)
-    with progress("attacks", 2 * chunks * passes) as tick:
+    passes = len(ATTACKS) if names is None else len(names)
+    with progress("attacks", 2 * sc.users.n_users * passes) as tick:
         rep = run_attacks(sc, names, tick=tick).to_dict()
     took = time.perf_counter() - t0
     write_json(args.out / "attacks.json", rep)
@@ -225,6 +242,80 @@ def _attack(sc: Any, args: argparse.Namespace) -> int:
         print(f"{d}: {line}")
     print(f"{rep['users']} users, {rep['calls']} calls in {took:.1f} s -> {args.out}")
     return 0
+
+
+def _policy(sc: Any, args: argparse.Namespace) -> int:
+    policies = load_policies(args.policies)
+    if args.only:
+        want = [p for p in args.only.split(",") if p]
+        bad = [p for p in want if p not in policies]
+        if bad:
+            raise ScenarioError(f"--only: unknown {bad}; the file has {sorted(policies)}")
+        policies = {p: policies[p] for p in want}
+    if args.seeds is None:
+        args.seeds = [args.seed] if args.seed is not None else [1, 2, 3, 4, 5]
+    if not args.seeds:
+        raise ScenarioError("--seeds: want at least one seed")
+    names = [a for a in args.attacks.split(",") if a] if args.attacks else list(ATTACKS)
+    bad = [a for a in names if a not in ATTACKS]
+    if bad:
+        raise ScenarioError(f"--attacks: unknown {bad}; want some of {sorted(ATTACKS)}")
+    t0 = time.perf_counter()
+    # The bar counts users walked: both window passes, then one pass per attack that walks
+    # the users again (timing, intersection) or scores them all at once (session_edges).
+    again = ("timing_likelihood", "intersection", "session_edges")
+    per_run = sc.users.n_users * (2 + sum(a in again for a in names))
+    with progress("policies", len(policies) * len(args.seeds) * per_run) as tick:
+        rep = measure_policies(sc, policies, args.seeds, names, tick=tick)
+    took = time.perf_counter() - t0
+    out: Path = args.out
+    write_json(out / "policy.json", rep)  # same seeds, same bytes: the time goes elsewhere
+    write_json(out / "timing.json", {"elapsed_s": round(took, 1)})
+    rows = _policy_rows(rep)
+    write_csv(out / "policy.csv", rows)
+    plot_policies(out, rep)
+    short = {"flow_correlation": "flow", "timing_likelihood": "timing", "session_edges": "edges"}
+    short |= {"intersection": "inters", "compromised_hops": "hops"}
+    head = ["policy"] + [f"{short.get(a, a)} top1" for a in names]
+    head += ["up MB/d", "down MB/d", "reach", "p99 ms", "goal"]
+    width = max(len(r["policy"]) for r in rows)
+    print(f"{head[0]:<{width}}  " + "  ".join(f"{h:>11}" for h in head[1:]))
+    for r in rows:
+        vals = [r[f"{a}_top1"] for a in names]
+        vals += [r["up_mb_day"], r["down_mb_day"], r["reachability"], r["m2e_p99_ms"]]
+        cells = [_cell(v) for v in vals] + ["met" if r["goal_met"] else "-"]
+        print(f"{r['policy']:<{width}}  " + "  ".join(f"{c:>11}" for c in cells))
+    rec = rep["recommended"]
+    print(
+        f"goal top-1 <= {rep['goal_top1']:.6f}; desktop: {rec['desktop']}; mobile: "
+        f"{rec['mobile']}; {len(policies)} policies x {len(args.seeds)} seeds in {took:.0f} s"
+        f" -> {out}"
+    )
+    return 0
+
+
+def _cell(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _policy_rows(rep: dict[str, Any]) -> list[dict[str, Any]]:
+    """One CSV row per policy: means and 95 % half-widths of every metric."""
+    rows = []
+    for p in rep["policies"]:
+        row: dict[str, Any] = {"policy": p["policy"]}
+        for a, m in p["attacks"].items():
+            for k in ("top1", "mean_rank"):
+                row[f"{a}_{k}"] = m[k]["mean"]
+                row[f"{a}_{k}_ci95"] = m[k]["ci95"]
+        row["up_mb_day"] = p["data_per_day"]["up_mb"]
+        row["down_mb_day"] = p["data_per_day"]["down_mb"]
+        row["reachability"] = p["reachability"]["mean"]
+        row["reachability_ci95"] = p["reachability"]["ci95"]
+        row["m2e_p99_ms"] = p["mouth_to_ear_p99_ms"]["mean"]
+        row["m2e_p99_ms_ci95"] = p["mouth_to_ear_p99_ms"]["ci95"]
+        row["goal_met"] = p["goal_met"]
+        rows.append(row)
+    return rows
 
 
 def _validate(sc: Any, args: argparse.Namespace) -> int:
@@ -248,7 +339,13 @@ def _validate(sc: Any, args: argparse.Namespace) -> int:
     return 0 if res["passed"] else 1
 
 
-_COMMANDS = {"run": _run, "sweep": _sweep, "attack": _attack, "validate": _validate}
+_COMMANDS = {
+    "run": _run,
+    "sweep": _sweep,
+    "attack": _attack,
+    "policy": _policy,
+    "validate": _validate,
+}
 
 if __name__ == "__main__":
     sys.exit(main())
