@@ -376,11 +376,13 @@ def url_problem(value: str) -> str | None:
     parts an authority URL never needs).
     """
     wanted = "an http:// or https:// URL"
+    if not value.isascii() or not value.isprintable() or " " in value:
+        return f"{wanted} without white space, control or non-ASCII characters"
     if "[" in value:
         return f"{wanted} with an IPv4 address or name (IPv6 is not supported)"
     m = _URL.fullmatch(value)
     if m is None:
-        return f"{wanted}: host, optional :port and /path; no spaces, query or user info"
+        return f"{wanted}: host, optional :port and /path; no query or user info"
     problem = host_problem(m["host"])
     if problem is not None:
         return f"{wanted} whose host is {problem}"

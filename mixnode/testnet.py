@@ -60,6 +60,8 @@ MAX_PER_LAYER = 32
 class TestnetError(Exception):
     """The testnet could not be started, found or stopped; the message says why."""
 
+    __test__ = False  # not a pytest class
+
 
 @dataclass(slots=True)
 class ProcessInfo:
