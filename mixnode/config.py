@@ -230,7 +230,17 @@ class DirAuthConfig:
 # Field readers
 
 
-_SHOW = reprlib.Repr()
+class _Shortened(reprlib.Repr):
+    """reprlib's shortened repr; an integer too long to print (Python refuses more than
+    4300 digits, and TOML hex allows more) is shown by its size."""
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 256:
+            return f"<{x.bit_length()}-bit integer>"
+        return super().repr_int(x, level)
+
+
+_SHOW = _Shortened()
 _SHOW.maxstring = 80  # characters of a quoted string value
 _SHOW.maxother = 80
 _SHOW.maxlevel = 2  # nested lists and tables are shown two levels deep

@@ -54,7 +54,7 @@ PORTS_PER_NODE = 3  # UDP node port, UDP client port (gateways), TCP metrics por
 # Upper bounds on the shape: one machine runs every process (a node is 1 + workers).
 MAX_AUTHORITIES = 9
 MAX_GATEWAYS = 32
-MAX_PER_LAYER = 32
+MAX_PER_LAYER = 26  # mixes are named by letter: mix-1a .. mix-1z
 
 
 class TestnetError(Exception):

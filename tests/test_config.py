@@ -433,6 +433,8 @@ def test_the_reviews_hostile_configs_name_the_problem(tmp_path: Path) -> None:
         ),
         _GOOD_MIX.replace("[node]\n", '[node]\n"\\u001b[2J" = 1\n'): r"node.'\x1b[2J': unknown",
         _GOOD_MIX.replace('name = "node-1"', f'name = "{"n" * 10_000}"'): "...",
+        _GOOD_MIX.replace("layer = 1", "layer = 0x" + "f" * 5000): "got <20000-bit integer>",
+        _GOOD_MIX.replace("layer = 1", "layer = [[0x" + "f" * 5000 + "]]"): "got [[<20000-bit",
     }
     for text, message in cases.items():
         with pytest.raises(ConfigError) as err:

@@ -21,6 +21,7 @@ from mixnode.testnet import (
     check_options,
     down,
     main,
+    option_flag,
     up,
 )
 
@@ -46,7 +47,7 @@ def no_processes(monkeypatch: pytest.MonkeyPatch) -> None:
     ("args", "named"),
     [
         (["--layers", "4"], "--layers: expected a whole number in 1..3, got 4"),
-        (["--per-layer", "0"], "--per-layer: expected a whole number in 1..32, got 0"),
+        (["--per-layer", "0"], "--per-layer: expected a whole number in 1..26, got 0"),
         (["--link-loss", "1.5"], "--link-loss: expected a number in 0..0.99, got 1.5"),
         (["--threshold", "5"], "--threshold: expected a whole number in 1..3, got 5"),
         (["--threshold", "0"], "--threshold: expected a whole number in 1..3, got 0"),
@@ -72,49 +73,56 @@ def test_bad_options_refused_before_anything_is_written(
     assert list(tmp_path.iterdir()) == []  # not even the directory
 
 
-_COUNTS = st.integers(-2, 40)
-_NUMBERS = st.one_of(st.integers(-1, 2000), st.floats(-1, 2e6), st.just(float("nan")))
+_ANY_NUMBER = st.one_of(
+    st.integers(-(2**40), 2**40), st.floats(allow_nan=True, allow_infinity=True)
+)
+_IN_RANGE = {  # option -> values that are all in its range
+    "authorities": st.integers(1, 9),
+    "threshold": st.integers(1, 9),  # brought within 1..authorities below
+    "gateways": st.integers(1, 32),
+    "layers": st.integers(1, 3),
+    "per_layer": st.integers(1, 26),
+    "base_port": st.sampled_from([0, 1, 1024, 32000, 65000]),
+    "epoch_length_s": st.integers(10, 604800),
+    "workers": st.integers(1, 64),
+    "loop_cover_rate_hz": st.floats(0, 1000),
+    "delivery_rate_hz": st.floats(0.1, 1000),
+    "link_delay_ms": st.floats(0, 10_000),
+    "link_jitter_ms": st.floats(0, 10_000),
+    "link_loss": st.floats(0, 0.99),
+    "round_interval_s": st.floats(0.1, 3600),
+}
 
 
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
-    authorities=st.integers(-1, 10),
-    threshold=st.integers(-1, 10),
-    gateways=_COUNTS,
-    layers=st.integers(-1, 4),
-    per_layer=_COUNTS,
-    base_port=st.one_of(st.just(32000), st.integers(-1, 70000)),
-    epoch_length_s=st.one_of(st.just(3600), st.integers(-1, 10**6)),
-    workers=st.integers(-1, 70),
-    numbers=st.fixed_dictionaries(
-        {
-            k: _NUMBERS
-            for k in (
-                "loop_cover_rate_hz",
-                "delivery_rate_hz",
-                "link_delay_ms",
-                "link_jitter_ms",
-                "link_loss",
-                "round_interval_s",
-            )
-        }  # fmt: skip
-    ),
+    good=st.fixed_dictionaries(_IN_RANGE),
+    broken=st.sampled_from([None, *_IN_RANGE]),
+    value=_ANY_NUMBER,
 )
 def test_options_either_refused_by_name_or_every_config_builds(
-    tmp_path: Path, numbers: dict[str, float], **counts: int
+    tmp_path: Path, good: dict[str, float], broken: str | None, value: float
 ) -> None:
-    """check_options is complete: what it lets through, every config accepts (the plan
-    builds and checks them all in memory), and neither writes a file."""
-    opts = TestnetOptions(directory=tmp_path / "tn", **counts, **numbers)  # type: ignore[arg-type]
+    """check_options names the one option out of range; what it lets through, every config
+    accepts (the plan builds and checks them all in memory); neither writes a file."""
+    good["threshold"] = min(good["threshold"], good["authorities"])
+    if broken is not None:
+        good[broken] = value
+    opts = TestnetOptions(directory=tmp_path / "tn", **good)  # type: ignore[arg-type]
     try:
         check_options(opts)
     except TestnetError as exc:
-        assert str(exc).startswith("--") and ": expected " in str(exc)
+        assert broken is not None, exc
+        assert (
+            str(exc).startswith(f"{option_flag(broken)}: expected ")
+            or (broken == "authorities" and str(exc).startswith("--threshold: expected "))
+            or (broken in ("gateways", "per_layer") and str(exc).startswith("--base-port: "))
+        )
         return
     if opts.base_port == 0:
-        opts = dataclasses.replace(opts, base_port=32000)  # no sockets in a property test
+        opts = dataclasses.replace(opts, base_port=32000 - opts.ports_needed())  # no sockets
     plan = _plan(opts, opts.directory)
     assert len(plan.nodes) == opts.gateways + opts.layers * opts.per_layer
     assert max(c.metrics.port for _, c in plan.nodes) < 65536
