@@ -73,7 +73,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
     A refused init writes nothing, so running it again with the fix needs no --force.
     """
     path = Path(args.config)
-    if path.exists() and not args.force:
+    if path.is_file() and not args.force:  # anything else there: check_writable_file
         raise CliError(f"{path} exists; use --force to overwrite the config", EXIT_CONFIG)
     if args.role == "mix" and args.layer is None:
         raise CliError("--layer is required for a mix (1..3)", EXIT_CONFIG)

@@ -623,7 +623,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
     A refused init writes nothing: running it again with the fix needs no --force.
     """
     cfg_path = Path(args.config)
-    if cfg_path.exists() and not args.force:
+    if cfg_path.is_file() and not args.force:  # anything else there: check_writable_file
         raise AuthorityError(f"{cfg_path} exists; use --force to overwrite the config")
     data_dir = Path(args.data_dir)
     # The data dir as `run` will see it: relative to the config's directory.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -663,7 +664,7 @@ def _nonneg(kind: type, what: str):  # type: ignore[no-untyped-def]
             v = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if v < 0:
+        if not 0 <= v < math.inf:  # NaN and infinities too
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return v
 
@@ -689,7 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     for q in (u, s, dn, pr):
         q.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="testnet directory")
     count = _nonneg(int, "a whole number >= 0")
-    real = _nonneg(float, "a number >= 0")
+    real = _nonneg(float, "a finite number >= 0")
     u.add_argument("--authorities", type=count, default=3, help="directory authorities")
     u.add_argument("--threshold", type=count, default=2, help="signatures a document needs")
     u.add_argument("--gateways", type=count, default=2, help="gateways (layer 0)")

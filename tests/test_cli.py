@@ -257,6 +257,8 @@ def test_a_threshold_of_zero_is_refused_not_made_the_majority(
         ("dirauth", "/proc/a.toml", "d", "--config: /proc/a.toml: cannot create files in /proc"),
         ("dirauth", "a.toml", "/proc/d", "authority.data_dir: /proc/d: cannot create files in"),
         ("dirauth", "a.toml", "FILE", "authority.data_dir: FILE is a file where a directory"),
+        ("mixnode", "DIR", "d", "--config: DIR exists and is not a regular file"),
+        ("dirauth", "DIR", "d", "--config: DIR exists and is not a regular file"),
     ],
 )
 def test_init_on_unwritable_paths_names_the_option_or_field(
@@ -270,6 +272,7 @@ def test_init_on_unwritable_paths_names_the_option_or_field(
     """Regression: FileNotFoundError traceback (mixnode), "phantom-dirauth: No such file or
     directory" with exit 1 (dirauth); and nothing may be left behind."""
     (tmp_path / "FILE").write_text("x\n")
+    (tmp_path / "DIR").mkdir()
     if program == "mixnode":
         run, args = main, _init(tmp_path, "--role", "mix", "--layer", "1")
     else:
@@ -277,8 +280,10 @@ def test_init_on_unwritable_paths_names_the_option_or_field(
     for option, value in (("--config", config), ("--data-dir", data_dir)):
         args[args.index(option) + 1] = value if value.startswith("/") else f"{tmp_path}/{value}"
     assert run(args) == 2
-    assert named.replace("FILE", f"{tmp_path}/FILE") in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"]
+    err = capsys.readouterr().err
+    assert named.replace("FILE", f"{tmp_path}/FILE").replace("DIR", f"{tmp_path}/DIR") in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["DIR", "FILE"]
+    assert list((tmp_path / "DIR").iterdir()) == []
 
 
 def test_dirauth_key_without_a_key_names_the_data_dir(

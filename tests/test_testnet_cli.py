@@ -26,11 +26,21 @@ from mixnode.testnet import (
 )
 
 
-def test_bad_number_says_what_is_wanted(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["up", "--gateways", "two"], "expected a whole number >= 0, got 'two'"),
+        (["up", "--link-delay-ms", "inf"], "expected a finite number >= 0, got 'inf'"),
+        (["down", "--timeout", "nan"], "expected a finite number >= 0, got 'nan'"),
+    ],
+)
+def test_bad_number_says_what_is_wanted(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(["up", "--gateways", "two"])
+        main(args)
     assert exc.value.code == 2
-    assert "expected a whole number >= 0, got 'two'" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 @pytest.fixture
@@ -58,7 +68,7 @@ def no_processes(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--workers", "0"], "--workers: expected a whole number in 1..64, got 0"),
         (["--cover-rate-hz", "1e9"], "--cover-rate-hz: expected a number in 0..1000"),
         (["--delivery-rate-hz", "0"], "--delivery-rate-hz: expected a number in 0.1..1000"),
-        (["--link-delay-ms", "inf"], "--link-delay-ms: expected a number in 0..10000, got inf"),
+        (["--link-delay-ms", "2e4"], "--link-delay-ms: expected a number in 0..10000, got 20000.0"),
         (["--gateways", "1000"], "--gateways: expected a whole number in 1..32, got 1000"),
     ],
 )
