@@ -6,10 +6,12 @@
     $ phantom-mixnode run --config mix1.toml
     $ phantom-mixnode status --config mix1.toml
 
-``init`` writes a checked config and creates the node's keys (mode 0600) in its data dir;
-``run`` loads both and hands over to the daemon; ``status`` reads the node's loopback
-metrics endpoint and prints a table. Exit codes: 0 ok, 1 runtime failure, 2 bad config
-or keys, 3 missing component.
+``init`` checks every argument and path, creates the node's keys (mode 0600) in its data
+dir and writes the config last, so a refused init leaves nothing behind; ``run`` loads
+both, checks that the data dir takes new files (keys rotate every epoch) and hands over
+to the daemon; ``status`` reads the node's loopback metrics endpoint and prints a table.
+Exit codes: 0 ok, 1 runtime failure, 2 bad config, keys, argument or path (the message
+names the field, option or path), 3 missing component.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import os
 import re
 import sys
 import time
@@ -25,19 +28,23 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mixnode._args import hex_key, port
+from mixnode._args import HelpFormatter, at_least, hex_key, port
 from overlay import PhantomError, epoch_at
 
 from .config import (
     ConfigError,
     NodeConfig,
+    as_loaded_from,
     check_genesis,
-    data_dir_error,
+    check_writable_dir,
+    check_writable_file,
     load_node_config,
     make_node_config,
+    path_error,
     write_config,
 )
-from .keys import KeyStoreError, NodeKeys
+from .directory_client import CACHE_DIR
+from .keys import EPOCH_DIR, KeyStoreError, NodeKeys
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -61,8 +68,12 @@ class CliError(PhantomError):
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
+    """Check every argument and path first; then create the keys, then write the config.
+
+    A refused init writes nothing, so running it again with the fix needs no --force.
+    """
     path = Path(args.config)
-    if path.exists() and not args.force:
+    if path.is_file() and not args.force:  # anything else there: check_writable_file
         raise CliError(f"{path} exists; use --force to overwrite the config", EXIT_CONFIG)
     if args.role == "mix" and args.layer is None:
         raise CliError("--layer is required for a mix (1..3)", EXIT_CONFIG)
@@ -84,16 +95,21 @@ def _cmd_init(args: argparse.Namespace) -> int:
         epoch_length_s=args.epoch_length_s,
         extra=extra,
     )
-    write_config(path, cfg)
-    loaded = load_node_config(path)  # resolves data_dir against the config's directory
+    check_writable_file("--config", path)
+    loaded = as_loaded_from(cfg, path)  # data_dir resolved against the config's directory
     now = time.time()
     d = loaded.directory
     check_genesis(d, now)
+    _check_data_dir(loaded)
     keys = _keys(loaded, NodeKeys.load_or_create)
     try:
         keys.ensure_epochs(epoch_at(now, d.epoch_length_s, d.genesis_s))
     except OSError as exc:
-        raise data_dir_error("node.data_dir", exc) from None
+        raise path_error("node.data_dir", exc) from None
+    try:
+        write_config(path, cfg)
+    except OSError as exc:
+        raise path_error("--config", exc) from None
     print(f"wrote {path}")
     print(f"node id {keys.node_id.hex()} (identity key {keys.identity_public.hex()})")
     print(f"keys in {loaded.node.data_dir} (mode 0600)")
@@ -104,6 +120,19 @@ def _cmd_init(args: argparse.Namespace) -> int:
 # run
 
 
+def _check_data_dir(cfg: NodeConfig) -> None:
+    """ConfigError naming ``node.data_dir`` unless the node can write there.
+
+    The node writes its epoch keys at start-up and at every epoch change, and caches
+    documents: a read-only mount or an immutable directory is refused now, not later.
+    """
+    data_dir = cfg.node.data_dir
+    check_writable_dir("node.data_dir", data_dir)
+    for sub in (EPOCH_DIR, CACHE_DIR):
+        if os.path.lexists(data_dir / sub):
+            check_writable_dir("node.data_dir", data_dir / sub)
+
+
 def _keys(cfg: NodeConfig, open_keys: Callable[[Path], NodeKeys]) -> NodeKeys:
     """``open_keys(node.data_dir)``; a path in the way or a bad key file names the field."""
     data_dir = cfg.node.data_dir
@@ -112,14 +141,16 @@ def _keys(cfg: NodeConfig, open_keys: Callable[[Path], NodeKeys]) -> NodeKeys:
             raise ConfigError(f"node.data_dir: {data_dir} is a file, not a directory")
         return open_keys(data_dir)
     except OSError as exc:
-        raise data_dir_error("node.data_dir", exc) from None
+        raise path_error("node.data_dir", exc) from None
     except KeyStoreError as exc:
         raise ConfigError(f"node.data_dir: {exc}") from None
 
 
 def _load(path: str) -> tuple[NodeConfig, NodeKeys]:
     cfg = load_node_config(Path(path))
-    return cfg, _keys(cfg, NodeKeys.load)
+    keys = _keys(cfg, NodeKeys.load)
+    _check_data_dir(cfg)
+    return cfg, keys
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -234,18 +265,24 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``phantom-mixnode`` argument parser."""
     p = argparse.ArgumentParser(
-        prog="phantom-mixnode", description="Run a Phantom Net mix node or gateway."
+        prog="phantom-mixnode",
+        description="Run a Phantom Net mix node or gateway.",
+        formatter_class=HelpFormatter,
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    i = sub.add_parser("init", help="write a config and create the node's keys")
+    i = sub.add_parser(
+        "init", help="write a config and create the node's keys", formatter_class=HelpFormatter
+    )
     i.add_argument("--config", required=True, help="path of the TOML config to write")
-    i.add_argument("--role", choices=("mix", "gateway"), required=True)
+    i.add_argument("--role", choices=("mix", "gateway"), required=True, help="what the node does")
     i.add_argument("--layer", type=int, help="mix layer 1..3 (gateways: 0)")
     i.add_argument("--name", required=True, help="operator label, published in the directory")
     i.add_argument("--listen-host", default="127.0.0.1", help="UDP address for packets")
     i.add_argument("--listen-port", type=port, required=True, help="UDP port for packets")
-    i.add_argument("--public-host", help="address published in the directory")
+    i.add_argument(
+        "--public-host", help="address published in the directory (default: --listen-host)"
+    )
     i.add_argument("--client-port", type=port, help="gateways: port where clients attach")
     i.add_argument("--data-dir", required=True, help="keys and cached documents (mode 0700)")
     i.add_argument(
@@ -258,19 +295,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=hex_key,
         help="authority Ed25519 public key, hex (repeat)",
     )
-    i.add_argument("--threshold", type=int, help="signatures required (default: majority)")
-    i.add_argument("--epoch-length-s", type=int, default=3600)
-    i.add_argument("--metrics-port", type=port, default=9100)
-    i.add_argument("--workers", type=int, default=2, help="processing workers")
+    i.add_argument("--threshold", type=at_least(1), help="signatures required (default: majority)")
+    i.add_argument("--epoch-length-s", type=int, default=3600, help="seconds per epoch")
+    i.add_argument("--metrics-port", type=port, default=9100, help="loopback metrics port")
+    i.add_argument("--workers", type=int, default=2, help="processing worker processes")
     i.add_argument("--force", action="store_true", help="overwrite an existing config")
     i.set_defaults(func=_cmd_init)
 
-    r = sub.add_parser("run", help="run the node until SIGTERM/SIGINT")
-    r.add_argument("--config", required=True)
+    r = sub.add_parser(
+        "run", help="run the node until SIGTERM/SIGINT", formatter_class=HelpFormatter
+    )
+    r.add_argument("--config", required=True, help="path of the node's TOML config")
     r.set_defaults(func=_cmd_run)
 
-    s = sub.add_parser("status", help="print the node's metrics")
-    s.add_argument("--config", required=True)
+    s = sub.add_parser("status", help="print the node's metrics", formatter_class=HelpFormatter)
+    s.add_argument("--config", required=True, help="path of the node's TOML config")
     s.add_argument("--all", action="store_true", help="also show labelled series at zero")
     s.set_defaults(func=_cmd_status)
     return p

@@ -24,23 +24,31 @@ Every numeric field has a closed range (``RANGES``: rates in Hz, sizes in packet
 in ms, periods in s; NaN and infinities are refused), and every host is an IPv4 address or
 a DNS name (IPv6 is not supported: the packet sockets are IPv4). What only the running
 machine can tell (does the name resolve, is the address ours, is the port free, is the
-data directory a directory, has epoch 0 begun) is checked at start-up: ``bind_error``,
-``data_dir_error`` and ``check_genesis`` turn those failures into a ConfigError naming the
-field. docs/operators.md lists every field with its unit, range and default.
+data directory a directory we can write, has epoch 0 begun) is checked at start-up:
+``bind_error``, ``path_error``, ``check_writable_dir`` and ``check_genesis`` turn those
+failures into a ConfigError naming the field. docs/operators.md lists every field with its
+unit, range and default.
+
+Hostile text is refused with a ConfigError too, at a bounded cost: a file larger than
+``MAX_CONFIG_BYTES`` or not a regular file, nesting too deep for the parser, an integer
+too long to convert; values and keys quoted in an error are shortened and escaped.
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import re
+import reprlib
+import secrets
 import socket
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import tomli_w
 
@@ -50,7 +58,9 @@ from overlay._topology import DEFAULT_MIX_LAYERS
 GEOMETRIES: Mapping[str, Geometry] = {"voice": VOICE, "bulk": BULK}
 MAX_MIX_LAYERS = 3  # the VOICE geometry carries 5 hops: gateway, 3 mixes, gateway
 
+MAX_CONFIG_BYTES = 1024 * 1024  # a config is a few kB; a bigger file is refused unread
 T = TypeVar("T")
+C = TypeVar("C", "NodeConfig", "DirAuthConfig")
 _REQUIRED: Any = object()
 
 
@@ -220,8 +230,36 @@ class DirAuthConfig:
 # Field readers
 
 
+class _Shortened(reprlib.Repr):
+    """reprlib's shortened repr; an integer too long to print (Python refuses more than
+    4300 digits, and TOML hex allows more) is shown by its size."""
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 256:
+            return f"<{x.bit_length()}-bit integer>"
+        return super().repr_int(x, level)
+
+
+_SHOW = _Shortened()
+_SHOW.maxstring = 80  # characters of a quoted string value
+_SHOW.maxother = 80
+_SHOW.maxlevel = 2  # nested lists and tables are shown two levels deep
+_SHOW.maxlong = 40  # digits of an integer
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a TOML bare key, shown as it is
+
+
 def _show(value: object) -> str:
-    return repr(value) if isinstance(value, str) else str(value)
+    """``value`` for an error message: strings quoted and escaped, everything shortened."""
+    if isinstance(value, str):
+        return _SHOW.repr(value)
+    if isinstance(value, bool | float):
+        return str(value)
+    return _SHOW.repr(value)
+
+
+def _key(key: str) -> str:
+    """A table key for an error message: bare keys as they are, others quoted and shortened."""
+    return key if _BARE_KEY.fullmatch(key) else _SHOW.repr(key)
 
 
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -261,7 +299,7 @@ class _Table:
 
     def name(self, key: str) -> str:
         """The path of ``key`` in the file: ``section.field``, or the section's name."""
-        return f"{self.path}.{key}" if self.path else key
+        return f"{self.path}.{_key(key)}" if self.path else _key(key)
 
     def _get(self, key: str, default: Any) -> Any:
         self.used.add(key)
@@ -331,16 +369,44 @@ class _Table:
             raise ConfigError(f"{self.name(extra[0])}: unknown {self.unknown}")
 
 
+# scheme, host (no brackets: IPv6 literals are refused), optional port, optional path;
+# no user info, query, fragment, white space or control characters.
+_URL = re.compile(
+    r"(?P<scheme>https?)://(?P<host>[^/:?#@\[\]]+)(?::(?P<port>[0-9]{1,5}))?"
+    r"(?P<path>/[A-Za-z0-9._~%!$&'()*+,;=:@/-]*)?"
+)
+
+
+def url_problem(value: str) -> str | None:
+    """What an authority URL was wanted as, or None if ``value`` is one.
+
+    ``http://`` or ``https://``, then an IPv4 address or DNS name (``host_problem``), an
+    optional port 1..65535 and an optional path; nothing else (no IPv6 literal, port 0,
+    user info, query, fragment, white space or control character: RFC 3986 without the
+    parts an authority URL never needs).
+    """
+    wanted = "an http:// or https:// URL"
+    if not value.isascii() or not value.isprintable() or " " in value:
+        return f"{wanted} without white space, control or non-ASCII characters"
+    if "[" in value:
+        return f"{wanted} with an IPv4 address or name (IPv6 is not supported)"
+    m = _URL.fullmatch(value)
+    if m is None:
+        return f"{wanted}: host, optional :port and /path; no query or user info"
+    problem = host_problem(m["host"])
+    if problem is not None:
+        return f"{wanted} whose host is {problem}"
+    if m["port"] is not None and not 1 <= int(m["port"]) <= 65535:
+        return f"{wanted} with a port in 1..65535"
+    return None
+
+
 def _url(path: str, value: object) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{path}: expected an http:// URL, got {_show(value)}")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{path}: expected an http:// URL, got {_show(value)}")
-    try:
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise ConfigError(f"{path}: bad port in {_show(value)}") from None
+    problem = url_problem(value)
+    if problem is not None:
+        raise ConfigError(f"{path}: expected {problem}, got {_show(value)}")
     return value.rstrip("/")
 
 
@@ -381,14 +447,71 @@ def bind_error(host_field: str, port_field: str, host: str, port: int, exc: OSEr
     return ConfigError(f"{host_field}: cannot bind {host}:{port}: {exc.strerror or exc}")
 
 
-def data_dir_error(field: str, exc: OSError) -> ConfigError:
-    """The ConfigError for a data directory (or a file in it) that cannot be used."""
-    where = exc.filename if exc.filename is not None else "data directory"
+def path_error(field: str, exc: OSError) -> ConfigError:
+    """The ConfigError for a path the config or the command line names that cannot be used.
+
+    ``field`` is the config field (``node.data_dir``) or option (``--config``); the
+    message adds the path (``exc.filename``) and the system's reason.
+    """
+    where = exc.filename if exc.filename is not None else "the path"
     if exc.errno == errno.EEXIST:
         return ConfigError(f"{field}: {where} is a file where a directory belongs")
     if exc.errno == errno.ENOTDIR:
         return ConfigError(f"{field}: {where}: a part of this path is a file, not a directory")
     return ConfigError(f"{field}: {where}: {exc.strerror or exc}")
+
+
+_PROBE_PREFIX = ".phantom-write-test"
+
+
+def check_writable_dir(field: str, directory: Path, *, shown: Path | None = None) -> None:
+    """ConfigError naming ``field`` and the path unless ``directory`` can take new files.
+
+    ``directory`` need not exist yet: then its nearest existing ancestor must be a
+    directory that can. The test creates and removes one empty file, so that permission
+    bits, read-only mounts, immutable directories and pseudo file systems such as /proc
+    all refuse it, also for root; nothing is left behind. ``shown`` is the path the
+    message names (default ``directory``).
+    """
+    path = Path(directory)
+    named = path if shown is None else Path(shown)
+    try:
+        path = path.absolute()
+        target = path
+        while not target.exists():
+            if target.is_symlink():
+                raise ConfigError(f"{field}: {named}: {target} is a symbolic link to nothing")
+            if target.parent == target:
+                break
+            target = target.parent
+        if target == path and shown is None and not target.is_dir():
+            raise ConfigError(f"{field}: {target} is a file where a directory belongs")
+        if not target.is_dir():
+            raise ConfigError(f"{field}: {named}: {target} is a file, not a directory")
+        probe = target / f"{_PROBE_PREFIX}.{os.getpid()}.{secrets.token_hex(4)}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            os.close(os.open(probe, flags, 0o600))
+        except OSError as exc:
+            where = "here" if target == named.absolute() else f"in {target}"
+            raise ConfigError(
+                f"{field}: {named}: cannot create files {where}: {exc.strerror or exc}"
+            ) from None
+        os.unlink(probe)
+    except OSError as exc:
+        raise path_error(field, exc) from None
+
+
+def check_writable_file(field: str, path: Path) -> None:
+    """ConfigError naming ``field`` and ``path`` unless it can be written (created or
+    replaced atomically). Something other than a regular file there is refused."""
+    p = Path(path)
+    try:
+        if p.exists() and not p.is_file():
+            raise ConfigError(f"{field}: {p} exists and is not a regular file")
+    except OSError as exc:
+        raise path_error(field, exc) from None
+    check_writable_dir(field, p.parent, shown=p)
 
 
 def check_genesis(directory: DirectorySection, now: float) -> None:
@@ -400,27 +523,57 @@ def check_genesis(directory: DirectorySection, now: float) -> None:
         )
 
 
-def _resolve(base: Path | None, raw: str) -> Path:
-    p = Path(raw).expanduser()
+def _resolve(base: Path | None, raw: str, field: str) -> Path:
+    try:
+        p = Path(raw).expanduser()
+    except RuntimeError:  # ~user of no such user, or no home directory
+        raise ConfigError(f"{field}: cannot expand ~ in {_show(raw)}") from None
     if not p.is_absolute() and base is not None:
         p = base / p
     return p
 
 
 def _root(text: str, where: str) -> dict[str, Any]:
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{where}: larger than {MAX_CONFIG_BYTES} bytes; not a config")
     try:
         return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: not valid TOML: nested too deeply") from None
+    except ValueError as exc:  # TOMLDecodeError, or an integer too long to convert
+        raise ConfigError(f"{where}: not valid TOML: {_SHOW.repr(str(exc))[1:-1]}") from None
 
 
 def _read(path: Path) -> str:
+    """The text of a config file: a regular file of at most MAX_CONFIG_BYTES, UTF-8."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (regular files ignore it).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ConfigError(f"{path}: cannot read config: not a regular file")
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a config")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: cannot read config: not UTF-8 ({exc.reason})") from None
+
+
+def _base_dir(path: Path) -> Path:
+    """The directory that relative paths in the config at ``path`` are relative to."""
+    try:
+        return path.resolve().parent
+    except (OSError, RuntimeError):  # a symlink loop: _read has already refused it
+        return path.absolute().parent
 
 
 def _directory(root: _Table, *, need_authorities: bool) -> DirectorySection:
@@ -481,7 +634,7 @@ def parse_node_config(
         layer=layer,
         listen_host=listen_host,
         listen_port=n.ranged("listen_port"),
-        data_dir=_resolve(base_dir, n.text("data_dir")),
+        data_dir=_resolve(base_dir, n.text("data_dir"), "node.data_dir"),
         public_host=n.host("public_host", default=listen_host),
         geometry=n.text("geometry", default="voice", choices=tuple(GEOMETRIES)),
     )
@@ -536,7 +689,7 @@ def parse_node_config(
 def load_node_config(path: Path) -> NodeConfig:
     """Read and check a node config file."""
     path = Path(path)
-    return parse_node_config(_read(path), base_dir=path.resolve().parent, where=str(path))
+    return parse_node_config(_read(path), base_dir=_base_dir(path), where=str(path))
 
 
 def parse_dirauth_config(
@@ -549,7 +702,7 @@ def parse_dirauth_config(
         name=a.text("name"),
         listen_host=a.host("listen_host", default="127.0.0.1"),
         listen_port=a.ranged("listen_port"),
-        data_dir=_resolve(base_dir, a.text("data_dir")),
+        data_dir=_resolve(base_dir, a.text("data_dir"), "authority.data_dir"),
         round_interval_s=a.ranged("round_interval_s", default=5.0),
         geometry=a.text("geometry", default="voice", choices=tuple(GEOMETRIES)),
         allowed_nodes=tuple(a.items("allowed_nodes", _key_hex, default=[])),
@@ -563,7 +716,7 @@ def parse_dirauth_config(
 def load_dirauth_config(path: Path) -> DirAuthConfig:
     """Read and check an authority config file."""
     path = Path(path)
-    return parse_dirauth_config(_read(path), base_dir=path.resolve().parent, where=str(path))
+    return parse_dirauth_config(_read(path), base_dir=_base_dir(path), where=str(path))
 
 
 # --------------------------------------------------------------------------------------
@@ -643,21 +796,45 @@ def dirauth_config_to_dict(cfg: DirAuthConfig) -> dict[str, object]:
     }
 
 
-def write_config(path: Path, cfg: NodeConfig | DirAuthConfig) -> None:
-    """Write a node or authority config as TOML (checked by parsing it back first)."""
-    tables = (
-        node_config_to_dict(cfg) if isinstance(cfg, NodeConfig) else dirauth_config_to_dict(cfg)
-    )
-    text = tomli_w.dumps(tables)
+def config_text(cfg: NodeConfig | DirAuthConfig) -> str:
+    """The config as TOML text, checked by parsing it back (ConfigError if it is not valid)."""
     if isinstance(cfg, NodeConfig):
-        parse_node_config(text, where=str(path))
+        text = tomli_w.dumps(node_config_to_dict(cfg))
+        parse_node_config(text)
     else:
-        parse_dirauth_config(text, where=str(path))
+        text = tomli_w.dumps(dirauth_config_to_dict(cfg))
+        parse_dirauth_config(text)
+    return text
+
+
+def as_loaded_from(cfg: C, path: Path) -> C:
+    """``cfg`` as ``load_*_config(path)`` will read it once written there: relative paths
+    (the data directory) resolved against the directory of ``path``. Writes nothing."""
+    base, where = _base_dir(Path(path)), str(path)
+    if isinstance(cfg, NodeConfig):
+        return parse_node_config(config_text(cfg), base_dir=base, where=where)
+    return parse_dirauth_config(config_text(cfg), base_dir=base, where=where)
+
+
+def write_config(path: Path, cfg: NodeConfig | DirAuthConfig) -> None:
+    """Write a node or authority config as TOML, atomically (temp file, fsync, rename).
+
+    ConfigError if ``cfg`` is not valid (nothing is written); OSError (with the path in
+    ``filename``) if the file system refuses, and then no temp file is left behind.
+    """
+    text = config_text(cfg).encode("utf-8")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def make_node_config(
@@ -704,3 +881,45 @@ def make_node_config(
         tables.setdefault(table, {}).update(fields)
     tables = {k: {f: v for f, v in t.items() if v is not None} for k, t in tables.items()}
     return parse_node_config(tomli_w.dumps(tables), where="arguments")
+
+
+def make_dirauth_config(
+    *,
+    name: str,
+    listen_port: int,
+    data_dir: Path,
+    authority_keys: list[bytes],
+    authorities: list[str] | None = None,
+    threshold: int | None = None,
+    listen_host: str = "127.0.0.1",
+    epoch_length_s: int = 3600,
+    round_interval_s: float = 5.0,
+    geometry: str = "voice",
+    mix_layers: int = DEFAULT_MIX_LAYERS,
+) -> DirAuthConfig:
+    """Build a checked DirAuthConfig (ConfigError naming the field, as on load).
+
+    ``threshold`` None is the majority of ``authority_keys``; ``authorities`` None is
+    this authority alone (``http://listen_host:listen_port``).
+    """
+    urls = [f"http://{listen_host}:{listen_port}"] if authorities is None else authorities
+    directory: dict[str, object] = {
+        "authorities": list(urls),
+        "authority_keys": [k.hex() for k in authority_keys],
+        "epoch_length_s": epoch_length_s,
+        "mix_layers": mix_layers,
+    }
+    if threshold is not None:
+        directory["threshold"] = threshold
+    tables = {
+        "authority": {
+            "name": name,
+            "listen_host": listen_host,
+            "listen_port": listen_port,
+            "data_dir": str(data_dir),
+            "round_interval_s": round_interval_s,
+            "geometry": geometry,
+        },
+        "directory": directory,
+    }
+    return parse_dirauth_config(tomli_w.dumps(tables), where="arguments")

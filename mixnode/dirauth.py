@@ -45,7 +45,7 @@ from urllib.parse import urlsplit
 
 from nacl.signing import SigningKey
 
-from mixnode._args import hex_key, port
+from mixnode._args import HelpFormatter, at_least, hex_key, port
 from overlay import (
     DirectoryError,
     DirectoryFieldError,
@@ -66,14 +66,16 @@ from overlay import (
 )
 
 from .config import (
-    AuthoritySection,
     ConfigError,
     DirAuthConfig,
-    DirectorySection,
+    as_loaded_from,
     bind_error,
     check_genesis,
-    data_dir_error,
+    check_writable_dir,
+    check_writable_file,
     load_dirauth_config,
+    make_dirauth_config,
+    path_error,
     write_config,
 )
 from .directory_client import (
@@ -662,39 +664,68 @@ def authority_public_key(data_dir: Path) -> bytes:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
+    """Check every argument and path first; then create the key, then write the config.
+
+    A refused init writes nothing: running it again with the fix needs no --force.
+    """
     cfg_path = Path(args.config)
-    if cfg_path.exists() and not args.force:
+    if cfg_path.is_file() and not args.force:  # anything else there: check_writable_file
         raise AuthorityError(f"{cfg_path} exists; use --force to overwrite the config")
     data_dir = Path(args.data_dir)
-    abs_data = data_dir if data_dir.is_absolute() else cfg_path.resolve().parent / data_dir
+    # The data dir as `run` will see it: relative to the config's directory.
+    abs_data = as_loaded_from(_init_config(args, data_dir, []), cfg_path).authority.data_dir
     key_path = abs_data / AUTHORITY_KEY_FILE
-    pub = authority_public_key(abs_data) if key_path.exists() else init_authority_key(abs_data)
+    new_seed: bytes | None = None
+    if key_path.exists():
+        pub = _public_key_or_field_error(abs_data)
+    else:
+        new_seed = SigningKey.generate().encode()
+        pub = bytes(SigningKey(new_seed).verify_key)
     keys = [bytes.fromhex(k) for k in args.authority_key]
     if pub not in keys:
         keys.insert(0, pub)
-    own_url = f"http://{args.listen_host}:{args.listen_port}"
-    urls = list(args.authority) or [own_url]
-    cfg = DirAuthConfig(
-        AuthoritySection(
-            name=args.name,
-            listen_host=args.listen_host,
-            listen_port=args.listen_port,
-            data_dir=data_dir,
-            round_interval_s=args.round_interval_s,
-            geometry=args.geometry,
-        ),
-        DirectorySection(
-            authorities=tuple(urls),
-            authority_keys=tuple(keys),
-            threshold=args.threshold if args.threshold else len(keys) // 2 + 1,
-            epoch_length_s=args.epoch_length_s,
-            genesis_s=0,
-            mix_layers=3,
-        ),
-    )
-    write_config(cfg_path, cfg)
+    cfg = _init_config(args, data_dir, keys)  # every field checked: ConfigError names it
+    check_writable_file("--config", cfg_path)
+    check_writable_dir("authority.data_dir", abs_data)
+    if new_seed is not None:
+        try:
+            create_identity_seed(key_path, new_seed)
+        except OSError as exc:
+            raise path_error("authority.data_dir", exc) from None
+        except KeyStoreError as exc:
+            raise ConfigError(f"authority.data_dir: {exc}") from None
+    try:
+        write_config(cfg_path, cfg)
+    except OSError as exc:
+        raise path_error("--config", exc) from None
     print(pub.hex())
     return 0
+
+
+def _init_config(args: argparse.Namespace, data_dir: Path, keys: list[bytes]) -> DirAuthConfig:
+    """The config ``init`` writes; with no keys yet, one placeholder so that it parses."""
+    return make_dirauth_config(
+        name=args.name,
+        listen_host=args.listen_host,
+        listen_port=args.listen_port,
+        data_dir=data_dir,
+        authorities=list(args.authority) or None,
+        authority_keys=keys or [bytes(32)],
+        threshold=args.threshold if keys else None,
+        epoch_length_s=args.epoch_length_s,
+        round_interval_s=args.round_interval_s,
+        geometry=args.geometry,
+    )
+
+
+def _public_key_or_field_error(data_dir: Path) -> bytes:
+    """``authority_public_key(data_dir)``; a missing or unsafe key names authority.data_dir."""
+    try:
+        return authority_public_key(data_dir)
+    except OSError as exc:
+        raise path_error("authority.data_dir", exc) from None
+    except KeyStoreError as exc:
+        raise ConfigError(f"authority.data_dir: {exc}") from None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -704,9 +735,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         auth = load_authority(cfg)
     except OSError as exc:
-        raise data_dir_error("authority.data_dir", exc) from None
+        raise path_error("authority.data_dir", exc) from None
     except KeyStoreError as exc:
         raise ConfigError(f"authority.data_dir: {exc}") from None
+    # Descriptors and documents are written as they come: a read-only mount is refused now.
+    for sub in (DESCRIPTOR_DIR, DOCUMENT_DIR):
+        check_writable_dir("authority.data_dir", a.data_dir / sub)
     try:
         running = RunningAuthority(auth, a.listen_host, a.listen_port, a.round_interval_s)
     except OSError as exc:
@@ -734,39 +768,48 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_key(args: argparse.Namespace) -> int:
     cfg = load_dirauth_config(Path(args.config))
-    print(authority_public_key(cfg.authority.data_dir).hex())
+    print(_public_key_or_field_error(cfg.authority.data_dir).hex())
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``phantom-dirauth`` argument parser."""
-    p = argparse.ArgumentParser(prog="phantom-dirauth", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="phantom-dirauth", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
-    i = sub.add_parser("init", help="create a signing key and write a config")
+    i = sub.add_parser(
+        "init", help="create a signing key and write a config", formatter_class=HelpFormatter
+    )
     i.add_argument("--config", required=True, help="path of the TOML config to write")
     i.add_argument("--name", required=True, help="operator label of this authority")
-    i.add_argument("--listen-host", default="127.0.0.1")
-    i.add_argument("--listen-port", type=port, required=True)
+    i.add_argument("--listen-host", default="127.0.0.1", help="address the HTTP server binds")
+    i.add_argument("--listen-port", type=port, required=True, help="HTTP port")
     i.add_argument("--data-dir", required=True, help="signing key, descriptors, documents")
     i.add_argument(
-        "--authority", action="append", default=[], help="URL of every authority (repeat)"
+        "--authority",
+        action="append",
+        default=[],
+        help="URL of every authority (repeat; default: this one alone)",
     )
     i.add_argument(
         "--authority-key", action="append", default=[], type=hex_key, help="peer key (repeat)"
     )
-    i.add_argument(
-        "--threshold", type=int, default=0, help="signatures required (default: majority)"
-    )
-    i.add_argument("--epoch-length-s", type=int, default=3600)
-    i.add_argument("--round-interval-s", type=float, default=5.0)
-    i.add_argument("--geometry", choices=("voice", "bulk"), default="voice")
+    i.add_argument("--threshold", type=at_least(1), help="signatures required (default: majority)")
+    i.add_argument("--epoch-length-s", type=int, default=3600, help="seconds per epoch")
+    i.add_argument("--round-interval-s", type=float, default=5.0, help="seconds between rounds")
+    i.add_argument("--geometry", choices=("voice", "bulk"), default="voice", help="packet format")
     i.add_argument("--force", action="store_true", help="overwrite an existing config")
     i.set_defaults(func=_cmd_init)
-    r = sub.add_parser("run", help="serve documents until SIGTERM/SIGINT")
-    r.add_argument("--config", required=True)
+    r = sub.add_parser(
+        "run", help="serve documents until SIGTERM/SIGINT", formatter_class=HelpFormatter
+    )
+    r.add_argument("--config", required=True, help="path of the authority's TOML config")
     r.set_defaults(func=_cmd_run)
-    k = sub.add_parser("key", help="print this authority's public key (hex)")
-    k.add_argument("--config", required=True)
+    k = sub.add_parser(
+        "key", help="print this authority's public key (hex)", formatter_class=HelpFormatter
+    )
+    k.add_argument("--config", required=True, help="path of the authority's TOML config")
     k.set_defaults(func=_cmd_key)
     return p
 
@@ -779,8 +822,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, KeyStoreError, AuthorityError) as exc:
         print(f"phantom-dirauth: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        print(f"phantom-dirauth: {exc.strerror or exc}", file=sys.stderr)
+    except OSError as exc:  # at run time (start-up failures are ConfigErrors above)
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        print(f"phantom-dirauth: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
 
 

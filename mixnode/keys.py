@@ -67,7 +67,11 @@ def write_secret_atomic(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     os.close(fd)
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)  # e.g. EISDIR: a directory where the key file belongs
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -258,12 +262,18 @@ def load_identity_seed(path: Path) -> bytes:
     return read_secret(Path(path))
 
 
-def create_identity_seed(path: Path) -> bytes:
-    """Create a new Ed25519 seed file atomically with mode 0600; refuses to overwrite."""
+def create_identity_seed(path: Path, seed: bytes | None = None) -> bytes:
+    """Create a new Ed25519 seed file atomically with mode 0600; refuses to overwrite.
+
+    ``seed`` (32 bytes) is one drawn beforehand, so that a caller can check everything
+    that depends on the public key before writing; default: a fresh ``os.urandom`` seed.
+    """
     path = Path(path)
+    if seed is not None and len(seed) != KEY_LEN:
+        raise KeyStoreError(f"an Ed25519 seed is {KEY_LEN} bytes, got {len(seed)}")
     ensure_private_dir(path.parent)
     if path.exists():
         raise KeyStoreError(f"{path}: a key already exists; refusing to replace it")
-    seed = os.urandom(KEY_LEN)
+    seed = os.urandom(KEY_LEN) if seed is None else seed
     write_secret_atomic(path, seed.hex().encode() + b"\n")
     return seed

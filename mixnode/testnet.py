@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,15 +28,40 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from nacl.signing import SigningKey
+
+from mixnode._args import HelpFormatter
+from mixnode.config import (
+    GEOMETRIES,
+    RANGES,
+    ConfigError,
+    DirAuthConfig,
+    NodeConfig,
+    check_writable_dir,
+    check_writable_file,
+    make_dirauth_config,
+    make_node_config,
+    write_config,
+)
+from mixnode.dirauth import AUTHORITY_KEY_FILE, DESCRIPTOR_DIR, DOCUMENT_DIR, authority_public_key
+from mixnode.keys import KeyStoreError, NodeKeys, create_identity_seed
+
 STATE_FILE = "testnet.json"
 DEFAULT_DIR = Path("testnet")
 DEFAULT_BASE_PORT = 32000
 UP_TIMEOUT_S = 60.0  # seconds to wait for a complete topology document
 DOWN_TIMEOUT_S = 5.0  # seconds between SIGTERM and SIGKILL
+PORTS_PER_NODE = 3  # UDP node port, UDP client port (gateways), TCP metrics port
+# Upper bounds on the shape: one machine runs every process (a node is 1 + workers).
+MAX_AUTHORITIES = 9
+MAX_GATEWAYS = 32
+MAX_PER_LAYER = 26  # mixes are named by letter: mix-1a .. mix-1z
 
 
 class TestnetError(Exception):
     """The testnet could not be started, found or stopped; the message says why."""
+
+    __test__ = False  # not a pytest class
 
 
 @dataclass(slots=True)
@@ -77,8 +104,15 @@ class TestnetState:
             raw = json.loads(path.read_text())
         except FileNotFoundError:
             raise TestnetError(f"{path}: no testnet here (run `phantom-testnet up`)") from None
-        procs = [ProcessInfo(**p) for p in raw.pop("processes")]
-        return cls(**raw, processes=procs)
+        except OSError as exc:
+            raise TestnetError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        except ValueError:
+            raise TestnetError(f"{path}: not a testnet state file (not JSON)") from None
+        try:
+            procs = [ProcessInfo(**p) for p in raw.pop("processes")]
+            return cls(**raw, processes=procs)
+        except (AttributeError, KeyError, TypeError):
+            raise TestnetError(f"{path}: not a testnet state file (unexpected fields)") from None
 
     def nodes(self, kind: str | None = None) -> list[ProcessInfo]:
         """Node processes (not authorities), optionally only ``kind``."""
@@ -112,6 +146,68 @@ class TestnetOptions:
     link_loss: float = 0.0
     round_interval_s: float = 1.0
     geometry: str = "voice"
+
+    def ports_needed(self) -> int:
+        """Ports taken from ``base_port`` upwards: one per authority, three per node."""
+        nodes = self.gateways + self.layers * self.per_layer
+        return self.authorities + PORTS_PER_NODE * nodes
+
+
+# Options whose range is a config field's (the message names the option, the range is one).
+_OPTION_RANGES = {
+    "epoch_length_s": "directory.epoch_length_s",
+    "workers": "mixing.workers",
+    "loop_cover_rate_hz": "mixing.loop_cover_rate_hz",
+    "delivery_rate_hz": "gateway.delivery_rate_hz",
+    "link_delay_ms": "link.delay_ms_mean",
+    "link_jitter_ms": "link.delay_ms_jitter",
+    "link_loss": "link.loss",
+    "round_interval_s": "authority.round_interval_s",
+}
+_FLAGS = {"loop_cover_rate_hz": "--cover-rate-hz", "directory": "--dir"}
+
+
+def option_flag(name: str) -> str:
+    """The command-line flag of a TestnetOptions field (``link_loss`` -> ``--link-loss``)."""
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def check_options(opts: TestnetOptions) -> None:
+    """TestnetError naming the option unless every one is in its range.
+
+    Counts: 1..MAX_AUTHORITIES authorities, threshold 1..authorities, 1..MAX_GATEWAYS
+    gateways, 1..3 layers, 1..MAX_PER_LAYER mixes per layer; ``base_port`` 0 (free ports)
+    or a port from which ``ports_needed()`` consecutive ports stay below 65536; rates,
+    delays and sizes in the range of the config field they become (``mixing.workers``...).
+    """
+    counts = {
+        "authorities": (1, MAX_AUTHORITIES),
+        "threshold": (1, opts.authorities),
+        "gateways": (1, MAX_GATEWAYS),
+        "layers": (1, 3),
+        "per_layer": (1, MAX_PER_LAYER),
+    }
+    for name, (lo, hi) in counts.items():
+        _check_range(name, getattr(opts, name), lo, hi, integer=True)
+    for name, path in _OPTION_RANGES.items():
+        r = RANGES[path]
+        _check_range(name, getattr(opts, name), r.lo, r.hi, integer=r.integer)
+    if opts.base_port != 0:
+        top = 65536 - opts.ports_needed()
+        _check_range("base_port", opts.base_port, 1, top, integer=True, zero_ok=True)
+    if opts.geometry not in GEOMETRIES:
+        wanted = " or ".join(repr(g) for g in GEOMETRIES)
+        raise TestnetError(f"geometry: expected {wanted}, got {opts.geometry!r}")
+
+
+def _check_range(
+    name: str, v: object, lo: float, hi: float, *, integer: bool, zero_ok: bool = False
+) -> None:
+    kind = "a whole number" if integer else "a number"
+    ok = isinstance(v, int) if integer else isinstance(v, int | float)
+    if isinstance(v, bool) or not ok or not lo <= v <= hi:  # type: ignore[operator]
+        also = "0 (free ports) or " if zero_ok else ""
+        raise TestnetError(f"{option_flag(name)}: expected {also}{kind} in {lo:g}..{hi:g}, got {v}")
 
 
 _children: dict[int, subprocess.Popen[bytes]] = {}  # started by this process
@@ -192,10 +288,6 @@ def _forget_directory_state(d: Path) -> None:
     Ports are chosen anew on each ``up``; an authority that kept the last run's descriptors
     (same node identities, same epoch, old ports) would go on listing the old addresses.
     """
-    import shutil
-
-    from mixnode.dirauth import DESCRIPTOR_DIR, DOCUMENT_DIR
-
     for sub in (DESCRIPTOR_DIR, DOCUMENT_DIR):
         for path in d.glob(f"auth-*/{sub}"):
             shutil.rmtree(path, ignore_errors=True)
@@ -203,136 +295,177 @@ def _forget_directory_state(d: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def up(opts: TestnetOptions) -> TestnetState:
-    """Write configs and keys, start every process, wait for the topology; returns the state."""
-    from mixnode.config import (
-        AuthoritySection,
-        DirAuthConfig,
-        DirectorySection,
-        load_node_config,
-        make_node_config,
-        write_config,
-    )
-    from mixnode.dirauth import AUTHORITY_KEY_FILE, authority_public_key, init_authority_key
-    from mixnode.keys import NodeKeys
+@dataclass(slots=True)
+class _Plan:
+    """Everything ``up`` will write, built and checked in memory first."""
 
-    d = opts.directory.resolve()
-    d.mkdir(parents=True, exist_ok=True)
-    state_path = d / STATE_FILE
-    if state_path.exists():
-        old = TestnetState.load(d)
-        if any(_alive(p.pid, p.config) for p in old.processes):
-            raise TestnetError(f"{d}: a testnet is already running (`phantom-testnet down`)")
-        _forget_directory_state(d)
-    if not 1 <= opts.threshold <= opts.authorities:
-        raise TestnetError("--threshold must be between 1 and --authorities")
+    directory: Path
+    state: TestnetState
+    new_seeds: dict[Path, bytes]  # authority data dir -> seed of a key not yet on disk
+    authorities: list[tuple[str, DirAuthConfig]]  # name, config
+    nodes: list[tuple[str, NodeConfig]]
+
+
+def _plan(opts: TestnetOptions, d: Path) -> _Plan:
+    """Ports, authority keys and every config, checked; writes nothing."""
     specs: list[tuple[str, str, int]] = [
         (f"gw-{i + 1}", "gateway", 0) for i in range(opts.gateways)
     ]
     for layer in range(1, opts.layers + 1):
         specs += [(f"mix-{layer}{chr(97 + j)}", "mix", layer) for j in range(opts.per_layer)]
     ports = _Ports(opts.base_port)
-    auth_ports = [ports.take() for _ in range(opts.authorities)]
-    node_ports = [(ports.take(), ports.take(), ports.take()) for _ in specs]
-    ports.release()
-    urls, keys = [], []
-    auth_dirs = []
+    try:
+        auth_ports = [ports.take() for _ in range(opts.authorities)]
+        node_ports = [(ports.take(), ports.take(), ports.take()) for _ in specs]
+    finally:
+        ports.release()
+    urls: list[str] = []
+    keys: list[bytes] = []
+    new_seeds: dict[Path, bytes] = {}
     for i in range(opts.authorities):
         ad = d / f"auth-{i + 1}"
-        pub = (
-            authority_public_key(ad)
-            if (ad / AUTHORITY_KEY_FILE).exists()
-            else init_authority_key(ad)
-        )
+        if (ad / AUTHORITY_KEY_FILE).exists():
+            try:
+                keys.append(authority_public_key(ad))
+            except (OSError, KeyStoreError) as exc:
+                raise TestnetError(f"{ad / AUTHORITY_KEY_FILE}: {_reason(exc)}") from None
+        else:
+            new_seeds[ad] = SigningKey.generate().encode()
+            keys.append(bytes(SigningKey(new_seeds[ad]).verify_key))
         urls.append(f"http://127.0.0.1:{auth_ports[i]}")
-        keys.append(pub)
-        auth_dirs.append(ad)
-    directory = DirectorySection(
-        authorities=tuple(urls),
-        authority_keys=tuple(keys),
-        threshold=opts.threshold,
-        epoch_length_s=opts.epoch_length_s,
-        genesis_s=0,
-        mix_layers=opts.layers,
-    )
-    state = TestnetState(str(d), urls, [k.hex() for k in keys], opts.threshold, opts.geometry)
-    py = sys.executable
-    try:
-        for i, ad in enumerate(auth_dirs):
-            name = f"auth-{i + 1}"
-            cfg_path = d / f"{name}.toml"
-            auth = AuthoritySection(
-                name=name,
-                listen_host="127.0.0.1",
+    authorities = [
+        (
+            f"auth-{i + 1}",
+            make_dirauth_config(
+                name=f"auth-{i + 1}",
                 listen_port=auth_ports[i],
-                data_dir=ad,
-                round_interval_s=opts.round_interval_s,
-                geometry=opts.geometry,
-            )
-            write_config(cfg_path, DirAuthConfig(auth, directory))
-            pid = _spawn(
-                [py, "-m", "mixnode.dirauth", "run", "--config", str(cfg_path)], d / f"{name}.log"
-            )
-            state.processes.append(
-                ProcessInfo(
-                    name, "authority", pid, str(cfg_path), str(d / f"{name}.log"), auth_ports[i]
-                )
-            )
-        for (name, role, layer), (node_port, client_port, metrics_port) in zip(
-            specs, node_ports, strict=True
-        ):
-            extra: dict[str, dict[str, object]] = {
-                "directory": {
-                    "threshold": opts.threshold,
-                    "mix_layers": opts.layers,
-                },
-                "mixing": {"workers": opts.workers, "loop_cover_rate_hz": opts.loop_cover_rate_hz},
-                "link": {
-                    "delay_ms_mean": opts.link_delay_ms,
-                    "delay_ms_jitter": opts.link_jitter_ms,
-                    "loss": opts.link_loss,
-                },
-                "node": {"geometry": opts.geometry},
-            }
-            if role == "gateway":
-                extra["gateway"] = {"delivery_rate_hz": opts.delivery_rate_hz}
-            cfg = make_node_config(
-                name=name,
-                role=role,
-                layer=layer,
-                listen_port=node_port,
-                data_dir=d / name,
+                data_dir=d / f"auth-{i + 1}",
                 authorities=urls,
                 authority_keys=keys,
-                client_port=client_port if role == "gateway" else None,
-                metrics_port=metrics_port,
+                threshold=opts.threshold,
                 epoch_length_s=opts.epoch_length_s,
-                extra=extra,
+                round_interval_s=opts.round_interval_s,
+                geometry=opts.geometry,
+                mix_layers=opts.layers,
+            ),
+        )
+        for i in range(opts.authorities)
+    ]
+    nodes = []
+    for (name, role, layer), (node_port, client_port, metrics_port) in zip(
+        specs, node_ports, strict=True
+    ):
+        extra: dict[str, dict[str, object]] = {
+            "directory": {"mix_layers": opts.layers},
+            "mixing": {"workers": opts.workers, "loop_cover_rate_hz": opts.loop_cover_rate_hz},
+            "link": {
+                "delay_ms_mean": opts.link_delay_ms,
+                "delay_ms_jitter": opts.link_jitter_ms,
+                "loss": opts.link_loss,
+            },
+            "node": {"geometry": opts.geometry},
+        }
+        if role == "gateway":
+            extra["gateway"] = {"delivery_rate_hz": opts.delivery_rate_hz}
+        cfg = make_node_config(
+            name=name,
+            role=role,
+            layer=layer,
+            listen_port=node_port,
+            data_dir=d / name,
+            authorities=urls,
+            authority_keys=keys,
+            threshold=opts.threshold,
+            client_port=client_port if role == "gateway" else None,
+            metrics_port=metrics_port,
+            epoch_length_s=opts.epoch_length_s,
+            extra=extra,
+        )
+        nodes.append((name, cfg))
+    state = TestnetState(str(d), urls, [k.hex() for k in keys], opts.threshold, opts.geometry)
+    return _Plan(d, state, new_seeds, authorities, nodes)
+
+
+def _reason(exc: BaseException) -> str:
+    return (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
+
+
+def _write_keys_and_configs(plan: _Plan) -> None:
+    """Authority keys, configs and node keys, each file written atomically."""
+    for ad, seed in plan.new_seeds.items():
+        create_identity_seed(ad / AUTHORITY_KEY_FILE, seed)
+    for name, auth in plan.authorities:
+        write_config(plan.directory / f"{name}.toml", auth)
+    for name, cfg in plan.nodes:
+        write_config(plan.directory / f"{name}.toml", cfg)
+        NodeKeys.load_or_create(cfg.node.data_dir)  # `init`'s part
+
+
+def up(opts: TestnetOptions) -> TestnetState:
+    """Check the options, write configs and keys, start every process, wait for the topology.
+
+    TestnetError (naming the option or path) if an option is out of range, the directory
+    cannot take files, or a testnet already runs there: then nothing has been written. If
+    start-up fails later, every process started is stopped and ``testnet.json`` removed
+    (keys, configs and logs stay, for the next run and for reading). Returns the state.
+    """
+    check_options(opts)
+    d = opts.directory.absolute()
+    try:
+        check_writable_dir(option_flag("directory"), d)
+    except ConfigError as exc:
+        raise TestnetError(str(exc)) from None
+    state_path = d / STATE_FILE
+    reused = state_path.exists()
+    if reused:
+        old = TestnetState.load(d)
+        if any(_alive(p.pid, p.config) for p in old.processes):
+            raise TestnetError(f"{d}: a testnet is already running (`phantom-testnet down`)")
+    plan = _plan(opts, d)  # nothing is written before this returns
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        if reused:
+            _forget_directory_state(d)
+        _write_keys_and_configs(plan)
+    except (OSError, KeyStoreError) as exc:
+        where = exc.filename if isinstance(exc, OSError) and exc.filename else d
+        raise TestnetError(f"{option_flag('directory')}: {where}: {_reason(exc)}") from None
+    state = plan.state
+    expected = len(plan.nodes)
+    py = sys.executable
+    try:
+        for name, auth in plan.authorities:
+            cfg_path, log = d / f"{name}.toml", d / f"{name}.log"
+            port = auth.authority.listen_port
+            pid = _spawn([py, "-m", "mixnode.dirauth", "run", "--config", str(cfg_path)], log)
+            state.processes.append(
+                ProcessInfo(name, "authority", pid, str(cfg_path), str(log), port)
             )
-            cfg_path = d / f"{name}.toml"
-            write_config(cfg_path, cfg)
-            NodeKeys.load_or_create(load_node_config(cfg_path).node.data_dir)  # `init`'s part
-            log = d / f"{name}.log"
+        for name, cfg in plan.nodes:
+            cfg_path, log = d / f"{name}.toml", d / f"{name}.log"
+            client_port = cfg.gateway.client_port if cfg.gateway is not None else None
             pid = _spawn([py, "-m", "mixnode.cli", "run", "--config", str(cfg_path)], log)
             state.processes.append(
                 ProcessInfo(
                     name,
-                    role,
+                    cfg.node.role.value,
                     pid,
                     str(cfg_path),
                     str(log),
-                    node_port,
-                    client_port if role == "gateway" else None,
-                    metrics_port,
-                    layer,
+                    cfg.node.listen_port,
+                    client_port,
+                    cfg.metrics.port,
+                    cfg.node.layer,
                 )
             )
         state.save(state_path)
-        wait_for_topology(state, expected=len(specs))
+        wait_for_topology(state, expected=expected)
         wait_for_gateways(state)
     except BaseException:
-        state.save(state_path)
-        down(d)
+        if state.processes:
+            state.save(state_path)  # what `down` reads, should the next line be interrupted
+            down(d)
+        state_path.unlink(missing_ok=True)
         raise
     return state
 
@@ -507,11 +640,18 @@ def run_probe(args: argparse.Namespace) -> None:
     except ProbeError as exc:
         raise TestnetError(str(exc)) from None
     state = TestnetState.load(args.dir)
+    try:  # before measuring: a result that cannot be written is a run lost
+        check_writable_file("--out", args.out)
+    except ConfigError as exc:
+        raise TestnetError(str(exc)) from None
     try:
         result = trio.run(probe, state, settings)
     except ProbeError as exc:  # raised before any task starts, so never inside a group
         raise TestnetError(str(exc)) from None
-    args.out.write_text(json.dumps(result.to_dict()))
+    try:
+        args.out.write_text(json.dumps(result.to_dict()))
+    except OSError as exc:
+        raise TestnetError(f"--out: {args.out}: {exc.strerror or exc}") from None
     print(
         f"{result.received}/{result.sent} packets, loss {result.loss:.4f}, one-way ms "
         f"{result.percentiles_ms()}; samples in {args.out}"
@@ -524,7 +664,7 @@ def _nonneg(kind: type, what: str):  # type: ignore[no-untyped-def]
             v = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if v < 0:
+        if not 0 <= v < math.inf:  # NaN and infinities too
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return v
 
@@ -533,25 +673,33 @@ def _nonneg(kind: type, what: str):  # type: ignore[no-untyped-def]
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``phantom-testnet`` argument parser."""
-    p = argparse.ArgumentParser(prog="phantom-testnet", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="phantom-testnet", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
-    u = sub.add_parser("up", help="generate configs and keys, start every process")
-    s = sub.add_parser("status", help="show processes and metrics")
-    dn = sub.add_parser("down", help="stop every process")
+    u = sub.add_parser(
+        "up", help="generate configs and keys, start every process", formatter_class=HelpFormatter
+    )
+    s = sub.add_parser("status", help="show processes and metrics", formatter_class=HelpFormatter)
+    dn = sub.add_parser("down", help="stop every process", formatter_class=HelpFormatter)
     pr = sub.add_parser(
-        "probe", help="measure one-way latency of voice-like streams (for phantom-sim validate)"
+        "probe",
+        help="measure one-way latency of voice-like streams (for phantom-sim validate)",
+        formatter_class=HelpFormatter,
     )
     for q in (u, s, dn, pr):
         q.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="testnet directory")
     count = _nonneg(int, "a whole number >= 0")
-    real = _nonneg(float, "a number >= 0")
-    u.add_argument("--authorities", type=count, default=3)
-    u.add_argument("--threshold", type=count, default=2)
-    u.add_argument("--gateways", type=count, default=2)
+    real = _nonneg(float, "a finite number >= 0")
+    u.add_argument("--authorities", type=count, default=3, help="directory authorities")
+    u.add_argument("--threshold", type=count, default=2, help="signatures a document needs")
+    u.add_argument("--gateways", type=count, default=2, help="gateways (layer 0)")
     u.add_argument("--layers", type=count, default=3, help="mix layers (1..3)")
     u.add_argument("--per-layer", type=count, default=2, help="mixes per layer")
-    u.add_argument("--base-port", type=count, default=DEFAULT_BASE_PORT)
-    u.add_argument("--epoch-length-s", type=count, default=3600)
+    u.add_argument(
+        "--base-port", type=count, default=DEFAULT_BASE_PORT, help="first port (0: free ports)"
+    )
+    u.add_argument("--epoch-length-s", type=count, default=3600, help="seconds per epoch")
     u.add_argument("--workers", type=count, default=1, help="worker processes per node")
     u.add_argument("--cover-rate-hz", type=real, default=1.0, help="loop cover per node")
     u.add_argument("--delivery-rate-hz", type=real, default=50.0, help="gateway downlink rate")
@@ -568,14 +716,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``phantom-testnet``."""
+    """Entry point of ``phantom-testnet``: 0 ok, 2 with a message naming the option,
+    path or field at fault (nothing written by a refused ``up``), 130 on Ctrl-C."""
     args = build_parser().parse_args(argv)
     try:
         if args.command == "up":
-            if args.gateways < 1 or args.per_layer < 1 or not 1 <= args.layers <= 3:
-                raise TestnetError("need --gateways >= 1, --per-layer >= 1, --layers in 1..3")
-            if args.link_loss >= 1:
-                raise TestnetError("--link-loss must be below 1")
             opts = TestnetOptions(
                 directory=args.dir,
                 authorities=args.authorities,
@@ -585,7 +730,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 per_layer=args.per_layer,
                 base_port=args.base_port,
                 epoch_length_s=args.epoch_length_s,
-                workers=max(1, args.workers),
+                workers=args.workers,
                 loop_cover_rate_hz=args.cover_rate_hz,
                 delivery_rate_hz=args.delivery_rate_hz,
                 link_delay_ms=args.link_delay_ms,
@@ -601,16 +746,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             stopped = down(args.dir, args.timeout)
             print(f"stopped {len(stopped)} processes")
-    except TestnetError as exc:
+    except (TestnetError, ConfigError, KeyStoreError) as exc:
         print(f"phantom-testnet: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # a config or key problem: say what, not a traceback
-        from overlay import PhantomError
-
-        if isinstance(exc, PhantomError | ValueError):
-            print(f"phantom-testnet: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

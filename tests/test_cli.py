@@ -1,7 +1,12 @@
-"""phantom-mixnode: init writes config and keys, run hands over, status reads metrics."""
+"""phantom-mixnode: init writes config and keys, run hands over, status reads metrics.
+
+Also the operator errors of `init` (phantom-mixnode and phantom-dirauth): every argument
+and path checked before anything is written, exit 2 naming the option, field or path.
+"""
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 import stat
@@ -14,8 +19,13 @@ from pathlib import Path
 import pytest
 import trio
 
+from mixnode import cli as node_cli
+from mixnode import dirauth
+from mixnode import testnet as testnet_cli
 from mixnode.cli import histogram_quantile, main, parse_prometheus
 from mixnode.config import load_node_config
+from mixnode.dirauth import AUTHORITY_KEY_FILE
+from mixnode.dirauth import main as dirauth_main
 from mixnode.keys import IDENTITY_FILE, NodeKeys
 from mixnode.metrics import NodeMetrics, serve_metrics
 
@@ -173,3 +183,148 @@ def test_init_names_the_data_dir_when_a_file_is_in_the_way(
         == 2
     )
     assert "node.listen_host: expected an IPv4 address or name (IPv6" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------
+# Refused commands write nothing; every option with a default shows it in --help
+
+
+def test_a_refused_init_writes_nothing_so_the_rerun_needs_no_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: the config was written before the data_dir check failed."""
+    (tmp_path / "mix-1").write_text("a file where the data dir belongs\n")
+    assert main(_init(tmp_path, "--role", "mix", "--layer", "1")) == 2
+    assert "node.data_dir: " in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mix-1"]
+    (tmp_path / "mix-1").unlink()
+    assert main(_init(tmp_path, "--role", "mix", "--layer", "1")) == 0  # no --force
+    # A bad argument is refused before any key is made either.
+    other = tmp_path / "other"
+    other.mkdir()
+    assert main(_init(other, "--role", "mix", "--layer", "1", "--workers", "0")) == 2
+    assert "mixing.workers: expected an integer in 1..64, got 0" in capsys.readouterr().err
+    assert list(other.iterdir()) == []
+
+
+def _dirauth_init(tmp: Path, *extra: str) -> list[str]:
+    return ["init", "--config", str(tmp / "auth.toml"), "--name", "auth-1",
+            "--listen-port", "31900", "--data-dir", "auth-1", *extra]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--threshold", "2"], "directory.threshold: expected an integer in 1..1, got 2"),
+        (["--round-interval-s", "nan"], "authority.round_interval_s: expected a number"),
+        (["--authority", "http://[::1]:31900"], "directory.authorities[0]: expected"),
+        (["--authority", "http://127.0.0.1:0"], "with a port in 1..65535"),
+        (["--listen-host", "::1"], "authority.listen_host: expected an IPv4"),
+        (["--epoch-length-s", "1"], "directory.epoch_length_s: expected an integer"),
+    ],
+)
+def test_dirauth_init_checks_everything_before_making_a_key(
+    tmp_path: Path, extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert dirauth_main(_dirauth_init(tmp_path, *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    assert dirauth_main(_dirauth_init(tmp_path)) == 0  # then it works, no --force needed
+    assert (tmp_path / "auth-1" / AUTHORITY_KEY_FILE).exists()
+
+
+def test_a_threshold_of_zero_is_refused_not_made_the_majority(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: `phantom-dirauth init --threshold 0` silently became the majority."""
+    for run, args in ((dirauth_main, _dirauth_init(tmp_path)),
+                      (main, _init(tmp_path, "--role", "mix", "--layer", "1"))):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_:
+            run([*args, "--threshold", "0"])
+        assert exit_.value.code == 2
+        assert "--threshold: expected a whole number >= 1, got '0'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("program", "config", "data_dir", "named"),
+    [
+        ("mixnode", "/proc/m8.toml", "d", "--config: /proc/m8.toml: cannot create files in /proc"),
+        ("mixnode", "FILE/n.toml", "d", "--config: FILE/n.toml: FILE is a file, not a directory"),
+        ("mixnode", "n.toml", "/proc/d", "node.data_dir: /proc/d: cannot create files in /proc"),
+        ("mixnode", "n.toml", "FILE", "node.data_dir: FILE is a file where a directory belongs"),
+        ("mixnode", "n.toml", "FILE/x", "node.data_dir: FILE/x: FILE is a file, not a directory"),
+        ("dirauth", "/proc/a.toml", "d", "--config: /proc/a.toml: cannot create files in /proc"),
+        ("dirauth", "a.toml", "/proc/d", "authority.data_dir: /proc/d: cannot create files in"),
+        ("dirauth", "a.toml", "FILE", "authority.data_dir: FILE is a file where a directory"),
+        ("mixnode", "DIR", "d", "--config: DIR exists and is not a regular file"),
+        ("dirauth", "DIR", "d", "--config: DIR exists and is not a regular file"),
+    ],
+)
+def test_init_on_unwritable_paths_names_the_option_or_field(
+    tmp_path: Path,
+    program: str,
+    config: str,
+    data_dir: str,
+    named: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Regression: FileNotFoundError traceback (mixnode), "phantom-dirauth: No such file or
+    directory" with exit 1 (dirauth); and nothing may be left behind."""
+    (tmp_path / "FILE").write_text("x\n")
+    (tmp_path / "DIR").mkdir()
+    if program == "mixnode":
+        run, args = main, _init(tmp_path, "--role", "mix", "--layer", "1")
+    else:
+        run, args = dirauth_main, _dirauth_init(tmp_path)
+    for option, value in (("--config", config), ("--data-dir", data_dir)):
+        args[args.index(option) + 1] = value if value.startswith("/") else f"{tmp_path}/{value}"
+    assert run(args) == 2
+    err = capsys.readouterr().err
+    assert named.replace("FILE", f"{tmp_path}/FILE").replace("DIR", f"{tmp_path}/DIR") in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["DIR", "FILE"]
+    assert list((tmp_path / "DIR").iterdir()) == []
+
+
+def test_dirauth_key_without_a_key_names_the_data_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert dirauth_main(_dirauth_init(tmp_path)) == 0
+    (tmp_path / "auth-1" / AUTHORITY_KEY_FILE).unlink()
+    assert dirauth_main(["key", "--config", str(tmp_path / "auth.toml")]) == 2
+    assert f"authority.data_dir: {tmp_path}/auth-1/authority.key" in capsys.readouterr().err
+
+
+_PARSERS = {
+    "phantom-mixnode": node_cli.build_parser,
+    "phantom-dirauth": dirauth.build_parser,
+    "phantom-testnet": testnet_cli.build_parser,
+}
+
+
+@pytest.mark.parametrize("prog", sorted(_PARSERS))
+def test_help_shows_every_default(prog: str) -> None:
+    """Regression: `up`, `init` and `probe` hid 9100, 2 workers, `--dir testnet`."""
+    parser = _PARSERS[prog]()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    seen = 0
+    for name, sub in commands.choices.items():
+        text = " ".join(sub.format_help().split())  # the formatter wraps lines
+        for action in sub._actions:
+            if action.default in (None, False, [], argparse.SUPPRESS):
+                continue
+            assert f"(default: {action.default})" in text, (name, action.dest)
+            seen += 1
+    assert seen >= 3
+
+
+def test_help_shows_the_reviews_defaults() -> None:
+    def shown(parser: argparse.ArgumentParser, *argv: str) -> str:
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return " ".join(commands.choices[argv[0]].format_help().split())
+
+    init = shown(node_cli.build_parser(), "init")
+    assert "(default: 9100)" in init and "processing worker processes (default: 2)" in init
+    assert "testnet directory (default: testnet)" in shown(testnet_cli.build_parser(), "up")
+    assert "testnet directory (default: testnet)" in shown(testnet_cli.build_parser(), "probe")
+    assert "(default: None)" not in init and "(default: False)" not in init

@@ -6,6 +6,7 @@ import copy
 import math
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import tomli_w
@@ -24,6 +25,7 @@ from mixnode.config import (
     node_config_to_dict,
     parse_dirauth_config,
     parse_node_config,
+    url_problem,
     write_config,
 )
 from overlay import NodeRole
@@ -317,3 +319,202 @@ def test_dependent_ranges_layer_and_threshold(
     else:
         with pytest.raises(ConfigError, match=r"^directory\.threshold: expected an integer in"):
             parse_node_config(tomli_w.dumps(tables))
+
+
+# --------------------------------------------------------------------------------------
+# Hostile text: the loader raises ConfigError and nothing else, at a bounded cost
+
+_GOOD_MIX = tomli_w.dumps(_BASES["mix"])
+_PARSERS = (parse_node_config, parse_dirauth_config)
+
+
+def _only_config_error(text: str) -> None:
+    for parse in _PARSERS:
+        try:
+            parse(text)
+        except ConfigError as exc:
+            assert len(str(exc)) < 600  # quoted values are shortened
+            assert str(exc).isprintable()  # control characters are escaped
+
+
+# Pieces of TOML, so that random joins get past the first character more often.
+_TOML_BITS = st.sampled_from(
+    ["[", "]", "[[", "]]", "{", "}", "=", " = ", ",", ".", "\n", '"', "'", '"""', "\\u0000",
+     "node", "directory", "authority", "name", "data_dir", "authorities", "listen_port",
+     '"http://[::1]:1"', '"~nosuchuser/x"', "1", "-1", "1e999", "nan", "inf", "0x1f", "1" * 5000,
+     "true", "1979-05-27", "#", "\r\n", "\x1b[31m", "é"]
+)  # fmt: skip
+
+
+@given(st.text(max_size=400))
+def test_any_text_raises_only_config_error(text: str) -> None:
+    _only_config_error(text)
+
+
+@given(st.lists(_TOML_BITS, max_size=60).map("".join))
+def test_any_toml_ish_text_raises_only_config_error(text: str) -> None:
+    _only_config_error(text)
+
+
+@given(
+    cut=st.integers(0, len(_GOOD_MIX)),
+    insert=st.lists(_TOML_BITS, max_size=8).map("".join),
+)
+def test_any_edit_of_a_good_config_raises_only_config_error(cut: int, insert: str) -> None:
+    _only_config_error(_GOOD_MIX[:cut] + insert + _GOOD_MIX[cut:])
+
+
+_GOOD_AUTHORITY = tomli_w.dumps(_BASES["authority"])
+_HOSTILE_VALUES = st.one_of(
+    st.sampled_from(
+        [
+            '"~nosuchuser/x"',
+            '"~"',
+            '"http://["',
+            '"http://h:٥"',
+            '"http://[::1]:1"',
+            "1" * 5000,
+            "-" + "9" * 4301,
+            "1e999",
+            "nan",
+            "-inf",
+            "0x" + "f" * 5000,
+            '"' + "x" * 100_000 + '"',
+            '"\u0000"',
+            '"\u001b[2J"',
+            '"/proc/x"',
+            '"' + "a/" * 3000 + '"',
+            "[" * 900 + "]" * 900,
+            "{" + ",".join(f"k{i} = {i}" for i in range(2000)) + "}",
+            "1979-05-27T07:32:00Z",
+        ]
+    ),  # fmt: skip
+    st.integers().map(str),
+    st.floats().map(lambda f: tomli_w.dumps({"v": f})[4:].strip()),
+    st.text(max_size=80).map(lambda t: tomli_w.dumps({"v": t})[4:].strip()),
+    st.lists(st.text(max_size=10), max_size=5).map(lambda v: tomli_w.dumps({"v": v})[4:].strip()),
+)
+
+
+@given(
+    text=st.sampled_from([_GOOD_MIX, _GOOD_AUTHORITY]),
+    line=st.integers(0, 40),
+    value=_HOSTILE_VALUES,
+)
+def test_any_value_of_any_field_raises_only_config_error(text: str, line: int, value: str) -> None:
+    """Each field in turn takes a hostile value: huge integers, ~user paths, bad URLs..."""
+    fields = [i for i, ln in enumerate(text.splitlines()) if " = " in ln]
+    lines = text.splitlines()
+    at = fields[line % len(fields)]
+    lines[at] = lines[at].split(" = ", 1)[0] + " = " + value
+    _only_config_error("\n".join(lines))
+
+
+@given(
+    depth=st.integers(1, 6000),
+    opener=st.sampled_from([("[", "]"), ("{a=", "}"), ("[{a=", "}]")]),
+    where=st.sampled_from(["x = {}", "[node]\nname = {}", "[directory]\nauthorities = {}"]),
+)
+def test_any_nesting_depth_raises_only_config_error(
+    depth: int, opener: tuple[str, str], where: str
+) -> None:
+    value = opener[0] * depth + "1" + opener[1] * depth
+    _only_config_error(where.format(value))
+
+
+def test_the_reviews_hostile_configs_name_the_problem(tmp_path: Path) -> None:
+    """Regression: 5,000 levels of `[`, a 5,000-digit integer, ~user, an escape-laden key."""
+    cases = {
+        "x = " + "[" * 5000 + "]" * 5000: "not valid TOML: nested too deeply",
+        "x = " + "1" * 5000: "not valid TOML: Exceeds the limit",
+        "a." * 3000 + "a = 1": "node: missing (required)",  # deep, and no repr of it
+        _GOOD_MIX.replace('data_dir = "/srv/phantom/data"', 'data_dir = "~nosuchuser/x"'): (
+            "node.data_dir: cannot expand ~ in '~nosuchuser/x'"
+        ),
+        _GOOD_MIX.replace("[node]\n", '[node]\n"\\u001b[2J" = 1\n'): r"node.'\x1b[2J': unknown",
+        _GOOD_MIX.replace('name = "node-1"', f'name = "{"n" * 10_000}"'): "...",
+        _GOOD_MIX.replace("layer = 1", "layer = 0x" + "f" * 5000): "got <20000-bit integer>",
+        _GOOD_MIX.replace("layer = 1", "layer = [[0x" + "f" * 5000 + "]]"): "got [[<20000-bit",
+    }
+    for text, message in cases.items():
+        with pytest.raises(ConfigError) as err:
+            parse_node_config(text)
+        assert message in str(err.value) and len(str(err.value)) < 300
+    big = tmp_path / "big.toml"
+    big.write_text("# " + "x" * (1024 * 1024) + "\n")
+    with pytest.raises(ConfigError, match="larger than 1048576 bytes"):
+        load_node_config(big)
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        (".", "Is a directory"),
+        ("latin1.toml", "not UTF-8"),
+        ("loop.toml", "Too many levels of symbolic links"),
+    ],
+)  # /dev/zero and a FIFO (reading would never end) are run as commands, with limits
+def test_a_config_path_that_is_no_config_file_is_refused_at_once(
+    tmp_path: Path, where: str, message: str
+) -> None:
+    (tmp_path / "latin1.toml").write_bytes(b'[node]\nname = "caf\xe9"\n')
+    (tmp_path / "loop.toml").symlink_to(tmp_path / "loop.toml")
+    path = tmp_path / where
+    for load in (load_node_config, load_dirauth_config):
+        with pytest.raises(ConfigError, match=message):
+            load(path)
+
+
+# --------------------------------------------------------------------------------------
+# Authority URLs
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://[::1]:31900", "IPv6 is not supported"),
+        ("http://127.0.0.1:0", "a port in 1..65535"),
+        ("http://127.0.0.1:99999", "a port in 1..65535"),
+        ("http://127.0.0.1\r\n:31900", "without white space"),  # urlsplit would drop the CR LF
+        ("http://127.0.0.1:31900/\r\nX-Injected: 1", "without white space"),
+        ("http://127.0.0.1\x00:31900", "without white space"),
+        ("http://127.0.0.1 :31900", "without white space"),
+        ("http://user:pw@127.0.0.1:31900", "no query or user info"),
+        ("http://127.0.0.1:31900/?x=1", "query"),
+        ("http://127.0.0.1:31900/#top", "query"),
+        ("http://127.0.0.1:", "query"),
+        ("http://", "query"),
+        ("http://[", "IPv6"),
+        ("HTTP://127.0.0.1", "an http:// or https:// URL"),
+        ("ftp://127.0.0.1", "an http:// or https:// URL"),
+        ("http://999.1.1.1:80", "whose host is a valid IPv4 address"),
+        ("http://-x.example:80", "whose host is a host name"),
+    ],
+)
+def test_authority_urls_that_would_only_fail_at_run_time_are_refused(
+    url: str, message: str
+) -> None:
+    text = _GOOD_MIX.replace('"http://127.0.0.1:9"', tomli_w.dumps({"u": url})[4:].strip())
+    with pytest.raises(ConfigError, match=r"^directory\.authorities\[0\]: expected ") as err:
+        parse_node_config(text)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:31900", "https://dir1.example.net", "http://localhost:1/phantom/",
+     "https://dir.example.net:65535/a/b"],
+)  # fmt: skip
+def test_authority_urls_accepted(url: str) -> None:
+    assert url_problem(url) is None
+
+
+@given(st.text(max_size=60) | st.from_regex(r"\Ahttps?://[ -~]{0,40}\Z"))
+def test_any_url_is_checked_without_raising_and_accepted_ones_are_sound(url: str) -> None:
+    if url_problem(url) is not None:
+        return
+    parts = urlsplit(url)
+    assert url.isascii() and url.isprintable() and " " not in url
+    assert parts.scheme in ("http", "https") and parts.hostname and not parts.username
+    assert not parts.query and not parts.fragment and ":" not in parts.hostname
+    assert parts.port is None or 1 <= parts.port <= 65535
