@@ -52,7 +52,7 @@ from typing import Any, TypeVar
 
 import tomli_w
 
-from overlay import BULK, VOICE, Geometry, NodeRole, PhantomError
+from overlay import BULK, VOICE, Geometry, NodeRole, PhantomError, descriptor_host_problem
 from overlay._topology import DEFAULT_MIX_LAYERS
 
 GEOMETRIES: Mapping[str, Geometry] = {"voice": VOICE, "bulk": BULK}
@@ -642,6 +642,13 @@ def parse_node_config(
     if node.public_host == "0.0.0.0":
         raise n.fail(
             "public_host", "an address others can reach (0.0.0.0 is a wildcard)", "0.0.0.0"
+        )
+    # The published address must pass the directory's own check, or every authority would
+    # refuse the descriptor at run time (multicast, 0.0.0.0/8, names ending in digits).
+    problem = descriptor_host_problem(node.public_host)
+    if problem is not None:
+        raise n.fail(
+            "public_host", f"an address the directory accepts ({problem})", node.public_host
         )
 
     gateway: GatewaySection | None = None

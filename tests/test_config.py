@@ -518,3 +518,11 @@ def test_any_url_is_checked_without_raising_and_accepted_ones_are_sound(url: str
     assert parts.scheme in ("http", "https") and parts.hostname and not parts.username
     assert not parts.query and not parts.fragment and ":" not in parts.hostname
     assert parts.port is None or 1 <= parts.port <= 65535
+
+
+@pytest.mark.parametrize("host", ["224.0.0.1", "0.1.2.3", "255.255.255.255", "a.0x4", "a.1x"])
+def test_public_host_must_pass_the_directorys_own_check(tmp_path: Path, host: str) -> None:
+    """A published address the authorities would refuse is a config error, not a run-time one."""
+    text = GOOD_GATEWAY.replace('[node]\n', f'[node]\npublic_host = "{host}"\n', 1)
+    with pytest.raises(ConfigError, match=r"node\.public_host: expected an address the directory"):
+        parse_node_config(text, base_dir=tmp_path)
