@@ -69,6 +69,10 @@ EMULATION_MAX = 65536  # packets held by link-delay emulation at most
 STATS_INTERVAL_S = 0.5  # seconds between statistics reports to the daemon
 CONTROL_MAX = 1 << 20  # bytes; a topology document fits easily
 GEOMETRIES = {"voice": VOICE, "bulk": BULK}
+# What sendto can raise for an address taken from a document: OSError, and for a host that
+# does not encode (the directory refuses such hosts; this keeps a worker alive regardless)
+# TypeError, ValueError or UnicodeError. Each costs one packet, counted as send_failed.
+SEND_ERRORS = (OSError, TypeError, ValueError, UnicodeError)
 STEP_TOLERANCE_S = 0.001  # a change of (wall - monotonic) beyond this is a clock step
 STEP_MEMORY_S = 2.0  # seconds after a step during which a stamp may still predate it
 UNLISTED = "unlisted"  # previous hop of a datagram from an address no listed node has
@@ -367,7 +371,7 @@ class Worker:
             self.core.counters["packets_out"] += 1
         except BlockingIOError:
             self.pending.setdefault(addr, deque()).append(frame)
-        except OSError:
+        except SEND_ERRORS:
             self.core.drop("send_failed")
 
     def flush(self) -> None:
@@ -378,7 +382,7 @@ class Worker:
                     self.core.counters["packets_out"] += 1
                 except BlockingIOError:
                     break
-                except OSError:
+                except SEND_ERRORS:
                     self.core.drop("send_failed")
                 q.popleft()
             if not q:

@@ -6,6 +6,7 @@ import os
 import socket
 import time
 
+import pytest
 from nacl.signing import SigningKey
 
 from mixnode._worker import Worker, bind_sharded, shard_of
@@ -160,3 +161,19 @@ def test_document_max_delay_and_previous_hops_reach_the_core() -> None:
         w.on_datagram(_frame_with_delay(sk, 1000), listed, now, now)
     w.on_control(b"P" + _frame_with_delay(sk, 1000)[2:], now)
     assert w.core.queue_depth == 14 and w.core.counters["drop:queue_full"] == 20
+
+
+@pytest.mark.parametrize("host", ["\u00fc" * 70, "a b", "bad\x00host", "x" * 300])
+def test_an_unusable_peer_address_costs_one_counted_packet_not_the_worker(host: str) -> None:
+    """Regression: a listed host that sendto cannot encode killed the worker (TypeError)."""
+    w, sink, sk = _worker()
+    w.peers = {b"s" * 16: (host, 9)}
+    now = time.monotonic()
+    w.on_datagram(_frame(sk), PEER, now, now)
+    w.run_due(now + 0.001)
+    assert w.core.counters["drop:send_failed"] == 1
+    w.peers = {b"s" * 16: sink.getsockname()}  # the next document lists it properly
+    w.on_datagram(_frame(sk), PEER, now, now)
+    w.run_due(now + 0.001)
+    time.sleep(0.05)
+    assert len(_drain(sink)) == 1
