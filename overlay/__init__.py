@@ -70,6 +70,8 @@ from ._sphinx import public_key as public_key
 from ._sphinx import surb_len as surb_len
 from ._topology import DEFAULT_MAX_DELAY_US as DEFAULT_MAX_DELAY_US
 from ._topology import DEFAULT_MIX_LAYERS as DEFAULT_MIX_LAYERS
+from ._topology import DOCUMENT_VERSION as DOCUMENT_VERSION
+from ._topology import MAX_NETWORK_BYTES as MAX_NETWORK_BYTES
 from ._topology import DirectoryError as DirectoryError
 from ._topology import DirectoryFieldError as DirectoryFieldError
 from ._topology import DocumentSignature as DocumentSignature
@@ -77,6 +79,7 @@ from ._topology import InvalidKeyError as InvalidKeyError
 from ._topology import NetworkBundle as NetworkBundle
 from ._topology import NodeDescriptor as NodeDescriptor
 from ._topology import NodeRole as NodeRole
+from ._topology import NodeWithdrawal as NodeWithdrawal
 from ._topology import NoRouteError as NoRouteError
 from ._topology import SignedDocument as SignedDocument
 from ._topology import SignedNetwork as SignedNetwork
@@ -100,8 +103,10 @@ from ._topology import select_path as select_path
 from ._topology import sign_descriptor as sign_descriptor
 from ._topology import sign_document as sign_document
 from ._topology import sign_network as sign_network
+from ._topology import sign_withdrawal as sign_withdrawal
 from ._topology import signature_is_valid as signature_is_valid
 from ._topology import uniform_index as uniform_index
 from ._topology import verify_descriptor as verify_descriptor
 from ._topology import verify_document as verify_document
+from ._topology import verify_withdrawal as verify_withdrawal
 from ._topology import x25519_key_problem as x25519_key_problem

@@ -549,6 +549,86 @@ def verify_descriptor(data: bytes, signature: bytes) -> NodeDescriptor:
     return desc
 
 
+_SIG_WITHDRAW = b"pn-withdraw-sig-v1\x00"  # prefix of a withdrawal signature's message
+_WITHDRAWAL_KEYS = {"version", "withdraw", "identity_key", "withdrawn_at"}
+MAX_WITHDRAWAL_BYTES = 512  # bytes of a withdrawal's canonical JSON (about 200 used)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeWithdrawal:
+    """A node's signed request to leave the network: ``phantom-mixnode leave``.
+
+    ``identity_key`` (32-byte Ed25519) names the node; ``withdrawn_at`` is unix seconds.
+    Authorities drop the node's descriptor at once and refuse any descriptor of it
+    published at or before ``withdrawn_at``, so the next document no longer lists it; a
+    later descriptor (the node started again) is taken as usual.
+    """
+
+    identity_key: bytes
+    withdrawn_at: int
+
+    def __post_init__(self) -> None:
+        problem = ed25519_key_problem(self.identity_key)
+        if problem is not None:
+            raise InvalidKeyError("withdrawal", "identity_key", problem)
+        if not _is_int(self.withdrawn_at) or not 0 <= self.withdrawn_at < 2**63:
+            raise DirectoryFieldError("withdrawal", "withdrawn_at", "expected unix seconds >= 0")
+
+    @property
+    def node_id(self) -> bytes:
+        """BLAKE2b-128 of the identity key, as in descriptors."""
+        return node_id_for(self.identity_key)
+
+    def to_bytes(self) -> bytes:
+        """Canonical JSON bytes (what the node signs)."""
+        return canonical_json(
+            {
+                "version": DOCUMENT_VERSION,
+                "withdraw": self.node_id.hex(),
+                "identity_key": self.identity_key.hex(),
+                "withdrawn_at": self.withdrawn_at,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> NodeWithdrawal:
+        """Parse untrusted canonical bytes; DirectoryFieldError naming the field."""
+        where = "withdrawal"
+        d = _exact_keys(
+            load_json(data, where, max_bytes=MAX_WITHDRAWAL_BYTES), _WITHDRAWAL_KEYS, where
+        )
+        _int(d, "version", where, DOCUMENT_VERSION, DOCUMENT_VERSION)
+        key = _hex(_field(d, "identity_key", where), where, "identity_key", ED25519_KEY_LEN)
+        node_id = _hex(_field(d, "withdraw", where), where, "withdraw", NODE_ID_LEN)
+        w = cls(key, _int(d, "withdrawn_at", where, 0, 2**63 - 1))
+        if not hmac.compare_digest(node_id, w.node_id):
+            raise DirectoryFieldError(where, "withdraw", "not the BLAKE2b-128 of identity_key")
+        if w.to_bytes() != data:
+            raise DirectoryFieldError(where, "", "not in canonical form")
+        return w
+
+
+def sign_withdrawal(withdrawal: NodeWithdrawal, identity_seed: bytes) -> bytes:
+    """The node's 64-byte Ed25519 signature over its withdrawal (own domain prefix)."""
+    key = SigningKey(identity_seed)
+    if bytes(key.verify_key) != withdrawal.identity_key:
+        raise UsageError("identity seed does not match the withdrawal's identity key")
+    return key.sign(_SIG_WITHDRAW + withdrawal.to_bytes()).signature
+
+
+def verify_withdrawal(data: bytes, signature: bytes) -> NodeWithdrawal:
+    """Parse ``data`` and check the signature by the key it names; fail closed
+    (DirectoryError, DirectoryFieldError for a malformed field)."""
+    w = NodeWithdrawal.from_bytes(data)
+    if len(signature) != ED25519_SIG_LEN:
+        raise DirectoryError("withdrawal signature: wrong length")
+    try:
+        VerifyKey(w.identity_key).verify(_SIG_WITHDRAW + data, signature)
+    except (BadSignatureError, ValueError):
+        raise DirectoryError("withdrawal signature: does not verify") from None
+    return w
+
+
 # --------------------------------------------------------------------------------------
 # Topology documents
 

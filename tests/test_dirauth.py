@@ -417,11 +417,12 @@ def test_a_later_descriptor_replaces_the_earlier_one_for_the_same_epochs(
         return json.dumps(obj).encode()
 
     # The later port sorts lower as bytes: only the publication time can make it win.
-    assert auth.submit(body(50001, 100)).port == 50001
-    assert auth.submit(body(40001, 200)).port == 40001
-    assert auth.submit(body(50001, 100)).port == 40001  # the older one is ignored
+    t0 = 1000 * EPOCH_S  # published within the current epoch (older ones count as absent)
+    assert auth.submit(body(50001, t0 + 100)).port == 50001
+    assert auth.submit(body(40001, t0 + 200)).port == 40001
+    assert auth.submit(body(50001, t0 + 100)).port == 40001  # the older one is ignored
     auth.sync_round()
     signed = auth.signed(1000)
     assert signed is not None
     (node,) = TopologyDocument.from_bytes(signed.document).nodes
-    assert node.port == 40001 and node.published_at == 200
+    assert node.port == 40001 and node.published_at == t0 + 200
