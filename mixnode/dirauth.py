@@ -827,7 +827,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if path == "/v1/withdraw":
                 w = auth.withdraw(body)
-                return self._send(200, canonical_json({"withdrawn": w.node_id.hex()}))
+                return self._send(200, canonical_json({"accepted": w.node_id.hex()}))
             desc = auth.submit(body)
         except DirectoryError as exc:
             return self._error(400, str(exc))
