@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from directory_support import free_ports
 
 from mixnode.config import (
     AuthoritySection,
@@ -40,18 +40,8 @@ from overlay import VOICE, DirectoryError, TopologyDocument, epoch_at, select_pa
 EPOCH_S = 600
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _auth_configs(tmp: Path, n: int, threshold: int) -> list[DirAuthConfig]:
-    ports = _free_ports(n)
+    ports = free_ports(n)
     keys = [init_authority_key(tmp / f"auth{i}") for i in range(n)]
     directory = DirectorySection(
         authorities=tuple(f"http://127.0.0.1:{p}" for p in ports),
@@ -279,7 +269,7 @@ async def test_node_directory_task_publishes_and_follows(tmp_path: Path) -> None
 @pytest.mark.slow
 def test_real_authority_processes(tmp_path: Path) -> None:
     """Two `phantom-dirauth run` processes; a client verifies their 2-of-2 document."""
-    ports = _free_ports(2)
+    ports = free_ports(2)
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     pubs = []
     for i, port in enumerate(ports):
