@@ -647,11 +647,14 @@ class Authority:
 
 def network_bundle(cfg: DirAuthConfig) -> NetworkBundle:
     """The network bundle an authority with ``cfg`` publishes (what nodes and clients need
-    to join: authority URLs and keys, threshold, epochs, layers, geometry and digest)."""
+    to join: authority URLs and keys, threshold, epochs, layers, geometry and digest).
+
+    URLs and keys are sorted, so authorities whose configs list them in another order
+    still publish the same bytes and their signatures add up."""
     d = cfg.directory
     return NetworkBundle(
-        authorities=tuple(d.authorities),
-        authority_keys=tuple(d.authority_keys),
+        authorities=tuple(sorted(d.authorities)),
+        authority_keys=tuple(sorted(d.authority_keys)),
         threshold=d.threshold,
         epoch_length_s=d.epoch_length_s,
         genesis_s=d.genesis_s,
