@@ -264,6 +264,8 @@ class Authority:
             raise DirectoryFieldError(where, "signature", "expected lowercase hex")
         data = text.encode("ascii")
         w = verify_withdrawal(data, sig)
+        if not self.enrolled(w.identity_key):  # nothing to withdraw; keeps the table small
+            raise DirectoryError("node is not enrolled at this authority")
         if w.withdrawn_at < self._listed_since():
             raise DirectoryError("withdrawal is older than any descriptor still listed")
         with self._lock:

@@ -184,6 +184,29 @@ def test_a_withdrawn_node_is_absent_from_the_next_document_until_it_publishes_ag
     assert _authority(peer_cfg, clock).merge_peer_descriptors(auth.descriptors_payload()) == 2
 
 
+def test_identity_rotation_as_documented_leaves_no_ghost(tmp_path: Path) -> None:
+    """Regression: rotating the identity left the old node listed beside the new one
+    until its keys ran out. The guide now says: stop, ``leave``, new identity, start."""
+    clock = [EPOCH * EPOCH_S + 5.0]
+    old, old_seed = make_node(0, NodeRole.MIX, 1, EPOCH, EPOCH_S)
+    new, new_seed = make_node(1, NodeRole.MIX, 1, EPOCH, EPOCH_S)
+    new = dataclasses.replace(new, port=old.port, name=old.name, published_at=int(clock[0]))
+    auth = _authority(_config(tmp_path), clock)
+    auth.submit(_body(old, old_seed))
+    auth.withdraw(_withdraw_body(old_seed, int(clock[0])))
+    auth.submit(_body(new, new_seed))
+    assert _listed(auth, EPOCH) == _listed(auth, EPOCH + 1) == {new.node_id}
+
+
+def test_a_withdrawal_of_a_node_not_enrolled_is_refused(tmp_path: Path) -> None:
+    """Closed enrolment: strangers cannot fill the withdrawal table."""
+    a, _ = make_node(0, NodeRole.MIX, 1, EPOCH, EPOCH_S)
+    auth = _authority(_config(tmp_path, allowed=(a.identity_key,)), [EPOCH * EPOCH_S + 5.0])
+    with pytest.raises(DirectoryError, match="not enrolled"):
+        auth.withdraw(_withdraw_body(os.urandom(32), EPOCH * EPOCH_S))
+    assert auth.withdrawals_payload() == b"[]"
+
+
 def test_any_malformed_withdrawal_is_refused_with_a_directory_error(tmp_path: Path) -> None:
     auth = _authority(_config(tmp_path), [EPOCH * EPOCH_S + 5.0])
     good = _withdraw_body(os.urandom(32), EPOCH * EPOCH_S)
