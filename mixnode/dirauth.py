@@ -1131,11 +1131,26 @@ def _cmd_enrol(args: argparse.Namespace) -> int:
 
 
 def _running_pid(path: Path) -> int | None:
-    """The pid in ``path`` if that process is alive and ours to signal, else None."""
+    """The pid in ``path`` if that process is alive and a ``phantom-dirauth``, else None.
+
+    A stale file whose pid now names another program gets no signal (SIGHUP would end
+    it); AuthorityError if the authority runs as a user we may not signal.
+    """
     try:
         pid = int(path.read_text().strip())
-        os.kill(pid, 0)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
+        return None
+    if b"dirauth" not in cmdline:
+        return None
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        raise AuthorityError(
+            f"cannot signal the authority (pid {pid}): run this as its user, "
+            f"or send it SIGHUP (kill -HUP {pid})"
+        ) from None
+    except OSError:
         return None
     return pid
 

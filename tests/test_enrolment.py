@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
+from mixnode.cli import main as node_main
 from mixnode.config import (
     AuthoritySection,
     DirAuthConfig,
@@ -34,6 +36,7 @@ from mixnode.config import (
 )
 from mixnode.dirauth import (
     ENROLMENT_FILE,
+    PID_FILE,
     Authority,
     AuthorityEvent,
     init_authority_key,
@@ -41,6 +44,7 @@ from mixnode.dirauth import (
     read_enrolment,
 )
 from mixnode.dirauth import main as dirauth_main
+from mixnode.keys import NodeKeys
 from mixnode.testnet import child_env
 from overlay import (
     DirectoryError,
@@ -141,6 +145,43 @@ def test_a_malformed_enrolment_file_keeps_the_lists_in_force(tmp_path: Path) -> 
             auth.reload_enrolment()
         assert auth.enrolled(a.identity_key)
     assert _listed(auth, EPOCH) == {a.node_id}
+
+
+def test_allow_never_signals_a_stale_pid_that_is_not_an_authority(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """SIGHUP ends most programs: a pid file left by a crashed authority whose pid now
+    names another process must not make ``allow`` kill it."""
+    cfg = _config(tmp_path)
+    write_config(tmp_path / "auth.toml", cfg)
+    other = _start(["-c", "import time; time.sleep(30)"], tmp_path / "other.log")
+    procs.append(other)
+    (cfg.authority.data_dir / PID_FILE).write_text(f"{other.pid}\n")
+    key = bytes(SigningKey.generate().verify_key).hex()
+    assert dirauth_main(["allow", key, "--config", str(tmp_path / "auth.toml")]) == 0
+    time.sleep(0.2)
+    assert other.poll() is None
+
+
+def test_key_prints_the_identity_and_leave_refuses_while_the_node_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (port,) = free_ports(1)
+    init = ["init", "--config", str(tmp_path / "m.toml"), "--role", "mix", "--layer", "1",
+            "--name", "m", "--data-dir", "m", "--listen-port", str(port),
+            "--authority", "http://127.0.0.1:1", "--authority-key", "11" * 32]  # fmt: skip
+    assert node_main(init) == 0
+    identity = NodeKeys.load(tmp_path / "m").identity_public.hex()
+    assert f"identity key {identity}" in capsys.readouterr().out
+    assert node_main(["key", "--config", str(tmp_path / "m.toml")]) == 0
+    assert capsys.readouterr().out.strip() == identity
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as held:  # as a running node does
+        held.bind(("127.0.0.1", port))
+        assert node_main(["leave", "--config", str(tmp_path / "m.toml")]) == 1
+    assert "stop the node first" in capsys.readouterr().err
+    # Stopped, but no authority answers: said, and exit 1.
+    assert node_main(["leave", "--config", str(tmp_path / "m.toml")]) == 1
+    assert "no authority took the withdrawal" in capsys.readouterr().err
 
 
 # -- withdrawal ----------------------------------------------------------------------
