@@ -3,13 +3,20 @@
     $ phantom-mixnode init --config mix1.toml --role mix --layer 1 --name mix-1 \\
           --listen-port 31011 --data-dir mix-1 \\
           --authority http://127.0.0.1:31900 --authority-key <64 hex digits>
+    $ phantom-mixnode init --config mix2.toml --role mix --layer 2 --name mix-2 \\
+          --data-dir mix-2 --network network.json --network-fingerprint <64 hex digits>
     $ phantom-mixnode run --config mix1.toml
     $ phantom-mixnode status --config mix1.toml
+    $ phantom-mixnode key --config mix1.toml     # the identity key, for the authorities
+    $ phantom-mixnode leave --config mix1.toml   # (node stopped) withdraw from the network
 
 ``init`` checks every argument and path, creates the node's keys (mode 0600) in its data
 dir and writes the config last, so a refused init leaves nothing behind; ``run`` loads
 both, checks that the data dir takes new files (keys rotate every epoch) and hands over
-to the daemon; ``status`` reads the node's loopback metrics endpoint and prints a table.
+to the daemon; ``init --network`` takes the authorities, keys, threshold and epochs from a
+network file (``phantom-dirauth network``) whose threshold of signatures it verifies; ports
+left out are picked free on this host and unused by the configs beside ``--config``;
+``status`` reads the node's loopback metrics endpoint and prints a table.
 Exit codes: 0 ok, 1 runtime failure, 2 bad config, keys, argument or path (the message
 names the field, option or path), 3 missing component.
 """
@@ -21,17 +28,30 @@ import importlib
 import inspect
 import os
 import re
+import socket
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mixnode._args import HelpFormatter, at_least, hex_key, port
-from overlay import PhantomError, epoch_at
+from overlay import (
+    MAX_NETWORK_BYTES,
+    DirectoryError,
+    NetworkBundle,
+    NodeWithdrawal,
+    PhantomError,
+    SignedNetwork,
+    canonical_json,
+    epoch_at,
+    sign_withdrawal,
+)
 
 from .config import (
+    GEOMETRIES,
     ConfigError,
     NodeConfig,
     as_loaded_from,
@@ -43,7 +63,7 @@ from .config import (
     path_error,
     write_config,
 )
-from .directory_client import CACHE_DIR
+from .directory_client import CACHE_DIR, http_exchange, publish_report
 from .keys import EPOCH_DIR, KeyStoreError, NodeKeys
 
 EXIT_OK = 0
@@ -51,6 +71,10 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_MISSING = 3
 STATUS_TIMEOUT_S = 3.0
+NETWORK_FETCH_TIMEOUT_S = 10.0  # s, the whole exchange fetching a network file by URL
+FIRST_LISTEN_PORT = 31000  # UDP ports init picks from, upwards, when none is given
+FIRST_METRICS_PORT = 9100  # TCP (loopback) metrics ports init picks from
+PORT_SEARCH = 1000  # ports tried at most from each start
 
 _SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
 
@@ -77,22 +101,36 @@ def _cmd_init(args: argparse.Namespace) -> int:
         raise CliError(f"{path} exists; use --force to overwrite the config", EXIT_CONFIG)
     if args.role == "mix" and args.layer is None:
         raise CliError("--layer is required for a mix (1..3)", EXIT_CONFIG)
-    extra: dict[str, dict[str, object]] = {"mixing": {"workers": args.workers}}
+    extra: dict[str, dict[str, object]] = {"mixing": {"workers": args.workers}, "node": {}}
     if args.public_host:
-        extra["node"] = {"public_host": args.public_host}
+        extra["node"]["public_host"] = args.public_host
+    network = _network_for_init(args)
+    if network is not None:
+        authorities = list(network.authorities)
+        authority_keys = list(network.authority_keys)
+        threshold: int | None = network.threshold
+        epoch_length_s = network.epoch_length_s
+        extra["directory"] = {"genesis_s": network.genesis_s, "mix_layers": network.mix_layers}
+        extra["node"]["geometry"] = network.geometry
+    else:
+        authorities = list(args.authority)
+        authority_keys = [bytes.fromhex(k) for k in args.authority_key]
+        threshold = args.threshold
+        epoch_length_s = args.epoch_length_s if args.epoch_length_s is not None else 3600
+    listen_port, client_port, metrics_port = _pick_ports(args, path)
     cfg = make_node_config(
         name=args.name,
         role=args.role,
         layer=args.layer if args.layer is not None else 0,
         listen_host=args.listen_host,
-        listen_port=args.listen_port,
-        client_port=args.client_port,
+        listen_port=listen_port,
+        client_port=client_port,
         data_dir=Path(args.data_dir),
-        authorities=list(args.authority),
-        authority_keys=[bytes.fromhex(k) for k in args.authority_key],
-        threshold=args.threshold,
-        metrics_port=args.metrics_port,
-        epoch_length_s=args.epoch_length_s,
+        authorities=authorities,
+        authority_keys=authority_keys,
+        threshold=threshold,
+        metrics_port=metrics_port,
+        epoch_length_s=epoch_length_s,
         extra=extra,
     )
     check_writable_file("--config", path)
@@ -113,7 +151,131 @@ def _cmd_init(args: argparse.Namespace) -> int:
     print(f"wrote {path}")
     print(f"node id {keys.node_id.hex()} (identity key {keys.identity_public.hex()})")
     print(f"keys in {loaded.node.data_dir} (mode 0600)")
+    ports = f"udp {listen_port}" + (f", clients {client_port}" if client_port else "")
+    print(f"ports: {ports}, metrics {metrics_port if cfg.metrics.enabled else 'off'}")
+    if network is not None:
+        pinned = "pinned" if args.network_fingerprint else "NOT pinned: trust on first use"
+        print(f"network fingerprint {network.fingerprint.hex()} ({pinned})")
+    print("send the identity key to the authorities' operators to be enrolled")
     return EXIT_OK
+
+
+def _network_for_init(args: argparse.Namespace) -> NetworkBundle | None:
+    """The verified bundle of ``--network``, or None when the directory is hand-typed.
+
+    CliError (exit 2) for a mix of both, neither, or a bundle that does not verify.
+    """
+    typed = args.authority or args.authority_key or args.threshold is not None
+    if args.network is None:
+        if args.network_fingerprint is not None:
+            raise CliError("--network-fingerprint needs --network", EXIT_CONFIG)
+        if not (args.authority and args.authority_key):
+            raise CliError(
+                "give --network FILE|URL, or --authority and --authority-key", EXIT_CONFIG
+            )
+        return None
+    if typed or args.epoch_length_s is not None:
+        raise CliError(
+            "--network gives the authorities, keys, threshold and epoch length: "
+            "leave out --authority, --authority-key, --threshold and --epoch-length-s",
+            EXIT_CONFIG,
+        )
+    pin = None if args.network_fingerprint is None else bytes.fromhex(args.network_fingerprint)
+    return load_network(args.network, pin)
+
+
+def load_network(source: str, fingerprint: bytes | None = None) -> NetworkBundle:
+    """Read a network file (path) or fetch it (``http(s)://`` URL of an authority, or of
+    its ``/v1/network``), verify a threshold of its own authorities' signatures and, if
+    given, the 32-byte pinned ``fingerprint``; the geometry must be one we speak.
+
+    CliError (exit 2) naming ``--network`` for anything wrong.
+    """
+    try:
+        if source.startswith(("http://", "https://")):
+            url = source.rstrip("/")
+            url = url if url.endswith("/v1/network") else f"{url}/v1/network"
+            raw = http_exchange(
+                url, deadline_s=NETWORK_FETCH_TIMEOUT_S, max_bytes=MAX_NETWORK_BYTES
+            )
+        else:
+            with open(source, "rb") as f:
+                raw = f.read(MAX_NETWORK_BYTES + 1)
+        bundle = SignedNetwork.from_bytes(raw).verify(fingerprint)
+    except (DirectoryError, OSError, ValueError) as exc:
+        raise CliError(f"--network: {source}: {exc}", EXIT_CONFIG) from None
+    except Exception as exc:  # http.client errors: the server's reply was cut or malformed
+        raise CliError(f"--network: {source}: {type(exc).__name__}: {exc}", EXIT_CONFIG) from None
+    geometry = GEOMETRIES.get(bundle.geometry)
+    if geometry is None or geometry.digest != bundle.geometry_digest:
+        raise CliError(
+            f"--network: {source}: geometry {bundle.geometry!r} with digest "
+            f"{bundle.geometry_digest.hex()[:16]}… is not one this version speaks",
+            EXIT_CONFIG,
+        )
+    return bundle
+
+
+def _pick_ports(args: argparse.Namespace, config: Path) -> tuple[int, int | None, int]:
+    """(listen, client or None, metrics) ports: those given, else the first ones free on
+    this host and named by no config beside ``config`` (another node's, running or not)."""
+    taken = _ports_of_configs(config.parent, exclude=config)
+    given = {p for p in (args.listen_port, args.client_port, args.metrics_port) if p}
+    taken |= given
+
+    def pick(start: int, kind: int) -> int:
+        for p in range(start, min(start + PORT_SEARCH, 65536)):
+            if p not in taken and _port_free(args.listen_host, p, kind):
+                taken.add(p)
+                return p
+        raise CliError(f"no free port in {start}..{start + PORT_SEARCH - 1}", EXIT_CONFIG)
+
+    listen = args.listen_port or pick(FIRST_LISTEN_PORT, socket.SOCK_DGRAM)
+    client = args.client_port
+    if args.role == "gateway" and client is None:
+        client = pick(listen + 1, socket.SOCK_DGRAM)
+    metrics = args.metrics_port or pick(FIRST_METRICS_PORT, socket.SOCK_STREAM)
+    return listen, client, metrics
+
+
+def _ports_of_configs(directory: Path, exclude: Path) -> set[int]:
+    """Every port named by the node configs in ``directory`` (unreadable ones skipped)."""
+    ports: set[int] = set()
+    try:
+        files = sorted(directory.glob("*.toml"))[:1000]
+    except OSError:
+        return ports
+    for f in files:
+        if f.resolve() == exclude.resolve():
+            continue
+        try:
+            with open(f, "rb") as fh:
+                doc = tomllib.loads(fh.read(1 << 20).decode("utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            continue
+        for table, field in (
+            ("node", "listen_port"),
+            ("gateway", "client_port"),
+            ("metrics", "port"),
+            ("authority", "listen_port"),
+        ):
+            value = doc.get(table, {}).get(field) if isinstance(doc.get(table), dict) else None
+            if isinstance(value, int) and not isinstance(value, bool):
+                ports.add(value)
+        if isinstance(doc.get("node"), dict) and "metrics" not in doc:
+            ports.add(FIRST_METRICS_PORT)  # the default metrics port of a node config
+    return ports
+
+
+def _port_free(host: str, port: int, kind: int) -> bool:
+    """Whether ``host:port`` (UDP or TCP) can be bound now; loopback for metrics."""
+    bind_host = "127.0.0.1" if kind == socket.SOCK_STREAM else host
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind((bind_host, port))
+        except OSError:
+            return False
+    return True
 
 
 # --------------------------------------------------------------------------------------
@@ -176,6 +338,46 @@ def _cmd_run(args: argparse.Namespace) -> int:
     else:
         result = run(cfg, **kwargs)
     return int(result) if isinstance(result, int) else EXIT_OK
+
+
+# --------------------------------------------------------------------------------------
+# key, leave
+
+
+def _cmd_key(args: argparse.Namespace) -> int:
+    cfg = load_node_config(Path(args.config))
+    keys = _keys(cfg, NodeKeys.load)
+    print(keys.identity_public.hex())
+    print(f"node id {keys.node_id.hex()}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_leave(args: argparse.Namespace) -> int:
+    """Post a signed withdrawal to every authority; the node must be stopped first."""
+    cfg = load_node_config(Path(args.config))
+    keys = _keys(cfg, NodeKeys.load)
+    n = cfg.node
+    if not _port_free(n.listen_host, n.listen_port, socket.SOCK_DGRAM):
+        raise CliError(
+            f"node.listen_port {n.listen_port} is in use: stop the node first "
+            "(a running node publishes itself again)",
+            EXIT_FAILED,
+        )
+    withdrawal = NodeWithdrawal(keys.identity_public, int(time.time()))
+    sig = sign_withdrawal(withdrawal, keys.identity_seed)
+    body = canonical_json(
+        {"withdrawal": withdrawal.to_bytes().decode("ascii"), "signature": sig.hex()}
+    )
+    report = publish_report(cfg.directory.authorities, body, path="/v1/withdraw")
+    for line in report.refused:
+        print(f"phantom-mixnode: leave: {line}", file=sys.stderr)
+    if not report.accepted:
+        raise CliError("no authority took the withdrawal; try again", EXIT_FAILED)
+    print(
+        f"withdrawn from {len(report.accepted)} of {len(cfg.directory.authorities)} "
+        "authorities: the next document no longer lists this node"
+    )
+    return EXIT_OK
 
 
 # --------------------------------------------------------------------------------------
@@ -279,25 +481,40 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--layer", type=int, help="mix layer 1..3 (gateways: 0)")
     i.add_argument("--name", required=True, help="operator label, published in the directory")
     i.add_argument("--listen-host", default="127.0.0.1", help="UDP address for packets")
-    i.add_argument("--listen-port", type=port, required=True, help="UDP port for packets")
+    i.add_argument(
+        "--listen-port", type=port, help="UDP port for packets (default: first free from 31000)"
+    )
     i.add_argument(
         "--public-host", help="address published in the directory (default: --listen-host)"
     )
-    i.add_argument("--client-port", type=port, help="gateways: port where clients attach")
+    i.add_argument(
+        "--client-port", type=port, help="gateways: port where clients attach (default: free)"
+    )
     i.add_argument("--data-dir", required=True, help="keys and cached documents (mode 0700)")
     i.add_argument(
-        "--authority", action="append", required=True, help="directory authority URL (repeat)"
+        "--network",
+        help="network file or authority URL: authorities, keys, threshold, epochs (verified)",
+    )
+    i.add_argument(
+        "--network-fingerprint",
+        type=hex_key,
+        help="expected network fingerprint, 64 hex digits (without it: trust on first use)",
+    )
+    i.add_argument(
+        "--authority", action="append", default=[], help="directory authority URL (repeat)"
     )
     i.add_argument(
         "--authority-key",
         action="append",
-        required=True,
+        default=[],
         type=hex_key,
         help="authority Ed25519 public key, hex (repeat)",
     )
     i.add_argument("--threshold", type=at_least(1), help="signatures required (default: majority)")
-    i.add_argument("--epoch-length-s", type=int, default=3600, help="seconds per epoch")
-    i.add_argument("--metrics-port", type=port, default=9100, help="loopback metrics port")
+    i.add_argument("--epoch-length-s", type=int, help="seconds per epoch (default: 3600)")
+    i.add_argument(
+        "--metrics-port", type=port, help="loopback metrics port (default: first free from 9100)"
+    )
     i.add_argument("--workers", type=int, default=2, help="processing worker processes")
     i.add_argument("--force", action="store_true", help="overwrite an existing config")
     i.set_defaults(func=_cmd_init)
@@ -307,6 +524,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--config", required=True, help="path of the node's TOML config")
     r.set_defaults(func=_cmd_run)
+
+    for name, func, what in (
+        ("key", _cmd_key, "print the node's identity key (hex)"),
+        ("leave", _cmd_leave, "withdraw the (stopped) node from the network's next document"),
+    ):
+        c = sub.add_parser(name, help=what, formatter_class=HelpFormatter)
+        c.add_argument("--config", required=True, help="path of the node's TOML config")
+        c.set_defaults(func=func)
 
     s = sub.add_parser("status", help="print the node's metrics", formatter_class=HelpFormatter)
     s.add_argument("--config", required=True, help="path of the node's TOML config")

@@ -20,6 +20,16 @@ HANDLER_TIMEOUT_S in all and at most MAX_CONNECTIONS are served at once):
     GET  /v1/topology/current    document of the current epoch and its signatures
     GET  /v1/topology/<epoch>    the same for <epoch>
     GET  /v1/health              {"epoch": <n>, "counters": {<AuthorityEvent>: <n>}}
+    GET  /v1/network             the network file: {network, signatures} (SignedNetwork)
+    GET  /v1/network/signature   this authority's signature over its network bundle
+    POST /v1/withdraw            {"withdrawal": "<canonical JSON>", "signature": "<hex>"}
+    GET  /v1/withdrawals         every withdrawal held, for peer authorities
+
+Enrolment: ``[authority] allowed_nodes`` plus ``<data_dir>/enrolment.json`` (written by
+``phantom-dirauth allow|deny``), read again on SIGHUP: a denied node is never listed, and
+once anything is allowed only allowed nodes are. A node whose newest descriptor was
+published before the epoch preceding the current one (two epochs without a word) is
+absent from the documents; a withdrawn node is absent from the next one.
 
 Whatever a node or a peer sends is bounded in size and nesting before it is parsed, and a
 refusal is a DirectoryError naming the field, counted (``AuthorityEvent``); a round always
@@ -30,6 +40,7 @@ goes on to build and sign. Peers are asked at once, each exchange under one dead
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -47,22 +58,32 @@ from nacl.signing import SigningKey
 
 from mixnode._args import HelpFormatter, at_least, hex_key, port
 from overlay import (
+    DOCUMENT_VERSION,
+    MAX_NETWORK_BYTES,
     DirectoryError,
     DirectoryFieldError,
     DocumentSignature,
+    NetworkBundle,
     NodeDescriptor,
     NodeRole,
+    NodeWithdrawal,
     PhantomError,
     SignedDocument,
+    SignedNetwork,
     build_document,
     canonical_json,
     document_digest,
     epoch_at,
+    epoch_start,
     load_json,
+    network_fingerprint,
+    network_signature_is_valid,
     parse_epoch,
     sign_document,
+    sign_network,
     signature_is_valid,
     verify_descriptor,
+    verify_withdrawal,
 )
 
 from .config import (
@@ -101,6 +122,12 @@ MAX_BODY_BYTES = 64 * 1024  # bytes of a POSTed descriptor
 MAX_DESCRIPTORS = 10_000  # descriptors held at most (memory bound)
 MAX_PEER_RESPONSE_BYTES = 32 * 1024 * 1024  # bytes read from a peer authority
 MAX_SIGNATURE_REPLY_BYTES = 1024  # bytes of a peer's /v1/signature reply (about 260 used)
+ENROLMENT_FILE = "enrolment.json"  # {"allow": [hex keys], "deny": [hex keys]}
+WITHDRAWAL_DIR = "withdrawals"
+PID_FILE = "authority.pid"  # the running authority's process id, for allow/deny's SIGHUP
+MAX_ENROLMENT_BYTES = 4 * 1024 * 1024  # bytes of enrolment.json (about 70 per key)
+ABSENT_EPOCHS = 2  # a node silent this many epochs is left out of the documents
+NETWORK_TIMEOUT_S = 5.0  # s, `phantom-dirauth network` asking its own authority
 KEEP_EPOCHS = 24  # documents of past epochs kept and served
 PEER_TIMEOUT_S = 3.0  # s, the most one whole exchange with a peer may take
 MIN_PEER_TIMEOUT_S = 0.5  # s, the least, however short the round interval
@@ -123,6 +150,9 @@ class AuthorityEvent(StrEnum):
     PEER_UNREACHABLE = "peer_unreachable"  # a request to a peer failed
     ROUND_FAILED = "round_failed"  # a round raised (a bug: rounds go on regardless)
     CONNECTION_SHED = "connection_shed"  # closed unanswered: MAX_CONNECTIONS being served
+    WITHDRAWAL_ACCEPTED = "withdrawal_accepted"  # a node's signed leave was taken
+    WITHDRAWAL_REFUSED = "withdrawal_refused"  # a POSTed withdrawal failed a check
+    ENROLMENT_RELOADED = "enrolment_reloaded"  # allow/deny lists read again (SIGHUP)
 
 
 def _now() -> float:
@@ -162,6 +192,13 @@ class Authority:
                 "directory.authority_keys; add it to every authority's and node's config"
             )
         self._descriptors: dict[bytes, tuple[NodeDescriptor, bytes, bytes]] = {}
+        self._withdrawn: dict[bytes, tuple[NodeWithdrawal, bytes, bytes]] = {}
+        self._allow: frozenset[bytes] = frozenset(cfg.authority.allowed_nodes)
+        self._deny: frozenset[bytes] = frozenset()
+        self._bundle = network_bundle(cfg).to_bytes()
+        own_net = sign_network(self._bundle, seed)
+        self._network_sigs: dict[bytes, DocumentSignature] = {own_net.authority_key: own_net}
+        self._net_urls: set[str] = set()  # peers whose bundle signature is held
         self._counts = EventCounts(AuthorityEvent)
         self._docs: dict[int, _EpochDoc] = {}
         self._own_url = f"http://{cfg.authority.listen_host}:{cfg.authority.listen_port}"
@@ -170,6 +207,140 @@ class Authority:
         interval = cfg.authority.round_interval_s
         self.peer_timeout_s = min(PEER_TIMEOUT_S, max(MIN_PEER_TIMEOUT_S, interval / 3))
         self._load_state()
+
+    # -- enrolment ----------------------------------------------------------------
+
+    def enrolled(self, identity_key: bytes) -> bool:
+        """Whether this authority lists the node: never if denied; if anything is
+        allowed (config or ``allow``), only then; otherwise open enrolment."""
+        with self._lock:
+            allow, deny = self._allow, self._deny
+        return identity_key not in deny and (not allow or identity_key in allow)
+
+    def reload_enrolment(self) -> tuple[int, int]:
+        """Read ``enrolment.json`` again (SIGHUP); drop descriptors no longer enrolled.
+
+        Returns (allowed, denied) counts. AuthorityError if the file is malformed; the
+        lists in force stay as they were then (fail closed: nothing newly admitted).
+        """
+        allow_file, deny = read_enrolment(self.cfg.authority.data_dir)
+        allow = frozenset(self.cfg.authority.allowed_nodes) | allow_file
+        with self._lock:
+            self._allow, self._deny = allow, deny
+            gone = [k for k, v in self._descriptors.items() if not self._enrolled_locked(v[0])]
+            for k in gone:
+                del self._descriptors[k]
+        self._unlink_descriptors(gone)
+        self.count(AuthorityEvent.ENROLMENT_RELOADED)
+        return len(allow), len(deny)
+
+    def _enrolled_locked(self, desc: NodeDescriptor) -> bool:
+        key = desc.identity_key
+        return key not in self._deny and (not self._allow or key in self._allow)
+
+    # -- withdrawals --------------------------------------------------------------
+
+    def withdraw(self, body: bytes) -> NodeWithdrawal:
+        """Take a node's signed withdrawal (JSON body): its descriptor is dropped at once
+        and none published at or before ``withdrawn_at`` is taken again. Counted either
+        way; DirectoryError (naming the field) if it is not valid."""
+        try:
+            obj = load_json(body, "withdrawal body", max_bytes=MAX_BODY_BYTES)
+            w = self._accept_withdrawal(obj, persist=True)
+        except DirectoryError:
+            self.count(AuthorityEvent.WITHDRAWAL_REFUSED)
+            raise
+        self.count(AuthorityEvent.WITHDRAWAL_ACCEPTED)
+        return w
+
+    def _accept_withdrawal(self, obj: object, *, persist: bool) -> NodeWithdrawal:
+        where = "withdrawal body"
+        if not isinstance(obj, dict) or set(obj) != {"withdrawal", "signature"}:
+            raise DirectoryFieldError(where, "", "expected {withdrawal, signature}")
+        text, sig = obj["withdrawal"], _from_hex(obj["signature"])
+        if not isinstance(text, str) or not text.isascii():
+            raise DirectoryFieldError(where, "withdrawal", "expected a string of ASCII JSON")
+        if sig is None:
+            raise DirectoryFieldError(where, "signature", "expected lowercase hex")
+        data = text.encode("ascii")
+        w = verify_withdrawal(data, sig)
+        if not self.enrolled(w.identity_key):  # nothing to withdraw; keeps the table small
+            raise DirectoryError("node is not enrolled at this authority")
+        if w.withdrawn_at < self._listed_since():
+            raise DirectoryError("withdrawal is older than any descriptor still listed")
+        with self._lock:
+            old = self._withdrawn.get(w.node_id)
+            if old is not None and old[0].withdrawn_at >= w.withdrawn_at:
+                return old[0]
+            if old is None and len(self._withdrawn) >= MAX_DESCRIPTORS:
+                raise DirectoryError("authority holds too many withdrawals")
+            self._withdrawn[w.node_id] = (w, data, sig)
+            held = self._descriptors.get(w.node_id)
+            gone = held is not None and held[0].published_at <= w.withdrawn_at
+            if gone:
+                del self._descriptors[w.node_id]
+        if gone:
+            self._unlink_descriptors([w.node_id])
+        if persist:
+            path = self.cfg.authority.data_dir / WITHDRAWAL_DIR / f"{w.node_id.hex()}.json"
+            write_secret_atomic(path, canonical_json(obj))
+        return w
+
+    def withdrawals_payload(self) -> bytes:
+        """Every withdrawal held with its signature (what peers pull)."""
+        with self._lock:
+            items = sorted(self._withdrawn.values(), key=lambda t: t[0].node_id)
+        return canonical_json(
+            [{"withdrawal": d.decode("ascii"), "signature": s.hex()} for _, d, s in items]
+        )
+
+    def merge_peer_withdrawals(self, payload: bytes) -> int:
+        """Add the valid withdrawals from a peer's list, as ``merge_peer_descriptors``."""
+        return self._merge_peer_list(payload, "peer withdrawals", self._accept_withdrawal)
+
+    def _merge_peer_list(self, payload: bytes, where: str, accept: Callable[..., object]) -> int:
+        items = load_json(payload, where, max_bytes=MAX_PEER_RESPONSE_BYTES)
+        if not isinstance(items, list) or len(items) > MAX_DESCRIPTORS:
+            raise DirectoryFieldError(where, "", f"expected a list of at most {MAX_DESCRIPTORS}")
+        taken = 0
+        for obj in items:
+            try:
+                accept(obj, persist=True)
+                taken += 1
+            except DirectoryError:
+                self.count(AuthorityEvent.PEER_DESCRIPTOR_REFUSED)  # the rest still count
+        return taken
+
+    def _listed_since(self) -> int:
+        """Unix second before which a descriptor counts as absent: the start of the epoch
+        before the current one (ABSENT_EPOCHS). The same on every authority per epoch."""
+        d = self.cfg.directory
+        first = max(0, self._epoch() - ABSENT_EPOCHS + 1)
+        return epoch_start(first, d.epoch_length_s, d.genesis_s)
+
+    # -- the network file ---------------------------------------------------------
+
+    def network(self) -> SignedNetwork:
+        """This authority's network bundle with every valid signature held over it."""
+        with self._lock:
+            sigs = tuple(sorted(self._network_sigs.values(), key=lambda s: s.authority_key))
+        return SignedNetwork(self._bundle, sigs)
+
+    def own_network_signature(self) -> tuple[bytes, DocumentSignature]:
+        """(fingerprint, our signature) of our network bundle."""
+        with self._lock:
+            return network_fingerprint(self._bundle), self._network_sigs[self.public_key]
+
+    def add_network_signature(self, fingerprint: bytes, sig: DocumentSignature) -> bool:
+        """Keep a peer's bundle signature if valid, by a listed key, over our bundle."""
+        ours = network_fingerprint(self._bundle)
+        if sig.authority_key not in self.cfg.directory.authority_keys or fingerprint != ours:
+            return False
+        if not network_signature_is_valid(ours, sig):
+            return False
+        with self._lock:
+            self._network_sigs[sig.authority_key] = sig
+        return True
 
     # -- descriptors --------------------------------------------------------------
 
@@ -201,15 +372,19 @@ class Authority:
             raise DirectoryFieldError(where, "signature", "expected lowercase hex")
         data = text.encode("ascii")
         desc = verify_descriptor(data, sig)
-        allowed = self.cfg.authority.allowed_nodes
-        if allowed and desc.identity_key not in allowed:
+        if not self.enrolled(desc.identity_key):
             raise DirectoryError("node is not enrolled at this authority")
+        if desc.published_at < self._listed_since():
+            raise DirectoryError("descriptor is older than the epoch before the current one")
         now_epoch = self._epoch()
         if max(desc.epoch_keys, default=-1) < now_epoch:
             raise DirectoryError("descriptor has no key for the current or a later epoch")
         if desc.role is NodeRole.MIX and desc.layer > self.cfg.directory.mix_layers:
             raise DirectoryError(f"descriptor is in layer {desc.layer}; the network has fewer")
         with self._lock:
+            withdrawn = self._withdrawn.get(desc.node_id)
+            if withdrawn is not None and desc.published_at <= withdrawn[0].withdrawn_at:
+                raise DirectoryError("node has withdrawn; publish a newer descriptor")
             old = self._descriptors.get(desc.node_id)
             if old is not None and _rank(old[0]) >= _rank(desc):
                 return old[0]  # an older or identical descriptor never replaces a newer one
@@ -235,30 +410,35 @@ class Authority:
         Each refused entry is counted (``peer_descriptor_refused``) and skipped; a reply
         that is not a list of at most MAX_DESCRIPTORS is a DirectoryFieldError.
         """
-        items = load_json(payload, "peer descriptors", max_bytes=MAX_PEER_RESPONSE_BYTES)
-        if not isinstance(items, list) or len(items) > MAX_DESCRIPTORS:
-            raise DirectoryFieldError(
-                "peer descriptors", "", f"expected a list of at most {MAX_DESCRIPTORS}"
-            )
-        taken = 0
-        for obj in items:
-            try:
-                self._accept(obj, persist=True)
-                taken += 1
-            except DirectoryError:
-                self.count(AuthorityEvent.PEER_DESCRIPTOR_REFUSED)  # the rest still count
-        return taken
+        return self._merge_peer_list(payload, "peer descriptors", self._accept)
 
     def expire(self) -> None:
-        """Forget descriptors with no key for the current or a later epoch."""
+        """Forget descriptors with no key for the current or a later epoch, or published
+        before the epoch preceding the current one (absent: ABSENT_EPOCHS), and
+        withdrawals that old (any descriptor they cover is refused as absent anyway)."""
         epoch = self._epoch()
+        since = self._listed_since()
         with self._lock:
-            old = [k for k, v in self._descriptors.items() if max(v[0].epoch_keys) < epoch]
+            old = [
+                k
+                for k, v in self._descriptors.items()
+                if max(v[0].epoch_keys) < epoch or v[0].published_at < since
+            ]
             for k in old:
                 del self._descriptors[k]
+            quiet = [k for k, v in self._withdrawn.items() if v[0].withdrawn_at < since]
+            for k in quiet:
+                del self._withdrawn[k]
             for e in [e for e in self._docs if e < epoch - KEEP_EPOCHS]:
                 del self._docs[e]
-        for k in old:
+        self._unlink_descriptors(old)
+        for k in quiet:
+            (self.cfg.authority.data_dir / WITHDRAWAL_DIR / f"{k.hex()}.json").unlink(
+                missing_ok=True
+            )
+
+    def _unlink_descriptors(self, node_ids: Sequence[bytes]) -> None:
+        for k in node_ids:
             (self.cfg.authority.data_dir / DESCRIPTOR_DIR / f"{k.hex()}.json").unlink(
                 missing_ok=True
             )
@@ -271,8 +451,9 @@ class Authority:
         If the bytes are unchanged the signatures collected so far are kept.
         """
         d = self.cfg.directory
+        since = self._listed_since()
         with self._lock:
-            descs = [v[0] for v in self._descriptors.values()]
+            descs = [v[0] for v in self._descriptors.values() if v[0].published_at >= since]
         doc = build_document(
             epoch,
             epoch_length_s=d.epoch_length_s,
@@ -355,10 +536,14 @@ class Authority:
         round always goes on to build and sign.
         """
         self.expire()
-        urls = [f"{url}/v1/descriptors" for url in self.peers()]
-        for _, payload in self._peer_replies(urls, MAX_PEER_RESPONSE_BYTES):
+        peers = self.peers()
+        urls = [f"{url}/v1/withdrawals" for url in peers]
+        urls += [f"{url}/v1/descriptors" for url in peers]
+        replies = sorted(self._peer_replies(urls, MAX_PEER_RESPONSE_BYTES))  # withdrawals first
+        for i, payload in replies:
+            merge = self.merge_peer_withdrawals if i < len(peers) else self.merge_peer_descriptors
             try:
-                self.merge_peer_descriptors(payload)
+                merge(payload)
             except DirectoryError:
                 self.count(AuthorityEvent.PEER_REPLY_REFUSED)
         epoch = self._epoch()
@@ -368,16 +553,32 @@ class Authority:
 
     def gather_signatures(self, epochs: Sequence[int]) -> None:
         """Fetch each peer's signature for ``epochs`` at once; keep those over our digests."""
-        asked = [(url, e) for url in self.peers() for e in epochs]
+        asked: list[tuple[str, int | None]] = [(url, e) for url in self.peers() for e in epochs]
         urls = [f"{url}/v1/signature/{e}" for url, e in asked]
+        with self._lock:  # the network bundle's signatures, until every peer's is held
+            missing = [u for u in self.cfg.directory.authorities if not self._net_signed(u)]
+        lacking = [url for url in self.peers() if url in missing]
+        asked += [(url, None) for url in lacking]
+        urls += [f"{url}/v1/network/signature" for url in lacking]
         for i, payload in self._peer_replies(urls, MAX_SIGNATURE_REPLY_BYTES):
             try:
                 digest, sig = parse_signature_reply(payload)
             except DirectoryError:
                 self.count(AuthorityEvent.PEER_REPLY_REFUSED)
                 continue
-            if not self.add_signature(asked[i][1], digest, sig):
+            epoch = asked[i][1]
+            if epoch is None:
+                taken = self.add_network_signature(digest, sig)
+                if taken:
+                    with self._lock:
+                        self._net_urls.add(asked[i][0])
+            else:
+                taken = self.add_signature(epoch, digest, sig)
+            if not taken:
                 self.count(AuthorityEvent.PEER_SIGNATURE_REFUSED)
+
+    def _net_signed(self, url: str) -> bool:
+        return url in self._net_urls
 
     def _peer_replies(self, urls: Sequence[str], max_bytes: int) -> Iterator[tuple[int, bytes]]:
         """GET every URL at once; yield (index, reply) as each arrives. A request that
@@ -410,6 +611,15 @@ class Authority:
         base = self.cfg.authority.data_dir
         ensure_private_dir(base / DESCRIPTOR_DIR)
         ensure_private_dir(base / DOCUMENT_DIR)
+        ensure_private_dir(base / WITHDRAWAL_DIR)
+        self._allow, self._deny = read_enrolment(base)
+        self._allow |= frozenset(self.cfg.authority.allowed_nodes)
+        for f in sorted((base / WITHDRAWAL_DIR).glob("*.json")):
+            try:
+                obj = load_json(f.read_bytes(), f.name, max_bytes=MAX_BODY_BYTES)
+                self._accept_withdrawal(obj, persist=False)
+            except DirectoryError:
+                f.unlink(missing_ok=True)
         for f in sorted((base / DESCRIPTOR_DIR).glob("*.json")):
             try:
                 obj = load_json(f.read_bytes(), f.name, max_bytes=MAX_BODY_BYTES)
@@ -435,6 +645,59 @@ class Authority:
             }
             if self.public_key in sigs:
                 self._docs[file_epoch] = _EpochDoc(env.document, digest, sigs)
+
+
+def network_bundle(cfg: DirAuthConfig) -> NetworkBundle:
+    """The network bundle an authority with ``cfg`` publishes (what nodes and clients need
+    to join: authority URLs and keys, threshold, epochs, layers, geometry and digest).
+
+    URLs and keys are sorted, so authorities whose configs list them in another order
+    still publish the same bytes and their signatures add up."""
+    d = cfg.directory
+    return NetworkBundle(
+        authorities=tuple(sorted(d.authorities)),
+        authority_keys=tuple(sorted(d.authority_keys)),
+        threshold=d.threshold,
+        epoch_length_s=d.epoch_length_s,
+        genesis_s=d.genesis_s,
+        mix_layers=d.mix_layers,
+        geometry=cfg.authority.geometry,
+        geometry_digest=cfg.geometry.digest,
+        document_version=DOCUMENT_VERSION,
+    )
+
+
+def read_enrolment(data_dir: Path) -> tuple[frozenset[bytes], frozenset[bytes]]:
+    """(allowed, denied) identity keys from ``<data_dir>/enrolment.json`` (none if absent).
+
+    AuthorityError naming the file if it is not ``{"allow": [hex], "deny": [hex]}``.
+    """
+    path = Path(data_dir) / ENROLMENT_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return frozenset(), frozenset()
+    except OSError as exc:
+        raise AuthorityError(f"{path}: {exc.strerror or exc}") from None
+    try:
+        obj = load_json(raw, ENROLMENT_FILE, max_bytes=MAX_ENROLMENT_BYTES)
+        if not isinstance(obj, dict) or set(obj) != {"allow", "deny"}:
+            raise DirectoryFieldError(ENROLMENT_FILE, "", "expected {allow, deny}")
+        lists = []
+        for name in ("allow", "deny"):
+            keys = [_from_hex(k) for k in obj[name]] if isinstance(obj[name], list) else [None]
+            if any(k is None or len(k) != 32 for k in keys):
+                raise DirectoryFieldError(ENROLMENT_FILE, name, "expected 64-hex-digit keys")
+            lists.append(frozenset(k for k in keys if k is not None))
+    except DirectoryError as exc:
+        raise AuthorityError(f"{path}: {exc}") from None
+    return lists[0], lists[1]
+
+
+def write_enrolment(data_dir: Path, allow: frozenset[bytes], deny: frozenset[bytes]) -> None:
+    """Write ``<data_dir>/enrolment.json`` atomically (mode 0600), keys sorted."""
+    body = {"allow": sorted(k.hex() for k in allow), "deny": sorted(k.hex() for k in deny)}
+    write_secret_atomic(Path(data_dir) / ENROLMENT_FILE, canonical_json(body))
 
 
 def parse_signature_reply(payload: bytes) -> tuple[bytes, DocumentSignature]:
@@ -539,13 +802,23 @@ class _Handler(BaseHTTPRequestHandler):
             )
         if parts == ["v1", "descriptors"]:
             return self._send(200, auth.descriptors_payload())
+        if parts == ["v1", "withdrawals"]:
+            return self._send(200, auth.withdrawals_payload())
+        if parts == ["v1", "network"]:
+            return self._send(200, auth.network().to_bytes())
+        if parts == ["v1", "network", "signature"]:
+            fp, net_sig = auth.own_network_signature()
+            return self._send(
+                200, canonical_json({"digest": fp.hex(), "signature": net_sig.to_dict()})
+            )
         if parts == ["v1", "health"]:
             health = {"epoch": auth.current_epoch(), "counters": auth.counters}
             return self._send(200, canonical_json(health))
         return self._error(404, "unknown path")
 
     def do_POST(self) -> None:  # noqa: N802
-        if self.path.split("?", 1)[0].rstrip("/") != "/v1/descriptor":
+        path = self.path.split("?", 1)[0].rstrip("/")
+        if path not in ("/v1/descriptor", "/v1/withdraw"):
             return self._error(404, "unknown path")
         try:
             length = int(self.headers.get("Content-Length", ""))
@@ -555,8 +828,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return self._error(413, f"body must be 1..{MAX_BODY_BYTES} bytes")
         body = self.rfile.read(length)
+        auth = self.server.authority
         try:
-            desc = self.server.authority.submit(body)
+            if path == "/v1/withdraw":
+                w = auth.withdraw(body)
+                return self._send(200, canonical_json({"accepted": w.node_id.hex()}))
+            desc = auth.submit(body)
         except DirectoryError as exc:
             return self._error(400, str(exc))
         self._send(200, canonical_json({"accepted": desc.node_id.hex()}))
@@ -699,7 +976,21 @@ def _cmd_init(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise path_error("--config", exc) from None
     print(pub.hex())
+    _warn_threshold(cfg)
     return 0
+
+
+def _warn_threshold(cfg: DirAuthConfig) -> None:
+    """A loud warning on stderr when one authority alone can sign documents."""
+    d = cfg.directory
+    if d.threshold == 1:
+        print(
+            f"phantom-dirauth: WARNING: directory.threshold is 1 ({len(d.authority_keys)} "
+            "authority key(s)): this authority alone decides every document, and anyone "
+            "holding its key can forge the network. Fine for a test; for a real network "
+            "exchange keys with the other authorities and set --threshold to a majority.",
+            file=sys.stderr,
+        )
 
 
 def _init_config(args: argparse.Namespace, data_dir: Path, keys: list[bytes]) -> DirAuthConfig:
@@ -751,19 +1042,117 @@ def _cmd_run(args: argparse.Namespace) -> int:
     def on_signal(signum: int, frame: object) -> None:
         stop.set()
 
+    def on_hup(signum: int, frame: object) -> None:
+        try:
+            allowed, denied = auth.reload_enrolment()
+        except AuthorityError as exc:  # the lists in force stay
+            print(f"phantom-dirauth: enrolment not reloaded: {exc}", file=sys.stderr, flush=True)
+            return
+        print(f"phantom-dirauth: enrolment: {allowed} allowed, {denied} denied", flush=True)
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
+    _warn_threshold(cfg)
+    pid_path = a.data_dir / PID_FILE
+    pid_path.write_text(f"{os.getpid()}\n")
     running.start()
     print(
         f"phantom-dirauth: {cfg.authority.name} serving on "
         f"{cfg.authority.listen_host}:{running.port}, key {auth.public_key.hex()}",
         flush=True,
     )
-    while not stop.is_set():
-        stop.wait(0.5)
-    running.stop()
+    try:
+        while not stop.is_set():
+            stop.wait(0.5)
+    finally:
+        running.stop()
+        pid_path.unlink(missing_ok=True)
     print("phantom-dirauth: stopped", flush=True)
     return 0
+
+
+def _cmd_network(args: argparse.Namespace) -> int:
+    """Fetch the network file from this (running) authority, verify it, write it."""
+    cfg = load_dirauth_config(Path(args.config))
+    a = cfg.authority
+    host = "127.0.0.1" if a.listen_host == "0.0.0.0" else a.listen_host
+    url = f"http://{host}:{a.listen_port}/v1/network"
+    try:
+        raw = http_exchange(url, deadline_s=NETWORK_TIMEOUT_S, max_bytes=MAX_NETWORK_BYTES)
+        env = SignedNetwork.from_bytes(raw)
+        bundle = env.verify()
+    except DirectoryError as exc:
+        raise AuthorityError(
+            f"{url}: {exc} (peers' signatures arrive within a round or two; try again)"
+        ) from None
+    except OSError as exc:
+        raise AuthorityError(f"{url}: {exc} (is the authority running?)") from None
+    if args.out != "-":
+        check_writable_file("--out", Path(args.out))
+        try:
+            Path(args.out).write_bytes(raw)
+        except OSError as exc:
+            raise path_error("--out", exc) from None
+    else:
+        sys.stdout.write(raw.decode("ascii") + "\n")
+    print(
+        f"network fingerprint {bundle.fingerprint.hex()} ({len(bundle.authority_keys)} "
+        f"authorities, threshold {bundle.threshold})",
+        file=sys.stderr if args.out == "-" else sys.stdout,
+    )
+    return 0
+
+
+def _cmd_enrol(args: argparse.Namespace) -> int:
+    """allow/deny: update enrolment.json, then SIGHUP the running authority if any."""
+    cfg = load_dirauth_config(Path(args.config))
+    data_dir = cfg.authority.data_dir
+    key = bytes.fromhex(args.node_key)
+    allow, deny = read_enrolment(data_dir)
+    if args.command == "allow":
+        allow, deny = allow | {key}, deny - {key}
+    else:
+        allow, deny = allow - {key}, deny | {key}
+    try:
+        write_enrolment(data_dir, allow, deny)
+    except OSError as exc:
+        raise path_error("authority.data_dir", exc) from None
+    pid = _running_pid(data_dir / PID_FILE)
+    done = "allowed" if args.command == "allow" else "denied"
+    if pid is None:
+        print(f"{done} {key.hex()}; no authority running here: it applies at the next start")
+        return 0
+    os.kill(pid, signal.SIGHUP)
+    print(f"{done} {key.hex()}; authority (pid {pid}) reloads now, for the next document")
+    if args.command == "allow" and cfg.authority.allowed_nodes == () and len(allow) == 1:
+        print("note: enrolment is now closed: only allowed nodes are listed", file=sys.stderr)
+    return 0
+
+
+def _running_pid(path: Path) -> int | None:
+    """The pid in ``path`` if that process is alive and a ``phantom-dirauth``, else None.
+
+    A stale file whose pid now names another program gets no signal (SIGHUP would end
+    it); AuthorityError if the authority runs as a user we may not signal.
+    """
+    try:
+        pid = int(path.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    if b"dirauth" not in cmdline:
+        return None
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        raise AuthorityError(
+            f"cannot signal the authority (pid {pid}): run this as its user, "
+            f"or send it SIGHUP (kill -HUP {pid})"
+        ) from None
+    except OSError:
+        return None
+    return pid
 
 
 def _cmd_key(args: argparse.Namespace) -> int:
@@ -811,6 +1200,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     k.add_argument("--config", required=True, help="path of the authority's TOML config")
     k.set_defaults(func=_cmd_key)
+    n = sub.add_parser(
+        "network",
+        help="write the network file (signed bundle) served by this running authority",
+        formatter_class=HelpFormatter,
+    )
+    n.add_argument("--config", required=True, help="path of the authority's TOML config")
+    n.add_argument("--out", required=True, help="file to write ('-': standard output)")
+    n.set_defaults(func=_cmd_network)
+    for name, what in (("allow", "list"), ("deny", "never list")):
+        e = sub.add_parser(
+            name,
+            help=f"{what} a node (identity key) from the next document; no restart",
+            formatter_class=HelpFormatter,
+        )
+        e.add_argument("node_key", type=hex_key, help="the node's identity key (64 hex digits)")
+        e.add_argument("--config", required=True, help="path of the authority's TOML config")
+        e.set_defaults(func=_cmd_enrol)
     return p
 
 

@@ -587,6 +587,7 @@ def publish_report(
     *,
     timeout_s: float = FETCH_TIMEOUT_S,
     post: Callable[[str, bytes, float], bytes] = _http_post,
+    path: str = "/v1/descriptor",
 ) -> PublishReport:
     """POST a signed descriptor to every authority at once; who accepted it, and why not.
 
@@ -594,8 +595,9 @@ def publish_report(
     that has not answered by then is refused as ``<url>: no reply within 5 s`` or
     ``<url>: TimeoutError: ...``. An authority's refusal names the field, e.g.
     ``http://dir1: HTTP 400 descriptor.epoch_keys.41: X25519 key is a low-order point``.
+    ``path`` is where it is posted (``/v1/withdraw`` for a node's signed withdrawal).
     """
-    calls = [partial(post, f"{u.rstrip('/')}/v1/descriptor", body, timeout_s) for u in authorities]
+    calls = [partial(post, f"{u.rstrip('/')}{path}", body, timeout_s) for u in authorities]
     outcomes = {out.index: out for out in race(calls, timeout_s + REPLY_SLACK_S)}
     accepted: list[str] = []
     refused: list[str] = []

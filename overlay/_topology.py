@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import hmac
 import ipaddress
 import json
 import math
@@ -548,6 +549,86 @@ def verify_descriptor(data: bytes, signature: bytes) -> NodeDescriptor:
     return desc
 
 
+_SIG_WITHDRAW = b"pn-withdraw-sig-v1\x00"  # prefix of a withdrawal signature's message
+_WITHDRAWAL_KEYS = {"version", "withdraw", "identity_key", "withdrawn_at"}
+MAX_WITHDRAWAL_BYTES = 512  # bytes of a withdrawal's canonical JSON (about 200 used)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeWithdrawal:
+    """A node's signed request to leave the network: ``phantom-mixnode leave``.
+
+    ``identity_key`` (32-byte Ed25519) names the node; ``withdrawn_at`` is unix seconds.
+    Authorities drop the node's descriptor at once and refuse any descriptor of it
+    published at or before ``withdrawn_at``, so the next document no longer lists it; a
+    later descriptor (the node started again) is taken as usual.
+    """
+
+    identity_key: bytes
+    withdrawn_at: int
+
+    def __post_init__(self) -> None:
+        problem = ed25519_key_problem(self.identity_key)
+        if problem is not None:
+            raise InvalidKeyError("withdrawal", "identity_key", problem)
+        if not _is_int(self.withdrawn_at) or not 0 <= self.withdrawn_at < 2**63:
+            raise DirectoryFieldError("withdrawal", "withdrawn_at", "expected unix seconds >= 0")
+
+    @property
+    def node_id(self) -> bytes:
+        """BLAKE2b-128 of the identity key, as in descriptors."""
+        return node_id_for(self.identity_key)
+
+    def to_bytes(self) -> bytes:
+        """Canonical JSON bytes (what the node signs)."""
+        return canonical_json(
+            {
+                "version": DOCUMENT_VERSION,
+                "withdraw": self.node_id.hex(),
+                "identity_key": self.identity_key.hex(),
+                "withdrawn_at": self.withdrawn_at,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> NodeWithdrawal:
+        """Parse untrusted canonical bytes; DirectoryFieldError naming the field."""
+        where = "withdrawal"
+        d = _exact_keys(
+            load_json(data, where, max_bytes=MAX_WITHDRAWAL_BYTES), _WITHDRAWAL_KEYS, where
+        )
+        _int(d, "version", where, DOCUMENT_VERSION, DOCUMENT_VERSION)
+        key = _hex(_field(d, "identity_key", where), where, "identity_key", ED25519_KEY_LEN)
+        node_id = _hex(_field(d, "withdraw", where), where, "withdraw", NODE_ID_LEN)
+        w = cls(key, _int(d, "withdrawn_at", where, 0, 2**63 - 1))
+        if not hmac.compare_digest(node_id, w.node_id):
+            raise DirectoryFieldError(where, "withdraw", "not the BLAKE2b-128 of identity_key")
+        if w.to_bytes() != data:
+            raise DirectoryFieldError(where, "", "not in canonical form")
+        return w
+
+
+def sign_withdrawal(withdrawal: NodeWithdrawal, identity_seed: bytes) -> bytes:
+    """The node's 64-byte Ed25519 signature over its withdrawal (own domain prefix)."""
+    key = SigningKey(identity_seed)
+    if bytes(key.verify_key) != withdrawal.identity_key:
+        raise UsageError("identity seed does not match the withdrawal's identity key")
+    return key.sign(_SIG_WITHDRAW + withdrawal.to_bytes()).signature
+
+
+def verify_withdrawal(data: bytes, signature: bytes) -> NodeWithdrawal:
+    """Parse ``data`` and check the signature by the key it names; fail closed
+    (DirectoryError, DirectoryFieldError for a malformed field)."""
+    w = NodeWithdrawal.from_bytes(data)
+    if len(signature) != ED25519_SIG_LEN:
+        raise DirectoryError("withdrawal signature: wrong length")
+    try:
+        VerifyKey(w.identity_key).verify(_SIG_WITHDRAW + data, signature)
+    except (BadSignatureError, ValueError):
+        raise DirectoryError("withdrawal signature: does not verify") from None
+    return w
+
+
 # --------------------------------------------------------------------------------------
 # Topology documents
 
@@ -898,6 +979,253 @@ class SignedDocument:
         return verify_document(
             self.document, self.signatures, authority_keys, threshold, geometry=geometry, now=now
         )
+
+
+# --------------------------------------------------------------------------------------
+# Network bundles
+
+NETWORK_VERSION = 1  # "version" of a network bundle; another version is refused
+NETWORK_FINGERPRINT_LEN = 32  # bytes, BLAKE2b-256 of a bundle's canonical bytes
+MAX_NETWORK_BYTES = 64 * 1024  # bytes of a bundle or its envelope; larger is refused unread
+MAX_AUTHORITIES = 32  # authorities a bundle may list
+MAX_URL_LEN = 2048  # characters of an authority URL
+_PERSON_NET = b"pn-network-v1"  # BLAKE2b personalisation of the bundle fingerprint
+_SIG_NET = b"pn-network-sig-v1\x00"  # prefix of a bundle signature's message
+_NETWORK_KEYS = {
+    "version",
+    "authorities",
+    "authority_keys",
+    "threshold",
+    "epoch_length_s",
+    "genesis_s",
+    "mix_layers",
+    "geometry",
+    "geometry_digest",
+    "document_version",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkBundle:
+    """What a node or client needs to join a network, signed by its authorities.
+
+    Authority URLs and Ed25519 keys (32 bytes each), the signature threshold, the epoch
+    parameters (seconds), the mix layers, the geometry's name and digest, and the version
+    of the topology documents served. Canonical JSON with ``"version": 1``; its
+    fingerprint is the BLAKE2b-256 (personalised) of those bytes, and each authority signs
+    the fingerprint, as it signs documents (seed decision 5). UsageError if a field is out
+    of range (a bundle an authority could not honour).
+    """
+
+    authorities: tuple[str, ...]
+    authority_keys: tuple[bytes, ...]
+    threshold: int
+    epoch_length_s: int
+    genesis_s: int
+    mix_layers: int
+    geometry: str
+    geometry_digest: bytes
+    document_version: int = DOCUMENT_VERSION
+
+    def __post_init__(self) -> None:
+        problem = _bundle_problem(self)
+        if problem is not None:
+            raise UsageError(f"network bundle: {problem}")
+
+    def to_bytes(self) -> bytes:
+        """Canonical JSON bytes (what the authorities sign)."""
+        return canonical_json(
+            {
+                "version": NETWORK_VERSION,
+                "authorities": list(self.authorities),
+                "authority_keys": [k.hex() for k in self.authority_keys],
+                "threshold": self.threshold,
+                "epoch_length_s": self.epoch_length_s,
+                "genesis_s": self.genesis_s,
+                "mix_layers": self.mix_layers,
+                "geometry": self.geometry,
+                "geometry_digest": self.geometry_digest.hex(),
+                "document_version": self.document_version,
+            }
+        )
+
+    @property
+    def fingerprint(self) -> bytes:
+        """32-byte BLAKE2b-256 of the canonical bytes: what operators compare and pin."""
+        return network_fingerprint(self.to_bytes())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> NetworkBundle:
+        """Parse untrusted canonical bundle bytes (signatures are not checked here).
+
+        DirectoryFieldError naming the field (``network.threshold: ...``) for anything
+        malformed, of another version, or not in canonical form.
+        """
+        where = "network"
+        d = _exact_keys(load_json(data, where, max_bytes=MAX_NETWORK_BYTES), _NETWORK_KEYS, where)
+        _int(d, "version", where, NETWORK_VERSION, NETWORK_VERSION)
+        urls = _field(d, "authorities", where)
+        if not isinstance(urls, list) or not 0 < len(urls) <= MAX_AUTHORITIES:
+            raise DirectoryFieldError(where, "authorities", f"expected 1..{MAX_AUTHORITIES} URLs")
+        raw_keys = _field(d, "authority_keys", where)
+        if not isinstance(raw_keys, list) or not 0 < len(raw_keys) <= MAX_AUTHORITIES:
+            raise DirectoryFieldError(where, "authority_keys", f"expected 1..{MAX_AUTHORITIES}")
+        for i, url in enumerate(urls):
+            if not isinstance(url, str) or _url_problem(url) is not None:
+                raise DirectoryFieldError(where, f"authorities[{i}]", "expected an http(s) URL")
+        keys = []
+        for i, k in enumerate(raw_keys):
+            key = _hex(k, where, f"authority_keys[{i}]", ED25519_KEY_LEN)
+            problem = ed25519_key_problem(key)
+            if problem is not None:
+                raise InvalidKeyError(where, f"authority_keys[{i}]", problem)
+            keys.append(key)
+        try:
+            bundle = cls(
+                authorities=tuple(urls),
+                authority_keys=tuple(keys),
+                threshold=_int(d, "threshold", where, 1, MAX_AUTHORITIES),
+                epoch_length_s=_int(d, "epoch_length_s", where, 1, 2**32 - 1),
+                genesis_s=_int(d, "genesis_s", where, 0, 2**32 - 1),
+                mix_layers=_int(d, "mix_layers", where, 1, 255),
+                geometry=_str(d, "geometry", where, MAX_NAME_LEN),
+                geometry_digest=_hex(
+                    _field(d, "geometry_digest", where), where, "geometry_digest", 32
+                ),
+                document_version=_int(d, "document_version", where, 1, 2**31 - 1),
+            )
+        except UsageError as exc:
+            raise DirectoryFieldError(
+                where, "", str(exc).removeprefix("network bundle: ")
+            ) from None
+        if bundle.to_bytes() != data:
+            raise DirectoryFieldError(where, "", "not in canonical form")
+        return bundle
+
+
+def _url_problem(url: str) -> str | None:
+    if not 0 < len(url) <= MAX_URL_LEN or not url.isascii() or not url.isprintable():
+        return f"expected printable ASCII of 1..{MAX_URL_LEN}"
+    if " " in url or not url.startswith(("http://", "https://")):
+        return "expected an http:// or https:// URL"
+    return None
+
+
+def _bundle_problem(b: NetworkBundle) -> str | None:
+    """What makes a bundle unusable, or None (the checks behind ``NetworkBundle``)."""
+    if not 0 < len(b.authorities) <= MAX_AUTHORITIES:
+        return f"expected 1..{MAX_AUTHORITIES} authority URLs"
+    for url in b.authorities:
+        problem = _url_problem(url) if isinstance(url, str) else "expected a string"
+        if problem is not None:
+            return f"authority URL: {problem}"
+    keys = b.authority_keys
+    if not 0 < len(keys) <= MAX_AUTHORITIES or len(set(keys)) != len(keys):
+        return f"expected 1..{MAX_AUTHORITIES} distinct authority keys"
+    if any(not isinstance(k, bytes) or len(k) != ED25519_KEY_LEN for k in keys):
+        return "authority keys are 32 bytes"
+    if not _is_int(b.threshold) or not 1 <= b.threshold <= len(keys):
+        return f"threshold must be in 1..{len(keys)}, got {b.threshold!r}"
+    for name, lo in (("epoch_length_s", 1), ("genesis_s", 0), ("mix_layers", 1)):
+        if not _is_int(getattr(b, name)) or getattr(b, name) < lo:
+            return f"{name} must be an integer >= {lo}"
+    if not isinstance(b.geometry_digest, bytes) or len(b.geometry_digest) != 32:
+        return "geometry_digest is 32 bytes"
+    return None
+
+
+def network_fingerprint(bundle_bytes: bytes) -> bytes:
+    """BLAKE2b-256 (personalised ``pn-network-v1``) of a bundle's canonical bytes."""
+    return hashlib.blake2b(
+        bundle_bytes, digest_size=NETWORK_FINGERPRINT_LEN, person=_PERSON_NET
+    ).digest()
+
+
+def sign_network(bundle_bytes: bytes, authority_seed: bytes) -> DocumentSignature:
+    """An authority's Ed25519 signature over a bundle's fingerprint (own domain prefix)."""
+    key = SigningKey(authority_seed)
+    sig = key.sign(_SIG_NET + network_fingerprint(bundle_bytes)).signature
+    return DocumentSignature(bytes(key.verify_key), sig)
+
+
+def network_signature_is_valid(fingerprint: bytes, sig: DocumentSignature) -> bool:
+    """True if ``sig`` signs the bundle ``fingerprint`` by ``sig.authority_key``."""
+    try:
+        VerifyKey(sig.authority_key).verify(_SIG_NET + fingerprint, sig.signature)
+    except (BadSignatureError, ValueError):
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class SignedNetwork:
+    """A network file: the exact bundle bytes and the authorities' signatures.
+
+    ``GET /v1/network`` serves it and ``phantom-dirauth network --out`` writes it.
+    """
+
+    bundle: bytes
+    signatures: tuple[DocumentSignature, ...]
+
+    def to_bytes(self) -> bytes:
+        """JSON envelope ``{"network": "<canonical JSON>", "signatures": [...]}``."""
+        return canonical_json(
+            {
+                "network": self.bundle.decode("ascii"),
+                "signatures": [s.to_dict() for s in self.signatures],
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SignedNetwork:
+        """Parse an envelope (nothing verified yet); DirectoryFieldError naming the field."""
+        where = "network file"
+        d = _exact_keys(
+            load_json(data, where, max_bytes=MAX_NETWORK_BYTES), {"network", "signatures"}, where
+        )
+        text = _field(d, "network", where)
+        sigs = _field(d, "signatures", where)
+        if not isinstance(text, str) or not text.isascii():
+            raise DirectoryFieldError(where, "network", "expected a string of ASCII JSON")
+        if not isinstance(sigs, list) or len(sigs) > MAX_AUTHORITIES:
+            raise DirectoryFieldError(
+                where, "signatures", f"expected a list of at most {MAX_AUTHORITIES}"
+            )
+        return cls(
+            text.encode("ascii"),
+            tuple(
+                DocumentSignature.from_dict(s, f"{where}.signatures[{i}]")
+                for i, s in enumerate(sigs)
+            ),
+        )
+
+    def verify(self, expected_fingerprint: bytes | None = None) -> NetworkBundle:
+        """The bundle, if a threshold of its own authorities signed it; fail closed.
+
+        The keys and threshold come from inside the bundle, so without
+        ``expected_fingerprint`` this is trust on first use: it proves the listed
+        authorities agree, not that they are the network you meant. With it (32 bytes,
+        compared in constant time) the bundle must be exactly the one pinned.
+        DirectoryError (DirectoryFieldError for a malformed field) otherwise.
+        """
+        bundle = NetworkBundle.from_bytes(self.bundle)
+        fp = network_fingerprint(self.bundle)
+        if expected_fingerprint is not None and not hmac.compare_digest(fp, expected_fingerprint):
+            raise DirectoryError(
+                f"network fingerprint is {fp.hex()}, not the expected {expected_fingerprint.hex()}"
+            )
+        keys = set(bundle.authority_keys)
+        good = {
+            s.authority_key
+            for s in self.signatures
+            if s.authority_key in keys and network_signature_is_valid(fp, s)
+        }
+        if len(good) < bundle.threshold:
+            raise DirectoryError(
+                f"network bundle has {len(good)} valid authority signatures, "
+                f"{bundle.threshold} required"
+            )
+        return bundle
 
 
 # --------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 from nacl.signing import SigningKey
 
@@ -35,3 +36,14 @@ def make_network(epoch: int, epoch_s: int) -> list[tuple[NodeDescriptor, bytes]]
     """Two gateways and one mix in each of three layers."""
     specs = [(NodeRole.GATEWAY, 0)] * 2 + [(NodeRole.MIX, layer) for layer in (1, 2, 3)]
     return [make_node(i, r, layer, epoch, epoch_s) for i, (r, layer) in enumerate(specs)]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports on 127.0.0.1 that were free a moment ago."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports

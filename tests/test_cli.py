@@ -66,8 +66,11 @@ def test_init_writes_config_and_private_keys(
 def test_init_errors_say_what_is_wanted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(_init(tmp_path, "--role", "mix")) == 2
     assert "--layer is required" in capsys.readouterr().err
-    assert main(_init(tmp_path, "--role", "gateway")) == 2
-    assert "gateway.client_port: missing" in capsys.readouterr().err
+    gw = tmp_path / "gw"
+    gw.mkdir()
+    assert main(_init(gw, "--role", "gateway")) == 0  # init picks a free client port
+    gw_cfg = load_node_config(gw / "node.toml").gateway
+    assert gw_cfg is not None and gw_cfg.client_port not in (None, 31011)
     assert main(_init(tmp_path, "--role", "mix", "--layer", "9")) == 2
     assert "node.layer: expected an integer in 1..3, got 9" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -315,7 +318,7 @@ def test_help_shows_every_default(prog: str) -> None:
                 continue
             assert f"(default: {action.default})" in text, (name, action.dest)
             seen += 1
-    assert seen >= 3
+    assert seen >= 2  # mixnode init: ports and epochs default to "picked" or "from --network"
 
 
 def test_help_shows_the_reviews_defaults() -> None:
@@ -324,7 +327,8 @@ def test_help_shows_the_reviews_defaults() -> None:
         return " ".join(commands.choices[argv[0]].format_help().split())
 
     init = shown(node_cli.build_parser(), "init")
-    assert "(default: 9100)" in init and "processing worker processes (default: 2)" in init
+    assert "(default: first free from 9100)" in init
+    assert "processing worker processes (default: 2)" in init
     assert "testnet directory (default: testnet)" in shown(testnet_cli.build_parser(), "up")
     assert "testnet directory (default: testnet)" in shown(testnet_cli.build_parser(), "probe")
     assert "(default: None)" not in init and "(default: False)" not in init

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from directory_support import free_ports
 
 from mixnode.config import (
     AuthoritySection,
@@ -40,18 +40,8 @@ from overlay import VOICE, DirectoryError, TopologyDocument, epoch_at, select_pa
 EPOCH_S = 600
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _auth_configs(tmp: Path, n: int, threshold: int) -> list[DirAuthConfig]:
-    ports = _free_ports(n)
+    ports = free_ports(n)
     keys = [init_authority_key(tmp / f"auth{i}") for i in range(n)]
     directory = DirectorySection(
         authorities=tuple(f"http://127.0.0.1:{p}" for p in ports),
@@ -279,7 +269,7 @@ async def test_node_directory_task_publishes_and_follows(tmp_path: Path) -> None
 @pytest.mark.slow
 def test_real_authority_processes(tmp_path: Path) -> None:
     """Two `phantom-dirauth run` processes; a client verifies their 2-of-2 document."""
-    ports = _free_ports(2)
+    ports = free_ports(2)
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     pubs = []
     for i, port in enumerate(ports):
@@ -417,11 +407,12 @@ def test_a_later_descriptor_replaces_the_earlier_one_for_the_same_epochs(
         return json.dumps(obj).encode()
 
     # The later port sorts lower as bytes: only the publication time can make it win.
-    assert auth.submit(body(50001, 100)).port == 50001
-    assert auth.submit(body(40001, 200)).port == 40001
-    assert auth.submit(body(50001, 100)).port == 40001  # the older one is ignored
+    t0 = 1000 * EPOCH_S  # published within the current epoch (older ones count as absent)
+    assert auth.submit(body(50001, t0 + 100)).port == 50001
+    assert auth.submit(body(40001, t0 + 200)).port == 40001
+    assert auth.submit(body(50001, t0 + 100)).port == 40001  # the older one is ignored
     auth.sync_round()
     signed = auth.signed(1000)
     assert signed is not None
     (node,) = TopologyDocument.from_bytes(signed.document).nodes
-    assert node.port == 40001 and node.published_at == 200
+    assert node.port == 40001 and node.published_at == t0 + 200

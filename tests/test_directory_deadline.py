@@ -385,8 +385,9 @@ def test_a_slow_peer_does_not_stop_or_delay_an_authoritys_round(
     assert env is not None
     doc = env.verify(AUTH_KEYS, 2, geometry=VOICE)  # ours and the honest peer's
     assert len(doc.nodes) == len(NETWORK)
-    # The slow peer: its descriptor list and two signatures, all unanswered in time.
-    assert auth.counters[AuthorityEvent.PEER_UNREACHABLE] == 3
+    # The slow peer: its descriptor and withdrawal lists, two document signatures and its
+    # network bundle signature, all unanswered in time.
+    assert auth.counters[AuthorityEvent.PEER_UNREACHABLE] == 5
 
 
 def test_a_long_round_interval_still_bounds_each_peer_exchange(tmp_path: Path) -> None:

@@ -597,8 +597,9 @@ def test_deeply_nested_peer_replies_do_not_stop_the_round(tmp_path: Path) -> Non
     env = auth.signed(EPOCH)
     assert env is not None and env.document == DOC_BYTES
     assert auth.signed(EPOCH + 1) is not None
-    # One descriptor list and two signature replies per round, all refused and counted.
-    assert auth.counters[AuthorityEvent.PEER_REPLY_REFUSED] == 3
+    # One descriptor list, one withdrawal list, two document signature replies and the
+    # network bundle's signature per round, all refused and counted.
+    assert auth.counters[AuthorityEvent.PEER_REPLY_REFUSED] == 5
 
 
 def test_nested_or_non_ascii_upload_is_a_typed_refusal(tmp_path: Path) -> None:
