@@ -6,8 +6,11 @@ Why processes: Sphinx processing is CPU-bound and mostly Python between the libs
 calls, so two threads process fewer packets than one (measured: 7.6k/s against 9.3k/s on
 this machine). The daemon binds ``workers`` UDP sockets to the node's port with
 SO_REUSEPORT and attaches a classic BPF program that picks the socket from a byte of the
-packet's group element (alpha). A replayed packet carries the same alpha, so it always
-reaches the same worker, whose replay cache therefore sees every copy.
+packet's group element (alpha). That spreads the load, but it is no replay defence: one
+alpha has eight encodings with the same shared secret (see mixnode.replay), so copies of a
+packet can reach any worker. The replay decision is the node's: every worker maps the
+same filter file per epoch key (``settings["replay_dir"]``, written by the daemon) and
+checks and sets a tag under a lock, so exactly one copy passes, across restarts too.
 
 Each worker is a plain loop around ``poll`` (no trio here: per-packet scheduling costs
 would eat the second core). It speaks to the daemon over a UNIX datagram socket:
@@ -43,9 +46,11 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
+from pathlib import Path
 
 from mixnode.core import DeliverAt, ForwardAt, NodeCore
 from mixnode.metrics import PROCESSING_BUCKETS_S
+from mixnode.replay import ReplayFileError, open_replay_file, replay_path
 from overlay import (
     BULK,
     LINK_VERSION,
@@ -237,6 +242,8 @@ class Worker:
         self.delay_jitter_s = float(settings.get("link_jitter_ms", 0.0)) / 1000.0  # type: ignore[arg-type]
         self.loss = float(settings.get("link_loss", 0.0))  # type: ignore[arg-type]
         self.mix_delay_s = float(settings["mix_delay_ms"]) / 1000.0  # type: ignore[arg-type]
+        replay_dir = settings.get("replay_dir")
+        self.replay_dir = None if replay_dir is None else Path(str(replay_dir))
         self.udp = udp
         self.ctrl = ctrl
         udp.setblocking(False)
@@ -261,9 +268,7 @@ class Worker:
         if kind == b"P":
             self.on_packet(body, UPLINK, now, now)
         elif kind == b"K":
-            for epoch, sk_hex, expires_at in json.loads(body):
-                self.core.install_key(int(epoch), bytes.fromhex(sk_hex), float(expires_at))
-            self.core.expire_keys(self.wall_clock())
+            self.install_keys(json.loads(body))
         elif kind == b"T":
             doc = TopologyDocument.from_bytes(body)  # verified by the daemon
             self.topology = doc
@@ -274,6 +279,33 @@ class Worker:
             self.core.set_loop_paths(self.loop_path if me is not None else None, now)
         elif kind == b"Q":
             self.running = False
+
+    def install_keys(self, keys: list[tuple[int, str, float]]) -> None:
+        """Install ``[epoch, private key hex, expires_at]`` triples from the daemon.
+
+        With a ``replay_dir`` (always, under the daemon) a new key gets the node-wide
+        filter from its file; if that cannot be opened or belongs to another key, the key
+        is not installed (fail closed: its packets drop as ``unknown_epoch``) and
+        ``replay_file_errors`` counts it. Without one (unit tests) the filter is private.
+        """
+        wall = self.wall_clock()
+        for epoch_, sk_hex, expires_at_ in keys:
+            epoch, sk, expires_at = int(epoch_), bytes.fromhex(sk_hex), float(expires_at_)
+            cache = None
+            if self.replay_dir is not None and epoch not in self.core.epochs and expires_at > wall:
+                path = replay_path(self.replay_dir, epoch)
+                try:
+                    cache = open_replay_file(path, epoch, sk, self.core.replay_bits_log2)
+                except (OSError, ReplayFileError) as exc:
+                    self.core.counters["replay_file_errors"] += 1
+                    print(
+                        f"replay filter of epoch {epoch} unusable ({exc}); key not used",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    continue
+            self.core.install_key(epoch, sk, expires_at, cache)
+        self.core.expire_keys(wall)
 
     def loop_path(self) -> Sequence[Hop] | None:
         """A random loop from this node through every other layer and back to it."""
@@ -476,6 +508,7 @@ class Worker:
                 self.report()
                 next_report = now + STATS_INTERVAL_S
         self.report()
+        self.core.close()  # unmap the replay files
 
 
 def main() -> None:

@@ -8,7 +8,10 @@ client port and constant-rate downlink, the metrics endpoint, signals. The data 
 ``workers`` processes (mixnode._worker), each owning one SO_REUSEPORT socket on the node's
 port, because Sphinx processing does not scale over threads in Python (see that module).
 The daemon restarts a worker that dies, on the same socket, so that its shard keeps
-working; SIGTERM or SIGINT stops everything, workers first.
+working; SIGTERM or SIGINT stops everything, workers first. Before it hands an epoch key to
+the workers it creates the key's replay file (mixnode.replay), which every worker maps, so
+the replay decision is the node's across workers and restarts; it syncs those files to
+disk every second and at a clean stop, and deletes each with its key.
 
 Clocks: the gateway's downlink slots and mailbox ages run on Trio's clock (monotonic);
 the wall clock serves epochs, key expiry and descriptors only, so a step of the wall
@@ -33,6 +36,7 @@ import trio
 
 from mixnode._worker import CONTROL_MAX, bind_sharded, shard_of
 from mixnode.config import ConfigError, NodeConfig, bind_error, check_genesis
+from mixnode.core import DEFAULT_REPLAY_BITS_LOG2
 from mixnode.gateway import GatewayCore
 from mixnode.keys import NodeKeys
 from mixnode.metrics import (
@@ -41,6 +45,12 @@ from mixnode.metrics import (
     Histogram,
     NodeMetrics,
     serve_metrics,
+)
+from mixnode.replay import (
+    REPLAY_DIR,
+    ensure_replay_file,
+    remove_replay_files,
+    sync_replay_files,
 )
 from mixnode.testnet import child_env
 from overlay import (
@@ -65,6 +75,7 @@ WORKER_RESTART_S = 1.0  # seconds between restarts of a crashed worker
 DIRECTORY_RETRY_S = 1.0  # seconds between directory attempts after a failure
 DIRECTORY_REFRESH_S = 30.0  # seconds between fetches once the document is settled
 DIRECTORY_SETTLE_S = 15.0  # seconds without change before the document counts settled
+REPLAY_SYNC_S = 1.0  # seconds between fdatasyncs of the replay files (a crash loses less)
 # Our counters' names -> the metric's declared drop reasons.
 _REASON_ALIASES = {
     "link_malformed": "malformed",
@@ -161,6 +172,7 @@ class Node:
         self.geometry = config.geometry
         self.keys = keys if keys is not None else NodeKeys.load_or_create(config.node.data_dir)
         self.node_id = self.keys.node_id
+        self.replay_dir = config.node.data_dir / REPLAY_DIR
         self.metrics = NodeMetrics()
         self.role = config.node.role
         self.topology: TopologyDocument | None = None
@@ -192,11 +204,32 @@ class Node:
             return False
         self.keys.rotate(epoch)
         self.epoch = epoch
+        try:
+            remove_replay_files(self.replay_dir, keep=self.keys.epochs())
+        except OSError as exc:
+            log.warning("replay files: cannot delete old ones: %s", exc.strerror)
         return True
 
     def _key_message(self) -> bytes:
+        """``K`` with the keys the workers use, each after its replay file exists.
+
+        A key whose file cannot be created is left out (fail closed: its packets drop as
+        ``unknown_epoch``), counted in ``replay_file_errors`` and logged.
+        """
         held = [e for e in self.keys.epochs() if e <= self.epoch]
-        keys = [[e, self.keys.epoch_private(e).hex(), self._key_expiry(e)] for e in held[-2:]]
+        keys = []
+        for e in held[-2:]:
+            expires_at = self._key_expiry(e)
+            if expires_at > self.wall_clock():
+                try:
+                    ensure_replay_file(
+                        self.replay_dir, e, self.keys.epoch_public(e), DEFAULT_REPLAY_BITS_LOG2
+                    )
+                except OSError as exc:
+                    self.counters["replay_file_errors"] += 1
+                    log.error("replay file of epoch %d: %s; key not used", e, exc.strerror)
+                    continue
+            keys.append([e, self.keys.epoch_private(e).hex(), expires_at])
         return b"K" + json.dumps(keys).encode()
 
     def gateway_private_keys(self) -> list[bytes]:
@@ -235,6 +268,7 @@ class Node:
                 "link_delay_ms": c.link.delay_ms_mean,
                 "link_jitter_ms": c.link.delay_ms_jitter,
                 "link_loss": c.link.loss,
+                "replay_dir": str(self.replay_dir),
                 "udp_fd": h.udp.fileno(),
                 "ctrl_fd": ctrl_fd,
             }
@@ -304,6 +338,16 @@ class Node:
                     self._spawn(h)
                     if old is not None:
                         old.close()
+
+    async def _sync_replay(self) -> None:
+        """fdatasync the replay files every REPLAY_SYNC_S: a crash loses at most that."""
+        while True:
+            await trio.sleep(REPLAY_SYNC_S)
+            try:
+                await trio.to_thread.run_sync(sync_replay_files, self.replay_dir)
+            except OSError as exc:
+                self.counters["replay_file_errors"] += 1
+                log.warning("replay files: sync failed: %s", exc.strerror)
 
     def _on_stats(self, h: _WorkerHandle, stats: dict[str, object]) -> None:
         now = Counter({str(k): int(v) for k, v in stats["counters"].items()})  # type: ignore[attr-defined]
@@ -515,6 +559,7 @@ class Node:
                 for h in self.workers:
                     nursery.start_soon(self._worker_reader, h)
                 nursery.start_soon(self._supervise)
+                nursery.start_soon(self._sync_replay)
                 nursery.start_soon(self._gauges)
                 if self.gateway is not None:
                     nursery.start_soon(self._client_reader)
@@ -534,6 +579,10 @@ class Node:
             self._stopping = True
             with trio.CancelScope(shield=True):
                 await self._stop_workers()
+            try:
+                sync_replay_files(self.replay_dir)  # a clean stop keeps every tag
+            except OSError as exc:
+                log.warning("replay files: sync failed: %s", exc.strerror)
             for h in self.workers:
                 h.udp.close()
             if self.client_sock is not None:
