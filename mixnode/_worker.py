@@ -9,8 +9,8 @@ SO_REUSEPORT and attaches a classic BPF program that picks the socket from a byt
 packet's group element (alpha). That spreads the load, but it is no replay defence: one
 alpha has eight encodings with the same shared secret (see mixnode.replay), so copies of a
 packet can reach any worker. The replay decision is the node's: every worker maps the
-same filter file per epoch key (``settings["replay_dir"]``, written by the daemon) and
-checks and sets a tag under a lock, so exactly one copy passes, across restarts too.
+same filter per epoch key (the daemon's memfd, named in the ``K`` message) and checks and
+sets a tag under a lock, so exactly one copy passes, across restarts too.
 
 Each worker is a plain loop around ``poll`` (no trio here: per-packet scheduling costs
 would eat the second core). It speaks to the daemon over a UNIX datagram socket:
@@ -47,10 +47,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
+from typing import Any
 
 from mixnode.core import DeliverAt, ForwardAt, NodeCore
 from mixnode.metrics import PROCESSING_BUCKETS_S
-from mixnode.replay import ReplayFileError, open_replay_file, replay_path
+from mixnode.replay import ReplayFileError, open_replay_file
 from overlay import (
     BULK,
     LINK_VERSION,
@@ -242,8 +243,6 @@ class Worker:
         self.delay_jitter_s = float(settings.get("link_jitter_ms", 0.0)) / 1000.0  # type: ignore[arg-type]
         self.loss = float(settings.get("link_loss", 0.0))  # type: ignore[arg-type]
         self.mix_delay_s = float(settings["mix_delay_ms"]) / 1000.0  # type: ignore[arg-type]
-        replay_dir = settings.get("replay_dir")
-        self.replay_dir = None if replay_dir is None else Path(str(replay_dir))
         self.udp = udp
         self.ctrl = ctrl
         udp.setblocking(False)
@@ -280,20 +279,22 @@ class Worker:
         elif kind == b"Q":
             self.running = False
 
-    def install_keys(self, keys: list[tuple[int, str, float]]) -> None:
-        """Install ``[epoch, private key hex, expires_at]`` triples from the daemon.
+    def install_keys(self, keys: list[list[Any]]) -> None:
+        """Install ``[epoch, private key hex, expires_at, replay fd]`` entries from the daemon.
 
-        With a ``replay_dir`` (always, under the daemon) a new key gets the node-wide
-        filter from its file; if that cannot be opened or belongs to another key, the key
-        is not installed (fail closed: its packets drop as ``unknown_epoch``) and
-        ``replay_file_errors`` counts it. Without one (unit tests) the filter is private.
+        A new key gets the node-wide filter: the daemon's memfd ``replay fd``, opened as
+        ``/proc/<daemon pid>/fd/<replay fd>``. If it cannot be opened or belongs to another
+        key, the key is not installed (fail closed: its packets drop as ``unknown_epoch``)
+        and ``replay_file_errors`` counts it. An entry without a replay fd (unit tests)
+        gets a private filter.
         """
         wall = self.wall_clock()
-        for epoch_, sk_hex, expires_at_ in keys:
-            epoch, sk, expires_at = int(epoch_), bytes.fromhex(sk_hex), float(expires_at_)
+        for entry in keys:
+            epoch, sk, expires_at = int(entry[0]), bytes.fromhex(entry[1]), float(entry[2])
+            replay_fd = entry[3] if len(entry) > 3 else None
             cache = None
-            if self.replay_dir is not None and epoch not in self.core.epochs and expires_at > wall:
-                path = replay_path(self.replay_dir, epoch)
+            if replay_fd is not None and epoch not in self.core.epochs and expires_at > wall:
+                path = Path(f"/proc/{self.parent}/fd/{int(replay_fd)}")
                 try:
                     cache = open_replay_file(path, epoch, sk, self.core.replay_bits_log2)
                 except (OSError, ReplayFileError) as exc:
@@ -508,7 +509,7 @@ class Worker:
                 self.report()
                 next_report = now + STATS_INTERVAL_S
         self.report()
-        self.core.close()  # unmap the replay files
+        self.core.close()  # unmap the replay filters
 
 
 def main() -> None:

@@ -9,9 +9,10 @@ client port and constant-rate downlink, the metrics endpoint, signals. The data 
 port, because Sphinx processing does not scale over threads in Python (see that module).
 The daemon restarts a worker that dies, on the same socket, so that its shard keeps
 working; SIGTERM or SIGINT stops everything, workers first. Before it hands an epoch key to
-the workers it creates the key's replay file (mixnode.replay), which every worker maps, so
-the replay decision is the node's across workers and restarts; it syncs those files to
-disk every second and at a clean stop, and deletes each with its key.
+the workers it makes the key's replay filter (mixnode.replay: a memfd every worker maps,
+loaded from its file under data_dir), so the replay decision is the node's across workers
+and restarts; it copies the filters to disk every second and at a clean stop, and deletes
+each with its key.
 
 Clocks: the gateway's downlink slots and mailbox ages run on Trio's clock (monotonic);
 the wall clock serves epochs, key expiry and descriptors only, so a step of the wall
@@ -46,12 +47,7 @@ from mixnode.metrics import (
     NodeMetrics,
     serve_metrics,
 )
-from mixnode.replay import (
-    REPLAY_DIR,
-    ensure_replay_file,
-    remove_replay_files,
-    sync_replay_files,
-)
+from mixnode.replay import REPLAY_DIR, ReplayStore
 from mixnode.testnet import child_env
 from overlay import (
     Delivery,
@@ -75,7 +71,7 @@ WORKER_RESTART_S = 1.0  # seconds between restarts of a crashed worker
 DIRECTORY_RETRY_S = 1.0  # seconds between directory attempts after a failure
 DIRECTORY_REFRESH_S = 30.0  # seconds between fetches once the document is settled
 DIRECTORY_SETTLE_S = 15.0  # seconds without change before the document counts settled
-REPLAY_SYNC_S = 1.0  # seconds between fdatasyncs of the replay files (a crash loses less)
+REPLAY_SYNC_S = 1.0  # seconds between copies of the replay filters to disk (a crash loses less)
 # Our counters' names -> the metric's declared drop reasons.
 _REASON_ALIASES = {
     "link_malformed": "malformed",
@@ -173,6 +169,7 @@ class Node:
         self.keys = keys if keys is not None else NodeKeys.load_or_create(config.node.data_dir)
         self.node_id = self.keys.node_id
         self.replay_dir = config.node.data_dir / REPLAY_DIR
+        self.replay = ReplayStore(self.replay_dir, DEFAULT_REPLAY_BITS_LOG2)
         self.metrics = NodeMetrics()
         self.role = config.node.role
         self.topology: TopologyDocument | None = None
@@ -205,31 +202,30 @@ class Node:
         self.keys.rotate(epoch)
         self.epoch = epoch
         try:
-            remove_replay_files(self.replay_dir, keep=self.keys.epochs())
+            self.replay.drop(keep=self.keys.epochs())
         except OSError as exc:
             log.warning("replay files: cannot delete old ones: %s", exc.strerror)
         return True
 
     def _key_message(self) -> bytes:
-        """``K`` with the keys the workers use, each after its replay file exists.
+        """``K`` with the keys the workers use, each with its replay filter's memfd.
 
-        A key whose file cannot be created is left out (fail closed: its packets drop as
+        A key whose filter cannot be made is left out (fail closed: its packets drop as
         ``unknown_epoch``), counted in ``replay_file_errors`` and logged.
         """
         held = [e for e in self.keys.epochs() if e <= self.epoch]
         keys = []
         for e in held[-2:]:
             expires_at = self._key_expiry(e)
-            if expires_at > self.wall_clock():
-                try:
-                    ensure_replay_file(
-                        self.replay_dir, e, self.keys.epoch_public(e), DEFAULT_REPLAY_BITS_LOG2
-                    )
-                except OSError as exc:
-                    self.counters["replay_file_errors"] += 1
-                    log.error("replay file of epoch %d: %s; key not used", e, exc.strerror)
-                    continue
-            keys.append([e, self.keys.epoch_private(e).hex(), expires_at])
+            if expires_at <= self.wall_clock():
+                continue  # past its overlap: the workers would drop it at once
+            try:
+                fd = self.replay.ensure(e, self.keys.epoch_public(e))
+            except OSError as exc:
+                self.counters["replay_file_errors"] += 1
+                log.error("replay filter of epoch %d: %s; key not used", e, exc.strerror)
+                continue
+            keys.append([e, self.keys.epoch_private(e).hex(), expires_at, fd])
         return b"K" + json.dumps(keys).encode()
 
     def gateway_private_keys(self) -> list[bytes]:
@@ -268,7 +264,6 @@ class Node:
                 "link_delay_ms": c.link.delay_ms_mean,
                 "link_jitter_ms": c.link.delay_ms_jitter,
                 "link_loss": c.link.loss,
-                "replay_dir": str(self.replay_dir),
                 "udp_fd": h.udp.fileno(),
                 "ctrl_fd": ctrl_fd,
             }
@@ -340,11 +335,11 @@ class Node:
                         old.close()
 
     async def _sync_replay(self) -> None:
-        """fdatasync the replay files every REPLAY_SYNC_S: a crash loses at most that."""
+        """Copy the replay filters to disk every REPLAY_SYNC_S: a crash loses at most that."""
         while True:
             await trio.sleep(REPLAY_SYNC_S)
             try:
-                await trio.to_thread.run_sync(sync_replay_files, self.replay_dir)
+                await trio.to_thread.run_sync(self.replay.snapshot)
             except OSError as exc:
                 self.counters["replay_file_errors"] += 1
                 log.warning("replay files: sync failed: %s", exc.strerror)
@@ -580,7 +575,7 @@ class Node:
             with trio.CancelScope(shield=True):
                 await self._stop_workers()
             try:
-                sync_replay_files(self.replay_dir)  # a clean stop keeps every tag
+                self.replay.close()  # a clean stop keeps every tag
             except OSError as exc:
                 log.warning("replay files: sync failed: %s", exc.strerror)
             for h in self.workers:

@@ -33,6 +33,7 @@ from mixnode.daemon import Node
 from mixnode.keys import NodeKeys
 from mixnode.replay import (
     ReplayFileError,
+    ReplayStore,
     ensure_replay_file,
     open_replay_file,
     remove_replay_files,
@@ -216,7 +217,7 @@ def test_replay_file_survives_reopening_and_refuses_another_key(tmp_path: Path) 
     assert remove_replay_files(tmp_path, keep=[]) == [5] and replay_epochs(tmp_path) == []
 
 
-def test_a_worker_refuses_a_key_whose_replay_file_is_not_its_own(tmp_path: Path) -> None:
+def test_a_worker_refuses_a_key_whose_replay_filter_is_not_its_own(tmp_path: Path) -> None:
     udp = bind_sharded("127.0.0.1", 0, 1)[0]
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     settings_ = {
@@ -226,18 +227,19 @@ def test_a_worker_refuses_a_key_whose_replay_file_is_not_its_own(tmp_path: Path)
         "max_queue": 100,
         "cover_rate_hz": 0.0,
         "mix_delay_ms": 1.0,
-        "replay_dir": str(tmp_path),
     }
     w = Worker(settings_, udp, b)
+    w.parent = os.getpid()  # this process plays the daemon that holds the filters
+    store = ReplayStore(tmp_path, w.core.replay_bits_log2)
     sk, other = os.urandom(32), os.urandom(32)
-    ensure_replay_file(tmp_path, 1, public_key(other), w.core.replay_bits_log2)
-    w.install_keys([(1, sk.hex(), time.time() + 100)])  # file of another key
-    w.install_keys([(2, sk.hex(), time.time() + 100)])  # no file at all
+    later = time.time() + 100
+    w.install_keys([[1, sk.hex(), later, store.ensure(1, public_key(other))]])  # other key's
+    w.install_keys([[2, sk.hex(), later, 999_999]])  # no such descriptor
     assert w.core.epochs == [] and w.core.counters["replay_file_errors"] == 2
-    ensure_replay_file(tmp_path, 2, public_key(sk), w.core.replay_bits_log2)
-    w.install_keys([(2, sk.hex(), time.time() + 100)])
+    w.install_keys([[2, sk.hex(), later, store.ensure(2, public_key(sk))]])
     assert w.core.epochs == [2]
     w.core.close()
+    store.close()
     for s in (udp, a, b):
         s.close()
 
@@ -269,6 +271,7 @@ def test_the_daemon_creates_a_file_per_installed_key_and_deletes_it_with_the_key
     node._key_message()
     assert sorted(node.keys.epochs()) == [1002, 1003, 1004]
     assert replay_epochs(node.replay_dir) == [1002, 1003]
+    node.replay.close()
 
 
 # -- a real node: 2 workers on loopback --------------------------------------------------
