@@ -214,13 +214,15 @@ def remove_replay_files(directory: Path, keep: Iterable[int]) -> list[int]:
     return gone
 
 
-COPY_CHUNK = 1 << 20  # bytes copied per system call between the memfd and the disk file
+COPY_CHUNK = 1 << 16  # bytes: the unit in which changes are found and written to disk
 
 
 @dataclass(slots=True)
 class _Held:
     fd: int  # the memfd, shared with the workers
     header: bytes
+    view: memoryview  # of the daemon's own mapping of the memfd
+    on_disk: bytearray  # the image last written to the file: only changed chunks are written
 
 
 class ReplayStore:
@@ -261,35 +263,46 @@ class ReplayStore:
             return held.fd
         if held is not None:  # another key under this epoch number: start afresh
             with self._lock:
-                os.close(self._held.pop(epoch).fd)
+                _let_go(self._held.pop(epoch))
         path = ensure_replay_file(self.directory, epoch, epoch_public_key, self.bits_log2)
         fd = os.memfd_create(f"phantom-replay-{epoch}", os.MFD_CLOEXEC)
         try:
             os.ftruncate(fd, _file_len(self.bits_log2))
             with open(path, "rb") as f:
-                _copy(f.fileno(), fd, _file_len(self.bits_log2))
+                image = _read_all(f.fileno(), _file_len(self.bits_log2))
+            os.pwrite(fd, image, 0)
+            view = memoryview(mmap.mmap(fd, len(image), mmap.MAP_SHARED))
         except BaseException:
             os.close(fd)
             raise
         with self._lock:
-            self._held[epoch] = _Held(fd, header)
+            self._held[epoch] = _Held(fd, header, view, bytearray(image))
         return fd
 
     def snapshot(self) -> int:
-        """Copy every filter to its disk file and fdatasync it; returns how many.
+        """Write the changed chunks of every filter to its disk file and fdatasync it.
 
-        Safe to run in a thread beside the other methods (they wait for the copies, never
-        for the disk).
+        Returns how many files were written (an idle node writes nothing). Safe to run in
+        a thread beside the other methods (they wait for the copies, never for the disk).
         """
         written = []
         try:
             with self._lock:
                 for epoch, held in self._held.items():
+                    new, old = held.view, memoryview(held.on_disk)
+                    changed = [
+                        a
+                        for a in range(0, len(new), COPY_CHUNK)
+                        if new[a : a + COPY_CHUNK] != old[a : a + COPY_CHUNK]
+                    ]
+                    if not changed:
+                        continue
                     path = replay_path(self.directory, epoch)
                     out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
                     written.append(out)
-                    # The header comes along: a file deleted by hand is made again.
-                    _copy(held.fd, out, _file_len(self.bits_log2))
+                    for a in changed:
+                        old[a : a + COPY_CHUNK] = new[a : a + COPY_CHUNK]  # a moment's copy
+                        os.pwrite(out, old[a : a + COPY_CHUNK], a)
             for out in written:
                 os.fdatasync(out)
         finally:
@@ -302,7 +315,7 @@ class ReplayStore:
         keep = set(keep)
         with self._lock:
             for epoch in [e for e in self._held if e not in keep]:
-                os.close(self._held.pop(epoch).fd)
+                _let_go(self._held.pop(epoch))
         return remove_replay_files(self.directory, keep)
 
     def close(self) -> None:
@@ -312,16 +325,21 @@ class ReplayStore:
         finally:
             with self._lock:
                 for held in self._held.values():
-                    os.close(held.fd)
+                    _let_go(held)
                 self._held.clear()
 
 
-def _copy(src: int, dst: int, length: int) -> None:
-    """Copy ``length`` bytes from offset 0 of ``src`` to offset 0 of ``dst``."""
-    offset = 0
-    while offset < length:
-        chunk = os.pread(src, min(COPY_CHUNK, length - offset), offset)
-        if not chunk:
-            raise OSError(f"replay filter: short read at {offset} of {length} bytes")
-        os.pwrite(dst, chunk, offset)
-        offset += len(chunk)
+def _let_go(held: _Held) -> None:
+    mapping = held.view.obj
+    held.view.release()
+    assert isinstance(mapping, mmap.mmap)
+    mapping.close()
+    os.close(held.fd)
+
+
+def _read_all(fd: int, length: int) -> bytes:
+    """``length`` bytes from offset 0 of ``fd``; OSError if it is shorter."""
+    data = os.pread(fd, length, 0)
+    if len(data) != length:
+        raise OSError(f"replay filter: read {len(data)} of {length} bytes")
+    return data
