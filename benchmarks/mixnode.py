@@ -15,6 +15,11 @@ send minus the sender-chosen delay) is at most 5 ms. In the same run, the single
 ``process_packet`` rate is measured in this process, and the same loop in ``--workers``
 processes at once (the most the cores give at that moment, other load included). Target:
 the highest held rate is at least 1.3x the single-core rate (the node uses both cores).
+
+``replay_check_us`` prices the node-wide replay filter (mixnode/replay.py) per packet, in
+this process: a tag added to a private in-memory filter (the baseline), to the shared file
+filter under its stripe lock (what the workers do), and the subgroup check that was the
+alternative (refusing any alpha outside the prime-order subgroup), beside ``process_packet``.
 """
 
 from __future__ import annotations
@@ -32,7 +37,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from nacl.bindings import crypto_core_ed25519_is_valid_point
+
 from benchmarks._harness import emit, machine, median_rate
+from mixnode.core import DEFAULT_REPLAY_BITS_LOG2, ReplayCache
+from mixnode.replay import ensure_replay_file, open_replay_file
 from overlay import (
     VOICE,
     Forward,
@@ -72,6 +81,33 @@ def _single_core_rate() -> float:
     path = [Hop(bytes([i]) * 16, public_key(k), 1000) for i, k in enumerate(keys)]
     pkt = create_forward(VOICE, path, b"m" * 16, os.urandom(VOICE.user_payload))
     return median_rate(lambda: process_packet(VOICE, keys[0], pkt), number=1500, repeats=5)
+
+
+def _replay_costs(tmp: Path) -> dict[str, float]:
+    """Microseconds per packet of the replay check variants (medians of 5 runs)."""
+    sk = os.urandom(32)
+    path = ensure_replay_file(tmp / "replay", 1, public_key(sk), DEFAULT_REPLAY_BITS_LOG2)
+    shared = open_replay_file(path, 1, sk, DEFAULT_REPLAY_BITS_LOG2)
+    private = ReplayCache(DEFAULT_REPLAY_BITS_LOG2)
+    n = 20_000
+    tags = [os.urandom(32) for _ in range(6 * n)]
+    out = {}
+    for name, cache in (("private", private), ("shared_locked", shared)):
+        it = iter(tags)
+        out[name] = 1e6 / median_rate(lambda c=cache, i=it: c.add(next(i)), number=n, repeats=5)
+    shared.close()
+    alpha = public_key(os.urandom(32))
+
+    def in_subgroup() -> bool:  # Montgomery u -> Edwards y; libsodium multiplies by l
+        u = int.from_bytes(alpha, "little")
+        y = (u - 1) * pow(u + 1, -1, _P) % _P
+        return bool(crypto_core_ed25519_is_valid_point(y.to_bytes(32, "little")))
+
+    out["subgroup_check"] = 1e6 / median_rate(in_subgroup, number=2000, repeats=5)
+    return {k: round(v, 2) for k, v in out.items()}
+
+
+_P = 2**255 - 19  # the field prime of Curve25519
 
 
 def _bare_loop(n: int, conn: object) -> None:
@@ -248,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     single = _single_core_rate()
     parallel = _parallel_rate(args.workers)
     tmp = Path(tempfile.mkdtemp(prefix="bench-mixnode-"))
+    replay_us = _replay_costs(tmp)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         auth_port, node_port, metrics_port = _free_port(), _free_port(), _free_port()
@@ -371,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
             "p99_limit_ms": P99_LIMIT_MS,
             "mean_delay_ms": MEAN_DELAY_S * 1000,
             "packet_build_s": round(build_s, 1),
+            "replay_check_us": {**replay_us, "process_packet": round(1e6 / single, 2)},
             # Cores busy with other work on this machine while the node sat idle.
             "background_cores": round(background, 2),
             "steps": steps,

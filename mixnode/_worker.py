@@ -6,8 +6,11 @@ Why processes: Sphinx processing is CPU-bound and mostly Python between the libs
 calls, so two threads process fewer packets than one (measured: 7.6k/s against 9.3k/s on
 this machine). The daemon binds ``workers`` UDP sockets to the node's port with
 SO_REUSEPORT and attaches a classic BPF program that picks the socket from a byte of the
-packet's group element (alpha). A replayed packet carries the same alpha, so it always
-reaches the same worker, whose replay cache therefore sees every copy.
+packet's group element (alpha). That spreads the load, but it is no replay defence: one
+alpha has eight encodings with the same shared secret (see mixnode.replay), so copies of a
+packet can reach any worker. The replay decision is the node's: every worker maps the
+same filter per epoch key (the daemon's memfd, named in the ``K`` message) and checks and
+sets a tag under a lock, so exactly one copy passes, across restarts too.
 
 Each worker is a plain loop around ``poll`` (no trio here: per-packet scheduling costs
 would eat the second core). It speaks to the daemon over a UNIX datagram socket:
@@ -43,9 +46,12 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
+from pathlib import Path
+from typing import Any
 
 from mixnode.core import DeliverAt, ForwardAt, NodeCore
 from mixnode.metrics import PROCESSING_BUCKETS_S
+from mixnode.replay import ReplayFileError, open_replay_file
 from overlay import (
     BULK,
     LINK_VERSION,
@@ -265,9 +271,7 @@ class Worker:
         if kind == b"P":
             self.on_packet(body, UPLINK, now, now)
         elif kind == b"K":
-            for epoch, sk_hex, expires_at in json.loads(body):
-                self.core.install_key(int(epoch), bytes.fromhex(sk_hex), float(expires_at))
-            self.core.expire_keys(self.wall_clock())
+            self.install_keys(json.loads(body))
         elif kind == b"T":
             doc = TopologyDocument.from_bytes(body)  # verified by the daemon
             self.topology = doc
@@ -278,6 +282,35 @@ class Worker:
             self.core.set_loop_paths(self.loop_path if me is not None else None, now)
         elif kind == b"Q":
             self.running = False
+
+    def install_keys(self, keys: list[list[Any]]) -> None:
+        """Install ``[epoch, private key hex, expires_at, replay fd]`` entries from the daemon.
+
+        A new key gets the node-wide filter: the daemon's memfd ``replay fd``, opened as
+        ``/proc/<daemon pid>/fd/<replay fd>``. If it cannot be opened or belongs to another
+        key, the key is not installed (fail closed: its packets drop as ``unknown_epoch``)
+        and ``replay_file_errors`` counts it. An entry without a replay fd (unit tests)
+        gets a private filter.
+        """
+        wall = self.wall_clock()
+        for entry in keys:
+            epoch, sk, expires_at = int(entry[0]), bytes.fromhex(entry[1]), float(entry[2])
+            replay_fd = entry[3] if len(entry) > 3 else None
+            cache = None
+            if replay_fd is not None and epoch not in self.core.epochs and expires_at > wall:
+                path = Path(f"/proc/{self.parent}/fd/{int(replay_fd)}")
+                try:
+                    cache = open_replay_file(path, epoch, sk, self.core.replay_bits_log2)
+                except (OSError, ReplayFileError) as exc:
+                    self.core.counters["replay_file_errors"] += 1
+                    print(
+                        f"replay filter of epoch {epoch} unusable ({exc}); key not used",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    continue
+            self.core.install_key(epoch, sk, expires_at, cache)
+        self.core.expire_keys(wall)
 
     def loop_path(self) -> Sequence[Hop] | None:
         """A random loop from this node through every other layer and back to it."""
@@ -480,6 +513,7 @@ class Worker:
                 self.report()
                 next_report = now + STATS_INTERVAL_S
         self.report()
+        self.core.close()  # unmap the replay filters
 
 
 def main() -> None:

@@ -8,7 +8,11 @@ client port and constant-rate downlink, the metrics endpoint, signals. The data 
 ``workers`` processes (mixnode._worker), each owning one SO_REUSEPORT socket on the node's
 port, because Sphinx processing does not scale over threads in Python (see that module).
 The daemon restarts a worker that dies, on the same socket, so that its shard keeps
-working; SIGTERM or SIGINT stops everything, workers first.
+working; SIGTERM or SIGINT stops everything, workers first. Before it hands an epoch key to
+the workers it makes the key's replay filter (mixnode.replay: a memfd every worker maps,
+loaded from its file under data_dir), so the replay decision is the node's across workers
+and restarts; it copies the filters to disk every second and at a clean stop, and deletes
+each with its key.
 
 The gateway's client socket keeps only datagrams of a link frame's length (a kernel
 filter: junk costs the node nothing) and is read in batches; what the kernel drops on any
@@ -38,6 +42,7 @@ import trio
 from mixnode._udp import DropCount, attach_length_filter, kernel_drops
 from mixnode._worker import CONTROL_MAX, RECV_BATCH, bind_sharded, shard_of
 from mixnode.config import ConfigError, NodeConfig, bind_error, check_genesis
+from mixnode.core import DEFAULT_REPLAY_BITS_LOG2
 from mixnode.gateway import GatewayAction, GatewayCore, Reply, Uplink
 from mixnode.keys import NodeKeys
 from mixnode.metrics import (
@@ -48,6 +53,7 @@ from mixnode.metrics import (
     NodeMetrics,
     serve_metrics,
 )
+from mixnode.replay import REPLAY_DIR, ReplayStore
 from mixnode.testnet import child_env
 from overlay import (
     Delivery,
@@ -75,6 +81,7 @@ DIRECTORY_SETTLE_S = 15.0  # seconds without change before the document counts s
 # Bytes asked for the client socket's receive buffer: room for a burst of frames while the
 # control plane is busy. Linux caps it at net.core.rmem_max (and doubles it for overhead).
 CLIENT_RCVBUF = 4 << 20
+REPLAY_SYNC_S = 1.0  # seconds between copies of the replay filters to disk (a crash loses less)
 # Our counters' names -> the metric's declared drop reasons.
 _REASON_ALIASES = {
     "link_malformed": "malformed",
@@ -173,6 +180,8 @@ class Node:
         self.geometry = config.geometry
         self.keys = keys if keys is not None else NodeKeys.load_or_create(config.node.data_dir)
         self.node_id = self.keys.node_id
+        self.replay_dir = config.node.data_dir / REPLAY_DIR
+        self.replay = ReplayStore(self.replay_dir, DEFAULT_REPLAY_BITS_LOG2)
         self.metrics = NodeMetrics()
         self.role = config.node.role
         self.topology: TopologyDocument | None = None
@@ -208,11 +217,31 @@ class Node:
             return False
         self.keys.rotate(epoch)
         self.epoch = epoch
+        try:
+            self.replay.drop(keep=self.keys.epochs())
+        except OSError as exc:
+            log.warning("replay files: cannot delete old ones: %s", exc.strerror)
         return True
 
     def _key_message(self) -> bytes:
+        """``K`` with the keys the workers use, each with its replay filter's memfd.
+
+        A key whose filter cannot be made is left out (fail closed: its packets drop as
+        ``unknown_epoch``), counted in ``replay_file_errors`` and logged.
+        """
         held = [e for e in self.keys.epochs() if e <= self.epoch]
-        keys = [[e, self.keys.epoch_private(e).hex(), self._key_expiry(e)] for e in held[-2:]]
+        keys = []
+        for e in held[-2:]:
+            expires_at = self._key_expiry(e)
+            if expires_at <= self.wall_clock():
+                continue  # past its overlap: the workers would drop it at once
+            try:
+                fd = self.replay.ensure(e, self.keys.epoch_public(e))
+            except OSError as exc:
+                self.counters["replay_file_errors"] += 1
+                log.error("replay filter of epoch %d: %s; key not used", e, exc.strerror)
+                continue
+            keys.append([e, self.keys.epoch_private(e).hex(), expires_at, fd])
         return b"K" + json.dumps(keys).encode()
 
     def gateway_private_keys(self) -> list[bytes]:
@@ -320,6 +349,16 @@ class Node:
                     self._spawn(h)
                     if old is not None:
                         old.close()
+
+    async def _sync_replay(self) -> None:
+        """Copy the replay filters to disk every REPLAY_SYNC_S: a crash loses at most that."""
+        while True:
+            await trio.sleep(REPLAY_SYNC_S)
+            try:
+                await trio.to_thread.run_sync(self.replay.snapshot)
+            except OSError as exc:
+                self.counters["replay_file_errors"] += 1
+                log.warning("replay files: sync failed: %s", exc.strerror)
 
     def _on_stats(self, h: _WorkerHandle, stats: dict[str, object]) -> None:
         now = Counter({str(k): int(v) for k, v in stats["counters"].items()})  # type: ignore[attr-defined]
@@ -596,6 +635,7 @@ class Node:
                 for h in self.workers:
                     nursery.start_soon(self._worker_reader, h)
                 nursery.start_soon(self._supervise)
+                nursery.start_soon(self._sync_replay)
                 nursery.start_soon(self._gauges)
                 if self.gateway is not None:
                     nursery.start_soon(self._client_reader)
@@ -615,6 +655,10 @@ class Node:
             self._stopping = True
             with trio.CancelScope(shield=True):
                 await self._stop_workers()
+            try:
+                self.replay.close()  # a clean stop keeps every tag
+            except OSError as exc:
+                log.warning("replay files: sync failed: %s", exc.strerror)
             for h in self.workers:
                 h.udp.close()
             if self.client_sock is not None:

@@ -152,6 +152,38 @@ def test_key_overlap_and_expiry() -> None:
     assert core.epochs == [2] and core.replay_entries() == 1
 
 
+def test_a_dropped_key_closes_its_replay_filter_and_a_duplicate_one_is_closed() -> None:
+    closed: list[int] = []
+    core = NodeCore(VOICE, ME)
+
+    def cache(epoch: int) -> ReplayCache:
+        return ReplayCache(16, on_close=lambda: closed.append(epoch))
+
+    for e in (1, 2):
+        core.install_key(e, os.urandom(32), expires_at=100.0 * e, cache=cache(e))
+    core.install_key(2, os.urandom(32), expires_at=300.0, cache=cache(-2))  # expiry only
+    assert closed == [-2] and core.epochs == [2, 1]
+    core.install_key(3, os.urandom(32), expires_at=400.0, cache=cache(3))  # keeps two
+    assert closed == [-2, 1] and core.epochs == [3, 2]
+    core.expire_keys(350.0)
+    assert closed == [-2, 1, 2] and core.epochs == [3]
+    core.close()
+    assert closed == [-2, 1, 2, 3] and core.epochs == []
+
+
+def test_replay_filter_shared_by_two_handles_is_one_filter() -> None:
+    bits, counts = bytearray(1 << 13), memoryview(bytearray(64)).cast("Q")
+    a = ReplayCache(16, bits=memoryview(bits), counts=counts)
+    b = ReplayCache(16, bits=memoryview(bits), counts=counts)
+    tags = [os.urandom(32) for _ in range(200)]
+    assert all(a.add(t) is None for t in tags)
+    assert all(b.add(t) == "replay" for t in tags) and len(b) == 200
+    with pytest.raises(ValueError):
+        ReplayCache(16, bits=bytearray(100))
+    with pytest.raises(ValueError):
+        ReplayCache(16, counts=memoryview(bytearray(8)).cast("Q"))
+
+
 def test_no_key() -> None:
     core = NodeCore(VOICE, ME)
     assert core.receive(os.urandom(VOICE.packet_len), now=0.0, prev_hop=PREV) == Dropped(

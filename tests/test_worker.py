@@ -37,13 +37,13 @@ def _drain(s: socket.socket) -> list[bytes]:
             return out
 
 
-def test_reuseport_shards_by_alpha_so_replays_meet_the_same_worker() -> None:
+def test_reuseport_shards_by_the_first_alpha_byte() -> None:
     socks = bind_sharded("127.0.0.1", 0, 2)
     port = socks[0].getsockname()[1]
     assert socks[1].getsockname()[1] == port
     c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     frames = [CODEC.node_packet(b"\x01" + os.urandom(VOICE.packet_len - 1)) for _ in range(40)]
-    for f in frames + frames:  # every packet twice: the replay must land beside the original
+    for f in frames + frames:  # every packet twice: an identical copy lands beside it
         c.sendto(f, ("127.0.0.1", port))
     time.sleep(0.2)
     got = [_drain(s) for s in socks]
