@@ -19,6 +19,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from overlay import __version__
+
 from ._latency import run_latency
 from ._output import (
     plot_attacks,
@@ -84,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="phantom-sim",
         description="Simulate Phantom Net voice calls: latency envelope and traffic analysis.",
     )
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser, out: bool = True) -> None:
