@@ -45,6 +45,7 @@ from mixnode.config import (
 )
 from mixnode.dirauth import AUTHORITY_KEY_FILE, DESCRIPTOR_DIR, DOCUMENT_DIR, authority_public_key
 from mixnode.keys import KeyStoreError, NodeKeys, create_identity_seed
+from overlay import __version__
 
 STATE_FILE = "testnet.json"
 DEFAULT_DIR = Path("testnet")
@@ -676,6 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="phantom-testnet", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     u = sub.add_parser(
         "up", help="generate configs and keys, start every process", formatter_class=HelpFormatter
