@@ -213,7 +213,7 @@ class Node:
         self._stopping = False
         self.listed = False  # the current document lists this node at its addresses
         self.directory_error: tuple[DirectoryFailure, str] | None = None  # the last one
-        self._directory_log = RepeatLimiter(DIRECTORY_LOG_EVERY_S)
+        self._directory_log = RepeatLimiter(DIRECTORY_LOG_EVERY_S, clock=clock)
 
     # -- epochs and keys ---------------------------------------------------------------
 
