@@ -150,7 +150,13 @@ class AuthorityDirectory:
             log.warning("descriptor refused by %d authorities: %s", len(report.refused), why)
 
     async def fetch(self, epoch: int) -> TopologyDocument:
-        return await self.client.afetch(epoch)
+        """The verified document of ``epoch``; from the cache while no authority yields one,
+        and then ``cache_failure`` says why (None after a fetch from an authority)."""
+        result = await self.client.afetch_result(epoch)
+        self.cache_failure = result.failure
+        return result.document
+
+    cache_failure: DirectoryFailed | None = None
 
 
 @dataclass(slots=True)
@@ -499,7 +505,10 @@ class Node:
                 self._directory_failed(exc)
                 await trio.sleep(DIRECTORY_RETRY_S)
                 continue
-            if self.directory_error is not None:
+            cache_failure = client.cache_failure if isinstance(client, AuthorityDirectory) else None
+            if cache_failure is not None:  # serving from the cached document meanwhile
+                self._directory_failed(cache_failure)
+            elif self.directory_error is not None:
                 log.info("directory: reachable again")
                 self.directory_error = None
                 self._directory_log.reset()
@@ -527,6 +536,8 @@ class Node:
             # While the network is changing (nodes joining), follow it closely.
             settled = time.monotonic() - changed_at > DIRECTORY_SETTLE_S
             wait = min(d.epoch_length_s / 20, DIRECTORY_REFRESH_S) if settled else 1.0
+            if cache_failure is not None:
+                wait = DIRECTORY_RETRY_S
             await trio.sleep(max(DIRECTORY_RETRY_S, min(wait, self._until_next_epoch())))
 
     def _directory_failed(self, exc: Exception) -> None:

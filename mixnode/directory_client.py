@@ -29,7 +29,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
@@ -417,6 +417,7 @@ class FetchResult:
     document: TopologyDocument
     from_cache: bool
     signatures: int  # valid signatures it carried
+    failure: DirectoryFailed | None = None  # from the cache: why no authority yielded one
 
 
 class DirectoryClient:
@@ -534,15 +535,16 @@ class DirectoryClient:
                 self._count(FetchEvent.AUTHORITY_FAILED)
                 problems[i] = f"{url}: no reply within {self.timeout_s:g} s"
                 kinds[i] = DirectoryFailure.TIMEOUT
-        cached = self._cached(now, epoch)
-        if cached is not None:
-            self._count(FetchEvent.FROM_CACHE)
-            return cached
         reasons = (problems[i] for i in sorted(problems))
-        raise DirectoryFailed(
+        failure = DirectoryFailed(
             "no verifiable topology document: " + "; ".join(reasons),
             [kinds[i] for i in sorted(kinds)],
         )
+        cached = self._cached(now, epoch)
+        if cached is not None:
+            self._count(FetchEvent.FROM_CACHE)
+            return replace(cached, failure=failure)
+        raise failure
 
     def _refusal_kind(self, env: SignedDocument, exc: DirectoryError) -> DirectoryFailure:
         """Why a parsed envelope was refused: too few valid signatures (none valid of
