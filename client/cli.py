@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from overlay import DirectoryError, UsageError, __version__
+from mixnode._version import VERSION
+from overlay import DirectoryError, UsageError
 
 from ._tasks import open_background
 from .call import DEFAULT_MEAN_DELAY_S
@@ -42,7 +43,7 @@ def _number(lo: float, hi: float, what: str):  # type: ignore[no-untyped-def]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phantom-call", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="a call between two callers through a local testnet")
     demo.add_argument("--duration", type=_number(1, 3600, "seconds"), default=20.0,

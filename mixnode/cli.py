@@ -34,7 +34,8 @@ from pathlib import Path
 
 from mixnode._args import HelpFormatter, at_least, hex_key, port
 from mixnode._logging import add_logging_options, setup_logging
-from overlay import DirectoryError, PhantomError, TopologyDocument, __version__, epoch_at
+from mixnode._version import VERSION
+from overlay import DirectoryError, PhantomError, TopologyDocument, epoch_at
 
 from .config import (
     ConfigError,
@@ -298,7 +299,7 @@ def node_status(cfg: NodeConfig, now: float) -> tuple[dict[str, object], int]:
         "name": n.name,
         "role": n.role.value,
         "layer": n.layer,
-        "version": __version__,
+        "version": VERSION,
         "epoch": epoch,
     }
     health: dict[str, object] | None = None
@@ -448,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a Phantom Net mix node or gateway.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     sub = p.add_subparsers(dest="command", required=True)
 
     i = sub.add_parser(

@@ -38,6 +38,7 @@ import trio
 
 from mixnode._logging import RepeatLimiter
 from mixnode._udp import DropCount, attach_length_filter, kernel_drops
+from mixnode._version import VERSION
 from mixnode._worker import CONTROL_MAX, RECV_BATCH, bind_sharded, shard_of
 from mixnode.config import ConfigError, NodeConfig, bind_error, check_genesis
 from mixnode.directory_client import (
@@ -66,7 +67,6 @@ from overlay import (
     NodeDescriptor,
     NodeRole,
     TopologyDocument,
-    __version__,
     canonical_json,
     epoch_at,
     epoch_start,
@@ -575,7 +575,7 @@ class Node:
             "name": n.name,
             "role": self.role.value,
             "layer": n.layer,
-            "version": __version__,
+            "version": VERSION,
             "epoch": self.epoch,
             "document_epoch": None if self.topology is None else self.topology.epoch,
             "listed": self.listed,

@@ -51,6 +51,7 @@ from nacl.signing import SigningKey
 
 from mixnode._args import HelpFormatter, at_least, hex_key, port
 from mixnode._logging import add_logging_options, setup_logging
+from mixnode._version import VERSION
 from overlay import (
     DirectoryError,
     DirectoryFieldError,
@@ -59,7 +60,6 @@ from overlay import (
     NodeRole,
     PhantomError,
     SignedDocument,
-    __version__,
     build_document,
     canonical_json,
     document_digest,
@@ -380,7 +380,7 @@ class Authority:
             }
         return {
             "name": self.cfg.authority.name,
-            "version": __version__,
+            "version": VERSION,
             "epoch": epoch,
             "serving": signatures >= d.threshold,
             "threshold": d.threshold,
@@ -899,7 +899,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="phantom-dirauth", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
     )
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     sub = p.add_subparsers(dest="command", required=True)
     i = sub.add_parser(
         "init", help="create a signing key and write a config", formatter_class=HelpFormatter

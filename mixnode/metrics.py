@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 
 import trio
 
-from overlay import UsageError, __version__
+from overlay import UsageError
 
+from ._version import VERSION
 from .config import is_loopback
 from .directory_client import DirectoryFailure
 
@@ -355,10 +356,8 @@ class NodeMetrics:
 
 def build_info(registry: Registry) -> Gauge:
     """Register ``build_info{version="<installed version>"} 1`` (the Prometheus idiom)."""
-    g = registry.gauge(
-        "build_info", "Always 1; the label is the version.", "version", [__version__]
-    )
-    g.set(1, label=__version__)
+    g = registry.gauge("build_info", "Always 1; the label is the version.", "version", [VERSION])
+    g.set(1, label=VERSION)
     return g
 
 

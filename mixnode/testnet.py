@@ -31,6 +31,7 @@ from pathlib import Path
 from nacl.signing import SigningKey
 
 from mixnode._args import HelpFormatter
+from mixnode._version import VERSION
 from mixnode.config import (
     GEOMETRIES,
     RANGES,
@@ -45,7 +46,6 @@ from mixnode.config import (
 )
 from mixnode.dirauth import AUTHORITY_KEY_FILE, DESCRIPTOR_DIR, DOCUMENT_DIR, authority_public_key
 from mixnode.keys import KeyStoreError, NodeKeys, create_identity_seed
-from overlay import __version__
 
 STATE_FILE = "testnet.json"
 DEFAULT_DIR = Path("testnet")
@@ -677,7 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="phantom-testnet", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
     )
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     sub = p.add_subparsers(dest="command", required=True)
     u = sub.add_parser(
         "up", help="generate configs and keys, start every process", formatter_class=HelpFormatter

@@ -5,12 +5,7 @@
     636
 
 Everything public is re-exported here; the ``_``-prefixed modules are implementation.
-``__version__`` is the installed package's version (importlib.metadata), which every
-command prints with ``--version`` and nodes export as ``phantom_build_info``.
 """
-
-from importlib.metadata import PackageNotFoundError as _NotInstalled
-from importlib.metadata import version as _version
 
 from ._errors import BadCommand as BadCommand
 from ._errors import GeometryError as GeometryError
@@ -105,8 +100,3 @@ from ._topology import uniform_index as uniform_index
 from ._topology import verify_descriptor as verify_descriptor
 from ._topology import verify_document as verify_document
 from ._topology import x25519_key_problem as x25519_key_problem
-
-try:
-    __version__: str = _version("phantom-mixnet")
-except _NotInstalled:  # run from a checkout without installing
-    __version__ = "0+unknown"

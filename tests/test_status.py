@@ -27,6 +27,7 @@ import pytest
 import trio
 
 from mixnode import dirauth
+from mixnode._version import VERSION
 from mixnode.cli import main
 from mixnode.config import load_node_config, make_node_config
 from mixnode.daemon import Node
@@ -34,7 +35,7 @@ from mixnode.directory_client import DirectoryClient
 from mixnode.keys import NodeKeys
 from mixnode.metrics import serve_metrics
 from mixnode.testnet import TestnetOptions, TestnetState, child_env, down, up
-from overlay import ClientLink, Delivery, DownlinkKind, LinkError, MailboxKey, __version__
+from overlay import ClientLink, Delivery, DownlinkKind, LinkError, MailboxKey
 
 pytestmark = pytest.mark.slow
 WAIT_S = 40.0  # s, the most any wait here takes
@@ -135,7 +136,7 @@ def test_status_of_a_serving_node(net: Net, capsys: pytest.CaptureFixture[str]) 
     assert code == 0, report
     cfg = load_node_config(net.gw_config)
     assert report["node_id"] == NodeKeys.load(cfg.node.data_dir).node_id.hex()
-    assert report["role"] == "gateway" and report["version"] == __version__
+    assert report["role"] == "gateway" and report["version"] == VERSION
     assert report["serving"] is True and report["health"] == "serving"
     assert report["listed"] == {
         "now": True,
@@ -145,7 +146,7 @@ def test_status_of_a_serving_node(net: Net, capsys: pytest.CaptureFixture[str]) 
     }
     assert report["authorities"] == {"reachable": 1, "total": 1, "threshold": 1}
     assert report["nodes_per_layer"] == {"0": 1, "1": 1}
-    assert report["counters"][f'phantom_build_info{{version="{__version__}"}}'] == 1  # type: ignore[index]
+    assert report["counters"][f'phantom_build_info{{version="{VERSION}"}}'] == 1  # type: ignore[index]
     assert main(["status", "--config", str(net.gw_config)]) == 0
     out = capsys.readouterr().out
     assert "state    serving" in out and "listed   now: yes  next epoch: yes" in out
@@ -157,7 +158,7 @@ def test_healthz_answers_200_with_what_the_node_knows(net: Net) -> None:
     health = json.loads(body)
     assert code == 200 and health["serving"] is True and health["reason"] == "serving"
     assert health["listed"] is True and health["workers_alive"] == health["workers"] == 1
-    assert health["version"] == __version__ and health["directory_error"] is None
+    assert health["version"] == VERSION and health["directory_error"] is None
 
 
 def test_authority_status_and_metrics(net: Net, capsys: pytest.CaptureFixture[str]) -> None:
@@ -166,7 +167,7 @@ def test_authority_status_and_metrics(net: Net, capsys: pytest.CaptureFixture[st
     report = json.loads(capsys.readouterr().out)
     assert report["serving"] is True and report["descriptors"] == 2
     assert report["document"]["nodes"] == 2 and report["document"]["signatures"] == 1
-    assert report["peers"] == 0 and report["enrolled"] == 0 and report["version"] == __version__
+    assert report["peers"] == 0 and report["enrolled"] == 0 and report["version"] == VERSION
     assert dirauth.main(["status", "--config", str(net.auth_config)]) == 0
     assert "2 nodes, 1 signatures (threshold 1)" in capsys.readouterr().out
     code, body = _get(f"http://127.0.0.1:{net.auth_port}/metrics")
@@ -176,7 +177,7 @@ def test_authority_status_and_metrics(net: Net, capsys: pytest.CaptureFixture[st
         "phantom_authority_descriptors 2",
         "phantom_authority_document_nodes 2",
         "phantom_authority_document_signatures 1",
-        f'phantom_build_info{{version="{__version__}"}} 1',
+        f'phantom_build_info{{version="{VERSION}"}} 1',
         'phantom_authority_events_total{event="descriptor_accepted"}',
     ):
         assert line in text, line
@@ -306,4 +307,4 @@ def test_every_command_has_version(module: str) -> None:
         [sys.executable, "-m", module, "--version"],
         capture_output=True, text=True, env=child_env(), timeout=60,
     )  # fmt: skip
-    assert out.returncode == 0 and out.stdout.strip().endswith(f" {__version__}"), out
+    assert out.returncode == 0 and out.stdout.strip().endswith(f" {VERSION}"), out
