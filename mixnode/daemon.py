@@ -130,6 +130,7 @@ class AuthorityDirectory:
     def __init__(self, config: NodeConfig) -> None:
         self.urls = list(config.directory.authorities)
         self.client = DirectoryClient.from_config(config)
+        self._last_answer: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
     async def publish(self, descriptor: bytes, signature: bytes) -> None:
         """POST to every authority; DirectoryFailed (with each one's reason) if none took it.
@@ -143,11 +144,18 @@ class AuthorityDirectory:
         why = "; ".join(report.refused) or "no authority configured"
         if not report.accepted:
             raise DirectoryFailed(f"no authority accepted the descriptor: {why}", report.kinds)
-        log.info(
-            "descriptor accepted by %d of %d authorities", len(report.accepted), len(self.urls)
+        # A node republishes until it is listed: say so again only when the answer changes.
+        news = (report.accepted, report.refused) != self._last_answer
+        self._last_answer = (report.accepted, report.refused)
+        log.log(
+            logging.INFO if news else logging.DEBUG,
+            "descriptor accepted by %d of %d authorities",
+            len(report.accepted),
+            len(self.urls),
         )
         if report.refused:
-            log.warning("descriptor refused by %d authorities: %s", len(report.refused), why)
+            level = logging.WARNING if news else logging.DEBUG
+            log.log(level, "descriptor refused by %d authorities: %s", len(report.refused), why)
 
     async def fetch(self, epoch: int) -> TopologyDocument:
         """The verified document of ``epoch``; from the cache while no authority yields one,
