@@ -4,7 +4,8 @@
 
 The control plane lives here, in one Trio process: keys and epochs, the directory
 (publish this node's descriptor, fetch and verify each epoch's topology), the gateway's
-client port and constant-rate downlink, the metrics endpoint, signals. The data plane is
+client port and constant-rate downlink, the metrics and ``/healthz`` endpoint (``health``:
+listed and serving, or why not), signals. The data plane is
 ``workers`` processes (mixnode._worker), each owning one SO_REUSEPORT socket on the node's
 port, because Sphinx processing does not scale over threads in Python (see that module).
 The daemon restarts a worker that dies, on the same socket, so that its shard keeps

@@ -16,6 +16,10 @@ Every HTTP exchange (``http_exchange``, stdlib ``http.client``) has one deadline
 whole of it and a cap on the reply, and the authorities are asked at once (``race``), so
 one slow or hostile authority costs a fetch or a publish at most its deadline
 (``FETCH_TIMEOUT_S``). Blocking calls run in a worker thread when called from trio.
+
+A fetch or publish that no authority satisfies raises ``DirectoryFailed``, whose ``kinds``
+give each authority's ``DirectoryFailure`` (unreachable, timeout, refused, parse,
+bad_signature, threshold, stale, other): the node counts them by that fixed label set.
 """
 
 from __future__ import annotations
