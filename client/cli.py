@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from mixnode._version import VERSION
 from overlay import DirectoryError, UsageError
 
 from ._tasks import open_background
@@ -42,6 +43,7 @@ def _number(lo: float, hi: float, what: str):  # type: ignore[no-untyped-def]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phantom-call", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="a call between two callers through a local testnet")
     demo.add_argument("--duration", type=_number(1, 3600, "seconds"), default=20.0,

@@ -13,12 +13,14 @@
 ``init`` checks every argument and path, creates the node's keys (mode 0600) in its data
 dir and writes the config last, so a refused init leaves nothing behind; ``run`` loads
 both, checks that the data dir takes new files (keys rotate every epoch) and hands over
-to the daemon; ``init --network`` takes the authorities, keys, threshold and epochs from a
-network file (``phantom-dirauth network``) whose threshold of signatures it verifies; ports
-left out are picked free on this host and unused by the configs beside ``--config``;
-``status`` reads the node's loopback metrics endpoint and prints a table.
-Exit codes: 0 ok, 1 runtime failure, 2 bad config, keys, argument or path (the message
-names the field, option or path), 3 missing component.
+to the daemon (``--log-level``, ``--log-format text|json``); ``init --network`` takes the
+authorities, keys, threshold and epochs from a network file (``phantom-dirauth network``)
+whose threshold of signatures it verifies; ports left out are picked free on this host and
+unused by the configs beside ``--config``; ``status`` reads the node's loopback
+``/healthz`` and ``/metrics`` and asks the authorities whether the node is listed now and
+in the next epoch (``--json``: one object). Exit codes: 0 ok (``status``: serving),
+1 runtime failure (``status``: not running, not listed or unhealthy), 2 bad config, keys,
+argument or path (the message names the field, option or path), 3 missing component.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import json
 import os
 import re
 import socket
@@ -35,9 +38,12 @@ import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 from mixnode._args import HelpFormatter, at_least, hex_key, port
+from mixnode._logging import add_logging_options, setup_logging
+from mixnode._version import VERSION
 from overlay import (
     MAX_NETWORK_BYTES,
     DirectoryError,
@@ -45,6 +51,7 @@ from overlay import (
     NodeWithdrawal,
     PhantomError,
     SignedNetwork,
+    TopologyDocument,
     canonical_json,
     epoch_at,
     sign_withdrawal,
@@ -63,14 +70,15 @@ from .config import (
     path_error,
     write_config,
 )
-from .directory_client import CACHE_DIR, http_exchange, publish_report
+from .directory_client import CACHE_DIR, DirectoryClient, http_exchange, publish_report, race
 from .keys import EPOCH_DIR, KeyStoreError, NodeKeys
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_MISSING = 3
-STATUS_TIMEOUT_S = 3.0
+STATUS_TIMEOUT_S = 3.0  # s for each exchange of `status` (node endpoint, authorities)
+MAX_STATUS_BYTES = 4 * 1024 * 1024  # bytes read from the node's endpoint at most
 NETWORK_FETCH_TIMEOUT_S = 10.0  # s, the whole exchange fetching a network file by URL
 FIRST_LISTEN_PORT = 31000  # UDP ports init picks from, upwards, when none is given
 FIRST_METRICS_PORT = 9100  # TCP (loopback) metrics ports init picks from
@@ -316,6 +324,7 @@ def _load(path: str) -> tuple[NodeConfig, NodeKeys]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level, args.log_format)
     cfg, keys = _load(args.config)
     try:
         daemon = importlib.import_module("mixnode.daemon")
@@ -419,45 +428,217 @@ def histogram_quantile(samples: dict[tuple[str, str], float], name: str, q: floa
     return None
 
 
-def _fetch_metrics(cfg: NodeConfig) -> str:
-    url = f"http://{cfg.metrics.host}:{cfg.metrics.port}/metrics"
+def _get(url: str) -> tuple[int, bytes]:
+    """(HTTP status, body) of a GET on the node's loopback endpoint; CliError if none."""
     try:
         with urllib.request.urlopen(url, timeout=STATUS_TIMEOUT_S) as resp:
-            data: bytes = resp.read(4 * 1024 * 1024)
+            return int(resp.status), resp.read(MAX_STATUS_BYTES)
+    except urllib.error.HTTPError as exc:  # 503 from /healthz carries the reason
+        return exc.code, exc.read(MAX_STATUS_BYTES)
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise CliError(f"cannot read metrics at {url}: {reason} (is the node running?)") from None
-    return data.decode("utf-8", errors="replace")
+        raise CliError(f"cannot read {url}: {reason} (is the node running?)") from None
+
+
+def _fetch_metrics(cfg: NodeConfig) -> str:
+    url = f"http://{cfg.metrics.host}:{cfg.metrics.port}/metrics"
+    return _get(url)[1].decode("utf-8", errors="replace")
+
+
+def _fetch_health(cfg: NodeConfig) -> dict[str, object]:
+    """The node's ``/healthz`` answer (a JSON object); CliError if it cannot be read."""
+    url = f"http://{cfg.metrics.host}:{cfg.metrics.port}/healthz"
+    code, body = _get(url)
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        obj = None
+    if code not in (200, 503) or not isinstance(obj, dict):
+        raise CliError(f"{url}: HTTP {code}, not a health report (an older node?)")
+    return obj
+
+
+def _authorities_reachable(cfg: NodeConfig) -> int:
+    """How many authorities answer ``/v1/health`` within STATUS_TIMEOUT_S (asked at once)."""
+    urls = [f"{u.rstrip('/')}/v1/health" for u in cfg.directory.authorities]
+    calls = [
+        partial(http_exchange, u, deadline_s=STATUS_TIMEOUT_S, max_bytes=MAX_STATUS_BYTES)
+        for u in urls
+    ]
+    return sum(1 for out in race(calls, STATUS_TIMEOUT_S + 0.5) if out.error is None)
+
+
+def _listing(
+    client: DirectoryClient,
+    epoch: int,
+    node_id: bytes | None,
+    ports: tuple[object, object] | None,
+) -> tuple[bool | None, str | None, TopologyDocument | None]:
+    """(listed, why not, document) of ``epoch``'s verified document for this node."""
+    try:
+        doc = client.fetch(epoch)
+    except DirectoryError as exc:
+        return None, f"no verifiable document for epoch {epoch}: {exc}", None
+    if node_id is None:
+        return None, "node id unknown (node not running and keys unreadable)", doc
+    mine = doc.by_id.get(node_id)
+    if mine is None:
+        return False, f"the document of epoch {epoch} does not list this node", doc
+    if ports is not None and (mine.port, mine.client_port) != ports:
+        return False, "listed at other ports than the node's (it republishes; wait)", doc
+    return True, None, doc
+
+
+def node_status(cfg: NodeConfig, now: float) -> tuple[dict[str, object], int]:
+    """What ``status`` reports, as one JSON-able object, and the exit code it implies.
+
+    EXIT_OK when the node answers ``/healthz`` with 200 (listed and serving), else
+    EXIT_FAILED; ``why_not`` says why. Reads the node's loopback endpoint and asks the
+    authorities (each within STATUS_TIMEOUT_S).
+    """
+    d, n = cfg.directory, cfg.node
+    epoch = epoch_at(now, d.epoch_length_s, d.genesis_s)
+    report: dict[str, object] = {
+        "name": n.name,
+        "role": n.role.value,
+        "layer": n.layer,
+        "version": VERSION,
+        "epoch": epoch,
+    }
+    health: dict[str, object] | None = None
+    try:
+        health = _fetch_health(cfg)
+        samples = parse_prometheus(_fetch_metrics(cfg))
+    except CliError as exc:
+        report["running"], report["why_not"] = False, str(exc)
+        samples = {}
+    node_id: bytes | None = None
+    ports: tuple[object, object] | None = None
+    if health is not None:
+        report["running"] = True
+        report["serving"] = bool(health.get("serving"))
+        report["health"] = health.get("reason")
+        report["directory_error"] = health.get("directory_error")
+        report["node_version"] = health.get("version")
+        nid = health.get("node_id")
+        node_id = bytes.fromhex(nid) if isinstance(nid, str) else None
+        ports = (health.get("port"), health.get("client_port"))
+    else:
+        report["serving"] = False
+        try:
+            node_id = NodeKeys.load(n.data_dir).node_id
+        except (OSError, KeyStoreError):
+            node_id = None
+    report["node_id"] = None if node_id is None else node_id.hex()
+    report["authorities"] = {
+        "reachable": _authorities_reachable(cfg),
+        "total": len(d.authorities),
+        "threshold": d.threshold,
+    }
+    client = DirectoryClient(
+        d.authorities,
+        d.authority_keys,
+        d.threshold,
+        geometry=cfg.geometry,
+        timeout_s=STATUS_TIMEOUT_S,
+    )
+    listed: dict[str, object] = {}
+    doc: TopologyDocument | None = None
+    for which, e in (("now", epoch), ("next", epoch + 1)):
+        ok, why, got = _listing(client, e, node_id, ports)
+        listed[which], listed[f"why_not_{which}"] = ok, why
+        doc = got if which == "now" else doc
+    report["listed"] = listed
+    if doc is not None:
+        per_layer: dict[str, int] = {}
+        for node in doc.nodes:
+            per_layer[str(node.layer)] = per_layer.get(str(node.layer), 0) + 1
+        report["nodes_per_layer"] = per_layer
+    report["counters"] = {
+        f"{name}{{{labels}}}" if labels else name: value
+        for (name, labels), value in sorted(samples.items())
+        if "_bucket" not in name
+    }
+    hist = "phantom_processing_seconds"
+    if (f"{hist}_count", "") in samples:
+        report["processing_seconds"] = {
+            f"p{int(q * 100)}": histogram_quantile(samples, hist, q) for q in (0.5, 0.99)
+        }
+    if report["serving"]:
+        return report, EXIT_OK
+    if "why_not" not in report:
+        report["why_not"] = listed.get("why_not_now") or report.get("health")
+    return report, EXIT_FAILED
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
     cfg = load_node_config(Path(args.config))
     if not cfg.metrics.enabled:
         raise CliError("metrics.enabled is false in this config: nothing to read", EXIT_CONFIG)
-    samples = parse_prometheus(_fetch_metrics(cfg))
+    report, code = node_status(cfg, time.time())
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+        return code
+    _print_status(report, args.all)
+    return code
+
+
+def _print_status(report: dict[str, object], show_all: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     console = Console()
-    n = cfg.node
-    head = f"{n.name}  role={n.role.value}  layer={n.layer}  udp={n.listen_host}:{n.listen_port}"
-    table = Table(title=head, show_lines=False)
+    auth = report["authorities"]
+    assert isinstance(auth, dict)
+    listed = report["listed"]
+    assert isinstance(listed, dict)
+
+    def yes(v: object) -> str:
+        return {True: "yes", False: "no", None: "unknown"}[v if isinstance(v, bool) else None]
+
+    state = "serving" if report["serving"] else f"NOT serving ({report.get('why_not')})"
+    lines = [
+        f"node     {report['name']}  id {report['node_id'] or 'unknown'}",
+        f"role     {report['role']}  layer {report['layer']}  version {report['version']}",
+        f"state    {state}",
+        f"epoch    {report['epoch']}",
+        f"listed   now: {yes(listed['now'])}  next epoch: {yes(listed['next'])}",
+    ]
+    for which in ("now", "next"):
+        if listed[f"why_not_{which}"]:
+            lines.append(f"         {which}: {listed[f'why_not_{which}']}")
+    lines.append(
+        f"authorities reachable {auth['reachable']} of {auth['total']} "
+        f"(threshold {auth['threshold']})"
+    )
+    if report.get("nodes_per_layer"):
+        layers = report["nodes_per_layer"]
+        assert isinstance(layers, dict)
+        per_layer = "  ".join(f"{k}: {v}" for k, v in sorted(layers.items()))
+        lines.append(f"listed per layer {per_layer}")
+    err = report.get("directory_error")
+    if isinstance(err, dict):
+        lines.append(f"last directory error ({err.get('reason')}): {err.get('text')}")
+    for line in lines:
+        console.print(line, highlight=False, markup=False)
+    counters = report["counters"]
+    assert isinstance(counters, dict)
+    if not counters:
+        return
+    table = Table(show_lines=False)
     table.add_column("metric")
-    table.add_column("labels")
     table.add_column("value", justify="right")
-    for (name, labels), value in sorted(samples.items()):
-        if "_bucket" in name or (labels and value == 0 and not args.all):
+    for name, value in counters.items():
+        if "{" in name and value == 0 and not show_all:
             continue
         shown = int(value) if value == int(value) else round(value, 6)
-        table.add_row(name, labels, str(shown))
-    hist = next((nm[:-6] for nm, _ in samples if nm.endswith("processing_seconds_count")), None)
-    if hist is not None:
-        for q in (0.5, 0.99):
-            bound = histogram_quantile(samples, hist, q)
+        table.add_row(name, str(shown))
+    quantiles = report.get("processing_seconds")
+    if isinstance(quantiles, dict):
+        for q, bound in quantiles.items():
             text = "-" if bound is None else f"<= {bound * 1e3:g} ms"
-            table.add_row(f"{hist} p{int(q * 100)}", "", text)
+            table.add_row(f"phantom_processing_seconds {q}", text)
     console.print(table)
-    return EXIT_OK
 
 
 # --------------------------------------------------------------------------------------
@@ -471,6 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a Phantom Net mix node or gateway.",
         formatter_class=HelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     sub = p.add_subparsers(dest="command", required=True)
 
     i = sub.add_parser(
@@ -523,6 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run the node until SIGTERM/SIGINT", formatter_class=HelpFormatter
     )
     r.add_argument("--config", required=True, help="path of the node's TOML config")
+    add_logging_options(r)
     r.set_defaults(func=_cmd_run)
 
     for name, func, what in (
@@ -533,8 +716,13 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--config", required=True, help="path of the node's TOML config")
         c.set_defaults(func=func)
 
-    s = sub.add_parser("status", help="print the node's metrics", formatter_class=HelpFormatter)
+    s = sub.add_parser(
+        "status",
+        help="is the node serving? (exit 0 serving, 1 not, 2 config error)",
+        formatter_class=HelpFormatter,
+    )
     s.add_argument("--config", required=True, help="path of the node's TOML config")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
     s.add_argument("--all", action="store_true", help="also show labelled series at zero")
     s.set_defaults(func=_cmd_status)
     return p

@@ -4,7 +4,8 @@
 
 The control plane lives here, in one Trio process: keys and epochs, the directory
 (publish this node's descriptor, fetch and verify each epoch's topology), the gateway's
-client port and constant-rate downlink, the metrics endpoint, signals. The data plane is
+client port and constant-rate downlink, the metrics and ``/healthz`` endpoint (``health``:
+listed and serving, or why not), signals. The data plane is
 ``workers`` processes (mixnode._worker), each owning one SO_REUSEPORT socket on the node's
 port, because Sphinx processing does not scale over threads in Python (see that module).
 The daemon restarts a worker that dies, on the same socket, so that its shard keeps
@@ -35,20 +36,31 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 import trio
 
+from mixnode._logging import RepeatLimiter
 from mixnode._udp import DropCount, attach_length_filter, kernel_drops
+from mixnode._version import VERSION
 from mixnode._worker import CONTROL_MAX, RECV_BATCH, bind_sharded, shard_of
 from mixnode.config import ConfigError, NodeConfig, bind_error, check_genesis
 from mixnode.core import DEFAULT_REPLAY_BITS_LOG2
+from mixnode.directory_client import (
+    DirectoryClient,
+    DirectoryFailed,
+    DirectoryFailure,
+    failure_kind,
+    publish_report,
+)
 from mixnode.gateway import GatewayAction, GatewayCore, Reply, Uplink
-from mixnode.keys import NodeKeys
+from mixnode.keys import IDENTITY_FILE, NodeKeys
 from mixnode.metrics import (
     DROP_REASONS,
     GATEWAY_EVENTS,
     PROCESSING_BUCKETS_S,
+    Health,
     Histogram,
     NodeMetrics,
     serve_metrics,
@@ -57,7 +69,6 @@ from mixnode.replay import REPLAY_DIR, ReplayStore
 from mixnode.testnet import child_env
 from overlay import (
     Delivery,
-    DirectoryError,
     DownlinkKind,
     LinkCodec,
     NodeDescriptor,
@@ -78,6 +89,7 @@ WORKER_RESTART_S = 1.0  # seconds between restarts of a crashed worker
 DIRECTORY_RETRY_S = 1.0  # seconds between directory attempts after a failure
 DIRECTORY_REFRESH_S = 30.0  # seconds between fetches once the document is settled
 DIRECTORY_SETTLE_S = 15.0  # seconds without change before the document counts settled
+DIRECTORY_LOG_EVERY_S = 60.0  # seconds between summary lines of a repeated directory failure
 # Bytes asked for the client socket's receive buffer: room for a burst of frames while the
 # control plane is busy. Linux caps it at net.core.rmem_max (and doubles it for overhead).
 CLIENT_RCVBUF = 4 << 20
@@ -124,24 +136,43 @@ class AuthorityDirectory:
     """The real directory: POST the descriptor to every authority, fetch and verify."""
 
     def __init__(self, config: NodeConfig) -> None:
-        from mixnode.directory_client import DirectoryClient
-
         self.urls = list(config.directory.authorities)
         self.client = DirectoryClient.from_config(config)
+        self._last_answer: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
     async def publish(self, descriptor: bytes, signature: bytes) -> None:
-        from mixnode.directory_client import publish_report
+        """POST to every authority; DirectoryFailed (with each one's reason) if none took it.
 
+        Logs how many took it, and why the others did not (an authority that does not
+        enrol this node says so here)."""
         body = canonical_json(
             {"descriptor": descriptor.decode("ascii"), "signature": signature.hex()}
         )
         report = await trio.to_thread.run_sync(publish_report, self.urls, body)
+        why = "; ".join(report.refused) or "no authority configured"
         if not report.accepted:
-            why = "; ".join(report.refused) or "no authority configured"
-            raise DirectoryError(f"no authority accepted the descriptor: {why}")
+            raise DirectoryFailed(f"no authority accepted the descriptor: {why}", report.kinds)
+        # A node republishes until it is listed: say so again only when the answer changes.
+        news = (report.accepted, report.refused) != self._last_answer
+        self._last_answer = (report.accepted, report.refused)
+        log.log(
+            logging.INFO if news else logging.DEBUG,
+            "descriptor accepted by %d of %d authorities",
+            len(report.accepted),
+            len(self.urls),
+        )
+        if report.refused:
+            level = logging.WARNING if news else logging.DEBUG
+            log.log(level, "descriptor refused by %d authorities: %s", len(report.refused), why)
 
     async def fetch(self, epoch: int) -> TopologyDocument:
-        return await self.client.afetch(epoch)
+        """The verified document of ``epoch``; from the cache while no authority yields one,
+        and then ``cache_failure`` says why (None after a fetch from an authority)."""
+        result = await self.client.afetch_result(epoch)
+        self.cache_failure = result.failure
+        return result.document
+
+    cache_failure: DirectoryFailed | None = None
 
 
 @dataclass(slots=True)
@@ -178,7 +209,12 @@ class Node:
         self.wall_clock = wall_clock
         self.directory = directory
         self.geometry = config.geometry
-        self.keys = keys if keys is not None else NodeKeys.load_or_create(config.node.data_dir)
+        if keys is None:
+            created = not (config.node.data_dir / IDENTITY_FILE).exists()
+            keys = NodeKeys.load_or_create(config.node.data_dir)
+            if created:
+                log.info("created a new identity: node id %s", keys.node_id.hex())
+        self.keys = keys
         self.node_id = self.keys.node_id
         self.replay_dir = config.node.data_dir / REPLAY_DIR
         self.replay = ReplayStore(self.replay_dir, DEFAULT_REPLAY_BITS_LOG2)
@@ -199,6 +235,9 @@ class Node:
         self._client_drops = DropCount()
         self.metrics_port: int | None = None
         self._stopping = False
+        self.listed = False  # the current document lists this node at its addresses
+        self.directory_error: tuple[DirectoryFailure, str] | None = None  # the last one
+        self._directory_log = RepeatLimiter(DIRECTORY_LOG_EVERY_S, clock=clock)
 
     # -- epochs and keys ---------------------------------------------------------------
 
@@ -211,16 +250,28 @@ class Node:
         return epoch_start(epoch + 1, d.epoch_length_s, d.genesis_s) + KEY_OVERLAP_S
 
     def rotate(self) -> bool:
-        """Generate/prune keys for the current epoch; True if the epoch changed."""
+        """Generate/prune keys for the current epoch; True if the epoch changed.
+
+        Logs the epochs whose keys were generated and deleted (numbers only)."""
         epoch = self.current_epoch()
         if epoch == self.epoch:
             return False
-        self.keys.rotate(epoch)
+        before = set(self.keys.epochs())
+        _, deleted = self.keys.rotate(epoch)
+        made = sorted(set(self.keys.epochs()) - before)
+        log.info(
+            "epoch %d: epoch keys generated for %s, deleted for %s, held for %s",
+            epoch,
+            made or "none",
+            deleted or "none",
+            self.keys.epochs(),
+        )
         self.epoch = epoch
         try:
             self.replay.drop(keep=self.keys.epochs())
         except OSError as exc:
             log.warning("replay files: cannot delete old ones: %s", exc.strerror)
+        self.metrics.epoch.set(epoch)
         return True
 
     def _key_message(self) -> bytes:
@@ -378,6 +429,8 @@ class Node:
                 m.replays.inc(n)
             elif name == "cover_sent":
                 m.cover_sent.inc(n)
+            elif name == "cover_received":
+                m.cover_received.inc(n)
         self._depths[h.index] = int(stats["queue_depth"])  # type: ignore[call-overload]
         m.queue_depth.set(sum(self._depths.values()))
         hist = [int(x) for x in stats["hist"]]  # type: ignore[attr-defined]
@@ -497,10 +550,16 @@ class Node:
                     published_for = self.epoch
                 doc = await client.fetch(self.epoch)
             except Exception as exc:  # network or directory trouble: retry, never crash
-                self.counters["directory_errors"] += 1
-                log.info("directory: %s: %s", type(exc).__name__, exc)
+                self._directory_failed(exc)
                 await trio.sleep(DIRECTORY_RETRY_S)
                 continue
+            cache_failure = client.cache_failure if isinstance(client, AuthorityDirectory) else None
+            if cache_failure is not None:  # serving from the cached document meanwhile
+                self._directory_failed(cache_failure)
+            elif self.directory_error is not None:
+                log.info("directory: reachable again")
+                self.directory_error = None
+                self._directory_log.reset()
             if self.topology is None or doc.to_bytes() != self.topology.to_bytes():
                 self.topology = doc
                 changed_at = time.monotonic()
@@ -511,12 +570,80 @@ class Node:
                 self.port,
                 self.client_port,
             )
+            if listed_here != self.listed:
+                log.log(
+                    logging.INFO if listed_here else logging.WARNING,
+                    "%s the topology document of epoch %d",
+                    "listed in" if listed_here else "no longer listed in",
+                    doc.epoch,
+                )
+            self.listed = listed_here
+            self.metrics.listed.set(int(listed_here))
             if listed_here:
                 listed.set()
             # While the network is changing (nodes joining), follow it closely.
             settled = time.monotonic() - changed_at > DIRECTORY_SETTLE_S
             wait = min(d.epoch_length_s / 20, DIRECTORY_REFRESH_S) if settled else 1.0
+            if cache_failure is not None:
+                wait = DIRECTORY_RETRY_S
             await trio.sleep(max(DIRECTORY_RETRY_S, min(wait, self._until_next_epoch())))
+
+    def _directory_failed(self, exc: Exception) -> None:
+        """Count a failed directory attempt by reason; log it, a repeat at most once a minute.
+
+        The first occurrence of a message is logged at WARNING with its reason (each
+        authority's, in its words), then a summary line with the count every
+        DIRECTORY_LOG_EVERY_S while it repeats; every attempt is counted in
+        ``directory_errors_total{reason}``.
+        """
+        kind = failure_kind(exc)
+        text = f"{type(exc).__name__}: {exc}"
+        self.directory_error = (kind, text)
+        self.metrics.directory_errors.inc(label=kind.value)
+        repeats = self._directory_log.check(text)
+        if repeats == 0:
+            log.warning("directory: %s: %s", kind.value, text)
+        elif repeats is not None:
+            log.warning(
+                "directory: %s: %s (%d times in the last %.0f s)",
+                kind.value,
+                text,
+                repeats,
+                DIRECTORY_LOG_EVERY_S,
+            )
+
+    def health(self) -> Health:
+        """Whether this node serves: its current document lists it at its addresses and
+        every worker runs. Otherwise the first missing piece is the reason."""
+        n = self.config.node
+        alive = sum(1 for h in self.workers if h.proc is not None and h.proc.poll() is None)
+        err = self.directory_error
+        detail: dict[str, object] = {
+            "node_id": self.node_id.hex(),
+            "name": n.name,
+            "role": self.role.value,
+            "layer": n.layer,
+            "version": VERSION,
+            "epoch": self.epoch,
+            "document_epoch": None if self.topology is None else self.topology.epoch,
+            "listed": self.listed,
+            "port": self.port,
+            "client_port": self.client_port,
+            "workers": len(self.workers),
+            "workers_alive": alive,
+            "directory_error": None if err is None else {"reason": err[0].value, "text": err[1]},
+        }
+        if self.topology is None:
+            reason = "no_document"
+        elif not self.listed:
+            reason = "not_listed"
+        elif self.topology.epoch != self.epoch:
+            reason = "stale_document"
+        elif alive < len(self.workers):
+            reason = "workers_down"
+        else:
+            return Health(True, "serving", detail)
+        return Health(False, reason, detail)
 
     def _until_next_epoch(self) -> float:
         d = self.config.directory
@@ -607,7 +734,7 @@ class Node:
         m = self.config.metrics
         try:
             self.metrics_port = await nursery.start(
-                serve_metrics, self.metrics.registry, m.host, m.port
+                partial(serve_metrics, health=self.health), self.metrics.registry, m.host, m.port
             )
         except OSError as exc:
             raise bind_error("metrics.host", "metrics.port", m.host, m.port, exc) from None

@@ -19,7 +19,9 @@ HANDLER_TIMEOUT_S in all and at most MAX_CONNECTIONS are served at once):
     GET  /v1/signature/<epoch>   this authority's signature over its document of <epoch>
     GET  /v1/topology/current    document of the current epoch and its signatures
     GET  /v1/topology/<epoch>    the same for <epoch>
-    GET  /v1/health              {"epoch": <n>, "counters": {<AuthorityEvent>: <n>}}
+    GET  /v1/health              ``Authority.status_report()``: epoch, counters, peers,
+                                 descriptors, the current document's signatures
+    GET  /metrics                the same in the Prometheus text format (AuthorityMetrics)
     GET  /v1/network             the network file: {network, signatures} (SignedNetwork)
     GET  /v1/network/signature   this authority's signature over its network bundle
     POST /v1/withdraw            {"withdrawal": "<canonical JSON>", "signature": "<hex>"}
@@ -40,6 +42,8 @@ goes on to build and sign. Peers are asked at once, each exchange under one dead
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import signal
 import sys
@@ -57,6 +61,8 @@ from urllib.parse import urlsplit
 from nacl.signing import SigningKey
 
 from mixnode._args import HelpFormatter, at_least, hex_key, port
+from mixnode._logging import add_logging_options, setup_logging
+from mixnode._version import VERSION
 from overlay import (
     DOCUMENT_VERSION,
     MAX_NETWORK_BYTES,
@@ -114,6 +120,7 @@ from .keys import (
     load_identity_seed,
     write_secret_atomic,
 )
+from .metrics import CONTENT_TYPE, AuthorityMetrics
 
 AUTHORITY_KEY_FILE = "authority.key"
 DESCRIPTOR_DIR = "descriptors"
@@ -133,6 +140,11 @@ PEER_TIMEOUT_S = 3.0  # s, the most one whole exchange with a peer may take
 MIN_PEER_TIMEOUT_S = 0.5  # s, the least, however short the round interval
 HANDLER_TIMEOUT_S = 10.0  # s one connection to the server may take, request and reply
 MAX_CONNECTIONS = 64  # connections served at once; more are closed unanswered (counted)
+STATUS_TIMEOUT_S = 3.0  # s `status` waits for the authority's /v1/health
+MAX_STATUS_BYTES = 65536  # bytes of that reply read at most
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+log = logging.getLogger("phantom.dirauth")
 
 
 class AuthorityError(PhantomError):
@@ -164,6 +176,7 @@ class _EpochDoc:
     document: bytes
     digest: bytes
     signatures: dict[bytes, DocumentSignature]  # authority key -> signature
+    nodes: int = -1  # nodes listed (-1: loaded from disk, not counted)
 
 
 class Authority:
@@ -206,6 +219,8 @@ class Authority:
         # and must end within its interval however slowly a peer answers.
         interval = cfg.authority.round_interval_s
         self.peer_timeout_s = min(PEER_TIMEOUT_S, max(MIN_PEER_TIMEOUT_S, interval / 3))
+        self.peers_reachable = 0  # peers that served their descriptors in the last round
+        self.last_signed_at = 0.0  # unix s of the last new document this authority signed
         self._load_state()
 
     # -- enrolment ----------------------------------------------------------------
@@ -391,6 +406,15 @@ class Authority:
             if old is None and len(self._descriptors) >= MAX_DESCRIPTORS:
                 raise DirectoryError("authority holds too many descriptors")
             self._descriptors[desc.node_id] = (desc, data, sig)
+            held = len(self._descriptors)
+        if old is None and persist:
+            log.info(
+                "enrolled node %s (%s, layer %d); %d held",
+                desc.node_id.hex(),
+                desc.role.value,
+                desc.layer,
+                held,
+            )
         if persist:
             path = self.cfg.authority.data_dir / DESCRIPTOR_DIR / f"{desc.node_id.hex()}.json"
             write_secret_atomic(path, canonical_json(obj))
@@ -468,9 +492,11 @@ class Authority:
             if cur is not None and cur.document == data:
                 return cur
         own = sign_document(data, self._seed)
-        new = _EpochDoc(data, document_digest(data), {own.authority_key: own})
+        new = _EpochDoc(data, document_digest(data), {own.authority_key: own}, len(doc.nodes))
         with self._lock:
             self._docs[epoch] = new
+        self.last_signed_at = self._clock()
+        log.info("signed the document of epoch %d: %d nodes", epoch, len(doc.nodes))
         self._persist_doc(epoch, new)
         return new
 
@@ -512,6 +538,41 @@ class Authority:
         """The epoch at the authority's clock."""
         return self._epoch()
 
+    def status_report(self) -> dict[str, Any]:
+        """What ``/v1/health`` serves and ``status`` prints (public data only).
+
+        ``serving`` is true when the current epoch's document holds at least
+        ``threshold`` valid signatures; ``document`` is None before the first round.
+        """
+        epoch = self._epoch()
+        with self._lock:
+            held = len(self._descriptors)
+            cur = self._docs.get(epoch)
+            signatures = 0 if cur is None else len(cur.signatures)
+            nodes = 0 if cur is None else cur.nodes
+        d = self.cfg.directory
+        doc: dict[str, Any] | None = None
+        if cur is not None:
+            doc = {
+                "epoch": epoch,
+                "nodes": nodes,
+                "signatures": signatures,
+                "last_signed_at": self.last_signed_at,
+            }
+        return {
+            "name": self.cfg.authority.name,
+            "version": VERSION,
+            "epoch": epoch,
+            "serving": signatures >= d.threshold,
+            "threshold": d.threshold,
+            "peers": len(self.peers()),
+            "peers_reachable": self.peers_reachable,
+            "descriptors": held,
+            "enrolled": len(self.cfg.authority.allowed_nodes),
+            "document": doc,
+            "counters": self.counters,
+        }
+
     @property
     def counters(self) -> dict[str, int]:
         """How often each AuthorityEvent happened since start (every event, zeros too)."""
@@ -540,12 +601,15 @@ class Authority:
         urls = [f"{url}/v1/withdrawals" for url in peers]
         urls += [f"{url}/v1/descriptors" for url in peers]
         replies = sorted(self._peer_replies(urls, MAX_PEER_RESPONSE_BYTES))  # withdrawals first
+        answered = 0  # peers whose descriptor list arrived
         for i, payload in replies:
             merge = self.merge_peer_withdrawals if i < len(peers) else self.merge_peer_descriptors
+            answered += i >= len(peers)
             try:
                 merge(payload)
             except DirectoryError:
                 self.count(AuthorityEvent.PEER_REPLY_REFUSED)
+        self.peers_reachable = answered
         epoch = self._epoch()
         for e in (epoch, epoch + 1):
             self.build(e)
@@ -812,8 +876,9 @@ class _Handler(BaseHTTPRequestHandler):
                 200, canonical_json({"digest": fp.hex(), "signature": net_sig.to_dict()})
             )
         if parts == ["v1", "health"]:
-            health = {"epoch": auth.current_epoch(), "counters": auth.counters}
-            return self._send(200, canonical_json(health))
+            return self._send(200, canonical_json(auth.status_report()))
+        if parts == ["metrics"]:
+            return self._send(200, self.server.render_metrics(), CONTENT_TYPE)
         return self._error(404, "unknown path")
 
     def do_POST(self) -> None:  # noqa: N802
@@ -847,6 +912,23 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], handler: type[_Handler]) -> None:
         super().__init__(address, handler)
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.metrics = AuthorityMetrics([e.value for e in AuthorityEvent])
+
+    def render_metrics(self) -> bytes:
+        """The authority's metrics, brought up to date from its state."""
+        m, report = self.metrics, self.authority.status_report()
+        m.peers.set(report["peers"])
+        m.peers_reachable.set(report["peers_reachable"])
+        m.descriptors.set(report["descriptors"])
+        m.enrolled.set(report["enrolled"])
+        m.threshold.set(report["threshold"])
+        doc = report["document"] or {"epoch": -1, "nodes": 0, "signatures": 0}
+        m.document_epoch.set(doc["epoch"])
+        m.document_nodes.set(doc["nodes"])
+        m.document_signatures.set(doc["signatures"])
+        m.last_signed.set(self.authority.last_signed_at)
+        m.count_events(report["counters"])
+        return m.registry.render().encode()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """socketserver would print the client's address and a traceback; count instead."""
@@ -904,9 +986,7 @@ class RunningAuthority:
                 self.authority.sync_round()
             except Exception as exc:  # a round must never kill the authority
                 self.authority.count(AuthorityEvent.ROUND_FAILED)
-                print(
-                    f"phantom-dirauth: round failed: {type(exc).__name__}: {exc}", file=sys.stderr
-                )
+                log.error("round failed: %s: %s", type(exc).__name__, exc)
             self._stop.wait(self.round_interval_s)
 
     def stop(self) -> None:
@@ -1020,6 +1100,7 @@ def _public_key_or_field_error(data_dir: Path) -> bytes:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level, args.log_format)
     cfg = load_dirauth_config(Path(args.config))
     a = cfg.authority
     check_genesis(cfg.directory, time.time())
@@ -1155,6 +1236,47 @@ def _running_pid(path: Path) -> int | None:
     return pid
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    """Ask the running authority for its ``/v1/health``; exit 0 when its current document
+    holds the threshold of signatures, 1 when not (or it does not answer), 2 config."""
+    cfg = load_dirauth_config(Path(args.config))
+    a = cfg.authority
+    host = "127.0.0.1" if a.listen_host == "0.0.0.0" else a.listen_host
+    url = f"http://{host}:{a.listen_port}/v1/health"
+    try:
+        raw = http_exchange(url, deadline_s=STATUS_TIMEOUT_S, max_bytes=MAX_STATUS_BYTES)
+        report = load_json(raw, "health", max_bytes=MAX_STATUS_BYTES)
+    except (OSError, DirectoryError, ValueError) as exc:
+        why = f"cannot read {url}: {type(exc).__name__}: {exc} (is the authority running?)"
+        if args.json:
+            print(json.dumps({"name": a.name, "serving": False, "why_not": why}))
+        else:
+            print(f"phantom-dirauth: {why}", file=sys.stderr)
+        return EXIT_FAILED
+    if not isinstance(report, dict) or "serving" not in report:
+        print(f"phantom-dirauth: {url}: not a status report (an older authority?)", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+    else:
+        doc = report.get("document") or {}
+        state = "serving" if report["serving"] else "NOT serving (too few signatures)"
+        print(f"authority {report.get('name')}  version {report.get('version')}  {state}")
+        print(f"epoch     {report.get('epoch')}")
+        print(
+            f"document  {doc.get('nodes', '-')} nodes, {doc.get('signatures', 0)} signatures "
+            f"(threshold {report.get('threshold')}), last signed at {doc.get('last_signed_at')}"
+        )
+        print(f"peers     {report.get('peers_reachable')} of {report.get('peers')} reachable")
+        enrolled = report.get("enrolled") or "open enrolment"
+        print(f"nodes     {report.get('descriptors')} descriptors held; enrolled: {enrolled}")
+        counters = report.get("counters") or {}
+        for name, n in sorted(counters.items()):
+            if n:
+                print(f"  {name} {n}")
+    return EXIT_OK if report["serving"] else EXIT_FAILED
+
+
 def _cmd_key(args: argparse.Namespace) -> int:
     cfg = load_dirauth_config(Path(args.config))
     print(_public_key_or_field_error(cfg.authority.data_dir).hex())
@@ -1166,6 +1288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="phantom-dirauth", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     sub = p.add_subparsers(dest="command", required=True)
     i = sub.add_parser(
         "init", help="create a signing key and write a config", formatter_class=HelpFormatter
@@ -1194,7 +1317,16 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="serve documents until SIGTERM/SIGINT", formatter_class=HelpFormatter
     )
     r.add_argument("--config", required=True, help="path of the authority's TOML config")
+    add_logging_options(r)
     r.set_defaults(func=_cmd_run)
+    st = sub.add_parser(
+        "status",
+        help="is the authority serving a signed document? (exit 0 yes, 1 no, 2 config error)",
+        formatter_class=HelpFormatter,
+    )
+    st.add_argument("--config", required=True, help="path of the authority's TOML config")
+    st.add_argument("--json", action="store_true", help="print one JSON object")
+    st.set_defaults(func=_cmd_status)
     k = sub.add_parser(
         "key", help="print this authority's public key (hex)", formatter_class=HelpFormatter
     )

@@ -16,6 +16,10 @@ Every HTTP exchange (``http_exchange``, stdlib ``http.client``) has one deadline
 whole of it and a cap on the reply, and the authorities are asked at once (``race``), so
 one slow or hostile authority costs a fetch or a publish at most its deadline
 (``FETCH_TIMEOUT_S``). Blocking calls run in a worker thread when called from trio.
+
+A fetch or publish that no authority satisfies raises ``DirectoryFailed``, whose ``kinds``
+give each authority's ``DirectoryFailure`` (unreachable, timeout, refused, parse,
+bad_signature, threshold, stale, other): the node counts them by that fixed label set.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
@@ -40,6 +44,7 @@ import trio
 
 from overlay import (
     DirectoryError,
+    DirectoryFieldError,
     DocumentSignature,
     Geometry,
     NodeDescriptor,
@@ -271,6 +276,52 @@ def _error_text(raw: bytes) -> str:
     return "".join(c if c.isascii() and c.isprintable() else "?" for c in text[:200])
 
 
+class DirectoryFailure(StrEnum):
+    """Why an exchange with the directory failed: a fixed set, the label values of
+    ``phantom_directory_errors_total{reason}`` (docs/operators.md)."""
+
+    UNREACHABLE = "unreachable"  # connection refused or reset, no route, name unknown
+    TIMEOUT = "timeout"  # no complete exchange within the deadline
+    REFUSED = "refused"  # the authority answered with an HTTP error (its reason logged)
+    PARSE = "parse"  # a reply or document that does not parse (a field named)
+    BAD_SIGNATURE = "bad_signature"  # signatures by known keys, none of them valid
+    THRESHOLD = "threshold"  # valid signatures, fewer than the threshold
+    STALE = "stale"  # a verified document of another epoch or past its validity
+    OTHER = "other"
+
+
+class DirectoryFailed(DirectoryError):
+    """A fetch or publish that no authority satisfied; ``kinds`` says why, one per
+    authority that failed (``str()`` names each authority and its reason)."""
+
+    def __init__(self, message: str, kinds: Sequence[DirectoryFailure]) -> None:
+        super().__init__(message)
+        self.kinds = tuple(kinds)
+
+    @property
+    def kind(self) -> DirectoryFailure:
+        """The reason most authorities gave (ties: the first in DirectoryFailure's order)."""
+        if not self.kinds:
+            return DirectoryFailure.OTHER
+        order = list(DirectoryFailure)
+        return max(order, key=lambda k: (self.kinds.count(k), -order.index(k)))
+
+
+def failure_kind(exc: BaseException) -> DirectoryFailure:
+    """The DirectoryFailure of one failed exchange's exception."""
+    if isinstance(exc, DirectoryFailed):
+        return exc.kind
+    if isinstance(exc, HttpStatusError):
+        return DirectoryFailure.REFUSED
+    if isinstance(exc, TimeoutError):
+        return DirectoryFailure.TIMEOUT
+    if isinstance(exc, OSError | http.client.HTTPException):
+        return DirectoryFailure.UNREACHABLE
+    if isinstance(exc, DirectoryError):  # a reply that does not parse or is too large
+        return DirectoryFailure.PARSE
+    return DirectoryFailure.OTHER
+
+
 def failure_reason(exc: BaseException) -> str:
     """How a failed exchange is reported: ``HTTP 400 <reason>`` or ``<Type>: <message>``."""
     if isinstance(exc, HttpStatusError):
@@ -370,6 +421,7 @@ class FetchResult:
     document: TopologyDocument
     from_cache: bool
     signatures: int  # valid signatures it carried
+    failure: DirectoryFailed | None = None  # from the cache: why no authority yielded one
 
 
 class DirectoryClient:
@@ -446,6 +498,7 @@ class DirectoryClient:
         which = "current" if epoch is None else str(epoch)
         merged: dict[bytes, dict[bytes, DocumentSignature]] = {}
         problems: dict[int, str] = {}
+        kinds: dict[int, DirectoryFailure] = {}
         calls = [
             partial(self._get, f"{u}/v1/topology/{which}", self.timeout_s) for u in self.authorities
         ]
@@ -458,12 +511,14 @@ class DirectoryClient:
             if out.error is not None or out.value is None:
                 self._count(FetchEvent.AUTHORITY_FAILED)
                 problems[out.index] = f"{url}: {failure_reason(out.error or ValueError())}"
+                kinds[out.index] = failure_kind(out.error or ValueError())
                 continue
             try:
                 env = SignedDocument.from_bytes(out.value)
             except DirectoryError as exc:
                 self._count(FetchEvent.DOCUMENT_REFUSED)
                 problems[out.index] = f"{url}: {exc}"
+                kinds[out.index] = DirectoryFailure.PARSE
                 continue
             sigs = merged.setdefault(env.document, {})
             for s in env.signatures:
@@ -473,6 +528,7 @@ class DirectoryClient:
             except DirectoryError as exc:
                 self._count(FetchEvent.DOCUMENT_REFUSED)
                 problems[out.index] = f"{url}: {exc}"
+                kinds[out.index] = self._refusal_kind(env, exc)
                 continue
             good = SignedDocument(env.document, tuple(sigs.values()))
             self._store(doc.epoch, good)
@@ -482,12 +538,29 @@ class DirectoryClient:
             if i not in problems:
                 self._count(FetchEvent.AUTHORITY_FAILED)
                 problems[i] = f"{url}: no reply within {self.timeout_s:g} s"
+                kinds[i] = DirectoryFailure.TIMEOUT
+        reasons = (problems[i] for i in sorted(problems))
+        failure = DirectoryFailed(
+            "no verifiable topology document: " + "; ".join(reasons),
+            [kinds[i] for i in sorted(kinds)],
+        )
         cached = self._cached(now, epoch)
         if cached is not None:
             self._count(FetchEvent.FROM_CACHE)
-            return cached
-        reasons = (problems[i] for i in sorted(problems))
-        raise DirectoryError("no verifiable topology document: " + "; ".join(reasons))
+            return replace(cached, failure=failure)
+        raise failure
+
+    def _refusal_kind(self, env: SignedDocument, exc: DirectoryError) -> DirectoryFailure:
+        """Why a parsed envelope was refused: too few valid signatures (none valid of
+        those by known keys: bad_signature), a field (parse), else epoch or validity."""
+        if isinstance(exc, DirectoryFieldError):
+            return DirectoryFailure.PARSE
+        if self._count_valid(env) >= self.threshold:
+            return DirectoryFailure.STALE
+        known = any(s.authority_key in self.authority_keys for s in env.signatures)
+        if known and self._count_valid(env) == 0:
+            return DirectoryFailure.BAD_SIGNATURE
+        return DirectoryFailure.THRESHOLD
 
     @property
     def counters(self) -> dict[str, int]:
@@ -579,6 +652,7 @@ class PublishReport:
 
     accepted: tuple[str, ...]  # authority URLs
     refused: tuple[str, ...]  # "<url>: <reason>", in the authority's words when it gave any
+    kinds: tuple[DirectoryFailure, ...] = ()  # why, one per entry of ``refused``
 
 
 def publish_report(
@@ -601,24 +675,29 @@ def publish_report(
     outcomes = {out.index: out for out in race(calls, timeout_s + REPLY_SLACK_S)}
     accepted: list[str] = []
     refused: list[str] = []
+    kinds: list[DirectoryFailure] = []
     for i, url in enumerate(authorities):
         out = outcomes.get(i)
         if out is None:
             refused.append(f"{url}: no reply within {timeout_s:g} s")
+            kinds.append(DirectoryFailure.TIMEOUT)
             continue
         if out.error is not None or out.value is None:
             refused.append(f"{url}: {failure_reason(out.error or ValueError())}")
+            kinds.append(failure_kind(out.error or ValueError()))
             continue
         try:
             reply = load_json(out.value, "publish reply", max_bytes=MAX_PUBLISH_REPLY_BYTES)
         except DirectoryError as exc:
             refused.append(f"{url}: {exc}")
+            kinds.append(DirectoryFailure.PARSE)
             continue
         if isinstance(reply, dict) and "accepted" in reply:
             accepted.append(url)
         else:
             refused.append(f"{url}: publish reply: no 'accepted' field")
-    return PublishReport(tuple(accepted), tuple(refused))
+            kinds.append(DirectoryFailure.PARSE)
+    return PublishReport(tuple(accepted), tuple(refused), tuple(kinds))
 
 
 def publish_descriptor(

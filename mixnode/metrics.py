@@ -17,16 +17,20 @@ bind anything but a loopback address.
 from __future__ import annotations
 
 import bisect
+import json
 import logging
 import math
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 import trio
 
 from overlay import UsageError
 
+from ._version import VERSION
 from .config import is_loopback
+from .directory_client import DirectoryFailure
 
 NAMESPACE = "phantom"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -87,6 +91,8 @@ PROCESSING_BUCKETS_S: tuple[float, ...] = (
 )
 MAX_REQUEST_BYTES = 8192  # bytes of an HTTP request head the endpoint reads at most
 REQUEST_TIMEOUT_S = 5.0  # seconds a client has to send its request head
+# Why an exchange with the directory failed (mixnode.directory_client.DirectoryFailure).
+DIRECTORY_ERRORS: tuple[str, ...] = tuple(k.value for k in DirectoryFailure)
 # Which socket the kernel dropped datagrams on: the gateway's client port, or the node's
 # packet port (all worker sockets together).
 SOCKETS: tuple[str, ...] = ("client", "packet")
@@ -306,6 +312,9 @@ class NodeMetrics:
         self.replays = r.counter("replays_total", "Packets dropped as replays.")
         self.queue_depth = r.gauge("queue_depth", "Packets waiting in the delay queue.")
         self.cover_sent = r.counter("cover_sent_total", "Loop cover packets sent by this node.")
+        self.cover_received = r.counter(
+            "cover_received_total", "Loop cover packets that came back through every layer."
+        )
         self.processing_seconds = r.histogram(
             "processing_seconds", "Seconds to process one packet.", PROCESSING_BUCKETS_S
         )
@@ -332,6 +341,94 @@ class NodeMetrics:
         self.gateway_mailboxes = r.gauge(
             "gateway_mailboxes", "Mailboxes held, with or without a session (gateways)."
         )
+        self.directory_errors = r.counter(
+            "directory_errors_total",
+            "Failed directory attempts (publish or fetch), by reason.",
+            "reason",
+            DIRECTORY_ERRORS,
+        )
+        self.listed = r.gauge(
+            "listed", "1 if the current topology document lists this node at its addresses."
+        )
+        self.epoch = r.gauge("epoch", "The epoch this node's clock is in.")
+        build_info(r)
+
+
+def build_info(registry: Registry) -> Gauge:
+    """Register ``build_info{version="<installed version>"} 1`` (the Prometheus idiom)."""
+    g = registry.gauge("build_info", "Always 1; the label is the version.", "version", [VERSION])
+    g.set(1, label=VERSION)
+    return g
+
+
+class AuthorityMetrics:
+    """What a directory authority exports (``GET /metrics`` on its HTTP port).
+
+    Gauges describe the last round; ``events_total{event}`` mirrors the AuthorityEvent
+    counts. All of it is public anyway (documents list the nodes), so it is served where
+    the documents are.
+    """
+
+    def __init__(self, events: Sequence[str], registry: Registry | None = None):
+        self.registry = registry if registry is not None else Registry()
+        r = self.registry
+        self.peers = r.gauge("authority_peers", "Peer authorities configured.")
+        self.peers_reachable = r.gauge(
+            "authority_peers_reachable", "Peers that answered in the last round."
+        )
+        self.descriptors = r.gauge("authority_descriptors", "Node descriptors held.")
+        self.enrolled = r.gauge(
+            "authority_enrolled_nodes", "Identity keys in allowed_nodes (0: open enrolment)."
+        )
+        self.threshold = r.gauge("authority_threshold", "Signatures a document needs.")
+        self.document_epoch = r.gauge(
+            "authority_document_epoch", "Epoch of the current document (-1: none yet)."
+        )
+        self.document_nodes = r.gauge(
+            "authority_document_nodes", "Nodes listed in the current epoch's document."
+        )
+        self.document_signatures = r.gauge(
+            "authority_document_signatures",
+            "Valid signatures held for the current epoch's document (ours included).",
+        )
+        self.last_signed = r.gauge(
+            "authority_last_signed_timestamp_seconds",
+            "Unix time this authority last signed a new document (0: never).",
+        )
+        self.events = r.counter(
+            "authority_events_total", "Authority events since start, by event.", "event", events
+        )
+        build_info(r)
+        self._seen: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def count_events(self, snapshot: dict[str, int]) -> None:
+        """Bring ``events_total`` up to ``snapshot`` (cumulative counts by event)."""
+        with self._lock:
+            for event, n in snapshot.items():
+                delta = n - self._seen.get(event, 0)
+                if delta > 0:
+                    self.events.inc(delta, label=event)
+                    self._seen[event] = n
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """A process's answer to ``GET /healthz``: serving or not, why, and what it knows.
+
+    ``reason`` is ``"serving"`` or a short token saying what is missing (``starting``,
+    ``no_document``, ``not_listed``, ``workers_down``, ``stale_document``); ``detail`` is
+    JSON-able (no secret, no client address).
+    """
+
+    serving: bool
+    reason: str
+    detail: dict[str, object] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        """``{"serving": …, "reason": …, **detail}`` as one line of JSON."""
+        body = {"serving": self.serving, "reason": self.reason, **self.detail}
+        return json.dumps(body, sort_keys=True).encode() + b"\n"
 
 
 # --------------------------------------------------------------------------------------
@@ -346,7 +443,9 @@ def _response(status: str, body: bytes, content_type: str = "text/plain; charset
     return head.encode() + body
 
 
-async def _handle(registry: Registry, stream: trio.SocketStream) -> None:
+async def _handle(
+    registry: Registry, health: Callable[[], Health] | None, stream: trio.SocketStream
+) -> None:
     async with stream:
         buf = b""
         with trio.move_on_after(REQUEST_TIMEOUT_S):
@@ -356,9 +455,14 @@ async def _handle(registry: Registry, stream: trio.SocketStream) -> None:
                     break
                 buf += chunk
         line = buf.split(b"\r\n", 1)[0].split()
+        path = line[1].split(b"?", 1)[0] if len(line) >= 2 else b""
         if len(line) < 2 or line[0] != b"GET":
             reply = _response("405 Method Not Allowed", b"GET /metrics\n")
-        elif line[1].split(b"?", 1)[0] not in (b"/metrics", b"/"):
+        elif path == b"/healthz" and health is not None:
+            h = health()
+            status = "200 OK" if h.serving else "503 Service Unavailable"
+            reply = _response(status, h.to_json(), "application/json")
+        elif path not in (b"/metrics", b"/"):
             reply = _response("404 Not Found", b"GET /metrics\n")
         else:
             reply = _response("200 OK", registry.render().encode(), CONTENT_TYPE)
@@ -378,9 +482,13 @@ async def serve_metrics(
     host: str,
     port: int,
     *,
+    health: Callable[[], Health] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``GET /metrics`` on ``host:port`` until cancelled; reports the bound port.
+
+    With ``health``, ``GET /healthz`` answers its Health as JSON: 200 when serving,
+    503 otherwise (called once per request, in the event loop: it must not block).
 
     Raises UsageError for a host that is not a loopback address, OSError if the port
     cannot be bound (``errno.EADDRINUSE`` for a busy one), and any later error of the
@@ -394,7 +502,7 @@ async def serve_metrics(
 
     async def handler(stream: trio.SocketStream) -> None:
         try:
-            await _handle(registry, stream)
+            await _handle(registry, health, stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away (e.g. a reset): nothing to answer
         except Exception:  # a bug must cost one connection, never the node

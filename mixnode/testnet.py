@@ -31,6 +31,7 @@ from pathlib import Path
 from nacl.signing import SigningKey
 
 from mixnode._args import HelpFormatter
+from mixnode._version import VERSION
 from mixnode.config import (
     GEOMETRIES,
     RANGES,
@@ -676,6 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="phantom-testnet", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     sub = p.add_subparsers(dest="command", required=True)
     u = sub.add_parser(
         "up", help="generate configs and keys, start every process", formatter_class=HelpFormatter

@@ -16,6 +16,8 @@ import json
 import sys
 import time
 import tomllib
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="phantom-sim",
         description="Simulate Phantom Net voice calls: latency envelope and traffic analysis.",
     )
+    try:  # sim imports nothing of ours but overlay: the version comes from the metadata
+        own = package_version("phantom-mixnet")
+    except PackageNotFoundError:
+        own = "0+unknown"
+    ap.add_argument("--version", action="version", version=f"%(prog)s {own}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser, out: bool = True) -> None:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import types
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ from mixnode.config import load_node_config
 from mixnode.dirauth import AUTHORITY_KEY_FILE
 from mixnode.dirauth import main as dirauth_main
 from mixnode.keys import IDENTITY_FILE, NodeKeys
-from mixnode.metrics import NodeMetrics, serve_metrics
+from mixnode.metrics import Health, NodeMetrics, serve_metrics
 
 KEY = "ab" * 32
 
@@ -118,7 +119,7 @@ def test_status_reads_a_live_metrics_endpoint(
     port = _free_port()
     assert main(_init(tmp_path, "--role", "mix", "--layer", "1", "--metrics-port", str(port))) == 0
     assert main(["status", "--config", str(tmp_path / "node.toml")]) == 1
-    assert "is the node running?" in capsys.readouterr().err
+    assert "is the node running?" in capsys.readouterr().out
 
     m = NodeMetrics()
     m.packets_in.inc(1234)
@@ -131,7 +132,10 @@ def test_status_reads_a_live_metrics_endpoint(
         with trio.CancelScope() as scope:
             stop.append((scope, trio.lowlevel.current_trio_token()))
             async with trio.open_nursery() as n:
-                await n.start(serve_metrics, m.registry, "127.0.0.1", port)
+                serving = Health(True, "serving", {"node_id": "00" * 16})
+                await n.start(
+                    partial(serve_metrics, health=lambda: serving), m.registry, "127.0.0.1", port
+                )
                 ready.set()
 
     t = threading.Thread(target=trio.run, args=(serve,))
