@@ -54,6 +54,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 from overlay import (
+    COOKIE_PERIOD_S,
     CookieJar,
     Delivery,
     DownlinkKind,
@@ -67,6 +68,8 @@ from overlay import (
     attach_cookie,
 )
 
+# Seconds an ended session's ATTACH is remembered: longer than any cookie is valid.
+ENDED_MEMORY_S = 2 * COOKIE_PERIOD_S + 1.0
 DEFAULT_MAILBOX_CAPACITY = 64  # frames queued per mailbox at most
 DEFAULT_MAX_AGE_S = 1.0  # seconds a frame may wait in a mailbox before it is dropped
 # Sessions one gateway serves: its downlink runs in one process (one core); a session costs
@@ -126,6 +129,8 @@ class _Session:
     next_k: int  # grid index of its next regular downlink slot
     last_seen: float
     ack_pending: bool = True
+    eph: bytes = b""  # the client's ephemeral key from its ATTACH: names the ATTACH itself
+    uplinked: bool = False  # an UPLINK opened: the client has its ATTACHED
     # Downlink frames this session may still send to an address it roamed to (None: the
     # address answered a cookie): anti-amplification, as QUIC before path validation.
     credit: int | None = None
@@ -195,7 +200,9 @@ class GatewayCore:
     ``rng`` (default ``os.urandom``) draws the cookie secret. Caps: ``max_sessions`` in all,
     ``max_sessions_per_source`` per source host (:func:`source_of`), ``max_mailboxes``
     (must exceed ``max_sessions``: an attaching client always finds room). ``counters``
-    holds aggregate counts only: ``attach``, ``challenge``, ``session_replaced``,
+    holds aggregate counts only: ``attach``, ``challenge``, ``attach_replayed``,
+    ``session_replaced`` (the daemon exports ``drop:attach_proof`` also as the event
+    ``attach_refused``),
     ``session_evicted``, ``roam_refused``, ``leave``, ``session_expired``,
     ``mailbox_expired``, ``mailbox_evicted``, ``slot_withheld``, ``unknown_session_hint``,
     ``uplink``, ``deliveries``, ``dummies``, ``slot_skipped`` and ``drop:<reason>``.
@@ -239,6 +246,10 @@ class GatewayCore:
         self._cookies = CookieJar(rng=rng)
         self._sessions: dict[bytes, _Session] = {}
         self._by_mailbox: dict[bytes, bytes] = {}  # mailbox id -> its one session id
+        self._by_eph: dict[bytes, bytes] = {}  # ATTACH ephemeral key -> its live session id
+        # ATTACHes whose session ended (LEAVE, replaced, evicted, expired), by ephemeral key,
+        # until their cookie can no longer be valid: a replay of one revives nothing.
+        self._ended: OrderedDict[bytes, float] = OrderedDict()
         self._sources = _Sources()
         self._mailboxes: dict[bytes, _Mailbox] = {}
         self._idle: OrderedDict[bytes, None] = OrderedDict()  # no session; oldest touched first
@@ -280,6 +291,7 @@ class GatewayCore:
         except PacketError as exc:
             self.counters["drop:" + exc.reason] += 1
             return None
+        s.uplinked = True
         self._seen(s, sid, addr, now, proved=False)
         self.counters["uplink"] += 1
         return Uplink(packet)
@@ -318,6 +330,15 @@ class GatewayCore:
             # Stateless: nothing is stored, and the answer is shorter than the question.
             self.counters["challenge"] += 1
             return Reply(self.codec.challenge(frame, self._cookies.make(peer, eph_pub, now)))
+        # An ATTACH is good for its own session's setup only. Once that session ended, or
+        # once the client's first UPLINK showed it has its ATTACHED, a copy is a replay (an
+        # on-path observer can resend it from the client's address while the cookie is
+        # valid): it changes nothing and costs no public-key work.
+        self._forget_ended(now)
+        live = self._by_eph.get(eph_pub)
+        if eph_pub in self._ended or (live is not None and self._sessions[live].uplinked):
+            self.counters["attach_replayed"] += 1
+            return None
         link = GatewaySession.accept(self.codec, private_keys, frame)  # raises: counted
         sid = link.keys.session_id
         old = self._sessions.get(sid)
@@ -336,13 +357,23 @@ class GatewayCore:
         self._idle.pop(link.mailbox, None)
         if self._grid0 is None:
             self._grid0 = now
-        s = _Session(link, addr, src, self._grid_after(now), now)
+        s = _Session(link, addr, src, self._grid_after(now), now, eph=eph_pub)
         self._sessions[sid] = s
+        self._by_eph[eph_pub] = sid
         self._by_mailbox[link.mailbox] = sid
         self._sources.add(src, sid)
         self._asap.append((now, sid, s))
         self.counters["attach"] += 1
         return None
+
+    def _forget_ended(self, now: float) -> None:
+        """Drop ended ATTACHes whose cookies have lapsed (oldest first; amortised O(1))."""
+        ended = self._ended
+        while ended:
+            eph, until = next(iter(ended.items()))
+            if until > now:
+                break
+            del ended[eph]
 
     def _make_room(self, src: Hashable, now: float) -> None:
         """End one session if a new one from ``src`` would pass a cap (module docstring)."""
@@ -370,6 +401,10 @@ class GatewayCore:
         mailbox becomes idle and expires unless its owner attaches again."""
         s = self._sessions.pop(sid)
         self._sources.remove(s.source, sid)
+        self._by_eph.pop(s.eph, None)
+        self._ended[s.eph] = now + ENDED_MEMORY_S
+        while len(self._ended) > self.max_sessions * 4:  # bounded whatever happens
+            self._ended.popitem(last=False)
         mailbox = s.link.mailbox
         if self._by_mailbox.get(mailbox) == sid:
             del self._by_mailbox[mailbox]

@@ -65,6 +65,7 @@ GATEWAY_EVENTS: tuple[str, ...] = (
     "attach",
     "challenge",
     "attach_refused",
+    "attach_replayed",
     "session_replaced",
     "leave",
     "session_expired",

@@ -25,6 +25,7 @@ from ._geometry import VOICE as VOICE
 from ._geometry import Geometry as Geometry
 from ._link import AEAD_TAG_LEN as AEAD_TAG_LEN
 from ._link import COOKIE_LEN as COOKIE_LEN
+from ._link import COOKIE_PERIOD_S as COOKIE_PERIOD_S
 from ._link import LINK_VERSION as LINK_VERSION
 from ._link import Challenged as Challenged
 from ._link import ClientLink as ClientLink

@@ -259,3 +259,86 @@ def test_any_client_datagram_is_answered_with_at_most_its_own_size(
         out = gw.on_datagram(datagram, ADDR, 0.0, [sk])
         assert out is None or (isinstance(out, Reply) and len(out.datagram) <= len(datagram))
     assert gw.sessions == 0
+
+
+def _kinds(client: ClientLink, out: list[tuple[float, bytes]]) -> list[str]:
+    return [client.open_downlink(d).kind.name for _, d in out]
+
+
+def test_a_replayed_attach_after_the_first_uplink_takes_no_slot_and_no_crypto() -> None:
+    """Regression: resending a client's proved ATTACH from its address (an on-path observer,
+    within the cookie's lifetime) re-armed ATTACHED in every slot, muting its deliveries."""
+    gw, client, sk = _attached()
+    proved = client.attach_frame()  # what the client sent, with the cookie and the proof
+    assert _kinds(client, _run(gw, 0.0, 0.01)) == ["ATTACHED"]
+    up = client.seal_uplink(bytes(VOICE.packet_len))
+    assert isinstance(gw.on_datagram(up, ADDR, 0.01, [sk]), Uplink)
+    t, out = 0.02, []
+    for i in range(100):  # 50 deliveries/s queued, the ATTACH replayed once per slot
+        gw.enqueue(MB, Delivery(DownlinkKind.MESSAGE, bytes([i])), now=t)
+        assert gw.on_datagram(proved, ADDR, t, [sk]) is None
+        out += _run(gw, t, t + 0.02)
+        t += 0.02
+    kinds = _kinds(client, out)
+    assert "ATTACHED" not in kinds and kinds.count("MESSAGE") >= 95
+    assert gw.counters["attach_replayed"] == 100 and gw.counters["attach"] == 1
+
+
+def test_a_replayed_attach_revives_no_session_after_leave_or_a_newer_attach() -> None:
+    gw, client, sk = _attached()
+    old = client.attach_frame()
+    assert gw.on_datagram(client.leave_frame(), ADDR, 0.1, [sk]) is None
+    assert gw.on_datagram(old, ADDR, 0.2, [sk]) is None  # the LEAVE stands
+    assert gw.sessions == 0 and _run(gw, 0.2, 1.0) == []
+    # The owner attaches again with a new link; the old ATTACH, replayed, ends nothing.
+    again = ClientLink(VOICE, public_key(sk), KEY)
+    _attach(gw, again, sk, now=1.0)
+    assert gw.on_datagram(old, ADDR, 1.1, [sk]) is None
+    assert gw.sessions == 1 and gw.counters["session_replaced"] == 0
+    assert gw.counters["attach_replayed"] == 2
+
+
+def test_a_resent_attach_before_the_first_uplink_is_acknowledged_again() -> None:
+    """The client resends its ATTACH until ATTACHED arrives: that must keep working."""
+    gw, client, sk = _attached()
+    _run(gw, 0.0, 0.01)  # the ATTACHED went out (and was lost, say)
+    assert gw.on_datagram(client.attach_frame(), ADDR, 0.2, [sk]) is None
+    assert _kinds(client, _run(gw, 0.2, 0.25))[0] == "ATTACHED"
+    assert gw.counters["attach_replayed"] == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(["uplink", "replay", "leave", "reattach", "tick"]), max_size=30))
+def test_no_sequence_of_replayed_attaches_changes_what_the_owner_gets(steps: list[str]) -> None:
+    """Property: replaying any ATTACH the owner ever sent never revives an ended session,
+    never ends the live one and never re-arms ATTACHED once the owner has sent an UPLINK."""
+    sk = generate_private_key()
+    gw = GatewayCore(VOICE, delivery_rate_hz=50.0)
+    client = ClientLink(VOICE, public_key(sk), KEY)
+    _attach(gw, client, sk)
+    gw.due_slots(0.0)  # the ATTACHED goes out before the client's first UPLINK
+    sent = [client.attach_frame()]
+    live, uplinked, t = True, False, 0.0
+    for step in steps:
+        t += 0.02
+        if step == "uplink" and live:
+            gw.on_datagram(client.seal_uplink(bytes(VOICE.packet_len)), ADDR, t, [sk])
+            uplinked = True
+        elif step == "replay":
+            for frame in sent:
+                gw.on_datagram(frame, ADDR, t, [sk])
+        elif step == "leave" and live:
+            gw.on_datagram(client.leave_frame(), ADDR, t, [sk])
+            live = False
+        elif step == "reattach":
+            client = ClientLink(VOICE, public_key(sk), KEY)
+            _attach(gw, client, sk, now=t)
+            gw.due_slots(t)
+            sent.append(client.attach_frame())
+            live, uplinked = True, False
+        out = gw.due_slots(t)
+        assert gw.sessions == (1 if live else 0)
+        if live and uplinked:
+            assert all(client.open_downlink(d).kind.name != "ATTACHED" for _, d in out)
+        if not live:
+            assert out == []
