@@ -339,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             None,
             bytes(ident.verify_key),
             {epoch: public_key(sink_sk), epoch + 1: public_key(sink_sk)},
+            published_at=int(time.time()),  # authorities list only recent publishers
         )
         client = DirectoryClient([url], [auth_key], 1)
         deadline = time.time() + 30
