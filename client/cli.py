@@ -208,18 +208,24 @@ async def _call_until_signal(doc, gw_a, gw_b, options, progress):  # type: ignor
     import trio
 
     result, terminated = None, False
-    with trio.open_signal_receiver(signal.SIGTERM) as signals:
-        async with open_background() as nursery:
+    try:
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async with open_background() as nursery:
 
-            async def watch() -> None:
-                nonlocal terminated
-                async for _ in signals:
-                    terminated = True  # raised below, outside the nursery: never a group
-                    nursery.cancel_scope.cancel()
-                    return
+                async def watch() -> None:
+                    nonlocal terminated
+                    async for _ in signals:
+                        terminated = True  # raised below, outside the nursery: never a group
+                        nursery.cancel_scope.cancel()
+                        return
 
-            nursery.start_soon(watch)
-            result = await run_call(doc, gw_a, gw_b, options, progress=progress)
+                nursery.start_soon(watch)
+                result = await run_call(doc, gw_a, gw_b, options, progress=progress)
+    except Exception as exc:
+        if not terminated:
+            raise
+        # Asked to stop: an error of the call's teardown does not change why it ended.
+        print(f"phantom-call: while stopping: {type(exc).__name__}: {exc}", file=sys.stderr)
     if terminated:
         raise KeyboardInterrupt
     return result

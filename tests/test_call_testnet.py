@@ -92,7 +92,10 @@ def test_cli_demo_sigterm_tears_the_testnet_down(tmp_path: Path) -> None:
                 break
         time.sleep(2.0)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 130
+        code = proc.wait(timeout=30)
+        os.set_blocking(proc.stderr.fileno(), False)
+        rest = (proc.stderr.read() or b"").decode(errors="replace")  # what it said on the way
+        assert code == 130, rest[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 import trio
+from testnet_support import small_testnet
 
 from mixnode import loadgen
-from mixnode.testnet import TestnetOptions, TestnetState, down, scrape, up
+from mixnode.testnet import TestnetState, scrape
 from overlay import (
     LINK_VERSION,
     VOICE,
@@ -37,23 +38,8 @@ NODE_HEAD = bytes((LINK_VERSION, FrameType.NODE_PACKET))  # a node frame's two c
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestnetState]:
     d = Path(tmp_path_factory.mktemp("flood"))
-    opts = TestnetOptions(
-        directory=d,
-        authorities=1,
-        threshold=1,
-        gateways=1,
-        layers=1,
-        per_layer=1,
-        workers=2,
-        base_port=0,  # free ports chosen by the kernel
-        loop_cover_rate_hz=0.0,
-        delivery_rate_hz=100.0,
-    )
-    state = up(opts)
-    try:
+    with small_testnet(d, workers=2, delivery_rate_hz=100.0) as state:
         yield state
-    finally:
-        down(d)
 
 
 def _children(pid: int) -> list[int]:

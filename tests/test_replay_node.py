@@ -25,6 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.bindings import crypto_scalarmult
+from testnet_support import small_testnet
 
 from mixnode._worker import Worker, bind_sharded, shard_of
 from mixnode.config import load_node_config, make_node_config
@@ -41,12 +42,9 @@ from mixnode.replay import (
 )
 from mixnode.testnet import (
     STATE_FILE,
-    TestnetOptions,
     TestnetState,
     child_env,
-    down,
     scrape,
-    up,
 )
 from overlay import VOICE, Hop, LinkCodec, create_forward, epoch_at, process_packet, public_key
 
@@ -280,22 +278,8 @@ def test_the_daemon_creates_a_file_per_installed_key_and_deletes_it_with_the_key
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestnetState]:
     d = Path(tmp_path_factory.mktemp("replay"))
-    opts = TestnetOptions(
-        directory=d,
-        authorities=1,
-        threshold=1,
-        gateways=1,
-        layers=1,
-        per_layer=1,
-        workers=2,
-        base_port=0,
-        loop_cover_rate_hz=0.0,
-    )
-    state = up(opts)
-    try:
+    with small_testnet(d, workers=2) as state:
         yield state
-    finally:
-        down(d)
 
 
 def _mix_metrics(port: int) -> tuple[float, float]:

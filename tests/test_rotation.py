@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import trio
+from testnet_support import small_testnet
 
 from mixnode import loadgen
-from mixnode.testnet import TestnetOptions, TestnetState, down, scrape, up
+from mixnode.testnet import TestnetState, scrape
 from overlay import MailboxKey, seconds_until_next_epoch
 
 pytestmark = pytest.mark.slow
@@ -22,23 +23,8 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestnetState]:
     d = Path(tmp_path_factory.mktemp("rotation"))
     if seconds_until_next_epoch(time.time(), EPOCH_S) < 6:
         time.sleep(seconds_until_next_epoch(time.time(), EPOCH_S) + 0.2)  # start early in one
-    opts = TestnetOptions(
-        directory=d,
-        authorities=1,
-        threshold=1,
-        gateways=1,
-        layers=1,
-        per_layer=1,
-        base_port=0,
-        epoch_length_s=EPOCH_S,
-        loop_cover_rate_hz=0.0,
-        delivery_rate_hz=100.0,
-    )
-    state = up(opts)
-    try:
+    with small_testnet(d, epoch_length_s=EPOCH_S, delivery_rate_hz=100.0) as state:
         yield state
-    finally:
-        down(d)
 
 
 async def test_packets_built_for_either_epoch_get_through_the_rotation(net: TestnetState) -> None:

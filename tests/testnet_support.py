@@ -1,0 +1,36 @@
+"""The smallest real testnet for tests: one authority, one gateway, one mix, loopback.
+
+    with small_testnet(tmp_path, workers=2) as net:
+        ...                                   # real processes on free loopback ports
+    # every process stopped here
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mixnode.testnet import TestnetOptions, TestnetState, down, up
+
+
+@contextmanager
+def small_testnet(directory: Path, **options: object) -> Iterator[TestnetState]:
+    """A testnet of one authority (threshold 1), one gateway and one mix layer of one node,
+    on ports the kernel picks, without node loop cover; ``options`` override any
+    ``TestnetOptions`` field. Stops every process it started, whatever happens."""
+    settings: dict[str, object] = {
+        "authorities": 1,
+        "threshold": 1,
+        "gateways": 1,
+        "layers": 1,
+        "per_layer": 1,
+        "base_port": 0,
+        "loop_cover_rate_hz": 0.0,
+    }
+    settings.update(options)
+    state = up(TestnetOptions(directory=directory, **settings))  # type: ignore[arg-type]
+    try:
+        yield state
+    finally:
+        down(directory)
