@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from testnet_support import small_testnet
+from testnet_support import child_pids, small_testnet
 
 from mixnode import loadgen
 from mixnode.testnet import TestnetState, scrape
@@ -42,23 +42,11 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestnetState]:
         yield state
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry.name))
-    return out
-
 
 def _rss_kib(pid: int) -> int:
     """Resident memory of ``pid`` and its children (the worker processes)."""
     total = 0
-    for p in [pid, *_children(pid)]:
+    for p in [pid, *child_pids(pid)]:
         for line in Path(f"/proc/{p}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1])
@@ -168,11 +156,11 @@ async def test_flood_counts_drops_stays_up_and_bounded(net: TestnetState) -> Non
     assert r.delivery.data == b"still alive"
 
     # A worker that dies is restarted on the same socket; its shard keeps working.
-    workers = _children(mix_proc.pid)
+    workers = child_pids(mix_proc.pid)
     assert len(workers) == 2
     os.kill(workers[0], signal.SIGKILL)
     await trio.sleep(2.5)
-    now_workers = _children(mix_proc.pid)
+    now_workers = child_pids(mix_proc.pid)
     assert len(now_workers) == 2 and workers[0] not in now_workers
     async with loadgen.attach(doc, gw.node_id, key) as link:
         for i in range(10):  # both shards: each packet's group element picks one
@@ -213,7 +201,7 @@ async def test_kernel_drops_show_in_the_metrics(net: TestnetState) -> None:
     frames = [NODE_HEAD + b"\x01" + os.urandom(VOICE.packet_len - 1) for _ in range(100)]
     in0 = _metric(mix_proc.metrics_port, "phantom_packets_in_total")
     drops0 = _metric(mix_proc.metrics_port, packet)
-    workers = _children(mix_proc.pid)
+    workers = child_pids(mix_proc.pid)
     for w in workers:
         os.kill(w, signal.SIGSTOP)
     try:

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.bindings import crypto_scalarmult
-from testnet_support import small_testnet
+from testnet_support import child_pids, small_testnet
 
 from mixnode._worker import Worker, bind_sharded, shard_of
 from mixnode.config import load_node_config, make_node_config
@@ -367,17 +367,17 @@ def test_real_node_forwards_one_of_eight_encodings_and_keeps_replays_across_rest
     assert _settled(mix.proc.metrics_port) == (out2, 1)
 
     # Both workers killed (SIGKILL) and restarted by the daemon: X is still a replay.
-    workers = _children(mix.proc.pid)
+    workers = child_pids(mix.proc.pid)
     assert len(workers) == 2
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        now = _children(mix.proc.pid)
+        now = child_pids(mix.proc.pid)
         if len(now) == 2 and not set(now) & set(workers):
             break
         time.sleep(0.1)
-    assert len(_children(mix.proc.pid)) == 2
+    assert len(child_pids(mix.proc.pid)) == 2
     out3, replays3 = mix.forward_fresh()
     for a in alphas:
         mix.send(_with_alpha(x, a))
@@ -405,17 +405,6 @@ def _state(pid: int) -> str:
         return "Z"
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and _state(int(entry.name)) != "Z":
-                out.append(int(entry.name))
-    return out
 
 
 def _restart(net: TestnetState, mix: _Mix) -> None:

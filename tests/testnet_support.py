@@ -14,6 +14,21 @@ from pathlib import Path
 from mixnode.testnet import TestnetOptions, TestnetState, down, up
 
 
+def child_pids(pid: int) -> list[int]:
+    """Live (not zombie) children of ``pid``, read from /proc: a node's worker processes."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(entry.name))
+    return out
+
+
 @contextmanager
 def small_testnet(directory: Path, **options: object) -> Iterator[TestnetState]:
     """A testnet of one authority (threshold 1), one gateway and one mix layer of one node,
