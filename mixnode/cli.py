@@ -57,6 +57,7 @@ from overlay import (
     sign_withdrawal,
 )
 
+from ._http import http_exchange
 from .config import (
     GEOMETRIES,
     ConfigError,
@@ -70,7 +71,7 @@ from .config import (
     path_error,
     write_config,
 )
-from .directory_client import CACHE_DIR, DirectoryClient, http_exchange, publish_report, race
+from .directory_client import CACHE_DIR, DirectoryClient, publish_report, race
 from .keys import EPOCH_DIR, KeyStoreError, NodeKeys
 
 EXIT_OK = 0
