@@ -30,7 +30,6 @@ import importlib
 import inspect
 import json
 import os
-import re
 import socket
 import sys
 import time
@@ -73,6 +72,7 @@ from .config import (
 )
 from .directory_client import CACHE_DIR, DirectoryClient, publish_report, race
 from .keys import EPOCH_DIR, KeyStoreError, NodeKeys
+from .metrics import parse_prometheus
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -84,8 +84,6 @@ NETWORK_FETCH_TIMEOUT_S = 10.0  # s, the whole exchange fetching a network file 
 FIRST_LISTEN_PORT = 31000  # UDP ports init picks from, upwards, when none is given
 FIRST_METRICS_PORT = 9100  # TCP (loopback) metrics ports init picks from
 PORT_SEARCH = 1000  # ports tried at most from each start
-
-_SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
 
 
 class CliError(PhantomError):
@@ -392,24 +390,6 @@ def _cmd_leave(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------
 # status
-
-
-def parse_prometheus(text: str) -> dict[tuple[str, str], float]:
-    """Samples of a Prometheus text page: {(name, labels text), value}."""
-    out: dict[tuple[str, str], float] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE.match(line)
-        if m is None:
-            continue
-        try:
-            value = float(m.group(3))
-        except ValueError:
-            continue
-        out[(m.group(1), (m.group(2) or "")[1:-1])] = value
-    return out
 
 
 def histogram_quantile(samples: dict[tuple[str, str], float], name: str, q: float) -> float | None:
