@@ -572,7 +572,7 @@ class Node:
                 self._directory_log.reset()
             got = schedule.fetched(
                 doc,
-                now=time.monotonic(),
+                now=self.clock(),
                 wall=self.wall_clock(),
                 from_cache=cache_failure is not None,
             )
