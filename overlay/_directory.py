@@ -2,7 +2,7 @@
 when to fetch the next topology document, when a fetched document is adopted, and how long
 to wait after a failure.
 
-    >>> s = DirectorySchedule(b"\\x01" * 32, port=4000, client_port=None, epoch_length_s=600)
+    >>> s = DirectorySchedule(b"\\x01" * 16, port=4000, client_port=None, epoch_length_s=600)
     >>> s.start_round(7)  # nothing published yet for epoch 7
     PublishDescriptor(epoch=7)
     >>> s.published(7)
@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass
 
 from ._errors import UsageError
+from ._geometry import NODE_ID_LEN
 from ._topology import TopologyDocument, epoch_start
 
 DIRECTORY_RETRY_S = 1.0  # s between directory attempts after a failure (the least wait)
@@ -74,13 +75,14 @@ def _positive(name: str, value: float) -> float:
 class DirectorySchedule:
     """The directory decisions of one node (sans-IO; see the module docstring).
 
-    ``node_id`` (32 bytes) and ``port``/``client_port`` are how the node is listed: a
-    document lists it only with those ports (``client_port`` None for a mix).
+    ``node_id`` (NODE_ID_LEN = 16 bytes) and ``port``/``client_port`` are how the node is
+    listed: a document lists it only at those ports (``client_port`` None for a mix).
     ``epoch_length_s`` and ``genesis_s`` (unix seconds) place the epochs. The waits, in
     seconds: ``retry_s`` after a failure and at least between two rounds; ``follow_s``
     while the document changes; ``refresh_s`` (and at most a twentieth of an epoch) once
     it has not changed for ``settle_s``. A round never sleeps past the next epoch's start
-    by more than ``retry_s``. UsageError for a wait or epoch length that is not > 0.
+    by more than ``retry_s``. UsageError for a wait or epoch length that is not > 0, or a
+    node id of another length.
     """
 
     def __init__(
@@ -99,6 +101,8 @@ class DirectorySchedule:
         if isinstance(epoch_length_s, bool) or not isinstance(epoch_length_s, int):
             raise UsageError(f"epoch_length_s must be an int, got {epoch_length_s!r}")
         _positive("epoch_length_s", epoch_length_s)
+        if not isinstance(node_id, bytes) or len(node_id) != NODE_ID_LEN:
+            raise UsageError(f"node_id must be {NODE_ID_LEN} bytes, got {node_id!r}")
         self.node_id = node_id
         self.port = port
         self.client_port = client_port

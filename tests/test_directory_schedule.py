@@ -122,12 +122,13 @@ def test_the_wait_ends_at_the_next_epoch_but_is_never_shorter_than_retry_s() -> 
         {"refresh_s": -1.0},
         {"settle_s": float("nan")},
         {"follow_s": "1"},
+        {"node_id": bytes(32)},
     ],
 )
 def test_bad_settings_are_usage_errors(kwargs: dict[str, object]) -> None:
     args: dict[str, object] = {"port": 1, "client_port": None, "epoch_length_s": EPOCH_S}
     with pytest.raises(UsageError):
-        DirectorySchedule(bytes(32), **{**args, **kwargs})  # type: ignore[arg-type]
+        DirectorySchedule(**{"node_id": bytes(16), **args, **kwargs})  # type: ignore[arg-type]
 
 
 _ROUND = st.tuples(
