@@ -30,7 +30,6 @@ import importlib
 import inspect
 import json
 import os
-import re
 import socket
 import sys
 import time
@@ -57,6 +56,7 @@ from overlay import (
     sign_withdrawal,
 )
 
+from ._http import http_exchange
 from .config import (
     GEOMETRIES,
     ConfigError,
@@ -70,8 +70,9 @@ from .config import (
     path_error,
     write_config,
 )
-from .directory_client import CACHE_DIR, DirectoryClient, http_exchange, publish_report, race
+from .directory_client import CACHE_DIR, DirectoryClient, publish_report, race
 from .keys import EPOCH_DIR, KeyStoreError, NodeKeys
+from .metrics import parse_prometheus
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -83,8 +84,6 @@ NETWORK_FETCH_TIMEOUT_S = 10.0  # s, the whole exchange fetching a network file 
 FIRST_LISTEN_PORT = 31000  # UDP ports init picks from, upwards, when none is given
 FIRST_METRICS_PORT = 9100  # TCP (loopback) metrics ports init picks from
 PORT_SEARCH = 1000  # ports tried at most from each start
-
-_SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
 
 
 class CliError(PhantomError):
@@ -391,24 +390,6 @@ def _cmd_leave(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------
 # status
-
-
-def parse_prometheus(text: str) -> dict[tuple[str, str], float]:
-    """Samples of a Prometheus text page: {(name, labels text), value}."""
-    out: dict[tuple[str, str], float] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE.match(line)
-        if m is None:
-            continue
-        try:
-            value = float(m.group(3))
-        except ValueError:
-            continue
-        out[(m.group(1), (m.group(2) or "")[1:-1])] = value
-    return out
 
 
 def histogram_quantile(samples: dict[tuple[str, str], float], name: str, q: float) -> float | None:

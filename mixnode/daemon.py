@@ -69,10 +69,12 @@ from mixnode.replay import REPLAY_DIR, ReplayStore
 from mixnode.testnet import child_env
 from overlay import (
     Delivery,
+    DirectorySchedule,
     DownlinkKind,
     LinkCodec,
     NodeDescriptor,
     NodeRole,
+    PublishDescriptor,
     TopologyDocument,
     canonical_json,
     epoch_at,
@@ -86,9 +88,6 @@ KEY_OVERLAP_S = 60.0  # seconds the previous epoch's key keeps opening packets
 WORKER_STOP_S = 3.0  # seconds a worker gets to exit after "Q" before SIGKILL
 WORKER_READY_S = 10.0  # seconds to wait for workers to start before publishing anyway
 WORKER_RESTART_S = 1.0  # seconds between restarts of a crashed worker
-DIRECTORY_RETRY_S = 1.0  # seconds between directory attempts after a failure
-DIRECTORY_REFRESH_S = 30.0  # seconds between fetches once the document is settled
-DIRECTORY_SETTLE_S = 15.0  # seconds without change before the document counts settled
 DIRECTORY_LOG_EVERY_S = 60.0  # seconds between summary lines of a repeated directory failure
 # Bytes asked for the client socket's receive buffer: room for a burst of frames while the
 # control plane is busy. Linux caps it at net.core.rmem_max (and doubles it for overhead).
@@ -530,28 +529,39 @@ class Node:
     # -- directory ---------------------------------------------------------------------
 
     async def _directory_loop(self, listed: trio.Event) -> None:
+        """Publish this node's descriptor and follow the topology documents, forever.
+
+        The decisions (publish or only fetch, adopt the document, how long to wait) are
+        overlay's DirectorySchedule; this edge rotates keys, talks to the directory, hands
+        an adopted document to the workers, logs and counts failures by reason, and sets
+        ``listed`` once a document lists this node at its bound ports."""
         d = self.config.directory
         client = self.directory if self.directory is not None else AuthorityDirectory(self.config)
         with trio.move_on_after(WORKER_READY_S):  # publish only once packets can be processed
             for h in self.workers:
                 assert h.ready is not None
                 await h.ready.wait()
-        published_for = -1
-        listed_here = False  # the document lists this node at its current addresses
-        changed_at = time.monotonic()
+        schedule = DirectorySchedule(
+            self.node_id,
+            port=self.port,
+            client_port=self.client_port,
+            epoch_length_s=d.epoch_length_s,
+            genesis_s=d.genesis_s,
+        )
         while True:
             if self.rotate():
                 self.broadcast(self._key_message())
                 self._gw_keys = self.gateway_private_keys()
+            step = schedule.start_round(self.epoch)
             try:
-                if published_for != self.epoch or not listed_here:
+                if isinstance(step, PublishDescriptor):
                     desc, sig = self.descriptor()
                     await client.publish(desc, sig)
-                    published_for = self.epoch
+                    schedule.published(step.epoch)
                 doc = await client.fetch(self.epoch)
             except Exception as exc:  # network or directory trouble: retry, never crash
                 self._directory_failed(exc)
-                await trio.sleep(DIRECTORY_RETRY_S)
+                await trio.sleep(schedule.failed())
                 continue
             cache_failure = client.cache_failure if isinstance(client, AuthorityDirectory) else None
             if cache_failure is not None:  # serving from the cached document meanwhile
@@ -560,33 +570,28 @@ class Node:
                 log.info("directory: reachable again")
                 self.directory_error = None
                 self._directory_log.reset()
-            if self.topology is None or doc.to_bytes() != self.topology.to_bytes():
+            got = schedule.fetched(
+                doc,
+                now=self.clock(),
+                wall=self.wall_clock(),
+                from_cache=cache_failure is not None,
+            )
+            if got.adopt:
                 self.topology = doc
-                changed_at = time.monotonic()
                 self.broadcast(b"T" + doc.to_bytes())
                 log.info("topology for epoch %d: %d nodes", doc.epoch, len(doc.nodes))
-            mine = doc.by_id.get(self.node_id)
-            listed_here = mine is not None and (mine.port, mine.client_port) == (
-                self.port,
-                self.client_port,
-            )
-            if listed_here != self.listed:
+            if got.listed_changed:
                 log.log(
-                    logging.INFO if listed_here else logging.WARNING,
+                    logging.INFO if got.listed else logging.WARNING,
                     "%s the topology document of epoch %d",
-                    "listed in" if listed_here else "no longer listed in",
+                    "listed in" if got.listed else "no longer listed in",
                     doc.epoch,
                 )
-            self.listed = listed_here
-            self.metrics.listed.set(int(listed_here))
-            if listed_here:
+            self.listed = got.listed
+            self.metrics.listed.set(int(got.listed))
+            if got.listed:
                 listed.set()
-            # While the network is changing (nodes joining), follow it closely.
-            settled = time.monotonic() - changed_at > DIRECTORY_SETTLE_S
-            wait = min(d.epoch_length_s / 20, DIRECTORY_REFRESH_S) if settled else 1.0
-            if cache_failure is not None:
-                wait = DIRECTORY_RETRY_S
-            await trio.sleep(max(DIRECTORY_RETRY_S, min(wait, self._until_next_epoch())))
+            await trio.sleep(got.wait_s)
 
     def _directory_failed(self, exc: Exception) -> None:
         """Count a failed directory attempt by reason; log it, a repeat at most once a minute.
@@ -644,11 +649,6 @@ class Node:
         else:
             return Health(True, "serving", detail)
         return Health(False, reason, detail)
-
-    def _until_next_epoch(self) -> float:
-        d = self.config.directory
-        nxt = epoch_start(self.epoch + 1, d.epoch_length_s, d.genesis_s)
-        return max(0.5, nxt - self.wall_clock())
 
     # -- gauges ------------------------------------------------------------------------
 

@@ -78,6 +78,7 @@ from overlay import (
     SignedNetwork,
     build_document,
     canonical_json,
+    descriptor_rank,
     document_digest,
     epoch_at,
     epoch_start,
@@ -92,6 +93,7 @@ from overlay import (
     verify_withdrawal,
 )
 
+from ._http import Deadline, DeadlineSocket, http_exchange, http_get
 from .config import (
     ConfigError,
     DirAuthConfig,
@@ -105,14 +107,7 @@ from .config import (
     path_error,
     write_config,
 )
-from .directory_client import (
-    REPLY_SLACK_S,
-    Deadline,
-    DeadlineSocket,
-    EventCounts,
-    http_exchange,
-    race,
-)
+from .directory_client import REPLY_SLACK_S, EventCounts, race
 from .keys import (
     KeyStoreError,
     create_identity_seed,
@@ -196,7 +191,7 @@ class Authority:
         self.cfg = cfg
         self._seed = seed
         self._clock = clock
-        self._fetch = fetch if fetch is not None else _http_get
+        self._fetch = fetch if fetch is not None else http_get
         self._lock = threading.Lock()
         self.public_key = bytes(SigningKey(seed).verify_key)
         if self.public_key not in cfg.directory.authority_keys:
@@ -401,7 +396,7 @@ class Authority:
             if withdrawn is not None and desc.published_at <= withdrawn[0].withdrawn_at:
                 raise DirectoryError("node has withdrawn; publish a newer descriptor")
             old = self._descriptors.get(desc.node_id)
-            if old is not None and _rank(old[0]) >= _rank(desc):
+            if old is not None and descriptor_rank(old[0]) >= descriptor_rank(desc):
                 return old[0]  # an older or identical descriptor never replaces a newer one
             if old is None and len(self._descriptors) >= MAX_DESCRIPTORS:
                 raise DirectoryError("authority holds too many descriptors")
@@ -789,12 +784,6 @@ def _from_hex(value: object) -> bytes | None:
     return raw if raw is not None and raw.hex() == value else None
 
 
-def _rank(d: NodeDescriptor) -> tuple[int, int, bytes]:
-    """Newest epoch keys first, then the latest signature time (a restart on a new address
-    replaces the old entry); the bytes only break exact ties deterministically."""
-    return (max(d.epoch_keys, default=-1), d.published_at, d.to_bytes())
-
-
 def _same_url(a: str, b: str) -> bool:
     pa, pb = urlsplit(a), urlsplit(b)
     loop = {"localhost", "127.0.0.1", "::1"}
@@ -802,11 +791,6 @@ def _same_url(a: str, b: str) -> bool:
     hb = "127.0.0.1" if pb.hostname in loop else pb.hostname
     default = {"http": 80, "https": 443}
     return (ha, pa.port or default.get(pa.scheme)) == (hb, pb.port or default.get(pb.scheme))
-
-
-def _http_get(url: str, timeout_s: float, max_bytes: int) -> bytes:
-    """A peer's reply to a GET: one deadline for the whole exchange, the body capped."""
-    return http_exchange(url, deadline_s=timeout_s, max_bytes=max_bytes)
 
 
 # --------------------------------------------------------------------------------------

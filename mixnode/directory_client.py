@@ -2,7 +2,8 @@
 
     client = DirectoryClient.from_config(cfg)           # cfg: NodeConfig
     doc = await client.afetch()                          # verified, threshold of signatures
-    await apublish_descriptor(cfg, keys, epoch)          # keys: NodeKeys
+    desc = descriptor_for(cfg, keys, [epoch, epoch + 1])  # keys: NodeKeys holding both
+    publish_descriptor(cfg.directory.authorities, descriptor_body(desc, keys))
 
 A document is used only with ``threshold`` valid signatures from the configured authority
 keys and the geometry this node speaks. Signatures for the same document bytes are merged
@@ -12,7 +13,7 @@ one authority does (no answer, garbage, a document that fails a check) is counte
 (atomically); when no authority answers, the cached one is served while it is still
 valid, and never after.
 
-Every HTTP exchange (``http_exchange``, stdlib ``http.client``) has one deadline for the
+Every HTTP exchange (``mixnode._http``, stdlib ``http.client``) has one deadline for the
 whole of it and a cap on the reply, and the authorities are asked at once (``race``), so
 one slow or hostile authority costs a fetch or a publish at most its deadline
 (``FETCH_TIMEOUT_S``). Blocking calls run in a worker thread when called from trio.
@@ -25,20 +26,16 @@ bad_signature, threshold, stale, other): the node counts them by that fixed labe
 from __future__ import annotations
 
 import http.client
-import io
 import queue
-import socket
-import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
-from typing import Any, Generic, TypeVar
-from urllib.parse import urlsplit
+from typing import Generic, TypeVar
 
 import trio
 
@@ -52,15 +49,14 @@ from overlay import (
     TopologyDocument,
     canonical_json,
     document_digest,
-    epoch_at,
     load_json,
     parse_epoch,
-    seconds_until_next_epoch,
     sign_descriptor,
     signature_is_valid,
     verify_document,
 )
 
+from ._http import HttpStatusError, http_get, http_post
 from .config import NodeConfig
 from .keys import NodeKeys, write_secret_atomic
 
@@ -69,7 +65,6 @@ CACHE_KEEP = 3  # cached documents kept
 FETCH_TIMEOUT_S = 5.0  # s for one whole exchange with an authority (connect to last byte)
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # bytes read from an authority
 MAX_PUBLISH_REPLY_BYTES = 65536  # bytes of an authority's reply to a descriptor POST
-MAX_ERROR_TEXT = 4096  # bytes of an authority's error reply read for its reason
 
 
 def _now() -> float:
@@ -77,203 +72,9 @@ def _now() -> float:
 
 
 # --------------------------------------------------------------------------------------
-# HTTP with one deadline per exchange
+# Every authority at once
 
 REPLY_SLACK_S = 0.1  # s a caller waits past an exchange's deadline for its outcome
-
-
-class HttpStatusError(DirectoryError):
-    """An authority answered with an HTTP status other than 200.
-
-    ``status`` is the code and ``reason`` the authority's ``{"error": ...}`` text
-    (printable ASCII, at most 200 characters, "" if it gave none);
-    ``str()`` is ``"HTTP 400 descriptor.host: ..."``.
-    """
-
-    def __init__(self, status: int, reason: str) -> None:
-        self.status = status
-        self.reason = reason
-        super().__init__(f"HTTP {status} {reason}".rstrip())
-
-
-class Deadline:
-    """A point in time on ``clock`` (default: the monotonic clock), ``total_s`` from now."""
-
-    def __init__(self, total_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.total_s = total_s
-        self._clock = clock
-        self._at = clock() + total_s
-
-    def left(self) -> float:
-        """Seconds left (> 0); TimeoutError (an OSError) once the deadline has passed."""
-        left = self._at - self._clock()
-        if left <= 0:
-            raise self.expired()
-        return left
-
-    def expired(self) -> TimeoutError:
-        """The error for an exchange that did not end in time."""
-        return TimeoutError(f"no complete exchange within {self.total_s:g} s")
-
-
-class DeadlineSocket:
-    """A connected socket whose every send and receive may take only the time left.
-
-    ``http.client`` sets one timeout per socket operation, so a peer that sends one byte
-    every few seconds would hold an exchange for as long as it likes; here each
-    operation's timeout is the time left until one deadline, for the whole exchange.
-    """
-
-    def __init__(self, sock: socket.socket, deadline: Deadline) -> None:
-        self.sock = sock
-        self.deadline = deadline
-
-    def arm(self) -> None:
-        """Set the socket's timeout to the time left; TimeoutError if none is."""
-        self.sock.settimeout(self.deadline.left())
-
-    def sendall(self, data: bytes) -> None:
-        """``socket.sendall`` within the deadline (its timeout bounds the whole call)."""
-        self.arm()
-        try:
-            self.sock.sendall(data)
-        except TimeoutError:
-            raise self.deadline.expired() from None
-
-    def recv_into(self, buffer: memoryview) -> int:
-        """``socket.recv_into`` within the deadline."""
-        self.arm()
-        try:
-            return self.sock.recv_into(buffer)
-        except TimeoutError:
-            raise self.deadline.expired() from None
-
-    def makefile(self, mode: str = "rb", *args: object, **kwargs: object) -> io.BufferedReader:
-        """A buffered reader whose every read is bounded by the deadline (mode "rb" only)."""
-        if mode != "rb":
-            raise ValueError(f"DeadlineSocket.makefile: mode {mode!r} is not supported")
-        return io.BufferedReader(_DeadlineReader(self))
-
-    def close(self) -> None:
-        """Close the socket."""
-        self.sock.close()
-
-
-class _DeadlineReader(io.RawIOBase):
-    def __init__(self, sock: DeadlineSocket) -> None:
-        self._sock = sock
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        return self._sock.recv_into(buffer)
-
-
-def _open(host: str, port: int, deadline: Deadline) -> socket.socket:
-    """A TCP connection to ``host:port``, each address tried with the time left."""
-    error: OSError = OSError(f"{host}: no address")
-    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.settimeout(deadline.left())
-            sock.connect(address)
-        except TimeoutError:
-            sock.close()
-            raise deadline.expired() from None
-        except OSError as exc:
-            sock.close()
-            error = exc
-            continue
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-    raise error
-
-
-class _Http(http.client.HTTPConnection):
-    def __init__(self, host: str, port: int | None, deadline: Deadline) -> None:
-        super().__init__(host, port, timeout=deadline.left())
-        self.deadline = deadline
-
-    def connect(self) -> None:
-        self.sock = DeadlineSocket(_open(self.host, self.port, self.deadline), self.deadline)
-
-
-class _Https(http.client.HTTPSConnection):
-    def __init__(self, host: str, port: int | None, deadline: Deadline) -> None:
-        self.tls = ssl.create_default_context()
-        super().__init__(host, port, timeout=deadline.left(), context=self.tls)
-        self.deadline = deadline
-
-    def connect(self) -> None:
-        raw = _open(self.host, self.port, self.deadline)
-        raw.settimeout(self.deadline.left())  # the handshake's timeout bounds it as a whole
-        try:
-            tls = self.tls.wrap_socket(raw, server_hostname=self.host)
-        except TimeoutError:
-            raw.close()
-            raise self.deadline.expired() from None
-        except BaseException:
-            raw.close()
-            raise
-        self.sock = DeadlineSocket(tls, self.deadline)
-
-
-def http_exchange(
-    url: str,
-    body: bytes | None = None,
-    *,
-    deadline_s: float,
-    max_bytes: int,
-    clock: Callable[[], float] = time.monotonic,
-) -> bytes:
-    """GET ``url`` (or POST the JSON ``body``) and return the body of a 200 reply.
-
-    The whole exchange (name lookup aside: connect, TLS, request, headers, body) must end
-    within ``deadline_s`` seconds on ``clock``, else TimeoutError; the reply body may have
-    at most ``max_bytes`` bytes, else DirectoryError (a longer Content-Length is refused
-    before the body is read). HttpStatusError for another status; OSError or
-    http.client.HTTPException for a connection that fails or a reply cut short;
-    ValueError for a URL that is not ``http(s)://host[:port]/path``. Redirects are not
-    followed and no proxy is used.
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("not an http(s) URL")
-    deadline = Deadline(deadline_s, clock)
-    kind = _Https if parts.scheme == "https" else _Http
-    conn = kind(parts.hostname, parts.port, deadline)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    headers = {"Connection": "close", "Accept": "application/json"}
-    if body is not None:
-        headers["Content-Type"] = "application/json"
-    try:
-        conn.request("GET" if body is None else "POST", target, body=body, headers=headers)
-        resp = conn.getresponse()
-        if resp.status != 200:
-            raise HttpStatusError(resp.status, _error_text(resp.read(MAX_ERROR_TEXT)))
-        if resp.length is not None and resp.length > max_bytes:
-            raise DirectoryError(f"reply of {resp.length} bytes, at most {max_bytes} taken")
-        data = resp.read(max_bytes + 1)
-        if len(data) > max_bytes:
-            raise DirectoryError(f"reply larger than {max_bytes} bytes")
-        if resp.length:  # the peer closed before its Content-Length was reached
-            raise http.client.IncompleteRead(data, resp.length)
-        return data
-    finally:
-        conn.close()
-
-
-def _error_text(raw: bytes) -> str:
-    """An authority's ``{"error": ...}`` reason, printable ASCII, at most 200 characters."""
-    try:
-        reply = load_json(raw, "error", max_bytes=MAX_ERROR_TEXT)
-    except DirectoryError:
-        return ""
-    text = reply.get("error") if isinstance(reply, dict) else None
-    if not isinstance(text, str):
-        return ""
-    return "".join(c if c.isascii() and c.isprintable() else "?" for c in text[:200])
 
 
 class DirectoryFailure(StrEnum):
@@ -375,12 +176,9 @@ def race(
             return
 
 
-def _http_get(url: str, timeout_s: float) -> bytes:
-    return http_exchange(url, deadline_s=timeout_s, max_bytes=MAX_RESPONSE_BYTES)
-
-
-def _http_post(url: str, body: bytes, timeout_s: float) -> bytes:
-    return http_exchange(url, body, deadline_s=timeout_s, max_bytes=MAX_PUBLISH_REPLY_BYTES)
+# A document GET and a descriptor POST: (url, timeout_s) -> the reply's body, capped.
+_get_document = partial(http_get, max_bytes=MAX_RESPONSE_BYTES)
+_post_descriptor = partial(http_post, max_bytes=MAX_PUBLISH_REPLY_BYTES)
 
 
 E = TypeVar("E", bound=StrEnum)
@@ -437,7 +235,7 @@ class DirectoryClient:
         cache_dir: Path | None = None,
         timeout_s: float = FETCH_TIMEOUT_S,
         clock: Callable[[], float] = _now,
-        get: Callable[[str, float], bytes] = _http_get,
+        get: Callable[[str, float], bytes] = _get_document,
     ):
         if not authorities:
             raise DirectoryError("no directory authorities configured")
@@ -660,7 +458,7 @@ def publish_report(
     body: bytes,
     *,
     timeout_s: float = FETCH_TIMEOUT_S,
-    post: Callable[[str, bytes, float], bytes] = _http_post,
+    post: Callable[[str, bytes, float], bytes] = _post_descriptor,
     path: str = "/v1/descriptor",
 ) -> PublishReport:
     """POST a signed descriptor to every authority at once; who accepted it, and why not.
@@ -705,68 +503,8 @@ def publish_descriptor(
     body: bytes,
     *,
     timeout_s: float = FETCH_TIMEOUT_S,
-    post: Callable[[str, bytes, float], bytes] = _http_post,
+    post: Callable[[str, bytes, float], bytes] = _post_descriptor,
 ) -> list[str]:
     """POST a signed descriptor to every authority; returns the URLs that accepted it
     (``publish_report`` also says why the others did not)."""
     return list(publish_report(authorities, body, timeout_s=timeout_s, post=post).accepted)
-
-
-async def apublish_descriptor(cfg: NodeConfig, keys: NodeKeys, epoch: int) -> list[str]:
-    """Rotate keys for ``epoch`` (ensure current and next, prune older), then publish."""
-    await trio.to_thread.run_sync(keys.rotate, epoch)
-    desc = descriptor_for(cfg, keys, [epoch, epoch + 1])
-    body = descriptor_body(desc, keys)
-    return await trio.to_thread.run_sync(
-        lambda: publish_descriptor(cfg.directory.authorities, body)
-    )
-
-
-async def run_directory(
-    cfg: NodeConfig,
-    keys: NodeKeys,
-    on_document: Callable[[TopologyDocument], Awaitable[None]],
-    *,
-    clock: Callable[[], float] = _now,
-    refresh_s: float | None = None,
-    task_status: trio.TaskStatus[TopologyDocument] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """A node's directory task: rotate keys and publish each epoch, follow the documents.
-
-    Calls ``on_document`` for every new verified document (current epoch, and the next
-    one once the authorities have it), and reports the first one through ``task_status``.
-    Runs until cancelled; authority failures are retried every ``refresh_s`` seconds.
-    """
-    d = cfg.directory
-    refresh = refresh_s if refresh_s is not None else min(30.0, max(1.0, d.epoch_length_s / 20))
-    client = DirectoryClient.from_config(cfg, clock=clock)
-    published_epoch = -1
-    published_all = False
-    seen: set[bytes] = set()
-    started = False
-    while True:
-        now = clock()
-        epoch = epoch_at(now, d.epoch_length_s, d.genesis_s)
-        if epoch != published_epoch or not published_all:
-            accepted = await apublish_descriptor(cfg, keys, epoch)
-            published_epoch = epoch
-            published_all = len(accepted) == len(d.authorities)
-        wanted: list[int | None] = [None]
-        if started and seconds_until_next_epoch(now, d.epoch_length_s, d.genesis_s) < 4 * refresh:
-            wanted.append(epoch + 1)  # fetch the next epoch's document ahead of the switch
-        for e in wanted:
-            try:
-                doc = await client.afetch(e)
-            except DirectoryError:
-                continue
-            digest = doc.digest
-            if digest in seen:
-                continue
-            seen.add(digest)
-            if len(seen) > 16:
-                seen = {digest}
-            await on_document(doc)
-            if not started:
-                started = True
-                task_status.started(doc)
-        await trio.sleep(refresh if started else min(refresh, 0.5))

@@ -20,6 +20,7 @@ import bisect
 import json
 import logging
 import math
+import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -299,6 +300,34 @@ class Registry:
             lines.append(f"# TYPE {full} {m.kind}")
             lines.extend(m.samples(full))
         return "\n".join(lines) + "\n"
+
+
+# A sample line: name, optional {labels}, value (no timestamp; Registry.render writes none).
+_SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
+
+
+def parse_prometheus(text: str) -> dict[tuple[str, str], float]:
+    """Samples of a Prometheus text page (as ``Registry.render`` writes it):
+    ``{(name, labels text without braces): value}``; comments, blank lines and lines that
+    are not a ``name[{labels}] value`` sample are skipped, never an error.
+
+    >>> parse_prometheus('# TYPE a counter\\na_total{reason="x"} 3\\nb 1.5\\n')
+    {('a_total', 'reason="x"'): 3.0, ('b', ''): 1.5}
+    """
+    out: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE.match(line)
+        if m is None:
+            continue
+        try:
+            value = float(m.group(3))
+        except ValueError:
+            continue
+        out[(m.group(1), (m.group(2) or "")[1:-1])] = value
+    return out
 
 
 class NodeMetrics:

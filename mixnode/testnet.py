@@ -46,6 +46,7 @@ from mixnode.config import (
 )
 from mixnode.dirauth import AUTHORITY_KEY_FILE, DESCRIPTOR_DIR, DOCUMENT_DIR, authority_public_key
 from mixnode.keys import KeyStoreError, NodeKeys, create_identity_seed
+from mixnode.metrics import parse_prometheus
 
 STATE_FILE = "testnet.json"
 DEFAULT_DIR = Path("testnet")
@@ -579,15 +580,8 @@ def scrape(port: int, timeout_s: float = 1.0) -> dict[str, float]:
             text = r.read().decode()
     except OSError:
         return {}
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            try:
-                out[name] = float(value)
-            except ValueError:
-                continue
-    return out
+    samples = parse_prometheus(text).items()
+    return {f"{n}{{{labels}}}" if labels else n: v for (n, labels), v in samples}
 
 
 def _sum(metrics: dict[str, float], prefix: str) -> float:

@@ -7,6 +7,14 @@
 Everything public is re-exported here; the ``_``-prefixed modules are implementation.
 """
 
+from ._directory import DIRECTORY_FOLLOW_S as DIRECTORY_FOLLOW_S
+from ._directory import DIRECTORY_REFRESH_S as DIRECTORY_REFRESH_S
+from ._directory import DIRECTORY_RETRY_S as DIRECTORY_RETRY_S
+from ._directory import DIRECTORY_SETTLE_S as DIRECTORY_SETTLE_S
+from ._directory import DirectorySchedule as DirectorySchedule
+from ._directory import FetchDocument as FetchDocument
+from ._directory import FetchedDocument as FetchedDocument
+from ._directory import PublishDescriptor as PublishDescriptor
 from ._errors import BadCommand as BadCommand
 from ._errors import GeometryError as GeometryError
 from ._errors import MacMismatch as MacMismatch
@@ -88,6 +96,7 @@ from ._topology import TopologyDocument as TopologyDocument
 from ._topology import build_document as build_document
 from ._topology import canonical_json as canonical_json
 from ._topology import descriptor_host_problem as descriptor_host_problem
+from ._topology import descriptor_rank as descriptor_rank
 from ._topology import document_digest as document_digest
 from ._topology import ed25519_key_problem as ed25519_key_problem
 from ._topology import epoch_at as epoch_at

@@ -811,8 +811,9 @@ def build_document(
 
     Nodes without a key for ``epoch`` or in a layer the document does not have are left
     out; each kept node carries only its keys for ``epoch`` and ``epoch + 1``. If two
-    descriptors share a node id, the one with the latest epoch key wins (then the larger
-    canonical bytes), so authorities that merged the same set agree. ``max_delay_us``
+    descriptors share a node id, the one ``descriptor_rank`` ranks highest wins (the latest
+    epoch key, then the latest ``published_at``, then the larger canonical bytes), so
+    authorities that merged the same set agree. ``max_delay_us``
     (microseconds, 0..2**32-1) is published as the largest per-hop delay nodes accept;
     UsageError outside that range.
     """
@@ -823,7 +824,7 @@ def build_document(
         if epoch not in d.epoch_keys or (d.role is NodeRole.MIX and d.layer > mix_layers):
             continue
         old = chosen.get(d.node_id)
-        if old is None or _descriptor_rank(d) > _descriptor_rank(old):
+        if old is None or descriptor_rank(d) > descriptor_rank(old):
             chosen[d.node_id] = d
     start = epoch_start(epoch, epoch_length_s, genesis_s)
     return TopologyDocument(
@@ -837,8 +838,15 @@ def build_document(
     )
 
 
-def _descriptor_rank(d: NodeDescriptor) -> tuple[int, bytes]:
-    return (max(d.epoch_keys, default=-1), d.to_bytes())
+def descriptor_rank(d: NodeDescriptor) -> tuple[int, int, bytes]:
+    """The order of a node's descriptors: the higher rank replaces the lower one.
+
+    ``(latest epoch with a key, published_at, canonical bytes)``: newest epoch keys first,
+    then the latest signature time (a node restarted on a new address replaces its old
+    entry); the bytes only break exact ties, so every authority that holds the same
+    descriptors picks the same one. Used by authorities and by ``build_document``.
+    """
+    return (max(d.epoch_keys, default=-1), d.published_at, d.to_bytes())
 
 
 # --------------------------------------------------------------------------------------

@@ -21,10 +21,12 @@ from mixnode.config import (
     AuthoritySection,
     DirAuthConfig,
     DirectorySection,
+    NodeConfig,
     load_dirauth_config,
     make_node_config,
     write_config,
 )
+from mixnode.daemon import Node
 from mixnode.dirauth import Authority, RunningAuthority, init_authority_key, load_authority
 from mixnode.dirauth import main as dirauth_main
 from mixnode.directory_client import (
@@ -32,7 +34,6 @@ from mixnode.directory_client import (
     descriptor_body,
     descriptor_for,
     publish_descriptor,
-    run_directory,
 )
 from mixnode.keys import NodeKeys
 from overlay import VOICE, DirectoryError, TopologyDocument, epoch_at, select_path
@@ -235,32 +236,27 @@ def test_authority_refuses_to_start_without_its_key_listed(tmp_path: Path) -> No
         Authority(cfg, os.urandom(32))
 
 
-async def test_node_directory_task_publishes_and_follows(tmp_path: Path) -> None:
+async def test_node_directory_loop_publishes_and_follows(tmp_path: Path) -> None:
+    """The daemon's one directory loop, without workers: it rotates the keys, publishes the
+    node at its ports, adopts the document and reports the node listed."""
     (cfg,) = _auth_configs(tmp_path, 1, threshold=1)
     running = RunningAuthority(load_authority(cfg), "127.0.0.1", cfg.authority.listen_port, 0.1)
     running.start()
     try:
         ncfg, keys = _nodes(tmp_path, cfg)[0]
-        docs: list[TopologyDocument] = []
-
-        async def on_document(doc: TopologyDocument) -> None:
-            docs.append(doc)
-
+        assert isinstance(ncfg, NodeConfig) and ncfg.gateway is not None
+        node = Node(ncfg, keys=keys)
+        node.port, node.client_port = ncfg.node.listen_port, ncfg.gateway.client_port  # as bound
+        listed = trio.Event()
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
-                first = await nursery.start(
-                    lambda task_status: run_directory(
-                        ncfg,
-                        keys,
-                        on_document,
-                        refresh_s=0.1,
-                        task_status=task_status,  # type: ignore[arg-type]
-                    )
-                )
-                while not any(keys.node_id in d.by_id for d in docs):
-                    await trio.sleep(0.05)
+                nursery.start_soon(node._directory_loop, listed)
+                await listed.wait()
                 nursery.cancel_scope.cancel()
-        assert docs[0] is first
+        doc = node.topology
+        assert doc is not None and node.listed
+        mine = doc.by_id[keys.node_id]
+        assert (mine.port, mine.client_port) == (node.port, node.client_port)
         assert keys.epochs() == [epoch_at(time.time(), EPOCH_S) + i for i in (0, 1)]
     finally:
         running.stop()

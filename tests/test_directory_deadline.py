@@ -25,15 +25,10 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 import mixnode.dirauth as dirauth
+from mixnode._http import HttpStatusError, http_exchange
 from mixnode.config import AuthoritySection, DirAuthConfig, DirectorySection
 from mixnode.dirauth import Authority, AuthorityEvent, RunningAuthority
-from mixnode.directory_client import (
-    DirectoryClient,
-    HttpStatusError,
-    http_exchange,
-    publish_report,
-    race,
-)
+from mixnode.directory_client import DirectoryClient, publish_report, race
 from overlay import (
     VOICE,
     DirectoryError,

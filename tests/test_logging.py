@@ -23,6 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
+from mixnode._http import HttpStatusError
 from mixnode._logging import RepeatLimiter, add_logging_options, setup_logging
 from mixnode.config import make_node_config
 from mixnode.daemon import DIRECTORY_LOG_EVERY_S, Node
@@ -30,7 +31,6 @@ from mixnode.directory_client import (
     DirectoryClient,
     DirectoryFailed,
     DirectoryFailure,
-    HttpStatusError,
     failure_kind,
 )
 from mixnode.keys import NodeKeys
