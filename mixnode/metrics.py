@@ -396,7 +396,8 @@ class AuthorityMetrics:
         )
         self.descriptors = r.gauge("authority_descriptors", "Node descriptors held.")
         self.enrolled = r.gauge(
-            "authority_enrolled_nodes", "Identity keys in allowed_nodes (0: open enrolment)."
+            "authority_enrolled_nodes",
+            "Identity keys allowed (allowed_nodes and `allow`; 0: open enrolment).",
         )
         self.threshold = r.gauge("authority_threshold", "Signatures a document needs.")
         self.document_epoch = r.gauge(
