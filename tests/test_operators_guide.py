@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from directory_support import free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -85,16 +85,6 @@ def test_the_output_pattern_reads_ellipses_as_the_guide_says() -> None:
     p = output_pattern("a …\n…\nz\n")
     assert p.fullmatch("a 1 2\nz\n") and p.fullmatch("a \nb\nc\nz\n")
     assert not p.fullmatch("a 1\nz\nextra\n") and not p.fullmatch("b\nz\n")
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @dataclass
@@ -172,7 +162,7 @@ def test_the_operators_guide_runs_as_written(shell: Shell) -> None:
         pytest.skip("the guide reads the health endpoint with curl")
     steps = guide_steps(GUIDE.read_text())
     assert len(steps) >= 10, "the walkthrough's marked blocks are missing"
-    auth_ports = _free_ports(2)
+    auth_ports = free_ports(2)
     values = {"31900": str(auth_ports[0]), "31901": str(auth_ports[1])}
 
     def fill(text: str) -> str:
