@@ -52,7 +52,7 @@ DEFAULT_LATE_DROP_S = 0.05  # seconds a release may be overdue before the packet
 DEFAULT_MAX_QUEUE = 50_000  # packets held in the delay queue at most
 DEFAULT_REPLAY_BITS_LOG2 = 26  # replay filter of 2**26 bits (8 MiB) per epoch key
 REPLAY_STRIPES_LOG2 = 8  # the filter is cut into 2**8 stripes, the unit of locking
-LOOP_LOG_MAX = 1024  # loops sent and drops ended here, kept between two reads of the edge
+LOOP_LOG_MAX = 256  # loops sent (and drops ended here) noted between two reads by the edge
 
 
 @dataclass(frozen=True, slots=True)
