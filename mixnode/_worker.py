@@ -448,7 +448,10 @@ class Worker:
             "replay_entries": self.core.replay_entries(),
             "hist": self.hist,
             "hist_sum": self.hist_sum,
+            "loops_sent": [[d, [n.hex() for n in ids]] for d, ids in self.core.loops_sent],
+            "loops_back": self.core.loops_back,
         }
+        self.core.loops_sent, self.core.loops_back = [], []
         try:
             self.ctrl.send(b"S" + json.dumps(stats).encode())
         except OSError:

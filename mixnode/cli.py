@@ -501,6 +501,8 @@ def node_status(cfg: NodeConfig, now: float) -> tuple[dict[str, object], int]:
         report["health"] = health.get("reason")
         report["directory_error"] = health.get("directory_error")
         report["node_version"] = health.get("version")
+        report["peers_reachable"] = health.get("peers_reachable")
+        report["reachable_window_s"] = health.get("reachable_window_s")
         nid = health.get("node_id")
         node_id = bytes.fromhex(nid) if isinstance(nid, str) else None
         ports = (health.get("port"), health.get("client_port"))
@@ -597,6 +599,19 @@ def _print_status(report: dict[str, object], show_all: bool) -> None:
         assert isinstance(layers, dict)
         per_layer = "  ".join(f"{k}: {v}" for k, v in sorted(layers.items()))
         lines.append(f"listed per layer {per_layer}")
+    reach = report.get("peers_reachable")
+    if isinstance(reach, dict) and reach:
+        per_layer = "  ".join(
+            f"{k}: {v.get('reachable')} of {v.get('listed')}"
+            for k, v in sorted(reach.items())
+            if isinstance(v, dict)
+        )
+        window = report.get("reachable_window_s")
+        lines.append(
+            f"reachable per layer {per_layer}  (loops back within {window:g} s)"
+            if isinstance(window, int | float)
+            else f"reachable per layer {per_layer}"
+        )
     err = report.get("directory_error")
     if isinstance(err, dict):
         lines.append(f"last directory error ({err.get('reason')}): {err.get('text')}")

@@ -52,6 +52,7 @@ DEFAULT_LATE_DROP_S = 0.05  # seconds a release may be overdue before the packet
 DEFAULT_MAX_QUEUE = 50_000  # packets held in the delay queue at most
 DEFAULT_REPLAY_BITS_LOG2 = 26  # replay filter of 2**26 bits (8 MiB) per epoch key
 REPLAY_STRIPES_LOG2 = 8  # the filter is cut into 2**8 stripes, the unit of locking
+LOOP_LOG_MAX = 256  # loops sent (and drops ended here) noted between two reads by the edge
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +282,10 @@ class NodeCore:
         self._seq = 0
         self._next_cover: float | None = None
         self._loop_path: PathSource | None = None
+        # For mixnode.reachability, read and cleared by the edge: (last-hop delay, node
+        # ids of the path before this node) per loop sent, last-hop delay per drop ended.
+        self.loops_sent: list[tuple[int, tuple[bytes, ...]]] = []
+        self.loops_back: list[int] = []
 
     # -- keys --------------------------------------------------------------------------
 
@@ -405,6 +410,8 @@ class NodeCore:
         else:
             assert isinstance(result, Discard)
             self.counters["cover_received"] += 1
+            if len(self.loops_back) < LOOP_LOG_MAX:
+                self.loops_back.append(result.delay_us)
             return None
         # Dynamic threshold: a hop may hold no more packets than the queue has free.
         held = self._held
@@ -469,6 +476,14 @@ class NodeCore:
             if not path:
                 self.counters["cover_no_path"] += 1
                 continue
+            # The last hop is this node, which discards at once: its delay is seen by no
+            # one else and holds nothing, so it carries a random marker instead, which the
+            # returning packet shows again (mixnode.reachability matches the two).
+            last = path[-1]
+            marker = int.from_bytes(self.rng(4), "big") % (self.max_delay_us + 1)
+            path = [*path[:-1], Hop(last.node_id, last.public_key, marker)]
+            if len(self.loops_sent) < LOOP_LOG_MAX:
+                self.loops_sent.append((marker, tuple(h.node_id for h in path[:-1])))
             pkt = create_drop(self.geometry, path, rng=self.rng)
             self.counters["cover_sent"] += 1
             out.append(ForwardAt(path[0].node_id, now, pkt))

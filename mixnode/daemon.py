@@ -65,6 +65,7 @@ from mixnode.metrics import (
     NodeMetrics,
     serve_metrics,
 )
+from mixnode.reachability import REACHABLE_WINDOW_S, LoopReachability
 from mixnode.replay import REPLAY_DIR, ReplayStore
 from mixnode.testnet import child_env
 from overlay import (
@@ -217,7 +218,8 @@ class Node:
         self.node_id = self.keys.node_id
         self.replay_dir = config.node.data_dir / REPLAY_DIR
         self.replay = ReplayStore(self.replay_dir, DEFAULT_REPLAY_BITS_LOG2)
-        self.metrics = NodeMetrics()
+        self.metrics = NodeMetrics(mix_layers=config.directory.mix_layers)
+        self.reach = LoopReachability()  # which nodes our loop cover proved reachable
         self.role = config.node.role
         self.topology: TopologyDocument | None = None
         self.epoch = -1
@@ -430,6 +432,11 @@ class Node:
                 m.cover_sent.inc(n)
             elif name == "cover_received":
                 m.cover_received.inc(n)
+        t = self.clock()
+        for delay_us, ids in stats.get("loops_sent", []):  # type: ignore[attr-defined]
+            self.reach.sent(int(delay_us), [bytes.fromhex(i) for i in ids], t)
+        for delay_us in stats.get("loops_back", []):  # type: ignore[attr-defined]
+            self.reach.returned(int(delay_us), t)
         self._depths[h.index] = int(stats["queue_depth"])  # type: ignore[call-overload]
         m.queue_depth.set(sum(self._depths.values()))
         hist = [int(x) for x in stats["hist"]]  # type: ignore[attr-defined]
@@ -637,6 +644,11 @@ class Node:
             "workers": len(self.workers),
             "workers_alive": alive,
             "directory_error": None if err is None else {"reason": err[0].value, "text": err[1]},
+            "peers_reachable": {
+                str(layer): {"reachable": ok, "listed": total}
+                for layer, (ok, total) in self.peers_reachable().items()
+            },
+            "reachable_window_s": REACHABLE_WINDOW_S,
         }
         if self.topology is None:
             reason = "no_document"
@@ -649,6 +661,14 @@ class Node:
         else:
             return Health(True, "serving", detail)
         return Health(False, reason, detail)
+
+    def peers_reachable(self) -> dict[int, tuple[int, int]]:
+        """``{layer: (reachable, listed)}`` of the other layers' nodes in the current
+        document: reachable means one of this node's loops crossed it and came back within
+        REACHABLE_WINDOW_S (mixnode.reachability). Empty without a document."""
+        if self.topology is None:
+            return {}
+        return self.reach.per_layer(self.topology, self.node_id, self.clock())
 
     # -- gauges ------------------------------------------------------------------------
 
@@ -675,6 +695,9 @@ class Node:
         while True:
             await trio.sleep(0.5)
             self.count_socket_drops()
+            for layer, (ok, total) in self.peers_reachable().items():
+                self.metrics.peers_reachable.set(ok, label=str(layer))
+                self.metrics.peers_listed.set(total, label=str(layer))
             if self.gateway is not None:
                 self.metrics.mailbox_depth.set(self.gateway.mailbox_depth)
                 self.metrics.gateway_sessions.set(self.gateway.sessions)

@@ -563,7 +563,7 @@ class Authority:
             "peers": len(self.peers()),
             "peers_reachable": self.peers_reachable,
             "descriptors": held,
-            "enrolled": len(self.cfg.authority.allowed_nodes),
+            "enrolled": len(self._allow),  # allowed_nodes and enrolment.json
             "document": doc,
             "counters": self.counters,
         }

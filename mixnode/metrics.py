@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 
 import trio
 
-from overlay import UsageError
+from overlay import DEFAULT_MIX_LAYERS, UsageError
 
 from ._version import VERSION
 from .config import is_loopback
 from .directory_client import DirectoryFailure
+from .reachability import REACHABLE_WINDOW_S
 
 NAMESPACE = "phantom"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -333,7 +334,8 @@ def parse_prometheus(text: str) -> dict[tuple[str, str], float]:
 class NodeMetrics:
     """The metrics every mix node and gateway exports (names without the namespace)."""
 
-    def __init__(self, registry: Registry | None = None):
+    def __init__(self, registry: Registry | None = None, mix_layers: int = DEFAULT_MIX_LAYERS):
+        """``mix_layers`` (the network's) declares the ``layer`` label values 0..mix_layers."""
         self.registry = registry if registry is not None else Registry()
         r = self.registry
         self.packets_in = r.counter("packets_in_total", "Packets received (all kinds).")
@@ -381,6 +383,21 @@ class NodeMetrics:
             "listed", "1 if the current topology document lists this node at its addresses."
         )
         self.epoch = r.gauge("epoch", "The epoch this node's clock is in.")
+        layers = [str(i) for i in range(mix_layers + 1)]
+        self.peers_listed = r.gauge(
+            "peers_listed",
+            "Other nodes the current document lists, by layer (0: gateways; not the "
+            "node's own layer).",
+            "layer",
+            layers,
+        )
+        self.peers_reachable = r.gauge(
+            "peers_reachable",
+            "Of those, nodes one of this node's loop cover packets crossed and came back "
+            f"within the last {REACHABLE_WINDOW_S:g} s, by layer.",
+            "layer",
+            layers,
+        )
         build_info(r)
 
 
@@ -408,7 +425,8 @@ class AuthorityMetrics:
         )
         self.descriptors = r.gauge("authority_descriptors", "Node descriptors held.")
         self.enrolled = r.gauge(
-            "authority_enrolled_nodes", "Identity keys in allowed_nodes (0: open enrolment)."
+            "authority_enrolled_nodes",
+            "Identity keys allowed (allowed_nodes and `allow`; 0: open enrolment).",
         )
         self.threshold = r.gauge("authority_threshold", "Signatures a document needs.")
         self.document_epoch = r.gauge(

@@ -153,6 +153,21 @@ def test_status_of_a_serving_node(net: Net, capsys: pytest.CaptureFixture[str]) 
     assert "authorities reachable 1 of 1 (threshold 1)" in out
 
 
+def test_status_shows_the_peers_its_loop_cover_reached_per_layer(
+    net: Net, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The gateway's loops cross the one mix and come back (1 Hz): layer 1 is reached;
+    the gateway's own layer is not counted."""
+    _wait("loop back through layer 1", lambda: _status(net.gw_config, capsys)[1].get(
+        "peers_reachable") == {"1": {"reachable": 1, "listed": 1}})  # fmt: skip
+    assert main(["status", "--config", str(net.gw_config)]) == 0
+    assert "reachable per layer 1: 1 of 1  (loops back within 120 s)" in capsys.readouterr().out
+    url = f"http://127.0.0.1:{net.metrics_port}/metrics"
+    _wait("the gauge follows (every 0.5 s)", lambda: 'phantom_peers_reachable{layer="1"} 1\n'
+          in _get(url)[1].decode())  # fmt: skip
+    assert 'phantom_peers_listed{layer="1"} 1\n' in _get(url)[1].decode()
+
+
 def test_healthz_answers_200_with_what_the_node_knows(net: Net) -> None:
     code, body = _get(f"http://127.0.0.1:{net.metrics_port}/healthz")
     health = json.loads(body)
