@@ -46,6 +46,10 @@ _U64 = struct.Struct(">Q")
 _F64 = struct.Struct(">d")
 
 
+_DELIVERY_HEAD = 2 + MAILBOX_ID_LEN + 1  # bytes before a DeliveryFrame's data
+_DOWNLINK_KINDS: Final[dict[int, DownlinkKind]] = {k.value: k for k in DownlinkKind}
+
+
 class ControlFrameError(PhantomError, ValueError):
     """A control frame is malformed, or a frame to send breaks its bounds."""
 
@@ -127,8 +131,8 @@ def _frame(kind: bytes, body: bytes) -> bytes:
     return out
 
 
-def _body(data: bytes, kind: bytes) -> _Reader:
-    """The body of ``data`` after checking its length, version and type byte."""
+def _check_head(data: bytes, kind: bytes) -> None:
+    """Check ``data``'s length, version and type byte."""
     if len(data) > CONTROL_MAX:
         raise ControlFrameError(f"control frame of {len(data)} bytes exceeds {CONTROL_MAX}")
     if len(data) < 2:
@@ -137,6 +141,11 @@ def _body(data: bytes, kind: bytes) -> _Reader:
         raise ControlFrameError(f"control frame version {data[0]}, expected {CONTROL_VERSION}")
     if data[1:2] != kind:
         raise ControlFrameError(f"control frame type {data[1:2]!r}, expected {kind!r}")
+
+
+def _body(data: bytes, kind: bytes) -> _Reader:
+    """The body of ``data`` after checking its head."""
+    _check_head(data, kind)
     return _Reader(data[2:])
 
 
@@ -228,7 +237,8 @@ class PacketFrame:
     @classmethod
     def from_bytes(cls, data: bytes) -> PacketFrame:
         """Parse a PacketFrame; ControlFrameError if malformed."""
-        return cls(_body(data, cls.TYPE).rest())
+        _check_head(data, cls.TYPE)  # (one per client packet: kept short)
+        return cls(data[2:])
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,13 +278,13 @@ class DeliveryFrame:
     @classmethod
     def from_bytes(cls, data: bytes) -> DeliveryFrame:
         """Parse a DeliveryFrame; ControlFrameError if malformed or of an unknown kind."""
-        r = _body(data, cls.TYPE)
-        mailbox, kind = r.take(MAILBOX_ID_LEN), r.u8()
-        try:
-            dk = DownlinkKind(kind)
-        except ValueError:
-            raise ControlFrameError(f"unknown downlink kind {kind}") from None
-        return cls(mailbox, dk, r.rest())
+        _check_head(data, cls.TYPE)  # (one per delivered packet: kept short)
+        if len(data) < _DELIVERY_HEAD:
+            raise ControlFrameError("control frame truncated")
+        dk = _DOWNLINK_KINDS.get(data[_DELIVERY_HEAD - 1])
+        if dk is None:
+            raise ControlFrameError(f"unknown downlink kind {data[_DELIVERY_HEAD - 1]}")
+        return cls(data[2 : _DELIVERY_HEAD - 1], dk, data[_DELIVERY_HEAD:])
 
 
 @dataclass(frozen=True, slots=True)
