@@ -30,7 +30,8 @@ def test_every_reason_is_exported_under_an_exported_label() -> None:
         assert reason.exported.exported is reason.exported
     assert DropReason.STALE.exported is DropReason.LATE
     assert DropReason.NO_SESSION.exported is DropReason.NO_CLIENT
-    assert DropReason.HANDLER_ERROR.exported is DropReason.HANDLER_ERROR == "other"
+    assert DropReason.HANDLER_ERROR.exported is DropReason.HANDLER_ERROR
+    assert str(DropReason.HANDLER_ERROR) == "other"
 
 
 def test_every_packet_error_names_a_drop_reason() -> None:
