@@ -111,7 +111,7 @@ class ReplayCache:
         >>> cache = ReplayCache(bits_log2=16)
         >>> tag = bytes(range(32))
         >>> cache.add(tag), cache.add(tag), len(cache)
-        (None, 'replay', 1)
+        (None, <DropReason.REPLAY: 'replay'>, 1)
 
     Tags must live as long as the key (a tag forgotten earlier would let its packet be
     replayed while the key still opens it), and a set of them would grow with traffic. A
