@@ -1,6 +1,6 @@
 """The data plane of a node: one worker process per core, each owning one UDP socket.
 
-    python -m mixnode._worker SETTINGS_JSON   # started by mixnode.daemon, never by hand
+    python -m mixnode._worker SETTINGS_HEX   # started by mixnode.daemon, never by hand
 
 Why processes: Sphinx processing is CPU-bound and mostly Python between the libsodium
 calls, so two threads process fewer packets than one (measured: 7.6k/s against 9.3k/s on
@@ -9,13 +9,13 @@ SO_REUSEPORT and attaches a classic BPF program that picks the socket from a byt
 packet's group element (alpha). That spreads the load, but it is no replay defence: one
 alpha has eight encodings with the same shared secret (see mixnode.replay), so copies of a
 packet can reach any worker. The replay decision is the node's: every worker maps the
-same filter per epoch key (the daemon's memfd, named in the ``K`` message) and checks and
+same filter per epoch key (the daemon's memfd, named in the KeysFrame) and checks and
 sets a tag under a lock, so exactly one copy passes, across restarts too.
 
 Each worker is a plain loop around ``poll`` (no trio here: per-packet scheduling costs
-would eat the second core). It speaks to the daemon over a UNIX datagram socket:
-daemon -> worker ``K`` keys, ``T`` topology, ``P`` uplink packet, ``Q`` quit;
-worker -> daemon ``D`` delivery, ``S`` statistics.
+would eat the second core). It speaks to the daemon over a UNIX datagram socket, one
+control frame per datagram (overlay's KeysFrame, TopologyFrame, PacketFrame, QuitFrame
+down; DeliveryFrame, StatsFrame up); it starts from overlay's WorkerSettings.
 
 Clocks: the delay queue, late drops, link emulation and reports run on the monotonic
 clock; the wall clock serves only key expiry (epochs are wall time). Kernel receive stamps
@@ -34,7 +34,6 @@ import bisect
 import ctypes
 import errno
 import heapq
-import json
 import math
 import os
 import secrets
@@ -47,20 +46,31 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
-from typing import Any
 
 from mixnode.core import DeliverAt, ForwardAt, NodeCore
 from mixnode.metrics import PROCESSING_BUCKETS_S
 from mixnode.replay import ReplayFileError, open_replay_file
 from overlay import (
     BULK,
+    CONTROL_MAX,
     LINK_VERSION,
     VOICE,
+    ControlFrameError,
+    DeliveryFrame,
+    DropReason,
+    EpochKey,
     FrameType,
     Hop,
+    KeysFrame,
     LinkCodec,
     LinkError,
+    PacketFrame,
+    QuitFrame,
+    StatsFrame,
     TopologyDocument,
+    TopologyFrame,
+    WorkerSettings,
+    decode_control,
     exp_delay_us,
 )
 
@@ -73,7 +83,6 @@ RECV_BATCH = 64  # datagrams read per poll wake-up at most
 PEER_QUEUE_MAX = 4096  # packets waiting per peer when the socket is full
 EMULATION_MAX = 65536  # packets held by link-delay emulation at most
 STATS_INTERVAL_S = 0.5  # seconds between statistics reports to the daemon
-CONTROL_MAX = 1 << 20  # bytes; a topology document fits easily
 GEOMETRIES = {"voice": VOICE, "bulk": BULK}
 # What sendto can raise for an address taken from a document: OSError, and for a host that
 # does not encode (the directory refuses such hosts; this keeps a worker alive regardless)
@@ -220,7 +229,7 @@ class Worker:
 
     def __init__(
         self,
-        settings: dict[str, object],
+        settings: WorkerSettings,
         udp: socket.socket,
         ctrl: socket.socket,
         *,
@@ -229,24 +238,24 @@ class Worker:
     ) -> None:
         """``clock`` schedules (monotonic seconds); ``wall_clock`` (unix seconds) is for
         key expiry only."""
-        geometry = GEOMETRIES[str(settings["geometry"])]
+        geometry = GEOMETRIES[settings.geometry]
         self.clock = clock
         self.wall_clock = wall_clock
         self.stamps = ReceiveStamps(clock(), wall_clock())
-        self.node_id = bytes.fromhex(str(settings["node_id"]))
+        self.node_id = settings.node_id
         self.core = NodeCore(
             geometry,
             self.node_id,
-            late_drop_s=float(settings["late_drop_ms"]) / 1000.0,  # type: ignore[arg-type]
-            max_queue=int(settings["max_queue"]),  # type: ignore[call-overload]
-            cover_rate_hz=float(settings["cover_rate_hz"]),  # type: ignore[arg-type]
+            late_drop_s=settings.late_drop_ms / 1000.0,
+            max_queue=settings.max_queue,
+            cover_rate_hz=settings.cover_rate_hz,
         )
         self.codec = LinkCodec(geometry)
         self.node_frame_len = self.codec.frame_len(FrameType.NODE_PACKET)
-        self.delay_mean_s = float(settings.get("link_delay_ms", 0.0)) / 1000.0  # type: ignore[arg-type]
-        self.delay_jitter_s = float(settings.get("link_jitter_ms", 0.0)) / 1000.0  # type: ignore[arg-type]
-        self.loss = float(settings.get("link_loss", 0.0))  # type: ignore[arg-type]
-        self.mix_delay_s = float(settings["mix_delay_ms"]) / 1000.0  # type: ignore[arg-type]
+        self.delay_mean_s = settings.link_delay_ms / 1000.0
+        self.delay_jitter_s = settings.link_jitter_ms / 1000.0
+        self.loss = settings.link_loss
+        self.mix_delay_s = settings.mix_delay_ms / 1000.0
         self.udp = udp
         self.ctrl = ctrl
         udp.setblocking(False)
@@ -267,38 +276,47 @@ class Worker:
     # -- control -----------------------------------------------------------------------
 
     def on_control(self, msg: bytes, now: float) -> None:
-        kind, body = msg[:1], msg[1:]
-        if kind == b"P":
-            self.on_packet(body, UPLINK, now, now)
-        elif kind == b"K":
-            self.install_keys(json.loads(body))
-        elif kind == b"T":
-            doc = TopologyDocument.from_bytes(body)  # verified by the daemon
-            self.topology = doc
-            self.core.max_delay_us = doc.max_delay_us
-            self.peers = {n.node_id: (n.host, n.port) for n in doc.nodes}
-            self.prev_hops = {(n.host, n.port): n.node_id for n in doc.nodes}
-            me = doc.by_id.get(self.node_id)
-            self.core.set_loop_paths(self.loop_path if me is not None else None, now)
-        elif kind == b"Q":
-            self.running = False
+        """Act on one control frame from the daemon; a malformed one is counted
+        (``control_malformed``) and ignored."""
+        try:
+            frame = decode_control(msg)
+        except ControlFrameError:
+            self.core.counters["control_malformed"] += 1
+            return
+        match frame:
+            case PacketFrame(packet):
+                self.on_packet(packet, UPLINK, now, now)
+            case KeysFrame(keys):
+                self.install_keys(keys)
+            case TopologyFrame(document):
+                doc = TopologyDocument.from_bytes(document)  # verified by the daemon
+                self.topology = doc
+                self.core.max_delay_us = doc.max_delay_us
+                self.peers = {n.node_id: (n.host, n.port) for n in doc.nodes}
+                self.prev_hops = {(n.host, n.port): n.node_id for n in doc.nodes}
+                me = doc.by_id.get(self.node_id)
+                self.core.set_loop_paths(self.loop_path if me is not None else None, now)
+            case QuitFrame():
+                self.running = False
+            case _:  # a frame for the daemon: not ours to act on
+                self.core.counters["control_malformed"] += 1
 
-    def install_keys(self, keys: list[list[Any]]) -> None:
-        """Install ``[epoch, private key hex, expires_at, replay fd]`` entries from the daemon.
+    def install_keys(self, keys: Sequence[EpochKey]) -> None:
+        """Install epoch keys from the daemon.
 
-        A new key gets the node-wide filter: the daemon's memfd ``replay fd``, opened as
-        ``/proc/<daemon pid>/fd/<replay fd>``. If it cannot be opened or belongs to another
+        A new key gets the node-wide filter: the daemon's memfd ``replay_fd``, opened as
+        ``/proc/<daemon pid>/fd/<replay_fd>``. If it cannot be opened or belongs to another
         key, the key is not installed (fail closed: its packets drop as ``unknown_epoch``)
-        and ``replay_file_errors`` counts it. An entry without a replay fd (unit tests)
-        gets a private filter.
+        and ``replay_file_errors`` counts it. A key without a replay fd (unit tests) gets a
+        private filter.
         """
         wall = self.wall_clock()
-        for entry in keys:
-            epoch, sk, expires_at = int(entry[0]), bytes.fromhex(entry[1]), float(entry[2])
-            replay_fd = entry[3] if len(entry) > 3 else None
+        for key in keys:
+            epoch, sk, expires_at = key.epoch, key.private_key, key.expires_at
+            replay_fd = key.replay_fd
             cache = None
             if replay_fd is not None and epoch not in self.core.epochs and expires_at > wall:
-                path = Path(f"/proc/{self.parent}/fd/{int(replay_fd)}")
+                path = Path(f"/proc/{self.parent}/fd/{replay_fd}")
                 try:
                     cache = open_replay_file(path, epoch, sk, self.core.replay_bits_log2)
                 except (OSError, ReplayFileError) as exc:
@@ -355,7 +373,7 @@ class Worker:
         try:
             self.on_datagram(data, addr, arrived, now)
         except Exception:  # a bug must cost one datagram, not the worker
-            self.core.drop("other")
+            self.core.drop(DropReason.HANDLER_ERROR)
 
     def on_datagram(
         self, data: bytes, addr: tuple[str, int], arrived_at: float, now: float
@@ -365,7 +383,7 @@ class Worker:
             self.core.counters["packets_in"] += 1
             try:
                 self.codec.parse(data)
-                self.core.drop("link_malformed")  # a well-formed frame of a client type
+                self.core.drop(DropReason.LINK_MALFORMED)  # a well-formed frame of a client type
             except LinkError as exc:
                 self.core.drop(exc.reason)
             return
@@ -373,18 +391,18 @@ class Worker:
             # Waited in the socket longer than the late limit: the node is overloaded.
             # Shed it before the expensive crypto, so the backlog drains instead of growing.
             self.core.counters["packets_in"] += 1
-            self.core.drop("late")
+            self.core.drop(DropReason.LATE)
             return
         self.on_packet(data[2:], self.prev_hops.get(addr, UNLISTED), now, arrived_at)
 
     def send(self, addr: tuple[str, int], frame: bytes, now: float) -> None:
         if self.loss and self.sysrand.random() < self.loss:
-            self.core.drop("link_loss")
+            self.core.drop(DropReason.LINK_LOSS)
             return
         if self.delay_mean_s or self.delay_jitter_s:
             d = max(0.0, self.sysrand.gauss(self.delay_mean_s, self.delay_jitter_s))
             if len(self.emulated) >= EMULATION_MAX:
-                self.core.drop("peer_queue_full")
+                self.core.drop(DropReason.PEER_QUEUE_FULL)
                 return
             self.seq += 1
             heapq.heappush(self.emulated, (now + d, self.seq, addr, frame))
@@ -395,7 +413,7 @@ class Worker:
         q = self.pending.get(addr)
         if q:
             if len(q) >= PEER_QUEUE_MAX:
-                self.core.drop("peer_queue_full")
+                self.core.drop(DropReason.PEER_QUEUE_FULL)
             else:
                 q.append(frame)
             return
@@ -405,7 +423,7 @@ class Worker:
         except BlockingIOError:
             self.pending.setdefault(addr, deque()).append(frame)
         except SEND_ERRORS:
-            self.core.drop("send_failed")
+            self.core.drop(DropReason.SEND_FAILED)
 
     def flush(self) -> None:
         for addr, q in list(self.pending.items()):
@@ -416,7 +434,7 @@ class Worker:
                 except BlockingIOError:
                     break
                 except SEND_ERRORS:
-                    self.core.drop("send_failed")
+                    self.core.drop(DropReason.SEND_FAILED)
                 q.popleft()
             if not q:
                 del self.pending[addr]
@@ -428,32 +446,34 @@ class Worker:
             if isinstance(action, ForwardAt):
                 addr = self.peers.get(action.next_hop)
                 if addr is None:
-                    self.core.drop("unknown_next_hop")
+                    self.core.drop(DropReason.UNKNOWN_NEXT_HOP)
                     continue
                 self.send(addr, self.codec.node_packet(action.packet), now)
             elif isinstance(action, DeliverAt):
-                msg = b"D" + action.mailbox + bytes((action.kind,)) + action.data
+                msg = DeliveryFrame(action.mailbox, action.kind, action.data).to_bytes()
                 try:
                     self.ctrl.send(msg)
                 except OSError:
-                    self.core.drop("delivery_backlog")
+                    self.core.drop(DropReason.DELIVERY_BACKLOG)
         while self.emulated and self.emulated[0][0] <= now:
             _, _, addr, frame = heapq.heappop(self.emulated)
             self.transmit(addr, frame)
 
     def report(self) -> None:
-        stats = {
-            "counters": dict(self.core.counters),
-            "queue_depth": self.core.queue_depth + len(self.emulated),
-            "replay_entries": self.core.replay_entries(),
-            "hist": self.hist,
-            "hist_sum": self.hist_sum,
-            "loops_sent": [[d, [n.hex() for n in ids]] for d, ids in self.core.loops_sent],
-            "loops_back": self.core.loops_back,
-        }
+        """Send the daemon a StatsFrame (dropped if the control socket is full)."""
+        stats = StatsFrame(
+            counters=dict(self.core.counters),
+            drops=dict(self.core.drops),
+            queue_depth=self.core.queue_depth + len(self.emulated),
+            replay_entries=self.core.replay_entries(),
+            hist=tuple(self.hist),
+            hist_sum=self.hist_sum,
+            loops_sent=tuple(self.core.loops_sent),
+            loops_back=tuple(self.core.loops_back),
+        )
         self.core.loops_sent, self.core.loops_back = [], []
         try:
-            self.ctrl.send(b"S" + json.dumps(stats).encode())
+            self.ctrl.send(stats.to_bytes())
         except OSError:
             pass
 
@@ -520,11 +540,12 @@ class Worker:
 
 
 def main() -> None:
-    """Entry point: ``python -m mixnode._worker SETTINGS_JSON`` with fds 3 (UDP), 4 (control)."""
+    """Entry point: ``python -m mixnode._worker SETTINGS_HEX`` (WorkerSettings' frame in hex,
+    naming the inherited UDP and control sockets' fds)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when workers stop
-    settings = json.loads(sys.argv[1])
-    udp = socket.socket(fileno=int(settings["udp_fd"]))
-    ctrl = socket.socket(fileno=int(settings["ctrl_fd"]))
+    settings = WorkerSettings.from_bytes(bytes.fromhex(sys.argv[1]))
+    udp = socket.socket(fileno=settings.udp_fd)
+    ctrl = socket.socket(fileno=settings.ctrl_fd)
     Worker(settings, udp, ctrl).run()
     os._exit(0)
 

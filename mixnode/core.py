@@ -38,6 +38,7 @@ from overlay import (
     DeliverReply,
     Discard,
     DownlinkKind,
+    DropReason,
     Forward,
     Geometry,
     Hop,
@@ -76,9 +77,9 @@ class DeliverAt:
 
 @dataclass(frozen=True, slots=True)
 class Dropped:
-    """A packet was dropped; ``reason`` is the counter it went to."""
+    """A packet was dropped; ``reason`` is the counter (``NodeCore.drops``) it went to."""
 
-    reason: str
+    reason: DropReason
 
 
 Action = ForwardAt | DeliverAt | Dropped
@@ -111,7 +112,7 @@ class ReplayCache:
         >>> cache = ReplayCache(bits_log2=16)
         >>> tag = bytes(range(32))
         >>> cache.add(tag), cache.add(tag), len(cache)
-        (None, 'replay', 1)
+        (None, <DropReason.REPLAY: 'replay'>, 1)
 
     Tags must live as long as the key (a tag forgotten earlier would let its packet be
     replayed while the key still opens it), and a set of them would grow with traffic. A
@@ -186,8 +187,8 @@ class ReplayCache:
         """Size of the filter's bits (fixed)."""
         return len(self._bits)
 
-    def add(self, tag: bytes) -> str | None:
-        """Record a 32-byte ``tag``; returns "replay" if it was (very likely) seen before.
+    def add(self, tag: bytes) -> DropReason | None:
+        """Record a 32-byte ``tag``; returns REPLAY if it was (very likely) seen before.
 
         Atomic among the processes sharing the filter: check and set run under the lock of
         the tag's stripe. Raises struct.error if ``tag`` is not 32 bytes.
@@ -207,7 +208,7 @@ class ReplayCache:
                     seen = False
                     bits[byte] |= bit
             if seen:
-                return "replay"
+                return DropReason.REPLAY
             self._counts[stripe] += 1
             return None
         finally:
@@ -275,6 +276,7 @@ class NodeCore:
         self.cover_rate_hz = cover_rate_hz
         self.rng = rng
         self.counters: Counter[str] = Counter()
+        self.drops: Counter[DropReason] = Counter()
         self._keys: list[_EpochKey] = []  # newest first; at most current and previous
         self._first_expiry = math.inf  # when expire_keys next has work to do
         self._heap: list[_Queued] = []
@@ -352,9 +354,9 @@ class NodeCore:
 
     # -- packets -----------------------------------------------------------------------
 
-    def drop(self, reason: str) -> Dropped:
-        """Count a drop (also for the edge's own checks, e.g. link framing)."""
-        self.counters["drop:" + reason] += 1
+    def drop(self, reason: DropReason) -> Dropped:
+        """Count a drop in ``drops`` (also for the edge's own checks, e.g. link framing)."""
+        self.drops[reason] += 1
         return Dropped(reason)
 
     def receive(
@@ -375,7 +377,7 @@ class NodeCore:
         """
         self.counters["packets_in"] += 1
         if not self._keys:
-            return self.drop("unknown_epoch")
+            return self.drop(DropReason.UNKNOWN_EPOCH)
         result = None
         key = self._keys[0]
         for key in self._keys:
@@ -390,15 +392,15 @@ class NodeCore:
         if result is None:
             return self.drop(err.reason)
         if result.delay_us > self.max_delay_us:
-            return self.drop("delay_too_long")
+            return self.drop(DropReason.DELAY_TOO_LONG)
         why = key.cache.add(result.replay_tag)
         if why is not None:
-            if why == "replay":
+            if why is DropReason.REPLAY:
                 self.counters["replays"] += 1
             return self.drop(why)
         release = (now if arrived_at is None else arrived_at) + result.delay_us / 1e6
         if now - release > self.late_drop_s:
-            return self.drop("late")
+            return self.drop(DropReason.LATE)
         action: ForwardAt | DeliverAt
         if isinstance(result, Forward):
             action = ForwardAt(result.next_hop, release, result.packet)
@@ -417,7 +419,7 @@ class NodeCore:
         held = self._held
         n = held.get(prev_hop, 0)
         if n >= self.max_queue - len(self._heap):
-            return self.drop("queue_full")
+            return self.drop(DropReason.QUEUE_FULL)
         held[prev_hop] = n + 1
         self._seq += 1
         heapq.heappush(self._heap, (release, self._seq, action, prev_hop))
@@ -447,7 +449,7 @@ class NodeCore:
             else:
                 del held[prev_hop]
             if now - at > self.late_drop_s:
-                out.append(self.drop("late"))
+                out.append(self.drop(DropReason.LATE))
             else:
                 self.counters["forwarded" if isinstance(action, ForwardAt) else "delivered"] += 1
                 out.append(action)

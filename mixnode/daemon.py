@@ -26,7 +26,6 @@ clock neither delays nor drops a client's frames.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import socket
@@ -44,7 +43,7 @@ import trio
 from mixnode._logging import RepeatLimiter
 from mixnode._udp import DropCount, attach_length_filter, kernel_drops
 from mixnode._version import VERSION
-from mixnode._worker import CONTROL_MAX, RECV_BATCH, bind_sharded, shard_of
+from mixnode._worker import RECV_BATCH, bind_sharded, shard_of
 from mixnode.config import ConfigError, NodeConfig, bind_error, check_genesis
 from mixnode.core import DEFAULT_REPLAY_BITS_LOG2
 from mixnode.directory_client import (
@@ -57,11 +56,9 @@ from mixnode.directory_client import (
 from mixnode.gateway import GatewayAction, GatewayCore, Reply, Uplink
 from mixnode.keys import IDENTITY_FILE, NodeKeys
 from mixnode.metrics import (
-    DROP_REASONS,
     GATEWAY_EVENTS,
     PROCESSING_BUCKETS_S,
     Health,
-    Histogram,
     NodeMetrics,
     serve_metrics,
 )
@@ -69,15 +66,26 @@ from mixnode.reachability import REACHABLE_WINDOW_S, LoopReachability
 from mixnode.replay import REPLAY_DIR, ReplayStore
 from mixnode.testnet import child_env
 from overlay import (
+    CONTROL_MAX,
+    ControlFrameError,
     Delivery,
+    DeliveryFrame,
     DirectorySchedule,
-    DownlinkKind,
+    DropReason,
+    EpochKey,
+    KeysFrame,
     LinkCodec,
     NodeDescriptor,
     NodeRole,
+    PacketFrame,
     PublishDescriptor,
+    QuitFrame,
+    StatsFrame,
     TopologyDocument,
+    TopologyFrame,
+    WorkerSettings,
     canonical_json,
+    decode_control,
     epoch_at,
     epoch_start,
     sign_descriptor,
@@ -86,7 +94,7 @@ from overlay import (
 log = logging.getLogger("phantom.mixnode")
 
 KEY_OVERLAP_S = 60.0  # seconds the previous epoch's key keeps opening packets
-WORKER_STOP_S = 3.0  # seconds a worker gets to exit after "Q" before SIGKILL
+WORKER_STOP_S = 3.0  # seconds a worker gets to exit after a QuitFrame before SIGKILL
 WORKER_READY_S = 10.0  # seconds to wait for workers to start before publishing anyway
 WORKER_RESTART_S = 1.0  # seconds between restarts of a crashed worker
 DIRECTORY_LOG_EVERY_S = 60.0  # seconds between summary lines of a repeated directory failure
@@ -94,34 +102,6 @@ DIRECTORY_LOG_EVERY_S = 60.0  # seconds between summary lines of a repeated dire
 # control plane is busy. Linux caps it at net.core.rmem_max (and doubles it for overhead).
 CLIENT_RCVBUF = 4 << 20
 REPLAY_SYNC_S = 1.0  # seconds between copies of the replay filters to disk (a crash loses less)
-# Our counters' names -> the metric's declared drop reasons.
-_REASON_ALIASES = {
-    "link_malformed": "malformed",
-    "no_key": "unknown_epoch",
-    "stale": "late",
-    "no_session": "no_client",
-    "too_many_mailboxes": "mailbox_full",
-    "mailbox_evicted": "mailbox_full",
-    "replay_cache_full": "replay",
-    "delivery_backlog": "queue_full",
-}
-
-
-def _add_to_histogram(h: Histogram, counts: list[int], total: float) -> None:
-    """Merge bucket counts a worker measured (same bounds) into ``h``.
-
-    Workers bucket their own observations: shipping every sample to this process would
-    cost more CPU than the histogram is worth at 10k packets per second.
-    """
-    with h._lock:  # noqa: SLF001 (the registry offers observe() only)
-        for i, c in enumerate(counts):
-            h._counts[i] += c  # noqa: SLF001
-        h._sum += total  # noqa: SLF001
-
-
-def _reason(name: str) -> str:
-    name = _REASON_ALIASES.get(name, name)
-    return name if name in DROP_REASONS else "other"
 
 
 class Directory(Protocol):
@@ -182,7 +162,8 @@ class _WorkerHandle:
     ctrl: trio.socket.SocketType | None = None  # receives (Trio)
     ctrl_raw: socket.socket | None = None  # sends (non-blocking; full means drop)
     proc: subprocess.Popen[bytes] | None = None
-    last: Counter[str] | None = None
+    last: Counter[str] | None = None  # the worker's last cumulative counters
+    last_drops: Counter[DropReason] | None = None  # and its drops
     ready: trio.Event | None = None  # set by the worker's first report
     hist: list[int] | None = None  # the worker's last cumulative processing histogram
     hist_sum: float = 0.0
@@ -228,6 +209,7 @@ class Node:
         self.client_raw: socket.socket | None = None
         self.workers: list[_WorkerHandle] = []
         self.counters: Counter[str] = Counter()  # control-plane counters (gateway etc.)
+        self.drops: Counter[DropReason] = Counter()  # what the control plane dropped
         self.port = 0
         self.client_port: int | None = None
         # Lengths of every link frame type: anything else on the client port is junk.
@@ -276,7 +258,7 @@ class Node:
         return True
 
     def _key_message(self) -> bytes:
-        """``K`` with the keys the workers use, each with its replay filter's memfd.
+        """A KeysFrame with the keys the workers use, each with its replay filter's memfd.
 
         A key whose filter cannot be made is left out (fail closed: its packets drop as
         ``unknown_epoch``), counted in ``replay_file_errors`` and logged.
@@ -293,8 +275,8 @@ class Node:
                 self.counters["replay_file_errors"] += 1
                 log.error("replay filter of epoch %d: %s; key not used", e, exc.strerror)
                 continue
-            keys.append([e, self.keys.epoch_private(e).hex(), expires_at, fd])
-        return b"K" + json.dumps(keys).encode()
+            keys.append(EpochKey(e, self.keys.epoch_private(e), expires_at, fd))
+        return KeysFrame(tuple(keys)).to_bytes()
 
     def gateway_private_keys(self) -> list[bytes]:
         held = [e for e in self.keys.epochs() if e <= self.epoch + 1]
@@ -319,22 +301,21 @@ class Node:
 
     # -- workers -----------------------------------------------------------------------
 
-    def _worker_settings(self, h: _WorkerHandle, ctrl_fd: int) -> str:
+    def _worker_settings(self, h: _WorkerHandle, ctrl_fd: int) -> WorkerSettings:
+        """What worker ``h`` starts with; ``ctrl_fd`` is its end of the control socket."""
         c = self.config
-        return json.dumps(
-            {
-                "geometry": c.node.geometry,
-                "node_id": self.node_id.hex(),
-                "late_drop_ms": c.mixing.late_drop_ms,
-                "max_queue": max(1, c.mixing.max_queue // c.mixing.workers),
-                "cover_rate_hz": c.mixing.loop_cover_rate_hz / c.mixing.workers,
-                "mix_delay_ms": c.mixing.loop_cover_delay_ms,
-                "link_delay_ms": c.link.delay_ms_mean,
-                "link_jitter_ms": c.link.delay_ms_jitter,
-                "link_loss": c.link.loss,
-                "udp_fd": h.udp.fileno(),
-                "ctrl_fd": ctrl_fd,
-            }
+        return WorkerSettings(
+            geometry=c.node.geometry,
+            node_id=self.node_id,
+            late_drop_ms=c.mixing.late_drop_ms,
+            max_queue=max(1, c.mixing.max_queue // c.mixing.workers),
+            cover_rate_hz=c.mixing.loop_cover_rate_hz / c.mixing.workers,
+            mix_delay_ms=c.mixing.loop_cover_delay_ms,
+            link_delay_ms=c.link.delay_ms_mean,
+            link_jitter_ms=c.link.delay_ms_jitter,
+            link_loss=c.link.loss,
+            udp_fd=h.udp.fileno(),
+            ctrl_fd=ctrl_fd,
         )
 
     def _spawn(self, h: _WorkerHandle) -> None:
@@ -344,7 +325,12 @@ class Node:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         parent.setblocking(False)
         h.proc = subprocess.Popen(
-            [sys.executable, "-m", "mixnode._worker", self._worker_settings(h, child.fileno())],
+            [
+                sys.executable,
+                "-m",
+                "mixnode._worker",
+                self._worker_settings(h, child.fileno()).to_bytes().hex(),
+            ],
             pass_fds=(h.udp.fileno(), child.fileno()),
             env=child_env(),
             stdin=subprocess.DEVNULL,
@@ -352,12 +338,12 @@ class Node:
         child.close()
         h.ctrl_raw = parent
         h.ctrl = trio.socket.from_stdlib_socket(parent)
-        h.last = Counter()
+        h.last, h.last_drops = Counter(), Counter()
         h.ready = trio.Event()
         h.hist, h.hist_sum = [0] * (len(PROCESSING_BUCKETS_S) + 1), 0.0
         self._send_worker(h, self._key_message())
         if self.topology is not None:
-            self._send_worker(h, b"T" + self.topology.to_bytes())
+            self._send_worker(h, TopologyFrame(self.topology.to_bytes()).to_bytes())
 
     def _send_worker(self, h: _WorkerHandle, msg: bytes) -> None:
         if h.ctrl_raw is None:
@@ -365,7 +351,7 @@ class Node:
         try:
             h.ctrl_raw.send(msg)
         except OSError:
-            self.counters["drop:delivery_backlog"] += 1
+            self.drops[DropReason.DELIVERY_BACKLOG] += 1
 
     def broadcast(self, msg: bytes) -> None:
         for h in self.workers:
@@ -384,11 +370,21 @@ class Node:
             if not msg:
                 await trio.sleep(0.1)
                 continue
-            kind = msg[:1]
-            if kind == b"D":
-                self._on_delivery(msg[1:])
-            elif kind == b"S":
-                self._on_stats(h, json.loads(msg[1:]))
+            try:
+                frame = decode_control(msg)
+            except ControlFrameError:
+                if msg[1:2] == DeliveryFrame.TYPE:
+                    self.drops[DropReason.NO_CLIENT] += 1  # a delivery for no known client
+                else:
+                    self.counters["control_malformed"] += 1
+                continue
+            match frame:
+                case DeliveryFrame():
+                    self._on_delivery(frame)
+                case StatsFrame():
+                    self._on_stats(h, frame)
+                case _:  # a frame for workers: not ours to act on
+                    self.counters["control_malformed"] += 1
 
     async def _supervise(self) -> None:
         while True:
@@ -412,17 +408,18 @@ class Node:
                 self.counters["replay_file_errors"] += 1
                 log.warning("replay files: sync failed: %s", exc.strerror)
 
-    def _on_stats(self, h: _WorkerHandle, stats: dict[str, object]) -> None:
-        now = Counter({str(k): int(v) for k, v in stats["counters"].items()})  # type: ignore[attr-defined]
-        assert h.last is not None and h.ready is not None
+    def _on_stats(self, h: _WorkerHandle, stats: StatsFrame) -> None:
+        now = Counter(stats.counters)
+        now_drops = Counter(stats.drops)
+        assert h.last is not None and h.last_drops is not None and h.ready is not None
         h.ready.set()
         delta = now - h.last
         h.last = now
         m = self.metrics
+        m.count_drops(now_drops - h.last_drops)
+        h.last_drops = now_drops
         for name, n in delta.items():
-            if name.startswith("drop:"):
-                m.drops.inc(n, label=_reason(name[5:]))
-            elif name == "packets_in":
+            if name == "packets_in":
                 m.packets_in.inc(n)
             elif name == "packets_out":
                 m.packets_out.inc(n)
@@ -433,19 +430,18 @@ class Node:
             elif name == "cover_received":
                 m.cover_received.inc(n)
         t = self.clock()
-        for delay_us, ids in stats.get("loops_sent", []):  # type: ignore[attr-defined]
-            self.reach.sent(int(delay_us), [bytes.fromhex(i) for i in ids], t)
-        for delay_us in stats.get("loops_back", []):  # type: ignore[attr-defined]
-            self.reach.returned(int(delay_us), t)
-        self._depths[h.index] = int(stats["queue_depth"])  # type: ignore[call-overload]
+        for marker, ids in stats.loops_sent:
+            self.reach.sent(marker, list(ids), t)
+        for marker in stats.loops_back:
+            self.reach.returned(marker, t)
+        self._depths[h.index] = stats.queue_depth
         m.queue_depth.set(sum(self._depths.values()))
-        hist = [int(x) for x in stats["hist"]]  # type: ignore[attr-defined]
-        hist_sum = float(stats["hist_sum"])  # type: ignore[arg-type]
+        hist, hist_sum = list(stats.hist), stats.hist_sum
         assert h.hist is not None
-        _add_to_histogram(
-            m.processing_seconds,
-            [a - b for a, b in zip(hist, h.hist, strict=True)],
-            hist_sum - h.hist_sum,
+        # Workers bucket their own observations: shipping every sample to this process
+        # would cost more CPU than the histogram is worth at 10k packets per second.
+        m.processing_seconds.merge_counts(
+            [a - b for a, b in zip(hist, h.hist, strict=True)], hist_sum - h.hist_sum
         )
         h.hist, h.hist_sum = hist, hist_sum
 
@@ -453,16 +449,11 @@ class Node:
 
     # -- gateway -----------------------------------------------------------------------
 
-    def _on_delivery(self, body: bytes) -> None:
-        if self.gateway is None or len(body) < 17:
-            self.counters["drop:no_client"] += 1
+    def _on_delivery(self, frame: DeliveryFrame) -> None:
+        if self.gateway is None:
+            self.drops[DropReason.NO_CLIENT] += 1
             return
-        mailbox, kind = body[:16], body[16]
-        try:
-            dk = DownlinkKind(kind)
-        except ValueError:
-            return
-        self.gateway.enqueue(mailbox, Delivery(dk, body[17:]), self.clock())
+        self.gateway.enqueue(frame.mailbox, Delivery(frame.kind, frame.data), self.clock())
 
     async def _client_reader(self) -> None:
         assert self.gateway is not None and self.client_raw is not None
@@ -493,13 +484,13 @@ class Node:
                 continue  # e.g. ICMP port unreachable from a client that went away
             got += 1
             if flags & socket.MSG_TRUNC or len(data) not in lengths:
-                self.counters["drop:wrong_length"] += 1
+                self.drops[DropReason.WRONG_LENGTH] += 1
                 continue
             try:
                 action = gw.on_datagram(data, addr, self.clock(), self._gw_keys)
             except Exception:  # a bug must cost one datagram, never the node
                 log.exception("client datagram handling failed")
-                self.counters["drop:other"] += 1
+                self.drops[DropReason.HANDLER_ERROR] += 1
                 continue
             self._act(action, addr, n)
         self.metrics.packets_in.inc(got)
@@ -509,14 +500,15 @@ class Node:
         """Carry out what the gateway core decided for one client datagram."""
         match action:
             case Uplink(packet):
-                self._send_worker(self.workers[shard_of(packet, n)], b"P" + packet)
+                frame = PacketFrame(packet).to_bytes()
+                self._send_worker(self.workers[shard_of(packet, n)], frame)
             case Reply(datagram):  # CHALLENGE or UNKNOWN_SESSION, shorter than the request
                 assert self.client_raw is not None
                 try:
                     self.client_raw.sendto(datagram, addr)
                     self.metrics.packets_out.inc()
                 except OSError:  # includes BlockingIOError: a full buffer drops it
-                    self.counters["drop:send_failed"] += 1
+                    self.drops[DropReason.SEND_FAILED] += 1
 
     async def _downlink(self) -> None:
         assert self.gateway is not None and self.client_raw is not None
@@ -529,7 +521,7 @@ class Node:
                     self.metrics.packets_out.inc()
                     self.metrics.deliveries.inc()
                 except (BlockingIOError, OSError):
-                    self.counters["drop:send_failed"] += 1
+                    self.drops[DropReason.SEND_FAILED] += 1
             nxt = gw.next_deadline()
             await trio.sleep(0.05 if nxt is None else max(0.0, nxt - self.clock()))
 
@@ -585,7 +577,7 @@ class Node:
             )
             if got.adopt:
                 self.topology = doc
-                self.broadcast(b"T" + doc.to_bytes())
+                self.broadcast(TopologyFrame(doc.to_bytes()).to_bytes())
                 log.info("topology for epoch %d: %d nodes", doc.epoch, len(doc.nodes))
             if got.listed_changed:
                 log.log(
@@ -692,6 +684,7 @@ class Node:
 
     async def _gauges(self) -> None:
         last: Counter[str] = Counter()
+        last_drops: Counter[DropReason] = Counter()
         while True:
             await trio.sleep(0.5)
             self.count_socket_drops()
@@ -703,16 +696,20 @@ class Node:
                 self.metrics.gateway_sessions.set(self.gateway.sessions)
                 self.metrics.gateway_mailboxes.set(self.gateway.mailboxes)
                 now = self.gateway.counters + self.counters
+                now_drops = self.gateway.drops + self.drops
             else:
                 now = Counter(self.counters)
+                now_drops = Counter(self.drops)
             for name, n in (now - last).items():
-                if name.startswith("drop:"):
-                    self.metrics.drops.inc(n, label=_reason(name[5:]))
                 if name in GATEWAY_EVENTS:
                     self.metrics.gateway_events.inc(n, label=name)
-                elif name == "drop:attach_proof":
-                    self.metrics.gateway_events.inc(n, label="attach_refused")
-            last = now
+            new_drops = now_drops - last_drops
+            self.metrics.count_drops(new_drops)
+            if new_drops[DropReason.ATTACH_PROOF]:
+                self.metrics.gateway_events.inc(
+                    new_drops[DropReason.ATTACH_PROOF], label="attach_refused"
+                )
+            last, last_drops = now, now_drops
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -823,7 +820,7 @@ class Node:
 
     async def _stop_workers(self) -> None:
         self._stopping = True
-        self.broadcast(b"Q")
+        self.broadcast(QuitFrame().to_bytes())
         deadline = time.monotonic() + WORKER_STOP_S
         for h in self.workers:
             if h.proc is None:

@@ -58,6 +58,7 @@ from overlay import (
     CookieJar,
     Delivery,
     DownlinkKind,
+    DropReason,
     Frame,
     FrameType,
     GatewaySession,
@@ -201,11 +202,12 @@ class GatewayCore:
     ``max_sessions_per_source`` per source host (:func:`source_of`), ``max_mailboxes``
     (must exceed ``max_sessions``: an attaching client always finds room). ``counters``
     holds aggregate counts only: ``attach``, ``challenge``, ``attach_replayed``,
-    ``session_replaced`` (the daemon exports ``drop:attach_proof`` also as the event
-    ``attach_refused``),
+    ``session_replaced``,
     ``session_evicted``, ``roam_refused``, ``leave``, ``session_expired``,
     ``mailbox_expired``, ``mailbox_evicted``, ``slot_withheld``, ``unknown_session_hint``,
-    ``uplink``, ``deliveries``, ``dummies``, ``slot_skipped`` and ``drop:<reason>``.
+    ``uplink``, ``deliveries``, ``dummies`` and ``slot_skipped``; ``drops`` counts frames
+    dropped by DropReason (the daemon exports ``ATTACH_PROOF`` also as the event
+    ``attach_refused``).
     ``steps`` counts the entries the core's loops visited (slots, expired or evicted
     mailboxes): a cost meter for tests and benchmarks, not a metric. Raises ValueError on a
     bad setting.
@@ -242,6 +244,7 @@ class GatewayCore:
         self._earn = AMPLIFICATION * self.codec.frame_len(FrameType.UPLINK) // down
         self._credit_cap = max(self._earn, round(2 * delivery_rate_hz))
         self.counters: Counter[str] = Counter()
+        self.drops: Counter[DropReason] = Counter()
         self.steps = 0
         self._cookies = CookieJar(rng=rng)
         self._sessions: dict[bytes, _Session] = {}
@@ -270,7 +273,7 @@ class GatewayCore:
         """Handle one client datagram from ``addr`` at ``now``; ``private_keys`` are the
         gateway's current X25519 keys. Returns Uplink (a Sphinx packet for the workers),
         Reply (a CHALLENGE or UNKNOWN_SESSION for ``addr``) or None; a bad frame is counted
-        as ``drop:<reason>`` and never raises. O(1) in the number of sessions.
+        in ``drops`` and never raises. O(1) in the number of sessions.
         """
         try:
             frame = self.codec.parse(datagram)
@@ -284,12 +287,12 @@ class GatewayCore:
             sid = GatewaySession.session_id_of(frame)
             s = self._sessions.get(sid)
             if s is None:
-                self.counters["drop:no_session"] += 1
+                self.drops[DropReason.NO_SESSION] += 1
                 self.counters["unknown_session_hint"] += 1
                 return Reply(self.codec.unknown_session(frame))
             packet = s.link.open_uplink(frame)
         except PacketError as exc:
-            self.counters["drop:" + exc.reason] += 1
+            self.drops[exc.reason] += 1
             return None
         s.uplinked = True
         self._seen(s, sid, addr, now, proved=False)
@@ -390,7 +393,7 @@ class GatewayCore:
         sid = GatewaySession.session_id_of(frame)
         s = self._sessions.get(sid)
         if s is None:  # no hint: a client that left must not be told to come back
-            self.counters["drop:no_session"] += 1
+            self.drops[DropReason.NO_SESSION] += 1
             return
         s.link.open_leave(frame)  # raises: counted, the session stays
         self._end(sid, now)
@@ -419,20 +422,20 @@ class GatewayCore:
         """A new idle mailbox; at ``max_mailboxes`` the oldest idle one makes room."""
         if len(self._mailboxes) >= self.max_mailboxes:
             if not self._idle:
-                self.counters["drop:too_many_mailboxes"] += 1
+                self.drops[DropReason.TOO_MANY_MAILBOXES] += 1
                 return None
             oldest, _ = self._idle.popitem(last=False)
-            self._free(oldest, "drop:mailbox_evicted")
+            self._free(oldest, DropReason.MAILBOX_EVICTED)
             self.counters["mailbox_evicted"] += 1
         box = self._mailboxes[mailbox] = _Mailbox(touched=now)
         self._idle[mailbox] = None
         return box
 
-    def _free(self, mailbox: bytes, reason: str) -> None:
+    def _free(self, mailbox: bytes, reason: DropReason) -> None:
         self.steps += 1
         box = self._mailboxes.pop(mailbox)
         self._depth -= len(box.frames)
-        self.counters[reason] += len(box.frames)
+        self.drops[reason] += len(box.frames)
 
     def expire(self, now: float) -> None:
         """Free the mailboxes without a session whose newest frame is older than
@@ -443,7 +446,7 @@ class GatewayCore:
             if now - boxes[oldest].touched <= self.max_age_s:
                 return
             del idle[oldest]
-            self._free(oldest, "drop:stale")
+            self._free(oldest, DropReason.STALE)
             self.counters["mailbox_expired"] += 1
 
     def enqueue(self, mailbox: bytes, delivery: Delivery, now: float) -> None:
@@ -460,7 +463,7 @@ class GatewayCore:
         if len(box.frames) >= self.mailbox_capacity:
             box.frames.popleft()
             self._depth -= 1
-            self.counters["drop:mailbox_full"] += 1
+            self.drops[DropReason.MAILBOX_FULL] += 1
         box.frames.append((now, delivery))
         self._depth += 1
 
@@ -557,7 +560,7 @@ class GatewayCore:
             at, delivery = box.frames.popleft()
             self._depth -= 1
             if now - at > self.max_age_s:
-                self.counters["drop:stale"] += 1
+                self.drops[DropReason.STALE] += 1
                 continue
             self.counters["deliveries"] += 1
             return delivery

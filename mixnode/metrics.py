@@ -1,8 +1,9 @@
 """Aggregate-only metrics in the Prometheus text format, served on loopback.
 
+    >>> from overlay import DropReason
     >>> reg = Registry()
     >>> m = NodeMetrics(reg)
-    >>> m.packets_in.inc(); m.drops.inc(label="mac_mismatch")
+    >>> m.packets_in.inc(); m.count_drops({DropReason.MAC_MISMATCH: 1})
     >>> m.processing_seconds.observe(0.0002)
     >>> "phantom_drops_total{reason=\\"mac_mismatch\\"} 1" in reg.render()
     True
@@ -22,12 +23,12 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import trio
 
-from overlay import DEFAULT_MIX_LAYERS, UsageError
+from overlay import DEFAULT_MIX_LAYERS, EXPORTED_DROP_REASONS, DropReason, UsageError
 
 from ._version import VERSION
 from .config import is_loopback
@@ -38,30 +39,8 @@ NAMESPACE = "phantom"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OTHER = "other"  # label value for anything not declared
 
-# Why a node dropped a packet. The PacketError reasons of overlay, then the node's own.
-DROP_REASONS: tuple[str, ...] = (
-    "malformed",
-    "wrong_length",
-    "unknown_version",
-    "mac_mismatch",
-    "link_auth",
-    "attach_proof",
-    "bad_command",
-    "payload_tampered",
-    "replay",
-    "late",
-    "queue_full",
-    "delay_too_long",
-    "unknown_next_hop",
-    "unknown_epoch",
-    "mailbox_full",
-    "no_client",
-    "peer_queue_full",
-    "send_failed",
-    "link_loss",
-    "shutdown",
-    OTHER,
-)
+# Why a node dropped a packet: the label values of drops_total (overlay.DropReason).
+DROP_REASONS: tuple[str, ...] = tuple(str(r) for r in EXPORTED_DROP_REASONS)
 # What a gateway did with its clients' sessions (docs/wire-link.md, docs/operators.md).
 GATEWAY_EVENTS: tuple[str, ...] = (
     "attach",
@@ -220,6 +199,22 @@ class Histogram(_Metric):
         with self._lock:
             self._counts[i] += 1
             self._sum += value
+
+    def merge_counts(self, counts: Sequence[int], total: float) -> None:
+        """Add observations bucketed elsewhere with the same bounds.
+
+        ``counts`` holds one count per bucket (``len(buckets) + 1`` of them, the last for
+        +Inf; not cumulative, each >= 0), ``total`` their sum (seconds). Raises UsageError
+        for a wrong number of buckets or a negative count.
+        """
+        if len(counts) != len(self._counts) or any(c < 0 for c in counts):
+            raise UsageError(
+                f"{self.name}: need {len(self._counts)} bucket counts >= 0, got {list(counts)}"
+            )
+        with self._lock:
+            for i, c in enumerate(counts):
+                self._counts[i] += c
+            self._sum += total
 
     @property
     def count(self) -> int:
@@ -399,6 +394,13 @@ class NodeMetrics:
             layers,
         )
         build_info(r)
+
+    def count_drops(self, drops: Mapping[DropReason, int]) -> None:
+        """Add drop counts (by reason, each >= 0) to ``drops_total`` under their exported
+        labels (:attr:`overlay.DropReason.exported`)."""
+        for reason, n in drops.items():
+            if n:
+                self.drops.inc(n, label=reason.exported)
 
 
 def build_info(registry: Registry) -> Gauge:

@@ -6,7 +6,7 @@
     >>> path = ensure_replay_file(d, 7, public_key(sk), bits_log2=16)
     >>> a, b = open_replay_file(path, 7, sk, 16), open_replay_file(path, 7, sk, 16)
     >>> a.add(bytes(32)), b.add(bytes(32)), len(b)   # two workers, one filter
-    (None, 'replay', 1)
+    (None, <DropReason.REPLAY: 'replay'>, 1)
     >>> a.close(); b.close(); remove_replay_files(d, keep=[])
     [7]
 
@@ -238,7 +238,7 @@ class ReplayStore:
         >>> store = ReplayStore(d, bits_log2=16)                  # the node restarts
         >>> fd = store.ensure(9, public_key(sk))
         >>> open_replay_file(pathlib.Path(f"/proc/self/fd/{fd}"), 9, sk, 16).add(bytes(32))
-        'replay'
+        <DropReason.REPLAY: 'replay'>
         >>> store.drop(keep=[]), replay_epochs(d)
         ([9], [])
 

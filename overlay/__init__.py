@@ -7,6 +7,19 @@
 Everything public is re-exported here; the ``_``-prefixed modules are implementation.
 """
 
+from ._control import CONTROL_MAX as CONTROL_MAX
+from ._control import CONTROL_VERSION as CONTROL_VERSION
+from ._control import ControlFrame as ControlFrame
+from ._control import ControlFrameError as ControlFrameError
+from ._control import DeliveryFrame as DeliveryFrame
+from ._control import EpochKey as EpochKey
+from ._control import KeysFrame as KeysFrame
+from ._control import PacketFrame as PacketFrame
+from ._control import QuitFrame as QuitFrame
+from ._control import StatsFrame as StatsFrame
+from ._control import TopologyFrame as TopologyFrame
+from ._control import WorkerSettings as WorkerSettings
+from ._control import decode_control as decode_control
 from ._directory import DIRECTORY_FOLLOW_S as DIRECTORY_FOLLOW_S
 from ._directory import DIRECTORY_REFRESH_S as DIRECTORY_REFRESH_S
 from ._directory import DIRECTORY_RETRY_S as DIRECTORY_RETRY_S
@@ -15,6 +28,8 @@ from ._directory import DirectorySchedule as DirectorySchedule
 from ._directory import FetchDocument as FetchDocument
 from ._directory import FetchedDocument as FetchedDocument
 from ._directory import PublishDescriptor as PublishDescriptor
+from ._drop import EXPORTED_DROP_REASONS as EXPORTED_DROP_REASONS
+from ._drop import DropReason as DropReason
 from ._errors import BadCommand as BadCommand
 from ._errors import GeometryError as GeometryError
 from ._errors import MacMismatch as MacMismatch

@@ -6,45 +6,52 @@ tell the sender which check failed), ``UsageError`` for local misuse (a bug in t
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+from ._drop import DropReason
+
 
 class PhantomError(Exception):
     """Root of every error this project raises on purpose."""
 
 
 class PacketError(PhantomError):
-    """A packet from the network failed a check; the packet is dropped."""
+    """A packet from the network failed a check; the packet is dropped.
 
-    reason = "malformed"
+    ``reason`` (a class attribute) is the DropReason it is counted under.
+    """
+
+    reason: ClassVar[DropReason] = DropReason.MALFORMED
 
 
 class WrongLength(PacketError):
     """The packet is not exactly the geometry's packet length."""
 
-    reason = "wrong_length"
+    reason = DropReason.WRONG_LENGTH
 
 
 class UnknownVersion(PacketError):
     """The version byte names a format this node does not speak."""
 
-    reason = "unknown_version"
+    reason = DropReason.UNKNOWN_VERSION
 
 
 class MacMismatch(PacketError):
     """The header MAC does not verify: tampered, misrouted or for another key."""
 
-    reason = "mac_mismatch"
+    reason = DropReason.MAC_MISMATCH
 
 
 class BadCommand(PacketError):
     """The routing command is unknown or its fields are out of range."""
 
-    reason = "bad_command"
+    reason = DropReason.BAD_COMMAND
 
 
 class PayloadTampered(PacketError):
     """The payload's zero tag did not survive decryption: a bit was changed on the way."""
 
-    reason = "payload_tampered"
+    reason = DropReason.PAYLOAD_TAMPERED
 
 
 class UsageError(PhantomError, ValueError):

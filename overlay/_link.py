@@ -37,6 +37,7 @@ from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
 from nacl.exceptions import CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
+from ._drop import DropReason
 from ._errors import PacketError, UsageError
 from ._geometry import MAILBOX_ID_LEN, SURB_ID_LEN, Geometry
 from ._sphinx import Rng
@@ -61,19 +62,19 @@ _PROOF_LEN = KEY_LEN + SIGNATURE_LEN  # mailbox public key | signature
 class LinkError(PacketError):
     """A datagram is not a well-formed link frame."""
 
-    reason = "link_malformed"
+    reason = DropReason.LINK_MALFORMED
 
 
 class LinkAuthError(LinkError):
     """An encrypted client frame does not open: wrong key, tampered, or replayed."""
 
-    reason = "link_auth"
+    reason = DropReason.LINK_AUTH
 
 
 class MailboxProofError(LinkAuthError):
     """An ATTACH opened but does not prove its mailbox: bad signature or foreign key."""
 
-    reason = "attach_proof"
+    reason = DropReason.ATTACH_PROOF
 
 
 class FrameType(IntEnum):

@@ -8,7 +8,6 @@ onto the monotonic timeline (mixnode._worker.ReceiveStamps).
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
+from worker_support import worker_settings
 
 from mixnode._worker import STEP_TOLERANCE_S, ReceiveStamps, Worker, bind_sharded
 from mixnode.config import parse_node_config
@@ -29,13 +29,17 @@ from mixnode.keys import NodeKeys
 from overlay import (
     VOICE,
     ClientLink,
+    DeliveryFrame,
     DownlinkKind,
+    DropReason,
     Hop,
     LinkCodec,
     MailboxKey,
     NodeDescriptor,
     NodeRole,
     TopologyDocument,
+    TopologyFrame,
+    WorkerSettings,
     build_document,
     create_forward,
     node_id_for,
@@ -108,16 +112,8 @@ def test_stamps_map_to_the_true_arrival_across_a_step(
 def _worker(clocks: Clocks, **settings: object) -> tuple[Worker, socket.socket, bytes]:
     udp = bind_sharded("127.0.0.1", 0, 1)[0]
     _, ctrl = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    base = {
-        "geometry": "voice",
-        "node_id": ME.hex(),
-        "late_drop_ms": 50.0,
-        "max_queue": 1000,
-        "cover_rate_hz": 0.0,
-        "mix_delay_ms": 1.0,
-    }
     w = Worker(
-        {**base, **settings},
+        worker_settings(node_id=ME, **settings),
         udp,
         ctrl,
         clock=lambda: clocks.mono,
@@ -137,7 +133,9 @@ def _frame(sk: bytes, delay_us: int) -> bytes:
     return CODEC.node_packet(create_forward(VOICE, path, b"m" * 16, b"x"))
 
 
-def _run_with_step(step: float) -> tuple[list[float], dict[str, int], int]:
+def _run_with_step(
+    step: float,
+) -> tuple[list[float], dict[str, int], dict[DropReason, int], int]:
     """Two 2 ms packets: one arrives before the step and is read after it, one after."""
     clocks = Clocks()
     w, sink, sk = _worker(clocks)
@@ -160,17 +158,17 @@ def _run_with_step(step: float) -> tuple[list[float], dict[str, int], int]:
         got += 1
     w.udp.close()
     sink.close()
-    return releases, dict(w.core.counters), got
+    return releases, dict(w.core.counters), dict(w.core.drops), got
 
 
 def test_worker_release_times_and_drops_ignore_wall_clock_steps() -> None:
     runs = {step: _run_with_step(step) for step in STEPS}
-    for step, (releases, counters, got) in runs.items():
+    for step, (releases, counters, drops, got) in runs.items():
         # Stamps near 1.8e9 s resolve to 2.4e-7 s in a double.
         assert releases == pytest.approx([0.002, 0.002], abs=1e-6), step
         assert got == 2 and counters["forwarded"] == 2, step
-        assert not [k for k in counters if k.startswith("drop:")], (step, counters)
-    assert runs[-30.0][1] == runs[0.0][1] == runs[1.0][1]
+        assert not drops, (step, drops)
+    assert runs[-30.0][1:3] == runs[0.0][1:3] == runs[1.0][1:3]
 
 
 def test_worker_key_expiry_follows_the_wall_clock() -> None:
@@ -257,10 +255,10 @@ def test_a_worker_built_from_the_daemon_settings_uses_the_configured_loop_delay(
     node = _node(tmp_path)
     udp = bind_sharded("127.0.0.1", 0, 1)[0]
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    settings = json.loads(node._worker_settings(_WorkerHandle(0, udp), child.fileno()))
-    w = Worker(settings, udp, child)
+    settings = node._worker_settings(_WorkerHandle(0, udp), child.fileno())
+    w = Worker(WorkerSettings.from_bytes(settings.to_bytes()), udp, child)
     assert w.mix_delay_s == pytest.approx(0.040)
-    w.on_control(b"T" + _loop_doc(node).to_bytes(), 0.0)
+    w.on_control(TopologyFrame(_loop_doc(node).to_bytes()).to_bytes(), 0.0)
     delays = []
     for _ in range(400):
         path = w.loop_path()
@@ -307,8 +305,7 @@ async def _downlink_with_step(tmp_path: Path, step: float) -> tuple[list[float],
             clocks.advance(0.05)
             if i == 10:
                 clocks.step(step)
-            body = mailbox + bytes((DownlinkKind.MESSAGE,)) + bytes([i])
-            node._on_delivery(body)
+            node._on_delivery(DeliveryFrame(mailbox, DownlinkKind.MESSAGE, bytes([i])))
         await trio.sleep(2.0 - 30 * 0.05)
         nursery.cancel_scope.cancel()
     times = [round(t - t0, 6) for t, _ in rec.sent]

@@ -7,7 +7,16 @@ import os
 import pytest
 
 from mixnode.core import DeliverAt, Dropped, ForwardAt, NodeCore, ReplayCache, exponential
-from overlay import VOICE, DownlinkKind, Hop, create_forward, create_reply, create_surb, public_key
+from overlay import (
+    VOICE,
+    DownlinkKind,
+    DropReason,
+    Hop,
+    create_forward,
+    create_reply,
+    create_surb,
+    public_key,
+)
 
 ME = b"n" * 16
 NEXT = b"m" * 16
@@ -71,14 +80,14 @@ def test_late_on_arrival_is_dropped() -> None:
     )
     # Overdue by 30 ms only: kept.
     assert core.receive(_packet(sk, 10_000), now=0.04, prev_hop=PREV, arrived_at=0.0) is None
-    assert core.counters["drop:late"] == 1
+    assert core.drops[DropReason.LATE] == 1
 
 
 def test_late_in_queue_is_dropped() -> None:
     core, sk = _core(late_drop_s=0.05)
     core.receive(_packet(sk, 10_000), now=0.0, prev_hop=PREV)
     assert core.pop_due(0.5) == [Dropped("late")]
-    assert core.counters["drop:late"] == 1
+    assert core.drops[DropReason.LATE] == 1
 
 
 def test_replay_dropped_and_counted() -> None:
@@ -127,7 +136,7 @@ def test_garbage_counted_by_reason() -> None:
     assert core.receive(bytes(bad), now=0.0, prev_hop=PREV) == Dropped("mac_mismatch")
     bad[0] = 9
     assert core.receive(bytes(bad), now=0.0, prev_hop=PREV) == Dropped("unknown_version")
-    assert core.counters["drop:mac_mismatch"] == 1
+    assert core.drops[DropReason.MAC_MISMATCH] == 1
 
 
 def test_key_overlap_and_expiry() -> None:

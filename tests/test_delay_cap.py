@@ -16,7 +16,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mixnode.core import Dropped, NodeCore
-from overlay import DEFAULT_MAX_DELAY_US, VOICE, Hop, create_forward, exp_delay_us, public_key
+from overlay import (
+    DEFAULT_MAX_DELAY_US,
+    VOICE,
+    DropReason,
+    Hop,
+    create_forward,
+    exp_delay_us,
+    public_key,
+)
 from overlay._geometry import MAX_DELAY_US
 
 ME = b"n" * 16
@@ -40,7 +48,7 @@ def test_the_incident_packet_is_dropped_as_too_long_and_never_queued() -> None:
     assert core.max_delay_us == DEFAULT_MAX_DELAY_US
     for _ in range(20):
         assert core.receive(_packet(MAX_DELAY_US), 0.0, prev_hop="x") == Dropped("delay_too_long")
-    assert core.queue_depth == 0 and core.counters["drop:delay_too_long"] == 20
+    assert core.queue_depth == 0 and core.drops[DropReason.DELAY_TOO_LONG] == 20
     # The cap itself is allowed; one microsecond more is not.
     assert core.receive(_packet(DEFAULT_MAX_DELAY_US), 0.0, prev_hop="x") is None
     assert core.receive(_packet(DEFAULT_MAX_DELAY_US + 1), 0.0, prev_hop="x") == Dropped(
@@ -86,7 +94,7 @@ def test_a_flood_of_max_delay_packets_from_one_hop_costs_other_hops_under_1_perc
     loss, core = _flood_run(separate_hops=True)
     assert loss <= 0.01
     # The flood itself was cut to about half of the queue (1000 packets): 500 held of 3000.
-    assert 2400 < core.counters["drop:queue_full"] < 2600
+    assert 2400 < core.drops[DropReason.QUEUE_FULL] < 2600
     # The same traffic seen as one hop (what the node did without knowing the previous
     # hop): the flood takes the queue and the peer loses most of its packets.
     shared_loss, _ = _flood_run(separate_hops=False)

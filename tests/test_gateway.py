@@ -15,6 +15,7 @@ from overlay import (
     ClientLink,
     Delivery,
     DownlinkKind,
+    DropReason,
     FrameType,
     LinkCodec,
     MailboxKey,
@@ -87,7 +88,7 @@ def test_full_mailbox_drops_oldest() -> None:
     gw, client, _ = _attached(mailbox_capacity=3)
     for i in range(5):
         gw.enqueue(MB, Delivery(DownlinkKind.MESSAGE, bytes([i])), 0.0)
-    assert gw.counters["drop:mailbox_full"] == 2 and gw.mailbox_depth == 3
+    assert gw.drops[DropReason.MAILBOX_FULL] == 2 and gw.mailbox_depth == 3
     msgs = [client.open_downlink(d) for _, d in _run(gw, 0.0, 0.2)]
     assert [m.data for m in msgs if m.kind is DownlinkKind.MESSAGE] == [b"\x02", b"\x03", b"\x04"]
 
@@ -99,7 +100,7 @@ def test_too_old_frames_dropped_not_sent_late() -> None:
     msgs = [client.open_downlink(d) for _, d in _run(gw, 0.0, 1.0)]
     real = [m for m in msgs if m.kind is DownlinkKind.MESSAGE]
     assert 1 <= len(real) <= 3  # only those whose slot came within 0.25 s
-    assert gw.counters["drop:stale"] == 10 - len(real)
+    assert gw.drops[DropReason.STALE] == 10 - len(real)
 
 
 def test_uplink_opens_and_bad_frames_counted() -> None:
@@ -112,9 +113,9 @@ def test_uplink_opens_and_bad_frames_counted() -> None:
     other = ClientLink(VOICE, public_key(sk), MailboxKey.generate())
     hint = gw.on_datagram(other.seal_uplink(pkt), ("127.0.0.1", 2), 0.1, [sk])
     assert isinstance(hint, Reply) and other.receive(hint.datagram) == SessionUnknown()
-    assert gw.counters["drop:link_auth"] == 1
-    assert gw.counters["drop:link_malformed"] == 1
-    assert gw.counters["drop:no_session"] == 1
+    assert gw.drops[DropReason.LINK_AUTH] == 1
+    assert gw.drops[DropReason.LINK_MALFORMED] == 1
+    assert gw.drops[DropReason.NO_SESSION] == 1
 
 
 def test_mailbox_ids_bounded_and_idle_sessions_end() -> None:
@@ -130,10 +131,10 @@ def test_mailbox_ids_bounded_and_idle_sessions_end() -> None:
     for i in range(10):
         gw.enqueue(bytes([i]) * 16, Delivery(DownlinkKind.MESSAGE, b"x"), now=0.0)
     assert gw.mailboxes == 3 and gw.counters["mailbox_evicted"] == 8
-    assert gw.counters["drop:mailbox_evicted"] == 8 and gw.mailbox_depth == 2
+    assert gw.drops[DropReason.MAILBOX_EVICTED] == 8 and gw.mailbox_depth == 2
     gw.enqueue(MB, Delivery(DownlinkKind.MESSAGE, b"kept"), now=0.0)  # attached: still here
     gw.enqueue(b"z" * 16, Delivery(DownlinkKind.MESSAGE, b"x"), now=10.0)  # old ones expire
-    assert gw.counters["mailbox_expired"] == 2 and gw.counters["drop:too_many_mailboxes"] == 0
+    assert gw.counters["mailbox_expired"] == 2 and gw.drops[DropReason.TOO_MANY_MAILBOXES] == 0
     gw.due_slots(10.0)
     assert gw.sessions == 0 and gw.counters["session_expired"] == 1
     gw.due_slots(11.0)  # the departed client's mailbox and z's expire too
@@ -188,7 +189,7 @@ def test_forged_mailbox_proofs_open_nothing_and_send_nothing() -> None:
         out = gw.on_datagram(bytes(forged), attacker_addr, 0.0, [sk])
         assert out is None
     assert sent <= got
-    assert gw.counters["drop:link_auth"] + gw.counters["drop:attach_proof"] == 1000
+    assert gw.drops[DropReason.LINK_AUTH] + gw.drops[DropReason.ATTACH_PROOF] == 1000
     assert gw.sessions == 1 and set(gw._sessions) == {victim_sid}  # noqa: SLF001
     gw.enqueue(MB, Delivery(DownlinkKind.MESSAGE, b"for the victim"), 0.0)
     slots = [(addr, victim.open_downlink(d)) for addr, d in _addressed(gw, 0.0, 0.1)]
@@ -237,13 +238,13 @@ def test_leave_ends_the_downlink_at_once_and_a_forged_one_does_not() -> None:
     forged = bytearray(client.leave_frame())
     forged[-1] ^= 1
     assert gw.on_datagram(bytes(forged), ADDR, 0.1, [sk]) is None
-    assert gw.sessions == 1 and gw.counters["drop:link_auth"] == 1
+    assert gw.sessions == 1 and gw.drops[DropReason.LINK_AUTH] == 1
     leave = client.leave_frame()
     assert gw.on_datagram(leave, ADDR, 0.1, [sk]) is None
     assert gw.sessions == 0 and gw.counters["leave"] == 1
     assert _run(gw, 0.1, 1.0) == []
     assert gw.on_datagram(leave, ADDR, 0.2, [sk]) is None  # no hint after a LEAVE
-    assert gw.counters["drop:no_session"] == 1
+    assert gw.drops[DropReason.NO_SESSION] == 1
 
 
 @settings(max_examples=200, deadline=None)

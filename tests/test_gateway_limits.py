@@ -16,6 +16,7 @@ from overlay import (
     ClientLink,
     Delivery,
     DownlinkKind,
+    DropReason,
     MailboxKey,
     generate_private_key,
     public_key,
@@ -137,7 +138,7 @@ def test_a_flood_from_one_host_does_not_lock_out_another() -> None:
     assert gw.counters["session_evicted"] == 200 - 64
     honest = _attach(gw, ("127.0.0.2", 1), now=0.3)
     assert _receives(gw, honest, 0.3)
-    assert gw.counters["drop:too_many_mailboxes"] == 0
+    assert gw.drops[DropReason.TOO_MANY_MAILBOXES] == 0
     _check(gw)
 
 
@@ -209,7 +210,7 @@ def test_mailbox_depth_falls_back_when_clients_leave() -> None:
     assert gw.mailbox_depth == 51  # not stale yet: a client re-attaching would get them
     gw.due_slots(1.1)
     assert gw.mailbox_depth == 0 and gw.mailboxes == 0
-    assert gw.counters["mailbox_expired"] == 3 and gw.counters["drop:stale"] == 51
+    assert gw.counters["mailbox_expired"] == 3 and gw.drops[DropReason.STALE] == 51
 
 
 @settings(max_examples=100, deadline=None)

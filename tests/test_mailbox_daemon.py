@@ -18,6 +18,7 @@ from overlay import (
     VOICE,
     ClientLink,
     Delivery,
+    DeliveryFrame,
     DownlinkKind,
     MailboxKey,
     TopologyDocument,
@@ -203,7 +204,7 @@ async def test_a_client_reattaches_when_its_gateway_restarts(tmp_path: Path) -> 
             VOICE, gw.address, gw.public_key(), key, silence_s=0.5
         ) as link:
             assert node.gateway is not None
-            node._on_delivery(key.mailbox_id + bytes((DownlinkKind.MESSAGE,)) + b"one")  # noqa: SLF001
+            node._on_delivery(DeliveryFrame(key.mailbox_id, DownlinkKind.MESSAGE, b"one"))  # noqa: SLF001
             with trio.fail_after(3):
                 assert (await link.receive()).delivery.data == b"one"
             await gw.stop()
@@ -216,7 +217,7 @@ async def test_a_client_reattaches_when_its_gateway_restarts(tmp_path: Path) -> 
                         await link.send(bytes(VOICE.packet_len))  # hints, then uplink
                         await trio.sleep(0.02)
                 assert node2.gateway.sessions == 1
-                node2._on_delivery(key.mailbox_id + bytes((DownlinkKind.MESSAGE,)) + b"two")  # noqa: SLF001
+                node2._on_delivery(DeliveryFrame(key.mailbox_id, DownlinkKind.MESSAGE, b"two"))  # noqa: SLF001
                 with trio.fail_after(3):
                     assert (await link.receive()).delivery.data == b"two"
                 before = node2.gateway.counters["uplink"]
@@ -272,14 +273,14 @@ async def test_a_flood_of_proved_attaches_from_one_host_locks_out_no_other(
         key = MailboxKey.generate()
         honest = ClientLink(VOICE, gw.public_key(), key)
         await _proved_attach(honest_sock, honest)
-        node._on_delivery(key.mailbox_id + bytes((DownlinkKind.MESSAGE,)) + b"hello")  # noqa: SLF001
+        node._on_delivery(DeliveryFrame(key.mailbox_id, DownlinkKind.MESSAGE, b"hello"))  # noqa: SLF001
         with trio.fail_after(3):
             while honest.receive(await honest_sock.recv(4096)) != Delivery(
                 DownlinkKind.MESSAGE, b"hello"
             ):
                 pass
         for i in range(51):  # deliveries for clients that are not here
-            node._on_delivery(bytes([i]) * 16 + bytes((DownlinkKind.MESSAGE,)) + b"x")  # noqa: SLF001
+            node._on_delivery(DeliveryFrame(bytes([i]) * 16, DownlinkKind.MESSAGE, b"x"))  # noqa: SLF001
         assert node.gateway.mailbox_depth >= 51
         await trio.sleep(1.7)  # frames stale after 1 s; gauges every 0.5 s
         text = node.metrics.registry.render()

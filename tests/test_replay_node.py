@@ -26,6 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.bindings import crypto_scalarmult
 from testnet_support import child_pids, small_testnet
+from worker_support import worker_settings
 
 from mixnode._worker import Worker, bind_sharded, shard_of
 from mixnode.config import load_node_config, make_node_config
@@ -46,7 +47,16 @@ from mixnode.testnet import (
     child_env,
     scrape,
 )
-from overlay import VOICE, Hop, LinkCodec, create_forward, epoch_at, process_packet, public_key
+from overlay import (
+    VOICE,
+    EpochKey,
+    Hop,
+    LinkCodec,
+    create_forward,
+    epoch_at,
+    process_packet,
+    public_key,
+)
 
 CODEC = LinkCodec(VOICE)
 ME = b"n" * 16
@@ -218,23 +228,15 @@ def test_replay_file_survives_reopening_and_refuses_another_key(tmp_path: Path) 
 def test_a_worker_refuses_a_key_whose_replay_filter_is_not_its_own(tmp_path: Path) -> None:
     udp = bind_sharded("127.0.0.1", 0, 1)[0]
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    settings_ = {
-        "geometry": "voice",
-        "node_id": ME.hex(),
-        "late_drop_ms": 50.0,
-        "max_queue": 100,
-        "cover_rate_hz": 0.0,
-        "mix_delay_ms": 1.0,
-    }
-    w = Worker(settings_, udp, b)
+    w = Worker(worker_settings(node_id=ME, max_queue=100), udp, b)
     w.parent = os.getpid()  # this process plays the daemon that holds the filters
     store = ReplayStore(tmp_path, w.core.replay_bits_log2)
     sk, other = os.urandom(32), os.urandom(32)
     later = time.time() + 100
-    w.install_keys([[1, sk.hex(), later, store.ensure(1, public_key(other))]])  # other key's
-    w.install_keys([[2, sk.hex(), later, 999_999]])  # no such descriptor
+    w.install_keys([EpochKey(1, sk, later, store.ensure(1, public_key(other)))])  # other key's
+    w.install_keys([EpochKey(2, sk, later, 999_999)])  # no such descriptor
     assert w.core.epochs == [] and w.core.counters["replay_file_errors"] == 2
-    w.install_keys([[2, sk.hex(), later, store.ensure(2, public_key(sk))]])
+    w.install_keys([EpochKey(2, sk, later, store.ensure(2, public_key(sk)))])
     assert w.core.epochs == [2]
     w.core.close()
     store.close()
@@ -403,8 +405,6 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "Z"
-
-
 
 
 def _restart(net: TestnetState, mix: _Mix) -> None:

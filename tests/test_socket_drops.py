@@ -24,7 +24,7 @@ from mixnode.config import parse_node_config
 from mixnode.daemon import Node
 from mixnode.gateway import GatewayCore
 from mixnode.keys import NodeKeys
-from overlay import LINK_VERSION, VOICE, FrameType, LinkCodec
+from overlay import LINK_VERSION, VOICE, DropReason, FrameType, LinkCodec
 
 CODEC = LinkCodec(VOICE)
 UPLINK_LEN = CODEC.frame_len(FrameType.UPLINK)
@@ -173,6 +173,11 @@ def gateway(tmp_path: Path) -> Iterator[Node]:
         yield node
 
 
+def _events(gw: GatewayCore) -> int:
+    """Everything the gateway core counted: its events and its drops."""
+    return sum(gw.counters.values()) + sum(gw.drops.values())
+
+
 def _read_all(node: Node) -> int:
     total = 0
     while n := node.read_client_batch():
@@ -197,8 +202,8 @@ def test_client_port_drops_junk_by_length_in_the_kernel(gateway: Node) -> None:
     assert _read_all(gateway) == 1
     gateway.count_socket_drops()
     assert gateway.gateway is not None
-    assert sum(gateway.gateway.counters.values()) == 1  # one drop, by the link parser
-    assert gateway.counters["drop:wrong_length"] == 0  # the kernel had them already
+    assert _events(gateway.gateway) == 1  # one drop, by the link parser
+    assert gateway.drops[DropReason.WRONG_LENGTH] == 0  # the kernel had them already
     assert _metric(gateway, "socket_drops", "client") == len(junk)
     tx.close()
 
@@ -239,9 +244,9 @@ def test_client_reader_checks_length_without_the_kernel_filter(gateway: Node) ->
         tx.sendto(d, plain.getsockname())
     _settle()
     assert _read_all(gateway) == 4
-    assert gateway.counters["drop:wrong_length"] == 3
+    assert gateway.drops[DropReason.WRONG_LENGTH] == 3
     assert gateway.gateway is not None
-    assert sum(gateway.gateway.counters.values()) == 1
+    assert _events(gateway.gateway) == 1
     tx.close()
 
 
@@ -270,8 +275,8 @@ def test_every_client_datagram_is_read_or_counted(tmp_path: Path) -> None:
         @settings(max_examples=60, deadline=None)
         @given(batch=st.lists(datagram, min_size=1, max_size=80))
         def check(batch: list[bytes]) -> None:
-            kernel0, core0 = kernel_drops(raw), sum(core.counters.values())
-            wrong0 = node.counters["drop:wrong_length"]
+            kernel0, core0 = kernel_drops(raw), _events(core)
+            wrong0 = node.drops[DropReason.WRONG_LENGTH]
             for d in batch:
                 tx.sendto(d, ("127.0.0.1", node.client_port))
             _settle()
@@ -279,9 +284,9 @@ def test_every_client_datagram_is_read_or_counted(tmp_path: Path) -> None:
             kernel = kernel_drops(raw) - kernel0
             assert read + kernel == len(batch)
             assert kernel == sum(1 for d in batch if len(d) not in lengths)
-            wrong = node.counters["drop:wrong_length"] - wrong0
+            wrong = node.drops[DropReason.WRONG_LENGTH] - wrong0
             assert wrong == 0  # the kernel filter had every one of them
-            assert sum(core.counters.values()) - core0 >= read
+            assert _events(core) - core0 >= read
 
         check()
         tx.close()

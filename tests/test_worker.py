@@ -8,15 +8,19 @@ import time
 
 import pytest
 from nacl.signing import SigningKey
+from worker_support import worker_settings
 
 from mixnode._worker import Worker, bind_sharded, shard_of
 from overlay import (
     VOICE,
+    DropReason,
     Hop,
     LinkCodec,
     NodeDescriptor,
     NodeRole,
+    PacketFrame,
     TopologyDocument,
+    TopologyFrame,
     build_document,
     create_forward,
     node_id_for,
@@ -60,15 +64,7 @@ def test_reuseport_shards_by_the_first_alpha_byte() -> None:
 def _worker(**settings: object) -> tuple[Worker, socket.socket, bytes]:
     udp = bind_sharded("127.0.0.1", 0, 1)[0]
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    base = {
-        "geometry": "voice",
-        "node_id": (b"n" * 16).hex(),
-        "late_drop_ms": 50.0,
-        "max_queue": 1000,
-        "cover_rate_hz": 0.0,
-        "mix_delay_ms": 1.0,
-    }
-    w = Worker({**base, **settings}, udp, b)
+    w = Worker(worker_settings(**settings), udp, b)
     sk = os.urandom(32)
     w.core.install_key(1, sk, time.time() + 100)
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -94,7 +90,7 @@ def test_forwarding_and_link_loss_emulation() -> None:
         lossy.on_datagram(_frame(sk2), PEER, now, now)
     lossy.run_due(now + 0.001)
     time.sleep(0.05)
-    assert _drain(sink2) == [] and lossy.core.counters["drop:link_loss"] == 20
+    assert _drain(sink2) == [] and lossy.core.drops[DropReason.LINK_LOSS] == 20
 
 
 def test_link_delay_emulation_holds_packets() -> None:
@@ -115,8 +111,8 @@ def test_overdue_datagrams_shed_before_crypto_and_junk_counted() -> None:
     w.on_datagram(_frame(sk), PEER, now - 1.0, now)  # waited a second in the socket
     w.on_datagram(b"\x01\x09junk", PEER, now, now)
     w.on_datagram(os.urandom(3000), PEER, now, now)
-    c = w.core.counters
-    assert c["drop:late"] == 1 and c["drop:link_malformed"] == 2 and c["packets_in"] == 3
+    c, d = w.core.counters, w.core.drops
+    assert d[DropReason.LATE] == 1 and d[DropReason.LINK_MALFORMED] == 2 and c["packets_in"] == 3
     assert c["forwarded"] == 0
 
 
@@ -147,20 +143,22 @@ def _frame_with_delay(sk: bytes, delay_us: int) -> bytes:
 def test_document_max_delay_and_previous_hops_reach_the_core() -> None:
     w, _, sk = _worker(max_queue=20)
     listed = ("127.0.0.1", 4001)
-    w.on_control(b"T" + _doc_listing(listed, 1_000_000).to_bytes(), time.monotonic())
+    w.on_control(
+        TopologyFrame(_doc_listing(listed, 1_000_000).to_bytes()).to_bytes(), time.monotonic()
+    )
     assert w.core.max_delay_us == 1_000_000
     now = time.monotonic()
     w.on_datagram(_frame_with_delay(sk, 1_000_001), PEER, now, now)
-    assert w.core.counters["drop:delay_too_long"] == 1
+    assert w.core.drops[DropReason.DELAY_TOO_LONG] == 1
     # Unlisted senders, however many addresses they use, share one class: they hold half.
     for port in range(100, 130):
         w.on_datagram(_frame_with_delay(sk, 1_000_000), ("127.0.0.9", port), now, now)
-    assert w.core.queue_depth == 10 and w.core.counters["drop:queue_full"] == 20
+    assert w.core.queue_depth == 10 and w.core.drops[DropReason.QUEUE_FULL] == 20
     # The listed mix and the daemon's uplink packets still find room.
     for _ in range(3):
         w.on_datagram(_frame_with_delay(sk, 1000), listed, now, now)
-    w.on_control(b"P" + _frame_with_delay(sk, 1000)[2:], now)
-    assert w.core.queue_depth == 14 and w.core.counters["drop:queue_full"] == 20
+    w.on_control(PacketFrame(_frame_with_delay(sk, 1000)[2:]).to_bytes(), now)
+    assert w.core.queue_depth == 14 and w.core.drops[DropReason.QUEUE_FULL] == 20
 
 
 @pytest.mark.parametrize("host", ["\u00fc" * 70, "a b", "bad\x00host", "x" * 300])
@@ -171,7 +169,7 @@ def test_an_unusable_peer_address_costs_one_counted_packet_not_the_worker(host: 
     now = time.monotonic()
     w.on_datagram(_frame(sk), PEER, now, now)
     w.run_due(now + 0.001)
-    assert w.core.counters["drop:send_failed"] == 1
+    assert w.core.drops[DropReason.SEND_FAILED] == 1
     w.peers = {b"s" * 16: sink.getsockname()}  # the next document lists it properly
     w.on_datagram(_frame(sk), PEER, now, now)
     w.run_due(now + 0.001)
