@@ -7,10 +7,10 @@ from ._channel import ChannelError as ChannelError
 from ._channel import InMemoryChannel as InMemoryChannel
 from ._channel import SecureChannel as SecureChannel
 from ._jitter import Conceal as Conceal
-from ._jitter import Frame as Frame
 from ._jitter import JitterBuffer as JitterBuffer
 from ._jitter import JitterConfig as JitterConfig
 from ._jitter import JitterStats as JitterStats
+from ._jitter import MediaFrame as MediaFrame
 from ._jitter import render as render
 from ._loopback import LoopResult as LoopResult
 from ._loopback import play_through as play_through
@@ -24,9 +24,9 @@ from ._media import MediaMalformed as MediaMalformed
 from ._media import MediaPacket as MediaPacket
 from ._media import MediaReceiver as MediaReceiver
 from ._media import MediaReplayed as MediaReplayed
+from ._media import MediaReplayWindow as MediaReplayWindow
 from ._media import MediaSender as MediaSender
 from ._media import NotMedia as NotMedia
-from ._media import ReplayWindow as ReplayWindow
 from ._media import check_fits as check_fits
 from ._media import derive_media_keys as derive_media_keys
 from ._signaling import DEFERRED as DEFERRED

@@ -41,7 +41,6 @@ import hashlib
 import hmac
 import os
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum, auto
 from typing import TypeVar
@@ -49,7 +48,7 @@ from typing import TypeVar
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from overlay import VOICE, PacketError, UsageError
+from overlay import VOICE, PacketError, Rng, UsageError
 
 from ._channel import ChannelError, SecureChannel
 from ._media import CALL_ID_LEN, Direction, MediaKeys, check_fits, derive_media_keys
@@ -67,8 +66,6 @@ FLAG_NO_DOWNGRADE = 0x01  # offer flag: the caller refuses any later downgrade b
 KNOWN_FLAGS = FLAG_NO_DOWNGRADE
 MAX_HELD = 8  # messages kept per call because they overtook the one they follow
 MAX_ENDED_IDS = 16  # call ids remembered because their HANGUP/DECLINE overtook the offer
-
-Rng = Callable[[int], bytes]
 
 
 # -- errors ------------------------------------------------------------------------------

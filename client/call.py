@@ -35,7 +35,6 @@ import os
 import struct
 import time
 from collections import Counter, deque
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Protocol
@@ -55,6 +54,7 @@ from overlay import (
     Hop,
     NodeRole,
     NoRouteError,
+    Rng,
     TopologyDocument,
     UsageError,
     create_drop,
@@ -65,7 +65,7 @@ from overlay import (
 )
 
 from ._channel import SecureChannel
-from ._jitter import Frame, JitterBuffer, JitterConfig, JitterStats
+from ._jitter import JitterBuffer, JitterConfig, JitterStats, MediaFrame
 from ._media import Direction, MediaError, MediaReceiver, MediaSender, NotMedia
 from ._signaling import (
     Action,
@@ -99,8 +99,6 @@ ANSWER_DELAY_S = 0.5  # the callee "picks up" this long after the phone rings (a
 # clock (the wall clock is ~1.7e9 s ahead; time.monotonic() >= 1e4 s behind, by Trio's offset).
 MAX_STAMP_AGE_S = 600.0
 STAMP_SLACK_S = 1e-3  # seconds a stamp may lie ahead of now (float rounding, not a clock)
-
-Rng = Callable[[int], bytes]
 
 
 class ReceivedLike(Protocol):
@@ -528,7 +526,7 @@ class Caller:
             t = start + k * frame_s  # the jitter buffer's own playout grid
             await trio.sleep_until(t)
             while (item := self._jb.pop(t)) is not None:
-                if isinstance(item, Frame):
+                if isinstance(item, MediaFrame):
                     self.rx.pcm.append(self._decoder.decode(item.data))
                     self.rx.items.append((item.index, "frame", t))
                 else:

@@ -29,8 +29,8 @@ def test_every_reexport_exists_and_is_public() -> None:
 def test_the_call_surface_is_there() -> None:
     wanted = {
         "VoiceProfile", "OpusEncoder", "OpusDecoder", "artificial_voice", "pesq_wb",
-        "MediaSender", "MediaReceiver", "derive_media_keys", "ReplayWindow", "JitterBuffer",
-        "Frame", "Conceal", "Call", "CallState", "TRANSITIONS", "SecureChannel",
+        "MediaSender", "MediaReceiver", "derive_media_keys", "MediaReplayWindow", "JitterBuffer",
+        "MediaFrame", "Conceal", "Call", "CallState", "TRANSITIONS", "SecureChannel",
         "InMemoryChannel", "MediaForged", "MediaReplayed", "MediaMalformed",
     }  # fmt: skip
     assert wanted <= set(_reexports())
