@@ -34,9 +34,8 @@ import hashlib
 import os
 import struct
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field, replace
-from enum import Enum
 from typing import Protocol
 
 import numpy as np
@@ -48,20 +47,13 @@ from overlay import (
     MAILBOX_ID_LEN,
     NODE_ID_LEN,
     VOICE,
+    CoverKind,
     Delivery,
-    DirectoryError,
     DownlinkKind,
-    Hop,
-    NodeRole,
-    NoRouteError,
     Rng,
     TopologyDocument,
+    UplinkScheduler,
     UsageError,
-    create_drop,
-    create_forward,
-    exp_delay_us,
-    select_path,
-    uniform_index,
 )
 
 from ._channel import SecureChannel
@@ -147,17 +139,6 @@ class Contact:
     def __post_init__(self) -> None:
         if len(self.signal_key) != SIGNAL_KEY_LEN:
             raise UsageError(f"signal_key must be {SIGNAL_KEY_LEN} bytes")
-
-
-class SlotKind(Enum):
-    SIGNAL = "signal"
-    MEDIA = "media"
-    COVER = "cover"
-
-
-class CoverKind(Enum):
-    LOOP = "loop"  # to our own mailbox (keeps our downlink busy too)
-    DROP = "drop"  # discarded by the last hop
 
 
 # -- signaling frames ----------------------------------------------------------------------
@@ -288,21 +269,23 @@ class Caller:
         rng: Rng = os.urandom,
     ):
         self.profile = profile or VoiceProfile()
-        self.link, self.doc, self.me, self.contact = link, doc, me, contact
+        self.link, self.me, self.contact = link, me, contact
         self.voice = voice
-        self.mean_delay_s = mean_delay_s
-        self.cover = cover
         self.jitter_config = jitter or JitterConfig(frame_ms=self.profile.frame_ms)
         self.auto_answer = auto_answer
         self._clock = trio.current_time  # the one clock: trio.sleep_until runs on it
-        self._rng = rng
-        self.slot_s = self.profile.packet_interval_ms / 1000
+        # The slot grid and each slot's frame. Its ``slots`` counts slots by SlotKind value
+        # sent, "skipped" (nothing routable), "unroutable" (sent as last-resort cover
+        # instead), "missed" (the process fell behind the grid).
+        self.uplink = UplinkScheduler(
+            doc, (me.gateway_id, me.mailbox), (contact.address.gateway_id, contact.address.mailbox),
+            slot_s=self.profile.packet_interval_ms / 1000, mean_delay_s=mean_delay_s,
+            cover=cover, rng=rng,
+        )  # fmt: skip
         self.call = Call(channel, reply_mailbox=me.to_bytes(), surbs=b"", profile=self.profile)
         self.framer = SignalFramer(contact.signal_key, me, contact.address, rng=rng)
-        self._signal_queue: deque[bytes] = deque()
         self._timers: dict[Timer, float] = {}
         self._answer_at: float | None = None
-        self._grid_start: float | None = None
         self._sender: MediaSender | None = None
         self._encoder: OpusEncoder | None = None
         self._packets = 0  # media packets produced this call
@@ -314,15 +297,30 @@ class Caller:
         self.connected = trio.Event()
         self.ended = trio.Event()
         self.end_reason: EndReason | None = None
-        # Slots by SlotKind value sent, "skipped" (nothing routable), "unroutable" (sent as
-        # last-resort cover instead), "missed" (the process fell behind the grid).
-        self.slots: Counter[str] = Counter()
         # Deliveries by what they turned out to be (``deliver``): media, signal_frames,
         # cover, other (replies), or the reason a frame that claimed to be media was dropped.
         self.received: Counter[str] = Counter()
-        self.sent_sizes: set[int] = set()
         self.tx = MediaTrace()
         self.rx = PlayoutTrace()
+
+    @property
+    def doc(self) -> TopologyDocument:
+        return self.uplink.doc
+
+    @property
+    def slot_s(self) -> float:
+        """Seconds per uplink slot (``frames_per_packet`` x the frame length)."""
+        return self.uplink.slot_s
+
+    @property
+    def slots(self) -> Counter[str]:
+        """Slots by kind (``UplinkScheduler.slots``)."""
+        return self.uplink.slots
+
+    @property
+    def sent_sizes(self) -> set[int]:
+        """Lengths in bytes of the packets sent (one: the geometry's packet length)."""
+        return self.uplink.sent_sizes
 
     # -- user commands ------------------------------------------------------------------
 
@@ -352,91 +350,28 @@ class Caller:
             task_status.started()
 
     async def _uplink(self) -> None:
-        start = self._grid_start = self._clock()
-        k = 0
+        self.uplink.start(self._clock())
         while True:
-            t = start + k * self.slot_s  # a fixed grid: no drift from repeated addition
-            await trio.sleep_until(t)
-            late = int((self._clock() - t) // self.slot_s)
-            if late > 0:  # fell behind by whole slots: skip them (never send a burst)
-                self.slots["missed"] += late
-                k += late
-                t = start + k * self.slot_s
-            packet = self.slot(t)
+            await trio.sleep_until(self.uplink.due)
+            packet = self.slot(self.uplink.take_slot(self._clock()))
             if packet is not None:
                 await self.link.send(packet)
-            k += 1
 
     def slot(self, now: float) -> bytes | None:
-        """The one packet of the slot at ``now``: signaling, else media, else cover.
+        """The one packet of the slot at ``now``: signaling, else media, else cover
+        (``overlay.UplinkScheduler.fill``). Fires due signaling timers first.
 
-        Never raises for what the topology document lacks (an empty mix layer, an unknown
-        gateway): a packet that cannot be routed is counted ``unroutable`` and the slot
-        carries last-resort cover instead (a drop packet to our own gateway alone; a
-        signaling frame waits for the next slot). Returns None, counted ``skipped``, only
-        when not even our own gateway is routable. So every slot counts exactly one of
-        ``signal``, ``media``, ``cover`` or ``skipped`` in ``slots``.
+        Never raises for what the topology document lacks; returns None, counted
+        ``skipped``, only when not even our own gateway is routable. So every slot counts
+        exactly one of ``signal``, ``media``, ``cover`` or ``skipped`` in ``slots``.
         """
         self._tick(now)
-        media = self._media_packet(now)
-        if self._signal_queue:
-            payload, kind = self._signal_queue.popleft(), SlotKind.SIGNAL
-            if media is not None:
-                self.tx.displaced += 1  # redundancy in the next packet carries its frames
-        elif media is not None:
-            seq, payload = media
-            kind = SlotKind.MEDIA
-        else:
-            kind = SlotKind.COVER
-            payload = b""
-        try:
-            packet = self._sphinx(kind, payload)
-        except DirectoryError:  # NoRouteError, or a listed node without the epoch's key
-            self.slots["unroutable"] += 1
-            if kind is SlotKind.SIGNAL:
-                self._signal_queue.appendleft(payload)
-            kind, fallback = SlotKind.COVER, self._last_resort_cover()
-            if fallback is None:
-                self.slots["skipped"] += 1
-                return None
-            packet = fallback
-        if kind is SlotKind.MEDIA:
-            self.tx.sent[seq] = now
-        self.slots[kind.value] += 1
-        self.sent_sizes.add(len(packet))
-        return packet
-
-    def _sphinx(self, kind: SlotKind, payload: bytes) -> bytes:
-        """The packet of one slot; DirectoryError (NoRouteError) when no path exists."""
-        geometry, doc, me = self.doc.geometry, self.doc, self.me
-        if kind is not SlotKind.COVER:
-            path = select_path(
-                doc, me.gateway_id, self.contact.address.gateway_id, self.mean_delay_s, self._rng
-            )
-            return create_forward(geometry, path, self.contact.address.mailbox, payload,
-                                  rng=self._rng)  # fmt: skip
-        if self.cover is CoverKind.LOOP:
-            path = select_path(doc, me.gateway_id, me.gateway_id, self.mean_delay_s, self._rng)
-            noise = self._rng(geometry.user_payload)
-            return create_forward(geometry, path, me.mailbox, noise, rng=self._rng)
-        if not doc.gateways:
-            raise NoRouteError("the topology document lists no gateway")
-        exit_ = doc.gateways[uniform_index(len(doc.gateways), self._rng)].node_id
-        path = select_path(doc, me.gateway_id, exit_, self.mean_delay_s, self._rng)
-        return create_drop(geometry, path, rng=self._rng)
-
-    def _last_resort_cover(self) -> bytes | None:
-        """Drop cover over one hop, our own gateway, which discards it; None if the
-        document does not list that gateway with a key for its epoch. The gateway learns
-        that this slot is cover, which it could tell anyway while no path exists."""
-        node = self.doc.by_id.get(self.me.gateway_id)
-        if node is None or node.role is not NodeRole.GATEWAY:
-            return None
-        key = node.epoch_keys.get(self.doc.epoch)
-        if key is None:
-            return None
-        hop = Hop(node.node_id, key, exp_delay_us(self.mean_delay_s, self._rng))
-        return create_drop(self.doc.geometry, [hop], rng=self._rng)
+        slot = self.uplink.fill(now, self._media_packet(now))
+        if slot.displaced:
+            self.tx.displaced += 1
+        if slot.media_seq is not None:
+            self.tx.sent[slot.media_seq] = now
+        return slot.packet
 
     def _tick(self, now: float) -> None:
         for timer, deadline in list(self._timers.items()):
@@ -451,7 +386,7 @@ class Caller:
         """Encode the frames captured during the slot that just ended, and seal them."""
         if self._sender is None or self._encoder is None or self.tx.capture_start is None:
             return None
-        if now < self.tx.capture_start + self.slot_s - 1e-9:
+        if not self.uplink.media_due(self.tx.capture_start, now):
             return None
         p, n = self.profile, self.profile.samples_per_frame
         frames = []
@@ -542,7 +477,7 @@ class Caller:
         for act in actions:
             match act:
                 case Send():
-                    self._signal_queue.extend(self.framer.frames(act.envelope))
+                    self.uplink.push_signal(self.framer.frames(act.envelope))
                 case SetTimer():
                     self._timers[act.timer] = act.deadline
                 case CancelTimer():
@@ -578,10 +513,7 @@ class Caller:
         # The jitter buffer runs on the peer's frames, which may last longer than ours.
         self._jb = JitterBuffer(replace(self.jitter_config, frame_ms=act.rx_profile.frame_ms))
         # The mic opens on the slot grid, so each packet leaves as its last frame is complete.
-        k = 0 if self._grid_start is None else -(-(now - self._grid_start) // self.slot_s)
-        self.tx.capture_start = (
-            now if self._grid_start is None else self._grid_start + k * self.slot_s
-        )
+        self.tx.capture_start = self.uplink.grid_at_or_after(now)
         self.connected.set()
 
 

@@ -23,10 +23,11 @@ from nacl.signing import SigningKey
 
 from client import InMemoryChannel, artificial_voice
 from client._signaling import CallState
-from client.call import Address, Caller, Contact, CoverKind, SignalFramer, SlotKind
+from client.call import Address, Caller, Contact, SignalFramer
 from client.cli import main
 from overlay import (
     VOICE,
+    CoverKind,
     Deliver,
     Delivery,
     Discard,
@@ -34,6 +35,7 @@ from overlay import (
     Forward,
     NodeDescriptor,
     NodeRole,
+    SlotKind,
     TopologyDocument,
     UsageError,
     build_document,
