@@ -136,6 +136,11 @@ class UplinkScheduler:
         return self._start is not None
 
     @property
+    def next_index(self) -> int:
+        """The index on the grid of the next slot (slot 0 is due at ``start``)."""
+        return self._k
+
+    @property
     def due(self) -> float:
         """When the next slot is due (seconds). Raises ``UsageError`` before ``start``."""
         if self._start is None:
