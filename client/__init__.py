@@ -44,6 +44,7 @@ from ._signaling import Candidate as Candidate
 from ._signaling import Decline as Decline
 from ._signaling import EndReason as EndReason
 from ._signaling import Event as Event
+from ._signaling import Guard as Guard
 from ._signaling import Hangup as Hangup
 from ._signaling import IncomingCall as IncomingCall
 from ._signaling import MediaKeysChanged as MediaKeysChanged
@@ -72,6 +73,7 @@ from ._signaling import call_id_for as call_id_for
 from ._signaling import decode as decode
 from ._signaling import encode as encode
 from ._signaling import state_diagram as state_diagram
+from ._signaling import state_table as state_table
 from ._speech import PesqResult as PesqResult
 from ._speech import artificial_voice as artificial_voice
 from ._speech import measure_delay as measure_delay

@@ -12,7 +12,11 @@ from surface_support import reexports
 import client
 
 CLIENT_DIR = Path(client.__file__).parent
-SANS_IO = ("_voice.py", "_speech.py", "_media.py", "_jitter.py", "_signaling.py", "_channel.py")
+SANS_IO = (
+    "_voice.py", "_speech.py", "_media.py", "_jitter.py", "_channel.py",
+    "_signaling/__init__.py", "_signaling/messages.py", "_signaling/keys.py",
+    "_signaling/states.py", "_signaling/call.py",
+)  # fmt: skip
 
 
 def _reexports() -> list[str]:
