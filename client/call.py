@@ -19,6 +19,13 @@ with a random nonce, and loops are random bytes.
 The receiver tries media first, then signaling; what opens as neither is cover, unless it
 claimed to be media of the call (``received`` counts each kind apart).
 
+``Caller`` is the Trio edge only: its tasks, the link and the timers. The decisions are
+sans-IO and take ``now``: ``overlay.UplinkScheduler`` keeps the slot grid and picks each
+slot's frame, ``Call`` (``client._signaling``) runs the signaling, ``SignalFramer``
+(``client._frames``) frames it, and ``MediaOut``/``MediaIn`` (``client._call_media``)
+encode, seal, open, buffer and play the media. A caller can be built, and its ``slot``
+and ``deliver`` called, outside a Trio run; ``run``, ``place`` and ``hangup`` need one.
+
 One clock: the uplink grid, the signaling timers, the link's arrival stamps, the jitter
 buffer and the playout all run on Trio's clock (``trio.current_time()``, monotonic), so a
 step of the wall clock changes nothing in a call. The link must stamp arrivals on that same
@@ -30,23 +37,15 @@ turns their times into ``time.monotonic()`` seconds for comparison with another 
 
 from __future__ import annotations
 
-import hashlib
 import os
-import struct
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-import numpy as np
 import trio
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from overlay import (
-    MAILBOX_ID_LEN,
-    NODE_ID_LEN,
-    VOICE,
     CoverKind,
     Delivery,
     DownlinkKind,
@@ -56,9 +55,16 @@ from overlay import (
     UsageError,
 )
 
+from ._call_media import MediaIn as MediaIn
+from ._call_media import MediaOut as MediaOut
+from ._call_media import MediaTrace as MediaTrace
+from ._call_media import PlayoutTrace as PlayoutTrace
 from ._channel import SecureChannel
-from ._jitter import JitterBuffer, JitterConfig, JitterStats, MediaFrame
-from ._media import Direction, MediaError, MediaReceiver, MediaSender, NotMedia
+from ._frames import Address as Address
+from ._frames import Contact as Contact
+from ._frames import SignalFramer as SignalFramer
+from ._jitter import JitterConfig
+from ._media import Direction, MediaError, NotMedia
 from ._signaling import (
     Action,
     Call,
@@ -73,19 +79,12 @@ from ._signaling import (
     StartMedia,
     Timer,
 )
-from ._voice import DECODER_RATE_HZ, Decimator, OpusDecoder, OpusEncoder, Pcm, VoiceProfile
+from ._voice import DECODER_RATE_HZ, Decimator, Pcm, VoiceProfile
 
 # Mean sender-chosen delay per hop: the simulator's largest feasible mean for 2 frames per
 # packet (40 ms slot) at 5 hops, p99 mouth-to-ear 570 ms (docs/research.md, "Sweep").
 DEFAULT_MEAN_DELAY_S = 0.0225
 OPUS_LOOKAHEAD_S = 0.0065  # libopus encoder look-ahead (2.5 ms + 4 ms delay compensation)
-SIGNAL_KEY_LEN = 32  # bytes of the contact's signaling key
-SIGNAL_PERSON = b"pn-sigframe-v1"  # BLAKE2b personalisation of per-mailbox frame keys
-SIGNAL_NONCE_LEN = 12  # bytes, random per frame
-SIGNAL_TAG_LEN = 16  # bytes, Poly1305
-_FRAG = struct.Struct(">IBBH")  # message id, fragment index, fragment count, chunk length
-MAX_FRAGMENTS = 255
-MAX_PENDING_MESSAGES = 16  # partly received signaling messages kept at most
 ANSWER_DELAY_S = 0.5  # the callee "picks up" this long after the phone rings (auto-answer)
 # An arrival stamp later than now, or older than this many seconds, was not read on Trio's
 # clock (the wall clock is ~1.7e9 s ahead; time.monotonic() >= 1e4 s behind, by Trio's offset).
@@ -112,142 +111,6 @@ class LinkLike(Protocol):
     async def receive(self) -> ReceivedLike: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Address:
-    """Where a client receives: its gateway's node id and its mailbox id there."""
-
-    gateway_id: bytes
-    mailbox: bytes = field(repr=False)
-
-    def __post_init__(self) -> None:
-        if len(self.gateway_id) != NODE_ID_LEN or len(self.mailbox) != MAILBOX_ID_LEN:
-            raise UsageError(
-                f"gateway_id must be {NODE_ID_LEN} bytes and mailbox {MAILBOX_ID_LEN} bytes"
-            )
-
-    def to_bytes(self) -> bytes:
-        return self.gateway_id + self.mailbox
-
-
-@dataclass(frozen=True, slots=True)
-class Contact:
-    """What two users exchange over their E2EE chat before a Mode C call."""
-
-    address: Address
-    signal_key: bytes = field(repr=False)  # shared by both ends of the conversation
-
-    def __post_init__(self) -> None:
-        if len(self.signal_key) != SIGNAL_KEY_LEN:
-            raise UsageError(f"signal_key must be {SIGNAL_KEY_LEN} bytes")
-
-
-# -- signaling frames ----------------------------------------------------------------------
-
-
-def _frame_key(signal_key: bytes, to: Address) -> bytes:
-    return hashlib.blake2b(
-        to.to_bytes(), key=signal_key, digest_size=32, person=SIGNAL_PERSON
-    ).digest()
-
-
-class SignalFramer:
-    """Cuts sealed signaling envelopes into fixed-size encrypted frames and joins them again.
-
-    A frame is ``nonce (12) | ChaCha20-Poly1305(id (4) | index | count | length (2) | chunk
-    | zero padding) | tag (16)``, exactly ``payload_len`` bytes. The key is per receiving
-    mailbox, so a frame cannot be reflected to its sender.
-    """
-
-    def __init__(
-        self,
-        signal_key: bytes,
-        me: Address,
-        peer: Address,
-        *,
-        payload_len: int = VOICE.user_payload,
-        rng: Rng = os.urandom,
-    ):
-        self._tx = ChaCha20Poly1305(_frame_key(signal_key, peer))
-        self._rx = ChaCha20Poly1305(_frame_key(signal_key, me))
-        self.payload_len = payload_len
-        self.chunk_len = payload_len - SIGNAL_NONCE_LEN - SIGNAL_TAG_LEN - _FRAG.size
-        self._rng = rng
-        self._pending: dict[int, dict[int, bytes]] = {}
-        self._counts: dict[int, int] = {}
-
-    def frames(self, envelope: bytes) -> list[bytes]:
-        """The frames of one envelope, in order."""
-        chunks = [envelope[i : i + self.chunk_len] for i in range(0, len(envelope), self.chunk_len)]
-        if not chunks or len(chunks) > MAX_FRAGMENTS:
-            raise UsageError(f"a signaling message must be 1..{MAX_FRAGMENTS} frames long")
-        (msg_id,) = struct.unpack(">I", self._rng(4))
-        out = []
-        for i, chunk in enumerate(chunks):
-            body = _FRAG.pack(msg_id, i, len(chunks), len(chunk)) + chunk
-            body += bytes(self.chunk_len + _FRAG.size - len(body))
-            nonce = self._rng(SIGNAL_NONCE_LEN)
-            out.append(nonce + self._tx.encrypt(nonce, body, None))
-        return out
-
-    def open(self, frame: bytes) -> bytes | None:
-        """A whole envelope when ``frame`` completes one; None for a partial message.
-
-        Raises ``InvalidTag`` for anything that is not our signaling frame.
-        """
-        if len(frame) != self.payload_len:
-            raise InvalidTag()
-        body = self._rx.decrypt(frame[:SIGNAL_NONCE_LEN], frame[SIGNAL_NONCE_LEN:], None)
-        msg_id, index, count, length = _FRAG.unpack_from(body)
-        if count == 0 or index >= count or length > self.chunk_len:
-            raise InvalidTag()
-        chunk = body[_FRAG.size : _FRAG.size + length]
-        if count == 1:
-            return chunk
-        if msg_id not in self._pending:
-            if len(self._pending) >= MAX_PENDING_MESSAGES:
-                oldest = next(iter(self._pending))
-                del self._pending[oldest], self._counts[oldest]
-            self._pending[msg_id], self._counts[msg_id] = {}, count
-        if self._counts[msg_id] != count:
-            raise InvalidTag()
-        parts = self._pending[msg_id]
-        parts[index] = chunk
-        if len(parts) < count:
-            return None
-        del self._pending[msg_id], self._counts[msg_id]
-        return b"".join(parts[i] for i in range(count))
-
-
-# -- what a caller measured ----------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class MediaTrace:
-    """Times (seconds on the caller's Trio clock) of one direction's media, for the report.
-
-    ``to_monotonic_s``: add it to a time here for ``time.monotonic()`` seconds
-    (CLOCK_MONOTONIC, shared by the processes of one machine)."""
-
-    to_monotonic_s: float = 0.0
-    capture_start: float | None = None  # when frame 0's first sample entered the mic
-    sent: dict[int, float] = field(default_factory=dict)  # media seq -> send time
-    displaced: int = 0  # media packets whose slot a signaling frame took
-    frames_sent: int = 0
-
-
-@dataclass(slots=True)
-class PlayoutTrace:
-    """The receiving side of one direction; times in seconds on the caller's Trio clock,
-    ``to_monotonic_s`` as in :class:`MediaTrace`."""
-
-    to_monotonic_s: float = 0.0
-    arrived: dict[int, float] = field(default_factory=dict)  # media seq -> arrival time
-    # Per playout tick item: (frame index, "frame" | "missing" | "stretch", play time)
-    items: list[tuple[int, str, float]] = field(default_factory=list)
-    pcm: list[Pcm] = field(default_factory=list)  # one entry per item
-    stats: JitterStats | None = None
-
-
 class Caller:
     """One user's client for one call: online with a constant-rate uplink before, during
     and after it. Records what the report needs (``tx``, ``rx``, ``slots``, ``received``)."""
@@ -270,8 +133,6 @@ class Caller:
     ):
         self.profile = profile or VoiceProfile()
         self.link, self.me, self.contact = link, me, contact
-        self.voice = voice
-        self.jitter_config = jitter or JitterConfig(frame_ms=self.profile.frame_ms)
         self.auto_answer = auto_answer
         self._clock = trio.current_time  # the one clock: trio.sleep_until runs on it
         # The slot grid and each slot's frame. Its ``slots`` counts slots by SlotKind value
@@ -284,15 +145,10 @@ class Caller:
         )  # fmt: skip
         self.call = Call(channel, reply_mailbox=me.to_bytes(), surbs=b"", profile=self.profile)
         self.framer = SignalFramer(contact.signal_key, me, contact.address, rng=rng)
-        self._timers: dict[Timer, float] = {}
+        self.media_out = MediaOut(voice, self.profile)
+        self.media_in = MediaIn(jitter or JitterConfig(frame_ms=self.profile.frame_ms))
+        self._timers: dict[Timer, float] = {}  # signaling timer -> deadline (seconds)
         self._answer_at: float | None = None
-        self._sender: MediaSender | None = None
-        self._encoder: OpusEncoder | None = None
-        self._packets = 0  # media packets produced this call
-        self._receiver: MediaReceiver | None = None
-        self._decoder: OpusDecoder | None = None
-        self._jb: JitterBuffer | None = None
-        self._first_arrival: float | None = None
         self._playout_ready = trio.Event()
         self.connected = trio.Event()
         self.ended = trio.Event()
@@ -300,8 +156,16 @@ class Caller:
         # Deliveries by what they turned out to be (``deliver``): media, signal_frames,
         # cover, other (replies), or the reason a frame that claimed to be media was dropped.
         self.received: Counter[str] = Counter()
-        self.tx = MediaTrace()
-        self.rx = PlayoutTrace()
+
+    @property
+    def tx(self) -> MediaTrace:
+        """What we sent, for the report (``MediaOut.trace``)."""
+        return self.media_out.trace
+
+    @property
+    def rx(self) -> PlayoutTrace:
+        """What arrived and played, for the report (``MediaIn.trace``)."""
+        return self.media_in.trace
 
     @property
     def doc(self) -> TopologyDocument:
@@ -384,23 +248,12 @@ class Caller:
 
     def _media_packet(self, now: float) -> tuple[int, bytes] | None:
         """Encode the frames captured during the slot that just ended, and seal them."""
-        if self._sender is None or self._encoder is None or self.tx.capture_start is None:
+        capture_start = self.tx.capture_start
+        if not self.media_out.sending or capture_start is None:
             return None
-        if not self.uplink.media_due(self.tx.capture_start, now):
+        if not self.uplink.media_due(capture_start, now):
             return None
-        p, n = self.profile, self.profile.samples_per_frame
-        frames = []
-        for j in range(p.frames_per_packet):
-            i = self._packets * p.frames_per_packet + j
-            pcm = self.voice[i * n : (i + 1) * n]
-            if len(pcm) < n:  # the test voice ran out: silence
-                pcm = np.concatenate([pcm, np.zeros(n - len(pcm), np.int16)])
-            frames.append(self._encoder.encode(pcm))
-        seq = self._sender.next_seq
-        wire = self._sender.seal(frames)
-        self._packets += 1
-        self.tx.frames_sent += p.frames_per_packet
-        return seq, wire
+        return self.media_out.seal_next()
 
     async def _downlink(self) -> None:
         while True:
@@ -425,19 +278,15 @@ class Caller:
         if not now - MAX_STAMP_AGE_S <= at <= now + STAMP_SLACK_S:
             raise UsageError("arrival stamps must be on trio.current_time(), the caller's clock")
         refused: MediaError | None = None
-        if self._receiver is not None and self._jb is not None:
-            try:
-                packet = self._receiver.open(data)
-            except MediaError as err:
-                refused = err
-            else:
+        try:
+            opened = self.media_in.open(data, at)
+        except MediaError as err:
+            refused = err
+        else:
+            if opened:
                 self.received["media"] += 1
-                self.rx.arrived.setdefault(packet.seq, at)
-                self._jb.push_packet(packet, at)  # frame indices on the peer's profile
                 self._apply(self.call.media_received(now))  # the peer is there
-                if self._first_arrival is None:
-                    self._first_arrival = at
-                    self._playout_ready.set()
+                self._playout_ready.set()
                 return
         try:
             envelope = self.framer.open(data)
@@ -452,22 +301,12 @@ class Caller:
 
     async def _playout(self) -> None:
         await self._playout_ready.wait()
-        assert self._first_arrival is not None and self._jb is not None
-        assert self._decoder is not None
-        frame_s = self._jb.config.frame_ms / 1000  # the peer's frames
-        start = self._first_arrival + self._jb.config.initial_extra_ms / 1000
+        start, frame_s = self.media_in.grid()
         k = 0
         while True:
             t = start + k * frame_s  # the jitter buffer's own playout grid
             await trio.sleep_until(t)
-            while (item := self._jb.pop(t)) is not None:
-                if isinstance(item, MediaFrame):
-                    self.rx.pcm.append(self._decoder.decode(item.data))
-                    self.rx.items.append((item.index, "frame", t))
-                else:
-                    self.rx.pcm.append(self._decoder.conceal())
-                    self.rx.items.append((item.index, item.reason, t))
-            self.rx.stats = self._jb.stats
+            self.media_in.play(t)
             k += 1
 
     # -- signaling actions ----------------------------------------------------------------
@@ -493,12 +332,12 @@ class Caller:
                         if self.call.role is Role.CALLER
                         else Direction.CALLEE_TO_CALLER
                     )
-                    if act.direction == ours and self._sender is not None:
-                        self._sender.rekey(act.keys)
-                    elif self._receiver is not None:
-                        self._receiver.rekey(act.keys)
+                    if act.direction == ours and self.media_out.sending:
+                        self.media_out.rekey(act.keys)
+                    elif self.media_in.listening:
+                        self.media_in.rekey(act.keys)
                 case CallEnded():
-                    self._sender = self._encoder = None  # our media stops; we still listen
+                    self.media_out.stop()  # our media stops; we still listen
                     self._answer_at = None
                     self.end_reason = act.reason
                     self.ended.set()
@@ -506,14 +345,9 @@ class Caller:
                     pass
 
     def _start_media(self, act: StartMedia, now: float) -> None:
-        self._sender = MediaSender(act.tx_profile, act.tx_keys)
-        self._encoder = OpusEncoder(act.tx_profile)
-        self._receiver = MediaReceiver(act.rx_profile, act.rx_keys)
-        self._decoder = OpusDecoder(act.rx_profile)
-        # The jitter buffer runs on the peer's frames, which may last longer than ours.
-        self._jb = JitterBuffer(replace(self.jitter_config, frame_ms=act.rx_profile.frame_ms))
         # The mic opens on the slot grid, so each packet leaves as its last frame is complete.
-        self.tx.capture_start = self.uplink.grid_at_or_after(now)
+        self.media_out.start(act.tx_profile, act.tx_keys, self.uplink.grid_at_or_after(now))
+        self.media_in.start(act.rx_profile, act.rx_keys)
         self.connected.set()
 
 
