@@ -45,8 +45,8 @@ from typing import Protocol
 import trio
 from cryptography.exceptions import InvalidTag
 
+from overlay import CoverKind as CoverKind
 from overlay import (
-    CoverKind,
     Delivery,
     DownlinkKind,
     Rng,
