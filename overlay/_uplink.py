@@ -177,8 +177,18 @@ class UplinkScheduler:
     # -- the frames -------------------------------------------------------------------
 
     def push_signal(self, frames: Iterable[bytes]) -> None:
-        """Queue signaling frames (each ``doc.geometry.user_payload`` bytes), in order."""
+        """Queue signaling frames (each ``doc.geometry.user_payload`` bytes), in order.
+
+        Exactly that length, as media: the exit gateway sees the delivered length, so every
+        kind must look alike. Raises ``UsageError`` (and queues none) for another length."""
+        frames = list(frames)
+        for frame in frames:
+            self._check_payload(frame)
         self._signals.extend(frames)
+
+    def _check_payload(self, payload: bytes) -> None:
+        if len(payload) != self.doc.geometry.user_payload:
+            raise UsageError(f"a frame must be {self.doc.geometry.user_payload} bytes")
 
     @property
     def signal_pending(self) -> int:
@@ -191,8 +201,11 @@ class UplinkScheduler:
         ``media`` is ``(sequence number, sealed payload)`` offered for this slot, or None.
         Never raises for what the document lacks (an empty layer, an unknown gateway):
         see the module docstring. Counts exactly one of ``signal``, ``media``, ``cover``
-        or ``skipped`` in ``slots``.
+        or ``skipped`` in ``slots``. Raises ``UsageError`` for a media payload of another
+        length than ``doc.geometry.user_payload``.
         """
+        if media is not None:
+            self._check_payload(media[1])
         displaced = False
         seq: int | None = None
         if self._signals:
