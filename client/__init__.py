@@ -7,10 +7,10 @@ from ._channel import ChannelError as ChannelError
 from ._channel import InMemoryChannel as InMemoryChannel
 from ._channel import SecureChannel as SecureChannel
 from ._jitter import Conceal as Conceal
-from ._jitter import Frame as Frame
 from ._jitter import JitterBuffer as JitterBuffer
 from ._jitter import JitterConfig as JitterConfig
 from ._jitter import JitterStats as JitterStats
+from ._jitter import MediaFrame as MediaFrame
 from ._jitter import render as render
 from ._loopback import LoopResult as LoopResult
 from ._loopback import play_through as play_through
@@ -24,9 +24,9 @@ from ._media import MediaMalformed as MediaMalformed
 from ._media import MediaPacket as MediaPacket
 from ._media import MediaReceiver as MediaReceiver
 from ._media import MediaReplayed as MediaReplayed
+from ._media import MediaReplayWindow as MediaReplayWindow
 from ._media import MediaSender as MediaSender
 from ._media import NotMedia as NotMedia
-from ._media import ReplayWindow as ReplayWindow
 from ._media import check_fits as check_fits
 from ._media import derive_media_keys as derive_media_keys
 from ._signaling import DEFERRED as DEFERRED
@@ -44,6 +44,7 @@ from ._signaling import Candidate as Candidate
 from ._signaling import Decline as Decline
 from ._signaling import EndReason as EndReason
 from ._signaling import Event as Event
+from ._signaling import Guard as Guard
 from ._signaling import Hangup as Hangup
 from ._signaling import IncomingCall as IncomingCall
 from ._signaling import MediaKeysChanged as MediaKeysChanged
@@ -72,6 +73,7 @@ from ._signaling import call_id_for as call_id_for
 from ._signaling import decode as decode
 from ._signaling import encode as encode
 from ._signaling import state_diagram as state_diagram
+from ._signaling import state_table as state_table
 from ._speech import PesqResult as PesqResult
 from ._speech import artificial_voice as artificial_voice
 from ._speech import measure_delay as measure_delay

@@ -24,21 +24,18 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from overlay import PacketError, UsageError
+from overlay import PacketError, Rng, UsageError
 
 CONVERSATION_ID_LEN = 16  # bytes
 EXPORT_LEN = 32  # bytes of per-message secret
 CHANNEL_LABEL = b"pn-chan-v1"  # BLAKE2b personalisation prefix (max 16 bytes with suffix)
 COUNTER_LEN = 8  # bytes, message number in the envelope
 MAX_SKIPPED = 1000  # message keys kept for out-of-order delivery (as the Double Ratchet)
-
-Rng = Callable[[int], bytes]
 
 
 class ChannelError(PacketError):

@@ -1,12 +1,15 @@
 """Adaptive jitter buffer on a 20 ms playout clock; sans-IO (the caller passes ``now``).
 
-    >>> from client import Conceal, Frame, JitterBuffer
+    >>> from client import Conceal, MediaFrame, JitterBuffer
     >>> jb = JitterBuffer()
     >>> jb.push({0: b"f0", 1: b"f1"}, seq=0, arrival_time=10.0)
     >>> jb.pop(10.0) is None  # still buffering
     True
-    >>> [jb.pop(10.0 + 0.02 * k) for k in range(3, 6)]
-    [Frame(index=0, data=b'f0'), Frame(index=1, data=b'f1'), Conceal(index=2, reason='missing')]
+    >>> for k in range(3, 6):
+    ...     print(jb.pop(10.0 + 0.02 * k))
+    MediaFrame(index=0, data=b'f0')
+    MediaFrame(index=1, data=b'f1')
+    Conceal(index=2, reason='missing')
 
 Frames are keyed by their index on the sender's media clock (timestamp / samples per
 frame). Every frame index seen for the first time, as a primary frame or as a redundant
@@ -71,7 +74,7 @@ class _Held:
 
 
 @dataclass(frozen=True, slots=True)
-class Frame:
+class MediaFrame:
     """Play this Opus frame now."""
 
     index: int
@@ -335,7 +338,7 @@ class JitterBuffer:
 
     # -- playout ----------------------------------------------------------------------
 
-    def pop(self, now: float) -> Frame | Conceal | None:
+    def pop(self, now: float) -> MediaFrame | Conceal | None:
         """What to play for the tick at ``now``; None while buffering or before it is due.
 
         Call it every frame period; call it again in a loop if the caller fell behind.
@@ -368,7 +371,7 @@ class JitterBuffer:
         if index in self._redundant_only:
             self._redundant_only.discard(index)
             self._recovered += 1
-        return Frame(index, data)
+        return MediaFrame(index, data)
 
     def _drop(self, index: int) -> None:
         self._buffer.pop(index, None)
@@ -393,8 +396,8 @@ class JitterBuffer:
         )
 
 
-def render(item: Frame | Conceal, decoder: OpusDecoder) -> Pcm:
+def render(item: MediaFrame | Conceal, decoder: OpusDecoder) -> Pcm:
     """PCM for one jitter-buffer item: decode a frame, or run the decoder's concealment."""
-    if isinstance(item, Frame):
+    if isinstance(item, MediaFrame):
         return decoder.decode(item.data)
     return decoder.conceal()

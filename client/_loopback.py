@@ -22,7 +22,7 @@ import numpy as np
 
 from overlay import UsageError
 
-from ._jitter import Frame, JitterBuffer, JitterConfig, JitterStats
+from ._jitter import JitterBuffer, JitterConfig, JitterStats, MediaFrame
 from ._media import Direction, MediaReceiver, MediaSender, derive_media_keys
 from ._voice import OpusDecoder, OpusEncoder, Pcm, VoiceProfile
 
@@ -77,7 +77,7 @@ def play_through(
             jb.push_packet(rx.open(arrivals[k][1]), arrivals[k][0])
             k += 1
         while (item := jb.pop(now)) is not None:
-            if isinstance(item, Frame):
+            if isinstance(item, MediaFrame):
                 out.append(dec.decode(item.data))
                 m2e.append(now - item.index * frame_s)
                 last_index = item.index

@@ -245,7 +245,7 @@ class MediaSender:
         return wire
 
 
-class ReplayWindow:
+class MediaReplayWindow:
     """SRTP-style sliding window over sequence numbers (RFC 3711 section 3.3.2).
 
     ``check`` before decrypting (cheap rejection), ``accept`` only after the tag verified,
@@ -325,7 +325,7 @@ class MediaReceiver:
         self.profile = profile
         self.packet_len = packet_len
         self._keys = [(ChaCha20Poly1305(keys.aead_key), keys.hp_key)]
-        self.window = ReplayWindow(window)
+        self.window = MediaReplayWindow(window)
         self.counters = MediaCounters()
 
     def open(self, wire: bytes) -> MediaPacket:

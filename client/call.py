@@ -19,6 +19,13 @@ with a random nonce, and loops are random bytes.
 The receiver tries media first, then signaling; what opens as neither is cover, unless it
 claimed to be media of the call (``received`` counts each kind apart).
 
+``Caller`` is the Trio edge only: its tasks, the link and the timers. The decisions are
+sans-IO and take ``now``: ``overlay.UplinkScheduler`` keeps the slot grid and picks each
+slot's frame, ``Call`` (``client._signaling``) runs the signaling, ``SignalFramer``
+(``client._frames``) frames it, and ``MediaOut``/``MediaIn`` (``client._call_media``)
+encode, seal, open, buffer and play the media. A caller can be built, and its ``slot``
+and ``deliver`` called, outside a Trio run; ``run``, ``place`` and ``hangup`` need one.
+
 One clock: the uplink grid, the signaling timers, the link's arrival stamps, the jitter
 buffer and the playout all run on Trio's clock (``trio.current_time()``, monotonic), so a
 step of the wall clock changes nothing in a call. The link must stamp arrivals on that same
@@ -30,43 +37,34 @@ turns their times into ``time.monotonic()`` seconds for comparison with another 
 
 from __future__ import annotations
 
-import hashlib
 import os
-import struct
 import time
-from collections import Counter, deque
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from enum import Enum
+from collections import Counter
 from typing import Protocol
 
-import numpy as np
 import trio
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from overlay import CoverKind as CoverKind
 from overlay import (
-    MAILBOX_ID_LEN,
-    NODE_ID_LEN,
-    VOICE,
     Delivery,
-    DirectoryError,
     DownlinkKind,
-    Hop,
-    NodeRole,
-    NoRouteError,
+    Rng,
     TopologyDocument,
+    UplinkScheduler,
     UsageError,
-    create_drop,
-    create_forward,
-    exp_delay_us,
-    select_path,
-    uniform_index,
 )
 
+from ._call_media import MediaIn as MediaIn
+from ._call_media import MediaOut as MediaOut
+from ._call_media import MediaTrace as MediaTrace
+from ._call_media import PlayoutTrace as PlayoutTrace
 from ._channel import SecureChannel
-from ._jitter import Frame, JitterBuffer, JitterConfig, JitterStats
-from ._media import Direction, MediaError, MediaReceiver, MediaSender, NotMedia
+from ._frames import Address as Address
+from ._frames import Contact as Contact
+from ._frames import SignalFramer as SignalFramer
+from ._jitter import JitterConfig
+from ._media import Direction, MediaError, NotMedia
 from ._signaling import (
     Action,
     Call,
@@ -81,26 +79,17 @@ from ._signaling import (
     StartMedia,
     Timer,
 )
-from ._voice import DECODER_RATE_HZ, Decimator, OpusDecoder, OpusEncoder, Pcm, VoiceProfile
+from ._voice import DECODER_RATE_HZ, Decimator, Pcm, VoiceProfile
 
 # Mean sender-chosen delay per hop: the simulator's largest feasible mean for 2 frames per
 # packet (40 ms slot) at 5 hops, p99 mouth-to-ear 570 ms (docs/research.md, "Sweep").
 DEFAULT_MEAN_DELAY_S = 0.0225
 OPUS_LOOKAHEAD_S = 0.0065  # libopus encoder look-ahead (2.5 ms + 4 ms delay compensation)
-SIGNAL_KEY_LEN = 32  # bytes of the contact's signaling key
-SIGNAL_PERSON = b"pn-sigframe-v1"  # BLAKE2b personalisation of per-mailbox frame keys
-SIGNAL_NONCE_LEN = 12  # bytes, random per frame
-SIGNAL_TAG_LEN = 16  # bytes, Poly1305
-_FRAG = struct.Struct(">IBBH")  # message id, fragment index, fragment count, chunk length
-MAX_FRAGMENTS = 255
-MAX_PENDING_MESSAGES = 16  # partly received signaling messages kept at most
 ANSWER_DELAY_S = 0.5  # the callee "picks up" this long after the phone rings (auto-answer)
 # An arrival stamp later than now, or older than this many seconds, was not read on Trio's
 # clock (the wall clock is ~1.7e9 s ahead; time.monotonic() >= 1e4 s behind, by Trio's offset).
 MAX_STAMP_AGE_S = 600.0
 STAMP_SLACK_S = 1e-3  # seconds a stamp may lie ahead of now (float rounding, not a clock)
-
-Rng = Callable[[int], bytes]
 
 
 class ReceivedLike(Protocol):
@@ -120,153 +109,6 @@ class LinkLike(Protocol):
     async def send(self, packet: bytes) -> None: ...
 
     async def receive(self) -> ReceivedLike: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Address:
-    """Where a client receives: its gateway's node id and its mailbox id there."""
-
-    gateway_id: bytes
-    mailbox: bytes = field(repr=False)
-
-    def __post_init__(self) -> None:
-        if len(self.gateway_id) != NODE_ID_LEN or len(self.mailbox) != MAILBOX_ID_LEN:
-            raise UsageError(
-                f"gateway_id must be {NODE_ID_LEN} bytes and mailbox {MAILBOX_ID_LEN} bytes"
-            )
-
-    def to_bytes(self) -> bytes:
-        return self.gateway_id + self.mailbox
-
-
-@dataclass(frozen=True, slots=True)
-class Contact:
-    """What two users exchange over their E2EE chat before a Mode C call."""
-
-    address: Address
-    signal_key: bytes = field(repr=False)  # shared by both ends of the conversation
-
-    def __post_init__(self) -> None:
-        if len(self.signal_key) != SIGNAL_KEY_LEN:
-            raise UsageError(f"signal_key must be {SIGNAL_KEY_LEN} bytes")
-
-
-class SlotKind(Enum):
-    SIGNAL = "signal"
-    MEDIA = "media"
-    COVER = "cover"
-
-
-class CoverKind(Enum):
-    LOOP = "loop"  # to our own mailbox (keeps our downlink busy too)
-    DROP = "drop"  # discarded by the last hop
-
-
-# -- signaling frames ----------------------------------------------------------------------
-
-
-def _frame_key(signal_key: bytes, to: Address) -> bytes:
-    return hashlib.blake2b(
-        to.to_bytes(), key=signal_key, digest_size=32, person=SIGNAL_PERSON
-    ).digest()
-
-
-class SignalFramer:
-    """Cuts sealed signaling envelopes into fixed-size encrypted frames and joins them again.
-
-    A frame is ``nonce (12) | ChaCha20-Poly1305(id (4) | index | count | length (2) | chunk
-    | zero padding) | tag (16)``, exactly ``payload_len`` bytes. The key is per receiving
-    mailbox, so a frame cannot be reflected to its sender.
-    """
-
-    def __init__(
-        self,
-        signal_key: bytes,
-        me: Address,
-        peer: Address,
-        *,
-        payload_len: int = VOICE.user_payload,
-        rng: Rng = os.urandom,
-    ):
-        self._tx = ChaCha20Poly1305(_frame_key(signal_key, peer))
-        self._rx = ChaCha20Poly1305(_frame_key(signal_key, me))
-        self.payload_len = payload_len
-        self.chunk_len = payload_len - SIGNAL_NONCE_LEN - SIGNAL_TAG_LEN - _FRAG.size
-        self._rng = rng
-        self._pending: dict[int, dict[int, bytes]] = {}
-        self._counts: dict[int, int] = {}
-
-    def frames(self, envelope: bytes) -> list[bytes]:
-        """The frames of one envelope, in order."""
-        chunks = [envelope[i : i + self.chunk_len] for i in range(0, len(envelope), self.chunk_len)]
-        if not chunks or len(chunks) > MAX_FRAGMENTS:
-            raise UsageError(f"a signaling message must be 1..{MAX_FRAGMENTS} frames long")
-        (msg_id,) = struct.unpack(">I", self._rng(4))
-        out = []
-        for i, chunk in enumerate(chunks):
-            body = _FRAG.pack(msg_id, i, len(chunks), len(chunk)) + chunk
-            body += bytes(self.chunk_len + _FRAG.size - len(body))
-            nonce = self._rng(SIGNAL_NONCE_LEN)
-            out.append(nonce + self._tx.encrypt(nonce, body, None))
-        return out
-
-    def open(self, frame: bytes) -> bytes | None:
-        """A whole envelope when ``frame`` completes one; None for a partial message.
-
-        Raises ``InvalidTag`` for anything that is not our signaling frame.
-        """
-        if len(frame) != self.payload_len:
-            raise InvalidTag()
-        body = self._rx.decrypt(frame[:SIGNAL_NONCE_LEN], frame[SIGNAL_NONCE_LEN:], None)
-        msg_id, index, count, length = _FRAG.unpack_from(body)
-        if count == 0 or index >= count or length > self.chunk_len:
-            raise InvalidTag()
-        chunk = body[_FRAG.size : _FRAG.size + length]
-        if count == 1:
-            return chunk
-        if msg_id not in self._pending:
-            if len(self._pending) >= MAX_PENDING_MESSAGES:
-                oldest = next(iter(self._pending))
-                del self._pending[oldest], self._counts[oldest]
-            self._pending[msg_id], self._counts[msg_id] = {}, count
-        if self._counts[msg_id] != count:
-            raise InvalidTag()
-        parts = self._pending[msg_id]
-        parts[index] = chunk
-        if len(parts) < count:
-            return None
-        del self._pending[msg_id], self._counts[msg_id]
-        return b"".join(parts[i] for i in range(count))
-
-
-# -- what a caller measured ----------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class MediaTrace:
-    """Times (seconds on the caller's Trio clock) of one direction's media, for the report.
-
-    ``to_monotonic_s``: add it to a time here for ``time.monotonic()`` seconds
-    (CLOCK_MONOTONIC, shared by the processes of one machine)."""
-
-    to_monotonic_s: float = 0.0
-    capture_start: float | None = None  # when frame 0's first sample entered the mic
-    sent: dict[int, float] = field(default_factory=dict)  # media seq -> send time
-    displaced: int = 0  # media packets whose slot a signaling frame took
-    frames_sent: int = 0
-
-
-@dataclass(slots=True)
-class PlayoutTrace:
-    """The receiving side of one direction; times in seconds on the caller's Trio clock,
-    ``to_monotonic_s`` as in :class:`MediaTrace`."""
-
-    to_monotonic_s: float = 0.0
-    arrived: dict[int, float] = field(default_factory=dict)  # media seq -> arrival time
-    # Per playout tick item: (frame index, "frame" | "missing" | "stretch", play time)
-    items: list[tuple[int, str, float]] = field(default_factory=list)
-    pcm: list[Pcm] = field(default_factory=list)  # one entry per item
-    stats: JitterStats | None = None
 
 
 class Caller:
@@ -290,41 +132,59 @@ class Caller:
         rng: Rng = os.urandom,
     ):
         self.profile = profile or VoiceProfile()
-        self.link, self.doc, self.me, self.contact = link, doc, me, contact
-        self.voice = voice
-        self.mean_delay_s = mean_delay_s
-        self.cover = cover
-        self.jitter_config = jitter or JitterConfig(frame_ms=self.profile.frame_ms)
+        self.link, self.me, self.contact = link, me, contact
         self.auto_answer = auto_answer
         self._clock = trio.current_time  # the one clock: trio.sleep_until runs on it
-        self._rng = rng
-        self.slot_s = self.profile.packet_interval_ms / 1000
+        # The slot grid and each slot's frame. Its ``slots`` counts slots by SlotKind value
+        # sent, "skipped" (nothing routable), "unroutable" (sent as last-resort cover
+        # instead), "missed" (the process fell behind the grid).
+        self.uplink = UplinkScheduler(
+            doc, (me.gateway_id, me.mailbox), (contact.address.gateway_id, contact.address.mailbox),
+            slot_s=self.profile.packet_interval_ms / 1000, mean_delay_s=mean_delay_s,
+            cover=cover, rng=rng,
+        )  # fmt: skip
         self.call = Call(channel, reply_mailbox=me.to_bytes(), surbs=b"", profile=self.profile)
         self.framer = SignalFramer(contact.signal_key, me, contact.address, rng=rng)
-        self._signal_queue: deque[bytes] = deque()
-        self._timers: dict[Timer, float] = {}
+        self.media_out = MediaOut(voice, self.profile)
+        self.media_in = MediaIn(jitter or JitterConfig(frame_ms=self.profile.frame_ms))
+        self._timers: dict[Timer, float] = {}  # signaling timer -> deadline (seconds)
         self._answer_at: float | None = None
-        self._grid_start: float | None = None
-        self._sender: MediaSender | None = None
-        self._encoder: OpusEncoder | None = None
-        self._packets = 0  # media packets produced this call
-        self._receiver: MediaReceiver | None = None
-        self._decoder: OpusDecoder | None = None
-        self._jb: JitterBuffer | None = None
-        self._first_arrival: float | None = None
         self._playout_ready = trio.Event()
         self.connected = trio.Event()
         self.ended = trio.Event()
         self.end_reason: EndReason | None = None
-        # Slots by SlotKind value sent, "skipped" (nothing routable), "unroutable" (sent as
-        # last-resort cover instead), "missed" (the process fell behind the grid).
-        self.slots: Counter[str] = Counter()
         # Deliveries by what they turned out to be (``deliver``): media, signal_frames,
         # cover, other (replies), or the reason a frame that claimed to be media was dropped.
         self.received: Counter[str] = Counter()
-        self.sent_sizes: set[int] = set()
-        self.tx = MediaTrace()
-        self.rx = PlayoutTrace()
+
+    @property
+    def tx(self) -> MediaTrace:
+        """What we sent, for the report (``MediaOut.trace``)."""
+        return self.media_out.trace
+
+    @property
+    def rx(self) -> PlayoutTrace:
+        """What arrived and played, for the report (``MediaIn.trace``)."""
+        return self.media_in.trace
+
+    @property
+    def doc(self) -> TopologyDocument:
+        return self.uplink.doc
+
+    @property
+    def slot_s(self) -> float:
+        """Seconds per uplink slot (``frames_per_packet`` x the frame length)."""
+        return self.uplink.slot_s
+
+    @property
+    def slots(self) -> Counter[str]:
+        """Slots by kind (``UplinkScheduler.slots``)."""
+        return self.uplink.slots
+
+    @property
+    def sent_sizes(self) -> set[int]:
+        """Lengths in bytes of the packets sent (one: the geometry's packet length)."""
+        return self.uplink.sent_sizes
 
     # -- user commands ------------------------------------------------------------------
 
@@ -354,91 +214,28 @@ class Caller:
             task_status.started()
 
     async def _uplink(self) -> None:
-        start = self._grid_start = self._clock()
-        k = 0
+        self.uplink.start(self._clock())
         while True:
-            t = start + k * self.slot_s  # a fixed grid: no drift from repeated addition
-            await trio.sleep_until(t)
-            late = int((self._clock() - t) // self.slot_s)
-            if late > 0:  # fell behind by whole slots: skip them (never send a burst)
-                self.slots["missed"] += late
-                k += late
-                t = start + k * self.slot_s
-            packet = self.slot(t)
+            await trio.sleep_until(self.uplink.due)
+            packet = self.slot(self.uplink.take_slot(self._clock()))
             if packet is not None:
                 await self.link.send(packet)
-            k += 1
 
     def slot(self, now: float) -> bytes | None:
-        """The one packet of the slot at ``now``: signaling, else media, else cover.
+        """The one packet of the slot at ``now``: signaling, else media, else cover
+        (``overlay.UplinkScheduler.fill``). Fires due signaling timers first.
 
-        Never raises for what the topology document lacks (an empty mix layer, an unknown
-        gateway): a packet that cannot be routed is counted ``unroutable`` and the slot
-        carries last-resort cover instead (a drop packet to our own gateway alone; a
-        signaling frame waits for the next slot). Returns None, counted ``skipped``, only
-        when not even our own gateway is routable. So every slot counts exactly one of
-        ``signal``, ``media``, ``cover`` or ``skipped`` in ``slots``.
+        Never raises for what the topology document lacks; returns None, counted
+        ``skipped``, only when not even our own gateway is routable. So every slot counts
+        exactly one of ``signal``, ``media``, ``cover`` or ``skipped`` in ``slots``.
         """
         self._tick(now)
-        media = self._media_packet(now)
-        if self._signal_queue:
-            payload, kind = self._signal_queue.popleft(), SlotKind.SIGNAL
-            if media is not None:
-                self.tx.displaced += 1  # redundancy in the next packet carries its frames
-        elif media is not None:
-            seq, payload = media
-            kind = SlotKind.MEDIA
-        else:
-            kind = SlotKind.COVER
-            payload = b""
-        try:
-            packet = self._sphinx(kind, payload)
-        except DirectoryError:  # NoRouteError, or a listed node without the epoch's key
-            self.slots["unroutable"] += 1
-            if kind is SlotKind.SIGNAL:
-                self._signal_queue.appendleft(payload)
-            kind, fallback = SlotKind.COVER, self._last_resort_cover()
-            if fallback is None:
-                self.slots["skipped"] += 1
-                return None
-            packet = fallback
-        if kind is SlotKind.MEDIA:
-            self.tx.sent[seq] = now
-        self.slots[kind.value] += 1
-        self.sent_sizes.add(len(packet))
-        return packet
-
-    def _sphinx(self, kind: SlotKind, payload: bytes) -> bytes:
-        """The packet of one slot; DirectoryError (NoRouteError) when no path exists."""
-        geometry, doc, me = self.doc.geometry, self.doc, self.me
-        if kind is not SlotKind.COVER:
-            path = select_path(
-                doc, me.gateway_id, self.contact.address.gateway_id, self.mean_delay_s, self._rng
-            )
-            return create_forward(geometry, path, self.contact.address.mailbox, payload,
-                                  rng=self._rng)  # fmt: skip
-        if self.cover is CoverKind.LOOP:
-            path = select_path(doc, me.gateway_id, me.gateway_id, self.mean_delay_s, self._rng)
-            noise = self._rng(geometry.user_payload)
-            return create_forward(geometry, path, me.mailbox, noise, rng=self._rng)
-        if not doc.gateways:
-            raise NoRouteError("the topology document lists no gateway")
-        exit_ = doc.gateways[uniform_index(len(doc.gateways), self._rng)].node_id
-        path = select_path(doc, me.gateway_id, exit_, self.mean_delay_s, self._rng)
-        return create_drop(geometry, path, rng=self._rng)
-
-    def _last_resort_cover(self) -> bytes | None:
-        """Drop cover over one hop, our own gateway, which discards it; None if the
-        document does not list that gateway with a key for its epoch. The gateway learns
-        that this slot is cover, which it could tell anyway while no path exists."""
-        node = self.doc.by_id.get(self.me.gateway_id)
-        if node is None or node.role is not NodeRole.GATEWAY:
-            return None
-        key = node.epoch_keys.get(self.doc.epoch)
-        if key is None:
-            return None
-        hop = Hop(node.node_id, key, exp_delay_us(self.mean_delay_s, self._rng))
-        return create_drop(self.doc.geometry, [hop], rng=self._rng)
+        slot = self.uplink.fill(now, self._media_packet(now))
+        if slot.displaced:
+            self.tx.displaced += 1
+        if slot.media_seq is not None:
+            self.tx.sent[slot.media_seq] = now
+        return slot.packet
 
     def _tick(self, now: float) -> None:
         for timer, deadline in list(self._timers.items()):
@@ -451,23 +248,12 @@ class Caller:
 
     def _media_packet(self, now: float) -> tuple[int, bytes] | None:
         """Encode the frames captured during the slot that just ended, and seal them."""
-        if self._sender is None or self._encoder is None or self.tx.capture_start is None:
+        capture_start = self.tx.capture_start
+        if not self.media_out.sending or capture_start is None:
             return None
-        if now < self.tx.capture_start + self.slot_s - 1e-9:
+        if not self.uplink.media_due(capture_start, now):
             return None
-        p, n = self.profile, self.profile.samples_per_frame
-        frames = []
-        for j in range(p.frames_per_packet):
-            i = self._packets * p.frames_per_packet + j
-            pcm = self.voice[i * n : (i + 1) * n]
-            if len(pcm) < n:  # the test voice ran out: silence
-                pcm = np.concatenate([pcm, np.zeros(n - len(pcm), np.int16)])
-            frames.append(self._encoder.encode(pcm))
-        seq = self._sender.next_seq
-        wire = self._sender.seal(frames)
-        self._packets += 1
-        self.tx.frames_sent += p.frames_per_packet
-        return seq, wire
+        return self.media_out.seal_next()
 
     async def _downlink(self) -> None:
         while True:
@@ -492,19 +278,15 @@ class Caller:
         if not now - MAX_STAMP_AGE_S <= at <= now + STAMP_SLACK_S:
             raise UsageError("arrival stamps must be on trio.current_time(), the caller's clock")
         refused: MediaError | None = None
-        if self._receiver is not None and self._jb is not None:
-            try:
-                packet = self._receiver.open(data)
-            except MediaError as err:
-                refused = err
-            else:
+        try:
+            opened = self.media_in.open(data, at)
+        except MediaError as err:
+            refused = err
+        else:
+            if opened:
                 self.received["media"] += 1
-                self.rx.arrived.setdefault(packet.seq, at)
-                self._jb.push_packet(packet, at)  # frame indices on the peer's profile
                 self._apply(self.call.media_received(now))  # the peer is there
-                if self._first_arrival is None:
-                    self._first_arrival = at
-                    self._playout_ready.set()
+                self._playout_ready.set()
                 return
         try:
             envelope = self.framer.open(data)
@@ -519,22 +301,12 @@ class Caller:
 
     async def _playout(self) -> None:
         await self._playout_ready.wait()
-        assert self._first_arrival is not None and self._jb is not None
-        assert self._decoder is not None
-        frame_s = self._jb.config.frame_ms / 1000  # the peer's frames
-        start = self._first_arrival + self._jb.config.initial_extra_ms / 1000
+        start, frame_s = self.media_in.grid()
         k = 0
         while True:
             t = start + k * frame_s  # the jitter buffer's own playout grid
             await trio.sleep_until(t)
-            while (item := self._jb.pop(t)) is not None:
-                if isinstance(item, Frame):
-                    self.rx.pcm.append(self._decoder.decode(item.data))
-                    self.rx.items.append((item.index, "frame", t))
-                else:
-                    self.rx.pcm.append(self._decoder.conceal())
-                    self.rx.items.append((item.index, item.reason, t))
-            self.rx.stats = self._jb.stats
+            self.media_in.play(t)
             k += 1
 
     # -- signaling actions ----------------------------------------------------------------
@@ -544,7 +316,7 @@ class Caller:
         for act in actions:
             match act:
                 case Send():
-                    self._signal_queue.extend(self.framer.frames(act.envelope))
+                    self.uplink.push_signal(self.framer.frames(act.envelope))
                 case SetTimer():
                     self._timers[act.timer] = act.deadline
                 case CancelTimer():
@@ -560,12 +332,12 @@ class Caller:
                         if self.call.role is Role.CALLER
                         else Direction.CALLEE_TO_CALLER
                     )
-                    if act.direction == ours and self._sender is not None:
-                        self._sender.rekey(act.keys)
-                    elif self._receiver is not None:
-                        self._receiver.rekey(act.keys)
+                    if act.direction == ours and self.media_out.sending:
+                        self.media_out.rekey(act.keys)
+                    elif self.media_in.listening:
+                        self.media_in.rekey(act.keys)
                 case CallEnded():
-                    self._sender = self._encoder = None  # our media stops; we still listen
+                    self.media_out.stop()  # our media stops; we still listen
                     self._answer_at = None
                     self.end_reason = act.reason
                     self.ended.set()
@@ -573,17 +345,9 @@ class Caller:
                     pass
 
     def _start_media(self, act: StartMedia, now: float) -> None:
-        self._sender = MediaSender(act.tx_profile, act.tx_keys)
-        self._encoder = OpusEncoder(act.tx_profile)
-        self._receiver = MediaReceiver(act.rx_profile, act.rx_keys)
-        self._decoder = OpusDecoder(act.rx_profile)
-        # The jitter buffer runs on the peer's frames, which may last longer than ours.
-        self._jb = JitterBuffer(replace(self.jitter_config, frame_ms=act.rx_profile.frame_ms))
         # The mic opens on the slot grid, so each packet leaves as its last frame is complete.
-        k = 0 if self._grid_start is None else -(-(now - self._grid_start) // self.slot_s)
-        self.tx.capture_start = (
-            now if self._grid_start is None else self._grid_start + k * self.slot_s
-        )
+        self.media_out.start(act.tx_profile, act.tx_keys, self.uplink.grid_at_or_after(now))
+        self.media_in.start(act.rx_profile, act.rx_keys)
         self.connected.set()
 
 

@@ -23,10 +23,11 @@ from nacl.signing import SigningKey
 
 from client import InMemoryChannel, artificial_voice
 from client._signaling import CallState
-from client.call import Address, Caller, Contact, CoverKind, SignalFramer, SlotKind
+from client.call import Address, Caller, Contact, SignalFramer
 from client.cli import main
 from overlay import (
     VOICE,
+    CoverKind,
     Deliver,
     Delivery,
     Discard,
@@ -34,6 +35,7 @@ from overlay import (
     Forward,
     NodeDescriptor,
     NodeRole,
+    SlotKind,
     TopologyDocument,
     UsageError,
     build_document,
@@ -224,6 +226,17 @@ def test_addresses_and_contacts_check_lengths() -> None:
         Address(os.urandom(16), b"short")
     with pytest.raises(UsageError, match="signal_key"):
         Contact(Address(os.urandom(16), os.urandom(16)), b"k")
+
+
+def test_a_caller_is_built_and_fills_slots_outside_a_trio_run() -> None:
+    doc, _ = _network()
+    me = Address(doc.gateways[0].node_id, os.urandom(16))
+    peer = Address(doc.gateways[1].node_id, os.urandom(16))
+    chan, _ = InMemoryChannel.pair()
+    caller = Caller(_NoLink(), doc, me, Contact(peer, os.urandom(32)), chan, _VOICE)
+    packets = [caller.slot(k * caller.slot_s) for k in range(3)]  # times passed in
+    assert {len(p) for p in packets if p is not None} == {VOICE.packet_len}
+    assert caller.slots == Counter({"cover": 3}) and caller.uplink.signal_pending == 0
 
 
 def test_cli_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:

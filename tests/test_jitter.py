@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client import Conceal, Frame, JitterBuffer, JitterConfig, JitterStats
+from client import Conceal, JitterBuffer, JitterConfig, JitterStats, MediaFrame
 from overlay import UsageError
 
 FRAME_S = 0.02
@@ -23,21 +23,21 @@ NEW = b"new"  # suffix of the frames a sender produced after its clock jumped
 @dataclass
 class Run:
     stats: JitterStats
-    items: list[Frame | Conceal]  # only those for frames the sender sent
+    items: list[MediaFrame | Conceal]  # only those for frames the sender sent
     targets: list[float]
-    timeline: list[tuple[float, Frame | Conceal]]  # every item with its playout time
+    timeline: list[tuple[float, MediaFrame | Conceal]]  # every item with its playout time
     jump_arrival: float | None  # first arrival of a packet sealed after the clock jumped
 
     @property
     def new_audio_delay(self) -> float:
         """Seconds from the first post-jump arrival to the first post-jump frame played."""
         assert self.jump_arrival is not None
-        played = [t for t, i in self.timeline if isinstance(i, Frame) and i.data.endswith(NEW)]
+        played = [t for t, i in self.timeline if isinstance(i, MediaFrame) and i.data.endswith(NEW)]
         return (played[0] if played else float("inf")) - self.jump_arrival
 
     @property
     def played(self) -> int:
-        return sum(isinstance(i, Frame) for i in self.items)
+        return sum(isinstance(i, MediaFrame) for i in self.items)
 
     @property
     def missing(self) -> int:
@@ -82,7 +82,7 @@ def simulate(
         arrivals.append((sent + delay(rng, s), s, frames, first, jumped))
     arrivals.sort(key=lambda a: a[0])
     jb = JitterBuffer(config)
-    timeline: list[tuple[float, Frame | Conceal]] = []
+    timeline: list[tuple[float, MediaFrame | Conceal]] = []
     targets: list[float] = []
     k, now, end = 0, 0.0037, arrivals[-1][0] + 1.0
     last = packets * fpp - 1 if jump_at is None else None  # with a jump: play on to the end
@@ -106,9 +106,9 @@ def mixnet(fixed: float = 0.05, hops: int = 5, mean: float = 0.02) -> Callable[.
 
 def test_frames_come_out_in_order_and_every_frame_is_accounted_for() -> None:
     run = simulate(mixnet(), packets=800)
-    played = [i.index for i in run.items if isinstance(i, Frame)]
+    played = [i.index for i in run.items if isinstance(i, MediaFrame)]
     assert played == sorted(played) and len(set(played)) == len(played)
-    assert all(i.data == i.index.to_bytes(4, "big") for i in run.items if isinstance(i, Frame))
+    assert all(i.data == i.index.to_bytes(4, "big") for i in run.items if isinstance(i, MediaFrame))
     missing = [i.index for i in run.items if isinstance(i, Conceal) and i.reason == "missing"]
     assert run.played + run.missing + run.stats.skipped == 1600  # every frame once
     assert not set(missing) & set(played)
@@ -171,7 +171,7 @@ def test_long_gap_resynchronizes_and_nothing_before_start() -> None:
         jb.push({5000 + s: b"b"}, s, 2.0 + s * 0.04)
     assert jb.stats.resyncs == 1 and jb.stats.off_clock == 3
     played = [jb.pop(2.12 + k * FRAME_S) for k in range(10)]
-    assert Frame(5003, b"b") in played
+    assert MediaFrame(5003, b"b") in played
     for bad in (-1, 2**32):
         with pytest.raises(UsageError):
             jb.push({bad: b"x"}, 4, 3.0)
@@ -183,7 +183,7 @@ def test_a_sender_clock_restarted_behind_the_playout_point_plays_within_a_second
     assert run.stats.resyncs == 1
     assert run.new_audio_delay < 1.0
     after = [i for t, i in run.timeline if run.jump_arrival is not None and t > run.jump_arrival]
-    assert sum(isinstance(i, Frame) and i.data.endswith(NEW) for i in after) > 285  # of 300
+    assert sum(isinstance(i, MediaFrame) and i.data.endswith(NEW) for i in after) > 285  # of 300
 
 
 @pytest.mark.parametrize("jump", [250, 3600 * 50])  # 5 s, an hour of 20 ms frames
@@ -191,7 +191,7 @@ def test_a_sender_clock_far_ahead_plays_within_a_second(jump: int) -> None:
     run = simulate(mixnet(), packets=400, seed=8, jump_at=250, jump_frames=jump)
     assert run.stats.resyncs == 1 and run.new_audio_delay < 1.0
     # Nothing was concealed for the hour in between: the clock jumped instead.
-    end = max(t for t, i in run.timeline if isinstance(i, Frame))
+    end = max(t for t, i in run.timeline if isinstance(i, MediaFrame))
     assert sum(isinstance(i, Conceal) for t, i in run.timeline if t < end) < 20
 
 
@@ -201,7 +201,7 @@ def test_a_late_burst_on_the_same_clock_is_not_a_resync() -> None:
 
     run = simulate(stall, packets=400, seed=9)
     assert run.stats.resyncs == 0 and run.stats.off_clock == 0 and run.stats.late > 0
-    played = [i.index for i in run.items if isinstance(i, Frame)]
+    played = [i.index for i in run.items if isinstance(i, MediaFrame)]
     assert played == sorted(set(played))
 
 
@@ -244,7 +244,7 @@ def test_any_arrival_pattern_plays_each_frame_at_most_once_in_order(
 ) -> None:
     jb = JitterBuffer()
     arrivals = sorted(((s + 1) * 0.04 + d, s) for s, d in enumerate(delays) if not lost[s])
-    out: list[Frame | Conceal] = []
+    out: list[MediaFrame | Conceal] = []
     k, tick = 0, 0
     while tick < 400:
         now = tick * FRAME_S
@@ -256,9 +256,9 @@ def test_any_arrival_pattern_plays_each_frame_at_most_once_in_order(
         while (item := jb.pop(now)) is not None:
             out.append(item)
         tick += 1
-    played = [i.index for i in out if isinstance(i, Frame)]
+    played = [i.index for i in out if isinstance(i, MediaFrame)]
     assert played == sorted(set(played))
-    assert all(i.data == bytes([i.index % 256]) for i in out if isinstance(i, Frame))
+    assert all(i.data == bytes([i.index % 256]) for i in out if isinstance(i, MediaFrame))
     missing = {i.index for i in out if isinstance(i, Conceal) and i.reason == "missing"}
     assert not missing & set(played)
 
@@ -303,5 +303,5 @@ def test_stragglers_from_before_a_resync_neither_play_nor_move_the_target() -> N
     assert jb.stats.target_s == new_target and jb.stats.off_clock == 4
     assert abs(new_target - target) > 3000  # (the clocks differ by an hour)
     played = [jb.pop(2.3 + k * FRAME_S) for k in range(20)]
-    assert not any(isinstance(i, Frame) and i.data == b"o" for i in played)
-    assert any(isinstance(i, Frame) and i.data == b"n" for i in played)
+    assert not any(isinstance(i, MediaFrame) and i.data == b"o" for i in played)
+    assert any(isinstance(i, MediaFrame) and i.data == b"n" for i in played)

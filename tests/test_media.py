@@ -16,9 +16,9 @@ from client import (
     MediaMalformed,
     MediaReceiver,
     MediaReplayed,
+    MediaReplayWindow,
     MediaSender,
     NotMedia,
-    ReplayWindow,
     VoiceProfile,
     check_fits,
     derive_media_keys,
@@ -237,7 +237,7 @@ def _walk(steps: list[int]) -> list[int]:
 def test_replay_window_matches_a_set_model_at_bounded_cost_for_any_jump(
     seqs: list[int], size: int
 ) -> None:
-    w = ReplayWindow(size)
+    w = MediaReplayWindow(size)
     seen: set[int] = set()
     highest = -1
     for s in seqs:
@@ -258,7 +258,7 @@ def test_replay_window_matches_a_set_model_at_bounded_cost_for_any_jump(
 
 
 def test_replay_window_after_a_jump_of_2_to_the_63() -> None:
-    w = ReplayWindow()
+    w = MediaReplayWindow()
     w.accept(1)
     w.accept(2**63)
     assert w._bits == 1

@@ -51,7 +51,8 @@ from client import (
     encode,
     state_diagram,
 )
-from client._signaling import _hkdf, _mac
+from client._signaling.keys import hkdf as _hkdf
+from client._signaling.keys import mac as _mac
 from overlay import UsageError
 
 BOTH = CallPolicy(supported_modes=frozenset({PrivacyMode.PRIVATE, PrivacyMode.PARANOID}),
@@ -145,7 +146,7 @@ def test_random_bytes_decode_or_raise_malformed(data: bytes) -> None:
 
 def test_table_is_closed_and_ended_is_terminal() -> None:
     assert all(s is not CallState.ENDED for s, _ in TRANSITIONS)
-    reached = {d for ds in TRANSITIONS.values() for d in ds} | {CallState.IDLE}
+    reached = {d for ds in TRANSITIONS.values() for d in ds.values()} | {CallState.IDLE}
     assert reached == set(CallState)
     assert {e for _, e in TRANSITIONS} == set(Event)
     diagram = state_diagram()

@@ -1,38 +1,9 @@
-"""Call signaling for Mode C: fixed binary messages and a sans-IO state machine as data.
+"""One call over one conversation, either side: a sans-IO state machine that returns actions.
 
-    >>> from client import Call, InMemoryChannel, Send, StartMedia
-    >>> a, b = InMemoryChannel.pair()
-    >>> caller = Call(a, reply_mailbox=b"gw-a|box-a", surbs=b"surbs-a")
-    >>> callee = Call(b, reply_mailbox=b"gw-b|box-b", surbs=b"surbs-b")
-    >>> def deliver(actions, to, now):  # what the gateway link does, here in memory
-    ...     sent = [act.envelope for act in actions if isinstance(act, Send)]
-    ...     return [out for envelope in sent for out in to.handle(envelope, now)]
-    >>> back = deliver(caller.place(0.0), callee, 0.5)  # OFFER; the callee sends ANSWER, RING
-    >>> _ = deliver(back, caller, 1.0)
-    >>> got = deliver(callee.accept(2.0), caller, 2.5)  # the user picks up: ACCEPT
-    >>> caller.state.name, callee.state.name
-    ('ACTIVE', 'ACTIVE')
-    >>> [type(x).__name__ for x in got if isinstance(x, StartMedia)]
-    ['StartMedia']
-
-Every message is sealed by the E2EE ``SecureChannel`` (authenticated, replay-protected).
-On top of that:
-
-- the call id is BLAKE2b(conversation id, caller's nonce): an offer replayed into another
-  conversation carries a call id that does not match, and is dropped;
-- the offer (mode, media type, voice profile, anti-downgrade flag, reply path) is MACed by
-  the channel's AEAD; the answer echoes the offer's SHA-256 and mode under an HMAC keyed
-  by the offer's message secret, the accept carries an HMAC keyed by the call secret, and
-  the call secret (hence every media key) covers the offer and answer bytes: a mode
-  changed anywhere on the way ends the call or leaves media undecryptable;
-- only the modes in ``CallPolicy.supported_modes`` are accepted (this client speaks
-  Mode C, ``PARANOID``, only); anything else is declined, never silently replaced;
-- a mode switch to a less private mode needs the user's explicit approval on both sides;
-- in Mode C a ``CALL_CANDIDATE`` (which could reveal an IP address) ends the call.
-
-The per-call secret is HKDF(offer secret || answer secret) over the transcript, so both
-messages' ratchet keys contribute; ``CALL_REKEY`` ratchets one direction's media secret
-forward with fresh material from the rekey message's own secret.
+Commands, received envelopes and timers are events (``states.Event``); each handler runs its
+checks, names their outcome (``states.Guard``) and moves to the one state the table gives
+for it (``states.TRANSITIONS``). Messages are built and parsed by ``messages``, secrets come
+from ``keys``.
 """
 
 from __future__ import annotations
@@ -40,517 +11,52 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import struct
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum, IntEnum, auto
-from typing import TypeVar
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from overlay import VOICE, Rng, UsageError
 
-from overlay import VOICE, PacketError, UsageError
-
-from ._channel import ChannelError, SecureChannel
-from ._media import CALL_ID_LEN, Direction, MediaKeys, check_fits, derive_media_keys
-from ._voice import VoiceProfile
-
-SIGNAL_VERSION = 1  # first byte of every signaling message
-CALL_LABEL = b"phantom-call-v1"  # versioned label of every call-level derivation
-NONCE_LEN = 16  # bytes, the caller's call nonce
-DIGEST_LEN = 32  # bytes, SHA-256 of an offer
-MAC_LEN = 32  # bytes, HMAC-SHA256
-HEADER_LEN = 2 + CALL_ID_LEN  # version, type, call id
-PROFILE_LEN = 11  # bytes: rate u32, frame ms u8, frames/packet u8, bitrate u32, redundancy u8
-MAX_OPAQUE_LEN = 16384  # bytes, cap on reply-path and SURB fields
-FLAG_NO_DOWNGRADE = 0x01  # offer flag: the caller refuses any later downgrade by default
-KNOWN_FLAGS = FLAG_NO_DOWNGRADE
-MAX_HELD = 8  # messages kept per call because they overtook the one they follow
-MAX_ENDED_IDS = 16  # call ids remembered because their HANGUP/DECLINE overtook the offer
-
-Rng = Callable[[int], bytes]
-
-
-# -- errors ------------------------------------------------------------------------------
-
-
-class SignalingError(PacketError):
-    """A signaling message was dropped."""
-
-    reason = "signal"
-
-
-class SignalMalformed(SignalingError):
-    """Bytes that do not parse as a signaling message of this version."""
-
-    reason = "signal_malformed"
-
-
-class SignalForged(SignalingError):
-    """A MAC, digest or call id does not match: forged, cross-chat replay, or tampering."""
-
-    reason = "signal_forged"
-
-
-# -- message vocabulary -----------------------------------------------------------------
-
-
-class PrivacyMode(IntEnum):
-    """Call modes of the Phantom Net calling frame; higher is more private."""
-
-    FAST = 1  # Mode A: direct P2P, the peer may see your IP
-    PRIVATE = 2  # Mode B: relayed, the peer's IP hidden
-    PARANOID = 3  # Mode C: signaling and media through the mix network
-
-
-class MediaType(IntEnum):
-    AUDIO = 1
-    VIDEO = 2
-
-
-class MessageType(IntEnum):
-    CALL_OFFER = 1
-    CALL_ANSWER = 2
-    CALL_CANDIDATE = 3
-    CALL_RING = 4
-    CALL_ACCEPT = 5
-    CALL_DECLINE = 6
-    CALL_REKEY = 7
-    CALL_HANGUP = 8
-    CALL_MODE_SWITCH_REQUEST = 9
-    CALL_MODE_SWITCH_ACK = 10
-
-
-class EndReason(IntEnum):
-    """Why a call ended; also the reason byte of DECLINE and HANGUP."""
-
-    HANGUP = 1
-    DECLINED = 2
-    BUSY = 3
-    NO_ANSWER = 4
-    UNSUPPORTED_MODE = 5
-    POLICY_VIOLATION = 6
-    TIMEOUT = 7
-    UNSUPPORTED_MEDIA = 8
-
-
-@dataclass(frozen=True, slots=True)
-class Offer:
-    call_id: bytes
-    nonce: bytes
-    mode: PrivacyMode
-    media: MediaType
-    flags: int
-    profile: VoiceProfile
-    reply_mailbox: bytes  # opaque: the caller's gateway node id and mailbox id
-    surbs: bytes  # opaque: SURBs for replies to the caller
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    call_id: bytes
-    offer_digest: bytes
-    mode: PrivacyMode
-    profile: VoiceProfile
-    reply_mailbox: bytes
-    surbs: bytes
-    confirm_mac: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    call_id: bytes
-    kind: int
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Ring:
-    call_id: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Accept:
-    call_id: bytes
-    confirm_mac: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Decline:
-    call_id: bytes
-    reason: EndReason
-
-
-@dataclass(frozen=True, slots=True)
-class Rekey:
-    call_id: bytes
-    generation: int
-
-
-@dataclass(frozen=True, slots=True)
-class Hangup:
-    call_id: bytes
-    reason: EndReason
-
-
-@dataclass(frozen=True, slots=True)
-class ModeSwitchRequest:
-    call_id: bytes
-    mode: PrivacyMode
-
-
-@dataclass(frozen=True, slots=True)
-class ModeSwitchAck:
-    call_id: bytes
-    mode: PrivacyMode
-    accepted: bool
-
-
-Message = (
-    Offer
-    | Answer
-    | Candidate
-    | Ring
-    | Accept
-    | Decline
-    | Rekey
-    | Hangup
-    | ModeSwitchRequest
-    | ModeSwitchAck
+from .._channel import ChannelError, SecureChannel
+from .._media import Direction, MediaKeys, check_fits, derive_media_keys
+from .._voice import VoiceProfile
+from . import keys
+from .messages import (
+    FLAG_NO_DOWNGRADE,
+    MAX_OPAQUE_LEN,
+    NONCE_LEN,
+    Accept,
+    Answer,
+    Candidate,
+    Decline,
+    EndReason,
+    Hangup,
+    MediaType,
+    Message,
+    ModeSwitchAck,
+    ModeSwitchRequest,
+    Offer,
+    PrivacyMode,
+    Rekey,
+    Ring,
+    SignalForged,
+    SignalingError,
+    decode,
+    encode,
+)
+from .states import (
+    DEFERRED,
+    TIMER_EVENT,
+    TRANSITIONS,
+    CallState,
+    Event,
+    Guard,
+    Role,
+    Timer,
+    event_of,
+    target,
 )
 
-_TYPE_OF: dict[type, MessageType] = {
-    Offer: MessageType.CALL_OFFER,
-    Answer: MessageType.CALL_ANSWER,
-    Candidate: MessageType.CALL_CANDIDATE,
-    Ring: MessageType.CALL_RING,
-    Accept: MessageType.CALL_ACCEPT,
-    Decline: MessageType.CALL_DECLINE,
-    Rekey: MessageType.CALL_REKEY,
-    Hangup: MessageType.CALL_HANGUP,
-    ModeSwitchRequest: MessageType.CALL_MODE_SWITCH_REQUEST,
-    ModeSwitchAck: MessageType.CALL_MODE_SWITCH_ACK,
-}
-
-
-# -- fixed binary encoding --------------------------------------------------------------
-
-
-def _profile_bytes(p: VoiceProfile) -> bytes:
-    return struct.pack(
-        ">IBBIB", p.sample_rate_hz, p.frame_ms, p.frames_per_packet, p.bitrate_bps, p.redundancy
-    )
-
-
-def _opaque(data: bytes) -> bytes:
-    if len(data) > MAX_OPAQUE_LEN:
-        raise UsageError(f"opaque fields are limited to {MAX_OPAQUE_LEN} bytes")
-    return struct.pack(">H", len(data)) + data
-
-
-def encode(message: Message) -> bytes:
-    """The wire bytes of one message (before the channel seals it)."""
-    head = struct.pack(">BB", SIGNAL_VERSION, _TYPE_OF[type(message)]) + message.call_id
-    if len(message.call_id) != CALL_ID_LEN:
-        raise UsageError(f"call_id must be {CALL_ID_LEN} bytes")
-    match message:
-        case Offer():
-            body = (
-                message.nonce
-                + struct.pack(">BBB", message.mode, message.media, message.flags)
-                + _profile_bytes(message.profile)
-                + _opaque(message.reply_mailbox)
-                + _opaque(message.surbs)
-            )
-        case Answer():
-            body = (
-                message.offer_digest
-                + struct.pack(">B", message.mode)
-                + _profile_bytes(message.profile)
-                + _opaque(message.reply_mailbox)
-                + _opaque(message.surbs)
-                + message.confirm_mac
-            )
-        case Candidate():
-            body = struct.pack(">B", message.kind) + _opaque(message.data)
-        case Ring():
-            body = b""
-        case Accept():
-            body = message.confirm_mac
-        case Decline() | Hangup():
-            body = struct.pack(">B", message.reason)
-        case Rekey():
-            body = struct.pack(">I", message.generation)
-        case ModeSwitchRequest():
-            body = struct.pack(">B", message.mode)
-        case ModeSwitchAck():
-            body = struct.pack(">BB", message.mode, int(message.accepted))
-    return head + body
-
-
-_E = TypeVar("_E", bound=IntEnum)
-
-
-class _Reader:
-    def __init__(self, data: bytes, pos: int):
-        self.data, self.pos = data, pos
-
-    def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.data):
-            raise SignalMalformed()
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def u8(self) -> int:
-        return self.take(1)[0]
-
-    def unpack(self, fmt: str) -> tuple[int, ...]:
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
-
-    def opaque(self) -> bytes:
-        (n,) = self.unpack(">H")
-        if n > MAX_OPAQUE_LEN:
-            raise SignalMalformed()
-        return self.take(n)
-
-    def profile(self) -> VoiceProfile:
-        rate, frame_ms, fpp, bitrate, redundancy = self.unpack(">IBBIB")
-        try:
-            return VoiceProfile(rate, frame_ms, fpp, bitrate, redundancy)
-        except UsageError:
-            raise SignalMalformed() from None
-
-    def enum(self, kind: type[_E]) -> _E:
-        try:
-            return kind(self.u8())
-        except ValueError:
-            raise SignalMalformed() from None
-
-    def end(self) -> None:
-        if self.pos != len(self.data):
-            raise SignalMalformed()
-
-
-def decode(data: bytes) -> Message:
-    """Parse one message; exact lengths, known enums only, no trailing bytes."""
-    if not isinstance(data, bytes) or len(data) < HEADER_LEN or data[0] != SIGNAL_VERSION:
-        raise SignalMalformed()
-    r = _Reader(data, 1)
-    kind = r.enum(MessageType)
-    call_id = r.take(CALL_ID_LEN)
-    msg: Message
-    match kind:
-        case MessageType.CALL_OFFER:
-            nonce = r.take(NONCE_LEN)
-            mode, media = r.enum(PrivacyMode), r.enum(MediaType)
-            flags = r.u8()
-            if flags & ~KNOWN_FLAGS:
-                raise SignalMalformed()
-            msg = Offer(call_id, nonce, mode, media, flags, r.profile(), r.opaque(), r.opaque())
-        case MessageType.CALL_ANSWER:
-            digest = r.take(DIGEST_LEN)
-            msg = Answer(call_id, digest, r.enum(PrivacyMode), r.profile(), r.opaque(),
-                         r.opaque(), r.take(MAC_LEN))  # fmt: skip
-        case MessageType.CALL_CANDIDATE:
-            msg = Candidate(call_id, r.u8(), r.opaque())
-        case MessageType.CALL_RING:
-            msg = Ring(call_id)
-        case MessageType.CALL_ACCEPT:
-            msg = Accept(call_id, r.take(MAC_LEN))
-        case MessageType.CALL_DECLINE:
-            msg = Decline(call_id, r.enum(EndReason))
-        case MessageType.CALL_REKEY:
-            (generation,) = r.unpack(">I")
-            msg = Rekey(call_id, generation)
-        case MessageType.CALL_HANGUP:
-            msg = Hangup(call_id, r.enum(EndReason))
-        case MessageType.CALL_MODE_SWITCH_REQUEST:
-            msg = ModeSwitchRequest(call_id, r.enum(PrivacyMode))
-        case MessageType.CALL_MODE_SWITCH_ACK:
-            mode, accepted = r.enum(PrivacyMode), r.u8()
-            if accepted > 1:
-                raise SignalMalformed()
-            msg = ModeSwitchAck(call_id, mode, bool(accepted))
-    r.end()
-    return msg
-
-
-# -- key schedule -----------------------------------------------------------------------
-
-
-def _hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
-    return HKDF(hashes.SHA256(), 32, salt, CALL_LABEL + b" " + info).derive(ikm)
-
-
-def call_id_for(conversation_id: bytes, nonce: bytes) -> bytes:
-    """The call id: bound to the conversation, so an offer cannot be replayed across chats."""
-    return hashlib.blake2b(
-        conversation_id + nonce, digest_size=CALL_ID_LEN, person=b"pn-callid-v1"
-    ).digest()
-
-
-def _mac(key: bytes, data: bytes) -> bytes:
-    return hmac.new(key, data, hashlib.sha256).digest()
-
-
-# -- the state machine ------------------------------------------------------------------
-
-
-class Role(Enum):
-    CALLER = auto()
-    CALLEE = auto()
-
-
-class CallState(Enum):
-    IDLE = auto()  # nothing sent or received yet
-    CALLING = auto()  # caller: offer sent, waiting for the answer
-    ANSWERED = auto()  # caller: answer in (keys agreed), waiting for ring or accept
-    RINGING_REMOTE = auto()  # caller: the callee's device is ringing
-    RINGING_LOCAL = auto()  # callee: offer checked, answer and ring sent, user deciding
-    ACTIVE = auto()  # media flows
-    SWITCHING = auto()  # active; our mode switch request is out
-    APPROVING = auto()  # active; the peer asks for a less private mode, the user decides
-    ENDED = auto()  # terminal
-
-
-class Event(Enum):
-    """Everything that can move a call: local commands, received messages, timers."""
-
-    PLACE = auto()
-    ACCEPT = auto()
-    DECLINE = auto()
-    HANGUP = auto()
-    REKEY = auto()
-    SWITCH = auto()
-    APPROVE = auto()
-    REFUSE = auto()
-    RECV_OFFER = auto()
-    RECV_ANSWER = auto()
-    RECV_CANDIDATE = auto()
-    RECV_RING = auto()
-    RECV_ACCEPT = auto()
-    RECV_DECLINE = auto()
-    RECV_REKEY = auto()
-    RECV_HANGUP = auto()
-    RECV_SWITCH_REQUEST = auto()
-    RECV_SWITCH_ACK = auto()
-    RECV_MEDIA = auto()  # a media packet of the call opened: the peer is there
-    TIMER_SETUP = auto()
-    TIMER_SWITCH = auto()
-    TIMER_REKEY = auto()
-    TIMER_MEDIA = auto()
-
-
-def _event_of(message: Message) -> Event:
-    return _RECV[_TYPE_OF[type(message)]]
-
-
-_RECV: dict[MessageType, Event] = {
-    MessageType.CALL_OFFER: Event.RECV_OFFER,
-    MessageType.CALL_ANSWER: Event.RECV_ANSWER,
-    MessageType.CALL_CANDIDATE: Event.RECV_CANDIDATE,
-    MessageType.CALL_RING: Event.RECV_RING,
-    MessageType.CALL_ACCEPT: Event.RECV_ACCEPT,
-    MessageType.CALL_DECLINE: Event.RECV_DECLINE,
-    MessageType.CALL_REKEY: Event.RECV_REKEY,
-    MessageType.CALL_HANGUP: Event.RECV_HANGUP,
-    MessageType.CALL_MODE_SWITCH_REQUEST: Event.RECV_SWITCH_REQUEST,
-    MessageType.CALL_MODE_SWITCH_ACK: Event.RECV_SWITCH_ACK,
-}
-
-
-def _table() -> dict[tuple[CallState, Event], frozenset[CallState]]:
-    S, E = CallState, Event
-    t: dict[tuple[CallState, Event], set[CallState]] = {
-        # A valid offer rings; a forged one is dropped (stay idle); a bad mode is declined.
-        (S.IDLE, E.PLACE): {S.CALLING},
-        (S.IDLE, E.RECV_OFFER): {S.RINGING_LOCAL, S.IDLE, S.ENDED},
-        (S.CALLING, E.RECV_ANSWER): {S.ANSWERED},
-        (S.CALLING, E.RECV_OFFER): {S.CALLING},  # glare: the other offer is declined BUSY
-        (S.CALLING, E.RECV_DECLINE): {S.ENDED},
-        (S.ANSWERED, E.RECV_RING): {S.RINGING_REMOTE},
-        (S.ANSWERED, E.RECV_ACCEPT): {S.ACTIVE},  # the accept may overtake the ring
-        (S.ANSWERED, E.RECV_DECLINE): {S.ENDED},
-        (S.RINGING_REMOTE, E.RECV_ACCEPT): {S.ACTIVE},
-        (S.RINGING_REMOTE, E.RECV_DECLINE): {S.ENDED},
-        (S.RINGING_LOCAL, E.ACCEPT): {S.ACTIVE},
-        (S.RINGING_LOCAL, E.DECLINE): {S.ENDED},
-        (S.ACTIVE, E.SWITCH): {S.SWITCHING},
-        (S.ACTIVE, E.RECV_SWITCH_REQUEST): {S.ACTIVE, S.APPROVING},
-        (S.SWITCHING, E.RECV_SWITCH_ACK): {S.ACTIVE},
-        (S.SWITCHING, E.RECV_SWITCH_REQUEST): {S.SWITCHING},  # glare: refused
-        (S.APPROVING, E.APPROVE): {S.ACTIVE},
-        (S.APPROVING, E.REFUSE): {S.ACTIVE},
-        (S.APPROVING, E.TIMER_SWITCH): {S.ACTIVE},
-    }
-    setup = (S.CALLING, S.ANSWERED, S.RINGING_REMOTE, S.RINGING_LOCAL)
-    in_call = (S.ACTIVE, S.SWITCHING, S.APPROVING)
-    for s in setup:
-        t[(s, E.TIMER_SETUP)] = {S.ENDED}
-    for s in setup + in_call:
-        t[(s, E.HANGUP)] = {S.ENDED}
-        t[(s, E.RECV_HANGUP)] = {S.ENDED}
-        # Mode C: a candidate is a policy violation; other modes would drop it.
-        t[(s, E.RECV_CANDIDATE)] = {S.ENDED, s}
-    for s in in_call:
-        t[(s, E.REKEY)] = {s}
-        t[(s, E.TIMER_REKEY)] = {s}
-        t[(s, E.RECV_REKEY)] = {s, S.ENDED}  # a skipped generation fails closed
-        # Every non-final state has a timer that ends it: in a call, media silence.
-        t[(s, E.RECV_MEDIA)] = {s}
-        t[(s, E.TIMER_MEDIA)] = {S.ENDED}
-    # Messages whose checks can fail end the call (fail closed): answer, accept, acks.
-    for key in (
-        (S.CALLING, E.RECV_ANSWER),
-        (S.ANSWERED, E.RECV_ACCEPT),
-        (S.RINGING_REMOTE, E.RECV_ACCEPT),
-        (S.SWITCHING, E.RECV_SWITCH_ACK),
-    ):
-        t[key].add(S.ENDED)
-    # A mode switch either completes or the call ends: the two sides never disagree.
-    t[(S.SWITCHING, E.TIMER_SWITCH)] = {S.ENDED}
-    return {k: frozenset(v) for k, v in t.items()}
-
-
-def _deferred() -> frozenset[tuple[CallState, Event]]:
-    """Messages that may overtake the one they follow (the mixnet reorders): the callee's
-    RING and ACCEPT can beat its ANSWER, its REKEY and mode switch request its ACCEPT."""
-    S, E = CallState, Event
-    before_answer = {(S.CALLING, E.RECV_RING), (S.CALLING, E.RECV_ACCEPT)}
-    before_accept = {
-        (s, e)
-        for s in (S.CALLING, S.ANSWERED, S.RINGING_REMOTE)
-        for e in (E.RECV_REKEY, E.RECV_SWITCH_REQUEST)
-    }
-    return frozenset(before_answer | before_accept)
-
-
-TRANSITIONS: dict[tuple[CallState, Event], frozenset[CallState]] = _table()
-# Received in one of these (state, event) pairs, a message is held (at most ``MAX_HELD``)
-# and handled as soon as a later state takes it; it is dropped if the call ends first.
-DEFERRED: frozenset[tuple[CallState, Event]] = _deferred()
-
-
-def state_diagram() -> str:
-    """A mermaid state diagram drawn from ``TRANSITIONS`` (self-loops left out)."""
-    lines = ["stateDiagram-v2", "    [*] --> IDLE"]
-    edges: dict[tuple[str, str], list[str]] = {}
-    for (src, ev), dsts in TRANSITIONS.items():
-        for dst in sorted(dsts, key=lambda s: s.value):
-            if dst != src:
-                edges.setdefault((src.name, dst.name), []).append(ev.name)
-    for (src_name, dst_name), evs in edges.items():
-        lines.append(f"    {src_name} --> {dst_name}: {', '.join(evs)}")
-    lines.append("    ENDED --> [*]")
-    return "\n".join(lines)
-
-
-class Timer(Enum):
-    SETUP = auto()  # offer unanswered, or ringing too long
-    SWITCH = auto()  # a mode switch not answered or not decided
-    REKEY = auto()  # start sending with the new keys (after the REKEY had time to arrive)
-    MEDIA = auto()  # in a call, no media from the peer for this long: it is gone
+MAX_HELD = 8  # messages kept per call because they overtook the one they follow
+MAX_ENDED_IDS = 16  # call ids remembered because their HANGUP/DECLINE overtook the offer
 
 
 # -- actions ----------------------------------------------------------------------------
@@ -738,11 +244,9 @@ class Call:
 
     # -- plumbing -----------------------------------------------------------------------
 
-    def _go(self, event: Event, to: CallState) -> None:
-        allowed = TRANSITIONS.get((self.state, event), frozenset())
-        if to not in allowed:  # a bug in this module, never input-driven
-            raise AssertionError(f"{self.state.name} --{event.name}--> {to.name} not in table")
-        self.state = to
+    def _go(self, event: Event, guard: Guard = Guard.OK) -> None:
+        """Move to the one state the table gives (AssertionError: a bug in this module)."""
+        self.state = target(self.state, event, guard)
 
     def _allowed(self, event: Event) -> bool:
         return (self.state, event) in TRANSITIONS
@@ -771,12 +275,17 @@ class Call:
             self._secret[direction], self.call_id, direction, self._generation[direction]
         )
 
-    def _end(self, event: Event, reason: EndReason, *, by_peer: bool, tell: bool) -> list[Action]:
+    def _end(
+        self, event: Event, reason: EndReason, *, by_peer: bool, tell: bool,
+        guard: Guard = Guard.OK,
+    ) -> list[Action]:  # fmt: skip
+        if target(self.state, event, guard) is not CallState.ENDED:
+            raise AssertionError(f"{self.state.name} --{event.name}/{guard.name}--> not ENDED")
         actions: list[Action] = []
         if tell and self.call_id is not None:
             send, _ = self._send(Hangup(self.call_id, reason))
             actions.append(send)
-        self._go(event, CallState.ENDED)
+        self._go(event, guard)
         self._secret.clear()  # Python cannot wipe memory; at least drop the references
         self._offer_secret = self._accept_key = b""
         self._pending_tx = None
@@ -793,12 +302,12 @@ class Call:
         self._local(Event.PLACE)
         self.role = Role.CALLER
         nonce = self._rng(NONCE_LEN)
-        self.call_id = call_id_for(self.channel.conversation_id, nonce)
+        self.call_id = keys.call_id_for(self.channel.conversation_id, nonce)
         offer = Offer(self.call_id, nonce, self.mode, MediaType.AUDIO, FLAG_NO_DOWNGRADE,
                       self.profile, self.reply_mailbox, self.surbs)  # fmt: skip
         self._offer_body = encode(offer)
         envelope, self._offer_secret = self.channel.seal(self._offer_body)
-        self._go(Event.PLACE, CallState.CALLING)
+        self._go(Event.PLACE)
         return [Send(envelope), SetTimer(Timer.SETUP, now + self.policy.setup_timeout_s)]
 
     def accept(self, now: float) -> list[Action]:
@@ -806,7 +315,7 @@ class Call:
         self._local(Event.ACCEPT)
         assert self.call_id is not None
         send, _ = self._send(Accept(self.call_id, self._accept_mac()))
-        self._go(Event.ACCEPT, CallState.ACTIVE)
+        self._go(Event.ACCEPT)
         return [send, CancelTimer(Timer.SETUP), self._media_timer(now), self._start_media()]
 
     def decline(self, now: float) -> list[Action]:
@@ -830,7 +339,7 @@ class Call:
         generation = self._generation[self._tx] + 1
         send, export = self._send(Rekey(self._id, generation))
         self._pending_tx = (generation, self._ratchet(self._tx, export, generation))
-        self._go(Event.REKEY, self.state)
+        self._go(Event.REKEY)
         return [send, SetTimer(Timer.REKEY, now + self.policy.rekey_delay_s)]
 
     def request_mode_switch(
@@ -846,7 +355,7 @@ class Call:
             raise UsageError("a switch to a less private mode needs user_approved=True")
         send, _ = self._send(ModeSwitchRequest(self._id, mode))
         self._switch_to = mode
-        self._go(Event.SWITCH, CallState.SWITCHING)
+        self._go(Event.SWITCH)
         return [send, SetTimer(Timer.SWITCH, now + self.policy.switch_timeout_s)]
 
     def approve_mode_switch(self, now: float) -> list[Action]:
@@ -865,13 +374,12 @@ class Call:
         """
         if not self._allowed(Event.RECV_MEDIA):
             return []
-        self._go(Event.RECV_MEDIA, self.state)
+        self._go(Event.RECV_MEDIA)
         return [self._media_timer(now)]
 
     def fire(self, timer: Timer, now: float) -> list[Action]:
         """A timer set by ``SetTimer`` expired; stale timers are ignored."""
-        event = {Timer.SETUP: Event.TIMER_SETUP, Timer.SWITCH: Event.TIMER_SWITCH,
-                 Timer.REKEY: Event.TIMER_REKEY, Timer.MEDIA: Event.TIMER_MEDIA}[timer]  # fmt: skip
+        event = TIMER_EVENT[timer]
         if not self._allowed(event):
             return []
         if event is Event.TIMER_MEDIA:
@@ -881,7 +389,7 @@ class Call:
                 return self._decline(event, EndReason.NO_ANSWER)
             return self._end(event, EndReason.NO_ANSWER, by_peer=False, tell=True)
         if event is Event.TIMER_SWITCH:
-            if self.state is CallState.APPROVING:
+            if target(self.state, event, Guard.OK) is not CallState.ENDED:  # undecided
                 return self._answer_switch(event, accepted=False)
             return self._end(event, EndReason.TIMEOUT, by_peer=False, tell=True)
         if self._pending_tx is None:
@@ -889,7 +397,7 @@ class Call:
         generation, secret = self._pending_tx
         self._pending_tx = None
         self._secret[self._tx], self._generation[self._tx] = secret, generation
-        self._go(event, self.state)
+        self._go(event)
         return [MediaKeysChanged(self._tx, generation, self._keys(self._tx))]
 
     # -- received messages --------------------------------------------------------------
@@ -908,7 +416,7 @@ class Call:
             return []
         actions = self._checked(plaintext, export, now)
         while True:  # bounded: each round takes one of at most MAX_HELD held messages
-            fits = (h for h in self._held if (self.state, _event_of(h[0])) in TRANSITIONS)
+            fits = (h for h in self._held if (self.state, event_of(h[0])) in TRANSITIONS)
             ready = next(fits, None)
             if ready is None:
                 return actions
@@ -924,15 +432,15 @@ class Call:
             return []
 
     def _dispatch(self, msg: Message, raw: bytes, export: bytes, now: float) -> list[Action]:
-        event = _event_of(msg)
+        event = event_of(msg)
         if isinstance(msg, Offer):
-            if msg.call_id != call_id_for(self.channel.conversation_id, msg.nonce):
+            if msg.call_id != keys.call_id_for(self.channel.conversation_id, msg.nonce):
                 raise SignalForged()  # replayed from another conversation, or forged
             ended = self._ended_ids.pop(msg.call_id, None)
             if ended is not None and ended[1] > now and self.state is CallState.IDLE:
                 self.counters.late_offer += 1
                 self.role, self.call_id = Role.CALLEE, msg.call_id
-                return self._end(event, ended[0], by_peer=True, tell=False)
+                return self._end(event, ended[0], by_peer=True, tell=False, guard=Guard.LATE)
         elif msg.call_id != self.call_id:
             if isinstance(msg, Hangup | Decline):
                 self._remember_ended(msg.call_id, msg.reason, now)
@@ -952,12 +460,12 @@ class Call:
             case Answer():
                 return self._on_answer(msg, raw, export, now)
             case Ring():
-                self._go(event, CallState.RINGING_REMOTE)
+                self._go(event)
                 return [RemoteRinging(msg.call_id)]
             case Accept():
                 if not hmac.compare_digest(msg.confirm_mac, self._accept_mac()):
                     return self._violation(event)
-                self._go(event, CallState.ACTIVE)
+                self._go(event)
                 return [CancelTimer(Timer.SETUP), self._media_timer(now), self._start_media()]
             case Decline():
                 return self._end(event, msg.reason, by_peer=True, tell=False)
@@ -966,7 +474,7 @@ class Call:
             case Candidate():
                 if self.mode is PrivacyMode.PARANOID:
                     return self._violation(event)  # could reveal an IP address
-                self._go(event, self.state)
+                self._go(event)
                 return []
             case Rekey():
                 rx = self._rx
@@ -974,7 +482,7 @@ class Call:
                     return self._violation(event)
                 self._secret[rx] = self._ratchet(rx, export, msg.generation)
                 self._generation[rx] = msg.generation
-                self._go(event, self.state)
+                self._go(event)
                 return [MediaKeysChanged(rx, msg.generation, self._keys(rx))]
             case ModeSwitchRequest():
                 return self._on_switch_request(msg, now)
@@ -982,7 +490,7 @@ class Call:
                 if msg.mode != self._switch_to:
                     return self._violation(event)
                 self._switch_to = None
-                self._go(event, CallState.ACTIVE)
+                self._go(event)
                 actions: list[Action] = [CancelTimer(Timer.SWITCH)]
                 if msg.accepted:
                     self.mode = msg.mode
@@ -993,12 +501,12 @@ class Call:
     def _on_offer(self, offer: Offer, raw: bytes, export: bytes, now: float) -> list[Action]:
         if self.state is CallState.CALLING:  # glare: we are calling already
             envelope, _ = self.channel.seal(encode(Decline(offer.call_id, EndReason.BUSY)))
-            self._go(Event.RECV_OFFER, CallState.CALLING)
+            self._go(Event.RECV_OFFER, Guard.DECLINED)
             return [Send(envelope)]
         self.role, self.call_id = Role.CALLEE, offer.call_id
         reason = self._offer_problem(offer)
         if reason is not None:  # fail closed, and say why: never a silent fallback
-            return self._decline(Event.RECV_OFFER, reason)
+            return self._decline(Event.RECV_OFFER, reason, Guard.DECLINED)
         self.mode, self.peer_profile = offer.mode, offer.profile
         self._peer_reply, self._peer_surbs = offer.reply_mailbox, offer.surbs
         self._offer_body, self._offer_secret = raw, export
@@ -1010,7 +518,7 @@ class Call:
         envelope, answer_secret = self.channel.seal(answer_raw)
         self._derive(answer_raw, answer_secret)
         ring, _ = self._send(Ring(offer.call_id))
-        self._go(Event.RECV_OFFER, CallState.RINGING_LOCAL)
+        self._go(Event.RECV_OFFER)
         return [
             Send(envelope),
             ring,
@@ -1046,7 +554,7 @@ class Call:
         self.peer_profile = answer.profile
         self._peer_reply, self._peer_surbs = answer.reply_mailbox, answer.surbs
         self._derive(raw, export)
-        self._go(Event.RECV_ANSWER, CallState.ANSWERED)
+        self._go(Event.RECV_ANSWER)
         return [SetTimer(Timer.SETUP, now + self.policy.setup_timeout_s)]
 
     def _on_switch_request(self, msg: ModeSwitchRequest, now: float) -> list[Action]:
@@ -1060,15 +568,15 @@ class Call:
         )
         if refuse:
             send, _ = self._send(ModeSwitchAck(self._id, msg.mode, False))
-            self._go(event, self.state)
+            self._go(event, Guard.REFUSED)
             return [send]
         if msg.mode > self.mode:  # more private: no approval needed
             send, _ = self._send(ModeSwitchAck(self._id, msg.mode, True))
             self.mode = msg.mode
-            self._go(event, CallState.ACTIVE)
+            self._go(event)
             return [send, ModeChanged(msg.mode)]
         self._switch_to = msg.mode
-        self._go(event, CallState.APPROVING)
+        self._go(event, Guard.APPROVAL)
         return [
             ApprovalNeeded(msg.mode),
             SetTimer(Timer.SWITCH, now + self.policy.switch_timeout_s),
@@ -1079,7 +587,7 @@ class Call:
         assert mode is not None
         self._switch_to = None
         send, _ = self._send(ModeSwitchAck(self._id, mode, accepted))
-        self._go(event, CallState.ACTIVE)
+        self._go(event)
         if accepted:
             self.mode = mode
             return [send, CancelTimer(Timer.SWITCH), ModeChanged(mode)]
@@ -1108,34 +616,30 @@ class Call:
         assert self.call_id is not None
         return self.call_id
 
-    def _decline(self, event: Event, reason: EndReason) -> list[Action]:
+    def _decline(self, event: Event, reason: EndReason, guard: Guard = Guard.OK) -> list[Action]:
         send, _ = self._send(Decline(self._id, reason))
-        return [send, *self._end(event, reason, by_peer=False, tell=False)]
+        return [send, *self._end(event, reason, by_peer=False, tell=False, guard=guard)]
 
     def _violation(self, event: Event) -> list[Action]:
-        return self._end(event, EndReason.POLICY_VIOLATION, by_peer=False, tell=True)
+        return self._end(
+            event, EndReason.POLICY_VIOLATION, by_peer=False, tell=True, guard=Guard.FAILED
+        )
 
     def _answer_mac(self, core: Answer) -> bytes:
-        """Keyed by the offer's message secret: proves the answerer read our very offer."""
-        key = _hkdf(self._offer_secret, self._id, b"answer")
-        return _mac(key, encode(core))
+        return keys.answer_mac(self._offer_secret, self._id, encode(core))
 
     def _derive(self, answer_raw: bytes, answer_secret: bytes) -> None:
         """The call secret: both messages' secrets, over the whole transcript."""
-        transcript = hashlib.sha256(self._offer_body).digest()
-        transcript += hashlib.sha256(answer_raw).digest()
-        secret = _hkdf(self._offer_secret + answer_secret, self._id, b"secret" + transcript)
-        for d in Direction:
-            self._secret[d] = _hkdf(secret, self._id, b"media" + bytes([d]))
-        self._accept_key = _hkdf(secret, self._id, b"accept")
+        self._secret, self._accept_key = keys.call_secrets(
+            self._id, self._offer_body, self._offer_secret, answer_raw, answer_secret
+        )
         self._offer_secret = b""
 
     def _accept_mac(self) -> bytes:
-        return _mac(self._accept_key, b"accept" + self._id + bytes([self.mode]))
+        return keys.accept_mac(self._accept_key, self._id, self.mode)
 
     def _ratchet(self, d: Direction, export: bytes, generation: int) -> bytes:
-        info = b"rekey" + bytes([d]) + struct.pack(">I", generation)
-        return _hkdf(self._secret[d] + export, self._id, info)
+        return keys.ratchet(self._secret[d], export, self._id, d, generation)
 
     def _start_media(self) -> StartMedia:
         assert self.peer_profile is not None and self.call_id is not None

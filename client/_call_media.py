@@ -1,0 +1,171 @@
+"""The media of one call, both directions, sans-IO: what a caller sends and plays out.
+
+    >>> from client import Direction, VoiceProfile, artificial_voice, derive_media_keys
+    >>> keys = derive_media_keys(bytes(32), bytes(16), Direction.CALLER_TO_CALLEE)
+    >>> out, into = MediaOut(artificial_voice(1.0), VoiceProfile()), MediaIn(JitterConfig())
+    >>> out.seal_next()  # no keys before StartMedia
+    >>> out.start(VoiceProfile(), keys, capture_start=0.0)
+    >>> into.start(VoiceProfile(), keys)
+    >>> seq, wire = out.seal_next()
+    >>> into.open(wire, at=0.1)
+    True
+    >>> start, frame_s = into.grid()  # 60 ms after the first arrival, 20 ms frames
+    >>> round(start, 3), frame_s
+    (0.16, 0.02)
+    >>> for k in range(3):
+    ...     into.play(start + k * frame_s)
+    >>> [(index, kind) for index, kind, _ in into.trace.items]
+    [(0, 'frame'), (1, 'frame'), (2, 'missing')]
+
+``MediaOut`` cuts our voice into the frames of each slot, encodes and seals them;
+``MediaIn`` opens the peer's packets, buffers them in the jitter buffer and decodes what
+the playout grid asks for. Both keep the traces the call report needs; times are seconds
+on the caller's one clock, passed in (no clock, no socket here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from ._jitter import JitterBuffer, JitterConfig, JitterStats, MediaFrame
+from ._media import MediaKeys, MediaReceiver, MediaSender
+from ._voice import OpusDecoder, OpusEncoder, Pcm, VoiceProfile
+
+
+@dataclass(slots=True)
+class MediaTrace:
+    """Times (seconds on the caller's Trio clock) of one direction's media, for the report.
+
+    ``to_monotonic_s``: add it to a time here for ``time.monotonic()`` seconds
+    (CLOCK_MONOTONIC, shared by the processes of one machine)."""
+
+    to_monotonic_s: float = 0.0
+    capture_start: float | None = None  # when frame 0's first sample entered the mic
+    sent: dict[int, float] = field(default_factory=dict)  # media seq -> send time
+    displaced: int = 0  # media packets whose slot a signaling frame took
+    frames_sent: int = 0
+
+
+@dataclass(slots=True)
+class PlayoutTrace:
+    """The receiving side of one direction; times in seconds on the caller's Trio clock,
+    ``to_monotonic_s`` as in :class:`MediaTrace`."""
+
+    to_monotonic_s: float = 0.0
+    arrived: dict[int, float] = field(default_factory=dict)  # media seq -> arrival time
+    # Per playout tick item: (frame index, "frame" | "missing" | "stretch", play time)
+    items: list[tuple[int, str, float]] = field(default_factory=list)
+    pcm: list[Pcm] = field(default_factory=list)  # one entry per item
+    stats: JitterStats | None = None
+
+
+class MediaOut:
+    """Our media: ``voice`` (int16 PCM at ``profile``'s rate; silence once it runs out),
+    ``profile.frames_per_packet`` frames per packet, sealed once ``start`` gave keys."""
+
+    def __init__(self, voice: Pcm, profile: VoiceProfile):
+        self.voice, self.profile = voice, profile
+        self.trace = MediaTrace()
+        self._sender: MediaSender | None = None
+        self._encoder: OpusEncoder | None = None
+        self._packets = 0  # media packets produced this call
+
+    @property
+    def sending(self) -> bool:
+        return self._sender is not None
+
+    def start(self, profile: VoiceProfile, keys: MediaKeys, capture_start: float) -> None:
+        """Keys and the negotiated profile of our direction; the mic opens at
+        ``capture_start`` (seconds)."""
+        self._sender = MediaSender(profile, keys)
+        self._encoder = OpusEncoder(profile)
+        self.trace.capture_start = capture_start
+
+    def stop(self) -> None:
+        """Our media stops (the call ended); ``seal_next`` returns None from now on."""
+        self._sender = self._encoder = None
+
+    def rekey(self, keys: MediaKeys) -> None:
+        assert self._sender is not None
+        self._sender.rekey(keys)
+
+    def seal_next(self) -> tuple[int, bytes] | None:
+        """``(sequence number, sealed payload)`` of the next packet's frames; None while
+        not sending."""
+        if self._sender is None or self._encoder is None:
+            return None
+        p, n = self.profile, self.profile.samples_per_frame
+        frames = []
+        for j in range(p.frames_per_packet):
+            i = self._packets * p.frames_per_packet + j
+            pcm = self.voice[i * n : (i + 1) * n]
+            if len(pcm) < n:  # the test voice ran out: silence
+                pcm = np.concatenate([pcm, np.zeros(n - len(pcm), np.int16)])
+            frames.append(self._encoder.encode(pcm))
+        seq = self._sender.next_seq
+        wire = self._sender.seal(frames)
+        self._packets += 1
+        self.trace.frames_sent += p.frames_per_packet
+        return seq, wire
+
+
+class MediaIn:
+    """The peer's media, once ``start`` gave its keys and profile: opened, buffered, and
+    played out on the jitter buffer's grid from the first arrival."""
+
+    def __init__(self, jitter: JitterConfig):
+        self.jitter_config = jitter
+        self.trace = PlayoutTrace()
+        self._receiver: MediaReceiver | None = None
+        self._decoder: OpusDecoder | None = None
+        self._jb: JitterBuffer | None = None
+        self.first_arrival: float | None = None  # seconds
+
+    @property
+    def listening(self) -> bool:
+        return self._receiver is not None
+
+    def start(self, profile: VoiceProfile, keys: MediaKeys) -> None:
+        """The peer's negotiated profile and keys (``StartMedia.rx_*``)."""
+        self._receiver = MediaReceiver(profile, keys)
+        self._decoder = OpusDecoder(profile)
+        # The jitter buffer runs on the peer's frames, which may last longer than ours.
+        self._jb = JitterBuffer(replace(self.jitter_config, frame_ms=profile.frame_ms))
+
+    def rekey(self, keys: MediaKeys) -> None:
+        assert self._receiver is not None
+        self._receiver.rekey(keys)
+
+    def open(self, data: bytes, at: float) -> bool:
+        """Open and buffer one delivery that arrived at ``at`` (seconds): True if it was
+        media of the call, False while not listening. Raises ``MediaError`` (its
+        subclasses, counted by the receiver) for anything else."""
+        if self._receiver is None or self._jb is None:
+            return False
+        packet = self._receiver.open(data)
+        self.trace.arrived.setdefault(packet.seq, at)
+        self._jb.push_packet(packet, at)  # frame indices on the peer's profile
+        if self.first_arrival is None:
+            self.first_arrival = at
+        return True
+
+    def grid(self) -> tuple[float, float]:
+        """(first playout time, seconds per frame) of the playout grid; call it once
+        ``first_arrival`` is set."""
+        assert self.first_arrival is not None and self._jb is not None
+        start = self.first_arrival + self._jb.config.initial_extra_ms / 1000
+        return start, self._jb.config.frame_ms / 1000  # the peer's frames
+
+    def play(self, t: float) -> None:
+        """Play every item due at the playout tick ``t`` (seconds) into the trace."""
+        assert self._jb is not None and self._decoder is not None
+        while (item := self._jb.pop(t)) is not None:
+            if isinstance(item, MediaFrame):
+                self.trace.pcm.append(self._decoder.decode(item.data))
+                self.trace.items.append((item.index, "frame", t))
+            else:
+                self.trace.pcm.append(self._decoder.conceal())
+                self.trace.items.append((item.index, item.reason, t))
+        self.trace.stats = self._jb.stats

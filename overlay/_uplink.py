@@ -1,0 +1,263 @@
+"""The constant-rate uplink of a Mode C client, sans-IO: which frame goes in the next slot.
+
+    >>> import os
+    >>> from overlay import VOICE, UplinkScheduler, build_document
+    >>> doc = build_document(7, epoch_length_s=600, geometry=VOICE, descriptors=[])
+    >>> me, peer = (os.urandom(16), os.urandom(16)), (os.urandom(16), os.urandom(16))
+    >>> up = UplinkScheduler(doc, me, peer, slot_s=0.04)
+    >>> up.start(100.0)
+    >>> up.due, up.take_slot(100.0), up.due
+    (100.0, 100.0, 100.04)
+    >>> up.take_slot(100.13)  # woke up 90 ms late: two whole slots are skipped, never burst
+    100.12
+    >>> up.push_signal([b"s" * VOICE.user_payload])
+    >>> slot = up.fill(100.12, media=(0, b"m" * VOICE.user_payload))
+    >>> slot.packet, slot.displaced, up.signal_pending  # an empty document: skipped, it waits
+    (None, True, 1)
+    >>> sorted(up.slots.items())
+    [('missed', 2), ('skipped', 1), ('unroutable', 1)]
+
+Every slot (``slot_s`` seconds, on a fixed grid from ``start``) carries exactly one Sphinx
+packet of the document's geometry: the oldest queued signaling frame, else the media frame
+offered for this slot, else cover (a loop to our own mailbox, or a drop). A media frame a
+signaling frame displaces is dropped (the next media packet's redundancy carries its
+audio). Each packet takes a fresh path with sender-chosen exponential delays. When the
+document offers no path the slot still sends: drop cover to our own gateway alone, counted
+``unroutable``, the signaling frame waiting for the next slot; only when not even our own
+gateway is listed with a key is the slot ``skipped`` (no packet).
+
+The scheduler holds no clock and no socket: the caller passes ``now`` (seconds on any one
+monotonic clock) and sends what ``fill`` returns; randomness comes from the injected ``rng``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from ._errors import UsageError
+from ._sphinx import Hop, Rng, create_drop, create_forward
+from ._topology import (
+    DirectoryError,
+    NodeRole,
+    NoRouteError,
+    TopologyDocument,
+    exp_delay_us,
+    select_path,
+    uniform_index,
+)
+
+GRID_EPSILON_S = 1e-9  # seconds: a time this close before a grid point counts as on it
+
+
+class SlotKind(Enum):
+    """What one uplink slot carried."""
+
+    SIGNAL = "signal"
+    MEDIA = "media"
+    COVER = "cover"
+
+
+class CoverKind(Enum):
+    """The cover a slot with nothing to say sends."""
+
+    LOOP = "loop"  # to our own mailbox (keeps our downlink busy too)
+    DROP = "drop"  # discarded by the last hop
+
+
+Endpoint = tuple[bytes, bytes]  # (gateway node id, mailbox id)
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """What ``UplinkScheduler.fill`` decided for the slot at ``at`` (seconds).
+
+    ``packet`` is None only when the slot was skipped (nothing routable, not even our own
+    gateway); ``kind`` is then COVER. ``media_seq`` is the sequence number of the media
+    frame sent (``kind`` MEDIA), else None. ``displaced``: a media frame was offered and a
+    signaling frame took the slot. ``unroutable``: the chosen frame had no path and the
+    slot fell back to last-resort cover (or was skipped).
+    """
+
+    at: float
+    kind: SlotKind
+    packet: bytes | None = field(repr=False)
+    media_seq: int | None = None
+    displaced: bool = False
+    unroutable: bool = False
+
+
+class UplinkScheduler:
+    """The slot grid and the choice of each slot's frame, for one client.
+
+    ``me`` and ``peer`` are ``(gateway node id, mailbox id)``; ``slot_s`` the slot length
+    in seconds (> 0); ``mean_delay_s`` the mean sender-chosen delay per hop in seconds.
+    ``slots`` counts slots by ``SlotKind`` value and ``skipped``, ``unroutable`` and
+    ``missed`` (whole slots the caller woke up too late for); ``sent_sizes`` holds the
+    lengths of the packets returned. Raises ``UsageError`` for a non-positive ``slot_s`` or
+    a negative ``mean_delay_s``.
+    """
+
+    def __init__(
+        self,
+        doc: TopologyDocument,
+        me: Endpoint,
+        peer: Endpoint,
+        *,
+        slot_s: float,
+        mean_delay_s: float = 0.0,
+        cover: CoverKind = CoverKind.LOOP,
+        rng: Rng = os.urandom,
+    ):
+        if not slot_s > 0:
+            raise UsageError("slot_s must be a positive number of seconds")
+        if not mean_delay_s >= 0:
+            raise UsageError("mean_delay_s must be a non-negative number of seconds")
+        self.doc, self.me, self.peer = doc, me, peer
+        self.slot_s, self.mean_delay_s, self.cover = slot_s, mean_delay_s, cover
+        self._rng = rng
+        self._signals: deque[bytes] = deque()
+        self._start: float | None = None
+        self._k = 0  # index of the next slot on the grid
+        self.slots: Counter[str] = Counter()
+        self.sent_sizes: set[int] = set()
+
+    # -- the grid ---------------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Open the grid: slot 0 is due at ``now``; slot k at ``now + k * slot_s``."""
+        self._start, self._k = now, 0
+
+    @property
+    def started(self) -> bool:
+        return self._start is not None
+
+    @property
+    def next_index(self) -> int:
+        """The index on the grid of the next slot (slot 0 is due at ``start``)."""
+        return self._k
+
+    @property
+    def due(self) -> float:
+        """When the next slot is due (seconds). Raises ``UsageError`` before ``start``."""
+        if self._start is None:
+            raise UsageError("the uplink grid has not started")
+        return self._start + self._k * self.slot_s  # a fixed grid: no drift from addition
+
+    def take_slot(self, now: float) -> float:
+        """Claim the slot due at or before ``now`` and return its time (seconds).
+
+        Whole slots already past at ``now`` are skipped and counted ``missed`` (a caller
+        that fell behind never sends a burst). Raises ``UsageError`` before ``start``.
+        """
+        t = self.due
+        late = int((now - t) // self.slot_s)
+        if late > 0:
+            self.slots["missed"] += late
+            self._k += late
+            t = self.due
+        self._k += 1
+        return t
+
+    def grid_at_or_after(self, now: float) -> float:
+        """The first grid time at or after ``now`` (``now`` itself before ``start``)."""
+        if self._start is None:
+            return now
+        k = -(-(now - self._start) // self.slot_s)
+        return self._start + k * self.slot_s
+
+    def media_due(self, capture_start: float, now: float) -> bool:
+        """True when the slot at ``now`` ends a whole slot of capture begun at
+        ``capture_start`` (seconds), so a media frame may be offered for it."""
+        return now >= capture_start + self.slot_s - GRID_EPSILON_S
+
+    # -- the frames -------------------------------------------------------------------
+
+    def push_signal(self, frames: Iterable[bytes]) -> None:
+        """Queue signaling frames (each ``doc.geometry.user_payload`` bytes), in order.
+
+        Exactly that length, as media: the exit gateway sees the delivered length, so every
+        kind must look alike. Raises ``UsageError`` (and queues none) for another length."""
+        frames = list(frames)
+        for frame in frames:
+            self._check_payload(frame)
+        self._signals.extend(frames)
+
+    def _check_payload(self, payload: bytes) -> None:
+        if len(payload) != self.doc.geometry.user_payload:
+            raise UsageError(f"a frame must be {self.doc.geometry.user_payload} bytes")
+
+    @property
+    def signal_pending(self) -> int:
+        """Signaling frames waiting for a slot."""
+        return len(self._signals)
+
+    def fill(self, now: float, media: tuple[int, bytes] | None = None) -> Slot:
+        """The one packet of the slot at ``now``: signaling, else ``media``, else cover.
+
+        ``media`` is ``(sequence number, sealed payload)`` offered for this slot, or None.
+        Never raises for what the document lacks (an empty layer, an unknown gateway):
+        see the module docstring. Counts exactly one of ``signal``, ``media``, ``cover``
+        or ``skipped`` in ``slots``. Raises ``UsageError`` for a media payload of another
+        length than ``doc.geometry.user_payload``.
+        """
+        if media is not None:
+            self._check_payload(media[1])
+        displaced = False
+        seq: int | None = None
+        if self._signals:
+            payload, kind = self._signals.popleft(), SlotKind.SIGNAL
+            displaced = media is not None  # redundancy in the next packet carries its frames
+        elif media is not None:
+            (seq, payload), kind = media, SlotKind.MEDIA
+        else:
+            payload, kind = b"", SlotKind.COVER
+        try:
+            packet = self._sphinx(kind, payload)
+        except DirectoryError:  # NoRouteError, or a listed node without the epoch's key
+            self.slots["unroutable"] += 1
+            if kind is SlotKind.SIGNAL:
+                self._signals.appendleft(payload)
+            fallback = self._last_resort_cover()
+            if fallback is None:
+                self.slots["skipped"] += 1
+                return Slot(now, SlotKind.COVER, None, None, displaced, True)
+            self.slots[SlotKind.COVER.value] += 1
+            self.sent_sizes.add(len(fallback))
+            return Slot(now, SlotKind.COVER, fallback, None, displaced, True)
+        self.slots[kind.value] += 1
+        self.sent_sizes.add(len(packet))
+        return Slot(now, kind, packet, seq, displaced)
+
+    def _sphinx(self, kind: SlotKind, payload: bytes) -> bytes:
+        """The packet of one slot; DirectoryError (NoRouteError) when no path exists."""
+        geometry, doc, rng = self.doc.geometry, self.doc, self._rng
+        (own_gw, own_box), (peer_gw, peer_box) = self.me, self.peer
+        if kind is not SlotKind.COVER:
+            path = select_path(doc, own_gw, peer_gw, self.mean_delay_s, rng)
+            return create_forward(geometry, path, peer_box, payload, rng=rng)
+        if self.cover is CoverKind.LOOP:
+            path = select_path(doc, own_gw, own_gw, self.mean_delay_s, rng)
+            noise = rng(geometry.user_payload)
+            return create_forward(geometry, path, own_box, noise, rng=rng)
+        if not doc.gateways:
+            raise NoRouteError("the topology document lists no gateway")
+        exit_ = doc.gateways[uniform_index(len(doc.gateways), rng)].node_id
+        path = select_path(doc, own_gw, exit_, self.mean_delay_s, rng)
+        return create_drop(geometry, path, rng=rng)
+
+    def _last_resort_cover(self) -> bytes | None:
+        """Drop cover over one hop, our own gateway, which discards it; None if the
+        document does not list that gateway with a key for its epoch. The gateway learns
+        that this slot is cover, which it could tell anyway while no path exists."""
+        node = self.doc.by_id.get(self.me[0])
+        if node is None or node.role is not NodeRole.GATEWAY:
+            return None
+        key = node.epoch_keys.get(self.doc.epoch)
+        if key is None:
+            return None
+        hop = Hop(node.node_id, key, exp_delay_us(self.mean_delay_s, self._rng))
+        return create_drop(self.doc.geometry, [hop], rng=self._rng)

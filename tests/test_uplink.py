@@ -1,0 +1,183 @@
+"""UplinkScheduler: the slot grid and each slot's frame, without a clock or a socket.
+
+Every packet is opened hop by hop with the real Sphinx code and the nodes' private keys,
+so what a slot carried is read from the packet itself, not from the scheduler's word.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sphinx_support import SeededRng
+from test_call import EPOCH, _network
+
+from overlay import (
+    VOICE,
+    CoverKind,
+    Deliver,
+    Discard,
+    Forward,
+    SlotKind,
+    UplinkScheduler,
+    UsageError,
+    build_document,
+    process_packet,
+)
+
+SLOT_S = 0.04
+PAYLOAD = VOICE.user_payload
+DOC, SECRETS = _network()
+ME = (DOC.gateways[0].node_id, b"m" * 16)
+PEER = (DOC.gateways[1].node_id, b"p" * 16)
+
+
+def _open(packet: bytes) -> tuple[bytes, bytes] | None:
+    """(mailbox, payload) the packet delivers, or None when its last hop discards it."""
+    node = ME[0]  # every packet enters at our own gateway
+    while True:
+        result = process_packet(VOICE, SECRETS[node], packet)
+        match result:
+            case Forward():
+                node, packet = result.next_hop, result.packet
+            case Deliver():
+                return result.mailbox, result.message
+            case Discard():
+                return None
+            case _:
+                raise AssertionError(result)
+
+
+def _frame(tag: str, i: int) -> bytes:
+    return f"{tag}{i:06d}".encode().ljust(PAYLOAD, b".")
+
+
+def _scheduler(**kw: object) -> UplinkScheduler:
+    return UplinkScheduler(DOC, ME, PEER, slot_s=SLOT_S, mean_delay_s=0.001, **kw)  # type: ignore[arg-type]
+
+
+# -- the frames -----------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 2), st.booleans()), min_size=1, max_size=10),
+    st.sampled_from(CoverKind),
+)
+def test_every_slot_carries_one_frame_signaling_first_and_each_class_in_order(
+    plan: list[tuple[int, bool]], cover: CoverKind
+) -> None:
+    """``plan``: per slot, how many signaling frames arrive before it and whether a media
+    frame is offered for it."""
+    up = _scheduler(cover=cover, rng=SeededRng(b"uplink"))
+    pushed = queued = seq = 0
+    signals, media = [], []
+    for k, (n_signal, offer) in enumerate(plan):
+        up.push_signal([_frame("s", pushed + j) for j in range(n_signal)])
+        pushed += n_signal
+        queued += n_signal
+        offered = (seq, _frame("m", seq)) if offer else None
+        seq += offer
+        slot = up.fill(k * SLOT_S, offered)
+        assert slot.packet is not None and len(slot.packet) == VOICE.packet_len
+        opened = _open(slot.packet)
+        if queued:  # never starved: a waiting signaling frame takes the very next slot
+            assert slot.kind is SlotKind.SIGNAL and slot.displaced == offer
+            assert opened is not None and opened[0] == PEER[1]
+            signals.append(opened[1])
+            queued -= 1
+        elif offered is not None:
+            assert slot.kind is SlotKind.MEDIA and slot.media_seq == offered[0]
+            assert opened == (PEER[1], offered[1])
+            media.append(opened[1])
+        else:
+            assert slot.kind is SlotKind.COVER and slot.media_seq is None
+            if cover is CoverKind.LOOP:
+                assert opened is not None and opened[0] == ME[1]
+            else:
+                assert opened is None
+        assert up.signal_pending == queued
+    assert signals == [_frame("s", i) for i in range(len(signals))]  # order kept
+    assert media == sorted(media)
+    assert sum(up.slots.values()) == len(plan) and up.sent_sizes == {VOICE.packet_len}
+
+
+def test_an_unroutable_signaling_frame_waits_and_the_slot_sends_last_resort_cover() -> None:
+    doc = build_document(EPOCH, epoch_length_s=600, geometry=VOICE,
+                         descriptors=[DOC.by_id[ME[0]]])  # fmt: skip
+    up = UplinkScheduler(doc, ME, PEER, slot_s=SLOT_S)
+    up.push_signal([_frame("s", 0)])
+    slot = up.fill(0.0, (0, _frame("m", 0)))
+    assert slot.kind is SlotKind.COVER and slot.unroutable and slot.displaced
+    assert slot.packet is not None and _open(slot.packet) is None  # our gateway drops it
+    assert up.signal_pending == 1 and up.slots == Counter({"cover": 1, "unroutable": 1})
+
+
+def test_nothing_routable_skips_the_slot() -> None:
+    doc = build_document(EPOCH, epoch_length_s=600, geometry=VOICE, descriptors=[])
+    up = UplinkScheduler(doc, ME, PEER, slot_s=SLOT_S, cover=CoverKind.DROP)
+    slot = up.fill(0.0)
+    assert slot.packet is None and slot.unroutable
+    assert up.slots == Counter({"skipped": 1, "unroutable": 1}) and not up.sent_sizes
+
+
+# -- the grid -------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.floats(0.0, 1e6),
+    st.lists(st.tuples(st.floats(0.0, 0.2), st.integers(0, 3), st.booleans()), max_size=30),
+)
+def test_the_slot_grid_does_not_depend_on_what_is_queued(
+    start: float, wakes: list[tuple[float, int, bool]]
+) -> None:
+    """``wakes``: per slot, how late the caller wakes up (seconds), and what it queues."""
+    busy, idle = _scheduler(), _scheduler()
+    for up in (busy, idle):
+        up.start(start)
+    times: dict[int, list[float]] = {id(busy): [], id(idle): []}  # slot times
+    for late, n_signal, offer in wakes:
+        busy.push_signal([_frame("s", 0)] * n_signal)
+        for up in (busy, idle):
+            due = up.due
+            t = up.take_slot(due + late)
+            assert t - 1e-6 <= due + late < t + SLOT_S + 1e-6  # the slot at or before it
+            times[id(up)].append(t)
+        busy.fill(t, (0, _frame("m", 0)) if offer else None)
+    assert times[id(busy)] == times[id(idle)]
+    assert busy.slots["missed"] == idle.slots["missed"]
+    sent = times[id(busy)]
+    assert all(b - a >= SLOT_S - 1e-6 for a, b in zip(sent, sent[1:], strict=False))
+    for t in times[id(busy)]:  # every slot on the fixed grid
+        k = round((t - start) / SLOT_S)
+        assert t == pytest.approx(start + k * SLOT_S, abs=1e-6)
+    # slots sent plus slots missed: one per grid point passed
+    assert len(wakes) + busy.slots["missed"] == busy.next_index
+
+
+def test_grid_helpers() -> None:
+    up = _scheduler()
+    assert up.grid_at_or_after(5.0) == 5.0  # before the grid starts: now
+    with pytest.raises(UsageError):
+        _ = up.due
+    up.start(10.0)
+    assert up.grid_at_or_after(10.05) == pytest.approx(10.08)
+    assert up.grid_at_or_after(10.0) == 10.0
+    assert not up.media_due(10.0, 10.0) and up.media_due(10.0, 10.04)
+
+
+def test_bad_arguments_are_usage_errors() -> None:
+    with pytest.raises(UsageError, match="slot_s"):
+        UplinkScheduler(DOC, ME, PEER, slot_s=0)
+    with pytest.raises(UsageError, match="mean_delay_s"):
+        UplinkScheduler(DOC, ME, PEER, slot_s=SLOT_S, mean_delay_s=-1)
+    up = _scheduler()
+    with pytest.raises(UsageError, match="384 bytes"):
+        up.push_signal([_frame("s", 0), b"short"])
+    assert up.signal_pending == 0  # none of them queued
+    with pytest.raises(UsageError, match="384 bytes"):
+        up.fill(0.0, (0, b"short"))
+    assert not up.slots
