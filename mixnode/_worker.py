@@ -53,15 +53,14 @@ from mixnode.core import DeliverAt, ForwardAt, NodeCore
 from mixnode.metrics import PROCESSING_BUCKETS_S
 from mixnode.replay import ReplayFileError, open_replay_file
 from overlay import (
-    BULK,
     LINK_VERSION,
-    VOICE,
     FrameType,
     Hop,
     LinkCodec,
     LinkError,
     TopologyDocument,
     exp_delay_us,
+    geometry_by_name,
 )
 
 NODE_FRAME_HEAD = bytes((LINK_VERSION, FrameType.NODE_PACKET))
@@ -74,7 +73,6 @@ PEER_QUEUE_MAX = 4096  # packets waiting per peer when the socket is full
 EMULATION_MAX = 65536  # packets held by link-delay emulation at most
 STATS_INTERVAL_S = 0.5  # seconds between statistics reports to the daemon
 CONTROL_MAX = 1 << 20  # bytes; a topology document fits easily
-GEOMETRIES = {"voice": VOICE, "bulk": BULK}
 # What sendto can raise for an address taken from a document: OSError, and for a host that
 # does not encode (the directory refuses such hosts; this keeps a worker alive regardless)
 # TypeError, ValueError or UnicodeError. Each costs one packet, counted as send_failed.
@@ -229,7 +227,7 @@ class Worker:
     ) -> None:
         """``clock`` schedules (monotonic seconds); ``wall_clock`` (unix seconds) is for
         key expiry only."""
-        geometry = GEOMETRIES[str(settings["geometry"])]
+        geometry = geometry_by_name(str(settings["geometry"]))
         self.clock = clock
         self.wall_clock = wall_clock
         self.stamps = ReceiveStamps(clock(), wall_clock())

@@ -45,6 +45,7 @@ from mixnode._args import HelpFormatter, at_least, hex_key, port
 from mixnode._logging import add_logging_options, setup_logging
 from mixnode._version import VERSION
 from overlay import (
+    GEOMETRIES,
     MAX_NETWORK_BYTES,
     DirectoryError,
     NetworkBundle,
@@ -58,7 +59,6 @@ from overlay import (
 )
 
 from .config import (
-    GEOMETRIES,
     ConfigError,
     NodeConfig,
     as_loaded_from,

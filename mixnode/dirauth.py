@@ -65,6 +65,7 @@ from mixnode._logging import add_logging_options, setup_logging
 from mixnode._version import VERSION
 from overlay import (
     DOCUMENT_VERSION,
+    GEOMETRIES,
     MAX_NETWORK_BYTES,
     DirectoryError,
     DirectoryFieldError,
@@ -1310,7 +1311,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--threshold", type=at_least(1), help="signatures required (default: majority)")
     i.add_argument("--epoch-length-s", type=int, default=3600, help="seconds per epoch")
     i.add_argument("--round-interval-s", type=float, default=5.0, help="seconds between rounds")
-    i.add_argument("--geometry", choices=("voice", "bulk"), default="voice", help="packet format")
+    i.add_argument("--geometry", choices=tuple(GEOMETRIES), default="voice", help="packet format")
     i.add_argument("--force", action="store_true", help="overwrite an existing config")
     i.set_defaults(func=_cmd_init)
     r = sub.add_parser(

@@ -33,7 +33,6 @@ from nacl.signing import SigningKey
 from mixnode._args import HelpFormatter
 from mixnode._version import VERSION
 from mixnode.config import (
-    GEOMETRIES,
     RANGES,
     ConfigError,
     DirAuthConfig,
@@ -46,6 +45,7 @@ from mixnode.config import (
 )
 from mixnode.dirauth import AUTHORITY_KEY_FILE, DESCRIPTOR_DIR, DOCUMENT_DIR, authority_public_key
 from mixnode.keys import KeyStoreError, NodeKeys, create_identity_seed
+from overlay import GEOMETRIES
 
 STATE_FILE = "testnet.json"
 DEFAULT_DIR = Path("testnet")

@@ -17,12 +17,14 @@ from ._errors import UnknownVersion as UnknownVersion
 from ._errors import UsageError as UsageError
 from ._errors import WrongLength as WrongLength
 from ._geometry import BULK as BULK
+from ._geometry import GEOMETRIES as GEOMETRIES
 from ._geometry import MAILBOX_ID_LEN as MAILBOX_ID_LEN
 from ._geometry import NODE_ID_LEN as NODE_ID_LEN
 from ._geometry import SPHINX_VERSION as SPHINX_VERSION
 from ._geometry import SURB_ID_LEN as SURB_ID_LEN
 from ._geometry import VOICE as VOICE
 from ._geometry import Geometry as Geometry
+from ._geometry import geometry_by_name as geometry_by_name
 from ._link import AEAD_TAG_LEN as AEAD_TAG_LEN
 from ._link import COOKIE_LEN as COOKIE_LEN
 from ._link import COOKIE_PERIOD_S as COOKIE_PERIOD_S
