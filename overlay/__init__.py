@@ -50,6 +50,8 @@ from ._link import SessionWatch as SessionWatch
 from ._link import attach_cookie as attach_cookie
 from ._link import backoff_delay as backoff_delay
 from ._link import mailbox_id as mailbox_id
+from ._random import exponential as exponential
+from ._random import uniform01 as uniform01
 from ._sphinx import Deliver as Deliver
 from ._sphinx import DeliverReply as DeliverReply
 from ._sphinx import Discard as Discard

@@ -31,7 +31,6 @@ import hashlib
 import hmac
 import ipaddress
 import json
-import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -46,6 +45,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 from ._errors import GeometryError, PhantomError, UsageError
 from ._geometry import MAX_DELAY_US, NODE_ID_LEN, Geometry
+from ._random import exponential
 from ._sphinx import Hop, Rng
 
 # "version" field of documents and descriptors: one directory protocol version, so that a
@@ -1274,16 +1274,12 @@ def uniform_index(n: int, rng: Rng = os.urandom) -> int:
 def exp_delay_us(mean_s: float, rng: Rng = os.urandom, max_us: int = MAX_DELAY_US) -> int:
     """An exponential delay with mean ``mean_s`` seconds, in whole microseconds.
 
-    Uses 53 random bits for a uniform u in [0, 1) and returns -mean * ln(1 - u), capped at
-    ``max_us`` (default: the largest delay a packet can carry; pass a topology document's
-    ``max_delay_us`` so that nodes accept the packet).
+    :func:`exponential` (53 random bits, -mean * ln(1 - u)) rounded, capped at ``max_us``
+    (default: the largest delay a packet can carry; pass a topology document's
+    ``max_delay_us`` so that nodes accept the packet). UsageError for a negative, infinite
+    or NaN mean.
     """
-    if not mean_s >= 0 or math.isinf(mean_s):
-        raise UsageError(f"mean delay must be a finite number >= 0, got {mean_s!r}")
-    if mean_s == 0:
-        return 0
-    u = (int.from_bytes(rng(8), "big") >> 11) / float(1 << 53)
-    delay = -mean_s * math.log1p(-u) * US_PER_S
+    delay = exponential(mean_s, rng) * US_PER_S
     return min(max_us, MAX_DELAY_US, round(delay))
 
 

@@ -6,8 +6,17 @@ import os
 
 import pytest
 
-from mixnode.core import DeliverAt, Dropped, ForwardAt, NodeCore, ReplayCache, exponential
-from overlay import VOICE, DownlinkKind, Hop, create_forward, create_reply, create_surb, public_key
+from mixnode.core import DeliverAt, Dropped, ForwardAt, NodeCore, ReplayCache
+from overlay import (
+    VOICE,
+    DownlinkKind,
+    Hop,
+    create_forward,
+    create_reply,
+    create_surb,
+    exponential,
+    public_key,
+)
 
 ME = b"n" * 16
 NEXT = b"m" * 16
@@ -228,5 +237,5 @@ def test_loop_cover_comes_back_and_is_absorbed() -> None:
 
 
 def test_exponential_mean() -> None:
-    xs = [exponential(os.urandom, 4.0) for _ in range(4000)]
+    xs = [exponential(1.0 / 4.0, os.urandom) for _ in range(4000)]  # rate 4 Hz
     assert 0.23 < sum(xs) / len(xs) < 0.27

@@ -29,6 +29,7 @@ from overlay import (
     epoch_at,
     epoch_start,
     exp_delay_us,
+    exponential,
     generate_private_key,
     node_id_for,
     parse_epoch,
@@ -36,6 +37,7 @@ from overlay import (
     select_path,
     sign_descriptor,
     sign_document,
+    uniform01,
     uniform_index,
     verify_descriptor,
     verify_document,
@@ -301,6 +303,22 @@ def test_randomness_is_injectable() -> None:
     assert uniform_index(5, zeros) == 0
     counts = Counter(uniform_index(3) for _ in range(3000))
     assert set(counts) == {0, 1, 2}
+
+
+def test_one_draw_from_bytes_serves_delays_cover_and_backoff() -> None:
+    """exp_delay_us is exponential in microseconds, rounded; both read 8 bytes per draw."""
+    for raw in (bytes(8), b"\x80" + bytes(7), b"\xff" * 8, bytes(range(8)), b"\x01" * 8):
+        u = (int.from_bytes(raw, "big") >> 11) / 2.0**53
+        assert uniform01(lambda n, raw=raw: raw[:n]) == u  # type: ignore[misc]
+        want = -0.05 * math.log1p(-u)
+        assert exponential(0.05, lambda n, raw=raw: raw[:n]) == want  # type: ignore[misc]
+        got = exp_delay_us(0.05, lambda n, raw=raw: raw[:n])  # type: ignore[misc]
+        assert got == round(want * 1_000_000)
+    reads: list[int] = []
+    assert exponential(0.0, lambda n: reads.append(n) or bytes(n)) == 0.0 and reads == []
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(UsageError, match="finite number >= 0"):
+            exponential(bad)
 
 
 def test_documents_cross_process_boundaries() -> None:
