@@ -7,6 +7,11 @@
 Everything public is re-exported here; the ``_``-prefixed modules are implementation.
 """
 
+from ._cliargs import ArgumentValueError as ArgumentValueError
+from ._cliargs import finite_number as finite_number
+from ._cliargs import hex_key as hex_key
+from ._cliargs import port as port
+from ._cliargs import whole_number as whole_number
 from ._errors import BadCommand as BadCommand
 from ._errors import GeometryError as GeometryError
 from ._errors import MacMismatch as MacMismatch
