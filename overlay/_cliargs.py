@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from typing import TypeVar
 
 from ._errors import UsageError
 
@@ -32,10 +33,25 @@ class ArgumentValueError(UsageError, argparse.ArgumentTypeError):
     """A command-line value is not what its option takes; argparse prints the message."""
 
 
-def _span(lo: float, hi: float | None) -> str:
-    if hi is None or math.isinf(hi):
-        return f">= {lo:g}"
-    return f"in {lo:g}..{hi:g}"
+_Num = TypeVar("_Num", int, float)
+
+
+def _ranged(
+    convert: Callable[[str], _Num], lo: float, hi: float | None, what: str, verb: str
+) -> Callable[[str], _Num]:
+    """A parser: ``convert(text)``, finite and in ``[lo, hi]``, or ArgumentValueError."""
+    span = f">= {lo:g}" if hi is None or math.isinf(hi) else f"in {lo:g}..{hi:g}"
+
+    def parse(text: str) -> _Num:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise ArgumentValueError(f"{verb} {what} {span}, got {text!r}") from None
+        if not (math.isfinite(value) and lo <= value and (hi is None or value <= hi)):
+            raise ArgumentValueError(f"{verb} {what} {span}, got {text!r}")
+        return value
+
+    return parse
 
 
 def whole_number(
@@ -45,17 +61,7 @@ def whole_number(
 
     The parser raises ArgumentValueError ("expected a whole number >= 1, got '0'").
     """
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise ArgumentValueError(f"{verb} {what} {_span(lo, hi)}, got {text!r}") from None
-        if value < lo or (hi is not None and value > hi):
-            raise ArgumentValueError(f"{verb} {what} {_span(lo, hi)}, got {text!r}")
-        return value
-
-    return parse
+    return _ranged(int, lo, hi, what, verb)
 
 
 def finite_number(
@@ -65,17 +71,7 @@ def finite_number(
 
     The parser raises ArgumentValueError ("want seconds in 1..3600, got '0'").
     """
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise ArgumentValueError(f"{verb} {what} {_span(lo, hi)}, got {text!r}") from None
-        if not (lo <= value <= hi and math.isfinite(value)):
-            raise ArgumentValueError(f"{verb} {what} {_span(lo, hi)}, got {text!r}")
-        return value
-
-    return parse
+    return _ranged(float, lo, hi, what, verb)
 
 
 port = whole_number(1, 65535, what="a port number")
