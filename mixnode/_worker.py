@@ -58,9 +58,11 @@ from overlay import (
     Hop,
     LinkCodec,
     LinkError,
+    NoRouteError,
     TopologyDocument,
-    exp_delay_us,
     geometry_by_name,
+    loop_route,
+    sample_path,
 )
 
 NODE_FRAME_HEAD = bytes((LINK_VERSION, FrameType.NODE_PACKET))
@@ -315,26 +317,10 @@ class Worker:
         doc = self.topology
         if doc is None:
             return None
-        me = doc.by_id.get(self.node_id)
-        if me is None:
+        try:
+            return sample_path(doc, loop_route(doc, self.node_id), self.mix_delay_s, os.urandom)
+        except NoRouteError:
             return None
-        rings = [list(doc.gateways)] + [list(layer) for layer in doc.layers]
-        start = me.layer
-        path = []
-        for i in range(1, len(rings)):
-            ring = rings[(start + i) % len(rings)]
-            if not ring:
-                return None
-            path.append(ring[secrets.randbelow(len(ring))])
-        path.append(me)
-        hops = []
-        for n in path:
-            key = n.epoch_keys.get(doc.epoch)
-            if key is None:
-                return None
-            delay = exp_delay_us(self.mix_delay_s, max_us=doc.max_delay_us)
-            hops.append(Hop(n.node_id, key, delay))
-        return hops
 
     # -- packets -----------------------------------------------------------------------
 

@@ -104,10 +104,12 @@ from ._topology import epoch_start as epoch_start
 from ._topology import exp_delay_us as exp_delay_us
 from ._topology import layer_of as layer_of
 from ._topology import load_json as load_json
+from ._topology import loop_route as loop_route
 from ._topology import network_fingerprint as network_fingerprint
 from ._topology import network_signature_is_valid as network_signature_is_valid
 from ._topology import node_id_for as node_id_for
 from ._topology import parse_epoch as parse_epoch
+from ._topology import sample_path as sample_path
 from ._topology import seconds_until_next_epoch as seconds_until_next_epoch
 from ._topology import select_path as select_path
 from ._topology import sign_descriptor as sign_descriptor

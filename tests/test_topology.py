@@ -31,9 +31,11 @@ from overlay import (
     exp_delay_us,
     exponential,
     generate_private_key,
+    loop_route,
     node_id_for,
     parse_epoch,
     public_key,
+    sample_path,
     select_path,
     sign_descriptor,
     sign_document,
@@ -278,6 +280,45 @@ def test_path_routes_around_avoided_nodes() -> None:
         select_path(doc, doc.layers[0][0].node_id, exit_, 0.0)
     with pytest.raises(NoRouteError, match="exit"):
         select_path(doc, entry, os.urandom(16), 0.0)
+
+
+def test_loop_routes_go_through_every_other_layer_and_come_back() -> None:
+    doc = _doc()
+    gw, mix2 = doc.gateways[0].node_id, doc.layers[1][0].node_id
+    assert loop_route(doc, gw) == [1, 2, 3, gw]
+    assert loop_route(doc, mix2) == [3, 0, 1, mix2]
+    with pytest.raises(NoRouteError, match="not in the topology document"):
+        loop_route(doc, os.urandom(16))
+    for _ in range(50):
+        path = sample_path(doc, loop_route(doc, mix2), 0.01)
+        assert [doc.node(h.node_id).layer for h in path] == [3, 0, 1, 2]
+        assert path[-1].node_id == mix2
+        assert all(h.public_key == doc.node(h.node_id).epoch_keys[EPOCH] for h in path)
+
+
+def test_one_sampler_draws_layers_in_route_order_then_delays() -> None:
+    doc = _doc(per_layer=3)
+    entry, exit_ = doc.gateways[0].node_id, doc.gateways[1].node_id
+    calls: list[int] = []
+
+    def rng(n: int) -> bytes:  # a fixed stream: the same bytes give the same path
+        calls.append(n)
+        return bytes([len(calls) * 37 % 256]) * n
+
+    first = select_path(doc, entry, exit_, 0.02, rng)
+    # One byte per layer draw (a draw above 2 of 0..3 is redrawn), then 8 per hop delay.
+    assert set(calls[:-5]) == {1} and len(calls) >= 8 and calls[-5:] == [8] * 5
+    calls.clear()
+    route = [entry, 1, 2, 3, exit_]
+    assert sample_path(doc, route, 0.02, rng) == first
+    with pytest.raises(NoRouteError, match="gateway layer"):
+        sample_path(doc, [0], 0.0, avoid=[g.node_id for g in doc.gateways])
+    with pytest.raises(NoRouteError, match="no layer 4"):
+        sample_path(doc, [4], 0.0)
+    with pytest.raises(NoRouteError, match="no key for epoch"):
+        sample_path(doc, [entry], 0.0, epoch=EPOCH + 7)
+    with pytest.raises(NoRouteError, match="exceeds the geometry"):
+        sample_path(doc, [0, 1, 2, 3, 0, 1], 0.0)
 
 
 def test_delay_distribution_is_exponential_with_the_mean() -> None:
