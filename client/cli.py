@@ -20,25 +20,16 @@ from pathlib import Path
 from types import FrameType
 
 from mixnode._version import VERSION
-from overlay import DirectoryError, UsageError
+from overlay import DirectoryError, UsageError, finite_number
 
 from ._tasks import open_background
 from .call import DEFAULT_MEAN_DELAY_S
 from .demo import CallOptions, call_report, run_call
 from .gateway_link import AttachError
 
-
-def _number(lo: float, hi: float, what: str):  # type: ignore[no-untyped-def]
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"want {what}, got {text!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"want {what} in {lo:g}..{hi:g}, got {text!r}")
-        return value
-
-    return parse
+_SECONDS = finite_number(1, 3600, what="seconds", verb="want")
+_MILLISECONDS = finite_number(0, 1000, what="milliseconds", verb="want")
+_PROBABILITY = finite_number(0, 0.5, what="a probability", verb="want")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,20 +37,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="a call between two callers through a local testnet")
-    demo.add_argument("--duration", type=_number(1, 3600, "seconds"), default=20.0,
+    demo.add_argument("--duration", type=_SECONDS, default=20.0,
                       help="seconds of call (default 20)")  # fmt: skip
     demo.add_argument("--dir", type=Path, default=None,
                       help="testnet directory (default: a temporary one)")  # fmt: skip
     demo.add_argument("--keep-testnet", action="store_true",
                       help="leave the testnet up (stop: phantom-testnet down --dir)")  # fmt: skip
-    demo.add_argument("--mean-delay-ms", type=_number(0, 1000, "milliseconds"),
+    demo.add_argument("--mean-delay-ms", type=_MILLISECONDS,
                       default=DEFAULT_MEAN_DELAY_S * 1000,
                       help="mean sender-chosen delay per hop (default %(default)s)")  # fmt: skip
-    demo.add_argument("--link-delay-ms", type=_number(0, 1000, "milliseconds"), default=0.0,
+    demo.add_argument("--link-delay-ms", type=_MILLISECONDS, default=0.0,
                       help="one-way delay every node adds to each packet it sends")  # fmt: skip
-    demo.add_argument("--link-jitter-ms", type=_number(0, 1000, "milliseconds"), default=0.0,
+    demo.add_argument("--link-jitter-ms", type=_MILLISECONDS, default=0.0,
                       help="standard deviation of that delay")  # fmt: skip
-    demo.add_argument("--link-loss", type=_number(0, 0.5, "a probability"), default=0.0,
+    demo.add_argument("--link-loss", type=_PROBABILITY, default=0.0,
                       help="probability that a node drops a packet it sends")  # fmt: skip
     demo.add_argument("--json", type=Path, default=None, dest="json_path",
                       help="report file (default: call-report.json here)")  # fmt: skip

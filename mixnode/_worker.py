@@ -51,10 +51,8 @@ from mixnode.core import DeliverAt, ForwardAt, NodeCore
 from mixnode.metrics import PROCESSING_BUCKETS_S
 from mixnode.replay import ReplayFileError, open_replay_file
 from overlay import (
-    BULK,
     CONTROL_MAX,
     LINK_VERSION,
-    VOICE,
     ControlFrameError,
     DeliveryFrame,
     DropReason,
@@ -64,6 +62,7 @@ from overlay import (
     KeysFrame,
     LinkCodec,
     LinkError,
+    NoRouteError,
     PacketFrame,
     QuitFrame,
     StatsFrame,
@@ -71,7 +70,9 @@ from overlay import (
     TopologyFrame,
     WorkerSettings,
     decode_control,
-    exp_delay_us,
+    geometry_by_name,
+    loop_route,
+    sample_path,
 )
 
 NODE_FRAME_HEAD = bytes((LINK_VERSION, FrameType.NODE_PACKET))
@@ -83,7 +84,6 @@ RECV_BATCH = 64  # datagrams read per poll wake-up at most
 PEER_QUEUE_MAX = 4096  # packets waiting per peer when the socket is full
 EMULATION_MAX = 65536  # packets held by link-delay emulation at most
 STATS_INTERVAL_S = 0.5  # seconds between statistics reports to the daemon
-GEOMETRIES = {"voice": VOICE, "bulk": BULK}
 # What sendto can raise for an address taken from a document: OSError, and for a host that
 # does not encode (the directory refuses such hosts; this keeps a worker alive regardless)
 # TypeError, ValueError or UnicodeError. Each costs one packet, counted as send_failed.
@@ -238,7 +238,7 @@ class Worker:
     ) -> None:
         """``clock`` schedules (monotonic seconds); ``wall_clock`` (unix seconds) is for
         key expiry only."""
-        geometry = GEOMETRIES[settings.geometry]
+        geometry = geometry_by_name(settings.geometry)
         self.clock = clock
         self.wall_clock = wall_clock
         self.stamps = ReceiveStamps(clock(), wall_clock())
@@ -335,26 +335,10 @@ class Worker:
         doc = self.topology
         if doc is None:
             return None
-        me = doc.by_id.get(self.node_id)
-        if me is None:
+        try:
+            return sample_path(doc, loop_route(doc, self.node_id), self.mix_delay_s, os.urandom)
+        except NoRouteError:
             return None
-        rings = [list(doc.gateways)] + [list(layer) for layer in doc.layers]
-        start = me.layer
-        path = []
-        for i in range(1, len(rings)):
-            ring = rings[(start + i) % len(rings)]
-            if not ring:
-                return None
-            path.append(ring[secrets.randbelow(len(ring))])
-        path.append(me)
-        hops = []
-        for n in path:
-            key = n.epoch_keys.get(doc.epoch)
-            if key is None:
-                return None
-            delay = exp_delay_us(self.mix_delay_s, max_us=doc.max_delay_us)
-            hops.append(Hop(n.node_id, key, delay))
-        return hops
 
     # -- packets -----------------------------------------------------------------------
 

@@ -40,10 +40,11 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
-from mixnode._args import HelpFormatter, at_least, hex_key, port
+from mixnode._args import HelpFormatter
 from mixnode._logging import add_logging_options, setup_logging
 from mixnode._version import VERSION
 from overlay import (
+    GEOMETRIES,
     MAX_NETWORK_BYTES,
     DirectoryError,
     NetworkBundle,
@@ -53,12 +54,14 @@ from overlay import (
     TopologyDocument,
     canonical_json,
     epoch_at,
+    hex_key,
+    port,
     sign_withdrawal,
+    whole_number,
 )
 
 from ._http import http_exchange
 from .config import (
-    GEOMETRIES,
     ConfigError,
     NodeConfig,
     as_loaded_from,
@@ -688,7 +691,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=hex_key,
         help="authority Ed25519 public key, hex (repeat)",
     )
-    i.add_argument("--threshold", type=at_least(1), help="signatures required (default: majority)")
+    i.add_argument(
+        "--threshold", type=whole_number(1), help="signatures required (default: majority)"
+    )
     i.add_argument("--epoch-length-s", type=int, help="seconds per epoch (default: 3600)")
     i.add_argument(
         "--metrics-port", type=port, help="loopback metrics port (default: first free from 9100)"

@@ -52,10 +52,16 @@ from typing import Any, TypeVar
 
 import tomli_w
 
-from overlay import BULK, VOICE, Geometry, NodeRole, PhantomError, descriptor_host_problem
+from overlay import (
+    GEOMETRIES,
+    Geometry,
+    NodeRole,
+    PhantomError,
+    descriptor_host_problem,
+    geometry_by_name,
+)
 from overlay._topology import DEFAULT_MIX_LAYERS
 
-GEOMETRIES: Mapping[str, Geometry] = {"voice": VOICE, "bulk": BULK}
 MAX_MIX_LAYERS = 3  # the VOICE geometry carries 5 hops: gateway, 3 mixes, gateway
 
 MAX_CONFIG_BYTES = 1024 * 1024  # a config is a few kB; a bigger file is refused unread
@@ -196,7 +202,7 @@ class NodeConfig:
     @property
     def geometry(self) -> Geometry:
         """The packet geometry this node speaks."""
-        return GEOMETRIES[self.node.geometry]
+        return geometry_by_name(self.node.geometry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +229,7 @@ class DirAuthConfig:
     @property
     def geometry(self) -> Geometry:
         """The packet geometry published in the documents."""
-        return GEOMETRIES[self.authority.geometry]
+        return geometry_by_name(self.authority.geometry)
 
 
 # --------------------------------------------------------------------------------------

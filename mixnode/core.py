@@ -46,6 +46,7 @@ from overlay import (
     PacketError,
     Rng,
     create_drop,
+    exponential,
     process_packet,
 )
 
@@ -234,12 +235,6 @@ class _EpochKey:
     private_key: bytes
     expires_at: float
     cache: ReplayCache
-
-
-def exponential(rng: Rng, rate_hz: float) -> float:
-    """An exponential interval (seconds) with ``rate_hz`` from 53 random bits of ``rng``."""
-    u = ((int.from_bytes(rng(8), "big") >> 11) + 0.5) / 2.0**53
-    return -math.log(u) / rate_hz
 
 
 class NodeCore:
@@ -465,7 +460,7 @@ class NodeCore:
         if source is None or self.cover_rate_hz <= 0:
             self._next_cover = None
         elif self._next_cover is None:
-            self._next_cover = now + exponential(self.rng, self.cover_rate_hz)
+            self._next_cover = now + exponential(1.0 / self.cover_rate_hz, self.rng)
 
     def _cover(self, now: float) -> list[Action]:
         out: list[Action] = []
@@ -473,7 +468,7 @@ class NodeCore:
         if now - self._next_cover > 1.0:  # the edge stalled: do not burst a backlog of cover
             self._next_cover = now
         while self._next_cover <= now:
-            self._next_cover += exponential(self.rng, self.cover_rate_hz)
+            self._next_cover += exponential(1.0 / self.cover_rate_hz, self.rng)
             path = self._loop_path() if self._loop_path is not None else None
             if not path:
                 self.counters["cover_no_path"] += 1

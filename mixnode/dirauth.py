@@ -60,11 +60,12 @@ from urllib.parse import urlsplit
 
 from nacl.signing import SigningKey
 
-from mixnode._args import HelpFormatter, at_least, hex_key, port
+from mixnode._args import HelpFormatter
 from mixnode._logging import add_logging_options, setup_logging
 from mixnode._version import VERSION
 from overlay import (
     DOCUMENT_VERSION,
+    GEOMETRIES,
     MAX_NETWORK_BYTES,
     DirectoryError,
     DirectoryFieldError,
@@ -82,15 +83,18 @@ from overlay import (
     document_digest,
     epoch_at,
     epoch_start,
+    hex_key,
     load_json,
     network_fingerprint,
     network_signature_is_valid,
     parse_epoch,
+    port,
     sign_document,
     sign_network,
     signature_is_valid,
     verify_descriptor,
     verify_withdrawal,
+    whole_number,
 )
 
 from ._http import Deadline, DeadlineSocket, http_exchange, http_get
@@ -1291,10 +1295,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument(
         "--authority-key", action="append", default=[], type=hex_key, help="peer key (repeat)"
     )
-    i.add_argument("--threshold", type=at_least(1), help="signatures required (default: majority)")
+    i.add_argument(
+        "--threshold", type=whole_number(1), help="signatures required (default: majority)"
+    )
     i.add_argument("--epoch-length-s", type=int, default=3600, help="seconds per epoch")
     i.add_argument("--round-interval-s", type=float, default=5.0, help="seconds between rounds")
-    i.add_argument("--geometry", choices=("voice", "bulk"), default="voice", help="packet format")
+    i.add_argument("--geometry", choices=tuple(GEOMETRIES), default="voice", help="packet format")
     i.add_argument("--force", action="store_true", help="overwrite an existing config")
     i.set_defaults(func=_cmd_init)
     r = sub.add_parser(

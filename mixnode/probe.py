@@ -16,7 +16,6 @@ simulates, so the two can be compared.
 from __future__ import annotations
 
 import math
-import os
 import struct
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -25,7 +24,7 @@ import trio
 
 from mixnode import loadgen
 from mixnode.testnet import TestnetState
-from overlay import MailboxKey, NoRouteError, create_forward, select_path
+from overlay import MailboxKey, NoRouteError, create_forward, select_path, uniform01
 
 _HEAD = struct.Struct(">Qd")  # sequence number, ready time (seconds, trio.current_time())
 DRAIN_S = 3.0  # seconds to keep listening after the last send
@@ -95,10 +94,6 @@ class ProbeResult:
         }
 
 
-def _uniform01() -> float:
-    return (int.from_bytes(os.urandom(8), "big") >> 11) / 2.0**53
-
-
 async def probe(state: TestnetState, settings: ProbeSettings) -> ProbeResult:
     """Run ``settings.streams`` streams from the first gateway to the second at once.
 
@@ -144,9 +139,9 @@ async def probe(state: TestnetState, settings: ProbeSettings) -> ProbeResult:
                 nursery.start_soon(receive)
                 # Frames complete on a grid; the uplink sends on its own grid, both with
                 # random offsets against every other clock in the network.
-                offset = 0.5 + _uniform01() * slot_s
+                offset = 0.5 + uniform01() * slot_s
                 mono0 = trio.current_time() + offset  # the link stamps arrivals on it too
-                phase = _uniform01() * slot_s
+                phase = uniform01() * slot_s
                 for seq in range(n):
                     ready = (seq + 1) * slot_s
                     slot = phase + math.ceil((ready - phase) / slot_s) * slot_s

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import signal
@@ -33,7 +32,6 @@ from nacl.signing import SigningKey
 from mixnode._args import HelpFormatter
 from mixnode._version import VERSION
 from mixnode.config import (
-    GEOMETRIES,
     RANGES,
     ConfigError,
     DirAuthConfig,
@@ -47,6 +45,7 @@ from mixnode.config import (
 from mixnode.dirauth import AUTHORITY_KEY_FILE, DESCRIPTOR_DIR, DOCUMENT_DIR, authority_public_key
 from mixnode.keys import KeyStoreError, NodeKeys, create_identity_seed
 from mixnode.metrics import parse_prometheus
+from overlay import GEOMETRIES, finite_number, whole_number
 
 STATE_FILE = "testnet.json"
 DEFAULT_DIR = Path("testnet")
@@ -653,19 +652,6 @@ def run_probe(args: argparse.Namespace) -> None:
     )
 
 
-def _nonneg(kind: type, what: str):  # type: ignore[no-untyped-def]
-    def parse(text: str) -> object:
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not 0 <= v < math.inf:  # NaN and infinities too
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return v
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``phantom-testnet`` argument parser."""
     p = argparse.ArgumentParser(
@@ -685,8 +671,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for q in (u, s, dn, pr):
         q.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="testnet directory")
-    count = _nonneg(int, "a whole number >= 0")
-    real = _nonneg(float, "a finite number >= 0")
+    count = whole_number(0)
+    real = finite_number(0)
     u.add_argument("--authorities", type=count, default=3, help="directory authorities")
     u.add_argument("--threshold", type=count, default=2, help="signatures a document needs")
     u.add_argument("--gateways", type=count, default=2, help="gateways (layer 0)")

@@ -7,6 +7,11 @@
 Everything public is re-exported here; the ``_``-prefixed modules are implementation.
 """
 
+from ._cliargs import ArgumentValueError as ArgumentValueError
+from ._cliargs import finite_number as finite_number
+from ._cliargs import hex_key as hex_key
+from ._cliargs import port as port
+from ._cliargs import whole_number as whole_number
 from ._control import CONTROL_MAX as CONTROL_MAX
 from ._control import CONTROL_VERSION as CONTROL_VERSION
 from ._control import ControlFrame as ControlFrame
@@ -40,12 +45,14 @@ from ._errors import UnknownVersion as UnknownVersion
 from ._errors import UsageError as UsageError
 from ._errors import WrongLength as WrongLength
 from ._geometry import BULK as BULK
+from ._geometry import GEOMETRIES as GEOMETRIES
 from ._geometry import MAILBOX_ID_LEN as MAILBOX_ID_LEN
 from ._geometry import NODE_ID_LEN as NODE_ID_LEN
 from ._geometry import SPHINX_VERSION as SPHINX_VERSION
 from ._geometry import SURB_ID_LEN as SURB_ID_LEN
 from ._geometry import VOICE as VOICE
 from ._geometry import Geometry as Geometry
+from ._geometry import geometry_by_name as geometry_by_name
 from ._link import AEAD_TAG_LEN as AEAD_TAG_LEN
 from ._link import COOKIE_LEN as COOKIE_LEN
 from ._link import COOKIE_PERIOD_S as COOKIE_PERIOD_S
@@ -71,6 +78,8 @@ from ._link import SessionWatch as SessionWatch
 from ._link import attach_cookie as attach_cookie
 from ._link import backoff_delay as backoff_delay
 from ._link import mailbox_id as mailbox_id
+from ._random import exponential as exponential
+from ._random import uniform01 as uniform01
 from ._sphinx import Deliver as Deliver
 from ._sphinx import DeliverReply as DeliverReply
 from ._sphinx import Discard as Discard
@@ -119,10 +128,12 @@ from ._topology import epoch_start as epoch_start
 from ._topology import exp_delay_us as exp_delay_us
 from ._topology import layer_of as layer_of
 from ._topology import load_json as load_json
+from ._topology import loop_route as loop_route
 from ._topology import network_fingerprint as network_fingerprint
 from ._topology import network_signature_is_valid as network_signature_is_valid
 from ._topology import node_id_for as node_id_for
 from ._topology import parse_epoch as parse_epoch
+from ._topology import sample_path as sample_path
 from ._topology import seconds_until_next_epoch as seconds_until_next_epoch
 from ._topology import select_path as select_path
 from ._topology import sign_descriptor as sign_descriptor

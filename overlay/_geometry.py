@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from ._errors import GeometryError
 
@@ -125,3 +127,25 @@ class Geometry:
 VOICE = Geometry("voice", max_hops=5, user_payload=384)
 # Bulk: signaling and research traffic, about 2 KiB of payload.
 BULK = Geometry("bulk", max_hops=5, user_payload=2048)
+
+# Every geometry this version speaks, by the name a config or a topology document uses.
+GEOMETRIES: Mapping[str, Geometry] = MappingProxyType({g.name: g for g in (VOICE, BULK)})
+
+
+def geometry_by_name(name: object) -> Geometry:
+    """The geometry called ``name`` (``"voice"`` or ``"bulk"``).
+
+        >>> geometry_by_name("voice") is VOICE
+        True
+        >>> geometry_by_name("jumbo")
+        Traceback (most recent call last):
+        ...
+        overlay._errors.GeometryError: unknown geometry 'jumbo': expected 'voice' or 'bulk'
+
+    Raises GeometryError, naming the choices, for any other name or a non-string.
+    """
+    geometry = GEOMETRIES.get(name) if isinstance(name, str) else None
+    if geometry is None:
+        wanted = " or ".join(repr(n) for n in GEOMETRIES)
+        raise GeometryError(f"unknown geometry {name!r}: expected {wanted}")
+    return geometry

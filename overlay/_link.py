@@ -40,6 +40,7 @@ from nacl.signing import SigningKey, VerifyKey
 from ._drop import DropReason
 from ._errors import PacketError, UsageError
 from ._geometry import MAILBOX_ID_LEN, SURB_ID_LEN, Geometry
+from ._random import uniform01
 from ._sphinx import Rng
 
 LINK_VERSION = 2  # first byte of every datagram; bumped on any change below
@@ -649,5 +650,5 @@ def backoff_delay(attempt: int, *, base_s: float, cap_s: float, rng: Rng = os.ur
         4.0
     """
     d = min(cap_s, base_s * 2.0 ** min(attempt, 60))
-    u = (int.from_bytes(rng(8), "big") >> 11) / 2.0**53
+    u = uniform01(rng)
     return d / 2 + u * d / 2

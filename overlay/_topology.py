@@ -31,10 +31,9 @@ import hashlib
 import hmac
 import ipaddress
 import json
-import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
@@ -46,6 +45,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 from ._errors import GeometryError, PhantomError, UsageError
 from ._geometry import MAX_DELAY_US, NODE_ID_LEN, Geometry
+from ._random import exponential
 from ._sphinx import Hop, Rng
 
 # "version" field of documents and descriptors: one directory protocol version, so that a
@@ -1282,17 +1282,72 @@ def uniform_index(n: int, rng: Rng = os.urandom) -> int:
 def exp_delay_us(mean_s: float, rng: Rng = os.urandom, max_us: int = MAX_DELAY_US) -> int:
     """An exponential delay with mean ``mean_s`` seconds, in whole microseconds.
 
-    Uses 53 random bits for a uniform u in [0, 1) and returns -mean * ln(1 - u), capped at
-    ``max_us`` (default: the largest delay a packet can carry; pass a topology document's
-    ``max_delay_us`` so that nodes accept the packet).
+    :func:`exponential` (53 random bits, -mean * ln(1 - u)) rounded, capped at ``max_us``
+    (default: the largest delay a packet can carry; pass a topology document's
+    ``max_delay_us`` so that nodes accept the packet). UsageError for a negative, infinite
+    or NaN mean.
     """
-    if not mean_s >= 0 or math.isinf(mean_s):
-        raise UsageError(f"mean delay must be a finite number >= 0, got {mean_s!r}")
-    if mean_s == 0:
-        return 0
-    u = (int.from_bytes(rng(8), "big") >> 11) / float(1 << 53)
-    delay = -mean_s * math.log1p(-u) * US_PER_S
+    delay = exponential(mean_s, rng) * US_PER_S
     return min(max_us, MAX_DELAY_US, round(delay))
+
+
+def sample_path(
+    doc: TopologyDocument,
+    route: Sequence[int | bytes],
+    mean_delay_s: float,
+    rng: Rng = os.urandom,
+    *,
+    avoid: Iterable[bytes] = (),
+    epoch: int | None = None,
+) -> list[Hop]:
+    """One hop per step of ``route``, each with its exponential delay: the one path sampler
+    of clients (:func:`select_path`) and nodes (loop cover, :func:`loop_route`).
+
+    A step is a layer number (0: the gateways, 1..: the mix layers), from which one node is
+    drawn uniformly among those not in ``avoid`` with a key for ``epoch`` (default: the
+    document's); or a node id, which names that node whatever ``avoid`` says. ``rng`` gives
+    the layer draws in route order, then one delay per hop (:func:`exp_delay_us`, mean
+    ``mean_delay_s`` seconds, capped at the document's ``max_delay_us``), so fixed bytes
+    give a fixed path.
+
+        >>> from overlay import VOICE, build_document
+        >>> doc = build_document(1, epoch_length_s=600, geometry=VOICE, descriptors=[])
+        >>> sample_path(doc, [], 0.01)
+        []
+        >>> sample_path(doc, [0], 0.01)
+        Traceback (most recent call last):
+        ...
+        overlay._topology.NoRouteError: gateway layer has no usable node
+
+    NoRouteError if a layer has no usable node, a named node is not listed or has no key
+    for the epoch, or the path has more hops than the geometry carries.
+    """
+    epoch = doc.epoch if epoch is None else epoch
+    avoided = frozenset(avoid)
+    chosen: list[NodeDescriptor] = []
+    for step in route:
+        if isinstance(step, bytes):
+            node = doc.by_id.get(step)
+            if node is None:
+                raise NoRouteError(f"node {step.hex()[:16]} is not in the topology document")
+            if epoch not in node.epoch_keys:
+                raise NoRouteError(f"node {node.name!r} has no key for epoch {epoch}")
+            chosen.append(node)
+            continue
+        if not 0 <= step <= len(doc.layers):
+            raise NoRouteError(f"the topology document has no layer {step}")
+        nodes = doc.gateways if step == 0 else doc.layers[step - 1]
+        live = [n for n in nodes if n.node_id not in avoided and epoch in n.epoch_keys]
+        if not live:
+            layer = "gateway layer" if step == 0 else f"mix layer {step}"
+            raise NoRouteError(f"{layer} has no usable node")
+        chosen.append(live[uniform_index(len(live), rng)])
+    if len(chosen) > doc.geometry.max_hops:
+        raise NoRouteError(f"path of {len(chosen)} hops exceeds the geometry")
+    cap = doc.max_delay_us
+    return [
+        Hop(n.node_id, n.epoch_keys[epoch], exp_delay_us(mean_delay_s, rng, cap)) for n in chosen
+    ]
 
 
 def select_path(
@@ -1312,23 +1367,34 @@ def select_path(
 
     Mixes are drawn uniformly per layer among those not in ``avoid`` (so clients route
     around mixes they saw fail). Keys are for ``epoch`` (default: the document's).
-    NoRouteError if a gateway is unknown or a layer has no usable mix.
+    NoRouteError if a gateway is unknown or a layer has no usable mix. The draw is
+    :func:`sample_path` over ``[entry, 1, ..., mix_layers, exit]``.
     """
-    epoch = doc.epoch if epoch is None else epoch
-    avoided = frozenset(avoid)
-    chosen: list[NodeDescriptor] = [_gateway(doc, entry_gateway_id, "entry")]
-    for i, layer in enumerate(doc.layers, start=1):
-        live = [n for n in layer if n.node_id not in avoided and epoch in n.epoch_keys]
-        if not live:
-            raise NoRouteError(f"mix layer {i} has no usable node")
-        chosen.append(live[uniform_index(len(live), rng)])
-    chosen.append(_gateway(doc, exit_gateway_id, "exit"))
-    if len(chosen) > doc.geometry.max_hops:
-        raise NoRouteError(f"path of {len(chosen)} hops exceeds the geometry")
-    cap = doc.max_delay_us
-    return [
-        Hop(n.node_id, n.epoch_key(epoch), exp_delay_us(mean_delay_s, rng, cap)) for n in chosen
-    ]
+    _gateway(doc, entry_gateway_id, "entry")
+    _gateway(doc, exit_gateway_id, "exit")
+    route = [entry_gateway_id, *range(1, len(doc.layers) + 1), exit_gateway_id]
+    return sample_path(doc, route, mean_delay_s, rng, avoid=avoid, epoch=epoch)
+
+
+def loop_route(doc: TopologyDocument, node_id: bytes) -> list[int | bytes]:
+    """The route of a node's loop cover: from the layer after its own through every other
+    layer (gateways are layer 0, after the last mix layer) and back to the node.
+
+        >>> from overlay import VOICE, build_document
+        >>> doc = build_document(1, epoch_length_s=600, geometry=VOICE, descriptors=[])
+        >>> loop_route(doc, b"n" * 16)
+        Traceback (most recent call last):
+        ...
+        overlay._topology.NoRouteError: node 6e6e6e6e6e6e6e6e is not in the topology document
+
+    For a mix of layer 2 of three: ``[3, 0, 1, node_id]``; for a gateway: ``[1, 2, 3,
+    node_id]``. Draw it with :func:`sample_path`. NoRouteError if the node is not listed.
+    """
+    node = doc.by_id.get(node_id)
+    if node is None:
+        raise NoRouteError(f"node {node_id.hex()[:16]} is not in the topology document")
+    rings = len(doc.layers) + 1
+    return [*((node.layer + i) % rings for i in range(1, rings)), node_id]
 
 
 def _gateway(doc: TopologyDocument, node_id: bytes, which: str) -> NodeDescriptor:

@@ -25,6 +25,10 @@ import numpy as np
 from ._scenario import Scenario
 
 CHUNK_PACKETS = 1 << 18  # packets per vectorized block: bounds memory to a few MB per array
+# A packet due exactly at its playout time is on time. arrive - ready carries rounding
+# errors of ~1e-16 s, so equal delays (constant links, slot grids) would otherwise be judged
+# late or not at random; the real jitter buffer (client._jitter) allows the same 1 ns.
+PLAYOUT_TOLERANCE_S = 1e-9
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,5 +274,5 @@ def playout(
     g_play = np.full(len(first), np.nan)
     g_play[media] = pd
     play = g_play[group]
-    late = ~(delay <= play)
+    late = ~(delay <= play + PLAYOUT_TOLERANCE_S)
     return play, late

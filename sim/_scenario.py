@@ -20,9 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from overlay import BULK, VOICE, Geometry
+from overlay import GEOMETRIES, VOICE, Geometry, GeometryError, geometry_by_name
 
-GEOMETRIES = {"voice": VOICE, "bulk": BULK}
 MEDIA_HEADER_BYTES = 8  # sequence number (4) and timestamp (4) in front of the frames
 AEAD_TAG_BYTES = 16  # ChaCha20-Poly1305 tag on every media packet
 
@@ -358,9 +357,10 @@ def _section(cls: type, where: str, raw: Any, special: Mapping[str, Any]) -> Any
 
 
 def _geometry(where: str, raw: Any) -> Geometry:
-    if raw not in GEOMETRIES:
-        raise ScenarioError(f"{where}: want one of {sorted(GEOMETRIES)}, got {raw!r}")
-    return GEOMETRIES[raw]
+    try:
+        return geometry_by_name(raw)
+    except GeometryError:
+        raise ScenarioError(f"{where}: want one of {sorted(GEOMETRIES)}, got {raw!r}") from None
 
 
 def load_scenario(source: str | Path | Mapping[str, Any]) -> Scenario:

@@ -21,6 +21,8 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
+from overlay import whole_number
+
 from ._latency import run_latency
 from ._output import (
     plot_attacks,
@@ -57,16 +59,6 @@ def _ints(text: str) -> list[int]:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"want comma-separated integers, got {text!r}") from None
-
-
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"want a positive integer, got {text!r}")
-    return n
 
 
 def _assignment(text: str) -> tuple[str, Any]:
@@ -117,7 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--downlink-speedup", type=_floats, help="e.g. 1,1.5,2 (default: scenario)")
     p.add_argument("--max-p99-ms", type=float, default=MAX_P99_MS, help="feasible p99 bound")
     p.add_argument("--max-loss", type=float, default=MAX_LOSS, help="feasible total loss")
-    p.add_argument("--workers", type=_positive_int, help="local processes (default: cores)")
+    p.add_argument(
+        "--workers", type=whole_number(1, verb="want"), help="local processes (default: cores)"
+    )
     p.add_argument(
         "--dask-scheduler", metavar="ADDR", help="run on a Dask cluster, tcp://host:port"
     )

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from mixnode.core import DeliverAt, Dropped, ForwardAt, NodeCore, ReplayCache, exponential
+from mixnode.core import DeliverAt, Dropped, ForwardAt, NodeCore, ReplayCache
 from overlay import (
     VOICE,
     DownlinkKind,
@@ -15,6 +15,7 @@ from overlay import (
     create_forward,
     create_reply,
     create_surb,
+    exponential,
     public_key,
 )
 
@@ -237,5 +238,5 @@ def test_loop_cover_comes_back_and_is_absorbed() -> None:
 
 
 def test_exponential_mean() -> None:
-    xs = [exponential(os.urandom, 4.0) for _ in range(4000)]
+    xs = [exponential(1.0 / 4.0, os.urandom) for _ in range(4000)]  # rate 4 Hz
     assert 0.23 < sum(xs) / len(xs) < 0.27

@@ -6,7 +6,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlay import BULK, VOICE, Geometry, GeometryError, UsageError, surb_len
+from overlay import (
+    BULK,
+    GEOMETRIES,
+    VOICE,
+    Geometry,
+    GeometryError,
+    UsageError,
+    geometry_by_name,
+    surb_len,
+)
 
 HOPS = st.integers(1, 16)
 PAYLOAD = st.integers(15, 65535)
@@ -136,3 +145,16 @@ def test_geometry_error_is_a_usage_error() -> None:
 def test_geometry_is_frozen() -> None:
     with pytest.raises(AttributeError):
         VOICE.max_hops = 3  # type: ignore[misc]
+
+
+def test_one_registry_names_every_geometry() -> None:
+    assert dict(GEOMETRIES) == {"voice": VOICE, "bulk": BULK}
+    assert all(geometry_by_name(name).name == name for name in GEOMETRIES)
+    with pytest.raises(TypeError):
+        GEOMETRIES["jumbo"] = VOICE  # type: ignore[index]
+
+
+@pytest.mark.parametrize("name", ["jumbo", "VOICE", "", None, 5, ["voice"]])
+def test_an_unknown_geometry_name_is_refused_naming_the_choices(name: object) -> None:
+    with pytest.raises(GeometryError, match="expected 'voice' or 'bulk'"):
+        geometry_by_name(name)

@@ -29,13 +29,17 @@ from overlay import (
     epoch_at,
     epoch_start,
     exp_delay_us,
+    exponential,
     generate_private_key,
+    loop_route,
     node_id_for,
     parse_epoch,
     public_key,
+    sample_path,
     select_path,
     sign_descriptor,
     sign_document,
+    uniform01,
     uniform_index,
     verify_descriptor,
     verify_document,
@@ -278,6 +282,45 @@ def test_path_routes_around_avoided_nodes() -> None:
         select_path(doc, entry, os.urandom(16), 0.0)
 
 
+def test_loop_routes_go_through_every_other_layer_and_come_back() -> None:
+    doc = _doc()
+    gw, mix2 = doc.gateways[0].node_id, doc.layers[1][0].node_id
+    assert loop_route(doc, gw) == [1, 2, 3, gw]
+    assert loop_route(doc, mix2) == [3, 0, 1, mix2]
+    with pytest.raises(NoRouteError, match="not in the topology document"):
+        loop_route(doc, os.urandom(16))
+    for _ in range(50):
+        path = sample_path(doc, loop_route(doc, mix2), 0.01)
+        assert [doc.node(h.node_id).layer for h in path] == [3, 0, 1, 2]
+        assert path[-1].node_id == mix2
+        assert all(h.public_key == doc.node(h.node_id).epoch_keys[EPOCH] for h in path)
+
+
+def test_one_sampler_draws_layers_in_route_order_then_delays() -> None:
+    doc = _doc(per_layer=3)
+    entry, exit_ = doc.gateways[0].node_id, doc.gateways[1].node_id
+    calls: list[int] = []
+
+    def rng(n: int) -> bytes:  # a fixed stream: the same bytes give the same path
+        calls.append(n)
+        return bytes([len(calls) * 37 % 256]) * n
+
+    first = select_path(doc, entry, exit_, 0.02, rng)
+    # One byte per layer draw (a draw above 2 of 0..3 is redrawn), then 8 per hop delay.
+    assert set(calls[:-5]) == {1} and len(calls) >= 8 and calls[-5:] == [8] * 5
+    calls.clear()
+    route = [entry, 1, 2, 3, exit_]
+    assert sample_path(doc, route, 0.02, rng) == first
+    with pytest.raises(NoRouteError, match="gateway layer"):
+        sample_path(doc, [0], 0.0, avoid=[g.node_id for g in doc.gateways])
+    with pytest.raises(NoRouteError, match="no layer 4"):
+        sample_path(doc, [4], 0.0)
+    with pytest.raises(NoRouteError, match="no key for epoch"):
+        sample_path(doc, [entry], 0.0, epoch=EPOCH + 7)
+    with pytest.raises(NoRouteError, match="exceeds the geometry"):
+        sample_path(doc, [0, 1, 2, 3, 0, 1], 0.0)
+
+
 def test_delay_distribution_is_exponential_with_the_mean() -> None:
     n = 20000
     mean_s = 0.05
@@ -301,6 +344,22 @@ def test_randomness_is_injectable() -> None:
     assert uniform_index(5, zeros) == 0
     counts = Counter(uniform_index(3) for _ in range(3000))
     assert set(counts) == {0, 1, 2}
+
+
+def test_one_draw_from_bytes_serves_delays_cover_and_backoff() -> None:
+    """exp_delay_us is exponential in microseconds, rounded; both read 8 bytes per draw."""
+    for raw in (bytes(8), b"\x80" + bytes(7), b"\xff" * 8, bytes(range(8)), b"\x01" * 8):
+        u = (int.from_bytes(raw, "big") >> 11) / 2.0**53
+        assert uniform01(lambda n, raw=raw: raw[:n]) == u  # type: ignore[misc]
+        want = -0.05 * math.log1p(-u)
+        assert exponential(0.05, lambda n, raw=raw: raw[:n]) == want  # type: ignore[misc]
+        got = exp_delay_us(0.05, lambda n, raw=raw: raw[:n])  # type: ignore[misc]
+        assert got == round(want * 1_000_000)
+    reads: list[int] = []
+    assert exponential(0.0, lambda n: reads.append(n) or bytes(n)) == 0.0 and reads == []
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(UsageError, match="finite number >= 0"):
+            exponential(bad)
 
 
 def test_documents_cross_process_boundaries() -> None:
