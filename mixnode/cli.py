@@ -43,9 +43,9 @@ from pathlib import Path
 
 from mixnode._args import HelpFormatter, at_least, hex_key, port
 from mixnode._logging import add_logging_options, setup_logging
-from mixnode._version import VERSION
 from overlay import (
     MAX_NETWORK_BYTES,
+    VERSION,
     DirectoryError,
     NetworkBundle,
     NodeWithdrawal,

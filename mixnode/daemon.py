@@ -42,8 +42,8 @@ from typing import Protocol
 import trio
 
 from mixnode._logging import RepeatLimiter
+from mixnode._process import child_env
 from mixnode._udp import DropCount, attach_length_filter, kernel_drops
-from mixnode._version import VERSION
 from mixnode._worker import CONTROL_MAX, RECV_BATCH, bind_sharded, shard_of
 from mixnode.config import ConfigError, NodeConfig, bind_error, check_genesis
 from mixnode.core import DEFAULT_REPLAY_BITS_LOG2
@@ -66,8 +66,8 @@ from mixnode.metrics import (
     serve_metrics,
 )
 from mixnode.replay import REPLAY_DIR, ReplayStore
-from mixnode.testnet import child_env
 from overlay import (
+    VERSION,
     Delivery,
     DownlinkKind,
     LinkCodec,

@@ -62,10 +62,10 @@ from nacl.signing import SigningKey
 
 from mixnode._args import HelpFormatter, at_least, hex_key, port
 from mixnode._logging import add_logging_options, setup_logging
-from mixnode._version import VERSION
 from overlay import (
     DOCUMENT_VERSION,
     MAX_NETWORK_BYTES,
+    VERSION,
     DirectoryError,
     DirectoryFieldError,
     DocumentSignature,

@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from overlay import UsageError
+from overlay import VERSION, UsageError
 
-from ._version import VERSION
 from .config import is_loopback
 from .directory_client import DirectoryFailure
 

@@ -111,3 +111,6 @@ from ._topology import verify_descriptor as verify_descriptor
 from ._topology import verify_document as verify_document
 from ._topology import verify_withdrawal as verify_withdrawal
 from ._topology import x25519_key_problem as x25519_key_problem
+from ._version import VERSION as VERSION
+
+__version__ = VERSION

@@ -24,7 +24,6 @@ from nacl.signing import SigningKey
 from client import InMemoryChannel, artificial_voice
 from client._signaling import CallState
 from client.call import Address, Caller, Contact, CoverKind, SignalFramer, SlotKind
-from client.cli import main
 from overlay import (
     VOICE,
     Deliver,
@@ -42,6 +41,7 @@ from overlay import (
     process_packet,
     public_key,
 )
+from testbed.callcli import main
 
 EPOCH = 7
 LINK_S = 0.005  # one-way delay of every in-memory link

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from nacl.bindings import crypto_scalarmult
 from testnet_support import child_pids, small_testnet
 
+from mixnode._process import child_env
 from mixnode._worker import Worker, bind_sharded, shard_of
 from mixnode.config import load_node_config, make_node_config
 from mixnode.core import NodeCore, ReplayCache
@@ -40,13 +41,8 @@ from mixnode.replay import (
     remove_replay_files,
     replay_epochs,
 )
-from mixnode.testnet import (
-    STATE_FILE,
-    TestnetState,
-    child_env,
-    scrape,
-)
 from overlay import VOICE, Hop, LinkCodec, create_forward, epoch_at, process_packet, public_key
+from testbed.testnet import STATE_FILE, TestnetState, scrape
 
 CODEC = LinkCodec(VOICE)
 ME = b"n" * 16
