@@ -35,6 +35,7 @@ from rich.table import Table
 
 from mixnode._args import HelpFormatter
 from mixnode._process import child_env
+from mixnode.cli import parse_prometheus
 from mixnode.config import (
     GEOMETRIES,
     RANGES,
@@ -518,15 +519,8 @@ def scrape(port: int, timeout_s: float = 1.0) -> dict[str, float]:
             text = r.read().decode()
     except OSError:
         return {}
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            try:
-                out[name] = float(value)
-            except ValueError:
-                continue
-    return out
+    samples = parse_prometheus(text).items()
+    return {f"{name}{{{labels}}}" if labels else name: v for (name, labels), v in samples}
 
 
 def _sum(metrics: dict[str, float], prefix: str) -> float:
