@@ -269,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from nacl.signing import SigningKey
 
+    from mixnode._process import child_env
     from mixnode.config import (
         AuthoritySection,
         DirAuthConfig,
@@ -279,7 +280,6 @@ def main(argv: list[str] | None = None) -> int:
     from mixnode.dirauth import init_authority_key
     from mixnode.directory_client import DirectoryClient, publish_descriptor
     from mixnode.keys import NodeKeys
-    from mixnode.testnet import child_env
 
     single = _single_core_rate()
     parallel = _parallel_rate(args.workers)

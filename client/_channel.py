@@ -29,7 +29,7 @@ from typing import Protocol, runtime_checkable
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from overlay import PacketError, Rng, UsageError
+from overlay import DropReason, PacketError, Rng, UsageError
 
 CONVERSATION_ID_LEN = 16  # bytes
 EXPORT_LEN = 32  # bytes of per-message secret
@@ -41,7 +41,7 @@ MAX_SKIPPED = 1000  # message keys kept for out-of-order delivery (as the Double
 class ChannelError(PacketError):
     """An envelope did not open: forged, replayed, too far out of order, or truncated."""
 
-    reason = "channel"
+    reason = DropReason.CHANNEL
 
 
 @runtime_checkable

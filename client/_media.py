@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from overlay import VOICE, PacketError, UsageError
+from overlay import VOICE, DropReason, PacketError, UsageError
 
 from ._voice import VoiceProfile
 
@@ -71,13 +71,13 @@ MIN_PACKET_LEN = SEQ_LEN + HP_SAMPLE_LEN + TAG_LEN  # shortest packet we can unm
 class MediaError(PacketError):
     """A media packet failed a check; it is counted and dropped."""
 
-    reason = "media"
+    reason = DropReason.MEDIA
 
 
 class MediaMalformed(MediaError):
     """Wrong length, or a body that authenticated but does not parse (a buggy peer)."""
 
-    reason = "media_malformed"
+    reason = DropReason.MEDIA_MALFORMED
 
 
 class MediaForged(MediaError):
@@ -85,14 +85,14 @@ class MediaForged(MediaError):
     range the replay window expects) but the AEAD tag does not verify: tampered or corrupted
     after the sender sealed it."""
 
-    reason = "media_forged"
+    reason = DropReason.MEDIA_FORGED
 
 
 class MediaReplayed(MediaError):
     """The sequence number was already accepted, or the packet is authentic but older than
     the replay window."""
 
-    reason = "media_replayed"
+    reason = DropReason.MEDIA_REPLAYED
 
 
 class NotMedia(MediaError):
@@ -102,7 +102,7 @@ class NotMedia(MediaError):
     whose masked number or first 16 ciphertext bytes were changed (the number turns random).
     """
 
-    reason = "not_media"
+    reason = DropReason.NOT_MEDIA
 
 
 class Direction(IntEnum):
@@ -335,7 +335,7 @@ class MediaReceiver:
         try:
             packet = self._open(wire)
         except MediaError as err:
-            setattr(self.counters, err.reason, getattr(self.counters, err.reason) + 1)
+            setattr(self.counters, err.reason.value, getattr(self.counters, err.reason.value) + 1)
             raise
         self.counters.accepted += 1
         return packet

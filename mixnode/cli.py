@@ -42,10 +42,10 @@ from pathlib import Path
 
 from mixnode._args import HelpFormatter
 from mixnode._logging import add_logging_options, setup_logging
-from mixnode._version import VERSION
 from overlay import (
     GEOMETRIES,
     MAX_NETWORK_BYTES,
+    VERSION,
     DirectoryError,
     NetworkBundle,
     NodeWithdrawal,

@@ -41,8 +41,8 @@ from typing import Protocol
 import trio
 
 from mixnode._logging import RepeatLimiter
+from mixnode._process import child_env
 from mixnode._udp import DropCount, attach_length_filter, kernel_drops
-from mixnode._version import VERSION
 from mixnode._worker import RECV_BATCH, bind_sharded, shard_of
 from mixnode.config import ConfigError, NodeConfig, bind_error, check_genesis
 from mixnode.core import DEFAULT_REPLAY_BITS_LOG2
@@ -64,9 +64,9 @@ from mixnode.metrics import (
 )
 from mixnode.reachability import REACHABLE_WINDOW_S, LoopReachability
 from mixnode.replay import REPLAY_DIR, ReplayStore
-from mixnode.testnet import child_env
 from overlay import (
     CONTROL_MAX,
+    VERSION,
     ControlFrameError,
     Delivery,
     DeliveryFrame,

@@ -62,11 +62,11 @@ from nacl.signing import SigningKey
 
 from mixnode._args import HelpFormatter
 from mixnode._logging import add_logging_options, setup_logging
-from mixnode._version import VERSION
 from overlay import (
     DOCUMENT_VERSION,
     GEOMETRIES,
     MAX_NETWORK_BYTES,
+    VERSION,
     DirectoryError,
     DirectoryFieldError,
     DocumentSignature,

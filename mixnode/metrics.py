@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from overlay import DEFAULT_MIX_LAYERS, EXPORTED_DROP_REASONS, DropReason, UsageError
+from overlay import DEFAULT_MIX_LAYERS, EXPORTED_DROP_REASONS, VERSION, DropReason, UsageError
 
-from ._version import VERSION
 from .config import is_loopback
 from .directory_client import DirectoryFailure
 from .reachability import REACHABLE_WINDOW_S

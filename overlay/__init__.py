@@ -33,6 +33,7 @@ from ._directory import DirectorySchedule as DirectorySchedule
 from ._directory import FetchDocument as FetchDocument
 from ._directory import FetchedDocument as FetchedDocument
 from ._directory import PublishDescriptor as PublishDescriptor
+from ._drop import CLIENT_DROP_REASONS as CLIENT_DROP_REASONS
 from ._drop import EXPORTED_DROP_REASONS as EXPORTED_DROP_REASONS
 from ._drop import DropReason as DropReason
 from ._errors import BadCommand as BadCommand
@@ -150,3 +151,6 @@ from ._uplink import CoverKind as CoverKind
 from ._uplink import Slot as Slot
 from ._uplink import SlotKind as SlotKind
 from ._uplink import UplinkScheduler as UplinkScheduler
+from ._version import VERSION as VERSION
+
+__version__ = VERSION

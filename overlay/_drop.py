@@ -52,6 +52,17 @@ class DropReason(enum.StrEnum):
     TOO_MANY_MAILBOXES = "too_many_mailboxes"  # no room for one more mailbox
     MAILBOX_EVICTED = "mailbox_evicted"  # its mailbox was freed early to make room
     DELIVERY_BACKLOG = "delivery_backlog"  # the daemon/worker control socket was full
+    # A caller's own drops (client.MediaError, SignalingError, ChannelError): end to end,
+    # never seen or counted by a node, so not among phantom_drops_total's labels.
+    MEDIA = "media"  # a media packet failed a check no finer reason names
+    MEDIA_MALFORMED = "media_malformed"  # not a media packet's layout
+    MEDIA_FORGED = "media_forged"  # its AEAD tag does not verify
+    MEDIA_REPLAYED = "media_replayed"  # seen before, or older than the replay window
+    NOT_MEDIA = "not_media"  # a payload of another kind where media was expected
+    SIGNAL = "signal"  # a signaling message was refused
+    SIGNAL_MALFORMED = "signal_malformed"  # does not decode
+    SIGNAL_FORGED = "signal_forged"  # its MAC does not verify
+    CHANNEL = "channel"  # an envelope of the secure message channel did not open
 
     @property
     def exported(self) -> DropReason:
@@ -69,7 +80,22 @@ _FOLDED: Final[dict[DropReason, DropReason]] = {
     DropReason.DELIVERY_BACKLOG: DropReason.QUEUE_FULL,
 }
 
+# Reasons only a caller counts (end-to-end checks no node can make).
+CLIENT_DROP_REASONS: Final[frozenset[DropReason]] = frozenset(
+    {
+        DropReason.MEDIA,
+        DropReason.MEDIA_MALFORMED,
+        DropReason.MEDIA_FORGED,
+        DropReason.MEDIA_REPLAYED,
+        DropReason.NOT_MEDIA,
+        DropReason.SIGNAL,
+        DropReason.SIGNAL_MALFORMED,
+        DropReason.SIGNAL_FORGED,
+        DropReason.CHANNEL,
+    }
+)
+
 # The label values of ``phantom_drops_total{reason}``, in exposition order.
 EXPORTED_DROP_REASONS: Final[tuple[DropReason, ...]] = tuple(
-    r for r in DropReason if r.exported is r
+    r for r in DropReason if r.exported is r and r not in CLIENT_DROP_REASONS
 )

@@ -16,12 +16,10 @@ import json
 import sys
 import time
 import tomllib
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
-from overlay import whole_number
+from overlay import VERSION, whole_number
 
 from ._latency import run_latency
 from ._output import (
@@ -78,11 +76,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="phantom-sim",
         description="Simulate Phantom Net voice calls: latency envelope and traffic analysis.",
     )
-    try:  # sim imports nothing of ours but overlay: the version comes from the metadata
-        own = package_version("phantom-mixnet")
-    except PackageNotFoundError:
-        own = "0+unknown"
-    ap.add_argument("--version", action="version", version=f"%(prog)s {own}")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser, out: bool = True) -> None:

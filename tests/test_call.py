@@ -24,7 +24,6 @@ from nacl.signing import SigningKey
 from client import InMemoryChannel, artificial_voice
 from client._signaling import CallState
 from client.call import Address, Caller, Contact, SignalFramer
-from client.cli import main
 from overlay import (
     VOICE,
     CoverKind,
@@ -44,6 +43,7 @@ from overlay import (
     process_packet,
     public_key,
 )
+from testbed.callcli import main
 
 EPOCH = 7
 LINK_S = 0.005  # one-way delay of every in-memory link

@@ -31,7 +31,6 @@ from client import InMemoryChannel, artificial_voice
 from client._jitter import JitterBuffer
 from client._media import MediaPacket
 from client.call import Address, Caller, Contact, monotonic_offset_s
-from client.demo import direction_report
 from client.gateway_link import GatewayLink, open_gateway_link
 from mixnode.gateway import GatewayCore, Reply, Uplink
 from overlay import (
@@ -47,6 +46,7 @@ from overlay import (
     process_packet,
     public_key,
 )
+from testbed.demo import direction_report
 
 CLIENT = Path(__file__).resolve().parent.parent / "client"
 TIMING = ("one_way_ms", "mouth_to_ear_ms")  # percentile blocks of a direction's report

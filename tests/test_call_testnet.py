@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from client.demo import CallOptions, call_report, run_call
 from mixnode.directory_client import DirectoryClient
-from mixnode.testnet import TestnetOptions, TestnetState, down, up
 from overlay import VOICE
+from testbed.demo import CallOptions, call_report, run_call
+from testbed.testnet import TestnetOptions, TestnetState, down, up
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +67,7 @@ def test_cli_demo_writes_report_and_wavs_and_leaves_nothing(tmp_path: Path) -> N
     argv = ["demo", "--duration", "2", "--dir", str(net), "--json", str(report_path),
             "--wav-out", str(wavs), "--no-pesq"]  # fmt: skip
     done = subprocess.run(
-        [sys.executable, "-m", "client.cli", *argv], capture_output=True, timeout=60
+        [sys.executable, "-m", "testbed.callcli", *argv], capture_output=True, timeout=60
     )
     assert done.returncode == 0, done.stderr.decode()
     report = json.loads(report_path.read_text())
@@ -82,7 +82,7 @@ def test_cli_demo_writes_report_and_wavs_and_leaves_nothing(tmp_path: Path) -> N
 def test_cli_demo_sigterm_tears_the_testnet_down(tmp_path: Path) -> None:
     net = tmp_path / "net"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "demo", "--duration", "60", "--dir", str(net)],
+        [sys.executable, "-m", "testbed.callcli", "demo", "--duration", "60", "--dir", str(net)],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     try:

@@ -22,13 +22,13 @@ import trio
 
 from mixnode import cli as node_cli
 from mixnode import dirauth
-from mixnode import testnet as testnet_cli
 from mixnode.cli import histogram_quantile, main
 from mixnode.config import load_node_config
 from mixnode.dirauth import AUTHORITY_KEY_FILE
 from mixnode.dirauth import main as dirauth_main
 from mixnode.keys import IDENTITY_FILE, NodeKeys
 from mixnode.metrics import Health, NodeMetrics, parse_prometheus, serve_metrics
+from testbed import testnet as testnet_cli
 
 KEY = "ab" * 32
 

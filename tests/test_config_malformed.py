@@ -105,7 +105,7 @@ def test_run_refuses_with_the_field_and_exit_2(case: Case, workspace: Workspace)
 
 KEY = "ab" * 32
 MEMORY_LIMIT = ["prlimit", f"--as={2 * 1024**3}"]  # bytes of address space: 2 GiB
-COMMANDS = {"mixnode": "mixnode.cli", "dirauth": "mixnode.dirauth", "testnet": "mixnode.testnet"}
+COMMANDS = {"mixnode": "mixnode.cli", "dirauth": "mixnode.dirauth", "testnet": "testbed.testnet"}
 
 
 def _command(program: str, *args: str, wrap: Sequence[str] = ()) -> tuple[int, str]:

@@ -6,9 +6,10 @@ import inspect
 
 import pytest
 
+import client
 import overlay
 from mixnode.metrics import DROP_REASONS, PROCESSING_BUCKETS_S, NodeMetrics
-from overlay import EXPORTED_DROP_REASONS, DropReason, PacketError, UsageError
+from overlay import CLIENT_DROP_REASONS, EXPORTED_DROP_REASONS, DropReason, PacketError, UsageError
 
 # The label values of phantom_drops_total{reason}, in exposition order, as operators'
 # dashboards know them: this list must not change.
@@ -26,6 +27,9 @@ def test_the_exported_labels_are_pinned() -> None:
 
 def test_every_reason_is_exported_under_an_exported_label() -> None:
     for reason in DropReason:
+        if reason in CLIENT_DROP_REASONS:  # a caller's own; no node counts it
+            assert reason not in EXPORTED_DROP_REASONS
+            continue
         assert reason.exported in EXPORTED_DROP_REASONS, reason
         assert reason.exported.exported is reason.exported
     assert DropReason.STALE.exported is DropReason.LATE
@@ -37,19 +41,21 @@ def test_every_reason_is_exported_under_an_exported_label() -> None:
 def test_every_packet_error_names_a_drop_reason() -> None:
     errors = [
         obj
-        for obj in vars(overlay).values()
+        for module in (overlay, client)
+        for obj in vars(module).values()
         if inspect.isclass(obj) and issubclass(obj, PacketError)
     ]
-    assert len(errors) >= 9
+    assert len(errors) >= 18
     for cls in errors:
         assert isinstance(cls.reason, DropReason), cls
 
 
 def test_count_drops_lands_every_reason_on_its_label() -> None:
     m = NodeMetrics()
-    m.count_drops({r: i + 1 for i, r in enumerate(DropReason)})
+    node_reasons = [r for r in DropReason if r not in CLIENT_DROP_REASONS]
+    m.count_drops({r: i + 1 for i, r in enumerate(node_reasons)})
     want = dict.fromkeys(LABELS, 0)
-    for i, r in enumerate(DropReason):
+    for i, r in enumerate(node_reasons):
         want[str(r.exported)] += i + 1
     text = m.registry.render()
     got = {

@@ -26,6 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
+from mixnode._process import child_env
 from mixnode.cli import main as node_main
 from mixnode.config import (
     AuthoritySection,
@@ -45,7 +46,6 @@ from mixnode.dirauth import (
 )
 from mixnode.dirauth import main as dirauth_main
 from mixnode.keys import NodeKeys
-from mixnode.testnet import child_env
 from overlay import (
     DirectoryError,
     NodeDescriptor,

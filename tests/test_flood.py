@@ -17,8 +17,6 @@ import pytest
 import trio
 from testnet_support import child_pids, small_testnet
 
-from mixnode import loadgen
-from mixnode.testnet import TestnetState, scrape
 from overlay import (
     LINK_VERSION,
     VOICE,
@@ -29,6 +27,8 @@ from overlay import (
     create_forward,
 )
 from overlay._geometry import MAX_DELAY_US
+from testbed import loadgen
+from testbed.testnet import TestnetState, scrape
 
 pytestmark = pytest.mark.slow
 CODEC = LinkCodec(VOICE)

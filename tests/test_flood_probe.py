@@ -27,10 +27,10 @@ from typing import Any
 import pytest
 import trio
 
-from mixnode import loadgen
-from mixnode.probe import ProbeResult, ProbeSettings, probe
-from mixnode.testnet import TestnetOptions, TestnetState, down, scrape, up
 from overlay import LINK_VERSION, FrameType, LinkCodec
+from testbed import loadgen
+from testbed.probe import ProbeResult, ProbeSettings, probe
+from testbed.testnet import TestnetOptions, TestnetState, down, scrape, up
 
 pytestmark = pytest.mark.slow
 

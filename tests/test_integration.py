@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from mixnode import loadgen
-from mixnode.testnet import TestnetOptions, TestnetState, down, up
 from overlay import DownlinkKind, MailboxKey, create_reply, open_reply
+from testbed import loadgen
+from testbed.testnet import TestnetOptions, TestnetState, down, up
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 from directory_support import make_node
 
-from mixnode import loadgen, probe
 from overlay import VOICE, NodeRole, build_document
+from testbed import loadgen, probe
 
 EPOCH = 7
 

@@ -28,6 +28,7 @@ from nacl.bindings import crypto_scalarmult
 from testnet_support import child_pids, small_testnet
 from worker_support import worker_settings
 
+from mixnode._process import child_env
 from mixnode._worker import Worker, bind_sharded, shard_of
 from mixnode.config import load_node_config, make_node_config
 from mixnode.core import NodeCore, ReplayCache
@@ -41,12 +42,6 @@ from mixnode.replay import (
     remove_replay_files,
     replay_epochs,
 )
-from mixnode.testnet import (
-    STATE_FILE,
-    TestnetState,
-    child_env,
-    scrape,
-)
 from overlay import (
     VOICE,
     EpochKey,
@@ -57,6 +52,7 @@ from overlay import (
     process_packet,
     public_key,
 )
+from testbed.testnet import STATE_FILE, TestnetState, scrape
 
 CODEC = LinkCodec(VOICE)
 ME = b"n" * 16

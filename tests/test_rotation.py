@@ -10,9 +10,9 @@ import pytest
 import trio
 from testnet_support import small_testnet
 
-from mixnode import loadgen
-from mixnode.testnet import TestnetState, scrape
 from overlay import MailboxKey, seconds_until_next_epoch
+from testbed import loadgen
+from testbed.testnet import TestnetState, scrape
 
 pytestmark = pytest.mark.slow
 EPOCH_S = 10

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from mixnode.probe import ProbeError, ProbeResult, ProbeSettings, probe
-from mixnode.testnet import TestnetOptions, TestnetState, down, up
 from sim import load_scenario
 from sim.validate import validate
+from testbed.probe import ProbeError, ProbeResult, ProbeSettings, probe
+from testbed.testnet import TestnetOptions, TestnetState, down, up
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +81,7 @@ def test_probe_settings_are_checked() -> None:
 
 def test_probe_cli_writes_what_validate_reads(testnet: TestnetState, tmp_path: Path) -> None:
     out = tmp_path / "m.json"
-    cmd = [sys.executable, "-m", "mixnode.testnet", "probe", "--dir", testnet.directory]
+    cmd = [sys.executable, "-m", "testbed.testnet", "probe", "--dir", testnet.directory]
     cmd += ["--duration-s", "3", "--streams", "1", "--out", str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert run.returncode == 0, run.stderr

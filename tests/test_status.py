@@ -27,15 +27,15 @@ import pytest
 import trio
 
 from mixnode import dirauth
-from mixnode._version import VERSION
+from mixnode._process import child_env
 from mixnode.cli import main
 from mixnode.config import load_node_config, make_node_config
 from mixnode.daemon import Node
 from mixnode.directory_client import DirectoryClient
 from mixnode.keys import NodeKeys
 from mixnode.metrics import serve_metrics
-from mixnode.testnet import TestnetOptions, TestnetState, child_env, down, up
-from overlay import ClientLink, Delivery, DownlinkKind, LinkError, MailboxKey
+from overlay import VERSION, ClientLink, Delivery, DownlinkKind, LinkError, MailboxKey
+from testbed.testnet import TestnetOptions, TestnetState, down, up
 
 pytestmark = pytest.mark.slow
 WAIT_S = 40.0  # s, the most any wait here takes
@@ -319,7 +319,15 @@ def test_status_config_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 @pytest.mark.parametrize(
-    "module", ["mixnode.cli", "mixnode.dirauth", "mixnode.testnet", "client.cli", "sim.cli"]
+    "module",
+    [
+        "mixnode.cli",
+        "mixnode.dirauth",
+        "testbed.testnet",
+        "testbed.callcli",
+        "client.cli",
+        "sim.cli",
+    ],
 )
 def test_every_command_has_version(module: str) -> None:
     out = subprocess.run(

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mixnode import testnet
-from mixnode.testnet import (
+from testbed import testnet
+from testbed.testnet import (
     STATE_FILE,
     TestnetError,
     TestnetOptions,
@@ -176,7 +176,7 @@ def test_status_and_down_without_a_testnet(
 def test_up_again_in_the_same_directory_serves_the_new_addresses(tmp_path: Path) -> None:
     """Identities persist across runs but ports do not: the second `up` must not hand out
     the first run's addresses (it waits for every gateway to acknowledge an attach)."""
-    from mixnode.testnet import TestnetOptions, down, up
+    from testbed.testnet import TestnetOptions, down, up
 
     first = up(TestnetOptions(directory=tmp_path, base_port=0, layers=1, per_layer=1))
     down(tmp_path)

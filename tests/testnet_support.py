@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from mixnode.testnet import TestnetOptions, TestnetState, down, up
+from testbed.testnet import TestnetOptions, TestnetState, down, up
 
 
 def child_pids(pid: int) -> list[int]:

@@ -428,7 +428,7 @@ class Call:
             message = decode(plaintext)
             return self._dispatch(message, plaintext, export, now)
         except SignalingError as err:
-            setattr(self.counters, err.reason, getattr(self.counters, err.reason) + 1)
+            setattr(self.counters, err.reason.value, getattr(self.counters, err.reason.value) + 1)
             return []
 
     def _dispatch(self, msg: Message, raw: bytes, export: bytes, now: float) -> list[Action]:

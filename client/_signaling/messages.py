@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import TypeVar
 
-from overlay import PacketError, UsageError
+from overlay import DropReason, PacketError, UsageError
 
 from .._media import CALL_ID_LEN
 from .._voice import VoiceProfile
@@ -40,19 +40,19 @@ KNOWN_FLAGS = FLAG_NO_DOWNGRADE
 class SignalingError(PacketError):
     """A signaling message was dropped."""
 
-    reason = "signal"
+    reason = DropReason.SIGNAL
 
 
 class SignalMalformed(SignalingError):
     """Bytes that do not parse as a signaling message of this version."""
 
-    reason = "signal_malformed"
+    reason = DropReason.SIGNAL_MALFORMED
 
 
 class SignalForged(SignalingError):
     """A MAC, digest or call id does not match: forged, cross-chat replay, or tampering."""
 
-    reason = "signal_forged"
+    reason = DropReason.SIGNAL_FORGED
 
 
 # -- message vocabulary -----------------------------------------------------------------

@@ -23,14 +23,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import trio
 
+from client import InMemoryChannel, VoiceProfile, artificial_voice, pesq_wb
+from client._tasks import open_background
+from client._voice import Pcm
+from client.call import DEFAULT_MEAN_DELAY_S, Address, Caller, Contact, CoverKind, codec_delay_s
+from client.gateway_link import GatewayLink, open_gateway_link
 from overlay import MailboxKey, TopologyDocument, UsageError
-
-from ._channel import InMemoryChannel
-from ._speech import artificial_voice
-from ._tasks import open_background
-from ._voice import Pcm, VoiceProfile
-from .call import DEFAULT_MEAN_DELAY_S, Address, Caller, Contact, CoverKind, codec_delay_s
-from .gateway_link import GatewayLink, open_gateway_link
 
 SETUP_TIMEOUT_S = 15.0  # offer to both sides' media start, at most
 HANGUP_TIMEOUT_S = 10.0  # hangup to the peer's CallEnded, at most
@@ -217,8 +215,6 @@ def direction_report(
     reference = voice[: tx.tx.frames_sent * tx.profile.samples_per_frame]
     out["pesq_wb"] = None
     if pesq and len(pcm) >= 16000 and len(reference) >= 16000:
-        from ._speech import pesq_wb
-
         try:
             out["pesq_wb"] = round(pesq_wb(reference, pcm).mos, 3)
         except ImportError:  # the `pesq` package comes with the test extra
@@ -266,12 +262,16 @@ def call_report(
         "mouth_to_ear_p99_ms": worst,
         "p99_vs_300_600_ms": envelope_verdict(worst),
         "uplink": {  # slots per kind; "skipped" and "unroutable" are always listed
-            "A": {**dict.fromkeys(UPLINK_FAULTS, 0), **a.slots},
-            "B": {**dict.fromkeys(UPLINK_FAULTS, 0), **b.slots},
+            "A": _uplink_slots(a),
+            "B": _uplink_slots(b),
             "packet_sizes": sorted(a.sent_sizes | b.sent_sizes),
         },
         "received": {"A": dict(a.received), "B": dict(b.received)},
     }
+
+
+def _uplink_slots(caller: Caller) -> dict[str, int]:
+    return {**dict.fromkeys(UPLINK_FAULTS, 0), **caller.slots}
 
 
 def _name(reason: object) -> str | None:

@@ -16,9 +16,9 @@ import struct
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
 
 from client.gateway_link import GatewayLink, open_gateway_link
+from mixnode.directory_client import DirectoryClient
 from overlay import (
     Hop,
     MailboxKey,
@@ -30,8 +30,7 @@ from overlay import (
     select_path,
 )
 
-if TYPE_CHECKING:
-    from mixnode.testnet import TestnetState
+from ._state import TestnetState
 
 DEFAULT_MEAN_DELAY_S = 0.005  # seconds per hop for test traffic
 _STAMP = struct.Struct(">Qd")  # sequence number, send time (unix seconds)
@@ -39,8 +38,6 @@ _STAMP = struct.Struct(">Qd")  # sequence number, send time (unix seconds)
 
 def fetch_topology(state: TestnetState) -> TopologyDocument:
     """The testnet's current document, verified against its authorities' threshold."""
-    from mixnode.directory_client import DirectoryClient
-
     client = DirectoryClient(state.authorities, state.authority_key_bytes(), state.threshold)
     return client.fetch()
 

@@ -22,9 +22,10 @@ from typing import Any
 
 import trio
 
-from mixnode import loadgen
-from mixnode.testnet import TestnetState
 from overlay import MailboxKey, NoRouteError, create_forward, select_path, uniform01
+
+from . import loadgen
+from ._state import TestnetState
 
 _HEAD = struct.Struct(">Qd")  # sequence number, ready time (seconds, trio.current_time())
 DRAIN_S = 3.0  # seconds to keep listening after the last send

@@ -24,13 +24,16 @@ import sys
 import time
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+import trio
 from nacl.signing import SigningKey
+from rich.console import Console
+from rich.table import Table
 
 from mixnode._args import HelpFormatter
-from mixnode._version import VERSION
+from mixnode._process import child_env
 from mixnode.config import (
     RANGES,
     ConfigError,
@@ -43,11 +46,29 @@ from mixnode.config import (
     write_config,
 )
 from mixnode.dirauth import AUTHORITY_KEY_FILE, DESCRIPTOR_DIR, DOCUMENT_DIR, authority_public_key
+from mixnode.directory_client import DirectoryClient
 from mixnode.keys import KeyStoreError, NodeKeys, create_identity_seed
 from mixnode.metrics import parse_prometheus
-from overlay import GEOMETRIES, finite_number, whole_number
+from overlay import (
+    GEOMETRIES,
+    VERSION,
+    ClientLink,
+    Delivery,
+    DirectoryError,
+    DownlinkKind,
+    Geometry,
+    LinkError,
+    MailboxKey,
+    finite_number,
+    whole_number,
+)
 
-STATE_FILE = "testnet.json"
+from ._state import STATE_FILE as STATE_FILE  # re-exported: the testnet's library
+from ._state import ProcessInfo as ProcessInfo
+from ._state import TestnetError as TestnetError
+from ._state import TestnetState as TestnetState
+from .probe import ProbeError, ProbeSettings, probe
+
 DEFAULT_DIR = Path("testnet")
 DEFAULT_BASE_PORT = 32000
 UP_TIMEOUT_S = 60.0  # seconds to wait for a complete topology document
@@ -57,72 +78,6 @@ PORTS_PER_NODE = 3  # UDP node port, UDP client port (gateways), TCP metrics por
 MAX_AUTHORITIES = 9
 MAX_GATEWAYS = 32
 MAX_PER_LAYER = 26  # mixes are named by letter: mix-1a .. mix-1z
-
-
-class TestnetError(Exception):
-    """The testnet could not be started, found or stopped; the message says why."""
-
-    __test__ = False  # not a pytest class
-
-
-@dataclass(slots=True)
-class ProcessInfo:
-    """One process of the testnet, as recorded in the state file."""
-
-    name: str
-    kind: str  # "authority", "gateway" or "mix"
-    pid: int
-    config: str
-    log: str
-    port: int  # HTTP port of an authority, UDP node port of a node
-    client_port: int | None = None
-    metrics_port: int | None = None
-    layer: int = 0
-
-
-@dataclass(slots=True)
-class TestnetState:
-    """What ``up`` wrote: processes and what a client needs to find the network."""
-
-    __test__ = False  # not a pytest class
-
-    directory: str
-    authorities: list[str]
-    authority_keys: list[str]  # hex
-    threshold: int
-    geometry: str
-    processes: list[ProcessInfo] = field(default_factory=list)
-
-    def save(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(path)
-
-    @classmethod
-    def load(cls, directory: Path) -> TestnetState:
-        path = Path(directory) / STATE_FILE
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise TestnetError(f"{path}: no testnet here (run `phantom-testnet up`)") from None
-        except OSError as exc:
-            raise TestnetError(f"{path}: cannot read: {exc.strerror or exc}") from None
-        except ValueError:
-            raise TestnetError(f"{path}: not a testnet state file (not JSON)") from None
-        try:
-            procs = [ProcessInfo(**p) for p in raw.pop("processes")]
-            return cls(**raw, processes=procs)
-        except (AttributeError, KeyError, TypeError):
-            raise TestnetError(f"{path}: not a testnet state file (unexpected fields)") from None
-
-    def nodes(self, kind: str | None = None) -> list[ProcessInfo]:
-        """Node processes (not authorities), optionally only ``kind``."""
-        return [
-            p for p in self.processes if p.kind != "authority" and (kind is None or p.kind == kind)
-        ]
-
-    def authority_key_bytes(self) -> list[bytes]:
-        return [bytes.fromhex(k) for k in self.authority_keys]
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,14 +213,6 @@ class _Ports:
         for s in self._held:
             s.close()
         self._held.clear()
-
-
-def child_env() -> dict[str, str]:
-    """The environment for child processes: this package importable even if not installed."""
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(x for x in (root, env.get("PYTHONPATH", "")) if x)
-    return env
 
 
 def _spawn(args: list[str], log: Path) -> int:
@@ -473,9 +420,6 @@ def up(opts: TestnetOptions) -> TestnetState:
 
 def wait_for_topology(state: TestnetState, expected: int, timeout_s: float = UP_TIMEOUT_S) -> None:
     """Block until a document verified against the threshold lists ``expected`` nodes."""
-    from mixnode.directory_client import DirectoryClient
-    from overlay import DirectoryError
-
     client = DirectoryClient(state.authorities, state.authority_key_bytes(), state.threshold)
     # Every node at the address it has now: a directory reused from an earlier run still
     # serves that run's descriptors (same identities, other ports) until nodes republish.
@@ -504,9 +448,6 @@ def wait_for_gateways(state: TestnetState, timeout_s: float = UP_TIMEOUT_S) -> N
     A gateway is listed in the document before its client port answers reliably; a
     network handed out earlier makes the first attach of a caller time out.
     """
-    from mixnode.directory_client import DirectoryClient
-    from overlay import ClientLink, Delivery, DownlinkKind, Geometry, LinkError, MailboxKey
-
     doc = DirectoryClient(state.authorities, state.authority_key_bytes(), state.threshold).fetch()
     geometry: Geometry = doc.geometry
     deadline = time.monotonic() + timeout_s
@@ -589,9 +530,6 @@ def _sum(metrics: dict[str, float], prefix: str) -> float:
 
 def status(directory: Path) -> None:
     """Print a table of the testnet's processes and their aggregate metrics."""
-    from rich.console import Console
-    from rich.table import Table
-
     state = TestnetState.load(directory)
     table = Table(title=f"testnet in {state.directory}")
     for col in ("name", "kind", "pid", "alive", "port", "in", "out", "drops", "queue", "cover"):
@@ -620,10 +558,6 @@ def status(directory: Path) -> None:
 
 def run_probe(args: argparse.Namespace) -> None:
     """``phantom-testnet probe``: measure, write JSON, print percentiles."""
-    import trio
-
-    from mixnode.probe import ProbeError, ProbeSettings, probe
-
     try:
         settings = ProbeSettings(
             duration_s=args.duration_s,
