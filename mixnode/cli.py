@@ -400,8 +400,8 @@ def histogram_quantile(samples: dict[tuple[str, str], float], name: str, q: floa
     buckets: list[tuple[float, float]] = []
     for (n, labels), v in samples.items():
         if n == f"{name}_bucket":
-            bound = labels.split('le="', 1)[1].rstrip('"')
-            buckets.append((float("inf") if bound == "+Inf" else float(bound), v))
+            le = labels.split('le="', 1)[1].rstrip('"')
+            buckets.append((float("inf") if le == "+Inf" else float(le), v))
     buckets.sort()
     if not buckets or buckets[-1][1] == 0:
         return None

@@ -36,7 +36,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -496,7 +496,7 @@ class Node:
         self.metrics.packets_in.inc(got)
         return got
 
-    def _act(self, action: GatewayAction, addr: object, n: int) -> None:
+    def _act(self, action: GatewayAction, addr: tuple[Any, ...], n: int) -> None:
         """Carry out what the gateway core decided for one client datagram."""
         match action:
             case Uplink(packet):
@@ -516,6 +516,7 @@ class Node:
         while True:
             now = self.clock()
             for addr, datagram in gw.due_slots(now):
+                assert isinstance(addr, tuple)  # the (host, port, ...) that recvmsg gave the core
                 try:
                     sock.sendto(datagram, addr)
                     self.metrics.packets_out.inc()

@@ -39,13 +39,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from ._errors import UsageError
-from ._sphinx import Hop, Rng, create_drop, create_forward
+from ._sphinx import Rng, create_drop, create_forward
 from ._topology import (
     DirectoryError,
     NodeRole,
     NoRouteError,
     TopologyDocument,
-    exp_delay_us,
+    sample_path,
     select_path,
     uniform_index,
 )
@@ -252,12 +252,15 @@ class UplinkScheduler:
     def _last_resort_cover(self) -> bytes | None:
         """Drop cover over one hop, our own gateway, which discards it; None if the
         document does not list that gateway with a key for its epoch. The gateway learns
-        that this slot is cover, which it could tell anyway while no path exists."""
-        node = self.doc.by_id.get(self.me[0])
+        that this slot is cover, which it could tell anyway while no path exists. The hop is
+        drawn as every path is (:func:`sample_path`: its delay capped at the document's
+        ``max_delay_us``)."""
+        own_gw = self.me[0]
+        node = self.doc.by_id.get(own_gw)
         if node is None or node.role is not NodeRole.GATEWAY:
             return None
-        key = node.epoch_keys.get(self.doc.epoch)
-        if key is None:
+        try:
+            path = sample_path(self.doc, [own_gw], self.mean_delay_s, self._rng)
+        except NoRouteError:  # no key for the document's epoch
             return None
-        hop = Hop(node.node_id, key, exp_delay_us(self.mean_delay_s, self._rng))
-        return create_drop(self.doc.geometry, [hop], rng=self._rng)
+        return create_drop(self.doc.geometry, path, rng=self._rng)

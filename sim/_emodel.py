@@ -12,23 +12,26 @@ controlled), and random (not bursty) loss, BurstR = 1. Figures are cited in docs
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import NDArray
 
 R_DEFAULT = 93.2  # R0 - Is with every G.107 default value
 IDD_KNEE_MS = 100.0  # Idd is zero up to this absolute one-way delay Ta
 
 
-def delay_impairment(ta_ms: float | np.ndarray) -> np.ndarray:
+def delay_impairment(ta_ms: float | np.ndarray) -> NDArray[np.float64]:
     """Idd of G.107 for absolute one-way delay ``ta_ms``: 0 up to 100 ms, then rising."""
-    ta = np.asarray(ta_ms, dtype=float)
+    ta = np.asarray(ta_ms, dtype=np.float64)
     x = np.log2(np.maximum(ta, IDD_KNEE_MS) / IDD_KNEE_MS)
     idd = 25.0 * ((1 + x**6) ** (1 / 6) - 3 * (1 + (x / 3) ** 6) ** (1 / 6) + 2)
-    return np.where(ta > IDD_KNEE_MS, idd, 0.0)
+    return np.asarray(np.where(ta > IDD_KNEE_MS, idd, 0.0), dtype=np.float64)
 
 
-def loss_impairment(loss: float | np.ndarray, ie: float = 0.0, bpl: float = 25.1) -> np.ndarray:
+def loss_impairment(
+    loss: float | np.ndarray, ie: float = 0.0, bpl: float = 25.1
+) -> NDArray[np.float64]:
     """Ie-eff = Ie + (95 - Ie) * Ppl / (Ppl + Bpl), Ppl in percent, random loss."""
-    ppl = 100.0 * np.clip(np.asarray(loss, dtype=float), 0.0, 1.0)
-    return ie + (95.0 - ie) * ppl / (ppl + bpl)
+    ppl = 100.0 * np.clip(np.asarray(loss, dtype=np.float64), 0.0, 1.0)
+    return np.asarray(ie + (95.0 - ie) * ppl / (ppl + bpl), dtype=np.float64)
 
 
 def r_factor(

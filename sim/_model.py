@@ -138,7 +138,7 @@ def uplink_send(sc: Scenario, st: Streams) -> np.ndarray:
         return st.ready_s.copy()
     slot = sc.voice.slot_ms / 1000.0
     phase = st.up_phase_s[st.stream]
-    return phase + np.ceil((st.ready_s - phase) / slot) * slot
+    return np.asarray(phase + np.ceil((st.ready_s - phase) / slot) * slot, dtype=np.float64)
 
 
 def _hops_block(
@@ -195,10 +195,10 @@ def transit(sc: Scenario, rng: np.random.Generator, st: Streams) -> Transit:
     n = len(st.ready_s)
     send = uplink_send(sc, st)
     parts = [_hops_block(sc, rng, min(CHUNK_PACKETS, n - i)) for i in range(0, n, CHUNK_PACKETS)]
-    up, inner, proc, mix, lost = (
+    up, inner, proc, mix, lost_any = (
         np.concatenate([p[k] for p in parts]) if parts else np.empty(0) for k in range(5)
     )
-    lost = lost.astype(bool)
+    lost = lost_any.astype(bool)
     exit_s = send + up + inner + proc + mix
     down_link = sc.network.access_delay.sample(rng, n) + sc.network.serialization_s
     if sc.cover:

@@ -144,18 +144,18 @@ def plot_policies(out: Path, rep: dict[str, Any]) -> Path:
     # One label per cluster of policies drawn at about the same place.
     spots: list[tuple[float, float, list[str]]] = []
     for p in rep["policies"]:
-        x = p["data_per_day"]["total_mb"]
-        y = max(max(p["attacks"][a]["top1"]["mean"] for a in marks if a in p["attacks"]), floor)
+        px = float(p["data_per_day"]["total_mb"])
+        py = max(max(p["attacks"][a]["top1"]["mean"] for a in marks if a in p["attacks"]), floor)
         for sx, sy, names in spots:
-            if abs(x / sx - 1) < 0.03 and abs(y / sy - 1) < 0.5:
+            if abs(px / sx - 1) < 0.03 and abs(py / sy - 1) < 0.5:
                 names.append(p["policy"])
                 break
         else:
-            spots.append((x, y, [p["policy"]]))
-    for x, y, names in spots:
+            spots.append((px, py, [p["policy"]]))
+    for sx, sy, names in spots:
         ax.annotate(
             "\n".join(names),
-            (x, y),
+            (sx, sy),
             fontsize=7,
             xytext=(5, 3),
             textcoords="offset points",

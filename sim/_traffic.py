@@ -191,7 +191,7 @@ def _covered(
     j = np.maximum(i, 0)
     # A user's sessions do not overlap (churn periods, one window a day), so the last one
     # to start at or before t is the only one that can hold t.
-    return (i >= 0) & (su[j] == user) & (se[j] > t)
+    return np.asarray((i >= 0) & (su[j] == user) & (se[j] > t), dtype=np.bool_)
 
 
 def _linger(rng: np.random.Generator, kind: str, mean: float, size: int) -> np.ndarray:
@@ -400,7 +400,7 @@ def entropy_bits(weights: np.ndarray) -> float:
 def entropy_from_sums(total: np.ndarray, wlogw: np.ndarray) -> np.ndarray:
     """Entropy in bits from sum(w) and sum(w ln w), which can be accumulated block by block:
     H = log2 W - sum(w ln w) / (W ln 2)."""
-    return (np.log(total) - wlogw / total) / LOG2
+    return np.asarray((np.log(total) - wlogw / total) / LOG2, dtype=np.float64)
 
 
 def degree_of_anonymity(h_bits: float, n: int) -> float:
@@ -441,7 +441,9 @@ def flow_correlation(obs: Observations) -> dict[str, float]:
     def z(x: np.ndarray) -> np.ndarray:
         c = x - x.mean(axis=1, keepdims=True)
         sd = np.sqrt((c * c).mean(axis=1, keepdims=True))
-        return np.divide(c, sd, out=np.zeros_like(c), where=sd > 0)
+        out: np.ndarray = np.zeros_like(c)  # 0 where a user sent nothing (sd == 0)
+        np.divide(c, sd, out=out, where=sd > 0)
+        return out
 
     zu, zd = z(up), z(down)
     a = obs.pop.caller[obs.targets]
@@ -672,7 +674,7 @@ def lag_pmf(sc: Scenario, rng: np.random.Generator, n_streams: int = 100) -> np.
     lag = np.floor(tr.arrive_s[ok] / bin_s) - np.floor(tr.send_s[ok] / bin_s)
     lag = lag.astype(np.int64)
     pmf = np.bincount(lag, minlength=int(lag.max()) + 2).astype(np.float64) + 1e-3
-    return pmf / pmf.sum()
+    return np.asarray(pmf / pmf.sum(), dtype=np.float64)
 
 
 @dataclass(frozen=True, slots=True)

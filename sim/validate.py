@@ -73,7 +73,7 @@ def simulate_one_way(sc: Scenario, min_packets: int = 0) -> np.ndarray:
     st = make_streams(sc, r_st)
     tr = transit(sc, r_tr, st)
     d = (tr.arrive_s - st.ready_s)[~st.warmup]
-    return d[np.isfinite(d)]
+    return np.asarray(d[np.isfinite(d)], dtype=np.float64)
 
 
 def ks_distance(a: np.ndarray, b: np.ndarray) -> float:

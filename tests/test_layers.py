@@ -5,7 +5,8 @@
     testbed                      may import anything; nothing imports it (tests may)
 
 Every import counts: at module level, inside functions, under ``if TYPE_CHECKING``. Imports
-of this project's modules stand at module level only, and form no circle.
+of this project's modules stand at module level only, and form no circle. The checks are
+functions of a source tree, so that a fake tree with a forbidden import shows they can fail.
 """
 
 from __future__ import annotations
@@ -26,19 +27,30 @@ ALLOWED = {
     "testbed": set(PACKAGES),
 }
 
+Modules = dict[str, Path]  # dotted module name -> source file
+Edges = list[tuple[ast.stmt, str]]  # (import statement, absolute module it imports)
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
+
+def _module_name(root: Path, path: Path) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-MODULES = {_module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
+def find_modules(root: Path) -> Modules:
+    """Every module of the packages under ``root``."""
+    return {
+        _module_name(root, p): p
+        for pkg in PACKAGES
+        if (root / pkg).is_dir()
+        for p in sorted((root / pkg).rglob("*.py"))
+    }
 
 
-def _imports(name: str, tree: ast.Module) -> Iterator[tuple[ast.stmt, str]]:
-    """(statement, absolute module) for every import in ``tree``; ``from p import m``
-    yields ``p.m`` when that is a module of ours, else ``p``."""
-    package = name if MODULES[name].name == "__init__.py" else name.rpartition(".")[0]
+def imports_of(name: str, tree: ast.Module, modules: Modules) -> Iterator[tuple[ast.stmt, str]]:
+    """(statement, absolute module) for every import in ``tree``, wherever it stands;
+    ``from p import m`` yields ``p.m`` when that is one of ``modules``, else ``p``."""
+    is_package = name in modules and modules[name].name == "__init__.py"
+    package = name if is_package else name.rpartition(".")[0]
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
@@ -51,16 +63,77 @@ def _imports(name: str, tree: ast.Module) -> Iterator[tuple[ast.stmt, str]]:
                 target = node.module or ""
             for alias in node.names:
                 sub = f"{target}.{alias.name}"
-                yield node, sub if sub in MODULES else target
+                yield node, sub if sub in modules else target
 
 
-def _graph() -> dict[str, list[tuple[ast.stmt, str]]]:
+def import_graph(modules: Modules) -> dict[str, Edges]:
     return {
-        name: list(_imports(name, ast.parse(path.read_text()))) for name, path in MODULES.items()
+        name: list(imports_of(name, ast.parse(path.read_text()), modules))
+        for name, path in modules.items()
     }
 
 
-GRAPH = _graph()
+def layer_violations(graph: dict[str, Edges], package: str) -> list[str]:
+    """``module:line imports target`` for each import by ``package`` of a package of ours
+    that it may not import."""
+    return sorted(
+        {
+            f"{name}:{node.lineno} imports {target}"
+            for name, edges in graph.items()
+            if name.split(".")[0] == package
+            for node, target in edges
+            if (top := target.split(".")[0]) in PACKAGES
+            and top != package
+            and top not in ALLOWED[package]
+        }
+    )
+
+
+def nested_imports(modules: Modules) -> list[str]:
+    """Imports of our modules that do not stand at module level (in a function, under
+    ``if TYPE_CHECKING``, in a ``try``)."""
+    nested: set[str] = set()
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        top_level = {id(node) for node in tree.body}
+        nested |= {
+            f"{name}:{node.lineno} imports {target}"
+            for node, target in imports_of(name, tree, modules)
+            if target.split(".")[0] in PACKAGES and id(node) not in top_level
+        }
+    return sorted(nested)
+
+
+def find_circle(graph: dict[str, Edges]) -> list[str] | None:
+    """One circle of imports between modules (``[a, b, a]``), or None."""
+    edges = {
+        name: {t for _, t in targets if t in graph and t != name} for name, targets in graph.items()
+    }
+    # A package's __init__ re-exports its submodules; an import of the package by one of
+    # them means the names it re-exports, not a circle through the submodule itself.
+    for name in edges:
+        edges[name] -= {p for p in edges[name] if name.startswith(p + ".")}
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> list[str] | None:
+        if name in path:
+            return [*path[path.index(name) :], name]
+        if name in done:
+            return None
+        for nxt in sorted(edges[name]):
+            if (circle := visit(nxt, [*path, name])) is not None:
+                return circle
+        done.add(name)
+        return None
+
+    for name in sorted(edges):
+        if (circle := visit(name, [])) is not None:
+            return circle
+    return None
+
+
+MODULES = find_modules(ROOT)
+GRAPH = import_graph(MODULES)
 
 
 def test_the_packages_are_found() -> None:
@@ -70,53 +143,18 @@ def test_the_packages_are_found() -> None:
 
 @pytest.mark.parametrize("package", PACKAGES)
 def test_each_package_imports_only_the_layers_below(package: str) -> None:
-    wrong = {
-        f"{name}:{node.lineno} imports {target}"
-        for name, edges in GRAPH.items()
-        if name.split(".")[0] == package
-        for node, target in edges
-        if (top := target.split(".")[0]) in PACKAGES
-        and top != package
-        and top not in ALLOWED[package]
-    }
-    assert not wrong, sorted(wrong)
+    wrong = layer_violations(GRAPH, package)
+    assert not wrong, wrong
 
 
 def test_modules_of_ours_are_imported_at_module_level_only() -> None:
-    nested: set[str] = set()
-    for name, path in MODULES.items():
-        tree = ast.parse(path.read_text())
-        top_level = {id(node) for node in tree.body}
-        nested |= {
-            f"{name}:{node.lineno} imports {target}"
-            for node, target in _imports(name, tree)
-            if target.split(".")[0] in PACKAGES and id(node) not in top_level
-        }
-    assert not nested, sorted(nested)
+    nested = nested_imports(MODULES)
+    assert not nested, nested
 
 
 def test_no_circle_between_modules() -> None:
-    edges = {
-        name: {t for _, t in targets if t in MODULES and t != name}
-        for name, targets in GRAPH.items()
-    }
-    # A package's __init__ re-exports its submodules; an import of the package by one of
-    # them means the names it re-exports, not a circle through the submodule itself.
-    for name in edges:
-        edges[name] -= {p for p in edges[name] if name.startswith(p + ".")}
-    done: set[str] = set()
-
-    def visit(name: str, path: list[str]) -> None:
-        if name in path:
-            raise AssertionError(" -> ".join([*path[path.index(name) :], name]))
-        if name in done:
-            return
-        for nxt in sorted(edges[name]):
-            visit(nxt, [*path, name])
-        done.add(name)
-
-    for name in sorted(edges):
-        visit(name, [])
+    circle = find_circle(GRAPH)
+    assert circle is None, " -> ".join(circle or [])
 
 
 def test_a_forbidden_edge_is_seen() -> None:
@@ -128,5 +166,46 @@ def test_a_forbidden_edge_is_seen() -> None:
         "        from testbed.testnet import up\n"
         "    from ..testbed import probe\n"
     )
-    found = sorted(t for _, t in _imports("client.cli", tree))
+    found = sorted(t for _, t in imports_of("client.cli", tree, MODULES))
     assert found == ["testbed.probe", "testbed.testnet", "typing"]
+
+
+def test_the_checks_fail_on_a_tree_that_breaks_the_layers(tmp_path: Path) -> None:
+    """A fake source tree: overlay importing mixnode under TYPE_CHECKING, a client module
+    importing the test bed inside a function, sim importing client, and a circle in
+    mixnode. Each is reported; the test bed importing everything is not."""
+    files = {
+        "overlay/__init__.py": "from ._core import core\n",
+        "overlay/_core.py": (
+            "from typing import TYPE_CHECKING\n"
+            "if TYPE_CHECKING:\n"
+            "    from mixnode.node import Node\n"
+            "def core() -> None: ...\n"
+        ),
+        "mixnode/__init__.py": "",
+        "mixnode/node.py": "from overlay import core\nfrom . import peer\nclass Node: ...\n",
+        "mixnode/peer.py": "from .node import Node\n",
+        "client/__init__.py": "",
+        "client/cli.py": "import overlay\ndef main() -> None:\n    from testbed import demo\n",
+        "sim/__init__.py": "from client.cli import main\n",
+        "testbed/__init__.py": "",
+        "testbed/demo.py": "import client.cli\nimport mixnode.node\nimport overlay\nimport sim\n",
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    modules = find_modules(tmp_path)
+    graph = import_graph(modules)
+    wrong = {pkg: layer_violations(graph, pkg) for pkg in PACKAGES}
+    assert wrong == {
+        "overlay": ["overlay._core:3 imports mixnode.node"],
+        "mixnode": [],
+        "client": ["client.cli:3 imports testbed.demo"],
+        "sim": ["sim:1 imports client.cli"],
+        "testbed": [],
+    }
+    assert nested_imports(modules) == [
+        "client.cli:3 imports testbed.demo",
+        "overlay._core:3 imports mixnode.node",
+    ]
+    assert find_circle(graph) == ["mixnode.node", "mixnode.peer", "mixnode.node"]

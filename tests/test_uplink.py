@@ -24,7 +24,9 @@ from overlay import (
     UplinkScheduler,
     UsageError,
     build_document,
+    create_drop,
     process_packet,
+    sample_path,
 )
 
 SLOT_S = 0.04
@@ -113,6 +115,25 @@ def test_an_unroutable_signaling_frame_waits_and_the_slot_sends_last_resort_cove
     assert slot.kind is SlotKind.COVER and slot.unroutable and slot.displaced
     assert slot.packet is not None and _open(slot.packet) is None  # our gateway drops it
     assert up.signal_pending == 1 and up.slots == Counter({"cover": 1, "unroutable": 1})
+
+
+def test_last_resort_cover_is_drawn_by_the_one_path_sampler_within_the_delay_cap() -> None:
+    """The one-hop fallback is ``sample_path(doc, [own gateway])``: the same bytes give the
+    same packet, and its delay is capped at the document's ``max_delay_us`` however long the
+    mean (the gateway would drop a packet asking for more)."""
+    cap_us = 5_000
+    doc = build_document(EPOCH, epoch_length_s=600, geometry=VOICE, max_delay_us=cap_us,
+                         descriptors=[DOC.by_id[ME[0]]])  # fmt: skip
+    up = UplinkScheduler(doc, ME, PEER, slot_s=SLOT_S, mean_delay_s=3600.0, rng=SeededRng(b"lr"))
+    up.push_signal([_frame("s", 0)])  # its path fails at the peer's gateway, before any draw
+    slot = up.fill(0.0)
+    assert slot.packet is not None and slot.unroutable
+    rng = SeededRng(b"lr")
+    path = sample_path(doc, [ME[0]], 3600.0, rng)
+    assert [hop.delay_us for hop in path] == [cap_us]
+    assert slot.packet == create_drop(VOICE, path, rng=rng)
+    opened = process_packet(VOICE, SECRETS[ME[0]], slot.packet)
+    assert isinstance(opened, Discard) and opened.delay_us == cap_us
 
 
 def test_nothing_routable_skips_the_slot() -> None:
