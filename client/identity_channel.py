@@ -167,6 +167,17 @@ def conversation_id_of(a_public: PublicIdentity, b_public: PublicIdentity) -> by
     return _blake2b(low + high, person=CONV_PERSON, size=CONVERSATION_ID_LEN)
 
 
+def _root(private: X25519PrivateKey, me: bytes, peer: bytes) -> bytearray:
+    """The 32-byte root of the conversation of public identities ``me`` and ``peer``."""
+    try:
+        shared = private.exchange(X25519PublicKey.from_public_bytes(peer[KEY_LEN:]))
+    except ValueError:  # an all-zero output: the peer's key is a low-order point
+        raise UsageError("peer_public's dh key is a low-order point") from None
+    low, high = sorted((me, peer))
+    salt = conversation_id_of(me, peer)
+    return bytearray(HKDF(hashes.SHA256(), KEY_LEN, salt, ROOT_INFO + low + high).derive(shared))
+
+
 @dataclass(eq=False, repr=False)
 class ChannelState:
     """What a channel must remember between calls (secret: it holds chain keys).
@@ -285,19 +296,11 @@ class IdentityChannel:
                 raise ChannelStateError("the stored channel state is of another conversation")
             self._state = state
             return
-        try:
-            shared = private.exchange(X25519PublicKey.from_public_bytes(peer[KEY_LEN:]))
-        except ValueError:  # an all-zero output: the peer's key is a low-order point
-            raise UsageError("peer_public's dh key is a low-order point") from None
-        low, high = sorted((me, peer))
-        root = bytearray(
-            HKDF(hashes.SHA256(), KEY_LEN, self._conversation_id, ROOT_INFO + low + high)
-            .derive(shared)
-        )  # fmt: skip
+        root = _root(private, me, peer)
         low_to_high = bytearray(_kdf(root, b"chain low->high"))
         high_to_low = bytearray(_kdf(root, b"chain high->low"))
         _wipe(root)
-        send, recv = (low_to_high, high_to_low) if me == low else (high_to_low, low_to_high)
+        send, recv = (low_to_high, high_to_low) if me < peer else (high_to_low, low_to_high)
         self._state = ChannelState(self._conversation_id, 0, send, 0, recv)
 
     @property
