@@ -415,7 +415,10 @@ class IdentityChannel:
 
     def __del__(self) -> None:  # best effort: the keys are zeroed when collected
         if hasattr(self, "_state"):
-            self.close()
+            try:
+                self.close()
+            except Exception:  # noqa: BLE001  (late in interpreter shutdown; nothing to do)
+                return
 
     def __repr__(self) -> str:
         if self._closed:
