@@ -126,10 +126,12 @@ class ChannelStateError(PhantomError, ValueError):
 
 
 def _kdf(key: bytes | bytearray, what: bytes) -> bytes:
-    return _blake2b(what, key=bytes(key), person=PERSON)
+    return _blake2b(what, key=key, person=PERSON)  # a bytearray key is read, not copied
 
 
-def _blake2b(data: bytes, *, key: bytes = b"", person: bytes, size: int = KEY_LEN) -> bytes:
+def _blake2b(
+    data: bytes, *, key: bytes | bytearray = b"", person: bytes, size: int = KEY_LEN
+) -> bytes:
     return hashlib.blake2b(data, key=key, digest_size=size, person=person).digest()
 
 
