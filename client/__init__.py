@@ -4,6 +4,10 @@ Everything public is re-exported here; the ``_``-prefixed modules are implementa
 """
 
 from ._channel import ChannelError as ChannelError
+from ._channel import ChannelForged as ChannelForged
+from ._channel import ChannelMalformed as ChannelMalformed
+from ._channel import ChannelReplayed as ChannelReplayed
+from ._channel import ChannelTooFarAhead as ChannelTooFarAhead
 from ._channel import InMemoryChannel as InMemoryChannel
 from ._channel import SecureChannel as SecureChannel
 from ._jitter import Conceal as Conceal
@@ -84,4 +88,10 @@ from ._voice import Decimator as Decimator
 from ._voice import OpusDecoder as OpusDecoder
 from ._voice import OpusEncoder as OpusEncoder
 from ._voice import VoiceProfile as VoiceProfile
+from .identity_channel import ChannelCounters as ChannelCounters
+from .identity_channel import ChannelState as ChannelState
+from .identity_channel import ChannelStateError as ChannelStateError
+from .identity_channel import IdentityChannel as IdentityChannel
+from .identity_channel import conversation_id_of as conversation_id_of
+from .identity_channel import public_identity as public_identity
 from .policy import ClientPolicy as ClientPolicy

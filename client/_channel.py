@@ -17,6 +17,8 @@ key, known only to the two ends. Call secrets come from those per-message export
 Double Ratchet: it has a symmetric hash ratchet per direction (forward secrecy for
 consumed message keys) but no Diffie-Hellman ratchet, so it gives no post-compromise
 security, and its two ends are created together in one process from one random root.
+The channel that ships, keyed from the two callers' identities, is
+``client.identity_channel.IdentityChannel``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -42,6 +44,25 @@ class ChannelError(PacketError):
     """An envelope did not open: forged, replayed, too far out of order, or truncated."""
 
     reason = DropReason.CHANNEL
+
+
+class ChannelMalformed(ChannelError):
+    """Too short to be an envelope, or a version this channel does not speak."""
+
+
+class ChannelForged(ChannelError):
+    """The AEAD tag does not verify: tampered on the way, sealed by someone other than the
+    peer, or sealed in another conversation (a message replayed into another contact's
+    conversation lands here: its keys and associated data belong to the other pair)."""
+
+
+class ChannelReplayed(ChannelError):
+    """The message number was already accepted, or is older than the receive window (its
+    key was dropped or never kept). Checked before the tag: nothing is decrypted."""
+
+
+class ChannelTooFarAhead(ChannelError):
+    """The message number is more than ``MAX_SKIPPED`` past the next expected one."""
 
 
 @runtime_checkable
@@ -83,6 +104,8 @@ class _Chain:
 class InMemoryChannel:
     """Reference ``SecureChannel`` (a stand-in for the Double Ratchet; see the module doc)."""
 
+    description: ClassVar[str] = "in-memory shared root, hash ratchet"  # for reports
+
     def __init__(self, conversation_id: bytes, send_chain: bytes, recv_chain: bytes):
         if len(conversation_id) != CONVERSATION_ID_LEN:
             raise UsageError(f"conversation_id must be {CONVERSATION_ID_LEN} bytes")
@@ -113,13 +136,13 @@ class InMemoryChannel:
 
     def open(self, envelope: bytes) -> tuple[bytes, bytes]:
         if not isinstance(envelope, bytes) or len(envelope) < COUNTER_LEN + 16:
-            raise ChannelError()
+            raise ChannelMalformed()
         (n,) = struct.unpack_from(">Q", envelope)
         if n in self._skipped:
             key = self._skipped[n]
         elif n >= self._recv.n:
             if n - self._recv.n > MAX_SKIPPED:
-                raise ChannelError()
+                raise ChannelTooFarAhead()
             probe = _Chain(self._recv.key)
             probe.n = self._recv.n
             pending = {}
@@ -128,11 +151,11 @@ class InMemoryChannel:
                 pending[index] = probe.step()
             key = pending.pop(n)
         else:
-            raise ChannelError()  # already opened (replay) or skipped key expired
+            raise ChannelReplayed()  # already opened (replay) or skipped key expired
         try:
             plaintext = ChaCha20Poly1305(key).decrypt(bytes(12), envelope[8:], self._aad(n))
         except InvalidTag:
-            raise ChannelError() from None
+            raise ChannelForged() from None
         # Commit only after the tag verified, so forgeries cannot advance the chain.
         if n in self._skipped:
             del self._skipped[n]

@@ -17,13 +17,21 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import trio
 
-from client import InMemoryChannel, VoiceProfile, artificial_voice, pesq_wb
+from client import (
+    IdentityChannel,
+    SecureChannel,
+    VoiceProfile,
+    artificial_voice,
+    pesq_wb,
+    public_identity,
+)
 from client._tasks import open_background
 from client._voice import Pcm
 from client.call import DEFAULT_MEAN_DELAY_S, Address, Caller, Contact, CoverKind, codec_delay_s
@@ -83,7 +91,11 @@ async def run_call(
     """
     opts = options or CallOptions()
     began = time.monotonic()
-    chan_a, chan_b = InMemoryChannel.pair()
+    # Each caller has its own identity and builds its channel from its own private key and
+    # the other's public identity (from the contact card), as two callers on two machines.
+    sign_a, dh_a, sign_b, dh_b = (os.urandom(32) for _ in range(4))
+    id_a, id_b = public_identity(sign_a, dh_a), public_identity(sign_b, dh_b)
+    chan_a, chan_b = IdentityChannel(dh_a, id_a, id_b), IdentityChannel(dh_b, id_b, id_a)
     signal_key = os.urandom(32)  # exchanged over the E2EE chat with the addresses
     key_a, key_b = MailboxKey.generate(), MailboxKey.generate()  # each stays with its client
     addr_a = Address(gateway_a, key_a.mailbox_id)  # what contacts know: ids, never keys
@@ -104,7 +116,7 @@ async def run_call(
         open_gateway_link(doc.geometry, addr_gb, key_gb, key_b) as link_b,
     ):
 
-        def caller(link: GatewayLink, me: Address, peer: Address, chan: InMemoryChannel,
+        def caller(link: GatewayLink, me: Address, peer: Address, chan: SecureChannel,
                    voice: Pcm) -> Caller:  # fmt: skip
             return Caller(link, doc, me, Contact(peer, signal_key), chan, voice,
                           profile=opts.profile, mean_delay_s=opts.mean_delay_s,
@@ -112,7 +124,8 @@ async def run_call(
 
         a = caller(link_a, addr_a, addr_b, chan_a, voice_a)
         b = caller(link_b, addr_b, addr_a, chan_b, voice_b)
-        async with open_background() as nursery:  # TooSlowError leaves as itself
+        # TooSlowError leaves as itself; the channels' keys are zeroed once both tasks ended.
+        async with _closed_after(chan_a, chan_b), open_background() as nursery:
             await nursery.start(a.run)
             await nursery.start(b.run)
             await trio.sleep(WARMUP_S)
@@ -134,6 +147,16 @@ async def run_call(
                 await b.ended.wait()
             await trio.sleep(DRAIN_S)
     return CallResult(opts, a, b, voice_a, voice_b, setup_s, time.monotonic() - began)
+
+
+@asynccontextmanager
+async def _closed_after(*channels: IdentityChannel) -> AsyncIterator[None]:
+    """Close (zero the keys of) ``channels`` when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        for channel in channels:
+            channel.close()
 
 
 # -- the report ------------------------------------------------------------------------
@@ -251,6 +274,7 @@ def call_report(
         "end_reason": {"A": _name(a.end_reason), "B": _name(b.end_reason)},
         "mean_delay_ms_per_hop": opts.mean_delay_s * 1000,
         "hops": len(a.doc.layers) + 2,
+        "channel": _channel_name(a),
         "slot_ms": opts.profile.packet_interval_ms,
         "profile": {
             "sample_rate_hz": opts.profile.sample_rate_hz,
@@ -268,6 +292,12 @@ def call_report(
         },
         "received": {"A": dict(a.received), "B": dict(b.received)},
     }
+
+
+def _channel_name(caller: Caller) -> str:
+    """What the signaling channel is, e.g. "identity X25519, hash ratchet"."""
+    channel = caller.call.channel
+    return str(getattr(channel, "description", type(channel).__name__))
 
 
 def _uplink_slots(caller: Caller) -> dict[str, int]:

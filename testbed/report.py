@@ -117,6 +117,8 @@ def print_report(report: dict[str, Any], json_path: Path) -> None:
     )
     console = Console()
     console.print(table)
+    if "channel" in report:
+        console.print(f"signaling channel: {report['channel']}")
     sim = report.get("simulator")
     if sim:
         pm = sim["percentiles_ms"]

@@ -48,6 +48,8 @@ def test_call_through_real_testnet(tmp_path: Path) -> None:
 
     report = call_report(result)
     assert report["end_reason"] == {"A": "HANGUP", "B": "HANGUP"}  # signaling both ways
+    assert report["channel"] == "identity X25519, hash ratchet"
+    assert repr(result.a.call.channel) == repr(result.b.call.channel) == "IdentityChannel(closed)"
     assert report["uplink"]["packet_sizes"] == [VOICE.packet_len]  # type: ignore[index]
     for name, d in report["directions"].items():  # type: ignore[attr-defined]
         assert d["packets_sent"] >= 220, name  # 10 s of 40 ms packets

@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from overlay import (
@@ -209,18 +210,24 @@ def build() -> str:
     return json.dumps(doc, indent=1) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def write_or_check(argv: list[str] | None, doc: str, path: Path, build: Callable[[], str]) -> int:
+    """A generator's command line: write ``build()`` to ``path``, or with ``--check`` exit 1
+    if the file differs. ``doc``: the generator's module doc (its first line is the help)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare instead of writing")
     args = parser.parse_args(argv)
     text = build()
     if args.check:
-        if VECTORS_PATH.read_text() != text:
-            print(f"{VECTORS_PATH} is out of date", file=sys.stderr)
+        if path.read_text() != text:
+            print(f"{path} is out of date", file=sys.stderr)
             return 1
         return 0
-    VECTORS_PATH.write_text(text)
+    path.write_text(text)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return write_or_check(argv, __doc__, VECTORS_PATH, build)
 
 
 if __name__ == "__main__":
