@@ -12,7 +12,7 @@
     >>> Card.from_text(text[:-3] + "AAA")
     Traceback (most recent call last):
     ...
-    client.card.CardError: card: the signature does not verify (the card was changed, or is not this identity's)
+    client.card.CardError: card: the signature does not verify (changed, or not its identity's)
 
 The text is ``phantom-card:1:`` and the RFC 4648 base32 (upper case, no padding) of:
 
@@ -146,9 +146,7 @@ class Card:
         except IdentityError as exc:
             raise CardError(str(exc)) from None
         if not identity.verify(_SIG_CONTEXT + body, signature):
-            raise CardError(
-                "the signature does not verify (the card was changed, or is not this identity's)"
-            )
+            raise CardError("the signature does not verify (changed, or not its identity's)")
         at = 1 + IDENTITY_PUBLIC_LEN
         gateway = body[at : at + NODE_ID_LEN]
         at += NODE_ID_LEN
@@ -165,18 +163,24 @@ class Card:
     def from_text(cls, text: str) -> Card:
         """Parse a pasted card (surrounding whitespace is ignored); CardError naming the
         problem: the prefix, the base32, the length, the version, a key, the signature."""
-        text = text.strip()
-        if not text.startswith(CARD_PREFIX):
-            if text.startswith("phantom-card:"):
-                raise CardError(f"version {text.split(':')[1]!r} is not {CARD_VERSION}")
-            raise CardError(f"expected text starting with {CARD_PREFIX!r}")
-        encoded = text[len(CARD_PREFIX) :]
-        if len(text) > MAX_CARD_TEXT:
-            raise CardError(f"longer than {MAX_CARD_TEXT} characters")
-        try:
-            data = base64.b32decode(encoded + "=" * (-len(encoded) % 8))
-        except (binascii.Error, ValueError):
-            raise CardError("not base32 (A-Z, 2-7) after the prefix: cut or mistyped?") from None
-        if base64.b32encode(data).decode().rstrip("=") != encoded:
-            raise CardError("not canonical base32 after the prefix: cut or mistyped?")
-        return cls.from_bytes(data)
+        return cls.from_bytes(decode_card_text(text))
+
+
+def decode_card_text(text: str) -> bytes:
+    """The signed card bytes of a pasted card (not verified yet: :meth:`Card.from_bytes`).
+    CardError for a wrong prefix, non-canonical base32 or an oversized text."""
+    text = text.strip()
+    if not text.startswith(CARD_PREFIX):
+        if text.startswith("phantom-card:"):
+            raise CardError(f"version {text.split(':')[1]!r} is not {CARD_VERSION}")
+        raise CardError(f"expected text starting with {CARD_PREFIX!r}")
+    encoded = text[len(CARD_PREFIX) :]
+    if len(text) > MAX_CARD_TEXT:
+        raise CardError(f"longer than {MAX_CARD_TEXT} characters")
+    try:
+        data = base64.b32decode(encoded + "=" * (-len(encoded) % 8))
+    except (binascii.Error, ValueError):
+        raise CardError("not base32 (A-Z, 2-7) after the prefix: cut or mistyped?") from None
+    if base64.b32encode(data).decode().rstrip("=") != encoded:
+        raise CardError("not canonical base32 after the prefix: cut or mistyped?")
+    return data
