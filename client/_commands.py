@@ -195,7 +195,7 @@ def cmd_contact_add(args: argparse.Namespace) -> int:
     if card.identity == profile.identity.public:
         raise CardError("it is your own card")
     book = profile.load_contacts()
-    outcome = book.add(args.name, card, raw, auto_delete_days=args.auto_delete_days)
+    outcome = book.add(args.name, raw, auto_delete_days=args.auto_delete_days)
     profile.save_contacts(book)
     if outcome is AddOutcome.KEY_CHANGED:
         print(

@@ -138,7 +138,8 @@ class Card:
         name_len = data[_FIXED - 1]
         if len(data) != MIN_CARD_BYTES + name_len:
             raise CardError(
-                f"{len(data)} bytes for a name of {name_len}, expected {MIN_CARD_BYTES + name_len}"
+                f"{len(data)} bytes for a name of {name_len}, expected "
+                f"{MIN_CARD_BYTES + name_len} (cut or padded?)"
             )
         body, signature = data[:-SIGNATURE_LEN], data[-SIGNATURE_LEN:]
         try:

@@ -6,7 +6,7 @@
     >>> card = Card.make(ada, gateway_id=bytes(16), mailbox_id=bytes(16),
     ...                  network_fingerprint=bytes(32))
     >>> book = ContactBook()
-    >>> book.add("ada", card)
+    >>> book.add("ada", card.to_bytes(ada))
     <AddOutcome.NEW: 'new'>
     >>> book.verify("ada").verified, book.get("ada").state
     (True, <TrustState.VERIFIED: 'verified'>)
@@ -133,19 +133,19 @@ class ContactBook:
     def add(
         self,
         name: str,
-        card: Card,
-        card_bytes: bytes = b"",
+        card_bytes: bytes,
         *,
         auto_delete_days: int | None = None,
     ) -> AddOutcome:
-        """Add ``card`` as ``name``, or replace that contact's card.
+        """Add the signed card ``card_bytes`` as ``name``, or replace that contact's card.
 
         The same identity key keeps the verification (the caller moved gateway); another
         one clears it and marks the contact CHANGED until verified again. Another
         contact with the same identity key is refused (one person, one name).
-        ``card_bytes`` are the signed bytes as received (defaults to none kept).
-        ContactError for a bad name or ``auto_delete_days`` outside 1..36500.
+        CardError if the card does not verify; ContactError for a bad name or
+        ``auto_delete_days`` outside 1..36500.
         """
+        card = Card.from_bytes(card_bytes)
         problem = contact_name_problem(name)
         if problem is not None:
             raise ContactError(problem)
