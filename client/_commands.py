@@ -1,9 +1,9 @@
 """The caller's own subcommands of ``phantom-call``: init, card, contact, calls.
 
 Each handler turns off core dumps first (``client.profile.disable_core_dumps``), then
-works on the profile directory (``--dir``). Exit codes: 0 ok, 1 the network could not be
-reached or verified, 2 a bad argument, file, card or contact (the message says what is
-wanted), 4 a wrong passphrase (nothing changed).
+works on the profile directory (``--dir``). Exit codes: 0 ok, 1 no authority gave a
+verifiable topology document, 2 a bad argument, network file, card or contact (the
+message says what is wanted), 4 a wrong passphrase (nothing changed).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from overlay import PhantomError, hex_key, whole_number
 from .calllog import CallLogError
 from .card import Card, CardError, decode_card_text, name_problem
 from .contacts import MAX_AUTO_DELETE_DAYS, AddOutcome, Contact, ContactError, TrustState
-from .enrol import EnrolError, choose_gateway, fetch_topology, load_network
+from .enrol import EnrolError, NetworkFileError, choose_gateway, fetch_topology, load_network
 from .identity import format_safety_number, safety_number
 from .profile import (
     PASSPHRASE_ENV,
@@ -71,6 +71,8 @@ def _guarded(handler: _Handler) -> _Handler:
             code, message = EXIT_PASSPHRASE, str(exc)
         except CommandError as exc:
             code, message = exc.code, str(exc)
+        except NetworkFileError as exc:
+            code, message = EXIT_USAGE, str(exc)
         except EnrolError as exc:
             code, message = EXIT_FAILED, str(exc)
         except (ProfileError, CardError, ContactError, CallLogError) as exc:

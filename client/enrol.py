@@ -44,6 +44,11 @@ class EnrolError(PhantomError):
     """The network or its topology cannot be used; the message names the source."""
 
 
+class NetworkFileError(EnrolError):
+    """The network file (or what a URL served as one) is missing, malformed, not signed
+    by its threshold, not the pinned one, or of a geometry this version does not speak."""
+
+
 def http_get(url: str, max_bytes: int, timeout_s: float = FETCH_TIMEOUT_S) -> bytes:
     """The body of ``GET url`` (http or https only), at most ``max_bytes`` bytes.
     OSError (urllib's errors are OSErrors) or ValueError for an oversized reply."""
@@ -61,7 +66,7 @@ def load_network(
 ) -> tuple[bytes, NetworkBundle]:
     """The network file's bytes and its verified bundle, from a path or an authority's
     ``http(s)://`` URL (its ``/v1/network``); ``fingerprint`` (32 bytes) pins the bundle.
-    EnrolError naming ``source`` for anything wrong."""
+    NetworkFileError naming ``source`` for anything wrong."""
     try:
         if source.startswith(("http://", "https://")):
             url = source.rstrip("/")
@@ -72,10 +77,10 @@ def load_network(
                 raw = f.read(MAX_NETWORK_BYTES + 1)
         bundle = SignedNetwork.from_bytes(raw).verify(fingerprint)
     except (PhantomError, OSError, ValueError) as exc:
-        raise EnrolError(f"--network: {source}: {exc}") from None
+        raise NetworkFileError(f"--network: {source}: {exc}") from None
     geometry = GEOMETRIES.get(bundle.geometry)
     if geometry is None or geometry.digest != bundle.geometry_digest:
-        raise EnrolError(
+        raise NetworkFileError(
             f"--network: {source}: geometry {bundle.geometry!r} with digest "
             f"{bundle.geometry_digest.hex()[:16]}… is not one this version speaks"
         )
