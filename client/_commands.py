@@ -65,6 +65,8 @@ def _guarded(handler: _Handler) -> _Handler:
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
         disable_core_dumps()
+        if args.dir is None:
+            args.dir = default_profile_dir()
         try:
             return handler(args)
         except PassphraseError as exc:
@@ -129,7 +131,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise CommandError(f"--dir: {args.dir} already holds a profile; --force replaces it")
     if args.dir.exists() and not args.dir.is_dir():
         raise CommandError(f"--dir: {args.dir} is not a directory")
-    problem = name_problem(args.name)
+    name = args.name or ""
+    problem = name_problem(name)
     if problem is not None:
         raise CommandError(f"--name: {problem}")
     passphrase = None if args.no_passphrase else read_passphrase(args, new=True)
@@ -138,7 +141,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     doc = fetch_topology(bundle, time.time())
     gateway = choose_gateway(doc)
     profile = create_profile(args.dir, raw, gateway.node_id, passphrase,
-                             name=args.name, force=args.force)  # fmt: skip
+                             name=name, force=args.force)  # fmt: skip
     if passphrase is None:
         print(
             "WARNING: --no-passphrase: contacts, call log and keys are stored unencrypted; "
@@ -272,8 +275,9 @@ def cmd_calls(args: argparse.Namespace) -> int:
 
 
 def _profile_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dir", type=Path, default=default_profile_dir(),
-                   help="profile directory (default: %(default)s)")  # fmt: skip
+    p.add_argument("--dir", type=Path, default=None,
+                   help="profile directory (default: $XDG_CONFIG_HOME/phantom-call, "
+                        "else ~/.config/phantom-call)")  # fmt: skip
     p.add_argument("--passphrase-file", metavar="FILE", default=None,
                    help=f"read the passphrase from FILE's first line (else ${PASSPHRASE_ENV}, "
                         "else asked on the terminal)")  # fmt: skip
@@ -293,7 +297,7 @@ def add_caller_commands(sub: Subcommands) -> None:
                            "contacts must add your new card)")  # fmt: skip
     init.add_argument("--no-passphrase", action="store_true",
                       help="store keys, contacts and call log unencrypted (warned)")  # fmt: skip
-    init.add_argument("--name", default="",
+    init.add_argument("--name", default=None,
                       help="display name suggested on your card (default: none)")  # fmt: skip
     init.set_defaults(handler=cmd_init)
 

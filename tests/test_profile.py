@@ -3,6 +3,7 @@ the call log's auto-delete, core dumps off."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ from profile_support import PASSPHRASE, make_profile, network_file
 
 from client.calllog import DAY_S, CallDirection, CallRecord, CallResult
 from client.card import Card
-from client.cli import main
+from client.cli import build_parser, main
 from client.enrol import EnrolError, fetch_topology, load_network
 from client.profile import (
     CALLS_FILE,
@@ -335,7 +336,7 @@ def test_the_call_log_keeps_five_fields_and_auto_deletes_per_contact(tmp_path: P
 
 _CHECK_DUMPS = """
 import resource, sys, ctypes, ctypes.util
-from client.cli import main
+from client.cli import build_parser, main
 code = main(sys.argv[1:])
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
 print(code, resource.getrlimit(resource.RLIMIT_CORE), libc.prctl(3, 0, 0, 0, 0))
@@ -360,3 +361,18 @@ def test_profile_files_refuse_a_missing_profile(tmp_path: Path, passphrase: byte
     (me.directory / PROFILE_FILE).write_text("[]")
     with pytest.raises(ProfileError, match="expected a JSON object"):
         open_profile(me.directory, lambda: passphrase)
+
+
+def test_help_shows_every_default_of_the_callers_commands() -> None:
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    parsers = [commands.choices[n] for n in ("init", "card", "calls")]
+    contact = commands.choices["contact"]
+    verbs = next(a for a in contact._actions if isinstance(a, argparse._SubParsersAction))
+    parsers += list(verbs.choices.values())
+    for sub in parsers:
+        text = " ".join(sub.format_help().split())
+        for action in sub._actions:
+            if action.default not in (None, False, [], argparse.SUPPRESS):
+                assert f"(default: {action.default})" in text, (sub.prog, action.dest)
+        assert "--dir" in text and "PHANTOM_PASSPHRASE" in text
