@@ -51,6 +51,12 @@ MAX_PASSPHRASE_BYTES = 4096
 _Handler: TypeAlias = Callable[[argparse.Namespace], int]
 
 
+def wall_clock() -> float:
+    """Unix seconds now: the one wall-clock read of ``client/`` (no call runs here). A
+    topology document's validity window and the call log's times are wall-clock by nature."""
+    return time.time()
+
+
 class CommandError(PhantomError):
     """A command cannot go on: the message says what to fix; ``code`` is the exit code."""
 
@@ -138,7 +144,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     passphrase = None if args.no_passphrase else read_passphrase(args, new=True)
     pin = None if args.network_fingerprint is None else bytes.fromhex(args.network_fingerprint)
     raw, bundle = load_network(args.network, pin)
-    doc = fetch_topology(bundle, time.time())
+    doc = fetch_topology(bundle, wall_clock())
     gateway = choose_gateway(doc)
     profile = create_profile(args.dir, raw, gateway.node_id, passphrase,
                              name=name, force=args.force)  # fmt: skip
@@ -263,7 +269,7 @@ def cmd_contact_verify(args: argparse.Namespace) -> int:
 
 @_guarded
 def cmd_calls(args: argparse.Namespace) -> int:
-    log = _open(args).open_call_log(time.time())
+    log = _open(args).open_call_log(wall_clock())
     for r in log.records(args.contact):
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.time_s))
         kind = f"{r.direction.value:8}  {r.result.value:9}"
