@@ -36,7 +36,7 @@ from .profile import (
     default_profile_dir,
     disable_core_dumps,
     open_profile,
-    profile_exists,
+    profile_dir_problem,
 )
 
 if TYPE_CHECKING:
@@ -133,10 +133,9 @@ def _open(args: argparse.Namespace) -> Profile:
 @_guarded
 def cmd_init(args: argparse.Namespace) -> int:
     """Check everything, reach the network, then write the profile (nothing on failure)."""
-    if profile_exists(args.dir) and not args.force:
-        raise CommandError(f"--dir: {args.dir} already holds a profile; --force replaces it")
-    if args.dir.exists() and not args.dir.is_dir():
-        raise CommandError(f"--dir: {args.dir} is not a directory")
+    problem = profile_dir_problem(args.dir, args.force)
+    if problem is not None:
+        raise CommandError(f"--dir: {problem}")
     name = args.name or ""
     problem = name_problem(name)
     if problem is not None:

@@ -113,8 +113,8 @@ class Card:
         )
 
     def to_bytes(self, identity: Identity) -> bytes:
-        """The signed card bytes; UsageError-free, but CardError if ``identity`` is not
-        the card's own (a card is signed by the identity it names)."""
+        """The signed card bytes; CardError if ``identity`` is not the card's own (a card
+        is signed by the identity it names)."""
         if identity.public != self.identity:
             raise CardError("it can only be signed by the identity it names")
         body = self._body()

@@ -61,6 +61,7 @@ NETWORK_FILE = "network.json"
 IDENTITY_FILE = "identity.json"
 CONTACTS_FILE = "contacts.json"
 CALLS_FILE = "calls.json"
+PROFILE_FILES = (PROFILE_FILE, NETWORK_FILE, IDENTITY_FILE, CONTACTS_FILE, CALLS_FILE)
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 MAX_STORE_BYTES = 16 * 1024 * 1024  # bytes of one profile file read at most
@@ -174,10 +175,12 @@ class KdfParams:
             if not isinstance(d, dict) or d.get("name") != KDF_NAME:
                 raise ValueError(f"expected name {KDF_NAME!r}")
             ops, mem, salt = d["opslimit"], d["memlimit"], bytes.fromhex(d["salt"])
-            if not isinstance(ops, int) or not a.OPSLIMIT_MIN <= ops <= a.OPSLIMIT_MAX:
-                raise ValueError("opslimit out of range")
-            if not isinstance(mem, int) or not a.MEMLIMIT_MIN <= mem <= 4 * a.MEMLIMIT_SENSITIVE:
-                raise ValueError("memlimit out of range")
+            # Bounded by libsodium's "sensitive" cost, so a changed header cannot make
+            # opening the profile take hours or gigabytes.
+            if not isinstance(ops, int) or not a.OPSLIMIT_MIN <= ops <= a.OPSLIMIT_SENSITIVE:
+                raise ValueError(f"opslimit outside {a.OPSLIMIT_MIN}..{a.OPSLIMIT_SENSITIVE}")
+            if not isinstance(mem, int) or not a.MEMLIMIT_MIN <= mem <= a.MEMLIMIT_SENSITIVE:
+                raise ValueError(f"memlimit outside {a.MEMLIMIT_MIN}..{a.MEMLIMIT_SENSITIVE}")
             if len(salt) != KDF_SALT_LEN:
                 raise ValueError(f"salt is {KDF_SALT_LEN} bytes")
         except (KeyError, TypeError, ValueError) as exc:
@@ -323,6 +326,25 @@ def profile_exists(directory: Path) -> bool:
     return (directory / PROFILE_FILE).exists()
 
 
+def profile_dir_problem(directory: Path, force: bool) -> str | None:
+    """Why a profile cannot be created in ``directory``, or None: a profile is there
+    (without ``force``), it is not a directory, or it holds files of something else."""
+    if profile_exists(directory) and not force:
+        return f"{directory} already holds a profile; --force replaces it"
+    if directory.exists() and not directory.is_dir():
+        return f"{directory} is not a directory"
+    if directory.is_dir():
+        others = sorted(
+            p.name
+            for p in directory.iterdir()
+            if p.name not in PROFILE_FILES and not p.name.endswith(".tmp")
+        )
+        if others:
+            shown = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
+            return f"{directory} holds other files ({shown}): give a new or empty directory"
+    return None
+
+
 def create_profile(
     directory: Path,
     network_file: bytes,
@@ -335,11 +357,12 @@ def create_profile(
     """Create a new profile in ``directory`` (made 0700 if missing) for the verified
     network file bytes ``network_file`` and the chosen ``gateway_id``, with a fresh
     identity and mailbox key, empty contacts and call log; ``passphrase`` None for plain
-    stores. ProfileError if a profile is there and not ``force``, or for a file that
-    cannot be written (a refused create writes nothing).
+    stores. ProfileError if a profile is there and not ``force``, if the directory holds
+    other files, or for a file that cannot be written (a refused create writes nothing).
     """
-    if profile_exists(directory) and not force:
-        raise ProfileError(f"{directory} already holds a profile; use --force to replace it")
+    problem = profile_dir_problem(directory, force)
+    if problem is not None:
+        raise ProfileError(problem)
     try:
         network = SignedNetwork.from_bytes(network_file).verify()
     except PhantomError as exc:

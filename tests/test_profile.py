@@ -169,6 +169,11 @@ def test_a_second_init_refuses_without_force(
     assert _digests(tmp_path / "p") == before
     assert main(["init", *d, "--force"]) == 0
     assert open_profile(tmp_path / "p", lambda: passphrase).identity.public != first
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "notes.txt").write_text("mine")
+    assert main(["init", "--dir", str(tmp_path / "home"), "--network", str(path)]) == 2
+    assert "holds other files (notes.txt): give a new or empty" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "home").iterdir()) == ["notes.txt"]
 
 
 def test_init_writes_nothing_when_no_authority_answers(
