@@ -236,6 +236,8 @@ class Sealer:
         if self.passphrase is None:
             return d.get("data")
         params = KdfParams.from_dict(d.get("kdf"), str(path))
+        if self.params is None:
+            self.params = params  # files saved later share it: one derivation per command
         try:
             box = base64.b64decode(str(d.get("box")), validate=True)
             inner = nacl.secret.SecretBox(self._key(params)).decrypt(box)

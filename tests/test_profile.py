@@ -381,3 +381,13 @@ def test_help_shows_every_default_of_the_callers_commands() -> None:
             if action.default not in (None, False, [], argparse.SUPPRESS):
                 assert f"(default: {action.default})" in text, (sub.prog, action.dest)
         assert "--dir" in text and "PHANTOM_PASSPHRASE" in text
+
+
+def test_a_profile_keeps_one_salt_so_a_command_derives_once(tmp_path: Path) -> None:
+    me = make_profile(tmp_path / "me", network_file())
+    again = open_profile(me.directory, lambda: PASSPHRASE)
+    again.save_contacts(again.load_contacts())
+    again.save_call_log(again.open_call_log(0))
+    salts = {json.loads((me.directory / f).read_text())["kdf"]["salt"]
+             for f in (IDENTITY_FILE, CONTACTS_FILE, CALLS_FILE)}  # fmt: skip
+    assert len(salts) == 1 and len(again.sealer._keys) == 1
