@@ -136,6 +136,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     problem = profile_dir_problem(args.dir, args.force)
     if problem is not None:
         raise CommandError(f"--dir: {problem}")
+    if args.no_passphrase and args.passphrase_file is not None:
+        raise CommandError("--no-passphrase and --passphrase-file: give one or the other")
     name = args.name or ""
     problem = name_problem(name)
     if problem is not None:

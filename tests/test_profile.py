@@ -188,6 +188,8 @@ def test_init_writes_nothing_when_no_authority_answers(
     for bad, wanted in (
         (["--network", str(tmp_path / "missing.json")], "--network: "),
         (["--network", str(tmp_path / "net.json"), "--name", " x"], "--name: "),
+        (["--network", "x", "--no-passphrase", "--passphrase-file", "f"], "one or the other"),
+        (["--network", "x", "--passphrase-file", str(tmp_path / "nope")], "--passphrase-file: "),
     ):
         assert main(["init", "--dir", str(d), *bad]) == 2
         assert wanted in capsys.readouterr().err
