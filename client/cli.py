@@ -1,10 +1,15 @@
 """The caller's command line, ``python -m client.cli``: its parser and its dispatch.
 
     python -m client.cli --version
+    python -m client.cli init --network network.json     # a profile: identity, gateway
+    python -m client.cli card --qr                       # your card, to paste in the chat
+    python -m client.cli contact add ada 'phantom-card:1:...'
+    python -m client.cli contact verify ada --confirm    # after comparing the safety number
 
 :func:`build_parser` makes the ``phantom-call`` parser with the caller's own subcommands
-(none yet: a call needs a network to run over) and those each extension adds; every
-subcommand sets the ``handler`` default that :func:`main` calls. The ``phantom-call``
+(``init``, ``card``, ``contact``, ``calls``: docs/calling.md, "Identity, contacts and safety
+numbers") and those each extension adds; every subcommand sets the ``handler`` default
+that :func:`main` calls. The ``phantom-call``
 console script is the test bed's (``testbed.callcli``), which extends this parser with
 ``demo``: a call through a local testnet.
 
@@ -23,6 +28,8 @@ from typing import TypeAlias
 
 from overlay import VERSION
 
+from ._commands import add_caller_commands
+
 Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Handler: TypeAlias = Callable[[argparse.Namespace], int]
 Extension: TypeAlias = Callable[[Subcommands], None]  # adds subcommands
@@ -35,6 +42,7 @@ def build_parser(*extensions: Extension, description: str = DESCRIPTION) -> argp
     parser = argparse.ArgumentParser(prog="phantom-call", description=description)
     parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True)
+    add_caller_commands(sub)
     for extend in extensions:
         extend(sub)
     return parser

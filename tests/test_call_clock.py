@@ -407,6 +407,9 @@ async def test_a_link_stamping_on_trios_clock_is_taken() -> None:
 
 _WALL_READS = {("time", "time"), ("time", "time_ns"), ("datetime", "now"),
                ("datetime", "utcnow"), ("datetime", "today"), ("date", "today")}  # fmt: skip
+# The caller's profile commands (init, calls): a topology document's validity window and the
+# call log's times are wall-clock by nature; its one read, ``wall_clock()``, feeds no call.
+_WALL_CLOCK_READERS = {"_commands.py": 1}
 
 
 def test_no_client_module_reads_the_wall_clock() -> None:
@@ -414,12 +417,16 @@ def test_no_client_module_reads_the_wall_clock() -> None:
     nothing in client/ reads the wall clock, so no step of it can reach a call."""
     found = []
     for path in sorted(CLIENT.glob("*.py")):
+        allowed = _WALL_CLOCK_READERS.get(path.name, 0)
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if (
                 isinstance(node, ast.Attribute)
                 and isinstance(node.value, ast.Name)
                 and (node.value.id, node.attr) in _WALL_READS
             ):
+                if allowed:
+                    allowed -= 1
+                    continue
                 found.append(f"{path.name}:{node.lineno} {node.value.id}.{node.attr}")
             if isinstance(node, ast.ImportFrom) and node.module in ("time", "datetime"):
                 names = {a.name for a in node.names}

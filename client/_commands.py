@@ -1,0 +1,344 @@
+"""The caller's own subcommands of ``phantom-call``: init, card, contact, calls.
+
+Each handler turns off core dumps first (``client.profile.disable_core_dumps``), then
+works on the profile directory (``--dir``). Exit codes: 0 ok, 1 no authority gave a
+verifiable topology document, 2 a bad argument, network file, card or contact (the
+message says what is wanted), 4 a wrong passphrase (nothing changed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import getpass
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
+
+import segno
+
+from overlay import PhantomError, hex_key, whole_number
+
+from .calllog import CallLogError
+from .card import Card, CardError, decode_card_text, name_problem
+from .contacts import MAX_AUTO_DELETE_DAYS, AddOutcome, Contact, ContactError, TrustState
+from .enrol import EnrolError, NetworkFileError, choose_gateway, fetch_topology, load_network
+from .identity import format_safety_number, safety_number
+from .profile import (
+    PASSPHRASE_ENV,
+    PassphraseError,
+    Profile,
+    ProfileError,
+    create_profile,
+    default_profile_dir,
+    disable_core_dumps,
+    open_profile,
+    profile_dir_problem,
+)
+
+if TYPE_CHECKING:
+    Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_PASSPHRASE = 4
+MAX_PASSPHRASE_BYTES = 4096
+
+_Handler: TypeAlias = Callable[[argparse.Namespace], int]
+
+
+def wall_clock() -> float:
+    """Unix seconds now: the one wall-clock read of ``client/`` (no call runs here). A
+    topology document's validity window and the call log's times are wall-clock by nature."""
+    return time.time()
+
+
+class CommandError(PhantomError):
+    """A command cannot go on: the message says what to fix; ``code`` is the exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _guarded(handler: _Handler) -> _Handler:
+    """Core dumps off, then ``handler``; a typed error becomes its message and exit code."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        disable_core_dumps()
+        if args.dir is None:
+            args.dir = default_profile_dir()
+        try:
+            return handler(args)
+        except PassphraseError as exc:
+            code, message = EXIT_PASSPHRASE, str(exc)
+        except CommandError as exc:
+            code, message = exc.code, str(exc)
+        except NetworkFileError as exc:
+            code, message = EXIT_USAGE, str(exc)
+        except EnrolError as exc:
+            code, message = EXIT_FAILED, str(exc)
+        except (ProfileError, CardError, ContactError, CallLogError) as exc:
+            code, message = EXIT_USAGE, str(exc)
+        print(f"phantom-call: error: {message}", file=sys.stderr)
+        return code
+
+    return run
+
+
+# -- passphrases ---------------------------------------------------------------------------
+
+
+def read_passphrase(args: argparse.Namespace, *, new: bool = False) -> bytes:
+    """The passphrase: the first line of ``--passphrase-file``, else ``$PHANTOM_PASSPHRASE``,
+    else asked on the terminal (twice when ``new``). CommandError if none can be had."""
+    if args.passphrase_file is not None:
+        where = f"--passphrase-file: {args.passphrase_file}"
+        try:
+            with open(args.passphrase_file, "rb") as f:
+                text = f.read(MAX_PASSPHRASE_BYTES + 1).split(b"\n", 1)[0].rstrip(b"\r")
+        except OSError as exc:
+            raise CommandError(f"{where}: {exc.strerror}") from None
+        if not text:
+            raise CommandError(f"{where}: the first line is empty")
+        return text
+    env = os.environ.get(PASSPHRASE_ENV)
+    if env:
+        return env.encode()
+    if not sys.stdin.isatty():
+        raise CommandError(
+            f"no passphrase: give --passphrase-file FILE, set {PASSPHRASE_ENV}, "
+            "or run on a terminal" + (" (or --no-passphrase)" if new else "")
+        )
+    typed = getpass.getpass("profile passphrase: ")
+    if new and getpass.getpass("again: ") != typed:
+        raise CommandError("the two passphrases differ")
+    if not typed:
+        raise CommandError("the passphrase is empty")
+    return typed.encode()
+
+
+def _open(args: argparse.Namespace) -> Profile:
+    return open_profile(args.dir, lambda: read_passphrase(args))
+
+
+# -- init ----------------------------------------------------------------------------------
+
+
+@_guarded
+def cmd_init(args: argparse.Namespace) -> int:
+    """Check everything, reach the network, then write the profile (nothing on failure)."""
+    problem = profile_dir_problem(args.dir, args.force)
+    if problem is not None:
+        raise CommandError(f"--dir: {problem}")
+    if args.no_passphrase and args.passphrase_file is not None:
+        raise CommandError("--no-passphrase and --passphrase-file: give one or the other")
+    name = args.name or ""
+    problem = name_problem(name)
+    if problem is not None:
+        raise CommandError(f"--name: {problem}")
+    passphrase = None if args.no_passphrase else read_passphrase(args, new=True)
+    pin = None if args.network_fingerprint is None else bytes.fromhex(args.network_fingerprint)
+    raw, bundle = load_network(args.network, pin)
+    doc = fetch_topology(bundle, wall_clock())
+    gateway = choose_gateway(doc)
+    profile = create_profile(args.dir, raw, gateway.node_id, passphrase,
+                             name=name, force=args.force)  # fmt: skip
+    if passphrase is None:
+        print(
+            "WARNING: --no-passphrase: contacts, call log and keys are stored unencrypted; "
+            "anyone who reads this directory can impersonate you and see whom you call",
+            file=sys.stderr,
+        )
+    pinned = "pinned" if args.network_fingerprint else "NOT pinned: trust on first use"
+    print(f"profile in {args.dir} (mode 0700, files 0600)")
+    print(f"network fingerprint {bundle.fingerprint.hex()} ({pinned})")
+    print(f"gateway {gateway.name} ({gateway.node_id.hex()}), chosen among "
+          f"{len(doc.gateways)} of epoch {doc.epoch}")  # fmt: skip
+    print(f"your identity fingerprint {format_safety_number(profile.identity.public.fingerprint)}")
+    print("share your card with: phantom-call card")
+    return EXIT_OK
+
+
+# -- card ----------------------------------------------------------------------------------
+
+
+@_guarded
+def cmd_card(args: argparse.Namespace) -> int:
+    profile = _open(args)
+    text = profile.card().to_text(profile.identity)
+    print(text)
+    if args.qr:
+        segno.make(text, error="m").terminal(out=sys.stdout, compact=True)
+    return EXIT_OK
+
+
+# -- contacts ------------------------------------------------------------------------------
+
+_STATE_TEXT = {
+    TrustState.VERIFIED: "verified: safety number compared",
+    TrustState.UNVERIFIED: "unverified: safety number not compared yet",
+    TrustState.CHANGED: "SAFETY NUMBER CHANGED: compare it again before calling",
+}
+
+
+def _describe(contact: Contact) -> str:
+    days = contact.auto_delete_days
+    keep = f"calls auto-deleted after {days} d" if days else "calls kept"
+    shown = f" (card name {contact.card.name!r})" if contact.card.name else ""
+    return f"{contact.name}{shown}: {_STATE_TEXT[contact.state]}; {keep}"
+
+
+@_guarded
+def cmd_contact_add(args: argparse.Namespace) -> int:
+    profile = _open(args)
+    raw = decode_card_text(args.card)
+    card = Card.from_bytes(raw)
+    if card.network_fingerprint != profile.network.fingerprint:
+        raise CardError(
+            f"it is for network {card.network_fingerprint.hex()[:16]}…, this profile's is "
+            f"{profile.network.fingerprint.hex()[:16]}…"
+        )
+    if card.identity == profile.identity.public:
+        raise CardError("it is your own card")
+    book = profile.load_contacts()
+    outcome = book.add(args.name, raw, auto_delete_days=args.auto_delete_days)
+    profile.save_contacts(book)
+    if outcome is AddOutcome.KEY_CHANGED:
+        print(
+            f"WARNING: the safety number with {args.name} has changed: this card's identity "
+            "key is not the one added before. They may have a new device or reinstalled, or "
+            "someone may be posing as them. The contact is no longer verified; compare the "
+            f"new safety number (phantom-call contact verify {args.name}) before calling.",
+            file=sys.stderr,
+        )
+    elif outcome is AddOutcome.UPDATED:
+        print(f"updated {args.name}: same identity, new address; verification kept")
+    else:
+        print(f"added {args.name}")
+    print(_describe(book.get(args.name)))
+    return EXIT_OK
+
+
+@_guarded
+def cmd_contact_list(args: argparse.Namespace) -> int:
+    book = _open(args).load_contacts()
+    if not len(book):
+        print("no contacts (add one: phantom-call contact add NAME CARD)")
+    for contact in book:
+        print(_describe(contact))
+    return EXIT_OK
+
+
+@_guarded
+def cmd_contact_remove(args: argparse.Namespace) -> int:
+    profile = _open(args)
+    book = profile.load_contacts()
+    book.remove(args.name)
+    profile.save_contacts(book)
+    print(f"removed {args.name} (the call log keeps its records until they expire)")
+    return EXIT_OK
+
+
+@_guarded
+def cmd_contact_verify(args: argparse.Namespace) -> int:
+    profile = _open(args)
+    book = profile.load_contacts()
+    contact = book.get(args.name)
+    groups = format_safety_number(safety_number(profile.identity.public, contact.card.identity))
+    words = groups.split()
+    print(f"safety number with {args.name}:")
+    for row in range(0, len(words), 4):
+        print("  " + " ".join(words[row : row + 4]))
+    if args.confirm:
+        book.verify(args.name)
+        profile.save_contacts(book)
+        print(f"{args.name} is now verified")
+    else:
+        print(_describe(contact))
+        print(
+            f"compare it with {args.name} in person or over a channel you trust; if every "
+            f"digit matches: phantom-call contact verify {args.name} --confirm"
+        )
+    return EXIT_OK
+
+
+@_guarded
+def cmd_calls(args: argparse.Namespace) -> int:
+    log = _open(args).open_call_log(wall_clock())
+    for r in log.records(args.contact):
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.time_s))
+        kind = f"{r.direction.value:8}  {r.result.value:9}"
+        print(f"{when}  {kind}  {r.duration_s:6d} s  {r.contact}")
+    return EXIT_OK
+
+
+# -- the parser ----------------------------------------------------------------------------
+
+
+def _profile_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dir", type=Path, default=None,
+                   help="profile directory (default: $XDG_CONFIG_HOME/phantom-call, "
+                        "else ~/.config/phantom-call)")  # fmt: skip
+    p.add_argument("--passphrase-file", metavar="FILE", default=None,
+                   help=f"read the passphrase from FILE's first line (else ${PASSPHRASE_ENV}, "
+                        "else asked on the terminal)")  # fmt: skip
+
+
+def add_caller_commands(sub: Subcommands) -> None:
+    """Add ``init``, ``card``, ``contact`` and ``calls`` to ``phantom-call``'s parser."""
+    init = sub.add_parser("init", help="create this caller's profile on a network")
+    init.add_argument("--network", required=True, metavar="FILE|URL",
+                      help="network file, or an authority's URL (its /v1/network)")  # fmt: skip
+    init.add_argument("--network-fingerprint", type=hex_key, default=None, metavar="HEX",
+                      help="expected network fingerprint, 64 hex digits "
+                           "(without it: trust on first use)")  # fmt: skip
+    _profile_options(init)
+    init.add_argument("--force", action="store_true",
+                      help="replace a profile already in --dir (new identity: "
+                           "contacts must add your new card)")  # fmt: skip
+    init.add_argument("--no-passphrase", action="store_true",
+                      help="store keys, contacts and call log unencrypted (warned)")  # fmt: skip
+    init.add_argument("--name", default=None,
+                      help="display name suggested on your card (default: none)")  # fmt: skip
+    init.set_defaults(handler=cmd_init)
+
+    card = sub.add_parser("card", help="print your contact card, to paste into the chat")
+    _profile_options(card)
+    card.add_argument("--qr", action="store_true", help="also print it as a QR code")
+    card.set_defaults(handler=cmd_card)
+
+    contact = sub.add_parser("contact", help="add, list, remove or verify contacts")
+    verbs = contact.add_subparsers(dest="verb", required=True)
+    add = verbs.add_parser("add", help="add a contact from their card (or replace its card)")
+    add.add_argument("name", help="your name for the contact (1..64 characters)")
+    add.add_argument("card", help="their card: the phantom-card:1:... line")
+    add.add_argument("--auto-delete-days", type=whole_number(1, MAX_AUTO_DELETE_DAYS),
+                     default=None, metavar="N",
+                     help="delete this contact's calls from the log after N days "
+                          "(default: kept)")  # fmt: skip
+    for verb, handler, text in (
+        ("list", cmd_contact_list, "list contacts with their verification state"),
+        ("remove", cmd_contact_remove, "remove a contact"),
+        ("verify", cmd_contact_verify, "show the safety number; --confirm marks it verified"),
+    ):
+        p = verbs.add_parser(verb, help=text)
+        if verb != "list":
+            p.add_argument("name", help="the contact's name")
+        if verb == "verify":
+            p.add_argument("--confirm", action="store_true",
+                           help="you compared every digit: mark the contact verified")  # fmt: skip
+        _profile_options(p)
+        p.set_defaults(handler=handler)
+    _profile_options(add)
+    add.set_defaults(handler=cmd_contact_add)
+
+    calls = sub.add_parser("calls", help="the call log: time, direction, result, duration")
+    calls.add_argument("--contact", default=None, help="only this contact's calls")
+    _profile_options(calls)
+    calls.set_defaults(handler=cmd_calls)
