@@ -8,9 +8,9 @@
     [('mode_switch_refused', 'PARANOID', 'FAST', False)]
 
 Nothing here leaves the device and nothing secret is recorded: an event, the two modes,
-whether it was approved, and the time from the injected ``clock`` (the Trio edge,
-``client.call.Caller``, gives the wall clock; without one ``at`` is None: this module
-reads no clock of its own) (seed 3.3, 4.5). The log is bounded
+whether it was approved, and the time from the injected ``clock`` (the log's
+owner gives the wall clock; without one ``at`` is None: nothing in ``client`` reads the
+wall clock) (seed 3.3, 4.5). The log is bounded
 (``max_records``, oldest dropped first); ``sink``, if given, also receives every record
 as it is appended (a profile stores them; the log does no I/O of its own).
 """
