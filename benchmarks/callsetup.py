@@ -1,6 +1,7 @@
 """What the hybrid post-quantum call keys add to call setup: CPU time and uplink slots.
 
-    python -m benchmarks.callsetup        # one JSON object on stdout, ~10 s
+    python -m benchmarks.callsetup          # one JSON object on stdout, ~10 s
+    python -m benchmarks.callsetup --check  # exit 1 if a target is missed
 
 Measured in one run, interleaved so the ratios hold on a busy machine (CPU time of this
 process, ``time.process_time``, median of repeats, microseconds per operation):
@@ -16,12 +17,18 @@ process, ``time.process_time``, median of repeats, microseconds per operation):
 And the slots: the sealed OFFER and ANSWER as the ``Caller`` sends them (32-byte reply
 path, no SURBs), without and with the hybrid block, in 384-byte Sphinx payloads
 (``SignalFramer``), hence the extra 40 ms uplink slots per direction.
+
+Targets: the hybrid step adds at most 2 ms of CPU per side (less than one 20 ms frame's
+budget share), and at most 3 extra slots per direction (the OFFER and ANSWER fit 4
+payloads each).
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -80,7 +87,10 @@ def _setup() -> None:
             caller.handle(out.envelope, 0.4)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    args = parser.parse_args(argv)
     x_peer = X25519PrivateKey.generate().public_key().public_bytes_raw()
     kem = MLKEM768PrivateKey.generate()
     kem_pub = kem.public_key().public_bytes_raw()
@@ -107,20 +117,23 @@ def main() -> None:
         "callee_hybrid_step": callee_hybrid,
         "whole_signaling_setup_in_memory": _setup,
     })  # fmt: skip
-    emit({
-        "benchmark": "callsetup",
-        **machine(),
-        "cpu_us": us,
-        "hybrid_extra_cpu_us": {
-            "caller": round(us["caller_hybrid_step"] - us["x25519_keygen_and_agree"], 1),
-            "callee": round(us["callee_hybrid_step"] - us["x25519_keygen_and_agree"], 1),
-        },
-        "slots": slots(),
-    })  # fmt: skip
+    extra = {
+        "caller": round(us["caller_hybrid_step"] - us["x25519_keygen_and_agree"], 1),
+        "callee": round(us["callee_hybrid_step"] - us["x25519_keygen_and_agree"], 1),
+    }
+    frames, most_extra = slots()
+    checks = {
+        "extra_cpu_under_2ms": max(extra.values()) <= 2000,
+        "at_most_3_extra_slots": most_extra <= 3,
+    }
+    emit({"benchmark": "callsetup", **machine(), "cpu_us": us, "hybrid_extra_cpu_us": extra,
+          "slots": frames, "checks": checks})  # fmt: skip
+    return 0 if not args.check or all(checks.values()) else 1
 
 
-def slots() -> dict[str, object]:
-    """OFFER and ANSWER sizes and frames without and with the hybrid block."""
+def slots() -> tuple[dict[str, object], int]:
+    """OFFER and ANSWER sizes and frames without and with the hybrid block; and the most
+    extra slots either takes."""
     chunk = SignalFramer(bytes(32), Address(bytes(16), bytes(16)),
                          Address(bytes(16), bytes(16))).chunk_len  # fmt: skip
     sealed = COUNTER_LEN + 16  # the channel's counter and Poly1305 tag
@@ -134,6 +147,7 @@ def slots() -> dict[str, object]:
     slot_ms = p.packet_interval_ms
     out: dict[str, object] = {"payload_bytes": VOICE.user_payload, "chunk_bytes": chunk,
                               "slot_ms": slot_ms}  # fmt: skip
+    most = 0
     for name, classic, hybrid in (("offer", offer, h_offer), ("answer", answer, h_answer)):
         before = math.ceil((len(encode(classic)) + sealed) / chunk)
         after = math.ceil((len(encode(hybrid)) + sealed) / chunk)
@@ -143,10 +157,11 @@ def slots() -> dict[str, object]:
             "extra_slots": after - before,
             "extra_ms_at_constant_rate": (after - before) * slot_ms,
         }
+        most = max(most, after - before)
     accept = len(encode(Accept(cid, bytes(32)))) + sealed
     out["accept_and_ring_payloads"] = math.ceil(accept / chunk)
-    return out
+    return out, most
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
