@@ -12,8 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from test_call import MemoryNet, _network, _pair
 from test_signaling import BOTH, connect, deliver, pair, sends
 
 from client import (
@@ -309,3 +312,23 @@ def test_policy_with_both_modes_still_needs_the_hybrid() -> None:
         required_mode=PrivacyMode.PRIVATE))  # fmt: skip
     assert callee.handle(_downgraded_offer(a), 0.0) == []
     assert callee.counters.signal_downgraded == 1
+
+
+async def test_a_caller_that_stops_mid_call_zeroes_its_call_secrets(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    doc, secrets = _network()
+    async with trio.open_nursery() as nursery:
+        net = MemoryNet(doc, secrets, nursery)
+        a, b = _pair(net, doc, mean_delay_s=0.01)
+        await nursery.start(a.run)
+        await nursery.start(b.run)
+        a.place()
+        with trio.fail_after(10):
+            await a.connected.wait()
+            await b.connected.wait()
+        held = [a.call._key_buffers(), b.call._key_buffers()]
+        assert all(any(any(buf) for buf in bufs) for bufs in held)
+        nursery.cancel_scope.cancel()  # the client stops; no hangup was sent
+    assert all(not any(buf) for bufs in held for buf in bufs)
+    assert a.call.state is CallState.ACTIVE  # not ended, but nothing left to use
