@@ -356,7 +356,12 @@ class Caller:
 
     def _start_media(self, act: StartMedia, now: float) -> None:
         # The mic opens on the slot grid, so each packet leaves as its last frame is complete.
-        self.media_out.start(act.tx_profile, act.tx_keys, self.uplink.grid_at_or_after(now))
+        # The callee's ACCEPT leaves in this slot and the caller opens no media before it
+        # arrives: its first media packet leaves a slot later than it could, so that it
+        # rarely overtakes the ACCEPT in the mixnet (one that does is lost as cover).
+        head_start = self.slot_s if self.call.role is Role.CALLEE else 0.0
+        self.media_out.start(act.tx_profile, act.tx_keys,
+                             self.uplink.grid_at_or_after(now + head_start))  # fmt: skip
         self.media_in.start(act.rx_profile, act.rx_keys)
         self.connected.set()
 
