@@ -51,7 +51,7 @@ import trio
 from overlay import CoverKind, DownlinkKind, TopologyDocument, UplinkScheduler, UsageError
 
 from ._frames import Address, Contact, SignalFramer
-from ._signaling import EndReason, Role, keys
+from ._signaling import EndReason, Role
 from ._voice import Pcm, VoiceProfile
 from .audio import write_speaker_file
 from .call import DEFAULT_MEAN_DELAY_S, Caller, monotonic_offset_s
@@ -70,10 +70,7 @@ CONTACTS_REFRESH_S = 10.0  # contacts added by another command are seen within t
 DIALER_GONE = "dialer gone"  # end reason when the dial command's connection closes mid-call
 
 
-def key_agreement() -> str:
-    """The call key agreement this build's signaling runs: "X25519+ML-KEM-768" once the
-    hybrid step is in (``client._signaling.keys`` has ML-KEM seeds), else "X25519"."""
-    return "X25519+ML-KEM-768" if hasattr(keys, "KEM_SEED_LEN") else "X25519"
+KEY_AGREEMENT = "X25519+ML-KEM-768"  # the call keys' agreement (client._signaling.keys)
 
 
 def pair_signal_key(profile: Profile, contact: BookContact, conversation_id: bytes) -> bytes:
@@ -461,7 +458,7 @@ class Phone:
             "contact": call.name,
             "trust": str(call.state),
             "mode": MODE_BADGE,
-            "key_agreement": key_agreement(),
+            "key_agreement": KEY_AGREEMENT,
             "times": {k: round(v, 6) for k, v in call.times.items()},
             "end_reason": call.reason,
             "frame_ms": caller.profile.frame_ms,
@@ -483,7 +480,7 @@ class Phone:
             "ip": self.options.bind,
             "online_since": self.started_at,
             "slot_ms": self.options.voice.packet_interval_ms,
-            "key_agreement": key_agreement(),
+            "key_agreement": KEY_AGREEMENT,
             "calls": list(self.calls),
             "traffic": self.link.meter.series(self._offset),
             "uplink_slots": dict(self.uplink.slots),
