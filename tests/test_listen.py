@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import time
+import wave
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 from testnet_support import small_testnet
 
-from client import artificial_voice, read_wav, write_wav
+from client import artificial_voice, read_wav
 from client.cli import main
 from client.control import MAX_LINE
 from client.profile import CONTROL_SOCKET, open_profile
@@ -126,8 +127,6 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Listener
             del os.environ["PHANTOM_PASSPHRASE"]
         voice = artificial_voice(12.0, seed=3)
         stereo48 = np.repeat(voice, 3)  # 48 kHz by sample repetition, written as 2 channels
-        import wave
-
         with wave.open(str(tmp / "mic.wav"), "wb") as w:
             w.setnchannels(2)
             w.setsampwidth(2)
