@@ -22,7 +22,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 import trio
 
@@ -56,7 +56,7 @@ from .phone import DIALER_GONE, MODE_BADGE, ActiveCall, Phone, PhoneOptions
 from .profile import CONTROL_SOCKET, Profile
 
 if TYPE_CHECKING:
-    from .cli import Subcommands
+    Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 SOCKET_MODE = 0o600
 STOP_GRACE_S = 0.5  # on SIGTERM mid-call: time for our HANGUP to leave before we go
