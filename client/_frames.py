@@ -6,7 +6,7 @@
     >>> me, peer = Address(bytes(16), b"m" * 16), Address(bytes(16), b"p" * 16)
     >>> frames = SignalFramer(key, me, peer).frames(b"an envelope")
     >>> len(frames), len(frames[0])
-    (1, 384)
+    (1, 352)
     >>> SignalFramer(key, peer, me).open(frames[0])
     b'an envelope'
 
