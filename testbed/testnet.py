@@ -620,7 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--workers", type=count, default=1, help="worker processes per node")
     u.add_argument("--cover-rate-hz", type=real, default=1.0, help="loop cover per node")
     u.add_argument("--delivery-rate-hz", type=real, default=DEFAULT_DELIVERY_RATE_HZ,
-                   help="gateway downlink rate (default %(default)s Hz)")  # fmt: skip
+                   help="gateway downlink rate, Hz")  # fmt: skip
     u.add_argument("--link-delay-ms", type=real, default=0.0, help="mean one-way link delay")
     u.add_argument("--link-jitter-ms", type=real, default=0.0, help="its standard deviation")
     u.add_argument("--link-loss", type=real, default=0.0, help="loss probability per packet")
