@@ -4,10 +4,13 @@ cover included, computed from the configured rates and frame sizes (docs/researc
 
 from __future__ import annotations
 
+import pytest
+
 from client import VoiceProfile
 from mixnode.config import DEFAULT_DELIVERY_RATE_HZ
-from overlay import VOICE, FrameType, LinkCodec
+from overlay import VOICE, FrameType, LinkCodec, UsageError
 from sim import data_per_day, load_scenario
+from testbed.demo import LinkSample, link_rates
 from testbed.testnet import TestnetOptions
 
 BUDGET_BYTES_PER_S = 16_000  # each way, per client
@@ -53,3 +56,14 @@ def test_simulator_day_model_agrees() -> None:
     day = data_per_day(sc)
     assert day["up_mb"] == round(15_950 * 86_400 / 1e6, 3)
     assert day["down_mb"] == round(15_862.5 * 86_400 / 1e6, 3)
+
+
+def test_link_rates_between_two_samples() -> None:
+    first, last = LinkSample(10.0, 1_000, 2_000), LinkSample(12.0, 32_900, 33_725)
+    assert link_rates(first, last) == {
+        "uplink_bytes_per_s": 15_950.0,
+        "downlink_bytes_per_s": 15_862.5,
+        "online_s": 2.0,
+    }
+    with pytest.raises(UsageError, match="later"):
+        link_rates(last, first)
