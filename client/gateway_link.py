@@ -14,9 +14,11 @@ ephemeral key, backing off exponentially with jitter up to ``REATTACH_CAP_S``, a
 (``stats["reattaches"]``). Leaving the ``async with`` block sends LEAVE, so the gateway stops
 the downlink at once. Received deliveries wait in a bounded channel; when the application
 does not keep up the newest are dropped and counted (``stats``), never buffered without
-bound. Every time the link reads or keeps is on Trio's clock (``trio.current_time()``,
-monotonic): arrival stamps, the session watch and the backoff; a step of the wall clock
-changes none of them.
+bound. ``stats["sent_bytes"]`` and ``stats["received_bytes"]`` count the UDP payload bytes
+of every frame sent (UPLINK, ATTACH, LEAVE) and every datagram received; ``meter``
+holds the same per second each way (``TrafficMeter``). Every time the link
+reads or keeps is on Trio's clock (``trio.current_time()``, monotonic): arrival stamps,
+the session watch and the backoff; a step of the wall clock changes none of them.
 """
 
 from __future__ import annotations
@@ -134,8 +136,10 @@ class GatewayLink:
         self.meter = TrafficMeter()  # every datagram each way, per second of Trio's clock
 
     def _send_raw(self, frame: bytes) -> None:
-        """Send one datagram (OSError as the socket raises it), metered."""
+        """Send one datagram (OSError as the socket raises it), counted in
+        ``stats["sent_bytes"]`` and the meter."""
         self._raw.send(frame)
+        self.stats["sent_bytes"] += len(frame)
         self.meter.record("up", len(frame), trio.current_time())
 
     def _new_link(self) -> ClientLink:
@@ -180,6 +184,7 @@ class GatewayLink:
                 data = await self._sock.recv(4096)
             except OSError:
                 continue
+            self.stats["received_bytes"] += len(data)
             now = trio.current_time()  # monotonic: a wall-clock step never moves a stamp
             self.meter.record("down", len(data), now)
             opened = self._open(data)

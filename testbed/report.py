@@ -18,6 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from mixnode.config import DEFAULT_DELIVERY_RATE_HZ
 from sim import load_scenario, mos_from_r, r_factor
 from sim.validate import MeasuredDataError, validate
 
@@ -55,8 +56,11 @@ def simulator_check(
         "mixing": {"delay_mean_ms": options.mean_delay_s * 1000},
         "voice": {
             "frames_per_packet": options.profile.frames_per_packet,
-            # the testnet's gateways deliver at 50 Hz (20 ms), uplink slots are 40 ms
-            "downlink_speedup": options.profile.packet_interval_ms / 20.0,
+            # downlink slots per uplink slot: the testnet's gateways deliver at the default
+            # rate (37.5 Hz), the uplink slots are 40 ms (25 Hz)
+            "downlink_speedup": options.profile.packet_interval_ms
+            / 1000
+            * DEFAULT_DELIVERY_RATE_HZ,
         },
         "network": {
             "gateways": 2,
