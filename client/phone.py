@@ -53,7 +53,7 @@ from overlay import CoverKind, DownlinkKind, TopologyDocument, UplinkScheduler, 
 from ._frames import Address, Contact, SignalFramer
 from ._signaling import EndReason, Role
 from ._voice import Pcm, VoiceProfile
-from .audio import write_speaker_file
+from .audio import AudioError, write_speaker_file
 from .call import DEFAULT_MEAN_DELAY_S, Caller, monotonic_offset_s
 from .calllog import CallDirection, CallRecord
 from .calllog import CallResult as LogResult
@@ -127,6 +127,7 @@ class ActiveCall:
     times: dict[str, float] = field(default_factory=dict)
     reason: str | None = None
     duration_s: float | None = None  # hang up this long after connecting (None: when asked)
+    concluded: bool = False  # recorded (or being recorded): finish does nothing more
     done: trio.Event = field(default_factory=trio.Event)
     changed: trio.Event = field(default_factory=trio.Event)
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -207,10 +208,12 @@ class Phone:
 
     def save_channels(self) -> None:
         """Store every contact's channel state in the profile (sealed, atomic)."""
-        states = self.profile.load_channel_states()
-        for peer in self.peers.values():
-            states[peer.channel.conversation_id] = peer.channel.to_bytes()
-        self.profile.save_channel_states(states)
+        self._save_states({p.channel.conversation_id: p.channel.to_bytes()
+                           for p in self.peers.values()})  # fmt: skip
+
+    def _save_states(self, states: dict[bytes, bytes]) -> None:
+        stored = self.profile.load_channel_states()
+        self.profile.save_channel_states({**stored, **states})
 
     def close(self) -> None:
         """Zero every channel's keys (call after ``save_channels``)."""
@@ -399,33 +402,56 @@ class Phone:
                 await trio.sleep(DRAIN_S)
                 nursery.cancel_scope.cancel()
         if call.caller.ended.is_set() or call.reason is not None:
-            self.finish(call)
+            await self._finish_in_thread(call)
 
     def finish(self, call: ActiveCall) -> None:
-        """Record the call (report, call log, speaker file, channel state) and go idle."""
-        if call.done.is_set():
-            return
+        """Record the call (report, call log, speaker file, channel state) and go idle,
+        writing the files here (at shutdown; a call's own end writes them in a thread)."""
+        if not call.concluded:
+            self._finished(call, self._conclude(call)())
+
+    async def _finish_in_thread(self, call: ActiveCall) -> None:
+        """``finish``, with the file writes (fsync, sealing) in a worker thread, so the
+        uplink's slots keep their time while they run."""
+        if not call.concluded:
+            persist = self._conclude(call)
+            self._finished(call, await trio.to_thread.run_sync(persist))
+
+    def _finished(self, call: ActiveCall, problems: list[str]) -> None:
+        for problem in problems:
+            self._ui(f"warning: {problem}")
+        call.done.set()
+        call.changed.set()
+
+    def _conclude(self, call: ActiveCall) -> Callable[[], list[str]]:
+        """Go idle and take what the records need now; returns the blocking writes, which
+        return the problems they met (as text)."""
+        call.concluded = True
         if "ended" not in call.times:
             call.mark("ended", self._mono())
         self._drop_call(call)
         self.calls.append(self._call_record(call))
-        problems = []
-        if self.options.speaker is not None and call.caller.rx.pcm:
+        speaker, rate = self.options.speaker, call.caller.profile.sample_rate_hz
+        pcm = np.concatenate(call.caller.rx.pcm) if speaker and call.caller.rx.pcm else None
+        states = {p.channel.conversation_id: p.channel.to_bytes() for p in self.peers.values()}
+        record, report = self._log_record(call), self._report_bytes()
+
+        def persist() -> list[str]:
+            problems = []
+            if speaker is not None and pcm is not None:
+                try:
+                    write_speaker_file(speaker, pcm, rate)
+                except AudioError as exc:
+                    problems.append(str(exc))
             try:
-                pcm = np.concatenate(call.caller.rx.pcm)
-                write_speaker_file(self.options.speaker, pcm, call.caller.profile.sample_rate_hz)
-            except Exception as exc:
+                self._save_states(states)
+                self.profile.append_call(record, time.time())
+            except ProfileError as exc:
                 problems.append(str(exc))
-        try:
-            self.save_channels()
-            self.profile.append_call(self._log_record(call), time.time())
-        except ProfileError as exc:
-            problems.append(str(exc))
-        for problem in problems:
-            self._ui(f"warning: {problem}")
-        self.write_report()
-        call.done.set()
-        call.changed.set()
+            problem = self._write_report_bytes(report)
+            return problems if problem is None else [*problems, problem]
+
+        return persist
 
     def _log_record(self, call: ActiveCall) -> CallRecord:
         times = call.times
@@ -490,10 +516,19 @@ class Phone:
 
     def write_report(self) -> None:
         """Write the report to ``options.report`` atomically (0600), if one was asked."""
+        problem = self._write_report_bytes(self._report_bytes())
+        if problem is not None:
+            self._ui(f"warning: {problem}")
+
+    def _report_bytes(self) -> bytes:
+        return json.dumps(self.report(), indent=1).encode() + b"\n"
+
+    def _write_report_bytes(self, data: bytes) -> str | None:
+        """Write ``data`` as the report; the problem as text, or None."""
         if self.options.report is None:
-            return
-        data = json.dumps(self.report(), indent=1).encode() + b"\n"
+            return None
         try:
             atomic_write(self.options.report, data)
         except OSError as exc:
-            self._ui(f"warning: --report {self.options.report}: {exc.strerror}")
+            return f"--report {self.options.report}: {exc.strerror}"
+        return None

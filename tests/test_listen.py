@@ -183,7 +183,7 @@ def test_a_call_between_two_listeners_connects_and_ends(net: dict[str, Listener]
     # Alice's uplink: the same packet count every whole second, before, during and after.
     traffic = report["traffic"]
     up = traffic["up_packets"][1:-1]
-    assert up and max(up) - min(up) <= 2, up
+    assert up and max(up) - min(up) <= 2, (up, report["uplink_slots"])
 
 
 def test_control_socket_is_private_and_a_second_listener_is_refused(
