@@ -6,6 +6,7 @@ with ``contact add``; each ``listen`` runs as its own process bound to its own 1
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -21,9 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from profile_support import PASSPHRASE as PROFILE_PASSPHRASE
+from profile_support import make_profile, network_file
 from testnet_support import small_testnet
 
 from client import artificial_voice, read_wav
+from client.audio import AudioError, load_mic_file, require_device
 from client.cli import main
 from client.control import MAX_LINE
 from client.profile import CONTROL_SOCKET, open_profile
@@ -104,6 +108,60 @@ def _control(directory: Path, *lines: bytes) -> list[dict[str, object]]:
         return replies
 
 
+def _write_wav(path: Path, pcm: np.ndarray, rate_hz: int, channels: int) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate_hz)
+        w.writeframes(np.repeat(pcm, channels).astype("<i2").tobytes())
+
+
+# -- microphone and speaker, without a network ------------------------------------------
+
+
+def test_a_mic_file_of_any_rate_and_channels_becomes_mono_at_the_voice_rate(
+    tmp_path: Path,
+) -> None:
+    voice = artificial_voice(2.0, seed=4)
+    _write_wav(tmp_path / "stereo44.wav", np.repeat(voice, 3)[::3], 16000, 2)
+    _write_wav(tmp_path / "mono48.wav", np.repeat(voice, 3), 48000, 1)
+    for name in ("stereo44.wav", "mono48.wav"):
+        pcm = load_mic_file(tmp_path / name, 16000)
+        assert pcm.dtype == np.int16 and pcm.ndim == 1
+        assert abs(len(pcm) - 32000) < 400
+        assert float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) > 300
+
+
+def test_unreadable_audio_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.wav").write_text("not audio at all")
+    with pytest.raises(AudioError, match="notes.wav: cannot read it as audio"):
+        load_mic_file(tmp_path / "notes.wav", 16000)
+    with pytest.raises(AudioError, match="missing.wav"):
+        load_mic_file(tmp_path / "missing.wav", 16000)
+    _write_wav(tmp_path / "empty.wav", np.zeros(0, np.int16), 16000, 1)
+    with pytest.raises(AudioError, match="no audio"):
+        load_mic_file(tmp_path / "empty.wav", 16000)
+    # listen refuses a bad microphone before it asks the network for anything
+    d = tmp_path / "me"
+    make_profile(d, network_file())
+    monkeypatch.setenv("PHANTOM_PASSPHRASE", PROFILE_PASSPHRASE.decode())
+    assert main(["listen", "--dir", str(d), "--mic", str(tmp_path / "notes.wav")]) == 2
+    assert "cannot read it as audio" in capsys.readouterr().err
+    assert not (d / CONTROL_SOCKET).exists()
+
+
+def test_a_live_device_without_sounddevice_says_what_to_install() -> None:
+    if importlib.util.find_spec("sounddevice") is not None:
+        pytest.skip("sounddevice is installed here")
+    with pytest.raises(AudioError, match=r"pip install 'phantom-mixnet\[audio\]'"):
+        require_device("input")
+
+
+# -- two listeners on a testnet -----------------------------------------------------------
+
+
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Listener]]:
     """A testnet; profiles alice, bob (contacts of each other) and carol (holds bob's
@@ -126,12 +184,8 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Listener
         finally:
             del os.environ["PHANTOM_PASSPHRASE"]
         voice = artificial_voice(12.0, seed=3)
-        stereo48 = np.repeat(voice, 3)  # 48 kHz by sample repetition, written as 2 channels
-        with wave.open(str(tmp / "mic.wav"), "wb") as w:
-            w.setnchannels(2)
-            w.setsampwidth(2)
-            w.setframerate(48000)
-            w.writeframes(np.repeat(stereo48, 2).astype("<i2").tobytes())
+        # 48 kHz stereo by sample repetition: the listener resamples it to 16 kHz mono
+        _write_wav(tmp / "mic.wav", np.repeat(voice, 3), 48000, 2)
         listeners = {
             "alice": Listener("alice", dirs["alice"], "127.0.0.2", tmp / "alice.json",
                               extra=["--mic", str(tmp / "mic.wav")]),
