@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import trio
+from cryptography.exceptions import InvalidTag
 
 from overlay import CoverKind, DownlinkKind, TopologyDocument, UplinkScheduler, UsageError
 
@@ -274,7 +275,7 @@ class Phone:
         for name, peer in self.peers.items():
             try:
                 envelope = peer.framer.open(data)
-            except Exception:  # InvalidTag: not this contact's frame
+            except InvalidTag:  # not this contact's frame
                 continue
             self.counters["signal_frames"] += 1
             if envelope is None:
