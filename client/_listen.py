@@ -221,7 +221,7 @@ class _Lines:
     """The plain line interface: one line per thing to see, with the local time."""
 
     def __call__(self, line: str) -> None:
-        print(f"{time.strftime('%H:%M:%S')}  {line}", flush=True)
+        print(f"{time.strftime('%H:%M:%S', time.localtime(wall_clock()))}  {line}", flush=True)
 
 
 async def _keys(phone: Phone) -> None:
@@ -268,7 +268,7 @@ async def _listen_main(
     async with open_gateway_link(doc.geometry, (node.host, node.client_port),
                                  node.epoch_key(doc.epoch), profile.mailbox_key,
                                  bind=options.bind) as link:  # fmt: skip
-        phone = Phone(profile, doc, link, options, ui=ui)
+        phone = Phone(profile, doc, link, options, ui=ui, wall_clock=wall_clock)
         try:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async with trio.open_nursery() as nursery:

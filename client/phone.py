@@ -39,7 +39,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -146,7 +145,8 @@ class ActiveCall:
 
 class Phone:
     """The always-on client (see the module docstring). ``ui`` gets one line of text per
-    thing the user should see (ringing, connected, ended, refusals)."""
+    thing the user should see (ringing, connected, ended, refusals); ``wall_clock`` gives
+    unix seconds for the call log (None: calls are not logged)."""
 
     def __init__(
         self,
@@ -156,6 +156,7 @@ class Phone:
         options: PhoneOptions | None = None,
         *,
         ui: Callable[[str], None] | None = None,
+        wall_clock: Callable[[], float] | None = None,
     ):
         self.profile, self.link = profile, link
         self.options = options or PhoneOptions()
@@ -166,6 +167,9 @@ class Phone:
             mean_delay_s=self.options.mean_delay_s, cover=CoverKind.LOOP,
         )  # fmt: skip
         self._ui = ui or (lambda line: None)
+        # Unix seconds for the call log's records only (client._commands.wall_clock); the
+        # calls themselves never read it. None: no call log records.
+        self._wall_clock = wall_clock
         self.peers: dict[str, Peer] = {}
         self.current: ActiveCall | None = None
         self.calls: list[dict[str, object]] = []  # the report's records of finished calls
@@ -435,7 +439,11 @@ class Phone:
         speaker, rate = self.options.speaker, call.caller.profile.sample_rate_hz
         pcm = np.concatenate(call.caller.rx.pcm) if speaker and call.caller.rx.pcm else None
         states = {p.channel.conversation_id: p.channel.to_bytes() for p in self.peers.values()}
-        record, report = self._log_record(call), self._report_bytes()
+        report = self._report_bytes()
+        record = None
+        if self._wall_clock is not None:
+            now = self._wall_clock()
+            record = (self._log_record(call, now), now)
 
         def persist() -> list[str]:
             problems = []
@@ -446,7 +454,8 @@ class Phone:
                     problems.append(str(exc))
             try:
                 self._save_states(states)
-                self.profile.append_call(record, time.time())
+                if record is not None:
+                    self.profile.append_call(*record)
             except ProfileError as exc:
                 problems.append(str(exc))
             problem = self._write_report_bytes(report)
@@ -454,7 +463,7 @@ class Phone:
 
         return persist
 
-    def _log_record(self, call: ActiveCall) -> CallRecord:
+    def _log_record(self, call: ActiveCall, wall_now: float) -> CallRecord:
         times = call.times
         connected = "connected" in times
         duration = int(times["ended"] - times["connected"]) if connected else 0
@@ -469,7 +478,7 @@ class Phone:
         else:
             result = LogResult.FAILED
         direction = CallDirection.OUTGOING if call.role is Role.CALLER else CallDirection.INCOMING
-        began = time.time() - (self._mono() - min(times.values()))
+        began = wall_now - (self._mono() - min(times.values()))
         return CallRecord(int(began), max(0, duration), direction, result, call.name)
 
     def _call_record(self, call: ActiveCall) -> dict[str, object]:

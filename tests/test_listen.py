@@ -203,7 +203,9 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Listener
                     listener.stop(signal.SIGKILL)
 
 
-def test_a_call_between_two_listeners_connects_and_ends(net: dict[str, Listener]) -> None:
+def test_a_call_between_two_listeners_connects_and_ends(
+    net: dict[str, Listener], capsys: pytest.CaptureFixture[str]
+) -> None:
     alice, bob = net["alice"], net["bob"]
     dial = _dial(alice.directory, "bob", "--duration", "4")
     out, err = dial.communicate(timeout=60)
@@ -220,6 +222,12 @@ def test_a_call_between_two_listeners_connects_and_ends(net: dict[str, Listener]
     # One clock on one host: alice dials, bob rings, both connect, both end, in that order.
     assert ta["dial"] < tb["ringing"] <= ta["ringing"] and tb["connected"] <= ta["connected"]
     assert ta["connected"] < ta["ended"] and tb["connected"] < tb["ended"]
+    os.environ["PHANTOM_PASSPHRASE"] = PASSPHRASE
+    try:
+        assert main(["calls", "--dir", str(alice.directory)]) == 0
+    finally:
+        del os.environ["PHANTOM_PASSPHRASE"]
+    assert "outgoing  answered" in capsys.readouterr().out  # the call log, sealed
     report = json.loads(alice.report.read_text())
     assert report["key_agreement"] == "X25519+ML-KEM-768"
     assert report["ip"] == "127.0.0.2" and report["pid"] == alice.proc.pid  # type: ignore[union-attr]
