@@ -225,20 +225,14 @@ class _Lines:
 
 
 async def _keys(phone: Phone) -> None:
-    """Keys on a terminal (one letter and Enter): a answer, d decline, h hang up."""
-    stream = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
-    reader = LineReader()
-    async with stream:
-        while data := await stream.receive_some(1024):
-            try:
-                lines = reader.feed(data)
-            except ControlError:
-                continue
-            for line in lines:
-                key = line.strip().lower()[:1]
-                actions = {b"a": phone.answer, b"d": phone.decline, b"h": phone.hangup}
-                if key in actions:
-                    actions[key]()
+    """Keys on a terminal (one letter and Enter): a answer, d decline, h hang up. Lines
+    are read in a worker thread (abandoned on exit), so the terminal stays blocking for
+    the shell afterwards."""
+    actions = {"a": phone.answer, "d": phone.decline, "h": phone.hangup}
+    while line := await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True):
+        action = actions.get(line.strip().lower()[:1])
+        if action is not None:
+            action()
 
 
 async def _refresh_topology(phone: Phone, profile: Profile) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import pty
 import signal
 import socket
 import stat
@@ -46,18 +47,21 @@ class Listener:
     proc: subprocess.Popen[str] | None = None
     extra: list[str] = field(default_factory=list)
 
-    def start(self) -> None:
+    def start(self, terminal: int | None = None) -> None:
+        """Start ``listen``; with ``terminal`` (a pty's fd) as its stdin and keys on."""
+        seen = len(self.log()) if (self.directory.parent / f"{self.name}.log").exists() else 0
         out = open(self.directory.parent / f"{self.name}.log", "a")  # noqa: SIM115
+        screen = [] if terminal is not None else ["--no-screen"]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "client.cli", "listen", "--dir", str(self.directory),
-             "--bind", self.ip, "--no-screen", "--report", str(self.report), *self.extra],
+             "--bind", self.ip, *screen, "--report", str(self.report), *self.extra],
             cwd=ROOT, env=_env(), stdout=out, stderr=subprocess.STDOUT, text=True,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if terminal is None else terminal,
         )  # fmt: skip
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log()
-            if "online:" in self.log():
+            if "online:" in self.log()[seen:]:
                 return
             time.sleep(0.1)
         raise AssertionError(f"{self.name} did not come online: {self.log()}")
@@ -310,6 +314,32 @@ def test_a_caller_who_is_not_a_contact_never_rings(net: dict[str, Listener]) -> 
     assert "connected" not in c_call["times"]  # type: ignore[operator]
 
 
+def test_an_incoming_call_rings_and_is_answered_by_a_key(net: dict[str, Listener]) -> None:
+    alice, bob = net["alice"], net["bob"]
+    assert alice.stop() == 0
+    assert not (alice.directory / CONTROL_SOCKET).exists()  # removed on exit
+    master, slave = pty.openpty()
+    try:
+        alice.start(terminal=slave)
+        dial = _dial(bob.directory, "alice", "--duration", "2")
+        deadline = time.monotonic() + 30
+        while "RINGING" not in alice.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ring = alice.log().split("RINGING", 1)[1].splitlines()[0]
+        assert "bob [unverified] PARANOID" in ring and "a: answer" in ring
+        time.sleep(1.0)
+        (status,) = _control(alice.directory, b'{"type": "status"}\n')
+        assert isinstance(status["call"], dict) and "connected" not in status["call"]["events"]
+        os.write(master, b"a\n")  # the key press
+        out, err = dial.communicate(timeout=60)
+        assert dial.returncode == 0, (out, err, alice.log())
+        assert alice.stop() == 0
+    finally:
+        os.close(master)
+        os.close(slave)
+    alice.start()
+
+
 def test_killing_dial_hangs_up_and_killing_listen_times_out(net: dict[str, Listener]) -> None:
     alice, bob = net["alice"], net["bob"]
     dial = _dial(alice.directory, "bob")
@@ -318,7 +348,9 @@ def test_killing_dial_hangs_up_and_killing_listen_times_out(net: dict[str, Liste
     line = ""
     while "connected" not in line and time.monotonic() < deadline:
         line = dial.stdout.readline()
-    assert "connected" in line, (alice.log(), bob.log())
+        if not line:
+            break
+    assert "connected" in line, dial.communicate(timeout=10)
     time.sleep(1.0)
     dial.kill()
     dial.wait(timeout=10)
