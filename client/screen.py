@@ -112,6 +112,10 @@ def _finite_at_least_zero(name: str, value: float | None) -> None:
     _check(value is None or (math.isfinite(value) and value >= 0), f"{name} {value!r} < 0")
 
 
+def _printable(char: str) -> str:
+    return char if char.isprintable() else "?"
+
+
 @dataclass(frozen=True, slots=True)
 class CallStatus:
     """One moment of the caller, as the screen shows it.
@@ -123,7 +127,8 @@ class CallStatus:
     jitter, ``loss`` the share of packets due that never came. ``online_s`` is how long the
     client has been online, ``uplink_bytes_per_s`` its constant uplink rate (cover
     included). Raises :class:`StatusError` on an unknown phase or a negative, infinite or
-    NaN figure.
+    NaN figure. Characters that are not printable (escape sequences in a name) are shown
+    as ``?``.
     """
 
     peer: str = ""
@@ -157,6 +162,10 @@ class CallStatus:
         _check(self.elapsed_s is not None, "elapsed_s is None")
         _check(self.loss is None or 0 <= self.loss <= 1, f"loss {self.loss!r} not in [0, 1]")
         _check(bool(self.mode), "mode is empty")
+        for name in ("peer", "safety_number", "mode", "encryption", "end_reason"):
+            text = getattr(self, name)
+            if text is not None and not text.isprintable():  # never a terminal escape
+                object.__setattr__(self, name, "".join(_printable(c) for c in text))
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,13 +291,13 @@ def render(
         state.add_row("", Text("No call.", style="dim"))
     elif status.encryption:
         peer = status.peer or "your contact"
-        state.add_row(lock, Text(status.encryption, style="bold green"))
+        state.add_row(Text(lock), Text(status.encryption, style="bold green"))
         explain = f"Only {peer} can hear you; no relay learns who talks to whom."
         state.add_row("", Text(explain, style="dim"))
     else:
         state.add_row("!", Text("NOT ENCRYPTED", style="bold red"))
     if status.phase is not Phase.IDLE and status.verified:
-        state.add_row(ok_mark, Text("verified", style="bold green"))
+        state.add_row(Text(ok_mark), Text("verified", style="bold green"))
     elif status.phase is not Phase.IDLE:
         state.add_row("!", Text(NOT_VERIFIED, style="bold yellow"))
     if status.phase is not Phase.IDLE and status.safety_number:
@@ -431,18 +440,23 @@ class CallScreen:
                     )
                 )
             send, receive = trio.open_memory_channel[str](16)
-            async with trio.open_nursery() as nursery:
-                if threading.current_thread() is threading.main_thread():
-                    signals = stack.enter_context(
-                        trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP)
-                    )
-                    nursery.start_soon(self._on_signal, signals, nursery.cancel_scope)
-                if fd is not None:
-                    nursery.start_soon(self._read_keys, fd, send)
-                else:
-                    send.close()
-                await self._loop(receive, console, live)
-                nursery.cancel_scope.cancel()
+            try:
+                async with trio.open_nursery() as nursery:
+                    if threading.current_thread() is threading.main_thread():
+                        signals = stack.enter_context(
+                            trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP)
+                        )
+                        nursery.start_soon(self._on_signal, signals, nursery.cancel_scope)
+                    if fd is not None:
+                        nursery.start_soon(self._read_keys, fd, send)
+                    else:
+                        send.close()
+                    await self._loop(receive, console, live)
+                    nursery.cancel_scope.cancel()
+            except BaseExceptionGroup as group:  # one task failed: raise what it raised
+                if len(group.exceptions) != 1:
+                    raise
+                raise group.exceptions[0] from None
         if self._signalled is not None:  # the terminal is restored and our handler gone
             signal.raise_signal(self._signalled)
 
