@@ -481,13 +481,12 @@ class CallScreen:
         last_state: tuple[object, ...] = ()
         last_plain = -math.inf
         keys_open = True
+        ascii_only = not console.encoding.lower().startswith("utf")
         while True:
             status = self.status_source()
             now = trio.current_time()
             if live is not None:
-                live.update(
-                    render(status, keymap=self.keymap, ascii_only=_ascii(console)), refresh=True
-                )
+                live.update(render(status, keymap=self.keymap, ascii_only=ascii_only), refresh=True)
             else:
                 state = (
                     status.phase,
@@ -505,6 +504,8 @@ class CallScreen:
             if status.phase is Phase.ENDED and self.exit_on_end:
                 ended_at = now if ended_at is None else ended_at
                 if now - ended_at >= self.linger_s:
+                    if live is not None:  # what stays on the terminal offers no keys
+                        live.update(render(status, keymap=KeyMap(()), ascii_only=ascii_only))
                     return
             else:
                 ended_at = None
@@ -522,10 +523,6 @@ class CallScreen:
                 await self.on_command(command)
                 if command is Command.QUIT:
                     return
-
-
-def _ascii(console: Console) -> bool:
-    return not console.encoding.lower().startswith("utf")
 
 
 # --- the demo -------------------------------------------------------------------------------

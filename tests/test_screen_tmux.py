@@ -155,6 +155,7 @@ def test_the_call_screen_in_a_real_terminal(tmux: Tmux, tmp_path: Path) -> None:
     tmux.type("h")
     ended = tmux.wait_for(lambda s: re.search(r"screen exited \d", s) is not None, "exit")
     assert "Call with Alice ended: you hung up" in ended, ended
+    assert "quit" not in ended  # the process is gone: no key to offer
     assert "screen exited 0" in ended
     tmux.wait_for(lambda s: after.exists() and after.read_text() != "", "stty after the demo")
     assert after.read_text() == before.read_text()
