@@ -38,6 +38,7 @@ import sys
 import termios
 import threading
 import tty
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -55,6 +56,7 @@ __all__ = [
     "Command",
     "KeyMap",
     "KeyMapError",
+    "LiveFigures",
     "Phase",
     "StatusError",
     "main",
@@ -352,6 +354,80 @@ def status_line(status: CallStatus, *, keymap: KeyMap | None = None) -> str:
     return " ".join(parts)
 
 
+# --- the live figures (pure) -----------------------------------------------------------------
+
+
+@dataclass
+class LiveFigures:
+    """The live figures of :class:`CallStatus` from the media packets of a call as they
+    arrive: the median one-way delay over the last ``delay_window_s`` seconds, the
+    interarrival jitter J of RFC 3550 (6.4.1, in arrival order), and the share of sequence
+    numbers missing between the lowest and highest received in the last ``loss_window_s``.
+    Times in seconds on one clock; the figures in milliseconds and as a fraction, ``None``
+    before there is anything to measure.
+
+    >>> live = LiveFigures()
+    >>> for seq, at, one_way_s in [(0, 0.00, 0.140), (1, 0.04, 0.150), (3, 0.12, 0.145)]:
+    ...     live.received(seq, at, one_way_s)
+    >>> live.one_way_delay_ms(0.12), live.loss(0.12)
+    (145.0, 0.25)
+    >>> round(live.jitter_ms(), 3)  # |D| = 10 ms: J = 10/16; |D| = 5 ms: J += (5 - J)/16
+    0.898
+    """
+
+    delay_window_s: float = 2.0
+    loss_window_s: float = 10.0
+    _arrivals: deque[tuple[float, int, float]] = field(default_factory=deque, init=False)
+    _jitter_s: float | None = field(default=None, init=False)
+    _last_one_way_s: float | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        for name in ("delay_window_s", "loss_window_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise StatusError(f"{name} {value!r} must be a positive number of seconds")
+
+    def received(self, seq: int, at: float, one_way_s: float) -> None:
+        """A media packet with sequence number ``seq`` arrived at ``at`` after
+        ``one_way_s`` seconds. Raises :class:`StatusError` on a negative or non-finite
+        delay, or an ``at`` earlier than the last one."""
+        if not (math.isfinite(one_way_s) and one_way_s >= 0 and math.isfinite(at)):
+            raise StatusError(f"one-way delay {one_way_s!r} s at {at!r} s")
+        if self._arrivals and at < self._arrivals[-1][0]:
+            raise StatusError(f"arrival at {at} s before the last one ({self._arrivals[-1][0]} s)")
+        if self._last_one_way_s is not None:
+            d = abs(one_way_s - self._last_one_way_s)
+            j = self._jitter_s or 0.0
+            self._jitter_s = j + (d - j) / 16
+        self._last_one_way_s = one_way_s
+        self._arrivals.append((at, seq, one_way_s))
+        horizon = at - max(self.delay_window_s, self.loss_window_s)
+        while self._arrivals[0][0] < horizon:
+            self._arrivals.popleft()
+
+    def one_way_delay_ms(self, now: float) -> float | None:
+        """Median one-way delay (ms) of the packets that arrived in the last
+        ``delay_window_s`` before ``now``."""
+        recent = sorted(d for at, _, d in self._arrivals if at >= now - self.delay_window_s)
+        if not recent:
+            return None
+        mid = len(recent) // 2
+        median = recent[mid] if len(recent) % 2 else (recent[mid - 1] + recent[mid]) / 2
+        return 1000 * median
+
+    def jitter_ms(self) -> float | None:
+        """RFC 3550 interarrival jitter (ms), once two packets have arrived."""
+        return None if self._jitter_s is None else 1000 * self._jitter_s
+
+    def loss(self, now: float) -> float | None:
+        """Share of the sequence numbers from the lowest to the highest received in the last
+        ``loss_window_s`` before ``now`` that did not arrive (duplicates count once)."""
+        seqs = {seq for at, seq, _ in self._arrivals if at >= now - self.loss_window_s}
+        if not seqs:
+            return None
+        return 1 - len(seqs) / (max(seqs) - min(seqs) + 1)
+
+
 # --- the terminal edge ----------------------------------------------------------------------
 
 _ESCAPE = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|O.|.)?", re.DOTALL)
@@ -532,8 +608,9 @@ class CallScreen:
 class DemoCall:
     """A scripted call for trying the screen without a network: it rings until accepted
     (``a``), declined (``d``) or ``ring_s`` pass; once connected, ``m`` mutes, ``h`` hangs up,
-    and the peer hangs up after ``talk_s``. The figures are made up (a slow wave around
-    140 ms). Times are on Trio's clock, from ``start``."""
+    and the peer hangs up after ``talk_s``. The figures are :class:`LiveFigures` of made-up
+    packets, one every 40 ms: a slow wave around 140 ms with a ripple of 4 ms, and one packet
+    in 250 lost. Times are on Trio's clock, from ``start``."""
 
     peer: str = "Alice"
     verified: bool = False
@@ -542,6 +619,8 @@ class DemoCall:
     start: float = 0.0
     _status: CallStatus = field(init=False)
     _since: float = field(init=False)
+    _live: LiveFigures = field(default_factory=LiveFigures, init=False)
+    _next_seq: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         self._status = CallStatus(
@@ -564,15 +643,25 @@ class DemoCall:
             self._move(Phase.ENDED, now, f"{self.peer} hung up")
         s = replace(self._status, online_s=now - self.start)
         if s.phase is Phase.CONNECTED:
-            t = now - self._since
+            self._packets_until(now)
+            live = self._live
             s = replace(
                 s,
-                elapsed_s=t,
-                one_way_delay_ms=140 + 15 * math.sin(t / 3),
-                jitter_ms=4 + math.sin(t / 5),
-                loss=0.002 + 0.002 * math.sin(t / 7),
+                elapsed_s=now - self._since,
+                one_way_delay_ms=live.one_way_delay_ms(now),
+                jitter_ms=live.jitter_ms(),
+                loss=live.loss(now),
             )
         return s
+
+    def _packets_until(self, now: float) -> None:
+        while (at := self._since + 0.040 * self._next_seq) <= now:
+            seq, self._next_seq = self._next_seq, self._next_seq + 1
+            if seq % 250 != 17:
+                t = at - self._since
+                self._live.received(
+                    seq, at, 0.140 + 0.015 * math.sin(t / 3) + 0.004 * math.sin(seq)
+                )
 
     def _move(self, phase: Phase, now: float, end_reason: str | None = None) -> None:
         elapsed = now - self._since if self._status.phase is Phase.CONNECTED else 0.0
@@ -587,6 +676,7 @@ class DemoCall:
         match command:
             case Command.ACCEPT:
                 self._move(Phase.CONNECTED, now)
+                self._live, self._next_seq = LiveFigures(), 0
             case Command.DECLINE:
                 self._move(Phase.ENDED, now, "you declined")
             case Command.HANGUP:

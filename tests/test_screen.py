@@ -27,6 +27,7 @@ from client.screen import (
     DemoCall,
     KeyMap,
     KeyMapError,
+    LiveFigures,
     Phase,
     StatusError,
     keys_of,
@@ -160,6 +161,36 @@ def test_phase_may_be_given_as_its_string() -> None:
 def test_a_status_out_of_range_is_refused(field: str, value: object) -> None:
     with pytest.raises(StatusError, match=field.split("_")[0]):
         CallStatus(**{field: value})  # type: ignore[arg-type]
+
+
+# --- LiveFigures ----------------------------------------------------------------------------
+
+
+def test_live_figures_follow_the_last_seconds() -> None:
+    live = LiveFigures(delay_window_s=2.0, loss_window_s=10.0)
+    assert (live.one_way_delay_ms(0.0), live.jitter_ms(), live.loss(0.0)) == (None, None, None)
+    for seq in range(100):  # 4 s at 40 ms: 100 ms delay, then 200 ms from 2 s on
+        if seq % 10 != 5:  # one in ten lost
+            live.received(seq, 0.04 * seq, 0.100 if seq < 50 else 0.200)
+    assert live.one_way_delay_ms(3.96) == pytest.approx(200.0)  # only the last 2 s
+    assert live.one_way_delay_ms(10.0) is None  # nothing for 6 s
+    assert live.loss(3.96) == pytest.approx(10 / 100)
+    live.received(99, 4.0, 0.200)  # a duplicate counts once
+    assert live.loss(4.0) == pytest.approx(10 / 100)
+    # one step of 100 ms, then no change: J = 100/16 decaying by 15/16 per packet
+    assert live.jitter_ms() == pytest.approx(100 / 16 * (15 / 16) ** 45)
+
+
+def test_live_figures_median_of_an_even_count_and_bad_input() -> None:
+    live = LiveFigures()
+    live.received(0, 1.0, 0.100)
+    live.received(1, 1.0, 0.300)
+    assert live.one_way_delay_ms(1.0) == pytest.approx(200.0)
+    for seq, at, delay in [(2, 0.5, 0.1), (2, 2.0, -0.001), (2, 2.0, math.nan), (2, math.inf, 0.1)]:
+        with pytest.raises(StatusError):
+            live.received(seq, at, delay)
+    with pytest.raises(StatusError, match="delay_window_s"):
+        LiveFigures(delay_window_s=0)
 
 
 # --- KeyMap ---------------------------------------------------------------------------------
@@ -345,7 +376,7 @@ def test_plain_lines_when_output_is_not_a_terminal() -> None:
     lines = out.stdout.decode().splitlines()
     assert [line.split()[0] for line in lines] == ["ringing-in", "connected", "ended"], lines
     assert lines[0].endswith("| a accept, d decline")
-    assert "one-way 140 ms" in lines[1]
+    assert "time 00:00 one-way 140 ms jitter -- loss 0.0 %" in lines[1]
     assert lines[2].startswith("ended Alice [PARANOID] reason: Alice hung up, time 00:0")
     assert "\x1b" not in out.stdout.decode()
 
