@@ -493,17 +493,24 @@ class CallScreen:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.refresh_hz) and self.refresh_hz > 0):
             raise ValueError(f"refresh_hz {self.refresh_hz!r} must be positive")
+        for name in ("linger_s", "plain_every_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} {value!r} must be a number of seconds >= 0")
 
     async def run(self) -> None:
         """Show the screen until quit (or the end of the call, see ``exit_on_end``). Raises
         what ``status_source`` or ``on_command`` raise, after restoring the terminal."""
         console = self.console or Console()
         fd = self.stdin_fd
-        is_tty = fd is not None and os.isatty(fd)
         self._signalled = None
-        with contextlib.ExitStack() as stack:
-            if is_tty:
-                assert fd is not None
+        with contextlib.ExitStack() as stack:  # unwinds: display, terminal mode, signals
+            signals = None
+            if threading.current_thread() is threading.main_thread():
+                signals = stack.enter_context(
+                    trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP)
+                )
+            if fd is not None and os.isatty(fd):
                 stack.enter_context(cbreak(fd))
             live = None
             if console.is_terminal:
@@ -518,10 +525,7 @@ class CallScreen:
             send, receive = trio.open_memory_channel[str](16)
             try:
                 async with trio.open_nursery() as nursery:
-                    if threading.current_thread() is threading.main_thread():
-                        signals = stack.enter_context(
-                            trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP)
-                        )
+                    if signals is not None:
                         nursery.start_soon(self._on_signal, signals, nursery.cancel_scope)
                     if fd is not None:
                         nursery.start_soon(self._read_keys, fd, send)
@@ -700,7 +704,8 @@ async def _demo(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m client.screen --demo [--peer NAME] [--verified]``: the screen on a
-    scripted call. Returns the exit status (2 and a usage message on a bad argument)."""
+    scripted call. Returns the exit status: 0, 130 after Ctrl-C (2 and a usage message on a
+    bad argument)."""
     parser = argparse.ArgumentParser(prog="python -m client.screen", description="the call screen")
     add = parser.add_argument
     add("--demo", action="store_true", required=True, help="the screen on a scripted call")
@@ -714,7 +719,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         value = getattr(args, name)
         if not (math.isfinite(value) and value >= 0):
             parser.error(f"--{name.replace('_', '-')} must be a number >= 0, not {value}")
-    trio.run(_demo, args)
+    try:
+        trio.run(_demo, args)
+    except KeyboardInterrupt:  # Ctrl-C: the terminal is already restored
+        return 130
     return 0
 
 

@@ -355,6 +355,8 @@ def test_bad_refresh_rate_is_refused() -> None:
 
     with pytest.raises(ValueError, match="refresh_hz"):
         CallScreen(lambda: CallStatus(), on_command, refresh_hz=0)
+    with pytest.raises(ValueError, match="linger_s"):
+        CallScreen(lambda: CallStatus(), on_command, linger_s=-1)
 
 
 # --- the demo as a process ------------------------------------------------------------------
@@ -387,7 +389,15 @@ def test_the_demo_refuses_bad_arguments() -> None:
         assert out.returncode == 2 and b"usage:" in out.stderr, args
 
 
-def test_sigterm_restores_the_terminal_and_still_terminates() -> None:
+@pytest.mark.parametrize(
+    ("signum", "status"),
+    [(signal.SIGTERM, -signal.SIGTERM), (signal.SIGHUP, -signal.SIGHUP), (signal.SIGINT, 130)],
+)
+def test_a_signal_restores_the_terminal_and_still_ends_the_process(
+    signum: signal.Signals, status: int
+) -> None:
+    """SIGTERM and SIGHUP still kill the process (after the terminal is restored); Ctrl-C
+    (SIGINT) ends the demo with status 130."""
     master, slave = os.openpty()
     try:
         before = termios.tcgetattr(slave)
@@ -402,12 +412,12 @@ def test_sigterm_restores_the_terminal_and_still_terminates() -> None:
                 assert time.monotonic() < deadline, seen
                 if select.select([master], [], [], 0.1)[0]:
                     seen += os.read(master, 65536)
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signum)
             while proc.poll() is None:
                 assert time.monotonic() < deadline + 10
                 if select.select([master], [], [], 0.1)[0]:
                     os.read(master, 65536)
-            assert proc.returncode == -signal.SIGTERM
+            assert proc.returncode == status
             assert termios.tcgetattr(slave) == before
         finally:
             if proc.poll() is None:
