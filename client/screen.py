@@ -9,16 +9,18 @@
     ringing-in Alice [PARANOID] NOT VERIFIED - compare safety numbers: 37215 90412
     | a accept, d decline
 
-Three parts, of which only the last does I/O:
+Four parts, of which only the last does I/O:
 
 - :class:`CallStatus`, a frozen snapshot of one moment (peer, phase, mode, encryption,
   verification, the live figures), which the client builds and this module only reads;
+- :class:`LiveFigures`, the live figures (median one-way delay, jitter, loss over the last
+  seconds) from the media packets as they arrive;
 - :func:`render` (a ``rich`` panel of a snapshot: the mode badge, the lock with a one-line
   explanation, the verification in a warning colour when missing, the figures, the keys) and
   :class:`KeyMap` (which key sends which :class:`Command` in which phase), both pure;
 - :class:`CallScreen`, the Trio edge: a ``rich`` Live display refreshed from a
   ``status_source`` at a few hertz, keys read from the terminal in cbreak mode (restored on
-  return, on an exception and on SIGTERM or SIGHUP) and passed to ``on_command``. When stdout
+  return, on an exception, on Ctrl-C, SIGTERM or SIGHUP) and passed to ``on_command``. When stdout
   is not a terminal it prints one plain line per change instead.
 
 ``python -m client.screen --demo`` shows the screen on a scripted call (ringing, then
@@ -54,11 +56,14 @@ __all__ = [
     "CallScreen",
     "CallStatus",
     "Command",
+    "DemoCall",
     "KeyMap",
     "KeyMapError",
     "LiveFigures",
     "Phase",
     "StatusError",
+    "cbreak",
+    "keys_of",
     "main",
     "render",
     "status_line",
