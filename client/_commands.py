@@ -271,6 +271,8 @@ def cmd_contact_verify(args: argparse.Namespace) -> int:
 @_guarded
 def cmd_calls(args: argparse.Namespace) -> int:
     log = _open(args).open_call_log(wall_clock())
+    if not log.records(args.contact):
+        print("no calls" + (f" with {args.contact}" if args.contact else "") + " in the log")
     for r in log.records(args.contact):
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.time_s))
         kind = f"{r.direction.value:8}  {r.result.value:9}"

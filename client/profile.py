@@ -119,7 +119,10 @@ def _read(path: Path) -> bytes:
         with open(path, "rb") as f:
             data = f.read(MAX_STORE_BYTES + 1)
     except FileNotFoundError:
-        raise ProfileError(f"{path}: missing (run: phantom-call init --force)") from None
+        raise ProfileError(
+            f"{path}: missing, so the profile is incomplete: restore it from a backup "
+            "(phantom-call init --force makes a new identity, which every contact must add)"
+        ) from None
     except OSError as exc:
         raise ProfileError(f"{path}: {exc.strerror}") from None
     if len(data) > MAX_STORE_BYTES:
@@ -195,7 +198,7 @@ class Sealer:
     The Argon2id key of each parameter set is derived once and kept here.
     """
 
-    passphrase: bytes | None
+    passphrase: bytes | None = field(repr=False)  # secret: never in a repr or a traceback
     params: KdfParams | None = None  # what new files are sealed with
     _keys: dict[KdfParams, bytes] = field(default_factory=dict, repr=False)
 
@@ -400,8 +403,9 @@ def _identity_payload(p: Profile) -> dict[str, object]:
 def open_profile(directory: Path, passphrase: Callable[[], bytes]) -> Profile:
     """Open the profile in ``directory``; ``passphrase`` is asked only if it is sealed.
 
-    ProfileError (naming the file) if there is none or a file is malformed or too open
-    to trust; PassphraseError if the passphrase is wrong. Reads only.
+    ProfileError (naming the file) if there is none or a file is missing or malformed
+    (the files' modes are set when written, not checked here); PassphraseError if the
+    passphrase is wrong. Reads only.
     """
     path = directory / PROFILE_FILE
     if not path.exists():

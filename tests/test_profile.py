@@ -15,8 +15,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import hypothesis.strategies as st
 import pytest
 from directory_support import free_ports
+from hypothesis import given, settings
 from profile_support import PASSPHRASE, make_profile, network_file
 
 from client.calllog import DAY_S, CallDirection, CallRecord, CallResult
@@ -30,6 +32,7 @@ from client.profile import (
     PROFILE_FILE,
     PassphraseError,
     ProfileError,
+    Sealer,
     atomic_write,
     open_profile,
 )
@@ -393,3 +396,32 @@ def test_a_profile_keeps_one_salt_so_a_command_derives_once(tmp_path: Path) -> N
     salts = {json.loads((me.directory / f).read_text())["kdf"]["salt"]
              for f in (IDENTITY_FILE, CONTACTS_FILE, CALLS_FILE)}  # fmt: skip
     assert len(salts) == 1 and len(again.sealer._keys) == 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(secret=st.binary(min_size=4, max_size=64))
+def test_no_repr_shows_the_passphrase(secret: bytes) -> None:
+    sealer = Sealer(secret)
+    shown = repr(sealer) + str(sealer)
+    assert repr(secret) not in shown and secret.hex() not in shown
+
+
+def test_a_missing_store_file_does_not_advise_a_new_identity_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], passphrase: bytes
+) -> None:
+    me = make_profile(tmp_path / "me", network_file())
+    (me.directory / CONTACTS_FILE).unlink()
+    assert main(["contact", "list", "--dir", str(me.directory)]) == 2
+    err = capsys.readouterr().err
+    assert "missing" in err and "backup" in err and "new identity" in err
+    assert "Traceback" not in err
+
+
+def test_an_empty_call_log_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], passphrase: bytes
+) -> None:
+    me = make_profile(tmp_path / "me", network_file())
+    assert main(["calls", "--dir", str(me.directory)]) == 0
+    assert capsys.readouterr().out.strip() == "no calls in the log"
+    assert main(["calls", "--dir", str(me.directory), "--contact", "ada"]) == 0
+    assert capsys.readouterr().out.strip() == "no calls with ada in the log"
