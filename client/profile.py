@@ -90,10 +90,12 @@ class PassphraseError(ProfileError):
 def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
     """Replace ``path`` with ``data`` so that a crash at any point leaves the old file or
     the new one, never a mix: write a temporary file beside it (created with ``mode``),
-    fsync it, rename it over ``path``, fsync the directory. OSError as raised (the
-    temporary file is removed first)."""
+    fsync it, rename it over ``path``, fsync the directory. A file, hard link or symlink
+    already at the temporary name is removed, never written through. OSError as raised
+    (the temporary file is removed first)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    tmp.unlink(missing_ok=True)  # stale, or planted to make us overwrite another file
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         try:
             os.fchmod(fd, mode)

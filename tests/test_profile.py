@@ -425,3 +425,16 @@ def test_an_empty_call_log_says_so(
     assert capsys.readouterr().out.strip() == "no calls in the log"
     assert main(["calls", "--dir", str(me.directory), "--contact", "ada"]) == 0
     assert capsys.readouterr().out.strip() == "no calls with ada in the log"
+
+
+def test_a_file_planted_at_the_temporary_name_is_never_written_through(tmp_path: Path) -> None:
+    me = make_profile(tmp_path / "me", network_file(), passphrase=None)
+    victim = tmp_path / "victim"
+    for plant in (os.link, os.symlink):
+        victim.write_bytes(b"precious")
+        tmp = me.directory / f".{CONTACTS_FILE}.{os.getpid()}.tmp"
+        plant(victim, tmp)
+        me.save_contacts(me.load_contacts())
+        assert victim.read_bytes() == b"precious"
+        assert not tmp.exists() and not tmp.is_symlink()
+        assert stat.S_IMODE((me.directory / CONTACTS_FILE).stat().st_mode) == 0o600
