@@ -3,7 +3,8 @@
 Each handler turns off core dumps first (``client.profile.disable_core_dumps``), then
 works on the profile directory (``--dir``). Exit codes: 0 ok, 1 no authority gave a
 verifiable topology document, 2 a bad argument, network file, card or contact (the
-message says what is wanted), 4 a wrong passphrase (nothing changed).
+message says what is wanted), 4 a wrong passphrase (nothing changed), 141 the reader of
+the output went away (``| head``; quietly, as a command killed by SIGPIPE).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_PASSPHRASE = 4
+EXIT_PIPE = 128 + 13  # the shell's status of a command killed by SIGPIPE
 MAX_PASSPHRASE_BYTES = 4096
 
 _Handler: TypeAlias = Callable[[argparse.Namespace], int]
@@ -74,7 +76,13 @@ def _guarded(handler: _Handler) -> _Handler:
         if args.dir is None:
             args.dir = default_profile_dir()
         try:
-            return handler(args)
+            code = handler(args)
+            sys.stdout.flush()  # a closed pipe shows here, not in a traceback at exit
+            return code
+        except BrokenPipeError:
+            # The reader went away (| head): stop quietly; the exit flush must not fail too.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_PIPE
         except PassphraseError as exc:
             code, message = EXIT_PASSPHRASE, str(exc)
         except CommandError as exc:

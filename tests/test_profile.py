@@ -25,6 +25,7 @@ from client.calllog import DAY_S, CallDirection, CallRecord, CallResult
 from client.card import Card
 from client.cli import build_parser, main
 from client.enrol import EnrolError, fetch_topology, load_network
+from client.identity import Identity
 from client.profile import (
     CALLS_FILE,
     CONTACTS_FILE,
@@ -438,3 +439,25 @@ def test_a_file_planted_at_the_temporary_name_is_never_written_through(tmp_path:
         assert victim.read_bytes() == b"precious"
         assert not tmp.exists() and not tmp.is_symlink()
         assert stat.S_IMODE((me.directory / CONTACTS_FILE).stat().st_mode) == 0o600
+
+
+def test_a_reader_that_goes_away_stops_a_command_without_a_traceback(tmp_path: Path) -> None:
+    me = make_profile(tmp_path / "me", network_file(), passphrase=None)
+    book = me.load_contacts()
+    for i in range(300):  # output well over a pipe's buffer
+        other = Identity.generate()
+        card = Card.make(other, gateway_id=bytes(16), mailbox_id=bytes(16),
+                         network_fingerprint=me.network.fingerprint)  # fmt: skip
+        book.add(f"c{i:03d}-{'x' * 50}", card.to_bytes(other))
+    me.save_contacts(book)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    read, write = os.pipe()
+    os.close(read)  # like `| head` that has already exited
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "client.cli", "contact", "list", "--dir", str(me.directory)],
+            stdout=write, stderr=subprocess.PIPE, text=True, env=env, timeout=60,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert out.returncode == 141 and out.stderr == ""
