@@ -93,6 +93,9 @@ def _guarded(handler: _Handler) -> _Handler:
             code, message = EXIT_FAILED, str(exc)
         except (ProfileError, CardError, ContactError, CallLogError) as exc:
             code, message = EXIT_USAGE, str(exc)
+        except OSError as exc:  # a path the system refuses (too long, no permission, ...)
+            where = "" if exc.filename is None else f"{exc.filename}: "
+            code, message = EXIT_USAGE, f"{where}{exc.strerror or exc}"
         print(f"phantom-call: error: {message}", file=sys.stderr)
         return code
 
@@ -117,7 +120,7 @@ def read_passphrase(args: argparse.Namespace, *, new: bool = False) -> bytes:
         return text
     env = os.environ.get(PASSPHRASE_ENV)
     if env:
-        return env.encode()
+        return os.fsencode(env)  # the variable's bytes as given, even if not UTF-8
     if not sys.stdin.isatty():
         raise CommandError(
             f"no passphrase: give --passphrase-file FILE, set {PASSPHRASE_ENV}, "

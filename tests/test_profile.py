@@ -461,3 +461,27 @@ def test_a_reader_that_goes_away_stops_a_command_without_a_traceback(tmp_path: P
     finally:
         os.close(write)
     assert out.returncode == 141 and out.stderr == ""
+
+
+def test_a_passphrase_of_any_bytes_opens_the_same_from_the_environment_or_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = b"\xff\xfe not UTF-8"
+    me = make_profile(tmp_path / "me", network_file(), passphrase=secret)
+    monkeypatch.setenv("PHANTOM_PASSPHRASE", os.fsdecode(secret))
+    assert main(["contact", "list", "--dir", str(me.directory)]) == 0
+    monkeypatch.delenv("PHANTOM_PASSPHRASE")
+    (tmp_path / "pf").write_bytes(secret + b"\n")
+    d = ["--dir", str(me.directory), "--passphrase-file", str(tmp_path / "pf")]
+    assert main(["contact", "list", *d]) == 0
+    assert capsys.readouterr().out.count("no contacts") == 2
+
+
+@pytest.mark.parametrize("argv", [["card"], ["contact", "list"], ["calls"],
+                                  ["init", "--network", "n.json", "--no-passphrase"]])  # fmt: skip
+def test_a_directory_the_system_refuses_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    assert main([*argv, "--dir", str(tmp_path / ("x" * 300))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("phantom-call: error: ") and "File name too long" in err
