@@ -327,7 +327,9 @@ def add_caller_commands(sub: Subcommands) -> None:
     card.set_defaults(handler=cmd_card)
 
     contact = sub.add_parser("contact", help="add, list, remove or verify contacts")
-    verbs = contact.add_subparsers(dest="verb", required=True)
+    # The metavar names the verbs in the error for a missing one (else "verb").
+    verbs = contact.add_subparsers(dest="verb", required=True,
+                                   metavar="{add,list,remove,verify}")  # fmt: skip
     add = verbs.add_parser("add", help="add a contact from their card (or replace its card)")
     add.add_argument("name", help="your name for the contact (1..64 characters)")
     add.add_argument("card", help="their card: the phantom-card:1:... line")

@@ -214,3 +214,10 @@ def test_card_prints_the_line_and_a_qr_code(
     assert main(["card", "--qr", "--dir", str(me)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == my_card and len(out) > 20 and any("█" in line or "▀" in line for line in out)
+
+
+def test_contact_without_a_verb_names_the_verbs(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["contact"])
+    assert exit_.value.code == 2
+    assert "required: {add,list,remove,verify}" in capsys.readouterr().err
