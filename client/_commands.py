@@ -250,9 +250,19 @@ def cmd_contact_list(args: argparse.Namespace) -> int:
 def cmd_contact_remove(args: argparse.Namespace) -> int:
     profile = _open(args)
     book = profile.load_contacts()
-    book.remove(args.name)
+    gone = book.remove(args.name)
+    log = profile.open_call_log(wall_clock())
+    if gone.auto_delete_days is not None:
+        # Its auto-delete goes with it: delete its calls now rather than keep them for ever.
+        forgotten = log.forget(args.name)
+        profile.save_call_log(log)
+        profile.save_contacts(book)
+        print(f"removed {args.name} and, as its calls were auto-deleted, its {forgotten} "
+              "call(s) from the log")  # fmt: skip
+        return EXIT_OK
     profile.save_contacts(book)
-    print(f"removed {args.name} (the call log keeps its records until they expire)")
+    kept = len(log.records(args.name))
+    print(f"removed {args.name} (its {kept} call(s) stay in the log)")
     return EXIT_OK
 
 

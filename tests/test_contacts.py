@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from pathlib import Path
 
 import pytest
@@ -10,10 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from profile_support import PASSPHRASE, make_profile, network_file
 
+from client.calllog import CallDirection, CallRecord, CallResult
 from client.card import CARD_PREFIX, Card, CardError, decode_card_text
 from client.cli import main
 from client.contacts import AddOutcome, ContactBook, ContactError, TrustState
 from client.identity import Identity, format_safety_number, safety_number
+from client.profile import open_profile
 
 ME = Identity(bytes(range(32)), bytes(range(32, 64)))
 CARD = Card.make(ME, gateway_id=bytes(range(16)), mailbox_id=bytes(range(16, 32)),
@@ -221,3 +224,29 @@ def test_contact_without_a_verb_names_the_verbs(capsys: pytest.CaptureFixture[st
         main(["contact"])
     assert exit_.value.code == 2
     assert "required: {add,list,remove,verify}" in capsys.readouterr().err
+
+
+def test_removing_an_auto_deleted_contact_deletes_its_calls_instead_of_keeping_them(
+    two: tuple[Path, str, Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    me, _, _, bob_card = two
+    d = ["--dir", str(me)]
+    ada = Identity.generate()
+    net = Card.from_text(bob_card).network_fingerprint
+    ada_card = Card.make(ada, gateway_id=bytes(16), mailbox_id=bytes(16),
+                         network_fingerprint=net)  # fmt: skip
+    assert main(["contact", "add", "bob", bob_card, "--auto-delete-days", "7", *d]) == 0
+    assert main(["contact", "add", "ada", ada_card.to_text(ada), *d]) == 0
+    profile = open_profile(me, lambda: PASSPHRASE)
+    now = int(time.time())
+    for name in ("bob", "bob", "ada"):
+        profile.append_call(
+            CallRecord(now - 60, 10, CallDirection.OUTGOING, CallResult.ANSWERED, name), now
+        )
+    capsys.readouterr()
+    assert main(["contact", "remove", "bob", *d]) == 0
+    assert "its 2 call(s) from the log" in capsys.readouterr().out
+    assert main(["contact", "remove", "ada", *d]) == 0
+    assert "its 1 call(s) stay in the log" in capsys.readouterr().out
+    log = open_profile(me, lambda: PASSPHRASE).open_call_log(now)
+    assert [r.contact for r in log.records()] == ["ada"]  # bob's no longer outlive the rule
