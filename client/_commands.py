@@ -10,6 +10,7 @@ the output went away (``| head``; quietly, as a command killed by SIGPIPE).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import functools
 import getpass
 import os
@@ -49,6 +50,7 @@ EXIT_USAGE = 2
 EXIT_PASSPHRASE = 4
 EXIT_PIPE = 128 + 13  # the shell's status of a command killed by SIGPIPE
 MAX_PASSPHRASE_BYTES = 4096
+LOCK_WAIT_S = 10.0  # seconds a command waits for another one using the same profile
 
 _Handler: TypeAlias = Callable[[argparse.Namespace], int]
 
@@ -96,6 +98,11 @@ def _guarded(handler: _Handler) -> _Handler:
         except OSError as exc:  # a path the system refuses (too long, no permission, ...)
             where = "" if exc.filename is None else f"{exc.filename}: "
             code, message = EXIT_USAGE, f"{where}{exc.strerror or exc}"
+        finally:
+            lock = getattr(args, "profile_lock", None)
+            if lock is not None:
+                os.close(lock)  # releases the flock
+                args.profile_lock = None
         print(f"phantom-call: error: {message}", file=sys.stderr)
         return code
 
@@ -135,7 +142,34 @@ def read_passphrase(args: argparse.Namespace, *, new: bool = False) -> bytes:
 
 
 def _open(args: argparse.Namespace) -> Profile:
+    """The profile of ``--dir``, locked for this command (``_lock_profile``)."""
+    args.profile_lock = _lock_profile(args.dir)
     return open_profile(args.dir, lambda: read_passphrase(args))
+
+
+def _lock_profile(directory: Path) -> int | None:
+    """An exclusive advisory lock (flock) on ``directory``, so that two commands never
+    interleave a read and a write of the same file (the second one's write would drop the
+    first one's change). Waits up to ``LOCK_WAIT_S`` for another command, then
+    CommandError. Returns the locked descriptor (closing it releases the lock), or None if
+    there is no such directory (opening the profile then says so)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise CommandError(
+                    f"{directory}: another phantom-call command has been using this profile "
+                    f"for {LOCK_WAIT_S:g} s; try again when it has finished"
+                ) from None
+            time.sleep(0.05)
 
 
 # -- init ----------------------------------------------------------------------------------

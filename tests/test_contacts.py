@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import base64
+import fcntl
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from profile_support import PASSPHRASE, make_profile, network_file
 
+from client import _commands as commands
 from client.calllog import CallDirection, CallRecord, CallResult
 from client.card import CARD_PREFIX, Card, CardError, decode_card_text
 from client.cli import main
@@ -250,3 +255,51 @@ def test_removing_an_auto_deleted_contact_deletes_its_calls_instead_of_keeping_t
     assert "its 1 call(s) stay in the log" in capsys.readouterr().out
     log = open_profile(me, lambda: PASSPHRASE).open_call_log(now)
     assert [r.contact for r in log.records()] == ["ada"]  # bob's no longer outlive the rule
+
+
+def _foreign_card(network_fingerprint: bytes) -> str:
+    someone = Identity.generate()
+    card = Card.make(someone, gateway_id=bytes(16), mailbox_id=bytes(16),
+                     network_fingerprint=network_fingerprint)  # fmt: skip
+    return card.to_text(someone)
+
+
+def test_concurrent_commands_on_one_profile_lose_no_change(
+    two: tuple[Path, str, Path, str],
+) -> None:
+    """Each command reads the contact book and writes it back: without a lock the last
+    writer dropped the others' contacts while every command reported success."""
+    me, my_card = two[0], two[1]
+    net = Card.from_text(my_card).network_fingerprint
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    argv = [sys.executable, "-m", "client.cli", "contact", "add"]
+    procs = [
+        subprocess.Popen(
+            [*argv, f"c{i}", _foreign_card(net), "--dir", str(me)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        for i in range(4)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    book = open_profile(me, lambda: PASSPHRASE).load_contacts()
+    assert sorted(c.name for c in book) == ["c0", "c1", "c2", "c3"]
+
+
+def test_a_profile_busy_for_too_long_is_a_clear_error(
+    two: tuple[Path, str, Path, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    me = two[0]
+    monkeypatch.setattr(commands, "LOCK_WAIT_S", 0.2)
+    held = os.open(me, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert main(["contact", "list", "--dir", str(me)]) == 2
+        assert "another phantom-call command" in capsys.readouterr().err
+    finally:
+        os.close(held)
+    assert main(["contact", "list", "--dir", str(me)]) == 0  # and the lock went with it
+    assert main(["contact", "list", "--dir", str(me)]) == 0
