@@ -219,7 +219,14 @@ def cmd_card(args: argparse.Namespace) -> int:
     text = profile.card().to_text(profile.identity)
     print(text)
     if args.qr:
-        segno.make(text, error="m").terminal(out=sys.stdout, compact=True)
+        # Half blocks (two rows per line) where the output can encode them; else ANSI
+        # colours on spaces, which any terminal's encoding can carry.
+        try:
+            "\u2580\u2584\u2588".encode(sys.stdout.encoding or "ascii")
+            compact = True
+        except (UnicodeEncodeError, LookupError):
+            compact = False
+        segno.make(text, error="m").terminal(out=sys.stdout, compact=compact)
     return EXIT_OK
 
 

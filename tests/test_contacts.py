@@ -303,3 +303,18 @@ def test_a_profile_busy_for_too_long_is_a_clear_error(
         os.close(held)
     assert main(["contact", "list", "--dir", str(me)]) == 0  # and the lock went with it
     assert main(["contact", "list", "--dir", str(me)]) == 0
+
+
+def test_a_qr_code_on_an_ascii_only_output_is_drawn_in_ansi_colours(
+    two: tuple[Path, str, Path, str],
+) -> None:
+    me, my_card = two[0], two[1]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "PYTHONIOENCODING": "ascii"}  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "client.cli", "card", "--qr", "--dir", str(me)],
+        capture_output=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert (out.returncode, out.stderr) == (0, b"")
+    lines = out.stdout.decode("ascii").splitlines()
+    assert lines[0] == my_card and len(lines) > 20 and "\x1b[" in lines[5]
