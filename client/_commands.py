@@ -13,6 +13,7 @@ import argparse
 import fcntl
 import functools
 import getpass
+import io
 import os
 import sys
 import time
@@ -75,6 +76,8 @@ def _guarded(handler: _Handler) -> _Handler:
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
         disable_core_dumps()
+        if isinstance(sys.stdout, io.TextIOWrapper):  # a name the output cannot encode
+            sys.stdout.reconfigure(errors="backslashreplace")  # shows as \xeb, not a traceback
         if args.dir is None:
             args.dir = default_profile_dir()
         try:

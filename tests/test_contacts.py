@@ -318,3 +318,21 @@ def test_a_qr_code_on_an_ascii_only_output_is_drawn_in_ansi_colours(
     assert (out.returncode, out.stderr) == (0, b"")
     lines = out.stdout.decode("ascii").splitlines()
     assert lines[0] == my_card and len(lines) > 20 and "\x1b[" in lines[5]
+
+
+def test_names_an_ascii_only_output_cannot_encode_are_escaped_not_a_traceback(
+    two: tuple[Path, str, Path, str],
+) -> None:
+    me, my_card = two[0], two[1]
+    someone = Identity.generate()
+    card = Card.make(someone, gateway_id=bytes(16), mailbox_id=bytes(16), name="Zo\u00eb",
+                     network_fingerprint=Card.from_text(my_card).network_fingerprint)  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "PYTHONIOENCODING": "ascii"}  # fmt: skip
+    for argv in (["add", "zo\u00eb", card.to_text(someone)], ["list"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "client.cli", "contact", *argv, "--dir", str(me)],
+            capture_output=True, env=env, timeout=60,
+        )  # fmt: skip
+        assert (out.returncode, out.stderr) == (0, b"")
+        assert b"zo\\xeb (card name 'Zo\\xeb')" in out.stdout
