@@ -10,7 +10,6 @@ the output went away (``| head``; quietly, as a command killed by SIGPIPE).
 from __future__ import annotations
 
 import argparse
-import fcntl
 import functools
 import getpass
 import io
@@ -38,6 +37,7 @@ from .profile import (
     create_profile,
     default_profile_dir,
     disable_core_dumps,
+    lock_profile,
     open_profile,
     profile_dir_problem,
 )
@@ -145,34 +145,9 @@ def read_passphrase(args: argparse.Namespace, *, new: bool = False) -> bytes:
 
 
 def _open(args: argparse.Namespace) -> Profile:
-    """The profile of ``--dir``, locked for this command (``_lock_profile``)."""
-    args.profile_lock = _lock_profile(args.dir)
+    """The profile of ``--dir``, locked until the command ends (``lock_profile``)."""
+    args.profile_lock = lock_profile(args.dir, LOCK_WAIT_S)
     return open_profile(args.dir, lambda: read_passphrase(args))
-
-
-def _lock_profile(directory: Path) -> int | None:
-    """An exclusive advisory lock (flock) on ``directory``, so that two commands never
-    interleave a read and a write of the same file (the second one's write would drop the
-    first one's change). Waits up to ``LOCK_WAIT_S`` for another command, then
-    CommandError. Returns the locked descriptor (closing it releases the lock), or None if
-    there is no such directory (opening the profile then says so)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return None
-    deadline = time.monotonic() + LOCK_WAIT_S
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                raise CommandError(
-                    f"{directory}: another phantom-call command has been using this profile "
-                    f"for {LOCK_WAIT_S:g} s; try again when it has finished"
-                ) from None
-            time.sleep(0.05)
 
 
 # -- init ----------------------------------------------------------------------------------

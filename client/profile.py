@@ -35,10 +35,12 @@ from __future__ import annotations
 import base64
 import ctypes
 import ctypes.util
+import fcntl
 import json
 import os
 import resource
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,6 +328,31 @@ class Profile:
         log = self.open_call_log(now)
         log.append(record)
         self.save_call_log(log)
+
+
+def lock_profile(directory: Path, wait_s: float) -> int | None:
+    """An exclusive advisory lock (``flock``) on ``directory``, so that two users of one
+    profile never interleave a read and a write of the same file (the second write would
+    drop the first one's change). Waits up to ``wait_s`` seconds for another holder, then
+    ProfileError. Returns the locked descriptor (closing it releases the lock), or None if
+    there is no such directory (opening the profile then says so)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise ProfileError(
+                    f"{directory}: another phantom-call command has been using this profile "
+                    f"for {wait_s:g} s; try again when it has finished"
+                ) from None
+            time.sleep(0.05)
 
 
 def profile_exists(directory: Path) -> bool:
