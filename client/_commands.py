@@ -3,7 +3,8 @@
 Each handler turns off core dumps first (``client.profile.disable_core_dumps``), then
 works on the profile directory (``--dir``). Exit codes: 0 ok, 1 no authority gave a
 verifiable topology document, 2 a bad argument, network file, card or contact (the
-message says what is wanted), 4 a wrong passphrase (nothing changed).
+message says what is wanted), 4 a wrong passphrase (nothing changed), 141 the reader of
+the output went away (``| head``; quietly, as a command killed by SIGPIPE).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import getpass
+import io
 import os
 import sys
 import time
@@ -35,6 +37,7 @@ from .profile import (
     create_profile,
     default_profile_dir,
     disable_core_dumps,
+    lock_profile,
     open_profile,
     profile_dir_problem,
 )
@@ -46,7 +49,9 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_PASSPHRASE = 4
+EXIT_PIPE = 128 + 13  # the shell's status of a command killed by SIGPIPE
 MAX_PASSPHRASE_BYTES = 4096
+LOCK_WAIT_S = 10.0  # seconds a command waits for another one using the same profile
 
 _Handler: TypeAlias = Callable[[argparse.Namespace], int]
 
@@ -71,10 +76,18 @@ def _guarded(handler: _Handler) -> _Handler:
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
         disable_core_dumps()
+        if isinstance(sys.stdout, io.TextIOWrapper):  # a name the output cannot encode
+            sys.stdout.reconfigure(errors="backslashreplace")  # shows as \xeb, not a traceback
         if args.dir is None:
             args.dir = default_profile_dir()
         try:
-            return handler(args)
+            code = handler(args)
+            sys.stdout.flush()  # a closed pipe shows here, not in a traceback at exit
+            return code
+        except BrokenPipeError:
+            # The reader went away (| head): stop quietly; the exit flush must not fail too.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_PIPE
         except PassphraseError as exc:
             code, message = EXIT_PASSPHRASE, str(exc)
         except CommandError as exc:
@@ -85,6 +98,14 @@ def _guarded(handler: _Handler) -> _Handler:
             code, message = EXIT_FAILED, str(exc)
         except (ProfileError, CardError, ContactError, CallLogError) as exc:
             code, message = EXIT_USAGE, str(exc)
+        except OSError as exc:  # a path the system refuses (too long, no permission, ...)
+            where = "" if exc.filename is None else f"{exc.filename}: "
+            code, message = EXIT_USAGE, f"{where}{exc.strerror or exc}"
+        finally:
+            lock = getattr(args, "profile_lock", None)
+            if lock is not None:
+                os.close(lock)  # releases the flock
+                args.profile_lock = None
         print(f"phantom-call: error: {message}", file=sys.stderr)
         return code
 
@@ -109,7 +130,7 @@ def read_passphrase(args: argparse.Namespace, *, new: bool = False) -> bytes:
         return text
     env = os.environ.get(PASSPHRASE_ENV)
     if env:
-        return env.encode()
+        return os.fsencode(env)  # the variable's bytes as given, even if not UTF-8
     if not sys.stdin.isatty():
         raise CommandError(
             f"no passphrase: give --passphrase-file FILE, set {PASSPHRASE_ENV}, "
@@ -124,6 +145,8 @@ def read_passphrase(args: argparse.Namespace, *, new: bool = False) -> bytes:
 
 
 def _open(args: argparse.Namespace) -> Profile:
+    """The profile of ``--dir``, locked until the command ends (``lock_profile``)."""
+    args.profile_lock = lock_profile(args.dir, LOCK_WAIT_S)
     return open_profile(args.dir, lambda: read_passphrase(args))
 
 
@@ -174,7 +197,14 @@ def cmd_card(args: argparse.Namespace) -> int:
     text = profile.card().to_text(profile.identity)
     print(text)
     if args.qr:
-        segno.make(text, error="m").terminal(out=sys.stdout, compact=True)
+        # Half blocks (two rows per line) where the output can encode them; else ANSI
+        # colours on spaces, which any terminal's encoding can carry.
+        try:
+            "\u2580\u2584\u2588".encode(sys.stdout.encoding or "ascii")
+            compact = True
+        except (UnicodeEncodeError, LookupError):
+            compact = False
+        segno.make(text, error="m").terminal(out=sys.stdout, compact=compact)
     return EXIT_OK
 
 
@@ -239,9 +269,19 @@ def cmd_contact_list(args: argparse.Namespace) -> int:
 def cmd_contact_remove(args: argparse.Namespace) -> int:
     profile = _open(args)
     book = profile.load_contacts()
-    book.remove(args.name)
+    gone = book.remove(args.name)
+    log = profile.open_call_log(wall_clock())
+    if gone.auto_delete_days is not None:
+        # Its auto-delete goes with it: delete its calls now rather than keep them for ever.
+        forgotten = log.forget(args.name)
+        profile.save_call_log(log)
+        profile.save_contacts(book)
+        print(f"removed {args.name} and, as its calls were auto-deleted, its {forgotten} "
+              "call(s) from the log")  # fmt: skip
+        return EXIT_OK
     profile.save_contacts(book)
-    print(f"removed {args.name} (the call log keeps its records until they expire)")
+    kept = len(log.records(args.name))
+    print(f"removed {args.name} (its {kept} call(s) stay in the log)")
     return EXIT_OK
 
 
@@ -271,6 +311,8 @@ def cmd_contact_verify(args: argparse.Namespace) -> int:
 @_guarded
 def cmd_calls(args: argparse.Namespace) -> int:
     log = _open(args).open_call_log(wall_clock())
+    if not log.records(args.contact):
+        print("no calls" + (f" with {args.contact}" if args.contact else "") + " in the log")
     for r in log.records(args.contact):
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.time_s))
         kind = f"{r.direction.value:8}  {r.result.value:9}"
@@ -314,7 +356,9 @@ def add_caller_commands(sub: Subcommands) -> None:
     card.set_defaults(handler=cmd_card)
 
     contact = sub.add_parser("contact", help="add, list, remove or verify contacts")
-    verbs = contact.add_subparsers(dest="verb", required=True)
+    # The metavar names the verbs in the error for a missing one (else "verb").
+    verbs = contact.add_subparsers(dest="verb", required=True,
+                                   metavar="{add,list,remove,verify}")  # fmt: skip
     add = verbs.add_parser("add", help="add a contact from their card (or replace its card)")
     add.add_argument("name", help="your name for the contact (1..64 characters)")
     add.add_argument("card", help="their card: the phantom-card:1:... line")

@@ -128,6 +128,12 @@ class CallLog:
         ]
         return before - len(self._records)
 
+    def forget(self, contact: str) -> int:
+        """Delete every record of ``contact``; returns how many went."""
+        before = len(self._records)
+        self._records = [r for r in self._records if r.contact != contact]
+        return before - len(self._records)
+
     def to_list(self) -> list[dict[str, object]]:
         """JSON-ready form."""
         return [r.to_dict() for r in self._records]

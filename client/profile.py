@@ -39,10 +39,12 @@ from __future__ import annotations
 import base64
 import ctypes
 import ctypes.util
+import fcntl
 import json
 import os
 import resource
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,10 +99,12 @@ class PassphraseError(ProfileError):
 def atomic_write(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
     """Replace ``path`` with ``data`` so that a crash at any point leaves the old file or
     the new one, never a mix: write a temporary file beside it (created with ``mode``),
-    fsync it, rename it over ``path``, fsync the directory. OSError as raised (the
-    temporary file is removed first)."""
+    fsync it, rename it over ``path``, fsync the directory. A file, hard link or symlink
+    already at the temporary name is removed, never written through. OSError as raised
+    (the temporary file is removed first)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    tmp.unlink(missing_ok=True)  # stale, or planted to make us overwrite another file
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         try:
             os.fchmod(fd, mode)
@@ -126,7 +130,10 @@ def _read(path: Path) -> bytes:
         with open(path, "rb") as f:
             data = f.read(MAX_STORE_BYTES + 1)
     except FileNotFoundError:
-        raise ProfileError(f"{path}: missing (run: phantom-call init --force)") from None
+        raise ProfileError(
+            f"{path}: missing, so the profile is incomplete: restore it from a backup "
+            "(phantom-call init --force makes a new identity, which every contact must add)"
+        ) from None
     except OSError as exc:
         raise ProfileError(f"{path}: {exc.strerror}") from None
     if len(data) > MAX_STORE_BYTES:
@@ -202,7 +209,7 @@ class Sealer:
     The Argon2id key of each parameter set is derived once and kept here.
     """
 
-    passphrase: bytes | None
+    passphrase: bytes | None = field(repr=False)  # secret: never in a repr or a traceback
     params: KdfParams | None = None  # what new files are sealed with
     _keys: dict[KdfParams, bytes] = field(default_factory=dict, repr=False)
 
@@ -352,6 +359,31 @@ class Profile:
         self.save_call_log(log)
 
 
+def lock_profile(directory: Path, wait_s: float) -> int | None:
+    """An exclusive advisory lock (``flock``) on ``directory``, so that two users of one
+    profile never interleave a read and a write of the same file (the second write would
+    drop the first one's change). Waits up to ``wait_s`` seconds for another holder, then
+    ProfileError. Returns the locked descriptor (closing it releases the lock), or None if
+    there is no such directory (opening the profile then says so)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise ProfileError(
+                    f"{directory}: another phantom-call command has been using this profile "
+                    f"for {wait_s:g} s; try again when it has finished"
+                ) from None
+            time.sleep(0.05)
+
+
 def profile_exists(directory: Path) -> bool:
     """True if ``directory`` holds a profile (its ``profile.json``)."""
     return (directory / PROFILE_FILE).exists()
@@ -429,8 +461,9 @@ def _identity_payload(p: Profile) -> dict[str, object]:
 def open_profile(directory: Path, passphrase: Callable[[], bytes]) -> Profile:
     """Open the profile in ``directory``; ``passphrase`` is asked only if it is sealed.
 
-    ProfileError (naming the file) if there is none or a file is malformed or too open
-    to trust; PassphraseError if the passphrase is wrong. Reads only.
+    ProfileError (naming the file) if there is none or a file is missing or malformed
+    (the files' modes are set when written, not checked here); PassphraseError if the
+    passphrase is wrong. Reads only.
     """
     path = directory / PROFILE_FILE
     if not path.exists():

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import base64
+import fcntl
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -10,10 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from profile_support import PASSPHRASE, make_profile, network_file
 
+from client import _commands as commands
+from client.calllog import CallDirection, CallRecord, CallResult
 from client.card import CARD_PREFIX, Card, CardError, decode_card_text
 from client.cli import main
 from client.contacts import AddOutcome, ContactBook, ContactError, TrustState
 from client.identity import Identity, format_safety_number, safety_number
+from client.profile import open_profile
 
 ME = Identity(bytes(range(32)), bytes(range(32, 64)))
 CARD = Card.make(ME, gateway_id=bytes(range(16)), mailbox_id=bytes(range(16, 32)),
@@ -214,3 +222,117 @@ def test_card_prints_the_line_and_a_qr_code(
     assert main(["card", "--qr", "--dir", str(me)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == my_card and len(out) > 20 and any("█" in line or "▀" in line for line in out)
+
+
+def test_contact_without_a_verb_names_the_verbs(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["contact"])
+    assert exit_.value.code == 2
+    assert "required: {add,list,remove,verify}" in capsys.readouterr().err
+
+
+def test_removing_an_auto_deleted_contact_deletes_its_calls_instead_of_keeping_them(
+    two: tuple[Path, str, Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    me, _, _, bob_card = two
+    d = ["--dir", str(me)]
+    ada = Identity.generate()
+    net = Card.from_text(bob_card).network_fingerprint
+    ada_card = Card.make(ada, gateway_id=bytes(16), mailbox_id=bytes(16),
+                         network_fingerprint=net)  # fmt: skip
+    assert main(["contact", "add", "bob", bob_card, "--auto-delete-days", "7", *d]) == 0
+    assert main(["contact", "add", "ada", ada_card.to_text(ada), *d]) == 0
+    profile = open_profile(me, lambda: PASSPHRASE)
+    now = int(time.time())
+    for name in ("bob", "bob", "ada"):
+        profile.append_call(
+            CallRecord(now - 60, 10, CallDirection.OUTGOING, CallResult.ANSWERED, name), now
+        )
+    capsys.readouterr()
+    assert main(["contact", "remove", "bob", *d]) == 0
+    assert "its 2 call(s) from the log" in capsys.readouterr().out
+    assert main(["contact", "remove", "ada", *d]) == 0
+    assert "its 1 call(s) stay in the log" in capsys.readouterr().out
+    log = open_profile(me, lambda: PASSPHRASE).open_call_log(now)
+    assert [r.contact for r in log.records()] == ["ada"]  # bob's no longer outlive the rule
+
+
+def _foreign_card(network_fingerprint: bytes) -> str:
+    someone = Identity.generate()
+    card = Card.make(someone, gateway_id=bytes(16), mailbox_id=bytes(16),
+                     network_fingerprint=network_fingerprint)  # fmt: skip
+    return card.to_text(someone)
+
+
+def test_concurrent_commands_on_one_profile_lose_no_change(
+    two: tuple[Path, str, Path, str],
+) -> None:
+    """Each command reads the contact book and writes it back: without a lock the last
+    writer dropped the others' contacts while every command reported success."""
+    me, my_card = two[0], two[1]
+    net = Card.from_text(my_card).network_fingerprint
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    argv = [sys.executable, "-m", "client.cli", "contact", "add"]
+    procs = [
+        subprocess.Popen(
+            [*argv, f"c{i}", _foreign_card(net), "--dir", str(me)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        for i in range(4)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    book = open_profile(me, lambda: PASSPHRASE).load_contacts()
+    assert sorted(c.name for c in book) == ["c0", "c1", "c2", "c3"]
+
+
+def test_a_profile_busy_for_too_long_is_a_clear_error(
+    two: tuple[Path, str, Path, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    me = two[0]
+    monkeypatch.setattr(commands, "LOCK_WAIT_S", 0.2)
+    held = os.open(me, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert main(["contact", "list", "--dir", str(me)]) == 2
+        assert "another phantom-call command" in capsys.readouterr().err
+    finally:
+        os.close(held)
+    assert main(["contact", "list", "--dir", str(me)]) == 0  # and the lock went with it
+    assert main(["contact", "list", "--dir", str(me)]) == 0
+
+
+def test_a_qr_code_on_an_ascii_only_output_is_drawn_in_ansi_colours(
+    two: tuple[Path, str, Path, str],
+) -> None:
+    me, my_card = two[0], two[1]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "PYTHONIOENCODING": "ascii"}  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "client.cli", "card", "--qr", "--dir", str(me)],
+        capture_output=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert (out.returncode, out.stderr) == (0, b"")
+    lines = out.stdout.decode("ascii").splitlines()
+    assert lines[0] == my_card and len(lines) > 20 and "\x1b[" in lines[5]
+
+
+def test_names_an_ascii_only_output_cannot_encode_are_escaped_not_a_traceback(
+    two: tuple[Path, str, Path, str],
+) -> None:
+    me, my_card = two[0], two[1]
+    someone = Identity.generate()
+    card = Card.make(someone, gateway_id=bytes(16), mailbox_id=bytes(16), name="Zo\u00eb",
+                     network_fingerprint=Card.from_text(my_card).network_fingerprint)  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "PYTHONIOENCODING": "ascii"}  # fmt: skip
+    for argv in (["add", "zo\u00eb", card.to_text(someone)], ["list"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "client.cli", "contact", *argv, "--dir", str(me)],
+            capture_output=True, env=env, timeout=60,
+        )  # fmt: skip
+        assert (out.returncode, out.stderr) == (0, b"")
+        assert b"zo\\xeb (card name 'Zo\\xeb')" in out.stdout

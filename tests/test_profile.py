@@ -15,14 +15,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import hypothesis.strategies as st
 import pytest
 from directory_support import free_ports
+from hypothesis import given, settings
 from profile_support import PASSPHRASE, make_profile, network_file
 
 from client.calllog import DAY_S, CallDirection, CallRecord, CallResult
 from client.card import Card
 from client.cli import build_parser, main
 from client.enrol import EnrolError, fetch_topology, load_network
+from client.identity import Identity
 from client.profile import (
     CALLS_FILE,
     CONTACTS_FILE,
@@ -30,6 +33,7 @@ from client.profile import (
     PROFILE_FILE,
     PassphraseError,
     ProfileError,
+    Sealer,
     atomic_write,
     open_profile,
 )
@@ -393,3 +397,91 @@ def test_a_profile_keeps_one_salt_so_a_command_derives_once(tmp_path: Path) -> N
     salts = {json.loads((me.directory / f).read_text())["kdf"]["salt"]
              for f in (IDENTITY_FILE, CONTACTS_FILE, CALLS_FILE)}  # fmt: skip
     assert len(salts) == 1 and len(again.sealer._keys) == 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(secret=st.binary(min_size=4, max_size=64))
+def test_no_repr_shows_the_passphrase(secret: bytes) -> None:
+    sealer = Sealer(secret)
+    shown = repr(sealer) + str(sealer)
+    assert repr(secret) not in shown and secret.hex() not in shown
+
+
+def test_a_missing_store_file_does_not_advise_a_new_identity_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], passphrase: bytes
+) -> None:
+    me = make_profile(tmp_path / "me", network_file())
+    (me.directory / CONTACTS_FILE).unlink()
+    assert main(["contact", "list", "--dir", str(me.directory)]) == 2
+    err = capsys.readouterr().err
+    assert "missing" in err and "backup" in err and "new identity" in err
+    assert "Traceback" not in err
+
+
+def test_an_empty_call_log_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], passphrase: bytes
+) -> None:
+    me = make_profile(tmp_path / "me", network_file())
+    assert main(["calls", "--dir", str(me.directory)]) == 0
+    assert capsys.readouterr().out.strip() == "no calls in the log"
+    assert main(["calls", "--dir", str(me.directory), "--contact", "ada"]) == 0
+    assert capsys.readouterr().out.strip() == "no calls with ada in the log"
+
+
+def test_a_file_planted_at_the_temporary_name_is_never_written_through(tmp_path: Path) -> None:
+    me = make_profile(tmp_path / "me", network_file(), passphrase=None)
+    victim = tmp_path / "victim"
+    for plant in (os.link, os.symlink):
+        victim.write_bytes(b"precious")
+        tmp = me.directory / f".{CONTACTS_FILE}.{os.getpid()}.tmp"
+        plant(victim, tmp)
+        me.save_contacts(me.load_contacts())
+        assert victim.read_bytes() == b"precious"
+        assert not tmp.exists() and not tmp.is_symlink()
+        assert stat.S_IMODE((me.directory / CONTACTS_FILE).stat().st_mode) == 0o600
+
+
+def test_a_reader_that_goes_away_stops_a_command_without_a_traceback(tmp_path: Path) -> None:
+    me = make_profile(tmp_path / "me", network_file(), passphrase=None)
+    book = me.load_contacts()
+    for i in range(300):  # output well over a pipe's buffer
+        other = Identity.generate()
+        card = Card.make(other, gateway_id=bytes(16), mailbox_id=bytes(16),
+                         network_fingerprint=me.network.fingerprint)  # fmt: skip
+        book.add(f"c{i:03d}-{'x' * 50}", card.to_bytes(other))
+    me.save_contacts(book)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    read, write = os.pipe()
+    os.close(read)  # like `| head` that has already exited
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "client.cli", "contact", "list", "--dir", str(me.directory)],
+            stdout=write, stderr=subprocess.PIPE, text=True, env=env, timeout=60,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert out.returncode == 141 and out.stderr == ""
+
+
+def test_a_passphrase_of_any_bytes_opens_the_same_from_the_environment_or_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = b"\xff\xfe not UTF-8"
+    me = make_profile(tmp_path / "me", network_file(), passphrase=secret)
+    monkeypatch.setenv("PHANTOM_PASSPHRASE", os.fsdecode(secret))
+    assert main(["contact", "list", "--dir", str(me.directory)]) == 0
+    monkeypatch.delenv("PHANTOM_PASSPHRASE")
+    (tmp_path / "pf").write_bytes(secret + b"\n")
+    d = ["--dir", str(me.directory), "--passphrase-file", str(tmp_path / "pf")]
+    assert main(["contact", "list", *d]) == 0
+    assert capsys.readouterr().out.count("no contacts") == 2
+
+
+@pytest.mark.parametrize("argv", [["card"], ["contact", "list"], ["calls"],
+                                  ["init", "--network", "n.json", "--no-passphrase"]])  # fmt: skip
+def test_a_directory_the_system_refuses_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    assert main([*argv, "--dir", str(tmp_path / ("x" * 300))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("phantom-call: error: ") and "File name too long" in err
