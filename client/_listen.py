@@ -305,6 +305,11 @@ def _mic(value: str | None, rate_hz: int) -> object:
 @_guarded
 def cmd_listen(args: argparse.Namespace) -> int:
     profile = _open(args)
+    # The listener runs for days: other commands (contact add, calls) use the profile
+    # meanwhile, so it holds the profile's lock only around its own writes (client.phone).
+    lock, args.profile_lock = args.profile_lock, None
+    if lock is not None:
+        os.close(lock)
     options = PhoneOptions(auto_answer=args.auto_answer, report=args.report)
     try:
         mic = _mic(args.mic, options.voice.sample_rate_hz)

@@ -40,7 +40,8 @@ import hashlib
 import json
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,13 +62,14 @@ from .contacts import Contact as BookContact
 from .contacts import ContactError, TrustState
 from .gateway_link import GatewayLink
 from .identity_channel import ChannelState, ChannelStateError, IdentityChannel
-from .profile import Profile, ProfileError, atomic_write
+from .profile import Profile, ProfileError, atomic_write, lock_profile
 
 SIGNAL_KEY_PERSON = b"pn-sigkey-v1"  # BLAKE2b personalisation of a contact pair's frame key
 MODE_BADGE = "PARANOID"  # Mode C: the only mode this client offers or accepts
 DRAIN_S = 1.0  # after a call ends, keep its media path this long (late frames, our HANGUP)
 CONTACTS_REFRESH_S = 10.0  # contacts added by another command are seen within this long
 DIALER_GONE = "dialer gone"  # end reason when the dial command's connection closes mid-call
+PROFILE_LOCK_WAIT_S = 10.0  # seconds a write waits for another command using the profile
 
 
 KEY_AGREEMENT = "X25519+ML-KEM-768"  # the call keys' agreement (client._signaling.keys)
@@ -217,8 +219,21 @@ class Phone:
                            for p in self.peers.values()})  # fmt: skip
 
     def _save_states(self, states: dict[bytes, bytes]) -> None:
-        stored = self.profile.load_channel_states()
-        self.profile.save_channel_states({**stored, **states})
+        with self._profile_locked():
+            stored = self.profile.load_channel_states()
+            self.profile.save_channel_states({**stored, **states})
+
+    @contextmanager
+    def _profile_locked(self) -> Iterator[None]:
+        """The profile's lock (``lock_profile``) around one read-modify-write, so that a
+        ``contact add`` or ``calls`` of another process never interleaves with ours. The
+        listener holds it only for these moments."""
+        fd = lock_profile(self.profile.directory, PROFILE_LOCK_WAIT_S)
+        try:
+            yield
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     def close(self) -> None:
         """Zero every channel's keys (call after ``save_channels``)."""
@@ -455,7 +470,8 @@ class Phone:
             try:
                 self._save_states(states)
                 if record is not None:
-                    self.profile.append_call(*record)
+                    with self._profile_locked():
+                        self.profile.append_call(*record)
             except ProfileError as exc:
                 problems.append(str(exc))
             problem = self._write_report_bytes(report)
