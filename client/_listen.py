@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -38,8 +39,9 @@ from ._commands import (
     _profile_options,
     wall_clock,
 )
+from ._signaling import Role
 from .audio import DEVICE, AudioError, load_mic_file, require_device
-from .contacts import ContactError
+from .contacts import ContactError, TrustState
 from .control import (
     MAX_LINE,
     ControlError,
@@ -52,8 +54,10 @@ from .control import (
 )
 from .enrol import fetch_topology
 from .gateway_link import AttachError, open_gateway_link
+from .identity import format_safety_number, safety_number
 from .phone import DIALER_GONE, MODE_BADGE, ActiveCall, Phone, PhoneOptions
 from .profile import CONTROL_SOCKET, Profile
+from .screen import CallScreen, CallStatus, Command, Phase
 
 if TYPE_CHECKING:
     Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -224,15 +228,61 @@ class _Lines:
         print(f"{time.strftime('%H:%M:%S', time.localtime(wall_clock()))}  {line}", flush=True)
 
 
-async def _keys(phone: Phone) -> None:
-    """Keys on a terminal (one letter and Enter): a answer, d decline, h hang up. Lines
-    are read in a worker thread (abandoned on exit), so the terminal stays blocking for
-    the shell afterwards."""
-    actions = {"a": phone.answer, "d": phone.decline, "h": phone.hangup}
-    while line := await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True):
-        action = actions.get(line.strip().lower()[:1])
-        if action is not None:
-            action()
+def screen_status(phone: Phone) -> CallStatus:
+    """What the call screen shows now: the current call (phase, contact, trust state and
+    safety number, elapsed time) or idle, with the time online and the uplink rate."""
+    now = trio.current_time()
+    online = None if phone.started_at is None else max(0.0, now + phone.offset - phone.started_at)
+    call = phone.current
+    if call is None:
+        return CallStatus(online_s=online, uplink_bytes_per_s=phone.uplink_bytes_per_s())
+    caller = call.caller
+    if caller.ended.is_set():
+        phase = Phase.ENDED
+    elif "connected" in call.times:
+        phase = Phase.CONNECTED
+    elif caller.ringing.is_set():
+        phase = Phase.RINGING_IN if call.role is Role.CALLEE else Phase.RINGING_OUT
+    else:
+        phase = Phase.DIALING if call.role is Role.CALLER else Phase.IDLE
+    since = call.times.get("connected")
+    until = call.times.get("ended", now + phone.offset)
+    peer = phone.peers.get(call.name)
+    number = ""
+    if peer is not None:
+        mine = phone.profile.identity.public
+        number = format_safety_number(safety_number(mine, peer.contact.card.identity))
+    return CallStatus(
+        peer=call.name, phase=phase, verified=call.state is TrustState.VERIFIED,
+        safety_number=number, mode=MODE_BADGE, end_reason=call.reason,
+        elapsed_s=0.0 if since is None else max(0.0, until - since), online_s=online,
+        uplink_bytes_per_s=phone.uplink_bytes_per_s(),
+    )  # fmt: skip
+
+
+async def _screen(phone: Phone, stop: trio.Event) -> None:
+    """The call screen (client.screen) with its keys: accept, decline, hang up, quit."""
+
+    async def command(cmd: Command) -> None:
+        actions = {Command.ACCEPT: phone.answer, Command.DECLINE: phone.decline,
+                   Command.HANGUP: phone.hangup}  # fmt: skip
+        if cmd is Command.QUIT:
+            stop.set()
+        elif cmd in actions:
+            actions[cmd]()
+
+    # Quit sets ``stop``; on SIGTERM the screen restores the terminal and raises the signal
+    # again, for ``_stop_on_signal``.
+    await CallScreen(lambda: screen_status(phone), command).run()
+
+
+async def _stop_on_signal(
+    signals: AsyncIterator[int], stop: trio.Event, ui: Callable[[str], None]
+) -> None:
+    async for signum in signals:
+        ui(f"stopping ({signal.Signals(signum).name})")
+        stop.set()
+        return
 
 
 async def _refresh_topology(phone: Phone, profile: Profile) -> None:
@@ -253,12 +303,14 @@ async def _refresh_topology(phone: Phone, profile: Profile) -> None:
 
 async def _listen_main(
     profile: Profile, doc: TopologyDocument, sock: socket.socket, options: PhoneOptions,
-    keys: bool,
+    screen: bool,
 ) -> None:  # fmt: skip
     node = doc.node(profile.gateway_id)
     if node.client_port is None:
         raise UsageError("the profile's gateway has no client port in the topology")
-    ui = _Lines()
+    # With the call screen on a terminal it shows what the lines would say.
+    ui = _Lines() if not (screen and sys.stdout.isatty()) else (lambda line: None)
+    stop = trio.Event()
     async with open_gateway_link(doc.geometry, (node.host, node.client_port),
                                  node.epoch_key(doc.epoch), profile.mailbox_key,
                                  bind=options.bind) as link:  # fmt: skip
@@ -269,21 +321,20 @@ async def _listen_main(
                     await nursery.start(phone.run)
                     await nursery.start(serve_control, phone, sock)
                     nursery.start_soon(_refresh_topology, phone, profile)
-                    if keys:
-                        nursery.start_soon(_keys, phone)
                     control = profile.directory / CONTROL_SOCKET
                     ui(f"online: gateway {node.name}, {len(phone.peers)} contacts, "
                        f"bound to {options.bind}; control socket {control}")  # fmt: skip
-                    async for signum in signals:
-                        ui(f"stopping ({signal.Signals(signum).name})")
-                        call = phone.current
-                        if call is not None and not call.caller.ended.is_set():
-                            phone.hangup(call, "listener stopped")
-                            await trio.sleep(STOP_GRACE_S)
-                        if call is not None:
-                            phone.finish(call)
-                        nursery.cancel_scope.cancel()
-                        break
+                    if screen:
+                        nursery.start_soon(_screen, phone, stop)
+                    nursery.start_soon(_stop_on_signal, signals, stop, ui)
+                    await stop.wait()
+                    call = phone.current
+                    if call is not None and not call.caller.ended.is_set():
+                        phone.hangup(call, "listener stopped")
+                        await trio.sleep(STOP_GRACE_S)
+                    if call is not None:
+                        phone.finish(call)
+                    nursery.cancel_scope.cancel()
         finally:
             phone.write_report()
             try:
@@ -332,8 +383,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
                 EXIT_FAILED,
             )
         options.bind = args.bind or _default_bind(doc.node(profile.gateway_id).host)
-        keys = not args.no_screen and sys.stdin.isatty()
-        trio.run(_listen_main, profile, doc, sock, options, keys)
+        screen = not args.no_screen and sys.stdin.isatty()
+        trio.run(_listen_main, profile, doc, sock, options, screen)
     except AttachError as exc:
         raise CommandError(f"the gateway did not answer: {exc}", EXIT_FAILED) from None
     except OSError as exc:

@@ -256,6 +256,18 @@ class Phone:
     def _mono(self) -> float:
         return trio.current_time() + self._offset
 
+    @property
+    def offset(self) -> float:
+        """``time.monotonic()`` - ``trio.current_time()`` (seconds), once online."""
+        return self._offset
+
+    def uplink_bytes_per_s(self) -> float | None:
+        """UDP payload bytes sent in the last whole second (cover included), or None."""
+        series = self.link.meter.series()
+        up = series["up_bytes"]
+        assert isinstance(up, list)
+        return float(up[-2]) if len(up) >= 2 else None
+
     async def _uplink_task(self) -> None:
         up = self.uplink
         up.start(trio.current_time())
