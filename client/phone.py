@@ -223,6 +223,13 @@ class Phone:
             stored = self.profile.load_channel_states()
             self.profile.save_channel_states({**stored, **states})
 
+    async def _save_states_in_thread(self) -> None:
+        states = {p.channel.conversation_id: p.channel.to_bytes() for p in self.peers.values()}
+        try:
+            await trio.to_thread.run_sync(self._save_states, states)
+        except ProfileError as exc:
+            self._ui(f"warning: {exc}")
+
     @contextmanager
     def _profile_locked(self) -> Iterator[None]:
         """The profile's lock (``lock_profile``) around one read-modify-write, so that a
@@ -417,6 +424,8 @@ class Phone:
             self._ui(f"ringing at {call.name}")
         elif what == "connected":
             self._ui(f"connected with {who}")
+            if self._nursery is not None:  # the setup's messages advanced the channel
+                self._nursery.start_soon(self._save_states_in_thread)
         elif what == "ended":
             reason = call.caller.end_reason
             if call.reason is None:
