@@ -1,0 +1,373 @@
+"""The always-on client: ``listen`` and ``dial`` in their own processes on a real testnet.
+
+Two (three) profiles made with ``init`` against the testnet's authority, cards exchanged
+with ``contact add``; each ``listen`` runs as its own process bound to its own 127.0.0.x.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pty
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import wave
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from profile_support import PASSPHRASE as PROFILE_PASSPHRASE
+from profile_support import make_profile, network_file
+from testnet_support import small_testnet
+
+from client import artificial_voice, read_wav
+from client.audio import AudioError, load_mic_file, require_device
+from client.cli import main
+from client.control import MAX_LINE
+from client.profile import CONTROL_SOCKET, open_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+PASSPHRASE = "listen test passphrase"
+START_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Listener:
+    name: str
+    directory: Path
+    ip: str
+    report: Path
+    proc: subprocess.Popen[str] | None = None
+    extra: list[str] = field(default_factory=list)
+
+    def start(self, terminal: int | None = None) -> None:
+        """Start ``listen``; with ``terminal`` (a pty's fd) as its stdin and keys on."""
+        seen = len(self.log()) if (self.directory.parent / f"{self.name}.log").exists() else 0
+        out = open(self.directory.parent / f"{self.name}.log", "a")  # noqa: SIM115
+        screen = [] if terminal is not None else ["--no-screen"]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "client.cli", "listen", "--dir", str(self.directory),
+             "--bind", self.ip, *screen, "--report", str(self.report), *self.extra],
+            cwd=ROOT, env=_env(), stdout=out, stderr=subprocess.STDOUT, text=True,
+            stdin=subprocess.DEVNULL if terminal is None else terminal,
+        )  # fmt: skip
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log()
+            if "online:" in self.log()[seen:]:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"{self.name} did not come online: {self.log()}")
+
+    def log(self) -> str:
+        return (self.directory.parent / f"{self.name}.log").read_text()
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=20)
+        self.proc = None
+        return code
+
+    def calls(self) -> list[dict[str, object]]:
+        calls = json.loads(self.report.read_text())["calls"]
+        assert isinstance(calls, list)
+        return calls
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "PHANTOM_PASSPHRASE": PASSPHRASE}
+
+
+def _dial(directory: Path, name: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "client.cli", "dial", name, "--dir", str(directory), *args],
+        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _control(directory: Path, *lines: bytes) -> list[dict[str, object]]:
+    """Send raw lines to a listener's control socket; one reply per line."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(directory / CONTROL_SOCKET))
+        replies: list[dict[str, object]] = []
+        buf = b""
+        for line in lines:
+            s.sendall(line)
+            while b"\n" not in buf:
+                chunk = s.recv(65536)
+                assert chunk, "the listener closed the connection"
+                buf += chunk
+            first, buf = buf.split(b"\n", 1)
+            replies.append(json.loads(first))
+        return replies
+
+
+def _write_wav(path: Path, pcm: np.ndarray, rate_hz: int, channels: int) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate_hz)
+        w.writeframes(np.repeat(pcm, channels).astype("<i2").tobytes())
+
+
+# -- microphone and speaker, without a network ------------------------------------------
+
+
+def test_a_mic_file_of_any_rate_and_channels_becomes_mono_at_the_voice_rate(
+    tmp_path: Path,
+) -> None:
+    voice = artificial_voice(2.0, seed=4)
+    _write_wav(tmp_path / "stereo44.wav", np.repeat(voice, 3)[::3], 16000, 2)
+    _write_wav(tmp_path / "mono48.wav", np.repeat(voice, 3), 48000, 1)
+    for name in ("stereo44.wav", "mono48.wav"):
+        pcm = load_mic_file(tmp_path / name, 16000)
+        assert pcm.dtype == np.int16 and pcm.ndim == 1
+        assert abs(len(pcm) - 32000) < 400
+        assert float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) > 300
+
+
+def test_unreadable_audio_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.wav").write_text("not audio at all")
+    with pytest.raises(AudioError, match="notes.wav: cannot read it as audio"):
+        load_mic_file(tmp_path / "notes.wav", 16000)
+    with pytest.raises(AudioError, match="missing.wav"):
+        load_mic_file(tmp_path / "missing.wav", 16000)
+    _write_wav(tmp_path / "empty.wav", np.zeros(0, np.int16), 16000, 1)
+    with pytest.raises(AudioError, match="no audio"):
+        load_mic_file(tmp_path / "empty.wav", 16000)
+    # listen refuses a bad microphone before it asks the network for anything
+    d = tmp_path / "me"
+    make_profile(d, network_file())
+    monkeypatch.setenv("PHANTOM_PASSPHRASE", PROFILE_PASSPHRASE.decode())
+    assert main(["listen", "--dir", str(d), "--mic", str(tmp_path / "notes.wav")]) == 2
+    assert "cannot read it as audio" in capsys.readouterr().err
+    assert not (d / CONTROL_SOCKET).exists()
+
+
+def test_a_live_device_without_sounddevice_says_what_to_install() -> None:
+    if importlib.util.find_spec("sounddevice") is not None:
+        pytest.skip("sounddevice is installed here")
+    with pytest.raises(AudioError, match=r"pip install 'phantom-mixnet\[audio\]'"):
+        require_device("input")
+
+
+# -- two listeners on a testnet -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Listener]]:
+    """A testnet; profiles alice, bob (contacts of each other) and carol (holds bob's
+    card, bob does not hold hers); listeners alice (127.0.0.2, a mic file) and bob
+    (127.0.0.3, --auto-answer, a speaker file) running."""
+    tmp = tmp_path_factory.mktemp("listen")
+    with small_testnet(tmp / "net") as state:
+        url = state.authorities[0]
+        os.environ["PHANTOM_PASSPHRASE"] = PASSPHRASE
+        try:
+            dirs = {n: tmp / n for n in ("alice", "bob", "carol")}
+            for n, d in dirs.items():
+                assert main(["init", "--network", url, "--dir", str(d), "--name", n]) == 0
+            cards = {}
+            for n, d in dirs.items():
+                p = open_profile(d, PASSPHRASE.encode)
+                cards[n] = p.card().to_text(p.identity)
+            for me, them in (("alice", "bob"), ("bob", "alice"), ("carol", "bob")):
+                assert main(["contact", "add", them, cards[them], "--dir", str(dirs[me])]) == 0
+        finally:
+            del os.environ["PHANTOM_PASSPHRASE"]
+        voice = artificial_voice(12.0, seed=3)
+        # 48 kHz stereo by sample repetition: the listener resamples it to 16 kHz mono
+        _write_wav(tmp / "mic.wav", np.repeat(voice, 3), 48000, 2)
+        listeners = {
+            "alice": Listener("alice", dirs["alice"], "127.0.0.2", tmp / "alice.json",
+                              extra=["--mic", str(tmp / "mic.wav")]),
+            "bob": Listener("bob", dirs["bob"], "127.0.0.3", tmp / "bob.json",
+                            extra=["--auto-answer", "--speaker", str(tmp / "heard.wav")]),
+            "carol": Listener("carol", dirs["carol"], "127.0.0.4", tmp / "carol.json"),
+        }  # fmt: skip
+        try:
+            listeners["alice"].start()
+            listeners["bob"].start()
+            yield listeners
+        finally:
+            for listener in listeners.values():
+                if listener.proc is not None:
+                    listener.stop(signal.SIGKILL)
+
+
+def test_a_call_between_two_listeners_connects_and_ends(
+    net: dict[str, Listener], capsys: pytest.CaptureFixture[str]
+) -> None:
+    alice, bob = net["alice"], net["bob"]
+    dial = _dial(alice.directory, "bob", "--duration", "4")
+    out, err = dial.communicate(timeout=60)
+    assert dial.returncode == 0, (out, err, alice.log(), bob.log())
+    assert "connected bob" in out and "ended: HANGUP" in out
+    time.sleep(2.0)  # bob's side drains and writes its report
+    (a_call,) = alice.calls()
+    (b_call,) = bob.calls()
+    assert a_call["role"] == "caller" and a_call["contact"] == "bob"
+    assert b_call["role"] == "callee" and b_call["contact"] == "alice"
+    assert a_call["end_reason"] == b_call["end_reason"] == "HANGUP"
+    ta, tb = a_call["times"], b_call["times"]
+    assert isinstance(ta, dict) and isinstance(tb, dict)
+    # One clock on one host: alice dials, bob rings, both connect, both end, in that order.
+    assert ta["dial"] < tb["ringing"] <= ta["ringing"] and tb["connected"] <= ta["connected"]
+    assert ta["connected"] < ta["ended"] and tb["connected"] < tb["ended"]
+    os.environ["PHANTOM_PASSPHRASE"] = PASSPHRASE
+    try:
+        assert main(["calls", "--dir", str(alice.directory)]) == 0
+    finally:
+        del os.environ["PHANTOM_PASSPHRASE"]
+    assert "outgoing  answered" in capsys.readouterr().out  # the call log, sealed
+    report = json.loads(alice.report.read_text())
+    assert report["key_agreement"] == "X25519+ML-KEM-768"
+    assert report["ip"] == "127.0.0.2" and report["pid"] == alice.proc.pid  # type: ignore[union-attr]
+    # The capture times at alice and the play times at bob, by frame index: mouth-to-ear.
+    capture, played = a_call["capture"], b_call["played"]
+    assert isinstance(capture, list) and isinstance(played, list)
+    delays = [t - capture[i] for i, kind, t in played if kind == "frame" and i < len(capture)]
+    assert len(delays) > 50 and 0 < float(np.median(delays)) < 2.0
+    # Bob heard alice's microphone: speech energy where she spoke (her file is speech
+    # throughout), well above the silence bob's own side sent.
+    heard = read_wav(alice.directory.parent / "heard.wav")
+    assert len(heard) > 16000 * 3
+    rms = float(np.sqrt(np.mean(heard.astype(np.float64) ** 2)))
+    assert rms > 300, rms
+    # Alice's uplink: the same packet count every whole second, before, during and after.
+    traffic = report["traffic"]
+    up = traffic["up_packets"][1:-1]
+    assert up and max(up) - min(up) <= 2, (up, report["uplink_slots"])
+
+
+def test_control_socket_is_private_and_a_second_listener_is_refused(
+    net: dict[str, Listener],
+) -> None:
+    alice = net["alice"]
+    path = alice.directory / CONTROL_SOCKET
+    assert stat.S_ISSOCK(path.stat().st_mode)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    second = subprocess.run(
+        [sys.executable, "-m", "client.cli", "listen", "--dir", str(alice.directory),
+         "--no-screen"],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert second.returncode == 1
+    assert "another listener is running" in second.stderr
+    assert path.exists()  # the first listener's socket is untouched
+    (status,) = _control(alice.directory, b'{"type": "status"}\n')
+    assert status["type"] == "status" and status["online"] is True
+
+
+def test_malformed_control_messages_get_errors_and_change_nothing(
+    net: dict[str, Listener],
+) -> None:
+    alice = net["alice"]
+    bad = [
+        b"not json\n",
+        b"[1, 2]\n",
+        b'{"type": "explode"}\n',
+        b'{"type": "dial"}\n',
+        b'{"type": "dial", "contact": "bob", "duration_s": -1}\n',
+        b'{"type": "dial", "contact": "nobody"}\n',
+        b"\xff\xfe\n",
+        b"x" * (MAX_LINE + 10) + b"\n",
+        b'{"type": "hangup"}\n',
+    ]
+    replies = _control(alice.directory, *bad, b'{"type": "status"}\n')
+    assert [r["type"] for r in replies[:-1]] == ["error"] * len(bad)
+    assert "nobody" in str(replies[5]["error"])
+    assert replies[-1]["type"] == "status" and replies[-1]["call"] is None
+    assert alice.proc is not None and alice.proc.poll() is None
+
+
+def test_a_caller_who_is_not_a_contact_never_rings(net: dict[str, Listener]) -> None:
+    bob, carol = net["bob"], net["carol"]
+    carol.start()
+    try:
+        dial = _dial(carol.directory, "bob")
+        time.sleep(5.0)  # carol's offer reached bob's mailbox long ago
+        assert dial.poll() is None  # no answer: still waiting
+        dial.send_signal(signal.SIGTERM)
+        dial.wait(timeout=10)
+        assert dial.returncode != 0
+    finally:
+        carol.stop()
+    assert "RINGING" not in bob.log().split("ended: HANGUP")[-1]
+    (status,) = _control(bob.directory, b'{"type": "status"}\n')
+    assert status["call"] is None
+    report = json.loads(bob.report.read_text())
+    assert report["deliveries"]["unopened"] > 0  # counted, never shown with an identity
+    (c_call,) = carol.calls()
+    assert "connected" not in c_call["times"]  # type: ignore[operator]
+
+
+def test_an_incoming_call_rings_and_is_answered_by_a_key(net: dict[str, Listener]) -> None:
+    alice, bob = net["alice"], net["bob"]
+    assert alice.stop() == 0
+    assert not (alice.directory / CONTROL_SOCKET).exists()  # removed on exit
+    master, slave = pty.openpty()
+    try:
+        alice.start(terminal=slave)
+        dial = _dial(bob.directory, "alice", "--duration", "2")
+        deadline = time.monotonic() + 30
+        while "RINGING" not in alice.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ring = alice.log().split("RINGING", 1)[1].splitlines()[0]
+        assert "bob [unverified] PARANOID" in ring and "a: answer" in ring
+        time.sleep(1.0)
+        (status,) = _control(alice.directory, b'{"type": "status"}\n')
+        assert isinstance(status["call"], dict) and "connected" not in status["call"]["events"]
+        os.write(master, b"a\n")  # the key press
+        out, err = dial.communicate(timeout=60)
+        assert dial.returncode == 0, (out, err, alice.log())
+        assert alice.stop() == 0
+    finally:
+        os.close(master)
+        os.close(slave)
+    alice.start()
+
+
+def test_killing_dial_hangs_up_and_killing_listen_times_out(net: dict[str, Listener]) -> None:
+    alice, bob = net["alice"], net["bob"]
+    dial = _dial(alice.directory, "bob")
+    assert dial.stdout is not None
+    deadline = time.monotonic() + 30
+    line = ""
+    while "connected" not in line and time.monotonic() < deadline:
+        line = dial.stdout.readline()
+        if not line:
+            break
+    assert "connected" in line, dial.communicate(timeout=10)
+    time.sleep(1.0)
+    dial.kill()
+    dial.wait(timeout=10)
+    time.sleep(4.0)
+    assert alice.calls()[-1]["end_reason"] == "dialer gone"
+    assert bob.calls()[-1]["end_reason"] == "HANGUP"  # the peer's hang-up, shown as such
+
+    dial = _dial(alice.directory, "bob")
+    assert dial.stdout is not None
+    line = ""
+    while "connected" not in line and time.monotonic() < deadline + 30:
+        line = dial.stdout.readline()
+    assert "connected" in line
+    bob.stop(signal.SIGKILL)
+    out, err = dial.communicate(timeout=30)  # media timeout (10 s) plus the drain
+    assert dial.returncode == 1 and "TIMEOUT" in out + err
+    assert alice.calls()[-1]["end_reason"] == "TIMEOUT"
+    assert not (bob.directory / CONTROL_SOCKET).exists() or True  # SIGKILL leaves it stale
+    bob.start()  # a stale socket is replaced by the next listener
+    assert stat.S_IMODE((bob.directory / CONTROL_SOCKET).stat().st_mode) == 0o600
