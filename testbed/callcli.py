@@ -36,9 +36,9 @@ from mixnode.directory_client import DirectoryClient
 from overlay import DirectoryError, TopologyDocument, UsageError, finite_number
 
 from ._state import TestnetError
-from .demo import CallOptions, CallResult, call_report, run_call
+from .demo import CallOptions, CallResult, PhaseHook, call_report, run_call
 from .demo import Progress as CallProgress
-from .report import emodel, print_report, simulator_check
+from .report import Phases, emodel, print_report, simulator_check
 from .testnet import TestnetOptions, down, up
 
 DESCRIPTION = __doc__.splitlines()[0]
@@ -68,7 +68,7 @@ def add_demo(sub: client_cli.Subcommands) -> None:
     demo.add_argument("--link-loss", type=_PROBABILITY, default=0.0,
                       help="probability that a node drops a packet it sends")  # fmt: skip
     demo.add_argument("--json", type=Path, default=None, dest="json_path",
-                      help="report file (default: call-report.json here)")  # fmt: skip
+                      help="write the report as JSON to this file (default: none)")  # fmt: skip
     demo.add_argument("--wav-out", type=Path, default=None,
                       help="directory for the received audio of each direction (WAV)")  # fmt: skip
     demo.add_argument("--no-pesq", action="store_true", help="skip the PESQ scores")
@@ -100,8 +100,10 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     previous = signal.signal(signal.SIGTERM, _terminate)
     started = False
+    phases = Phases(console)
     try:
-        console.print(f"testnet: starting in {directory} ...")
+        phases.start("setting up testnet", f"starting authorities and nodes in {directory} "
+                     "and waiting for a signed topology (up to a minute)")  # fmt: skip
         state = up(net)  # cleans up after itself if it fails
         started = True
         doc = DirectoryClient(
@@ -110,8 +112,9 @@ def run_demo(args: argparse.Namespace) -> int:
         if len(doc.gateways) < 2:
             raise TestnetError("the testnet has fewer than two gateways")
         gw_a, gw_b = doc.gateways[0].node_id, doc.gateways[1].node_id
-        console.print(f"testnet: {len(doc.nodes)} nodes up; calling for {args.duration:g} s")
-        result = _run_with_progress(console, doc, gw_a, gw_b, options)
+        phases.start("profiles", f"{len(doc.nodes)} nodes up; two callers with fresh "
+                     "identities, each on its own gateway")  # fmt: skip
+        result = _run_with_progress(console, doc, gw_a, gw_b, options, phases)
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")
         return 130
@@ -123,6 +126,7 @@ def run_demo(args: argparse.Namespace) -> int:
         return 1
     finally:
         if started and not args.keep_testnet:
+            phases.start("teardown", "stopping the testnet's processes")
             stopped = down(directory)
             console.print(f"testnet: down ({len(stopped)} processes stopped)")
             if temporary:
@@ -130,6 +134,7 @@ def run_demo(args: argparse.Namespace) -> int:
         elif started:
             console.print(f"testnet: left running in {directory}")
         signal.signal(signal.SIGTERM, previous)
+    phases.wait("scoring: delays, losses" + ("" if args.no_pesq else ", PESQ-WB (a few seconds)"))
     report = call_report(result, pesq=not args.no_pesq, emodel=emodel)
     report["testnet"] = {
         "link_delay_ms": args.link_delay_ms,
@@ -140,6 +145,7 @@ def run_demo(args: argparse.Namespace) -> int:
     dirs = cast(dict[str, dict[str, Any]], report["directions"])
     pcms = {name: d.pop("received_pcm") for name, d in dirs.items()}
     one_way = [x for d in dirs.values() for x in d.pop("one_way_s")]
+    phases.wait("simulator check: the same testnet and call in the simulator")
     report["simulator"] = simulator_check(
         one_way,
         options,
@@ -151,8 +157,9 @@ def run_demo(args: argparse.Namespace) -> int:
         args.wav_out.mkdir(parents=True, exist_ok=True)
         for name, pcm in pcms.items():
             write_wav(args.wav_out / f"received-{name.replace('->', '-to-')}.wav", pcm)
-    json_path = args.json_path or Path("call-report.json")
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    json_path: Path | None = args.json_path
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
     print_report(report, json_path)
     return 0
 
@@ -163,6 +170,7 @@ async def _call_until_signal(
     gw_b: bytes,
     options: CallOptions,
     progress: CallProgress | None,
+    phase: PhaseHook | None = None,
 ) -> CallResult:
     """``run_call``, cancelled cleanly on SIGTERM, which then leaves as KeyboardInterrupt
     (trio itself turns Ctrl-C into KeyboardInterrupt); the caller's ``finally`` then tears
@@ -180,7 +188,7 @@ async def _call_until_signal(
                         return
 
                 nursery.start_soon(watch)
-                result = await run_call(doc, gw_a, gw_b, options, progress=progress)
+                result = await run_call(doc, gw_a, gw_b, options, progress=progress, phase=phase)
     except Exception as exc:
         if not terminated:
             raise
@@ -193,15 +201,20 @@ async def _call_until_signal(
 
 
 def _run_with_progress(
-    console: Console, doc: TopologyDocument, gw_a: bytes, gw_b: bytes, options: CallOptions
+    console: Console,
+    doc: TopologyDocument,
+    gw_a: bytes,
+    gw_b: bytes,
+    options: CallOptions,
+    phases: Phases,
 ) -> CallResult:
-    """``run_call`` in ``trio.run``, with a progress bar on a terminal."""
+    """``run_call`` in ``trio.run``, each phase shown, with a progress bar on a terminal."""
 
     def run(progress: CallProgress | None) -> CallResult:
         # Ctrl-C can land in any task; when it comes out inside an ``ExceptionGroup`` it
         # is handed on as the KeyboardInterrupt it is.
         try:
-            return trio.run(_call_until_signal, doc, gw_a, gw_b, options, progress)
+            return trio.run(_call_until_signal, doc, gw_a, gw_b, options, progress, phases.start)
         except BaseExceptionGroup as group:
             if group.subgroup(KeyboardInterrupt) is None:
                 raise
