@@ -65,9 +65,13 @@ from ._signaling import Rekey as Rekey
 from ._signaling import RemoteRinging as RemoteRinging
 from ._signaling import Ring as Ring
 from ._signaling import Role as Role
+from ._signaling import SecurityEvent as SecurityEvent
+from ._signaling import SecurityLog as SecurityLog
+from ._signaling import SecurityRecord as SecurityRecord
 from ._signaling import Send as Send
 from ._signaling import SetTimer as SetTimer
 from ._signaling import SignalCounters as SignalCounters
+from ._signaling import SignalDowngraded as SignalDowngraded
 from ._signaling import SignalForged as SignalForged
 from ._signaling import SignalingError as SignalingError
 from ._signaling import SignalMalformed as SignalMalformed

@@ -10,7 +10,14 @@
     >>> SignalFramer(key, peer, me).open(frames[0])
     b'an envelope'
 
-Sans-IO: no clock, no socket; randomness from the injected ``rng``.
+A signaling envelope longer than one frame's chunk (348 bytes in a 384-byte payload) is
+cut into up to ``MAX_FRAGMENTS`` frames: a hybrid OFFER or ANSWER takes 4. Reassembly is
+bounded: at most ``MAX_PENDING_MESSAGES`` partial messages of at most ``MAX_FRAGMENTS``
+fragments each, each given up ``REASSEMBLY_TIMEOUT_S`` after its first fragment; fragments
+that are malformed, oversized, contradict one already held, or repeat one are counted in
+``SignalFramer.dropped`` and dropped (a lost fragment means no message, never a wrong one).
+
+Sans-IO: no clock (``open`` takes ``now``), no socket; randomness from the injected ``rng``.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
@@ -30,8 +38,10 @@ SIGNAL_PERSON = b"pn-sigframe-v1"  # BLAKE2b personalisation of per-mailbox fram
 SIGNAL_NONCE_LEN = 12  # bytes, random per frame
 SIGNAL_TAG_LEN = 16  # bytes, Poly1305
 _FRAG = struct.Struct(">IBBH")  # message id, fragment index, fragment count, chunk length
-MAX_FRAGMENTS = 255
+MAX_FRAGMENTS = 16  # frames of one signaling message at most (16 x 348 B = 5,568 B)
 MAX_PENDING_MESSAGES = 16  # partly received signaling messages kept at most
+REASSEMBLY_TIMEOUT_S = 30.0  # seconds a partial message waits for its other fragments
+MAX_RECENT_IDS = 64  # ids of completed messages remembered, so repeats are not rebuilt
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +88,13 @@ class SignalFramer:
     A frame is ``nonce (12) | ChaCha20-Poly1305(id (4) | index | count | length (2) | chunk
     | zero padding) | tag (16)``, exactly ``payload_len`` bytes. The key is per receiving
     mailbox, so a frame cannot be reflected to its sender.
+
+    ``dropped`` counts authentic fragments given up, by reason: ``malformed`` (index not
+    below count, count 0, length over the chunk), ``oversized`` (count over
+    ``MAX_FRAGMENTS``), ``overlap`` (another count or another chunk for a fragment held),
+    ``duplicate`` (a fragment held already, or of a message already completed),
+    ``expired`` and ``evicted`` (partial messages timed out, or pushed out by newer ones;
+    counted per message).
     """
 
     def __init__(
@@ -94,11 +111,26 @@ class SignalFramer:
         self.payload_len = payload_len
         self.chunk_len = payload_len - SIGNAL_NONCE_LEN - SIGNAL_TAG_LEN - _FRAG.size
         self._rng = rng
-        self._pending: dict[int, dict[int, bytes]] = {}
-        self._counts: dict[int, int] = {}
+        self.timeout_s = REASSEMBLY_TIMEOUT_S
+        # message id -> (fragment count, first fragment's arrival, fragments by index)
+        self._pending: OrderedDict[int, tuple[int, float, dict[int, bytes]]] = OrderedDict()
+        self._recent: OrderedDict[int, None] = OrderedDict()  # completed message ids
+        self.dropped: Counter[str] = Counter()
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of fragments held for partial messages (at most
+        ``MAX_PENDING_MESSAGES * MAX_FRAGMENTS * chunk_len``)."""
+        return sum(len(c) for _, _, parts in self._pending.values() for c in parts.values())
+
+    @property
+    def pending_messages(self) -> int:
+        return len(self._pending)
 
     def frames(self, envelope: bytes) -> list[bytes]:
-        """The frames of one envelope, in order."""
+        """The frames of one envelope, in order: ``ceil(len / chunk_len)`` of them, each
+        ``payload_len`` bytes. Raises ``UsageError`` for an empty envelope or one over
+        ``MAX_FRAGMENTS`` frames."""
         chunks = [envelope[i : i + self.chunk_len] for i in range(0, len(envelope), self.chunk_len)]
         if not chunks or len(chunks) > MAX_FRAGMENTS:
             raise UsageError(f"a signaling message must be 1..{MAX_FRAGMENTS} frames long")
@@ -111,8 +143,10 @@ class SignalFramer:
             out.append(nonce + self._tx.encrypt(nonce, body, None))
         return out
 
-    def open(self, frame: bytes) -> bytes | None:
-        """A whole envelope when ``frame`` completes one; None for a partial message.
+    def open(self, frame: bytes, now: float = 0.0) -> bytes | None:
+        """A whole envelope when ``frame`` completes one; None for a partial message or a
+        fragment dropped (counted in ``dropped``). ``now``: seconds on the caller's clock,
+        for the reassembly timeout.
 
         Raises ``InvalidTag`` for anything that is not our signaling frame.
         """
@@ -120,21 +154,45 @@ class SignalFramer:
             raise InvalidTag()
         body = self._rx.decrypt(frame[:SIGNAL_NONCE_LEN], frame[SIGNAL_NONCE_LEN:], None)
         msg_id, index, count, length = _FRAG.unpack_from(body)
+        self._expire(now)
         if count == 0 or index >= count or length > self.chunk_len:
-            raise InvalidTag()
+            self.dropped["malformed"] += 1
+            return None
+        if count > MAX_FRAGMENTS:
+            self.dropped["oversized"] += 1
+            return None
         chunk = body[_FRAG.size : _FRAG.size + length]
+        if msg_id in self._recent:
+            self.dropped["duplicate"] += 1
+            return None
         if count == 1:
+            self._remember(msg_id)
             return chunk
         if msg_id not in self._pending:
             if len(self._pending) >= MAX_PENDING_MESSAGES:
-                oldest = next(iter(self._pending))
-                del self._pending[oldest], self._counts[oldest]
-            self._pending[msg_id], self._counts[msg_id] = {}, count
-        if self._counts[msg_id] != count:
-            raise InvalidTag()
-        parts = self._pending[msg_id]
+                self._pending.popitem(last=False)
+                self.dropped["evicted"] += 1
+            self._pending[msg_id] = (count, now, {})
+        expected, _, parts = self._pending[msg_id]
+        if expected != count or parts.get(index, chunk) != chunk:
+            self.dropped["overlap"] += 1
+            return None
+        if index in parts:
+            self.dropped["duplicate"] += 1
+            return None
         parts[index] = chunk
         if len(parts) < count:
             return None
-        del self._pending[msg_id], self._counts[msg_id]
+        del self._pending[msg_id]
+        self._remember(msg_id)
         return b"".join(parts[i] for i in range(count))
+
+    def _expire(self, now: float) -> None:
+        for msg_id in [m for m, (_, t0, _) in self._pending.items() if now - t0 > self.timeout_s]:
+            del self._pending[msg_id]
+            self.dropped["expired"] += 1
+
+    def _remember(self, msg_id: int) -> None:
+        self._recent[msg_id] = None
+        while len(self._recent) > MAX_RECENT_IDS:
+            self._recent.popitem(last=False)

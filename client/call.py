@@ -74,6 +74,7 @@ from ._signaling import (
     IncomingCall,
     MediaKeysChanged,
     Role,
+    SecurityLog,
     Send,
     SetTimer,
     StartMedia,
@@ -130,6 +131,7 @@ class Caller:
         jitter: JitterConfig | None = None,
         auto_answer: bool = True,
         rng: Rng = os.urandom,
+        security_log: SecurityLog | None = None,
     ):
         self.profile = profile or VoiceProfile()
         self.link, self.me, self.contact = link, me, contact
@@ -143,7 +145,11 @@ class Caller:
             slot_s=self.profile.packet_interval_ms / 1000, mean_delay_s=mean_delay_s,
             cover=cover, rng=rng,
         )  # fmt: skip
-        self.call = Call(channel, reply_mailbox=me.to_bytes(), surbs=b"", profile=self.profile)
+        # Mode changes and refused downgrades, on this device only. Its owner (the profile)
+        # gives it a wall clock for its stamps; nothing in client/ reads that clock.
+        self.security_log = security_log if security_log is not None else SecurityLog()
+        self.call = Call(channel, reply_mailbox=me.to_bytes(), surbs=b"", profile=self.profile,
+                         security_log=self.security_log)  # fmt: skip
         self.framer = SignalFramer(contact.signal_key, me, contact.address, rng=rng)
         self.media_out = MediaOut(voice, self.profile)
         self.media_in = MediaIn(jitter or JitterConfig(frame_ms=self.profile.frame_ms))
@@ -204,14 +210,18 @@ class Caller:
         Remote input and gaps in the topology are counted, never raised (``slots``,
         ``received``, ``call.counters``); an error that still leaves a task is a bug and
         leaves in Trio's ``ExceptionGroup`` (so does ``UsageError`` from a link that stamps
-        arrivals on another clock than Trio's).
+        arrivals on another clock than Trio's). However it stops, the call's secrets are
+        zeroed (``Call.close``).
         """
         self.tx.to_monotonic_s = self.rx.to_monotonic_s = monotonic_offset_s()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._uplink)
-            nursery.start_soon(self._downlink)
-            nursery.start_soon(self._playout)
-            task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._uplink)
+                nursery.start_soon(self._downlink)
+                nursery.start_soon(self._playout)
+                task_status.started()
+        finally:
+            self.call.close()
 
     async def _uplink(self) -> None:
         self.uplink.start(self._clock())
@@ -289,7 +299,7 @@ class Caller:
                 self._playout_ready.set()
                 return
         try:
-            envelope = self.framer.open(data)
+            envelope = self.framer.open(data, now)
         except InvalidTag:
             self.received[
                 "cover" if refused is None or isinstance(refused, NotMedia) else refused.reason
@@ -346,7 +356,12 @@ class Caller:
 
     def _start_media(self, act: StartMedia, now: float) -> None:
         # The mic opens on the slot grid, so each packet leaves as its last frame is complete.
-        self.media_out.start(act.tx_profile, act.tx_keys, self.uplink.grid_at_or_after(now))
+        # The callee's ACCEPT leaves in this slot and the caller opens no media before it
+        # arrives: its first media packet leaves a slot later than it could, so that it
+        # rarely overtakes the ACCEPT in the mixnet (one that does is lost as cover).
+        head_start = self.slot_s if self.call.role is Role.CALLEE else 0.0
+        self.media_out.start(act.tx_profile, act.tx_keys,
+                             self.uplink.grid_at_or_after(now + head_start))  # fmt: skip
         self.media_in.start(act.rx_profile, act.rx_keys)
         self.connected.set()
 

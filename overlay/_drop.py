@@ -62,6 +62,7 @@ class DropReason(enum.StrEnum):
     SIGNAL = "signal"  # a signaling message was refused
     SIGNAL_MALFORMED = "signal_malformed"  # does not decode
     SIGNAL_FORGED = "signal_forged"  # its MAC does not verify
+    SIGNAL_DOWNGRADED = "signal_downgraded"  # a Mode C offer or answer without the hybrid keys
     CHANNEL = "channel"  # an envelope of the secure message channel did not open
 
     @property
@@ -91,6 +92,7 @@ CLIENT_DROP_REASONS: Final[frozenset[DropReason]] = frozenset(
         DropReason.SIGNAL,
         DropReason.SIGNAL_MALFORMED,
         DropReason.SIGNAL_FORGED,
+        DropReason.SIGNAL_DOWNGRADED,
         DropReason.CHANNEL,
     }
 )

@@ -166,7 +166,8 @@ class UplinkScheduler:
         """The first grid time at or after ``now`` (``now`` itself before ``start``)."""
         if self._start is None:
             return now
-        k = -(-(now - self._start) // self.slot_s)
+        # A ``now`` on the grid up to float rounding is that grid time, not the next one.
+        k = -(-(now - self._start - GRID_EPSILON_S) // self.slot_s)
         return self._start + k * self.slot_s
 
     def media_due(self, capture_start: float, now: float) -> bool:

@@ -30,9 +30,13 @@ On top of that:
 - a mode switch to a less private mode needs the user's explicit approval on both sides;
 - in Mode C a ``CALL_CANDIDATE`` (which could reveal an IP address) ends the call.
 
-The per-call secret is HKDF(offer secret || answer secret) over the transcript, so both
-messages' ratchet keys contribute; ``CALL_REKEY`` ratchets one direction's media secret
-forward with fresh material from the rekey message's own secret.
+The per-call secret is the hybrid one: HKDF over both messages' channel secrets (so both
+ratchet keys, and the identities behind the channel, contribute), an ephemeral X25519
+agreement and an ML-KEM-768 encapsulation carried in OFFER/ANSWER, and the transcript
+(``keys``); Mode C refuses an offer without them (``SignalDowngraded``, counted). Mode
+changes and refusals go to the caller's local ``SecurityLog``. The call's secrets are
+zeroed when it ends and on ``close``. ``CALL_REKEY`` ratchets one direction's media
+secret forward with fresh material from the rekey message's own secret.
 
 The package: ``messages`` (the vocabulary and its wire codec), ``keys`` (the key schedule),
 ``states`` (the state table: one target state per state, event and guard) and ``call``
@@ -57,8 +61,14 @@ from .call import SetTimer as SetTimer
 from .call import SignalCounters as SignalCounters
 from .call import StartMedia as StartMedia
 from .keys import CALL_LABEL as CALL_LABEL
+from .keys import CallerEphemeral as CallerEphemeral
 from .keys import call_id_for as call_id_for
+from .keys import call_secrets as call_secrets
+from .keys import callee_hybrid as callee_hybrid
+from .keys import hybrid_transcript as hybrid_transcript
 from .messages import FLAG_NO_DOWNGRADE as FLAG_NO_DOWNGRADE
+from .messages import KEM_CIPHERTEXT_LEN as KEM_CIPHERTEXT_LEN
+from .messages import KEM_PUBLIC_LEN as KEM_PUBLIC_LEN
 from .messages import MAX_OPAQUE_LEN as MAX_OPAQUE_LEN
 from .messages import SIGNAL_VERSION as SIGNAL_VERSION
 from .messages import Accept as Accept
@@ -76,11 +86,15 @@ from .messages import Offer as Offer
 from .messages import PrivacyMode as PrivacyMode
 from .messages import Rekey as Rekey
 from .messages import Ring as Ring
+from .messages import SignalDowngraded as SignalDowngraded
 from .messages import SignalForged as SignalForged
 from .messages import SignalingError as SignalingError
 from .messages import SignalMalformed as SignalMalformed
 from .messages import decode as decode
 from .messages import encode as encode
+from .seclog import SecurityEvent as SecurityEvent
+from .seclog import SecurityLog as SecurityLog
+from .seclog import SecurityRecord as SecurityRecord
 from .states import DEFERRED as DEFERRED
 from .states import TRANSITIONS as TRANSITIONS
 from .states import CallState as CallState

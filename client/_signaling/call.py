@@ -37,11 +37,13 @@ from .messages import (
     PrivacyMode,
     Rekey,
     Ring,
+    SignalDowngraded,
     SignalForged,
     SignalingError,
     decode,
     encode,
 )
+from .seclog import SecurityEvent, SecurityLog
 from .states import (
     DEFERRED,
     TIMER_EVENT,
@@ -187,6 +189,7 @@ class SignalCounters:
     channel: int = 0
     signal_malformed: int = 0
     signal_forged: int = 0
+    signal_downgraded: int = 0  # a Mode C offer or answer without the hybrid keys
     unexpected: int = 0  # a valid message the current state has no use for
     held: int = 0  # a valid message that overtook the one it follows, kept for later
     ended_before_offer: int = 0  # a HANGUP/DECLINE for a call not offered yet, remembered
@@ -211,8 +214,10 @@ class Call:
         policy: CallPolicy | None = None,
         mode: PrivacyMode = PrivacyMode.PARANOID,
         rng: Rng = os.urandom,
+        security_log: SecurityLog | None = None,
     ):
         self.channel = channel
+        self.security_log = security_log if security_log is not None else SecurityLog()
         self.policy = policy or CallPolicy()
         if mode not in self.policy.supported_modes or mode < self.policy.required_mode:
             raise UsageError("mode must be supported and at least the policy's required_mode")
@@ -233,11 +238,13 @@ class Call:
         self._peer_reply = b""
         self._peer_surbs = b""
         self._offer_body = b""
-        self._offer_secret = b""
-        self._accept_key = b""
-        self._secret: dict[Direction, bytes] = {}
+        # The call's secrets: bytearrays, zeroed by ``_wipe`` when the call ends or closes.
+        self._offer_secret = bytearray()
+        self._accept_key = bytearray()
+        self._secret: dict[Direction, bytearray] = {}
+        self._ephemeral: keys.CallerEphemeral | None = None  # the caller's, until the answer
         self._generation = {Direction.CALLER_TO_CALLEE: 0, Direction.CALLEE_TO_CALLER: 0}
-        self._pending_tx: tuple[int, bytes] | None = None
+        self._pending_tx: tuple[int, bytearray] | None = None
         self._switch_to: PrivacyMode | None = None
         self._held: list[tuple[Message, bytes, bytes]] = []  # (message, raw, export)
         self._ended_ids: dict[bytes, tuple[EndReason, float]] = {}  # call id -> (why, until)
@@ -272,8 +279,32 @@ class Call:
     def _keys(self, direction: Direction) -> MediaKeys:
         assert self.call_id is not None
         return derive_media_keys(
-            self._secret[direction], self.call_id, direction, self._generation[direction]
+            bytes(self._secret[direction]), self.call_id, direction, self._generation[direction]
         )
+
+    def _key_buffers(self) -> list[bytearray]:
+        """Every buffer holding a secret of this call now (what ``_wipe`` zeroes)."""
+        bufs = [self._offer_secret, self._accept_key, *self._secret.values()]
+        if self._ephemeral is not None:
+            bufs += self._ephemeral.buffers()
+        if self._pending_tx is not None:
+            bufs.append(self._pending_tx[1])
+        return bufs
+
+    def _wipe(self) -> None:
+        """Zero the call's secrets in place and drop them (see docs/calling.md for what
+        this does not reach: copies inside ``bytes`` objects and the media ciphers)."""
+        keys.wipe(self._key_buffers())
+        self._secret.clear()
+        self._offer_secret, self._accept_key = bytearray(), bytearray()
+        self._ephemeral = None
+        self._pending_tx = None
+
+    def close(self) -> None:
+        """The client stops: zero this call's secrets now, whatever its state. The call
+        cannot carry media afterwards; a call still in progress is not told (the peer's
+        media timer ends it)."""
+        self._wipe()
 
     def _end(
         self, event: Event, reason: EndReason, *, by_peer: bool, tell: bool,
@@ -286,9 +317,7 @@ class Call:
             send, _ = self._send(Hangup(self.call_id, reason))
             actions.append(send)
         self._go(event, guard)
-        self._secret.clear()  # Python cannot wipe memory; at least drop the references
-        self._offer_secret = self._accept_key = b""
-        self._pending_tx = None
+        self._wipe()
         self.counters.unexpected += len(self._held)  # overtook nothing after all
         self._held.clear()
         actions += [CancelTimer(t) for t in Timer]
@@ -303,10 +332,13 @@ class Call:
         self.role = Role.CALLER
         nonce = self._rng(NONCE_LEN)
         self.call_id = keys.call_id_for(self.channel.conversation_id, nonce)
+        self._ephemeral = eph = keys.CallerEphemeral(self._rng)
         offer = Offer(self.call_id, nonce, self.mode, MediaType.AUDIO, FLAG_NO_DOWNGRADE,
-                      self.profile, self.reply_mailbox, self.surbs)  # fmt: skip
+                      self.profile, self.reply_mailbox, self.surbs, eph.x25519_public,
+                      eph.kem_public)  # fmt: skip
         self._offer_body = encode(offer)
-        envelope, self._offer_secret = self.channel.seal(self._offer_body)
+        envelope, offer_secret = self.channel.seal(self._offer_body)
+        self._offer_secret = bytearray(offer_secret)
         self._go(Event.PLACE)
         return [Send(envelope), SetTimer(Timer.SETUP, now + self.policy.setup_timeout_s)]
 
@@ -396,6 +428,7 @@ class Call:
             return []
         generation, secret = self._pending_tx
         self._pending_tx = None
+        keys.wipe([self._secret[self._tx]])
         self._secret[self._tx], self._generation[self._tx] = secret, generation
         self._go(event)
         return [MediaKeysChanged(self._tx, generation, self._keys(self._tx))]
@@ -480,8 +513,9 @@ class Call:
                 rx = self._rx
                 if msg.generation != self._generation[rx] + 1:
                     return self._violation(event)
-                self._secret[rx] = self._ratchet(rx, export, msg.generation)
-                self._generation[rx] = msg.generation
+                new = self._ratchet(rx, export, msg.generation)
+                keys.wipe([self._secret[rx]])
+                self._secret[rx], self._generation[rx] = new, msg.generation
                 self._go(event)
                 return [MediaKeysChanged(rx, msg.generation, self._keys(rx))]
             case ModeSwitchRequest():
@@ -492,6 +526,7 @@ class Call:
                 self._switch_to = None
                 self._go(event)
                 actions: list[Action] = [CancelTimer(Timer.SWITCH)]
+                self._log_switch(msg.mode, msg.accepted)
                 if msg.accepted:
                     self.mode = msg.mode
                     return [*actions, ModeChanged(msg.mode)]
@@ -507,16 +542,30 @@ class Call:
         reason = self._offer_problem(offer)
         if reason is not None:  # fail closed, and say why: never a silent fallback
             return self._decline(Event.RECV_OFFER, reason, Guard.DECLINED)
+        if offer.mode is PrivacyMode.PARANOID and not offer.hybrid:
+            self.role = self.call_id = None  # dropped: as if it never came
+            self._log(SecurityEvent.DOWNGRADE_REFUSED, offer.mode, offer.mode)
+            raise SignalDowngraded()  # Mode C: never classical keys only
+        try:
+            x_pub, ciphertext, dh, kem = keys.callee_hybrid(
+                offer.x25519_public, offer.kem_public, self._rng
+            )
+        except SignalingError:  # an authentic offer with unusable keys: a broken peer
+            self.counters.signal_malformed += 1
+            return self._decline(Event.RECV_OFFER, EndReason.POLICY_VIOLATION, Guard.DECLINED)
         self.mode, self.peer_profile = offer.mode, offer.profile
         self._peer_reply, self._peer_surbs = offer.reply_mailbox, offer.surbs
-        self._offer_body, self._offer_secret = raw, export
+        self._offer_body, self._offer_secret = raw, bytearray(export)
         core = Answer(offer.call_id, hashlib.sha256(raw).digest(), self.mode, self.profile,
-                      self.reply_mailbox, self.surbs, b"")  # fmt: skip
+                      self.reply_mailbox, self.surbs, b"", x_pub, ciphertext)  # fmt: skip
         answer = Answer(core.call_id, core.offer_digest, core.mode, core.profile,
-                        core.reply_mailbox, core.surbs, self._answer_mac(core))  # fmt: skip
+                        core.reply_mailbox, core.surbs, self._answer_mac(core), x_pub,
+                        ciphertext)  # fmt: skip
         answer_raw = encode(answer)
         envelope, answer_secret = self.channel.seal(answer_raw)
-        self._derive(answer_raw, answer_secret)
+        th = keys.hybrid_transcript(offer.call_id, offer.mode, offer.x25519_public,
+                                    offer.kem_public, x_pub, ciphertext)  # fmt: skip
+        self._derive(answer_raw, answer_secret, dh, kem, th)
         ring, _ = self._send(Ring(offer.call_id))
         self._go(Event.RECV_OFFER)
         return [
@@ -542,18 +591,29 @@ class Call:
 
     def _on_answer(self, answer: Answer, raw: bytes, export: bytes, now: float) -> list[Action]:
         core = Answer(answer.call_id, answer.offer_digest, answer.mode, answer.profile,
-                      answer.reply_mailbox, answer.surbs, b"")  # fmt: skip
+                      answer.reply_mailbox, answer.surbs, b"", answer.x25519_public,
+                      answer.kem_ciphertext)  # fmt: skip
         ok = hmac.compare_digest(answer.offer_digest, hashlib.sha256(self._offer_body).digest())
         ok &= hmac.compare_digest(answer.confirm_mac, self._answer_mac(core))
         if not ok or answer.mode != self.mode:  # tampered transcript or a downgrade
             return self._violation(Event.RECV_ANSWER)
+        eph = self._ephemeral
+        if eph is None or not answer.hybrid:  # the offer had the hybrid: the answer must too
+            self.counters.signal_downgraded += 1
+            self._log(SecurityEvent.DOWNGRADE_REFUSED, self.mode, answer.mode)
+            return self._violation(Event.RECV_ANSWER)
         try:
             check_fits(answer.profile, VOICE.user_payload)
-        except UsageError:
+            dh, kem = eph.finish(answer.x25519_public, answer.kem_ciphertext)
+        except (UsageError, SignalingError):
             return self._violation(Event.RECV_ANSWER)
         self.peer_profile = answer.profile
         self._peer_reply, self._peer_surbs = answer.reply_mailbox, answer.surbs
-        self._derive(raw, export)
+        th = keys.hybrid_transcript(self._id, self.mode, eph.x25519_public, eph.kem_public,
+                                    answer.x25519_public, answer.kem_ciphertext)  # fmt: skip
+        self._derive(raw, export, dh, kem, th)
+        keys.wipe(eph.buffers())
+        self._ephemeral = None
         self._go(Event.RECV_ANSWER)
         return [SetTimer(Timer.SETUP, now + self.policy.setup_timeout_s)]
 
@@ -568,10 +628,12 @@ class Call:
         )
         if refuse:
             send, _ = self._send(ModeSwitchAck(self._id, msg.mode, False))
+            self._log_switch(msg.mode, False)
             self._go(event, Guard.REFUSED)
             return [send]
         if msg.mode > self.mode:  # more private: no approval needed
             send, _ = self._send(ModeSwitchAck(self._id, msg.mode, True))
+            self._log_switch(msg.mode, True)
             self.mode = msg.mode
             self._go(event)
             return [send, ModeChanged(msg.mode)]
@@ -587,6 +649,7 @@ class Call:
         assert mode is not None
         self._switch_to = None
         send, _ = self._send(ModeSwitchAck(self._id, mode, accepted))
+        self._log_switch(mode, accepted)
         self._go(event)
         if accepted:
             self.mode = mode
@@ -628,17 +691,31 @@ class Call:
     def _answer_mac(self, core: Answer) -> bytes:
         return keys.answer_mac(self._offer_secret, self._id, encode(core))
 
-    def _derive(self, answer_raw: bytes, answer_secret: bytes) -> None:
-        """The call secret: both messages' secrets, over the whole transcript."""
+    def _derive(
+        self, answer_raw: bytes, answer_secret: bytes, dh: bytearray, kem: bytearray, th: bytes
+    ) -> None:
+        """The call secret: both messages' secrets and the hybrid ones, over the whole
+        transcript (``keys.call_secrets``); the inputs are zeroed afterwards."""
         self._secret, self._accept_key = keys.call_secrets(
-            self._id, self._offer_body, self._offer_secret, answer_raw, answer_secret
-        )
-        self._offer_secret = b""
+            self._id, self._offer_body, self._offer_secret, answer_raw, answer_secret,
+            dh, kem, th,
+        )  # fmt: skip
+        keys.wipe([self._offer_secret, dh, kem])
+        self._offer_secret = bytearray()
+
+    def _log_switch(self, mode: PrivacyMode, accepted: bool) -> None:
+        """A switch from the current mode to ``mode`` completed or was refused."""
+        event = SecurityEvent.MODE_CHANGED if accepted else SecurityEvent.MODE_SWITCH_REFUSED
+        self._log(event, self.mode, mode, accepted)
+
+    def _log(self, event: SecurityEvent, mode_from: PrivacyMode, mode_to: PrivacyMode,
+             approved: bool = False) -> None:  # fmt: skip
+        self.security_log.append(event, mode_from, mode_to, approved)
 
     def _accept_mac(self) -> bytes:
         return keys.accept_mac(self._accept_key, self._id, self.mode)
 
-    def _ratchet(self, d: Direction, export: bytes, generation: int) -> bytes:
+    def _ratchet(self, d: Direction, export: bytes, generation: int) -> bytearray:
         return keys.ratchet(self._secret[d], export, self._id, d, generation)
 
     def _start_media(self) -> StartMedia:

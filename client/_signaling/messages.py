@@ -9,12 +9,19 @@
 
 ``encode`` gives the bytes the ``SecureChannel`` seals; ``decode`` parses them back with
 exact lengths, known enums only and no trailing bytes, or raises ``SignalMalformed``.
+
+OFFER and ANSWER end in an optional hybrid block (the hybrid post-quantum call keys,
+``keys``): the offer's is the caller's ephemeral X25519 public key (32 B) and ML-KEM-768
+encapsulation key (1,184 B), the answer's the callee's ephemeral X25519 public key (32 B)
+and the ML-KEM ciphertext (1,088 B). Without it the message ends after its last field
+(the version 1 layout, byte for byte); with it the block follows; anything else is
+malformed. Mode C refuses an offer or answer without it (``SignalDowngraded``).
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TypeVar
 
@@ -30,6 +37,9 @@ MAC_LEN = 32  # bytes, HMAC-SHA256
 HEADER_LEN = 2 + CALL_ID_LEN  # version, type, call id
 PROFILE_LEN = 11  # bytes: rate u32, frame ms u8, frames/packet u8, bitrate u32, redundancy u8
 MAX_OPAQUE_LEN = 16384  # bytes, cap on reply-path and SURB fields
+X25519_LEN = 32  # bytes, an X25519 public key
+KEM_PUBLIC_LEN = 1184  # bytes, an ML-KEM-768 encapsulation key
+KEM_CIPHERTEXT_LEN = 1088  # bytes, an ML-KEM-768 ciphertext
 FLAG_NO_DOWNGRADE = 0x01  # offer flag: the caller refuses any later downgrade by default
 KNOWN_FLAGS = FLAG_NO_DOWNGRADE
 
@@ -53,6 +63,13 @@ class SignalForged(SignalingError):
     """A MAC, digest or call id does not match: forged, cross-chat replay, or tampering."""
 
     reason = DropReason.SIGNAL_FORGED
+
+
+class SignalDowngraded(SignalingError):
+    """A Mode C offer or answer without the hybrid post-quantum keys: refused, never
+    answered or used with classical keys only."""
+
+    reason = DropReason.SIGNAL_DOWNGRADED
 
 
 # -- message vocabulary -----------------------------------------------------------------
@@ -107,6 +124,13 @@ class Offer:
     profile: VoiceProfile
     reply_mailbox: bytes  # opaque: the caller's gateway node id and mailbox id
     surbs: bytes  # opaque: SURBs for replies to the caller
+    x25519_public: bytes = field(default=b"", repr=False)  # 32 B, or b"" without the hybrid
+    kem_public: bytes = field(default=b"", repr=False)  # 1,184 B, or b"" without the hybrid
+
+    @property
+    def hybrid(self) -> bool:
+        """Whether the offer carries the hybrid block."""
+        return bool(self.x25519_public or self.kem_public)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +142,13 @@ class Answer:
     reply_mailbox: bytes
     surbs: bytes
     confirm_mac: bytes
+    x25519_public: bytes = field(default=b"", repr=False)  # 32 B, or b"" without the hybrid
+    kem_ciphertext: bytes = field(default=b"", repr=False)  # 1,088 B, or b"" without it
+
+    @property
+    def hybrid(self) -> bool:
+        """Whether the answer carries the hybrid block."""
+        return bool(self.x25519_public or self.kem_ciphertext)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,8 +242,20 @@ def _opaque(data: bytes) -> bytes:
     return struct.pack(">H", len(data)) + data
 
 
+def _hybrid(first: bytes, second: bytes, second_len: int) -> bytes:
+    """The optional hybrid block: both parts at their lengths, or neither."""
+    if not first and not second:
+        return b""
+    if len(first) != X25519_LEN or len(second) != second_len:
+        raise UsageError(f"the hybrid block is {X25519_LEN} + {second_len} bytes, or empty")
+    return first + second
+
+
 def encode(message: Message) -> bytes:
-    """The wire bytes of one message (before the channel seals it)."""
+    """The wire bytes of one message (before the channel seals it).
+
+    Raises ``UsageError`` for a call id, opaque field or hybrid block of the wrong length.
+    """
     head = struct.pack(">BB", SIGNAL_VERSION, TYPE_OF[type(message)]) + message.call_id
     if len(message.call_id) != CALL_ID_LEN:
         raise UsageError(f"call_id must be {CALL_ID_LEN} bytes")
@@ -224,6 +267,7 @@ def encode(message: Message) -> bytes:
                 + _profile_bytes(message.profile)
                 + _opaque(message.reply_mailbox)
                 + _opaque(message.surbs)
+                + _hybrid(message.x25519_public, message.kem_public, KEM_PUBLIC_LEN)
             )
         case Answer():
             body = (
@@ -233,6 +277,7 @@ def encode(message: Message) -> bytes:
                 + _opaque(message.reply_mailbox)
                 + _opaque(message.surbs)
                 + message.confirm_mac
+                + _hybrid(message.x25519_public, message.kem_ciphertext, KEM_CIPHERTEXT_LEN)
             )
         case Candidate():
             body = struct.pack(">B", message.kind) + _opaque(message.data)
@@ -290,6 +335,12 @@ class _Reader:
         except ValueError:
             raise SignalMalformed() from None
 
+    def hybrid(self, second_len: int) -> tuple[bytes, bytes]:
+        """The optional hybrid block at the end: (b"", b"") when absent."""
+        if self.pos == len(self.data):
+            return b"", b""
+        return self.take(X25519_LEN), self.take(second_len)
+
     def end(self) -> None:
         if self.pos != len(self.data):
             raise SignalMalformed()
@@ -310,11 +361,12 @@ def decode(data: bytes) -> Message:
             flags = r.u8()
             if flags & ~KNOWN_FLAGS:
                 raise SignalMalformed()
-            msg = Offer(call_id, nonce, mode, media, flags, r.profile(), r.opaque(), r.opaque())
+            fields = (r.profile(), r.opaque(), r.opaque())
+            msg = Offer(call_id, nonce, mode, media, flags, *fields, *r.hybrid(KEM_PUBLIC_LEN))
         case MessageType.CALL_ANSWER:
             digest = r.take(DIGEST_LEN)
             msg = Answer(call_id, digest, r.enum(PrivacyMode), r.profile(), r.opaque(),
-                         r.opaque(), r.take(MAC_LEN))  # fmt: skip
+                         r.opaque(), r.take(MAC_LEN), *r.hybrid(KEM_CIPHERTEXT_LEN))  # fmt: skip
         case MessageType.CALL_CANDIDATE:
             msg = Candidate(call_id, r.u8(), r.opaque())
         case MessageType.CALL_RING:
