@@ -40,6 +40,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Protocol
 
 import trio
@@ -73,6 +74,7 @@ from ._signaling import (
     EndReason,
     IncomingCall,
     MediaKeysChanged,
+    RemoteRinging,
     Role,
     SecurityLog,
     Send,
@@ -130,6 +132,9 @@ class Caller:
         cover: CoverKind = CoverKind.LOOP,
         jitter: JitterConfig | None = None,
         auto_answer: bool = True,
+        uplink: UplinkScheduler | None = None,
+        framer: SignalFramer | None = None,
+        on_event: Callable[[str, float], None] | None = None,
         rng: Rng = os.urandom,
         security_log: SecurityLog | None = None,
     ):
@@ -140,22 +145,31 @@ class Caller:
         # The slot grid and each slot's frame. Its ``slots`` counts slots by SlotKind value
         # sent, "skipped" (nothing routable), "unroutable" (sent as last-resort cover
         # instead), "missed" (the process fell behind the grid).
-        self.uplink = UplinkScheduler(
-            doc, (me.gateway_id, me.mailbox), (contact.address.gateway_id, contact.address.mailbox),
-            slot_s=self.profile.packet_interval_ms / 1000, mean_delay_s=mean_delay_s,
-            cover=cover, rng=rng,
-        )  # fmt: skip
+        # An always-on client (client.phone) passes its own scheduler, whose grid outlives
+        # the call; it is pointed at this call's contact here.
+        peer = (contact.address.gateway_id, contact.address.mailbox)
+        if uplink is None:
+            uplink = UplinkScheduler(
+                doc, (me.gateway_id, me.mailbox), peer,
+                slot_s=self.profile.packet_interval_ms / 1000, mean_delay_s=mean_delay_s,
+                cover=cover, rng=rng,
+            )  # fmt: skip
+        uplink.peer = peer
+        self.uplink = uplink
         # Mode changes and refused downgrades, on this device only. Its owner (the profile)
         # gives it a wall clock for its stamps; nothing in client/ reads that clock.
         self.security_log = security_log if security_log is not None else SecurityLog()
         self.call = Call(channel, reply_mailbox=me.to_bytes(), surbs=b"", profile=self.profile,
                          security_log=self.security_log)  # fmt: skip
-        self.framer = SignalFramer(contact.signal_key, me, contact.address, rng=rng)
+        self.framer = framer or SignalFramer(contact.signal_key, me, contact.address, rng=rng)
+        # Called with ("ringing" | "connected" | "ended", seconds on Trio's clock).
+        self._on_event = on_event
         self.media_out = MediaOut(voice, self.profile)
         self.media_in = MediaIn(jitter or JitterConfig(frame_ms=self.profile.frame_ms))
         self._timers: dict[Timer, float] = {}  # signaling timer -> deadline (seconds)
         self._answer_at: float | None = None
         self._playout_ready = trio.Event()
+        self.ringing = trio.Event()  # the callee rings (IncomingCall here, or RING from it)
         self.connected = trio.Event()
         self.ended = trio.Event()
         self.end_reason: EndReason | None = None
@@ -201,6 +215,22 @@ class Caller:
     def hangup(self) -> None:
         """End the call: CALL_HANGUP goes out in the next slot; our media stops now."""
         self._apply(self.call.hangup(self._clock()))
+
+    def accept(self) -> None:
+        """Callee: pick up the ringing call (ACCEPT in the next slot; media starts).
+        ``UsageError`` when nothing rings."""
+        self._answer_at = None
+        self._apply(self.call.accept(self._clock()))
+
+    def decline(self) -> None:
+        """Callee: refuse the ringing call (DECLINE). ``UsageError`` when nothing rings."""
+        self._answer_at = None
+        self._apply(self.call.decline(self._clock()))
+
+    def handle_envelope(self, envelope: bytes, now: float) -> None:
+        """A whole signaling envelope the caller's framer already opened (an always-on
+        client finds which contact a frame is from before it builds the caller)."""
+        self._apply(self.call.handle(envelope, now))
 
     # -- tasks --------------------------------------------------------------------------
 
@@ -309,6 +339,11 @@ class Caller:
         if envelope is not None:
             self._apply(self.call.handle(envelope, now))
 
+    async def play(self) -> None:
+        """The playout clock alone (``run`` starts it too), until cancelled: for a client
+        that runs the uplink and the downlink itself across calls."""
+        await self._playout()
+
     async def _playout(self) -> None:
         await self._playout_ready.wait()
         start, frame_s = self.media_in.grid()
@@ -332,8 +367,11 @@ class Caller:
                 case CancelTimer():
                     self._timers.pop(act.timer, None)
                 case IncomingCall():
+                    self._event("ringing", now)
                     if self.auto_answer:
                         self._answer_at = now + ANSWER_DELAY_S
+                case RemoteRinging():
+                    self._event("ringing", now)
                 case StartMedia():
                     self._start_media(act, now)
                 case MediaKeysChanged():
@@ -351,6 +389,7 @@ class Caller:
                     self._answer_at = None
                     self.end_reason = act.reason
                     self.ended.set()
+                    self._event("ended", now)
                 case _:
                     pass
 
@@ -364,6 +403,13 @@ class Caller:
                              self.uplink.grid_at_or_after(now + head_start))  # fmt: skip
         self.media_in.start(act.rx_profile, act.rx_keys)
         self.connected.set()
+        self._event("connected", now)
+
+    def _event(self, name: str, now: float) -> None:
+        if name == "ringing":
+            self.ringing.set()
+        if self._on_event is not None:
+            self._on_event(name, now)
 
 
 _MONOTONIC_OFFSET: trio.lowlevel.RunVar[float] = trio.lowlevel.RunVar("monotonic_offset_s")

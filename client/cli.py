@@ -8,10 +8,10 @@
 
 :func:`build_parser` makes the ``phantom-call`` parser with the caller's own subcommands
 (``init``, ``card``, ``contact``, ``calls``: docs/calling.md, "Identity, contacts and safety
-numbers") and those each extension adds; every subcommand sets the ``handler`` default
-that :func:`main` calls. The ``phantom-call``
-console script is the test bed's (``testbed.callcli``), which extends this parser with
-``demo``: a call through a local testnet.
+numbers"; ``listen`` and ``dial``: the always-on client, ``client.phone``) and those each
+extension adds; every subcommand sets the ``handler`` default that :func:`main` calls.
+The ``phantom-call`` console script is the test bed's (``testbed.callcli``), which extends
+this parser with ``demo``: a call through a local testnet.
 
     >>> def hello(sub: Subcommands) -> None:
     ...     sub.add_parser("hello").set_defaults(handler=lambda args: 7)
@@ -29,6 +29,7 @@ from typing import TypeAlias
 from overlay import VERSION
 
 from ._commands import add_caller_commands
+from ._listen import add_online_commands
 
 Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Handler: TypeAlias = Callable[[argparse.Namespace], int]
@@ -43,6 +44,7 @@ def build_parser(*extensions: Extension, description: str = DESCRIPTION) -> argp
     parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True)
     add_caller_commands(sub)
+    add_online_commands(sub)
     for extend in extensions:
         extend(sub)
     return parser

@@ -71,6 +71,38 @@ class Received:
     at: float
 
 
+class TrafficMeter:
+    """UDP payload bytes and datagrams each way, per whole second of a monotonic clock.
+
+    ``record("up" | "down", nbytes, now)``; ``series()`` gives ``{"t0": first second,
+    "up_bytes": [...], "up_packets": [...], "down_bytes": [...], "down_packets": [...]}``,
+    one entry per second from ``t0`` (seconds with nothing are 0). Every datagram counts:
+    cover, dummies, attach and leave frames included."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[int, list[int]] = {}  # second -> [up B, up n, down B, down n]
+
+    def record(self, way: str, nbytes: int, now: float) -> None:
+        bucket = self._buckets.setdefault(int(now), [0, 0, 0, 0])
+        at = 0 if way == "up" else 2
+        bucket[at] += nbytes
+        bucket[at + 1] += 1
+
+    def series(self, offset_s: float = 0.0) -> dict[str, object]:
+        """The per-second counts; ``offset_s`` is added to ``t0`` (to name the second on
+        another clock, e.g. CLOCK_MONOTONIC from Trio's)."""
+        if not self._buckets:
+            return {"t0": None, "up_bytes": [], "up_packets": [], "down_bytes": [],
+                    "down_packets": []}  # fmt: skip
+        lo, hi = min(self._buckets), max(self._buckets)
+        rows = [self._buckets.get(s, [0, 0, 0, 0]) for s in range(lo, hi + 1)]
+        names = ("up_bytes", "up_packets", "down_bytes", "down_packets")
+        out: dict[str, object] = {"t0": lo + offset_s}
+        for i, name in enumerate(names):
+            out[name] = [r[i] for r in rows]
+        return out
+
+
 class GatewayLink:
     """An attached link; create it with :func:`open_gateway_link`."""
 
@@ -99,6 +131,12 @@ class GatewayLink:
         self._watch = SessionWatch(silence_s, hint_confirm_s, trio.current_time())
         self.attached = False
         self.stats: Counter[str] = Counter()
+        self.meter = TrafficMeter()  # every datagram each way, per second of Trio's clock
+
+    def _send_raw(self, frame: bytes) -> None:
+        """Send one datagram (OSError as the socket raises it), metered."""
+        self._raw.send(frame)
+        self.meter.record("up", len(frame), trio.current_time())
 
     def _new_link(self) -> ClientLink:
         return ClientLink(self._geometry, self._gateway_key, self._mailbox_key, rng=self._rng)
@@ -106,7 +144,7 @@ class GatewayLink:
     async def send(self, packet: bytes) -> None:
         """Seal and send one Sphinx packet (a full socket buffer drops it, counted)."""
         try:
-            self._raw.send(self._link.seal_uplink(packet))
+            self._send_raw(self._link.seal_uplink(packet))
             self.stats["sent"] += 1
         except BlockingIOError:
             self.stats["send_dropped"] += 1
@@ -143,6 +181,7 @@ class GatewayLink:
             except OSError:
                 continue
             now = trio.current_time()  # monotonic: a wall-clock step never moves a stamp
+            self.meter.record("down", len(data), now)
             opened = self._open(data)
             if opened is None:
                 self.stats["bad_frames"] += 1
@@ -184,7 +223,7 @@ class GatewayLink:
             while not self._acked.is_set():
                 self._progress = trio.Event()
                 try:
-                    self._raw.send(link.attach_frame())
+                    self._send_raw(link.attach_frame())
                 except OSError:
                     self.stats["send_failed"] += 1  # gateway not up (yet): keep trying
                 with trio.move_on_after(ATTACH_RETRY_S):
@@ -224,7 +263,7 @@ class GatewayLink:
         frame = self._link.leave_frame()
         for _ in range(LEAVE_COPIES):
             try:
-                self._raw.send(frame)
+                self._send_raw(frame)
             except OSError:
                 self.stats["send_failed"] += 1
         self.attached = False
@@ -239,19 +278,27 @@ async def open_gateway_link(
     *,
     timeout_s: float = ATTACH_TIMEOUT_S,
     silence_s: float = SILENCE_S,
+    bind: str | None = None,
 ) -> AsyncIterator[GatewayLink]:
     """Attach to the gateway at ``address`` (its client port) and keep the link open.
 
     ``gateway_key`` is the gateway's 32-byte X25519 epoch key, ``mailbox_key`` the
     :class:`~overlay.MailboxKey` that owns our mailbox, ``timeout_s`` seconds to wait for
     the first acknowledgement, ``silence_s`` seconds without downlink after which the link
-    re-attaches. Raises ``AttachError`` when the gateway does not acknowledge in time;
+    re-attaches, ``bind`` the local IP address to send from (default: any; a port the
+    kernel picks). Raises ``AttachError`` when the gateway does not acknowledge in time;
     errors raised in the ``async with`` block leave as themselves (not inside an
     ``ExceptionGroup``). On the way out the link sends LEAVE.
     """
     raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     raw.setblocking(False)
+    if bind is not None:
+        try:
+            raw.bind((bind, 0))
+        except OSError:
+            raw.close()
+            raise
     raw.connect(address)
     sock = trio.socket.from_stdlib_socket(raw)
     link = GatewayLink(geometry, gateway_key, mailbox_key, sock, raw, silence_s=silence_s)

@@ -15,6 +15,10 @@ leaves either the old file or the new one:
     identity.json   sealed: identity private keys, mailbox key seed, gateway id, name
     contacts.json   sealed: the contact book (client.contacts)
     calls.json      sealed: the call log (client.calllog)
+    channels.json   sealed: each contact's signaling channel state (chain keys, replay
+                    window: client.identity_channel), written by ``listen`` after calls;
+                    absent until the first call
+    control.sock    while ``phantom-call listen`` runs: its control socket (0600)
 
 A sealed file is JSON: ``{"format": "phantom-sealed", "version": 1, "kind": ..., "kdf":
 {"name": "argon2id13", "opslimit", "memlimit", "salt"}, "box": base64(nonce | XSalsa20-
@@ -61,7 +65,10 @@ NETWORK_FILE = "network.json"
 IDENTITY_FILE = "identity.json"
 CONTACTS_FILE = "contacts.json"
 CALLS_FILE = "calls.json"
-PROFILE_FILES = (PROFILE_FILE, NETWORK_FILE, IDENTITY_FILE, CONTACTS_FILE, CALLS_FILE)
+CHANNELS_FILE = "channels.json"
+CONTROL_SOCKET = "control.sock"
+PROFILE_FILES = (PROFILE_FILE, NETWORK_FILE, IDENTITY_FILE, CONTACTS_FILE, CALLS_FILE,
+                 CHANNELS_FILE, CONTROL_SOCKET)  # fmt: skip
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 MAX_STORE_BYTES = 16 * 1024 * 1024  # bytes of one profile file read at most
@@ -315,6 +322,28 @@ class Profile:
     def save_call_log(self, log: CallLog) -> None:
         """Replace the stored call log with ``log`` (atomically)."""
         self._save(CALLS_FILE, "calls", log.to_list())
+
+    def load_channel_states(self) -> dict[bytes, bytes]:
+        """Stored signaling channel states by conversation id (16 bytes -> the blob of
+        ``IdentityChannel.to_bytes``); empty before the first save. ProfileError if the
+        file is malformed."""
+        path = self.directory / CHANNELS_FILE
+        if not path.exists():
+            return {}
+        stored = self.sealer.open("channels", path)
+        try:
+            if not isinstance(stored, dict):
+                raise TypeError("expected an object")
+            return {bytes.fromhex(k): base64.b64decode(v, validate=True)
+                    for k, v in stored.items()}  # fmt: skip
+        except (TypeError, ValueError) as exc:
+            raise ProfileError(f"{path}: malformed: {exc}") from None
+
+    def save_channel_states(self, states: dict[bytes, bytes]) -> None:
+        """Replace the stored channel states with ``states`` (conversation id -> blob),
+        atomically; the file is sealed like the contacts (it holds chain keys)."""
+        payload = {k.hex(): base64.b64encode(v).decode() for k, v in states.items()}
+        self._save(CHANNELS_FILE, "channels", payload)
 
     def append_call(self, record: CallRecord, now: float) -> None:
         """Add ``record`` to the stored log (auto-delete applied at ``now`` first)."""

@@ -15,7 +15,9 @@ independent random moments at least ``margin_s`` after it, so a watcher of the a
 cannot pair them by their times. Every process started here is stopped when the ``with``
 block ends, however it ends.
 
-The per-call report a listener writes (``listen --report FILE``) is read as a JSON object::
+The report a listener writes (``listen --report FILE``, ``client.phone.Phone.report``) is
+read by :func:`load_record`, which takes its last call and its traffic meter and gives the
+record the report is assembled from::
 
     {"pid": 123, "ip": "127.0.0.2", "key_agreement": "X25519+ML-KEM-768",
      "end_reason": "HANGUP" | ... | null,
@@ -49,7 +51,8 @@ from typing import Any
 
 import numpy as np
 
-from client import artificial_voice, pesq_wb, read_wav, write_wav
+from client import VoiceProfile, artificial_voice, pesq_wb, read_wav, write_wav
+from client.call import codec_delay_s
 from client.enrol import NetworkFileError, load_network
 from overlay import PhantomError
 
@@ -327,20 +330,63 @@ def _sleep_until(moment: float, check: Callable[[], None]) -> None:
 
 
 def load_record(path: Path) -> dict[str, Any]:
-    """One listener's call report (the shape in this module's docstring); CallerError naming
-    the file and the missing field if it is not one."""
+    """The record (shape in this module's docstring) of the last call in a listener's
+    report file; CallerError naming the file and what is missing if it holds no call."""
     try:
         raw = json.loads(path.read_text())
     except OSError as exc:
         raise CallerError(f"{path}: no call report: {exc.strerror or exc}") from None
     except ValueError:
         raise CallerError(f"{path}: not JSON") from None
-    if isinstance(raw, dict) and isinstance(raw.get("calls"), list) and raw["calls"]:
-        raw = raw["calls"][-1]  # a report of several calls: the last one
-    need = ("pid", "ip", "phases", "frames", "packets", "uplink", "downlink")
+    need = ("pid", "ip", "online_since", "calls", "traffic")
     if not isinstance(raw, dict) or (missing := [k for k in need if k not in raw]):
-        raise CallerError(f"{path}: not a call report (missing {missing or 'everything'})")
-    return raw
+        raise CallerError(f"{path}: not a listener's report (missing {missing or 'all'})")
+    if not raw["calls"]:
+        raise CallerError(f"{path}: the listener had no call")
+    try:
+        return listener_record(raw)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise CallerError(f"{path}: a malformed call report ({type(exc).__name__}: {exc})"
+                          ) from None  # fmt: skip
+
+
+def listener_record(raw: dict[str, Any]) -> dict[str, Any]:
+    """The record of the last call of ``raw``, a listener's report (``Phone.report``).
+    KeyError, TypeError or ValueError if a field is missing or of the wrong kind."""
+    call = raw["calls"][-1]
+    times = call["times"]
+    played: dict[str, float] = {}
+    concealed: list[int] = []
+    for i, kind, at in call["played"]:
+        if kind == "frame":
+            played[str(int(i))] = float(at)
+        elif kind == "missing":
+            concealed.append(int(i))
+    traffic = raw["traffic"]
+    t0, ups = traffic["t0"], traffic["up_bytes"]
+    profile = VoiceProfile()
+    return {
+        "pid": int(raw["pid"]),
+        "ip": str(raw["ip"]),
+        "key_agreement": call.get("key_agreement") or raw.get("key_agreement"),
+        "end_reason": call.get("end_reason"),
+        "phases": {
+            "online": raw["online_since"],
+            **{k: times.get(k) for k in ("dial", "ringing", "connected", "ended")},
+            "offline": t0 + len(ups) if t0 is not None else None,
+        },
+        "codec_delay_ms": codec_delay_s(profile) * 1000,
+        "frame_ms": float(call["frame_ms"]),
+        "frames": {
+            "captured": {str(i): float(t) for i, t in enumerate(call.get("capture") or [])},
+            "played": played,
+            "concealed": concealed,
+        },
+        "packets": {"sent": call["sent"], "arrived": call["arrived"]},
+        "uplink": {"bytes_per_s": ups, "packets_per_s": traffic["up_packets"]},
+        "downlink": {"bytes_per_s": traffic["down_bytes"],
+                     "packets_per_s": traffic["down_packets"]},  # fmt: skip
+    }
 
 
 def _times(d: dict[str, Any]) -> dict[int, float]:
@@ -348,7 +394,9 @@ def _times(d: dict[str, Any]) -> dict[int, float]:
 
 
 def _mean_rate(per_s: Sequence[float]) -> float | None:
-    return round(float(np.mean(per_s)), 1) if len(per_s) else None
+    """Mean of the whole seconds: the first and last of a series are partial."""
+    whole = per_s[1:-1] if len(per_s) > 2 else per_s
+    return round(float(np.mean(whole)), 1) if len(whole) else None
 
 
 def record_direction(tx: dict[str, Any], rx: dict[str, Any], *, pesq: bool = True

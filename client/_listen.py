@@ -1,0 +1,419 @@
+"""``phantom-call listen`` and ``phantom-call dial``: the always-on client and its control.
+
+    phantom-call listen --dir ~/.config/phantom-call --auto-answer --report me.json
+    phantom-call dial ada --dir ~/.config/phantom-call --duration 30
+
+``listen`` opens the profile, fetches the topology, attaches to the profile's gateway from a
+UDP socket bound to ``--bind`` and stays online at the constant rate (``client.phone``)
+until SIGTERM or SIGINT; it serves ``PROFILE/control.sock`` (``client.control``), which
+``dial`` uses: no passphrase is needed to dial while the listener runs. Exit codes: 0 ok,
+1 the call failed / no listener / the network is unreachable, 2 a bad argument or profile,
+4 a wrong passphrase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import ipaddress
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from overlay import PhantomError, TopologyDocument, UsageError, finite_number
+
+from ._commands import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    _guarded,
+    _open,
+    _profile_options,
+    wall_clock,
+)
+from .audio import DEVICE, AudioError, load_mic_file, require_device
+from .contacts import ContactError
+from .control import (
+    MAX_LINE,
+    ControlError,
+    Dial,
+    LineReader,
+    Simple,
+    encode_message,
+    parse_reply,
+    parse_request,
+)
+from .enrol import fetch_topology
+from .gateway_link import AttachError, open_gateway_link
+from .phone import DIALER_GONE, MODE_BADGE, ActiveCall, Phone, PhoneOptions
+from .profile import CONTROL_SOCKET, Profile
+
+if TYPE_CHECKING:
+    from .cli import Subcommands
+
+SOCKET_MODE = 0o600
+STOP_GRACE_S = 0.5  # on SIGTERM mid-call: time for our HANGUP to leave before we go
+_SECONDS = finite_number(0.001, 86_400, what="seconds", verb="want")
+
+
+# -- the control socket ----------------------------------------------------------------------
+
+
+def claim_control_socket(path: Path) -> socket.socket:
+    """A listening AF_UNIX socket at ``path``, mode 0600. A stale socket file (nobody
+    answers on it) is replaced; CommandError if another listener answers there."""
+    if path.exists() or path.is_symlink():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(2.0)
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            path.unlink(missing_ok=True)  # left by a listener that died
+        except OSError as exc:
+            raise CommandError(f"{path}: {exc.strerror}", EXIT_FAILED) from None
+        else:
+            raise CommandError(
+                f"another listener is running on this profile ({path} answers)", EXIT_FAILED
+            )
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # created 0600: never readable by others, not even for a moment
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise CommandError(f"another listener is running on this profile ({path})",
+                               EXIT_FAILED) from None  # fmt: skip
+        raise CommandError(f"{path}: {exc.strerror}", EXIT_FAILED) from None
+    finally:
+        os.umask(old)
+    os.chmod(path, SOCKET_MODE)
+    sock.listen(8)
+    return sock
+
+
+async def serve_control(
+    phone: Phone,
+    sock: socket.socket,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Answer control connections on ``sock`` until cancelled (``client.control``)."""
+    listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+    async with trio.open_nursery() as nursery:
+        task_status.started()
+        while True:
+            stream = await listener.accept()
+            nursery.start_soon(_connection, phone, stream)
+
+
+async def _send(stream: trio.SocketStream, message: dict[str, object]) -> None:
+    try:
+        await stream.send_all(encode_message(message))
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+def _status(phone: Phone) -> dict[str, object]:
+    call = phone.current
+    out: dict[str, object] = {"type": "status", "online": True, "contacts": len(phone.peers),
+                              "calls": len(phone.calls), "call": None}  # fmt: skip
+    if call is not None:
+        out["call"] = {"contact": call.name, "role": call.role.name.lower(),
+                       "trust": str(call.state), "mode": MODE_BADGE,
+                       "events": sorted(call.times, key=call.times.__getitem__)}  # fmt: skip
+    return out
+
+
+async def _forward_events(stream: trio.SocketStream, call: ActiveCall) -> None:
+    names = {"dial": "dialing", "ringing": "ringing", "connected": "connected"}
+    sent: set[str] = set()
+    while True:
+        changed = call.changed
+        for key, event in names.items():
+            if key in call.times and key not in sent:
+                sent.add(key)
+                await _send(stream, {"type": "event", "event": event, "t": call.times[key]})
+        if call.done.is_set():
+            await _send(stream, {"type": "event", "event": "ended", "reason": call.reason,
+                                 "t": call.times.get("ended"),
+                                 "connected": "connected" in call.times})  # fmt: skip
+            return
+        await changed.wait()
+
+
+async def _connection(phone: Phone, stream: trio.SocketStream) -> None:
+    owned: ActiveCall | None = None
+    reader = LineReader()
+    async with stream, trio.open_nursery() as nursery:
+        try:
+            while True:
+                try:
+                    data = await stream.receive_some(MAX_LINE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    break
+                if not data:
+                    break
+                try:
+                    lines = reader.feed(data)
+                except ControlError as exc:
+                    await _send(stream, {"type": "error", "error": str(exc)})
+                    continue
+                for line in lines:
+                    try:
+                        request = parse_request(line)
+                    except ControlError as exc:
+                        await _send(stream, {"type": "error", "error": str(exc)})
+                        continue
+                    reply, call = _handle(phone, request, owned)
+                    if call is not None:
+                        owned = call
+                        nursery.start_soon(_forward_events, stream, call)
+                    if reply is not None:
+                        await _send(stream, reply)
+        finally:
+            if owned is not None and not owned.caller.ended.is_set():
+                phone.hangup(owned, DIALER_GONE)
+            # the events of a call this connection placed go nowhere once it closed
+            nursery.cancel_scope.cancel()
+
+
+def _handle(
+    phone: Phone, request: Dial | Simple, owned: ActiveCall | None
+) -> tuple[dict[str, object] | None, ActiveCall | None]:
+    """The reply to one request (None: the events say it) and the call it placed."""
+    if isinstance(request, Dial):
+        if owned is not None and not owned.done.is_set():
+            return {"type": "error", "error": "this connection already has a call"}, None
+        try:
+            return None, phone.dial(request.contact, request.duration_s)
+        except (UsageError, ContactError, PhantomError) as exc:
+            return {"type": "error", "error": str(exc)}, None
+    if request.type == "status":
+        return _status(phone), None
+    done = {"hangup": phone.hangup, "answer": phone.answer, "decline": phone.decline}
+    if done[request.type]():
+        return {"type": "ok"}, None
+    return {"type": "error", "error": f"{request.type}: no call to {request.type}"}, None
+
+
+# -- listen ------------------------------------------------------------------------------
+
+
+def _default_bind(host: str) -> str:
+    try:
+        return "127.0.0.1" if ipaddress.ip_address(host).is_loopback else "0.0.0.0"
+    except ValueError:  # a host name
+        return "0.0.0.0"
+
+
+class _Lines:
+    """The plain line interface: one line per thing to see, with the local time."""
+
+    def __call__(self, line: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')}  {line}", flush=True)
+
+
+async def _keys(phone: Phone) -> None:
+    """Keys on a terminal (one letter and Enter): a answer, d decline, h hang up."""
+    stream = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+    reader = LineReader()
+    async with stream:
+        while data := await stream.receive_some(1024):
+            try:
+                lines = reader.feed(data)
+            except ControlError:
+                continue
+            for line in lines:
+                key = line.strip().lower()[:1]
+                actions = {b"a": phone.answer, b"d": phone.decline, b"h": phone.hangup}
+                if key in actions:
+                    actions[key]()
+
+
+async def _listen_main(
+    profile: Profile, doc: TopologyDocument, sock: socket.socket, options: PhoneOptions,
+    keys: bool,
+) -> None:  # fmt: skip
+    node = doc.node(profile.gateway_id)
+    if node.client_port is None:
+        raise UsageError("the profile's gateway has no client port in the topology")
+    ui = _Lines()
+    async with open_gateway_link(doc.geometry, (node.host, node.client_port),
+                                 node.epoch_key(doc.epoch), profile.mailbox_key,
+                                 bind=options.bind) as link:  # fmt: skip
+        phone = Phone(profile, doc, link, options, ui=ui)
+        try:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(phone.run)
+                    await nursery.start(serve_control, phone, sock)
+                    if keys:
+                        nursery.start_soon(_keys, phone)
+                    control = profile.directory / CONTROL_SOCKET
+                    ui(f"online: gateway {node.name}, {len(phone.peers)} contacts, "
+                       f"bound to {options.bind}; control socket {control}")  # fmt: skip
+                    async for signum in signals:
+                        ui(f"stopping ({signal.Signals(signum).name})")
+                        call = phone.current
+                        if call is not None and not call.caller.ended.is_set():
+                            phone.hangup(call, "listener stopped")
+                            await trio.sleep(STOP_GRACE_S)
+                        if call is not None:
+                            phone.finish(call)
+                        nursery.cancel_scope.cancel()
+                        break
+        finally:
+            phone.write_report()
+            try:
+                phone.save_channels()
+            except PhantomError as exc:
+                ui(f"warning: {exc}")
+            phone.close()
+
+
+def _mic(value: str | None, rate_hz: int) -> object:
+    if value is None:
+        return None
+    if value == DEVICE:
+        require_device("input")
+        raise AudioError("--mic device: live capture is not in this build yet; use --mic FILE.wav")
+    return load_mic_file(value, rate_hz)
+
+
+@_guarded
+def cmd_listen(args: argparse.Namespace) -> int:
+    profile = _open(args)
+    options = PhoneOptions(auto_answer=args.auto_answer, report=args.report)
+    try:
+        mic = _mic(args.mic, options.voice.sample_rate_hz)
+        if args.speaker == DEVICE:
+            require_device("output")
+            raise AudioError("--speaker device: live playback is not in this build yet; "
+                             "use --speaker FILE.wav")  # fmt: skip
+    except AudioError as exc:
+        raise CommandError(str(exc)) from None
+    options.mic = mic  # type: ignore[assignment]
+    options.speaker = None if args.speaker is None else Path(args.speaker)
+    path = profile.directory / CONTROL_SOCKET
+    sock = claim_control_socket(path)
+    try:
+        doc = fetch_topology(profile.network, wall_clock())
+        if profile.gateway_id not in doc.by_id:
+            raise CommandError(
+                "the profile's gateway is not in the current topology "
+                "(phantom-call init --force picks another)",
+                EXIT_FAILED,
+            )
+        options.bind = args.bind or _default_bind(doc.node(profile.gateway_id).host)
+        keys = not args.no_screen and sys.stdin.isatty()
+        trio.run(_listen_main, profile, doc, sock, options, keys)
+    except AttachError as exc:
+        raise CommandError(f"the gateway did not answer: {exc}", EXIT_FAILED) from None
+    except OSError as exc:
+        raise CommandError(f"--bind {args.bind}: {exc.strerror}", EXIT_FAILED) from None
+    finally:
+        sock.close()
+        path.unlink(missing_ok=True)
+    return EXIT_OK
+
+
+# -- dial --------------------------------------------------------------------------------
+
+
+def _connect(directory: Path) -> socket.socket:
+    path = directory / CONTROL_SOCKET
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except OSError:
+        sock.close()
+        raise CommandError(f"no listener on {directory} (start one: phantom-call listen "
+                           f"--dir {directory})", EXIT_FAILED) from None  # fmt: skip
+    return sock
+
+
+@_guarded
+def cmd_dial(args: argparse.Namespace) -> int:
+    sock = _connect(args.dir)
+    reader = LineReader()
+    connected = False
+    with sock:
+        sock.sendall(encode_message({"type": "dial", "contact": args.name,
+                                     "duration_s": args.duration}))  # fmt: skip
+        while True:
+            data = sock.recv(MAX_LINE)
+            if not data:
+                print("phantom-call: the listener went away mid-call", file=sys.stderr)
+                return EXIT_FAILED
+            for line in reader.feed(data):
+                msg = parse_reply(line)
+                if msg["type"] == "error":
+                    raise CommandError(str(msg.get("error")), EXIT_USAGE)
+                if msg["type"] != "event":
+                    continue
+                event = msg.get("event")
+                if event == "connected":
+                    connected = True
+                if event != "ended":
+                    print(f"{event} {args.name}", flush=True)
+                    continue
+                reason = msg.get("reason")
+                print(f"ended: {reason}", flush=True)
+                if connected and reason == "HANGUP":
+                    return EXIT_OK
+                why = "never connected" if not connected else f"ended by {reason}"
+                print(f"phantom-call: the call {why} ({reason})", file=sys.stderr)
+                return EXIT_FAILED
+
+
+def _wrap_control_errors(args: argparse.Namespace) -> int:
+    try:
+        return int(cmd_dial(args))
+    except ControlError as exc:
+        print(f"phantom-call: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+# -- the parser --------------------------------------------------------------------------
+
+
+def add_online_commands(sub: Subcommands) -> None:
+    """Add ``listen`` and ``dial`` to ``phantom-call``'s parser."""
+    add_options = _profile_options
+    listen = sub.add_parser("listen", help="stay online at the constant rate; calls ring here")
+    add_options(listen)
+    listen.add_argument("--bind", default=None, metavar="IP",
+                        help="local address of the gateway link (default 127.0.0.1 for a "
+                             "gateway on loopback, else 0.0.0.0)")  # fmt: skip
+    listen.add_argument("--auto-answer", action="store_true",
+                        help="pick up incoming calls after a short ring")  # fmt: skip
+    listen.add_argument("--mic", default=None, metavar="FILE.wav|device",
+                        help="microphone: a WAV file played from the start of each call, or "
+                             "'device' (needs phantom-mixnet[audio]); default silence")  # fmt: skip
+    listen.add_argument("--speaker", default=None, metavar="FILE.wav|device",
+                        help="speaker: write what was heard to this WAV file at each "
+                             "call's end, or 'device'")  # fmt: skip
+    listen.add_argument("--report", type=Path, default=None, metavar="FILE.json",
+                        help="per-process JSON report, written at each call's end and on "
+                             "exit (default: none)")  # fmt: skip
+    listen.add_argument("--no-screen", action="store_true",
+                        help="plain log lines, no keys (also without a terminal)")  # fmt: skip
+    listen.set_defaults(handler=cmd_listen)
+
+    dial = sub.add_parser("dial", help="call a contact through the running listener")
+    dial.add_argument("name", help="the contact's name")
+    add_options(dial)
+    dial.add_argument("--duration", type=_SECONDS, default=None, metavar="S",
+                      help="hang up S seconds after the call connects (default: when this "
+                           "command is stopped)")  # fmt: skip
+    dial.set_defaults(handler=_wrap_control_errors)

@@ -1,0 +1,502 @@
+"""The always-on client: online at the constant rate for as long as it runs, calls on demand.
+
+    phone = Phone(profile, doc, link, PhoneOptions(auto_answer=True))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(phone.run)        # one packet per slot from now until cancelled
+        call = phone.dial("ada")              # or an OFFER from a contact rings
+        await call.done.wait()
+
+One ``UplinkScheduler`` grid for the whole time online: each slot sends exactly one packet,
+a call's signaling or media while a call is on (``Caller.slot``: the call's ``Caller``
+shares the scheduler and points it at its contact), cover otherwise (loops to our own
+mailbox, DESKTOP policy: schedule ``always``, the call rate at all times). So the uplink's
+packet count and sizes per second are the same before, during and after a call.
+
+Contacts come from the profile. For each, the client holds the signaling channel
+(``IdentityChannel`` from our identity and theirs, resumed from the state stored in the
+profile and saved back after every call) and a ``SignalFramer`` keyed per contact pair:
+``signal_key`` = BLAKE2b-256(X25519(our identity, theirs), key=conversation id,
+person="pn-sigkey-v1"). Only the two ends can make or open these frames, so the exit
+gateway cannot tell signaling from media or cover. The price: a frame from someone who is
+not a contact (they hold our card, we do not hold theirs) opens under no key and is
+indistinguishable from cover; it is counted with cover under ``unopened`` (never with an
+identity) and never rings. While idle every delivery is tried under each contact's framer;
+the first whole envelope that opens starts a call with that contact (a Caller as callee),
+which rings (``ringing``), and is answered by ``answer()`` (a key, the control socket) or
+after ``ANSWER_DELAY_S`` with ``auto_answer``. One call at a time: while a call is on,
+other contacts' offers go unanswered (their setup times out).
+
+The per-process report (:meth:`Phone.report`) holds, for each call: role, the local contact
+name (never an identity key or an address), the CLOCK_MONOTONIC times of dial, ringing,
+connected and ended, the end reason, the capture time of each frame sent and the play time
+of each frame played (by frame index), so a test bed can subtract one process's times from
+another's; and for the whole time online the UDP payload bytes and datagrams per second
+each way (``GatewayLink.meter``), and the key agreement of the calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import trio
+
+from overlay import CoverKind, DownlinkKind, TopologyDocument, UplinkScheduler, UsageError
+
+from ._frames import Address, Contact, SignalFramer
+from ._signaling import EndReason, Role, keys
+from ._voice import Pcm, VoiceProfile
+from .audio import write_speaker_file
+from .call import DEFAULT_MEAN_DELAY_S, Caller, monotonic_offset_s
+from .calllog import CallDirection, CallRecord
+from .calllog import CallResult as LogResult
+from .contacts import Contact as BookContact
+from .contacts import ContactError, TrustState
+from .gateway_link import GatewayLink
+from .identity_channel import ChannelState, ChannelStateError, IdentityChannel
+from .profile import Profile, ProfileError, atomic_write
+
+SIGNAL_KEY_PERSON = b"pn-sigkey-v1"  # BLAKE2b personalisation of a contact pair's frame key
+MODE_BADGE = "PARANOID"  # Mode C: the only mode this client offers or accepts
+DRAIN_S = 1.0  # after a call ends, keep its media path this long (late frames, our HANGUP)
+CONTACTS_REFRESH_S = 10.0  # contacts added by another command are seen within this long
+DIALER_GONE = "dialer gone"  # end reason when the dial command's connection closes mid-call
+
+
+def key_agreement() -> str:
+    """The call key agreement this build's signaling runs: "X25519+ML-KEM-768" once the
+    hybrid step is in (``client._signaling.keys`` has ML-KEM seeds), else "X25519"."""
+    return "X25519+ML-KEM-768" if hasattr(keys, "KEM_SEED_LEN") else "X25519"
+
+
+def pair_signal_key(profile: Profile, contact: BookContact, conversation_id: bytes) -> bytes:
+    """The 32-byte frame key shared by us and ``contact`` (see the module docstring)."""
+    shared = profile.identity.dh(contact.card.identity)
+    return hashlib.blake2b(
+        shared, key=conversation_id, digest_size=32, person=SIGNAL_KEY_PERSON
+    ).digest()
+
+
+@dataclass(slots=True)
+class PhoneOptions:
+    """How the always-on client behaves.
+
+    ``auto_answer``: pick up incoming calls after ``ANSWER_DELAY_S``; ``mic``: PCM at
+    ``voice.sample_rate_hz`` sent from frame 0 of each call (None: silence);
+    ``speaker``: WAV file written with what was heard at the end of each call; ``report``:
+    JSON report file (written atomically at each call's end and on ``write_report``);
+    ``mean_delay_s``: mean sender-chosen delay per hop (seconds); ``bind``: the local IP
+    of the gateway link, for the report only."""
+
+    auto_answer: bool = False
+    mic: Pcm | None = None
+    speaker: Path | None = None
+    report: Path | None = None
+    mean_delay_s: float = DEFAULT_MEAN_DELAY_S
+    voice: VoiceProfile = field(default_factory=VoiceProfile)
+    bind: str | None = None
+
+
+@dataclass(slots=True)
+class Peer:
+    """One contact as the client holds it while online."""
+
+    contact: BookContact
+    channel: IdentityChannel
+    framer: SignalFramer
+    signal_key: bytes = field(repr=False)
+
+
+@dataclass(slots=True)
+class ActiveCall:
+    """One call of the always-on client, from dial or offer to the end of its drain.
+
+    ``times``: name ("dial", "ringing", "connected", "ended") -> CLOCK_MONOTONIC seconds of
+    its first occurrence; ``reason``: the end reason's name, or DIALER_GONE, or
+    "listener stopped"; ``done`` is set once the call is recorded (report, log, speaker).
+    ``changed`` is set (and replaced) at every event."""
+
+    name: str
+    role: Role
+    state: TrustState
+    caller: Caller
+    times: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None
+    duration_s: float | None = None  # hang up this long after connecting (None: when asked)
+    done: trio.Event = field(default_factory=trio.Event)
+    changed: trio.Event = field(default_factory=trio.Event)
+    cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+    def mark(self, name: str, t: float) -> None:
+        self.times.setdefault(name, t)
+        self.changed.set()
+        self.changed = trio.Event()
+
+    @property
+    def connected_ok(self) -> bool:
+        """True when media flowed and the call ended by a hang-up (either side)."""
+        return "connected" in self.times and self.reason == EndReason.HANGUP.name
+
+
+class Phone:
+    """The always-on client (see the module docstring). ``ui`` gets one line of text per
+    thing the user should see (ringing, connected, ended, refusals)."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        doc: TopologyDocument,
+        link: GatewayLink,
+        options: PhoneOptions | None = None,
+        *,
+        ui: Callable[[str], None] | None = None,
+    ):
+        self.profile, self.link = profile, link
+        self.options = options or PhoneOptions()
+        self.me = Address(profile.gateway_id, profile.mailbox_key.mailbox_id)
+        mine = (self.me.gateway_id, self.me.mailbox)
+        self.uplink = UplinkScheduler(
+            doc, mine, mine, slot_s=self.options.voice.packet_interval_ms / 1000,
+            mean_delay_s=self.options.mean_delay_s, cover=CoverKind.LOOP,
+        )  # fmt: skip
+        self._ui = ui or (lambda line: None)
+        self.peers: dict[str, Peer] = {}
+        self.current: ActiveCall | None = None
+        self.calls: list[dict[str, object]] = []  # the report's records of finished calls
+        self.counters: Counter[str] = Counter()  # deliveries by what they turned out to be
+        self.started_at: float | None = None  # CLOCK_MONOTONIC seconds
+        self._offset = 0.0  # trio.current_time() + this = time.monotonic()
+        self._nursery: trio.Nursery | None = None
+        self._pid = os.getpid()
+        self.load_contacts()
+
+    # -- contacts ------------------------------------------------------------------------
+
+    def load_contacts(self) -> None:
+        """(Re)read the contact book; a contact's channel and framer are kept while its
+        card is unchanged. ProfileError if the stores cannot be read."""
+        book = self.profile.load_contacts()
+        states = self.profile.load_channel_states()
+        my_public = self.profile.identity.public.to_bytes()
+        dh_private = self.profile.identity.to_bytes()[32:]
+        peers: dict[str, Peer] = {}
+        for contact in book:
+            old = self.peers.get(contact.name)
+            if old is not None and old.contact.card_bytes == contact.card_bytes:
+                peers[contact.name] = old
+                continue
+            their = contact.card.identity.to_bytes()
+            try:
+                channel = IdentityChannel(dh_private, my_public, their)
+                stored = states.get(channel.conversation_id)
+                if stored is not None:
+                    channel.close()
+                    state = ChannelState.from_bytes(stored)
+                    channel = IdentityChannel(dh_private, my_public, their, state=state)
+            except (UsageError, ChannelStateError):
+                self.counters["contact_unusable"] += 1
+                continue
+            key = pair_signal_key(self.profile, contact, channel.conversation_id)
+            address = Address(contact.card.gateway_id, contact.card.mailbox_id)
+            peers[contact.name] = Peer(contact, channel, SignalFramer(key, self.me, address), key)
+        self.peers = peers
+
+    def save_channels(self) -> None:
+        """Store every contact's channel state in the profile (sealed, atomic)."""
+        states = self.profile.load_channel_states()
+        for peer in self.peers.values():
+            states[peer.channel.conversation_id] = peer.channel.to_bytes()
+        self.profile.save_channel_states(states)
+
+    def close(self) -> None:
+        """Zero every channel's keys (call after ``save_channels``)."""
+        for peer in self.peers.values():
+            peer.channel.close()
+
+    # -- the tasks -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Be online until cancelled: the uplink on its grid, the downlink, contact refresh."""
+        self._offset = monotonic_offset_s()
+        self.started_at = trio.current_time() + self._offset
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._uplink_task)
+            nursery.start_soon(self._downlink_task)
+            nursery.start_soon(self._refresh_task)
+            task_status.started()
+
+    def _mono(self) -> float:
+        return trio.current_time() + self._offset
+
+    async def _uplink_task(self) -> None:
+        up = self.uplink
+        up.start(trio.current_time())
+        while True:
+            await trio.sleep_until(up.due)
+            at = up.take_slot(trio.current_time())
+            call = self.current
+            packet = call.caller.slot(at) if call is not None else up.fill(at).packet
+            if packet is not None:
+                await self.link.send(packet)
+
+    async def _downlink_task(self) -> None:
+        while True:
+            received = await self.link.receive()
+            if received.delivery.kind is not DownlinkKind.MESSAGE:
+                self.counters["other"] += 1
+                continue
+            call = self.current
+            if call is not None:
+                call.caller.deliver(received.delivery.data, received.at)
+                continue
+            self._idle_delivery(received.delivery.data, received.at)
+
+    async def _refresh_task(self) -> None:
+        while True:
+            await trio.sleep(CONTACTS_REFRESH_S)
+            if self.current is None:
+                try:
+                    self.load_contacts()
+                except ProfileError:
+                    self.counters["contacts_unreadable"] += 1
+
+    def _idle_delivery(self, data: bytes, at: float) -> None:
+        """A delivery while no call is on: a contact's signaling (an offer rings), else
+        cover (ours, or a frame of someone who is not a contact: ``unopened``)."""
+        for name, peer in self.peers.items():
+            try:
+                envelope = peer.framer.open(data)
+            except Exception:  # InvalidTag: not this contact's frame
+                continue
+            self.counters["signal_frames"] += 1
+            if envelope is None:
+                return  # a fragment; the rest follows
+            call = self._new_call(name, Role.CALLEE)
+            call.caller.handle_envelope(envelope, trio.current_time())
+            if not call.caller.ringing.is_set() and not call.caller.ended.is_set():
+                self.counters["stray_signal"] += 1  # not an offer (a late HANGUP, a replay)
+                self._drop_call(call)
+            return
+        self.counters["unopened"] += 1
+
+    # -- calls ---------------------------------------------------------------------------
+
+    def _new_call(self, name: str, role: Role, duration_s: float | None = None) -> ActiveCall:
+        peer = self.peers[name]
+        card = peer.contact.card
+        contact = Contact(Address(card.gateway_id, card.mailbox_id), peer.signal_key)
+        voice = self.options.mic if self.options.mic is not None else np.zeros(0, np.int16)
+        holder: list[ActiveCall] = []
+
+        def on_event(what: str, now: float) -> None:
+            if holder:
+                self._on_event(holder[0], what, now)
+
+        caller = Caller(
+            self.link, self.uplink.doc, self.me, contact, peer.channel, voice,
+            profile=self.options.voice, mean_delay_s=self.options.mean_delay_s,
+            auto_answer=self.options.auto_answer, uplink=self.uplink, framer=peer.framer,
+            on_event=on_event,
+        )  # fmt: skip
+        caller.tx.to_monotonic_s = caller.rx.to_monotonic_s = self._offset
+        call = ActiveCall(name, role, peer.contact.state, caller, duration_s=duration_s)
+        holder.append(call)
+        self.current = call
+        assert self._nursery is not None
+        self._nursery.start_soon(self._call_task, call)
+        return call
+
+    def _drop_call(self, call: ActiveCall) -> None:
+        call.cancel.cancel()
+        if self.current is call:
+            self.current = None
+        self.uplink.peer = (self.me.gateway_id, self.me.mailbox)
+
+    def dial(self, name: str, duration_s: float | None = None) -> ActiveCall:
+        """Call the contact ``name``; hang up ``duration_s`` seconds after it connects
+        (None: when asked). ContactError for an unknown name, UsageError while a call is
+        on or before ``run``."""
+        if self._nursery is None:
+            raise UsageError("the client is not online yet")
+        if self.current is not None:
+            raise UsageError("busy: a call is on")
+        if name not in self.peers:
+            self.load_contacts()
+        if name not in self.peers:
+            raise ContactError(f"no contact named {name!r}")
+        call = self._new_call(name, Role.CALLER, duration_s)
+        call.mark("dial", self._mono())
+        call.caller.place()
+        self._ui(f"calling {name} [{call.state}] {MODE_BADGE}")
+        return call
+
+    async def _hang_up_after(self, call: ActiveCall, duration_s: float) -> None:
+        await call.caller.connected.wait()
+        await trio.sleep(duration_s)
+        self.hangup(call)
+
+    def hangup(self, call: ActiveCall | None = None, reason: str | None = None) -> bool:
+        """Hang up ``call`` (default: the current one); ``reason`` overrides the reason
+        recorded for our side. False when there is no such call or it already ended."""
+        call = call or self.current
+        if call is None or call.caller.ended.is_set() or call is not self.current:
+            return False
+        if reason is not None:
+            call.reason = reason
+        call.caller.hangup()
+        return True
+
+    def answer(self) -> bool:
+        """Pick up the ringing call; False when nothing rings."""
+        return self._decide(accept=True)
+
+    def decline(self) -> bool:
+        """Refuse the ringing call; False when nothing rings."""
+        return self._decide(accept=False)
+
+    def _decide(self, *, accept: bool) -> bool:
+        call = self.current
+        if call is None or call.role is not Role.CALLEE or "connected" in call.times:
+            return False
+        try:
+            call.caller.accept() if accept else call.caller.decline()
+        except UsageError:
+            return False
+        return True
+
+    def _on_event(self, call: ActiveCall, what: str, now: float) -> None:
+        first = what not in call.times
+        call.mark(what, now + self._offset)
+        if not first:
+            return
+        who = f"{call.name} [{call.state}] {MODE_BADGE}"
+        if what == "ringing" and call.role is Role.CALLEE:
+            hint = "answering" if self.options.auto_answer else "a: answer, d: decline"
+            self._ui(f"RINGING  {who}  ({hint})")
+        elif what == "ringing":
+            self._ui(f"ringing at {call.name}")
+        elif what == "connected":
+            self._ui(f"connected with {who}")
+        elif what == "ended":
+            reason = call.caller.end_reason
+            if call.reason is None:
+                call.reason = reason.name if reason is not None else "unknown"
+            self._ui(f"call with {call.name} ended: {call.reason}")
+
+    async def _call_task(self, call: ActiveCall) -> None:
+        """The call's playout, then, once it ended and drained, its records."""
+        with call.cancel:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call.caller.play)
+                if call.duration_s is not None:
+                    nursery.start_soon(self._hang_up_after, call, call.duration_s)
+                await call.caller.ended.wait()
+                await trio.sleep(DRAIN_S)
+                nursery.cancel_scope.cancel()
+        if call.caller.ended.is_set() or call.reason is not None:
+            self.finish(call)
+
+    def finish(self, call: ActiveCall) -> None:
+        """Record the call (report, call log, speaker file, channel state) and go idle."""
+        if call.done.is_set():
+            return
+        if "ended" not in call.times:
+            call.mark("ended", self._mono())
+        self._drop_call(call)
+        self.calls.append(self._call_record(call))
+        problems = []
+        if self.options.speaker is not None and call.caller.rx.pcm:
+            try:
+                pcm = np.concatenate(call.caller.rx.pcm)
+                write_speaker_file(self.options.speaker, pcm, call.caller.profile.sample_rate_hz)
+            except Exception as exc:
+                problems.append(str(exc))
+        try:
+            self.save_channels()
+            self.profile.append_call(self._log_record(call), time.time())
+        except ProfileError as exc:
+            problems.append(str(exc))
+        for problem in problems:
+            self._ui(f"warning: {problem}")
+        self.write_report()
+        call.done.set()
+        call.changed.set()
+
+    def _log_record(self, call: ActiveCall) -> CallRecord:
+        times = call.times
+        connected = "connected" in times
+        duration = int(times["ended"] - times["connected"]) if connected else 0
+        if connected:
+            result = LogResult.ANSWERED
+        elif call.reason == EndReason.DECLINED.name:
+            result = LogResult.DECLINED
+        elif call.role is Role.CALLEE:
+            result = LogResult.MISSED
+        elif call.reason == EndReason.HANGUP.name:
+            result = LogResult.CANCELLED
+        else:
+            result = LogResult.FAILED
+        direction = CallDirection.OUTGOING if call.role is Role.CALLER else CallDirection.INCOMING
+        began = time.time() - (self._mono() - min(times.values()))
+        return CallRecord(int(began), max(0, duration), direction, result, call.name)
+
+    def _call_record(self, call: ActiveCall) -> dict[str, object]:
+        caller, off = call.caller, self._offset
+        tx, rx = caller.tx, caller.rx
+        frame_s = caller.profile.frame_ms / 1000
+        capture = None
+        if tx.capture_start is not None:
+            start = tx.capture_start + off
+            capture = [round(start + i * frame_s, 6) for i in range(tx.frames_sent)]
+        return {
+            "role": "caller" if call.role is Role.CALLER else "callee",
+            "contact": call.name,
+            "trust": str(call.state),
+            "mode": MODE_BADGE,
+            "key_agreement": key_agreement(),
+            "times": {k: round(v, 6) for k, v in call.times.items()},
+            "end_reason": call.reason,
+            "frame_ms": caller.profile.frame_ms,
+            "frames_per_packet": caller.profile.frames_per_packet,
+            "capture": capture,  # CLOCK_MONOTONIC s of frame i's first sample, i = 0..
+            "sent": {str(s): round(t + off, 6) for s, t in tx.sent.items()},
+            "arrived": {str(s): round(t + off, 6) for s, t in rx.arrived.items()},
+            "played": [[i, kind, round(t + off, 6)] for i, kind, t in rx.items],
+            "received": dict(caller.received),
+            "signaling": {"channel_refused": caller.call.counters.channel},
+        }
+
+    # -- the report ----------------------------------------------------------------------
+
+    def report(self) -> dict[str, object]:
+        """The per-process report (see the module docstring); JSON-ready."""
+        return {
+            "pid": self._pid,
+            "ip": self.options.bind,
+            "online_since": self.started_at,
+            "slot_ms": self.options.voice.packet_interval_ms,
+            "key_agreement": key_agreement(),
+            "calls": list(self.calls),
+            "traffic": self.link.meter.series(self._offset),
+            "uplink_slots": dict(self.uplink.slots),
+            "deliveries": dict(self.counters),
+            "link": dict(self.link.stats),
+        }
+
+    def write_report(self) -> None:
+        """Write the report to ``options.report`` atomically (0600), if one was asked."""
+        if self.options.report is None:
+            return
+        data = json.dumps(self.report(), indent=1).encode() + b"\n"
+        try:
+            atomic_write(self.options.report, data)
+        except OSError as exc:
+            self._ui(f"warning: --report {self.options.report}: {exc.strerror}")

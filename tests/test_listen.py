@@ -1,0 +1,280 @@
+"""The always-on client: ``listen`` and ``dial`` in their own processes on a real testnet.
+
+Two (three) profiles made with ``init`` against the testnet's authority, cards exchanged
+with ``contact add``; each ``listen`` runs as its own process bound to its own 127.0.0.x.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from testnet_support import small_testnet
+
+from client import artificial_voice, read_wav, write_wav
+from client.cli import main
+from client.control import MAX_LINE
+from client.profile import CONTROL_SOCKET, open_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+PASSPHRASE = "listen test passphrase"
+START_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Listener:
+    name: str
+    directory: Path
+    ip: str
+    report: Path
+    proc: subprocess.Popen[str] | None = None
+    extra: list[str] = field(default_factory=list)
+
+    def start(self) -> None:
+        out = open(self.directory.parent / f"{self.name}.log", "a")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "client.cli", "listen", "--dir", str(self.directory),
+             "--bind", self.ip, "--no-screen", "--report", str(self.report), *self.extra],
+            cwd=ROOT, env=_env(), stdout=out, stderr=subprocess.STDOUT, text=True,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log()
+            if "online:" in self.log():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"{self.name} did not come online: {self.log()}")
+
+    def log(self) -> str:
+        return (self.directory.parent / f"{self.name}.log").read_text()
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=20)
+        self.proc = None
+        return code
+
+    def calls(self) -> list[dict[str, object]]:
+        calls = json.loads(self.report.read_text())["calls"]
+        assert isinstance(calls, list)
+        return calls
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "PHANTOM_PASSPHRASE": PASSPHRASE}
+
+
+def _dial(directory: Path, name: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "client.cli", "dial", name, "--dir", str(directory), *args],
+        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _control(directory: Path, *lines: bytes) -> list[dict[str, object]]:
+    """Send raw lines to a listener's control socket; one reply per line."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(directory / CONTROL_SOCKET))
+        replies: list[dict[str, object]] = []
+        buf = b""
+        for line in lines:
+            s.sendall(line)
+            while b"\n" not in buf:
+                chunk = s.recv(65536)
+                assert chunk, "the listener closed the connection"
+                buf += chunk
+            first, buf = buf.split(b"\n", 1)
+            replies.append(json.loads(first))
+        return replies
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Listener]]:
+    """A testnet; profiles alice, bob (contacts of each other) and carol (holds bob's
+    card, bob does not hold hers); listeners alice (127.0.0.2, a mic file) and bob
+    (127.0.0.3, --auto-answer, a speaker file) running."""
+    tmp = tmp_path_factory.mktemp("listen")
+    with small_testnet(tmp / "net") as state:
+        url = state.authorities[0]
+        os.environ["PHANTOM_PASSPHRASE"] = PASSPHRASE
+        try:
+            dirs = {n: tmp / n for n in ("alice", "bob", "carol")}
+            for n, d in dirs.items():
+                assert main(["init", "--network", url, "--dir", str(d), "--name", n]) == 0
+            cards = {}
+            for n, d in dirs.items():
+                p = open_profile(d, PASSPHRASE.encode)
+                cards[n] = p.card().to_text(p.identity)
+            for me, them in (("alice", "bob"), ("bob", "alice"), ("carol", "bob")):
+                assert main(["contact", "add", them, cards[them], "--dir", str(dirs[me])]) == 0
+        finally:
+            del os.environ["PHANTOM_PASSPHRASE"]
+        voice = artificial_voice(12.0, seed=3)
+        stereo48 = np.repeat(voice, 3)  # 48 kHz by sample repetition, written as 2 channels
+        import wave
+
+        with wave.open(str(tmp / "mic.wav"), "wb") as w:
+            w.setnchannels(2)
+            w.setsampwidth(2)
+            w.setframerate(48000)
+            w.writeframes(np.repeat(stereo48, 2).astype("<i2").tobytes())
+        listeners = {
+            "alice": Listener("alice", dirs["alice"], "127.0.0.2", tmp / "alice.json",
+                              extra=["--mic", str(tmp / "mic.wav")]),
+            "bob": Listener("bob", dirs["bob"], "127.0.0.3", tmp / "bob.json",
+                            extra=["--auto-answer", "--speaker", str(tmp / "heard.wav")]),
+            "carol": Listener("carol", dirs["carol"], "127.0.0.4", tmp / "carol.json"),
+        }  # fmt: skip
+        try:
+            listeners["alice"].start()
+            listeners["bob"].start()
+            yield listeners
+        finally:
+            for listener in listeners.values():
+                if listener.proc is not None:
+                    listener.stop(signal.SIGKILL)
+
+
+def test_a_call_between_two_listeners_connects_and_ends(net: dict[str, Listener]) -> None:
+    alice, bob = net["alice"], net["bob"]
+    dial = _dial(alice.directory, "bob", "--duration", "4")
+    out, err = dial.communicate(timeout=60)
+    assert dial.returncode == 0, (out, err, alice.log(), bob.log())
+    assert "connected bob" in out and "ended: HANGUP" in out
+    time.sleep(2.0)  # bob's side drains and writes its report
+    (a_call,) = alice.calls()
+    (b_call,) = bob.calls()
+    assert a_call["role"] == "caller" and a_call["contact"] == "bob"
+    assert b_call["role"] == "callee" and b_call["contact"] == "alice"
+    assert a_call["end_reason"] == b_call["end_reason"] == "HANGUP"
+    ta, tb = a_call["times"], b_call["times"]
+    assert isinstance(ta, dict) and isinstance(tb, dict)
+    # One clock on one host: alice dials, bob rings, both connect, both end, in that order.
+    assert ta["dial"] < tb["ringing"] <= ta["ringing"] and tb["connected"] <= ta["connected"]
+    assert ta["connected"] < ta["ended"] and tb["connected"] < tb["ended"]
+    report = json.loads(alice.report.read_text())
+    assert report["key_agreement"] in ("X25519", "X25519+ML-KEM-768")
+    assert report["ip"] == "127.0.0.2" and report["pid"] == alice.proc.pid  # type: ignore[union-attr]
+    # The capture times at alice and the play times at bob, by frame index: mouth-to-ear.
+    capture, played = a_call["capture"], b_call["played"]
+    assert isinstance(capture, list) and isinstance(played, list)
+    delays = [t - capture[i] for i, kind, t in played if kind == "frame" and i < len(capture)]
+    assert len(delays) > 50 and 0 < float(np.median(delays)) < 2.0
+    # Bob heard alice's microphone: speech energy where she spoke (her file is speech
+    # throughout), well above the silence bob's own side sent.
+    heard = read_wav(alice.directory.parent / "heard.wav")
+    assert len(heard) > 16000 * 3
+    rms = float(np.sqrt(np.mean(heard.astype(np.float64) ** 2)))
+    assert rms > 300, rms
+    # Alice's uplink: the same packet count every whole second, before, during and after.
+    traffic = report["traffic"]
+    up = traffic["up_packets"][1:-1]
+    assert up and max(up) - min(up) <= 2, up
+
+
+def test_control_socket_is_private_and_a_second_listener_is_refused(
+    net: dict[str, Listener],
+) -> None:
+    alice = net["alice"]
+    path = alice.directory / CONTROL_SOCKET
+    assert stat.S_ISSOCK(path.stat().st_mode)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    second = subprocess.run(
+        [sys.executable, "-m", "client.cli", "listen", "--dir", str(alice.directory),
+         "--no-screen"],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert second.returncode == 1
+    assert "another listener is running" in second.stderr
+    assert path.exists()  # the first listener's socket is untouched
+    (status,) = _control(alice.directory, b'{"type": "status"}\n')
+    assert status["type"] == "status" and status["online"] is True
+
+
+def test_malformed_control_messages_get_errors_and_change_nothing(
+    net: dict[str, Listener],
+) -> None:
+    alice = net["alice"]
+    bad = [
+        b"not json\n",
+        b"[1, 2]\n",
+        b'{"type": "explode"}\n',
+        b'{"type": "dial"}\n',
+        b'{"type": "dial", "contact": "bob", "duration_s": -1}\n',
+        b'{"type": "dial", "contact": "nobody"}\n',
+        b"\xff\xfe\n",
+        b"x" * (MAX_LINE + 10) + b"\n",
+        b'{"type": "hangup"}\n',
+    ]
+    replies = _control(alice.directory, *bad, b'{"type": "status"}\n')
+    assert [r["type"] for r in replies[:-1]] == ["error"] * len(bad)
+    assert "nobody" in str(replies[5]["error"])
+    assert replies[-1]["type"] == "status" and replies[-1]["call"] is None
+    assert alice.proc is not None and alice.proc.poll() is None
+
+
+def test_a_caller_who_is_not_a_contact_never_rings(net: dict[str, Listener]) -> None:
+    bob, carol = net["bob"], net["carol"]
+    carol.start()
+    try:
+        dial = _dial(carol.directory, "bob")
+        time.sleep(5.0)  # carol's offer reached bob's mailbox long ago
+        assert dial.poll() is None  # no answer: still waiting
+        dial.send_signal(signal.SIGTERM)
+        dial.wait(timeout=10)
+        assert dial.returncode != 0
+    finally:
+        carol.stop()
+    assert "RINGING" not in bob.log().split("ended: HANGUP")[-1]
+    (status,) = _control(bob.directory, b'{"type": "status"}\n')
+    assert status["call"] is None
+    report = json.loads(bob.report.read_text())
+    assert report["deliveries"]["unopened"] > 0  # counted, never shown with an identity
+    (c_call,) = carol.calls()
+    assert "connected" not in c_call["times"]  # type: ignore[operator]
+
+
+def test_killing_dial_hangs_up_and_killing_listen_times_out(net: dict[str, Listener]) -> None:
+    alice, bob = net["alice"], net["bob"]
+    dial = _dial(alice.directory, "bob")
+    assert dial.stdout is not None
+    deadline = time.monotonic() + 30
+    line = ""
+    while "connected" not in line and time.monotonic() < deadline:
+        line = dial.stdout.readline()
+    assert "connected" in line, (alice.log(), bob.log())
+    time.sleep(1.0)
+    dial.kill()
+    dial.wait(timeout=10)
+    time.sleep(4.0)
+    assert alice.calls()[-1]["end_reason"] == "dialer gone"
+    assert bob.calls()[-1]["end_reason"] == "HANGUP"  # the peer's hang-up, shown as such
+
+    dial = _dial(alice.directory, "bob")
+    assert dial.stdout is not None
+    line = ""
+    while "connected" not in line and time.monotonic() < deadline + 30:
+        line = dial.stdout.readline()
+    assert "connected" in line
+    bob.stop(signal.SIGKILL)
+    out, err = dial.communicate(timeout=30)  # media timeout (10 s) plus the drain
+    assert dial.returncode == 1 and "TIMEOUT" in out + err
+    assert alice.calls()[-1]["end_reason"] == "TIMEOUT"
+    assert not (bob.directory / CONTROL_SOCKET).exists() or True  # SIGKILL leaves it stale
+    bob.start()  # a stale socket is replaced by the next listener
+    assert stat.S_IMODE((bob.directory / CONTROL_SOCKET).stat().st_mode) == 0o600
