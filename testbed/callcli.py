@@ -170,7 +170,8 @@ def run_demo(args: argparse.Namespace) -> int:
         if result is not None:
             report = call_report(result, pesq=not args.no_pesq, emodel=emodel)
         else:
-            report = report_from_records(records, pesq=not args.no_pesq, duration_s=args.duration)
+            report = report_from_records(records, pesq=not args.no_pesq,
+                                         duration_s=args.duration, emodel=emodel)  # fmt: skip
         report["testnet"] = {
             "link_delay_ms": args.link_delay_ms,
             "link_jitter_ms": args.link_jitter_ms,

@@ -57,7 +57,7 @@ from client.enrol import NetworkFileError, load_network
 from overlay import PhantomError
 
 from ._state import TestnetState
-from .demo import _pcts, _rfc3550_jitter_ms, envelope_verdict
+from .demo import Emodel, _pcts, _rfc3550_jitter_ms, envelope_verdict
 
 ADDRESSES = {"A": "127.0.0.2", "B": "127.0.0.3"}  # each caller's own loopback address
 COMMAND_TIMEOUT_S = 60.0  # init, card, contact add: each at most
@@ -107,7 +107,8 @@ class Caller:
     mic: Path
     speaker: Path
     listen: subprocess.Popen[bytes] | None = None
-    online_at: float | None = None  # CLOCK_MONOTONIC
+    online_at: float | None = None  # CLOCK_MONOTONIC: its control socket appeared
+    stopping: bool = False  # asked to stop: its exit is no failure
     log: Path = field(default_factory=Path)
 
 
@@ -200,7 +201,6 @@ class TwoCallers:
         with open(c.log, "wb") as log:
             c.listen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=_env(),
                                         stdin=subprocess.DEVNULL)  # fmt: skip
-        c.online_at = time.monotonic()
 
     def go_online(self) -> float:
         """Start both listeners, each at an independent random moment in the first half of
@@ -216,18 +216,20 @@ class TwoCallers:
             self._start_listen(c)
         deadline = time.monotonic() + ONLINE_TIMEOUT_S
         for c in self.callers.values():
-            self.say("online", f"waiting for {c.name}'s control socket")
+            self.say("online", f"waiting for {c.name} to attach (its control socket)")
             while not (c.profile / CONTROL_SOCKET).exists():
                 self._check_alive()
                 if time.monotonic() > deadline:
                     raise CallerError(f"{c.name}: not online after {ONLINE_TIMEOUT_S:g} s; "
                                       f"see {c.log}")  # fmt: skip
                 time.sleep(0.1)
+            if c.online_at is None:
+                c.online_at = time.monotonic()
         return time.monotonic()
 
     def _check_alive(self) -> None:
         for c in self.callers.values():
-            if c.listen is not None and c.listen.poll() is not None:
+            if c.listen is not None and not c.stopping and c.listen.poll() is not None:
                 raise CallerError(f"{c.name}: listen exited {c.listen.returncode} early: "
                                   f"{_tail(c.log)}")  # fmt: skip
 
@@ -273,6 +275,7 @@ class TwoCallers:
         p = c.listen
         if p is None:
             return None
+        c.stopping = True
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
             try:
@@ -384,8 +387,10 @@ def listener_record(raw: dict[str, Any]) -> dict[str, Any]:
         },
         "packets": {"sent": call["sent"], "arrived": call["arrived"]},
         "uplink": {"bytes_per_s": ups, "packets_per_s": traffic["up_packets"]},
-        "downlink": {"bytes_per_s": traffic["down_bytes"],
-                     "packets_per_s": traffic["down_packets"]},  # fmt: skip
+        "downlink": {
+            "bytes_per_s": traffic["down_bytes"],
+            "packets_per_s": traffic["down_packets"],
+        },  # fmt: skip
     }
 
 
@@ -399,8 +404,8 @@ def _mean_rate(per_s: Sequence[float]) -> float | None:
     return round(float(np.mean(whole)), 1) if len(whole) else None
 
 
-def record_direction(tx: dict[str, Any], rx: dict[str, Any], *, pesq: bool = True
-                     ) -> dict[str, Any]:  # fmt: skip
+def record_direction(tx: dict[str, Any], rx: dict[str, Any], *, pesq: bool = True,
+                     emodel: Emodel | None = None) -> dict[str, Any]:  # fmt: skip
     """Figures of the media ``tx``'s process sent and ``rx``'s played, from their records
     (both on CLOCK_MONOTONIC): the keys of ``testbed.demo.direction_report`` that do not
     need the in-process traces, with PESQ-WB from tx's mic and rx's speaker WAV."""
@@ -429,6 +434,9 @@ def record_direction(tx: dict[str, Any], rx: dict[str, Any], *, pesq: bool = Tru
         "pesq_wb": None,
         "one_way_s": one_way,  # removed before JSON; compared with the simulator
     }
+    if emodel is not None and m2e and late_loss is not None:
+        r, mos = emodel(float(np.mean(m2e)) * 1000, late_loss)
+        out["emodel"] = {"r": round(r, 1), "mos": round(mos, 2)}
     if pesq:
         try:
             reference, degraded = read_wav(tx["mic"]), read_wav(rx["speaker"])
@@ -444,13 +452,15 @@ def record_direction(tx: dict[str, Any], rx: dict[str, Any], *, pesq: bool = Tru
 
 
 def report_from_records(records: dict[str, dict[str, Any]], *, pesq: bool = True,
-                        duration_s: float | None = None) -> dict[str, Any]:  # fmt: skip
+                        duration_s: float | None = None, emodel: Emodel | None = None
+                        ) -> dict[str, Any]:  # fmt: skip
     """The demo's report from A's and B's records (:meth:`TwoCallers.records`): both
     directions, ``clients.<A|B>.{pid, ip, uplink_bytes_per_s, downlink_bytes_per_s}`` (UDP
     payload bytes, cover included, mean over the whole seconds online), ``key_agreement``,
     ``setup_s.{to_ringing, to_connected}`` measured from A's dial."""
     a, b = records["A"], records["B"]
-    dirs = {"A->B": record_direction(a, b, pesq=pesq), "B->A": record_direction(b, a, pesq=pesq)}
+    dirs = {"A->B": record_direction(a, b, pesq=pesq, emodel=emodel),
+            "B->A": record_direction(b, a, pesq=pesq, emodel=emodel)}  # fmt: skip
     p99s = [m["p99"] for d in dirs.values() if isinstance(m := d["mouth_to_ear_ms"], dict)]
     worst = max(p99s) if p99s else None
     phases = a["phases"]
