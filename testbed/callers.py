@@ -38,10 +38,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -250,13 +252,7 @@ class TwoCallers:
             caller_command("dial", "B", "--dir", str(a.profile), "--duration", f"{duration_s:g}"),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env(), stdin=subprocess.DEVNULL,
         )  # fmt: skip
-        self.say("in call", f"calling for {duration_s:g} s")
-        limit = SETUP_TIMEOUT_S + duration_s + HANGUP_TIMEOUT_S
-        try:
-            out, _ = self.dial_process.communicate(timeout=limit)
-        except subprocess.TimeoutExpired:
-            raise CallerError(f"dial did not end within {limit:g} s") from None
-        self.dial_output = out.decode(errors="replace")
+        self.dial_output = self._follow_dial(self.dial_process, duration_s)
         if self.dial_process.returncode != 0:
             raise CallerError(f"dial exited {self.dial_process.returncode}: "
                               f"{self.dial_output[-800:]}")  # fmt: skip
@@ -268,6 +264,49 @@ class TwoCallers:
             self.say("after call", f"{name} stays online until +{at - ended:.1f} s after the call")
             _sleep_until(at, self._check_alive)
             self.stop(self.callers[name])
+
+    def _follow_dial(self, proc: subprocess.Popen[bytes], duration_s: float) -> str:
+        """Show each line ``dial`` prints (ringing, connected, ended) as its phase, and the
+        seconds of call every 5 s, until it exits; its whole output. CallerError if it
+        outlives the setup, the call and the hang-up timeouts, or a listener dies."""
+        lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                lines.put(raw.decode(errors="replace").rstrip())
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        limit = SETUP_TIMEOUT_S + duration_s + HANGUP_TIMEOUT_S
+        deadline = time.monotonic() + limit
+        said: list[str] = []
+        next_tick: float | None = None  # when to say how long the call has run
+        connected_at = 0.0
+        while proc.poll() is None or reader.is_alive() or not lines.empty():
+            if time.monotonic() > deadline:
+                raise CallerError(f"dial did not end within {limit:g} s")
+            self._check_alive()
+            try:
+                line = lines.get(timeout=0.2)
+            except queue.Empty:
+                if next_tick is not None and time.monotonic() >= next_tick:
+                    elapsed = time.monotonic() - connected_at
+                    self.say("in call", f"{elapsed:.0f} of {duration_s:g} s")
+                    next_tick += 5.0
+                continue
+            said.append(line)
+            if line.startswith("ringing"):
+                self.say("ringing", f"B's phone rings (dial: {line})")
+            elif line.startswith("connected"):
+                connected_at = time.monotonic()
+                next_tick = connected_at + 5.0
+                self.say("in call", f"connected; calling for {duration_s:g} s")
+            elif line.startswith("ended"):
+                next_tick = None
+                self.say("after call", f"the call {line}")
+        proc.wait()
+        return "\n".join(said)
 
     def stop(self, c: Caller) -> int | None:
         """Ask ``c``'s listener to stop (SIGTERM), SIGKILL it after ``STOP_TIMEOUT_S``; its
