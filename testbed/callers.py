@@ -412,6 +412,7 @@ def listener_record(raw: dict[str, Any]) -> dict[str, Any]:
         "ip": str(raw["ip"]),
         "key_agreement": call.get("key_agreement") or raw.get("key_agreement"),
         "end_reason": call.get("end_reason"),
+        "uplink_slots": raw.get("uplink_slots"),  # slots by kind, "missed" if it fell behind
         "phases": {
             "online": raw["online_since"],
             **{k: times.get(k) for k in ("dial", "ringing", "connected", "ended")},
