@@ -15,11 +15,11 @@ process, ``time.process_time``, median of repeats, microseconds per operation):
   ACCEPT, with the channel's AEAD and the key schedule).
 
 And the slots: the sealed OFFER and ANSWER as the ``Caller`` sends them (32-byte reply
-path, no SURBs), without and with the hybrid block, in 384-byte Sphinx payloads
+path, no SURBs), without and with the hybrid block, in 352-byte Sphinx payloads
 (``SignalFramer``), hence the extra 40 ms uplink slots per direction.
 
 Targets: the hybrid step adds at most 2 ms of CPU per side (less than one 20 ms frame's
-budget share), and at most 3 extra slots per direction (the OFFER and ANSWER fit 4
+budget share), and at most 4 extra slots per direction (the OFFER and ANSWER fit 5
 payloads each).
 """
 
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     frames, most_extra = slots()
     checks = {
         "extra_cpu_under_2ms": max(extra.values()) <= 2000,
-        "at_most_3_extra_slots": most_extra <= 3,
+        "at_most_4_extra_slots": most_extra <= 4,
     }
     emit({"benchmark": "callsetup", **machine(), "cpu_us": us, "hybrid_extra_cpu_us": extra,
           "slots": frames, "checks": checks})  # fmt: skip

@@ -6,12 +6,12 @@
     >>> me, peer = Address(bytes(16), b"m" * 16), Address(bytes(16), b"p" * 16)
     >>> frames = SignalFramer(key, me, peer).frames(b"an envelope")
     >>> len(frames), len(frames[0])
-    (1, 384)
+    (1, 352)
     >>> SignalFramer(key, peer, me).open(frames[0])
     b'an envelope'
 
-A signaling envelope longer than one frame's chunk (348 bytes in a 384-byte payload) is
-cut into up to ``MAX_FRAGMENTS`` frames: a hybrid OFFER or ANSWER takes 4. Reassembly is
+A signaling envelope longer than one frame's chunk (316 bytes in a 352-byte payload) is
+cut into up to ``MAX_FRAGMENTS`` frames: a hybrid OFFER or ANSWER takes 5. Reassembly is
 bounded: at most ``MAX_PENDING_MESSAGES`` partial messages of at most ``MAX_FRAGMENTS``
 fragments each, each given up ``REASSEMBLY_TIMEOUT_S`` after its first fragment; fragments
 that are malformed, oversized, contradict one already held, or repeat one are counted in
@@ -38,7 +38,7 @@ SIGNAL_PERSON = b"pn-sigframe-v1"  # BLAKE2b personalisation of per-mailbox fram
 SIGNAL_NONCE_LEN = 12  # bytes, random per frame
 SIGNAL_TAG_LEN = 16  # bytes, Poly1305
 _FRAG = struct.Struct(">IBBH")  # message id, fragment index, fragment count, chunk length
-MAX_FRAGMENTS = 16  # frames of one signaling message at most (16 x 348 B = 5,568 B)
+MAX_FRAGMENTS = 16  # frames of one signaling message at most (16 x 316 B = 5,056 B)
 MAX_PENDING_MESSAGES = 16  # partly received signaling messages kept at most
 REASSEMBLY_TIMEOUT_S = 30.0  # seconds a partial message waits for its other fragments
 MAX_RECENT_IDS = 64  # ids of completed messages remembered, so repeats are not rebuilt

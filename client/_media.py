@@ -8,7 +8,7 @@
     >>> tx, rx = MediaSender(profile, keys), MediaReceiver(profile, keys)
     >>> wire = tx.seal([b"a" * profile.frame_bytes, b"b" * profile.frame_bytes])
     >>> len(wire)  # always exactly overlay.VOICE.user_payload
-    384
+    352
     >>> packet = rx.open(wire)
     >>> packet.seq, sorted(packet.frame_map())
     (0, [0, 1])

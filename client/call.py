@@ -13,7 +13,7 @@ captured during the last slot, else cover (a loop to its own mailbox, or a drop)
 packet takes a fresh path: own gateway, one mix per layer, the contact's gateway, with
 sender-chosen exponential delays. When the topology offers no such path (an empty layer,
 an unlisted gateway) the slot still sends: drop cover to the own gateway alone, counted.
-The contact's gateway sees 384 random-looking bytes either way: media packets are AEAD
+The contact's gateway sees 352 random-looking bytes either way: media packets are AEAD
 with a masked sequence number, signaling frames are AEAD under a key from the contact card
 with a random nonce, and loops are random bytes.
 The receiver tries media first, then signaling; what opens as neither is cover, unless it

@@ -14,9 +14,10 @@ ephemeral key, backing off exponentially with jitter up to ``REATTACH_CAP_S``, a
 (``stats["reattaches"]``). Leaving the ``async with`` block sends LEAVE, so the gateway stops
 the downlink at once. Received deliveries wait in a bounded channel; when the application
 does not keep up the newest are dropped and counted (``stats``), never buffered without
-bound. Every time the link reads or keeps is on Trio's clock (``trio.current_time()``,
-monotonic): arrival stamps, the session watch and the backoff; a step of the wall clock
-changes none of them.
+bound. ``stats["sent_bytes"]`` and ``stats["received_bytes"]`` count the UDP payload bytes
+of every frame sent (UPLINK, ATTACH) and every datagram received. Every time the link
+reads or keeps is on Trio's clock (``trio.current_time()``, monotonic): arrival stamps,
+the session watch and the backoff; a step of the wall clock changes none of them.
 """
 
 from __future__ import annotations
@@ -144,8 +145,10 @@ class GatewayLink:
     async def send(self, packet: bytes) -> None:
         """Seal and send one Sphinx packet (a full socket buffer drops it, counted)."""
         try:
-            self._send_raw(self._link.seal_uplink(packet))
+            frame = self._link.seal_uplink(packet)
+            self._send_raw(frame)
             self.stats["sent"] += 1
+            self.stats["sent_bytes"] += len(frame)
         except BlockingIOError:
             self.stats["send_dropped"] += 1
         except OSError:  # e.g. ICMP port unreachable reported on a connected socket
@@ -180,6 +183,7 @@ class GatewayLink:
                 data = await self._sock.recv(4096)
             except OSError:
                 continue
+            self.stats["received_bytes"] += len(data)
             now = trio.current_time()  # monotonic: a wall-clock step never moves a stamp
             self.meter.record("down", len(data), now)
             opened = self._open(data)
@@ -223,7 +227,9 @@ class GatewayLink:
             while not self._acked.is_set():
                 self._progress = trio.Event()
                 try:
-                    self._send_raw(link.attach_frame())
+                    frame = link.attach_frame()
+                    self._send_raw(frame)
+                    self.stats["sent_bytes"] += len(frame)
                 except OSError:
                     self.stats["send_failed"] += 1  # gateway not up (yet): keep trying
                 with trio.move_on_after(ATTACH_RETRY_S):

@@ -4,7 +4,7 @@
     >>> s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     >>> kernel_drops(s)  # datagrams the kernel dropped for this socket so far
     0
-    >>> attach_length_filter(s, [638, 686])  # the kernel keeps only these payload lengths
+    >>> attach_length_filter(s, [606, 686])  # the kernel keeps only these payload lengths
     >>> counter = DropCount()
     >>> counter.update(7), counter.update(9)  # cumulative kernel count -> new drops
     (7, 2)

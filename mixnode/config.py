@@ -63,6 +63,10 @@ from overlay import (
 from overlay._topology import DEFAULT_MIX_LAYERS
 
 MAX_MIX_LAYERS = 3  # the VOICE geometry carries 5 hops: gateway, 3 mixes, gateway
+# Downlink slots per second to each client: 1.5x the 25 Hz uplink of 40 ms voice slots, so
+# the mailbox queue drains, and 37.5 x 423-byte DOWNLINK = 15,862 B/s, within the 16,000 B/s
+# a client may receive (docs/research.md, "Bandwidth per client").
+DEFAULT_DELIVERY_RATE_HZ = 37.5
 
 MAX_CONFIG_BYTES = 1024 * 1024  # a config is a few kB; a bigger file is refused unread
 T = TypeVar("T")
@@ -94,7 +98,7 @@ GENESIS_MAX_S = 2**32 - 1  # unix seconds: 2106-02-07, the end of unsigned 32-bi
 # node.role, directory.threshold on the number of authority_keys). Upper bounds keep every
 # loop and buffer bounded: a node processes about 10k packets/s per worker
 # (docs/testnet.md), so 1000 Hz of loop cover or of downlink to one client is already a
-# tenth of a worker; 1M packets of 636 bytes hold 636 MB.
+# tenth of a worker; 1M packets of 604 bytes hold 604 MB.
 RANGES: Mapping[str, FieldRange] = {
     "node.listen_port": _PORT,
     "gateway.client_port": _PORT,
@@ -663,7 +667,7 @@ def parse_node_config(
         gateway = GatewaySection(
             client_host=g.host("client_host", default="127.0.0.1"),
             client_port=g.ranged("client_port"),
-            delivery_rate_hz=g.ranged("delivery_rate_hz", default=50.0),
+            delivery_rate_hz=g.ranged("delivery_rate_hz", default=DEFAULT_DELIVERY_RATE_HZ),
             mailbox_capacity=g.ranged("mailbox_capacity", default=256),
         )
         g.finish()

@@ -2,7 +2,7 @@
 
     >>> from overlay import VOICE
     >>> VOICE.packet_len
-    636
+    604
 
 Everything public is re-exported here; the ``_``-prefixed modules are implementation.
 """

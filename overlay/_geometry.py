@@ -2,7 +2,7 @@
 
     >>> from overlay import VOICE
     >>> VOICE.packet_len, VOICE.user_payload
-    (636, 384)
+    (604, 352)
 
 The digest is published in the topology document, so that clients and nodes refuse to
 talk when they disagree on any size.
@@ -18,7 +18,7 @@ from types import MappingProxyType
 
 from ._errors import GeometryError
 
-SPHINX_VERSION = 1  # first byte of every packet; bumped on any wire change
+SPHINX_VERSION = 2  # first byte of every packet; bumped on any wire change
 VERSION_LEN = 1  # bytes
 GROUP_ELEMENT_LEN = 32  # bytes, an X25519 public value (alpha in the Sphinx paper)
 MAC_LEN = 16  # bytes, BLAKE2b-128 header MAC (gamma in the Sphinx paper)
@@ -122,9 +122,11 @@ class Geometry:
         return geo
 
 
-# Voice: 5 hops (entry gateway, 3 mix layers, exit gateway); 384 bytes carry ~3 Opus
-# frames with redundancy. The whole packet is 636 bytes (at most 640 by design).
-VOICE = Geometry("voice", max_hops=5, user_payload=384)
+# Voice: 5 hops (entry gateway, 3 mix layers, exit gateway); 352 bytes carry 2 Opus frames
+# of 24 kbit/s with one packet of redundancy (254 of 332 media bytes, docs/media.md). The
+# packet is 604 bytes, so its 638-byte UPLINK datagram at 25 Hz is 15,950 B/s: within the
+# 16,000 B/s (128 kbit/s) a client may send (docs/research.md, "Bandwidth per client").
+VOICE = Geometry("voice", max_hops=5, user_payload=352)
 # Bulk: signaling and research traffic, about 2 KiB of payload.
 BULK = Geometry("bulk", max_hops=5, user_payload=2048)
 

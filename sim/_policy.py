@@ -1,10 +1,10 @@
 """Client policies: what a client does to stay hidden, what it costs, measured over seeds.
 
     >>> from sim import load_scenario, data_per_day
-    >>> sc = load_scenario({"voice": {"frames_per_packet": 2, "downlink_speedup": 2.0},
+    >>> sc = load_scenario({"voice": {"frames_per_packet": 2, "downlink_speedup": 1.5},
     ...                     "policy": {"schedule": "always"}})
     >>> round(data_per_day(sc)["up_mb"]), round(data_per_day(sc)["down_mb"])
-    (1447, 1966)
+    (1378, 1371)
 
 A policy is a set of scenario overrides (``policy.*``, ``mixing.path``, ...) applied to one
 base scenario. ``measure_policies`` runs every policy on the same seeds (the design only: the

@@ -75,6 +75,35 @@ class CallResult:
     voice_b: Pcm
     setup_s: float
     wall_s: float
+    clients: dict[str, dict[str, float]] = field(default_factory=dict)  # "A", "B": rates
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSample:
+    """A gateway link's byte counters at one moment (Trio clock, seconds)."""
+
+    at_s: float
+    sent_bytes: int
+    received_bytes: int
+
+
+def sample_link(link: GatewayLink) -> LinkSample:
+    """The UDP payload bytes ``link`` has sent and received so far, stamped now."""
+    return LinkSample(trio.current_time(), link.stats["sent_bytes"], link.stats["received_bytes"])
+
+
+def link_rates(first: LinkSample, last: LinkSample) -> dict[str, float]:
+    """Bytes per second between two samples of one link: ``uplink_bytes_per_s`` (sent),
+    ``downlink_bytes_per_s`` (received), ``online_s``; UDP payload, cover included.
+    UsageError if ``last`` is not later than ``first``."""
+    span = last.at_s - first.at_s
+    if span <= 0:
+        raise UsageError("link_rates needs a later second sample")
+    return {
+        "uplink_bytes_per_s": round((last.sent_bytes - first.sent_bytes) / span, 1),
+        "downlink_bytes_per_s": round((last.received_bytes - first.received_bytes) / span, 1),
+        "online_s": round(span, 3),
+    }
 
 
 async def run_call(
@@ -119,6 +148,7 @@ async def run_call(
         open_gateway_link(doc.geometry, addr_ga, key_ga, key_a) as link_a,
         open_gateway_link(doc.geometry, addr_gb, key_gb, key_b) as link_b,
     ):
+        online = {"A": sample_link(link_a), "B": sample_link(link_b)}  # attached from here
 
         def caller(link: GatewayLink, me: Address, peer: Address, chan: SecureChannel,
                    voice: Pcm) -> Caller:  # fmt: skip
@@ -160,7 +190,11 @@ async def run_call(
                 await b.ended.wait()
             tell("after call", f"B ended the call; media still in flight for {DRAIN_S:g} s")
             await trio.sleep(DRAIN_S)
-    return CallResult(opts, a, b, voice_a, voice_b, setup_s, time.monotonic() - began)
+        clients = {
+            name: link_rates(online[name], sample_link(link))
+            for name, link in (("A", link_a), ("B", link_b))
+        }
+    return CallResult(opts, a, b, voice_a, voice_b, setup_s, time.monotonic() - began, clients)
 
 
 @asynccontextmanager
@@ -307,6 +341,7 @@ def call_report(
             "packet_sizes": sorted(a.sent_sizes | b.sent_sizes),
         },
         "received": {"A": dict(a.received), "B": dict(b.received)},
+        "clients": result.clients,  # per client: UDP payload bytes/s each way while online
     }
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from mixnode.config import DEFAULT_DELIVERY_RATE_HZ
 from sim import load_scenario, mos_from_r, r_factor
 from sim.validate import MeasuredDataError, validate
 
@@ -62,8 +63,11 @@ def simulator_check(
         "mixing": {"delay_mean_ms": options.mean_delay_s * 1000},
         "voice": {
             "frames_per_packet": options.profile.frames_per_packet,
-            # the testnet's gateways deliver at 50 Hz (20 ms), uplink slots are 40 ms
-            "downlink_speedup": options.profile.packet_interval_ms / 20.0,
+            # downlink slots per uplink slot: the testnet's gateways deliver at the default
+            # rate (37.5 Hz), the uplink slots are 40 ms (25 Hz)
+            "downlink_speedup": options.profile.packet_interval_ms
+            / 1000
+            * DEFAULT_DELIVERY_RATE_HZ,
         },
         "network": {
             "gateways": 2,
@@ -200,9 +204,10 @@ def print_report(report: dict[str, Any], json_path: Path | None = None) -> None:
     clients = report.get("clients")
     if clients:
         for name, c in clients.items():
+            where = f" (pid {c['pid']}, {c['ip']})" if "pid" in c else ""
             console.print(
-                f"client {name} (pid {c['pid']}, {c['ip']}): sends {_fmt(c['uplink_bytes_per_s'])}"
-                f" B/s, receives {_fmt(c['downlink_bytes_per_s'])} B/s, cover included"
+                f"client {name}{where}: sends {_fmt(c.get('uplink_bytes_per_s'))} B/s, "
+                f"receives {_fmt(c.get('downlink_bytes_per_s'))} B/s, cover included"
             )
     if "key_agreement" in report:
         console.print(f"key agreement: {report['key_agreement']}")

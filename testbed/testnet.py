@@ -35,6 +35,7 @@ from rich.table import Table
 from mixnode._args import HelpFormatter
 from mixnode._process import child_env
 from mixnode.config import (
+    DEFAULT_DELIVERY_RATE_HZ,
     RANGES,
     ConfigError,
     DirAuthConfig,
@@ -96,7 +97,7 @@ class TestnetOptions:
     epoch_length_s: int = 3600
     workers: int = 1
     loop_cover_rate_hz: float = 1.0
-    delivery_rate_hz: float = 50.0
+    delivery_rate_hz: float = DEFAULT_DELIVERY_RATE_HZ
     link_delay_ms: float = 0.0
     link_jitter_ms: float = 0.0
     link_loss: float = 0.0
@@ -618,7 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--epoch-length-s", type=count, default=3600, help="seconds per epoch")
     u.add_argument("--workers", type=count, default=1, help="worker processes per node")
     u.add_argument("--cover-rate-hz", type=real, default=1.0, help="loop cover per node")
-    u.add_argument("--delivery-rate-hz", type=real, default=50.0, help="gateway downlink rate")
+    u.add_argument("--delivery-rate-hz", type=real, default=DEFAULT_DELIVERY_RATE_HZ,
+                   help="gateway downlink rate, Hz")  # fmt: skip
     u.add_argument("--link-delay-ms", type=real, default=0.0, help="mean one-way link delay")
     u.add_argument("--link-jitter-ms", type=real, default=0.0, help="its standard deviation")
     u.add_argument("--link-loss", type=real, default=0.0, help="loss probability per packet")

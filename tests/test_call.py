@@ -208,8 +208,9 @@ def test_signal_frames_are_fixed_size_fragment_and_do_not_reflect() -> None:
     tx, rx = SignalFramer(key, me, peer), SignalFramer(key, peer, me)
     envelope = os.urandom(1000)
     frames = tx.frames(envelope)
-    assert len(frames) == 3 and {len(f) for f in frames} == {VOICE.user_payload}
-    assert [rx.open(f) for f in frames[::-1][:2]] == [None, None]  # any order
+    assert tx.chunk_len == 316  # 352 - nonce 12 - tag 16 - fragment header 8
+    assert len(frames) == 4 and {len(f) for f in frames} == {VOICE.user_payload}
+    assert [rx.open(f) for f in frames[::-1][:3]] == [None, None, None]  # any order
     assert rx.open(frames[0]) == envelope
     with pytest.raises(InvalidTag):
         tx.open(tx.frames(b"x")[0])  # our own frame, reflected back to us

@@ -51,6 +51,12 @@ def test_call_through_real_testnet(tmp_path: Path) -> None:
     assert report["channel"] == "identity X25519, hash ratchet"
     assert repr(result.a.call.channel) == repr(result.b.call.channel) == "IdentityChannel(closed)"
     assert report["uplink"]["packet_sizes"] == [VOICE.packet_len]  # type: ignore[index]
+    for name, rates in report["clients"].items():  # type: ignore[attr-defined]
+        # Constant rate while online, cover included: 25 x 638 B up, 37.5 x 423 B down
+        # (tests/test_bandwidth.py), give or take a frame at either end of the window.
+        assert rates["online_s"] >= 10, name
+        assert 15_000 <= rates["uplink_bytes_per_s"] <= 16_100, name
+        assert 15_000 <= rates["downlink_bytes_per_s"] <= 16_100, name
     for name, d in report["directions"].items():  # type: ignore[attr-defined]
         assert d["packets_sent"] >= 220, name  # 10 s of 40 ms packets
         assert d["loss"] <= 0.02, name

@@ -77,7 +77,7 @@ def test_good_gateway_config_and_defaults(tmp_path: Path) -> None:
     assert cfg.directory.authority_keys == (bytes.fromhex(KEY_A), bytes.fromhex(KEY_B))
     assert cfg.metrics.host == "127.0.0.1" and cfg.metrics.port == 9200
     assert cfg.link.loss == 0.01
-    assert cfg.geometry.packet_len == 636
+    assert cfg.geometry.packet_len == 604
     with pytest.raises(AttributeError):
         cfg.node.name = "x"  # type: ignore[misc]
 

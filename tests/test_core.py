@@ -8,6 +8,7 @@ import pytest
 
 from mixnode.core import DeliverAt, Dropped, ForwardAt, NodeCore, ReplayCache
 from overlay import (
+    SPHINX_VERSION,
     VOICE,
     DownlinkKind,
     DropReason,
@@ -133,7 +134,7 @@ def test_garbage_counted_by_reason() -> None:
     core, _ = _core()
     assert core.receive(b"short", now=0.0, prev_hop=PREV) == Dropped("wrong_length")
     bad = bytearray(os.urandom(VOICE.packet_len))
-    bad[0] = 1
+    bad[0] = SPHINX_VERSION
     assert core.receive(bytes(bad), now=0.0, prev_hop=PREV) == Dropped("mac_mismatch")
     bad[0] = 9
     assert core.receive(bytes(bad), now=0.0, prev_hop=PREV) == Dropped("unknown_version")

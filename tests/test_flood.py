@@ -19,6 +19,7 @@ from testnet_support import child_pids, small_testnet
 
 from overlay import (
     LINK_VERSION,
+    SPHINX_VERSION,
     VOICE,
     FrameType,
     Hop,
@@ -33,6 +34,7 @@ from testbed.testnet import TestnetState, scrape
 pytestmark = pytest.mark.slow
 CODEC = LinkCodec(VOICE)
 NODE_HEAD = bytes((LINK_VERSION, FrameType.NODE_PACKET))  # a node frame's two clear bytes
+SPHINX_BYTE = bytes((SPHINX_VERSION,))  # first byte of every Sphinx packet
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +63,7 @@ def _flood(port: int, valid: list[bytes], rounds: int) -> None:
         junk = [
             os.urandom(i % 1500 + 1),  # random size, random bytes
             os.urandom(good_len),  # right size, wrong version/type bytes mostly
-            NODE_HEAD + b"\x01" + os.urandom(VOICE.packet_len - 1),  # right frame, MAC fails
+            NODE_HEAD + SPHINX_BYTE + os.urandom(VOICE.packet_len - 1),  # right frame, MAC fails
             NODE_HEAD + b"\x07" + os.urandom(VOICE.packet_len - 1),  # unknown Sphinx version
             os.urandom(9000),  # oversized
             b"",  # empty
@@ -198,7 +200,7 @@ async def test_kernel_drops_show_in_the_metrics(net: TestnetState) -> None:
     )
 
     # The mix's packet sockets: both workers stopped, 40,000 node frames (both shards).
-    frames = [NODE_HEAD + b"\x01" + os.urandom(VOICE.packet_len - 1) for _ in range(100)]
+    frames = [NODE_HEAD + SPHINX_BYTE + os.urandom(VOICE.packet_len - 1) for _ in range(100)]
     in0 = _metric(mix_proc.metrics_port, "phantom_packets_in_total")
     drops0 = _metric(mix_proc.metrics_port, packet)
     workers = child_pids(mix_proc.pid)

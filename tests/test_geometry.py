@@ -22,11 +22,11 @@ PAYLOAD = st.integers(15, 65535)
 
 
 def test_voice_and_bulk_sizes() -> None:
-    assert (VOICE.max_hops, VOICE.user_payload) == (5, 384)
+    assert (VOICE.max_hops, VOICE.user_payload) == (5, 352)
     assert VOICE.routing_len == 5 * 37 == 185
     assert VOICE.header_len == 1 + 32 + 185 + 16 == 234
-    assert VOICE.payload_len == 16 + 2 + 384 == 402
-    assert VOICE.packet_len == 636 <= 640
+    assert VOICE.payload_len == 16 + 2 + 352 == 370
+    assert VOICE.packet_len == 604
     assert (BULK.max_hops, BULK.user_payload) == (5, 2048)
     assert BULK.header_len == 234
     assert BULK.payload_len == 2066
@@ -60,8 +60,8 @@ def test_digest_neighbours_all_differ() -> None:
 
 def test_name_is_a_label_not_part_of_the_wire() -> None:
     """Two names for the same sizes share a digest: the digest covers the wire format only."""
-    assert Geometry("other", 5, 384).digest == VOICE.digest
-    assert Geometry("other", 5, 384) != VOICE
+    assert Geometry("other", 5, 352).digest == VOICE.digest
+    assert Geometry("other", 5, 352) != VOICE
 
 
 @given(HOPS, PAYLOAD, st.text(max_size=20))
@@ -77,8 +77,8 @@ def test_published_form() -> None:
     assert d == {
         "name": "voice",
         "max_hops": 5,
-        "user_payload": 384,
-        "packet_len": 636,
+        "user_payload": 352,
+        "packet_len": 604,
         "digest": VOICE.digest.hex(),
     }
     assert Geometry.from_dict(BULK.to_dict()) is not BULK
@@ -125,8 +125,8 @@ def test_missing_field_is_named(missing: str) -> None:
         ("digest", BULK.digest.hex()),
         ("digest", "00" * 32),
         ("digest", 5),
-        ("packet_len", 637),
-        ("packet_len", "636"),
+        ("packet_len", 605),
+        ("packet_len", "604"),
         ("name", 5),
         ("name", None),
     ],

@@ -100,7 +100,8 @@ def test_event_loop_engine_agrees(cover: bool) -> None:
         {
             "cover": cover,
             "users": {"n_users": 400, "n_calls": 200, "call_s": 5.0},
-            "voice": {"jitter_window": 20, "frames_per_packet": 3},
+            # 60 ms slots; 3 frames x 2 copies fit VOICE's 352 bytes at 20 kbit/s
+            "voice": {"jitter_window": 20, "frames_per_packet": 3, "bitrate_kbps": 20.0},
         }
     )
     st = make_streams(sc, np.random.default_rng(1))

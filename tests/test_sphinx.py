@@ -121,7 +121,7 @@ def test_every_packet_kind_has_the_same_length_at_every_hop() -> None:
     ]
     for packet in packets:
         while True:
-            assert len(packet) == VOICE.packet_len == 636
+            assert len(packet) == VOICE.packet_len == 604
             result = process_packet(VOICE, _key_for(path, packet), packet)
             if not isinstance(result, Forward):
                 break
@@ -213,9 +213,9 @@ def _path5() -> list[Hop]:
         (lambda: create_surb(VOICE, [], b"m" * 16), "1..5 hops"),
         (lambda: create_forward(VOICE, _path5(), b"m" * 15, b""), "mailbox"),
         (lambda: create_surb(VOICE, _path5(), b"m" * 17), "mailbox"),
-        (lambda: create_forward(VOICE, _path5(), b"m" * 16, bytes(385)), "carries 384"),
-        (lambda: create_reply(VOICE, create_surb(VOICE, _path5(), b"m" * 16)[0], bytes(385)),
-         "carries 384"),
+        (lambda: create_forward(VOICE, _path5(), b"m" * 16, bytes(353)), "carries 352"),
+        (lambda: create_reply(VOICE, create_surb(VOICE, _path5(), b"m" * 16)[0], bytes(353)),
+         "carries 352"),
         (lambda: create_reply(THREE_HOPS, create_surb(VOICE, _path5(), b"m" * 16)[0], b""),
          "geometry"),
         (lambda: create_drop(VOICE, [Hop(b"n" * 15, NODES[0].public_key, 0)]), "node ids"),

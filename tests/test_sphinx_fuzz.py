@@ -170,7 +170,7 @@ def test_surb_from_bytes_random() -> None:
 
 
 GEOMETRY_VALUES: list[object] = [
-    None, True, False, 0, 1, 5, 14, 15, 16, 17, 384, 65535, 65536, -1, 2**70, 5.0, 5.5,
+    None, True, False, 0, 1, 5, 14, 15, 16, 17, 352, 65535, 65536, -1, 2**70, 5.0, 5.5,
     "5", "voice", "", b"5", [5], {"a": 1}, float("nan"),
 ]  # fmt: skip
 
@@ -182,7 +182,7 @@ def test_geometry_from_dict_random() -> None:
     for name in (None, "x", 5):
         for hops in GEOMETRY_VALUES:
             for payload in GEOMETRY_VALUES:
-                for extra in ({}, {"digest": good["digest"]}, {"packet_len": 636}):
+                for extra in ({}, {"digest": good["digest"]}, {"packet_len": 604}):
                     data = {"name": name, "max_hops": hops, "user_payload": payload} | extra
                     count += 1
                     try:

@@ -196,9 +196,9 @@ def test_bad_arguments_are_usage_errors() -> None:
     with pytest.raises(UsageError, match="mean_delay_s"):
         UplinkScheduler(DOC, ME, PEER, slot_s=SLOT_S, mean_delay_s=-1)
     up = _scheduler()
-    with pytest.raises(UsageError, match="384 bytes"):
+    with pytest.raises(UsageError, match="352 bytes"):
         up.push_signal([_frame("s", 0), b"short"])
     assert up.signal_pending == 0  # none of them queued
-    with pytest.raises(UsageError, match="384 bytes"):
+    with pytest.raises(UsageError, match="352 bytes"):
         up.fill(0.0, (0, b"short"))
     assert not up.slots
