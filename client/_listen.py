@@ -22,7 +22,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 import trio
 
@@ -56,10 +56,11 @@ from .phone import DIALER_GONE, MODE_BADGE, ActiveCall, Phone, PhoneOptions
 from .profile import CONTROL_SOCKET, Profile
 
 if TYPE_CHECKING:
-    from .cli import Subcommands
+    Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 SOCKET_MODE = 0o600
 STOP_GRACE_S = 0.5  # on SIGTERM mid-call: time for our HANGUP to leave before we go
+TOPOLOGY_REFRESH_S = 60.0  # the listener asks for the current topology this often
 _SECONDS = finite_number(0.001, 86_400, what="seconds", verb="want")
 
 
@@ -220,7 +221,7 @@ class _Lines:
     """The plain line interface: one line per thing to see, with the local time."""
 
     def __call__(self, line: str) -> None:
-        print(f"{time.strftime('%H:%M:%S')}  {line}", flush=True)
+        print(f"{time.strftime('%H:%M:%S', time.localtime(wall_clock()))}  {line}", flush=True)
 
 
 async def _keys(phone: Phone) -> None:
@@ -240,6 +241,22 @@ async def _keys(phone: Phone) -> None:
                     actions[key]()
 
 
+async def _refresh_topology(phone: Phone, profile: Profile) -> None:
+    """Adopt each new epoch's topology document (fetched in a worker thread, verified
+    against the network's threshold), so new paths use the epoch's keys. A failed fetch
+    is counted (``deliveries["topology_fetch_failed"]`` in the report) and retried."""
+    while True:
+        await trio.sleep(TOPOLOGY_REFRESH_S)
+        try:
+            doc = await trio.to_thread.run_sync(fetch_topology, profile.network, wall_clock())
+        except PhantomError:
+            phone.counters["topology_fetch_failed"] += 1
+            continue
+        if doc.epoch > phone.uplink.doc.epoch:
+            phone.uplink.doc = doc
+            phone.counters["topology_adopted"] += 1
+
+
 async def _listen_main(
     profile: Profile, doc: TopologyDocument, sock: socket.socket, options: PhoneOptions,
     keys: bool,
@@ -251,12 +268,13 @@ async def _listen_main(
     async with open_gateway_link(doc.geometry, (node.host, node.client_port),
                                  node.epoch_key(doc.epoch), profile.mailbox_key,
                                  bind=options.bind) as link:  # fmt: skip
-        phone = Phone(profile, doc, link, options, ui=ui)
+        phone = Phone(profile, doc, link, options, ui=ui, wall_clock=wall_clock)
         try:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(phone.run)
                     await nursery.start(serve_control, phone, sock)
+                    nursery.start_soon(_refresh_topology, phone, profile)
                     if keys:
                         nursery.start_soon(_keys, phone)
                     control = profile.directory / CONTROL_SOCKET

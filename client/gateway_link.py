@@ -15,7 +15,8 @@ ephemeral key, backing off exponentially with jitter up to ``REATTACH_CAP_S``, a
 the downlink at once. Received deliveries wait in a bounded channel; when the application
 does not keep up the newest are dropped and counted (``stats``), never buffered without
 bound. ``stats["sent_bytes"]`` and ``stats["received_bytes"]`` count the UDP payload bytes
-of every frame sent (UPLINK, ATTACH) and every datagram received. Every time the link
+of every frame sent (UPLINK, ATTACH, LEAVE) and every datagram received; ``meter``
+holds the same per second each way (``TrafficMeter``). Every time the link
 reads or keeps is on Trio's clock (``trio.current_time()``, monotonic): arrival stamps,
 the session watch and the backoff; a step of the wall clock changes none of them.
 """
@@ -135,8 +136,10 @@ class GatewayLink:
         self.meter = TrafficMeter()  # every datagram each way, per second of Trio's clock
 
     def _send_raw(self, frame: bytes) -> None:
-        """Send one datagram (OSError as the socket raises it), metered."""
+        """Send one datagram (OSError as the socket raises it), counted in
+        ``stats["sent_bytes"]`` and the meter."""
         self._raw.send(frame)
+        self.stats["sent_bytes"] += len(frame)
         self.meter.record("up", len(frame), trio.current_time())
 
     def _new_link(self) -> ClientLink:
@@ -148,7 +151,6 @@ class GatewayLink:
             frame = self._link.seal_uplink(packet)
             self._send_raw(frame)
             self.stats["sent"] += 1
-            self.stats["sent_bytes"] += len(frame)
         except BlockingIOError:
             self.stats["send_dropped"] += 1
         except OSError:  # e.g. ICMP port unreachable reported on a connected socket

@@ -39,7 +39,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,13 +46,14 @@ from pathlib import Path
 
 import numpy as np
 import trio
+from cryptography.exceptions import InvalidTag
 
 from overlay import CoverKind, DownlinkKind, TopologyDocument, UplinkScheduler, UsageError
 
 from ._frames import Address, Contact, SignalFramer
-from ._signaling import EndReason, Role, keys
+from ._signaling import EndReason, Role
 from ._voice import Pcm, VoiceProfile
-from .audio import write_speaker_file
+from .audio import AudioError, write_speaker_file
 from .call import DEFAULT_MEAN_DELAY_S, Caller, monotonic_offset_s
 from .calllog import CallDirection, CallRecord
 from .calllog import CallResult as LogResult
@@ -70,10 +70,7 @@ CONTACTS_REFRESH_S = 10.0  # contacts added by another command are seen within t
 DIALER_GONE = "dialer gone"  # end reason when the dial command's connection closes mid-call
 
 
-def key_agreement() -> str:
-    """The call key agreement this build's signaling runs: "X25519+ML-KEM-768" once the
-    hybrid step is in (``client._signaling.keys`` has ML-KEM seeds), else "X25519"."""
-    return "X25519+ML-KEM-768" if hasattr(keys, "KEM_SEED_LEN") else "X25519"
+KEY_AGREEMENT = "X25519+ML-KEM-768"  # the call keys' agreement (client._signaling.keys)
 
 
 def pair_signal_key(profile: Profile, contact: BookContact, conversation_id: bytes) -> bytes:
@@ -130,6 +127,7 @@ class ActiveCall:
     times: dict[str, float] = field(default_factory=dict)
     reason: str | None = None
     duration_s: float | None = None  # hang up this long after connecting (None: when asked)
+    concluded: bool = False  # recorded (or being recorded): finish does nothing more
     done: trio.Event = field(default_factory=trio.Event)
     changed: trio.Event = field(default_factory=trio.Event)
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -147,7 +145,8 @@ class ActiveCall:
 
 class Phone:
     """The always-on client (see the module docstring). ``ui`` gets one line of text per
-    thing the user should see (ringing, connected, ended, refusals)."""
+    thing the user should see (ringing, connected, ended, refusals); ``wall_clock`` gives
+    unix seconds for the call log (None: calls are not logged)."""
 
     def __init__(
         self,
@@ -157,6 +156,7 @@ class Phone:
         options: PhoneOptions | None = None,
         *,
         ui: Callable[[str], None] | None = None,
+        wall_clock: Callable[[], float] | None = None,
     ):
         self.profile, self.link = profile, link
         self.options = options or PhoneOptions()
@@ -167,6 +167,9 @@ class Phone:
             mean_delay_s=self.options.mean_delay_s, cover=CoverKind.LOOP,
         )  # fmt: skip
         self._ui = ui or (lambda line: None)
+        # Unix seconds for the call log's records only (client._commands.wall_clock); the
+        # calls themselves never read it. None: no call log records.
+        self._wall_clock = wall_clock
         self.peers: dict[str, Peer] = {}
         self.current: ActiveCall | None = None
         self.calls: list[dict[str, object]] = []  # the report's records of finished calls
@@ -210,10 +213,12 @@ class Phone:
 
     def save_channels(self) -> None:
         """Store every contact's channel state in the profile (sealed, atomic)."""
-        states = self.profile.load_channel_states()
-        for peer in self.peers.values():
-            states[peer.channel.conversation_id] = peer.channel.to_bytes()
-        self.profile.save_channel_states(states)
+        self._save_states({p.channel.conversation_id: p.channel.to_bytes()
+                           for p in self.peers.values()})  # fmt: skip
+
+    def _save_states(self, states: dict[bytes, bytes]) -> None:
+        stored = self.profile.load_channel_states()
+        self.profile.save_channel_states({**stored, **states})
 
     def close(self) -> None:
         """Zero every channel's keys (call after ``save_channels``)."""
@@ -274,7 +279,7 @@ class Phone:
         for name, peer in self.peers.items():
             try:
                 envelope = peer.framer.open(data)
-            except Exception:  # InvalidTag: not this contact's frame
+            except InvalidTag:  # not this contact's frame
                 continue
             self.counters["signal_frames"] += 1
             if envelope is None:
@@ -402,35 +407,63 @@ class Phone:
                 await trio.sleep(DRAIN_S)
                 nursery.cancel_scope.cancel()
         if call.caller.ended.is_set() or call.reason is not None:
-            self.finish(call)
+            await self._finish_in_thread(call)
 
     def finish(self, call: ActiveCall) -> None:
-        """Record the call (report, call log, speaker file, channel state) and go idle."""
-        if call.done.is_set():
-            return
+        """Record the call (report, call log, speaker file, channel state) and go idle,
+        writing the files here (at shutdown; a call's own end writes them in a thread)."""
+        if not call.concluded:
+            self._finished(call, self._conclude(call)())
+
+    async def _finish_in_thread(self, call: ActiveCall) -> None:
+        """``finish``, with the file writes (fsync, sealing) in a worker thread, so the
+        uplink's slots keep their time while they run."""
+        if not call.concluded:
+            persist = self._conclude(call)
+            self._finished(call, await trio.to_thread.run_sync(persist))
+
+    def _finished(self, call: ActiveCall, problems: list[str]) -> None:
+        for problem in problems:
+            self._ui(f"warning: {problem}")
+        call.done.set()
+        call.changed.set()
+
+    def _conclude(self, call: ActiveCall) -> Callable[[], list[str]]:
+        """Go idle and take what the records need now; returns the blocking writes, which
+        return the problems they met (as text)."""
+        call.concluded = True
         if "ended" not in call.times:
             call.mark("ended", self._mono())
         self._drop_call(call)
         self.calls.append(self._call_record(call))
-        problems = []
-        if self.options.speaker is not None and call.caller.rx.pcm:
-            try:
-                pcm = np.concatenate(call.caller.rx.pcm)
-                write_speaker_file(self.options.speaker, pcm, call.caller.profile.sample_rate_hz)
-            except Exception as exc:
-                problems.append(str(exc))
-        try:
-            self.save_channels()
-            self.profile.append_call(self._log_record(call), time.time())
-        except ProfileError as exc:
-            problems.append(str(exc))
-        for problem in problems:
-            self._ui(f"warning: {problem}")
-        self.write_report()
-        call.done.set()
-        call.changed.set()
+        speaker, rate = self.options.speaker, call.caller.profile.sample_rate_hz
+        pcm = np.concatenate(call.caller.rx.pcm) if speaker and call.caller.rx.pcm else None
+        states = {p.channel.conversation_id: p.channel.to_bytes() for p in self.peers.values()}
+        report = self._report_bytes()
+        record = None
+        if self._wall_clock is not None:
+            now = self._wall_clock()
+            record = (self._log_record(call, now), now)
 
-    def _log_record(self, call: ActiveCall) -> CallRecord:
+        def persist() -> list[str]:
+            problems = []
+            if speaker is not None and pcm is not None:
+                try:
+                    write_speaker_file(speaker, pcm, rate)
+                except AudioError as exc:
+                    problems.append(str(exc))
+            try:
+                self._save_states(states)
+                if record is not None:
+                    self.profile.append_call(*record)
+            except ProfileError as exc:
+                problems.append(str(exc))
+            problem = self._write_report_bytes(report)
+            return problems if problem is None else [*problems, problem]
+
+        return persist
+
+    def _log_record(self, call: ActiveCall, wall_now: float) -> CallRecord:
         times = call.times
         connected = "connected" in times
         duration = int(times["ended"] - times["connected"]) if connected else 0
@@ -445,7 +478,7 @@ class Phone:
         else:
             result = LogResult.FAILED
         direction = CallDirection.OUTGOING if call.role is Role.CALLER else CallDirection.INCOMING
-        began = time.time() - (self._mono() - min(times.values()))
+        began = wall_now - (self._mono() - min(times.values()))
         return CallRecord(int(began), max(0, duration), direction, result, call.name)
 
     def _call_record(self, call: ActiveCall) -> dict[str, object]:
@@ -461,7 +494,7 @@ class Phone:
             "contact": call.name,
             "trust": str(call.state),
             "mode": MODE_BADGE,
-            "key_agreement": key_agreement(),
+            "key_agreement": KEY_AGREEMENT,
             "times": {k: round(v, 6) for k, v in call.times.items()},
             "end_reason": call.reason,
             "frame_ms": caller.profile.frame_ms,
@@ -483,7 +516,7 @@ class Phone:
             "ip": self.options.bind,
             "online_since": self.started_at,
             "slot_ms": self.options.voice.packet_interval_ms,
-            "key_agreement": key_agreement(),
+            "key_agreement": KEY_AGREEMENT,
             "calls": list(self.calls),
             "traffic": self.link.meter.series(self._offset),
             "uplink_slots": dict(self.uplink.slots),
@@ -493,10 +526,19 @@ class Phone:
 
     def write_report(self) -> None:
         """Write the report to ``options.report`` atomically (0600), if one was asked."""
+        problem = self._write_report_bytes(self._report_bytes())
+        if problem is not None:
+            self._ui(f"warning: {problem}")
+
+    def _report_bytes(self) -> bytes:
+        return json.dumps(self.report(), indent=1).encode() + b"\n"
+
+    def _write_report_bytes(self, data: bytes) -> str | None:
+        """Write ``data`` as the report; the problem as text, or None."""
         if self.options.report is None:
-            return
-        data = json.dumps(self.report(), indent=1).encode() + b"\n"
+            return None
         try:
             atomic_write(self.options.report, data)
         except OSError as exc:
-            self._ui(f"warning: --report {self.options.report}: {exc.strerror}")
+            return f"--report {self.options.report}: {exc.strerror}"
+        return None

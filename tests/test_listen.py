@@ -6,6 +6,7 @@ with ``contact add``; each ``listen`` runs as its own process bound to its own 1
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -14,15 +15,19 @@ import stat
 import subprocess
 import sys
 import time
+import wave
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
+from profile_support import PASSPHRASE as PROFILE_PASSPHRASE
+from profile_support import make_profile, network_file
 from testnet_support import small_testnet
 
-from client import artificial_voice, read_wav, write_wav
+from client import artificial_voice, read_wav
+from client.audio import AudioError, load_mic_file, require_device
 from client.cli import main
 from client.control import MAX_LINE
 from client.profile import CONTROL_SOCKET, open_profile
@@ -103,6 +108,60 @@ def _control(directory: Path, *lines: bytes) -> list[dict[str, object]]:
         return replies
 
 
+def _write_wav(path: Path, pcm: np.ndarray, rate_hz: int, channels: int) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate_hz)
+        w.writeframes(np.repeat(pcm, channels).astype("<i2").tobytes())
+
+
+# -- microphone and speaker, without a network ------------------------------------------
+
+
+def test_a_mic_file_of_any_rate_and_channels_becomes_mono_at_the_voice_rate(
+    tmp_path: Path,
+) -> None:
+    voice = artificial_voice(2.0, seed=4)
+    _write_wav(tmp_path / "stereo44.wav", np.repeat(voice, 3)[::3], 16000, 2)
+    _write_wav(tmp_path / "mono48.wav", np.repeat(voice, 3), 48000, 1)
+    for name in ("stereo44.wav", "mono48.wav"):
+        pcm = load_mic_file(tmp_path / name, 16000)
+        assert pcm.dtype == np.int16 and pcm.ndim == 1
+        assert abs(len(pcm) - 32000) < 400
+        assert float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) > 300
+
+
+def test_unreadable_audio_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.wav").write_text("not audio at all")
+    with pytest.raises(AudioError, match="notes.wav: cannot read it as audio"):
+        load_mic_file(tmp_path / "notes.wav", 16000)
+    with pytest.raises(AudioError, match="missing.wav"):
+        load_mic_file(tmp_path / "missing.wav", 16000)
+    _write_wav(tmp_path / "empty.wav", np.zeros(0, np.int16), 16000, 1)
+    with pytest.raises(AudioError, match="no audio"):
+        load_mic_file(tmp_path / "empty.wav", 16000)
+    # listen refuses a bad microphone before it asks the network for anything
+    d = tmp_path / "me"
+    make_profile(d, network_file())
+    monkeypatch.setenv("PHANTOM_PASSPHRASE", PROFILE_PASSPHRASE.decode())
+    assert main(["listen", "--dir", str(d), "--mic", str(tmp_path / "notes.wav")]) == 2
+    assert "cannot read it as audio" in capsys.readouterr().err
+    assert not (d / CONTROL_SOCKET).exists()
+
+
+def test_a_live_device_without_sounddevice_says_what_to_install() -> None:
+    if importlib.util.find_spec("sounddevice") is not None:
+        pytest.skip("sounddevice is installed here")
+    with pytest.raises(AudioError, match=r"pip install 'phantom-mixnet\[audio\]'"):
+        require_device("input")
+
+
+# -- two listeners on a testnet -----------------------------------------------------------
+
+
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Listener]]:
     """A testnet; profiles alice, bob (contacts of each other) and carol (holds bob's
@@ -125,14 +184,8 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Listener
         finally:
             del os.environ["PHANTOM_PASSPHRASE"]
         voice = artificial_voice(12.0, seed=3)
-        stereo48 = np.repeat(voice, 3)  # 48 kHz by sample repetition, written as 2 channels
-        import wave
-
-        with wave.open(str(tmp / "mic.wav"), "wb") as w:
-            w.setnchannels(2)
-            w.setsampwidth(2)
-            w.setframerate(48000)
-            w.writeframes(np.repeat(stereo48, 2).astype("<i2").tobytes())
+        # 48 kHz stereo by sample repetition: the listener resamples it to 16 kHz mono
+        _write_wav(tmp / "mic.wav", np.repeat(voice, 3), 48000, 2)
         listeners = {
             "alice": Listener("alice", dirs["alice"], "127.0.0.2", tmp / "alice.json",
                               extra=["--mic", str(tmp / "mic.wav")]),
@@ -150,7 +203,9 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Listener
                     listener.stop(signal.SIGKILL)
 
 
-def test_a_call_between_two_listeners_connects_and_ends(net: dict[str, Listener]) -> None:
+def test_a_call_between_two_listeners_connects_and_ends(
+    net: dict[str, Listener], capsys: pytest.CaptureFixture[str]
+) -> None:
     alice, bob = net["alice"], net["bob"]
     dial = _dial(alice.directory, "bob", "--duration", "4")
     out, err = dial.communicate(timeout=60)
@@ -167,8 +222,14 @@ def test_a_call_between_two_listeners_connects_and_ends(net: dict[str, Listener]
     # One clock on one host: alice dials, bob rings, both connect, both end, in that order.
     assert ta["dial"] < tb["ringing"] <= ta["ringing"] and tb["connected"] <= ta["connected"]
     assert ta["connected"] < ta["ended"] and tb["connected"] < tb["ended"]
+    os.environ["PHANTOM_PASSPHRASE"] = PASSPHRASE
+    try:
+        assert main(["calls", "--dir", str(alice.directory)]) == 0
+    finally:
+        del os.environ["PHANTOM_PASSPHRASE"]
+    assert "outgoing  answered" in capsys.readouterr().out  # the call log, sealed
     report = json.loads(alice.report.read_text())
-    assert report["key_agreement"] in ("X25519", "X25519+ML-KEM-768")
+    assert report["key_agreement"] == "X25519+ML-KEM-768"
     assert report["ip"] == "127.0.0.2" and report["pid"] == alice.proc.pid  # type: ignore[union-attr]
     # The capture times at alice and the play times at bob, by frame index: mouth-to-ear.
     capture, played = a_call["capture"], b_call["played"]
@@ -184,7 +245,7 @@ def test_a_call_between_two_listeners_connects_and_ends(net: dict[str, Listener]
     # Alice's uplink: the same packet count every whole second, before, during and after.
     traffic = report["traffic"]
     up = traffic["up_packets"][1:-1]
-    assert up and max(up) - min(up) <= 2, up
+    assert up and max(up) - min(up) <= 2, (up, report["uplink_slots"])
 
 
 def test_control_socket_is_private_and_a_second_listener_is_refused(
