@@ -70,7 +70,8 @@ def add_demo(sub: client_cli.Subcommands) -> None:
                       help="leave the testnet up (stop: phantom-testnet down --dir)")  # fmt: skip
     demo.add_argument("--mean-delay-ms", type=_MILLISECONDS,
                       default=DEFAULT_MEAN_DELAY_S * 1000,
-                      help="mean sender-chosen delay per hop (default %(default)s)")  # fmt: skip
+                      help="mean sender-chosen delay per hop, with --in-process "
+                      "(default %(default)s)")  # fmt: skip
     demo.add_argument("--link-delay-ms", type=_MILLISECONDS, default=0.0,
                       help="one-way delay every node adds to each packet it sends")  # fmt: skip
     demo.add_argument("--link-jitter-ms", type=_MILLISECONDS, default=0.0,
@@ -141,6 +142,9 @@ def run_demo(args: argparse.Namespace) -> int:
             phases.start("profiles", f"{len(doc.nodes)} nodes up; {plan}")
             result = _run_with_progress(console, doc, gw_a, gw_b, options, phases)
         else:
+            if args.mean_delay_ms != DEFAULT_MEAN_DELAY_S * 1000:
+                phases.wait("note: --mean-delay-ms applies with --in-process only; each "
+                            f"listener uses {DEFAULT_MEAN_DELAY_S * 1000:g} ms")  # fmt: skip
             records = _two_processes(args, state, callers_dir, phases)
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")
@@ -172,6 +176,8 @@ def run_demo(args: argparse.Namespace) -> int:
         else:
             report = report_from_records(records, pesq=not args.no_pesq,
                                          duration_s=args.duration, emodel=emodel)  # fmt: skip
+            report["mean_delay_ms_per_hop"] = DEFAULT_MEAN_DELAY_S * 1000  # the listeners'
+            options = CallOptions(duration_s=args.duration)
         report["testnet"] = {
             "link_delay_ms": args.link_delay_ms,
             "link_jitter_ms": args.link_jitter_ms,

@@ -413,6 +413,9 @@ def listener_record(raw: dict[str, Any]) -> dict[str, Any]:
         "key_agreement": call.get("key_agreement") or raw.get("key_agreement"),
         "end_reason": call.get("end_reason"),
         "uplink_slots": raw.get("uplink_slots"),  # slots by kind, "missed" if it fell behind
+        "received": raw.get("deliveries"),  # deliveries by what they turned out to be
+        "slot_ms": raw.get("slot_ms"),
+        "stretched": sum(1 for _, kind, _ in call["played"] if kind == "stretch"),
         "phases": {
             "online": raw["online_since"],
             **{k: times.get(k) for k in ("dial", "ringing", "connected", "ended")},
@@ -471,6 +474,7 @@ def record_direction(tx: dict[str, Any], rx: dict[str, Any], *, pesq: bool = Tru
         "frames_played": n_played,
         "concealed_frames": len(concealed),
         "late_loss": round(late_loss, 4) if late_loss is not None else None,
+        "stretched": rx.get("stretched"),
         "pesq_wb": None,
         "one_way_s": one_way,  # removed before JSON; compared with the simulator
     }
@@ -532,5 +536,8 @@ def report_from_records(records: dict[str, dict[str, Any]], *, pesq: bool = True
         "directions": dirs,
         "mouth_to_ear_p99_ms": worst,
         "p99_vs_300_600_ms": envelope_verdict(worst),
+        "slot_ms": a.get("slot_ms"),
+        "uplink": {name: r.get("uplink_slots") for name, r in records.items()},
+        "received": {name: r.get("received") for name, r in records.items()},
         "processes": "two",
     }
