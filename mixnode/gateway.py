@@ -295,6 +295,9 @@ class GatewayCore:
             self.drops[exc.reason] += 1
             return None
         s.uplinked = True
+        # The UPLINK shows the client has its ATTACHED: an acknowledgement still pending (a
+        # resent, or replayed, ATTACH before this UPLINK re-armed it) would only repeat it.
+        s.ack_pending = False
         self._seen(s, sid, addr, now, proved=False)
         self.counters["uplink"] += 1
         return Uplink(packet)

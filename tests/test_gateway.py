@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Hashable
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mixnode.gateway import GatewayCore, Reply, Uplink
@@ -310,6 +310,9 @@ def test_a_resent_attach_before_the_first_uplink_is_acknowledged_again() -> None
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.sampled_from(["uplink", "replay", "leave", "reattach", "tick"]), max_size=30))
+# Found by this property: an ATTACH replayed after a re-attach but before its first UPLINK
+# re-armed ATTACHED, which then went out after the UPLINK.
+@example(["uplink"] * 8 + ["reattach", "replay", "uplink"])
 def test_no_sequence_of_replayed_attaches_changes_what_the_owner_gets(steps: list[str]) -> None:
     """Property: replaying any ATTACH the owner ever sent never revives an ended session,
     never ends the live one and never re-arms ATTACHED once the owner has sent an UPLINK."""
