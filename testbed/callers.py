@@ -118,8 +118,11 @@ class TwoCallers:
     """Two caller processes, A (who dials) and B (who auto-answers), under ``directory``.
 
     ``network`` is the network file ``init`` reads; ``margin_s`` the least time online
-    before and after the call (10 s: a shorter one only in tests); ``say`` hears each
-    phase and what it waits for; ``seed`` fixes the random online moments (default: none).
+    before and after the call (10 s: a shorter one only in tests); ``voice_s`` the seconds
+    of artificial voice each microphone file holds (played from the start of each call);
+    ``say`` hears each phase and what it waits for; ``seed`` fixes the random online and
+    offline moments (default: drawn from the system's generator). CallerError if
+    ``margin_s`` is outside 0..600.
     """
 
     def __init__(
