@@ -148,7 +148,8 @@ class GatewayLink:
     async def send(self, packet: bytes) -> None:
         """Seal and send one Sphinx packet (a full socket buffer drops it, counted)."""
         try:
-            self._send_raw(self._link.seal_uplink(packet))
+            frame = self._link.seal_uplink(packet)
+            self._send_raw(frame)
             self.stats["sent"] += 1
         except BlockingIOError:
             self.stats["send_dropped"] += 1
@@ -228,7 +229,9 @@ class GatewayLink:
             while not self._acked.is_set():
                 self._progress = trio.Event()
                 try:
-                    self._send_raw(link.attach_frame())
+                    frame = link.attach_frame()
+                    self._send_raw(frame)
+                    self.stats["sent_bytes"] += len(frame)
                 except OSError:
                     self.stats["send_failed"] += 1  # gateway not up (yet): keep trying
                 with trio.move_on_after(ATTACH_RETRY_S):

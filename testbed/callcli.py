@@ -3,6 +3,14 @@
     phantom-call demo                         # testnet up, 20 s call, report, testnet down
     phantom-call demo --duration 8 --link-delay-ms 20 --link-jitter-ms 5 --json call.json
 
+The callers are two processes of their own (``python -m client.cli``), A on 127.0.0.2 and
+B on 127.0.0.3, each with its own profile: they ``init``, exchange cards, go online
+(``listen``) at independent random moments at least ``--online-margin-s`` (10 s) before the
+call, A ``dial``s, B answers (``--auto-answer``), and both stay online as long after it
+(testbed.callers). ``--in-process`` runs both as tasks of this process instead (also the
+fallback where the caller's command line has no ``listen``/``dial``). Each phase is shown as
+it begins; the report goes to stdout, and to ``--json FILE`` only if asked.
+
 The testnet is torn down in every case (also on Ctrl-C or an error) unless
 ``--keep-testnet`` is given; no process is left behind.
 
@@ -35,10 +43,11 @@ from client.gateway_link import AttachError
 from mixnode.directory_client import DirectoryClient
 from overlay import DirectoryError, TopologyDocument, UsageError, finite_number
 
-from ._state import TestnetError
-from .demo import CallOptions, CallResult, call_report, run_call
+from ._state import TestnetError, TestnetState
+from .callers import CallerError, TwoCallers, report_from_records, write_network_file
+from .demo import CallOptions, CallResult, PhaseHook, call_report, run_call
 from .demo import Progress as CallProgress
-from .report import emodel, print_report, simulator_check
+from .report import Phases, emodel, print_report, simulator_check
 from .testnet import TestnetOptions, down, up
 
 DESCRIPTION = __doc__.splitlines()[0]
@@ -46,6 +55,7 @@ DESCRIPTION = __doc__.splitlines()[0]
 
 _SECONDS = finite_number(1, 3600, what="seconds", verb="want")
 _MILLISECONDS = finite_number(0, 1000, what="milliseconds", verb="want")
+_MARGIN = finite_number(0, 600, what="seconds", verb="want")
 _PROBABILITY = finite_number(0, 0.5, what="a probability", verb="want")
 
 
@@ -60,7 +70,8 @@ def add_demo(sub: client_cli.Subcommands) -> None:
                       help="leave the testnet up (stop: phantom-testnet down --dir)")  # fmt: skip
     demo.add_argument("--mean-delay-ms", type=_MILLISECONDS,
                       default=DEFAULT_MEAN_DELAY_S * 1000,
-                      help="mean sender-chosen delay per hop (default %(default)s)")  # fmt: skip
+                      help="mean sender-chosen delay per hop, with --in-process "
+                      "(default %(default)s)")  # fmt: skip
     demo.add_argument("--link-delay-ms", type=_MILLISECONDS, default=0.0,
                       help="one-way delay every node adds to each packet it sends")  # fmt: skip
     demo.add_argument("--link-jitter-ms", type=_MILLISECONDS, default=0.0,
@@ -68,10 +79,18 @@ def add_demo(sub: client_cli.Subcommands) -> None:
     demo.add_argument("--link-loss", type=_PROBABILITY, default=0.0,
                       help="probability that a node drops a packet it sends")  # fmt: skip
     demo.add_argument("--json", type=Path, default=None, dest="json_path",
-                      help="report file (default: call-report.json here)")  # fmt: skip
+                      help="write the report as JSON to this file (default: none)")  # fmt: skip
     demo.add_argument("--wav-out", type=Path, default=None,
                       help="directory for the received audio of each direction (WAV)")  # fmt: skip
     demo.add_argument("--no-pesq", action="store_true", help="skip the PESQ scores")
+    demo.add_argument("--online-margin-s", type=_MARGIN, default=10.0,
+                      help="least seconds each caller is online before and after the call "
+                      "(default 10; shorter ones let a watcher pair the callers)")  # fmt: skip
+    demo.add_argument(
+        "--in-process",
+        action="store_true",
+        help="both callers as tasks of this process (the simulator's setting)",
+    )
     demo.set_defaults(handler=run_demo)
 
 
@@ -100,8 +119,13 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     previous = signal.signal(signal.SIGTERM, _terminate)
     started = False
+    phases = Phases(console)
+    callers_dir = Path(tempfile.mkdtemp(prefix="phantom-callers-"))
+    result: CallResult | None = None
+    records: dict[str, dict[str, Any]] = {}
     try:
-        console.print(f"testnet: starting in {directory} ...")
+        phases.start("setting up testnet", f"starting authorities and nodes in {directory} "
+                     "and waiting for a signed topology (up to a minute)")  # fmt: skip
         state = up(net)  # cleans up after itself if it fails
         started = True
         doc = DirectoryClient(
@@ -109,13 +133,24 @@ def run_demo(args: argparse.Namespace) -> int:
         ).fetch()
         if len(doc.gateways) < 2:
             raise TestnetError("the testnet has fewer than two gateways")
-        gw_a, gw_b = doc.gateways[0].node_id, doc.gateways[1].node_id
-        console.print(f"testnet: {len(doc.nodes)} nodes up; calling for {args.duration:g} s")
-        result = _run_with_progress(console, doc, gw_a, gw_b, options)
+        if args.in_process or not caller_can_listen():
+            if not args.in_process:
+                phases.wait("this build has no `phantom-call listen`/`dial`: both callers "
+                            "run in this process")  # fmt: skip
+            gw_a, gw_b = doc.gateways[0].node_id, doc.gateways[1].node_id
+            plan = f"two callers on two gateways, calling for {args.duration:g} s"
+            phases.start("profiles", f"{len(doc.nodes)} nodes up; {plan}")
+            result = _run_with_progress(console, doc, gw_a, gw_b, options, phases)
+        else:
+            if args.mean_delay_ms != DEFAULT_MEAN_DELAY_S * 1000:
+                phases.wait("note: --mean-delay-ms applies with --in-process only; each "
+                            f"listener uses {DEFAULT_MEAN_DELAY_S * 1000:g} ms")  # fmt: skip
+            records = _two_processes(args, state, callers_dir, phases)
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")
         return 130
-    except (TestnetError, UsageError, DirectoryError, OSError, TimeoutError, AttachError) as exc:
+    except (TestnetError, UsageError, DirectoryError, OSError, TimeoutError, AttachError,
+            CallerError) as exc:  # fmt: skip
         console.print(f"[red]phantom-call: {type(exc).__name__}: {exc}[/red]")
         return 1
     except trio.TooSlowError:
@@ -123,6 +158,7 @@ def run_demo(args: argparse.Namespace) -> int:
         return 1
     finally:
         if started and not args.keep_testnet:
+            phases.start("teardown", "stopping the testnet's processes")
             stopped = down(directory)
             console.print(f"testnet: down ({len(stopped)} processes stopped)")
             if temporary:
@@ -130,31 +166,78 @@ def run_demo(args: argparse.Namespace) -> int:
         elif started:
             console.print(f"testnet: left running in {directory}")
         signal.signal(signal.SIGTERM, previous)
-    report = call_report(result, pesq=not args.no_pesq, emodel=emodel)
-    report["testnet"] = {
-        "link_delay_ms": args.link_delay_ms,
-        "link_jitter_ms": args.link_jitter_ms,
-        "link_loss": args.link_loss,
-        "nodes": len(doc.nodes),
-    }
-    dirs = cast(dict[str, dict[str, Any]], report["directions"])
-    pcms = {name: d.pop("received_pcm") for name, d in dirs.items()}
-    one_way = [x for d in dirs.values() for x in d.pop("one_way_s")]
-    report["simulator"] = simulator_check(
-        one_way,
-        options,
-        link_delay_ms=args.link_delay_ms,
-        link_jitter_ms=args.link_jitter_ms,
-        link_loss=args.link_loss,
-    )
-    if args.wav_out is not None:
-        args.wav_out.mkdir(parents=True, exist_ok=True)
-        for name, pcm in pcms.items():
-            write_wav(args.wav_out / f"received-{name.replace('->', '-to-')}.wav", pcm)
-    json_path = args.json_path or Path("call-report.json")
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
+        if not records:
+            shutil.rmtree(callers_dir, ignore_errors=True)
+    try:
+        pesq_note = "" if args.no_pesq else ", PESQ-WB (a few seconds)"
+        phases.wait(f"scoring: delays, losses{pesq_note}")
+        if result is not None:
+            report = call_report(result, pesq=not args.no_pesq, emodel=emodel)
+        else:
+            report = report_from_records(records, pesq=not args.no_pesq,
+                                         duration_s=args.duration, emodel=emodel)  # fmt: skip
+            report["mean_delay_ms_per_hop"] = DEFAULT_MEAN_DELAY_S * 1000  # the listeners'
+            options = CallOptions(duration_s=args.duration)
+        report["testnet"] = {
+            "link_delay_ms": args.link_delay_ms,
+            "link_jitter_ms": args.link_jitter_ms,
+            "link_loss": args.link_loss,
+            "nodes": len(doc.nodes),
+        }
+        dirs = cast(dict[str, dict[str, Any]], report["directions"])
+        pcms = {name: d.pop("received_pcm", None) for name, d in dirs.items()}
+        one_way = [x for d in dirs.values() for x in d.pop("one_way_s")]
+        phases.wait("simulator check: the same testnet and call in the simulator")
+        report["simulator"] = simulator_check(
+            one_way,
+            options,
+            link_delay_ms=args.link_delay_ms,
+            link_jitter_ms=args.link_jitter_ms,
+            link_loss=args.link_loss,
+        )
+        if args.wav_out is not None:
+            args.wav_out.mkdir(parents=True, exist_ok=True)
+            for name, pcm in pcms.items():
+                out = args.wav_out / f"received-{name.replace('->', '-to-')}.wav"
+                if pcm is not None:
+                    write_wav(out, pcm)
+                else:  # the receiver's --speaker file
+                    shutil.copyfile(records[name[-1]]["speaker"], out)
+    finally:
+        shutil.rmtree(callers_dir, ignore_errors=True)
+    json_path: Path | None = args.json_path
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
     print_report(report, json_path)
     return 0
+
+
+def caller_can_listen() -> bool:
+    """Whether the caller's command line has ``listen`` and ``dial`` (the two-process demo
+    needs both)."""
+    parser = client_cli.build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return {"listen", "dial"} <= set(action.choices)
+    return False
+
+
+def _two_processes(
+    args: argparse.Namespace, state: TestnetState, directory: Path, phases: Phases
+) -> dict[str, dict[str, Any]]:
+    """Both callers as processes of their own (:class:`testbed.callers.TwoCallers`): set up,
+    online, the call, offline; their records. Every caller process is stopped on the way
+    out, however it ends."""
+    phases.start("profiles", "fetching the testnet's signed network file")
+    network = write_network_file(state, directory / "network.json")
+    with TwoCallers(directory, network, margin_s=args.online_margin_s,
+                    voice_s=args.duration + 2 * args.online_margin_s + 30,
+                    say=phases.start) as pair:  # fmt: skip
+        pair.set_up()
+        pair.go_online()
+        pair.call(args.duration)
+        phases.wait("both callers offline; reading their call reports")
+        return pair.records()
 
 
 async def _call_until_signal(
@@ -163,6 +246,7 @@ async def _call_until_signal(
     gw_b: bytes,
     options: CallOptions,
     progress: CallProgress | None,
+    phase: PhaseHook | None = None,
 ) -> CallResult:
     """``run_call``, cancelled cleanly on SIGTERM, which then leaves as KeyboardInterrupt
     (trio itself turns Ctrl-C into KeyboardInterrupt); the caller's ``finally`` then tears
@@ -180,7 +264,7 @@ async def _call_until_signal(
                         return
 
                 nursery.start_soon(watch)
-                result = await run_call(doc, gw_a, gw_b, options, progress=progress)
+                result = await run_call(doc, gw_a, gw_b, options, progress=progress, phase=phase)
     except Exception as exc:
         if not terminated:
             raise
@@ -193,15 +277,20 @@ async def _call_until_signal(
 
 
 def _run_with_progress(
-    console: Console, doc: TopologyDocument, gw_a: bytes, gw_b: bytes, options: CallOptions
+    console: Console,
+    doc: TopologyDocument,
+    gw_a: bytes,
+    gw_b: bytes,
+    options: CallOptions,
+    phases: Phases,
 ) -> CallResult:
-    """``run_call`` in ``trio.run``, with a progress bar on a terminal."""
+    """``run_call`` in ``trio.run``, each phase shown, with a progress bar on a terminal."""
 
     def run(progress: CallProgress | None) -> CallResult:
         # Ctrl-C can land in any task; when it comes out inside an ``ExceptionGroup`` it
         # is handed on as the KeyboardInterrupt it is.
         try:
-            return trio.run(_call_until_signal, doc, gw_a, gw_b, options, progress)
+            return trio.run(_call_until_signal, doc, gw_a, gw_b, options, progress, phases.start)
         except BaseExceptionGroup as group:
             if group.subgroup(KeyboardInterrupt) is None:
                 raise

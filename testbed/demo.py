@@ -43,8 +43,10 @@ HANGUP_TIMEOUT_S = 10.0  # hangup to the peer's CallEnded, at most
 DRAIN_S = 1.5  # after the hangup, listen this long for media still in flight
 WARMUP_S = 1.0  # online with cover only before the call is placed
 UPLINK_FAULTS = ("skipped", "unroutable")  # Caller.slots counters a clean call keeps at 0
+KEY_AGREEMENT = "X25519"  # IdentityChannel: static X25519 of the two identities
 ENVELOPE_MS = (300.0, 600.0)  # the target range of mouth-to-ear delay (DESIGN.md)
 Progress = Callable[[float, float], None]  # (seconds of call so far, total seconds)
+PhaseHook = Callable[[str, str], None]  # (phase, what it waits for), e.g. ("ringing", "...")
 Emodel = Callable[[float, float], tuple[float, float]]  # (Ta ms, loss) -> (R, MOS)
 
 
@@ -111,8 +113,10 @@ async def run_call(
     options: CallOptions | None = None,
     *,
     progress: Progress | None = None,
+    phase: PhaseHook | None = None,
 ) -> CallResult:
     """A attached to ``gateway_a`` calls B at ``gateway_b``; both talk; A hangs up.
+    ``phase`` (if given) hears of each phase as it begins (testbed.report.PHASES names).
 
     Raises ``AttachError`` if a gateway does not acknowledge its caller, ``TooSlowError``
     if the call does not connect within ``SETUP_TIMEOUT_S`` or end within
@@ -154,17 +158,25 @@ async def run_call(
 
         a = caller(link_a, addr_a, addr_b, chan_a, voice_a)
         b = caller(link_b, addr_b, addr_a, chan_b, voice_b)
+
         # TooSlowError leaves as itself; the channels' keys are zeroed once both tasks ended.
+        def tell(name: str, waiting_for: str) -> None:
+            if phase is not None:
+                phase(name, waiting_for)
+
         async with _closed_after(chan_a, chan_b), open_background() as nursery:
+            tell("online", f"A and B send cover only for {WARMUP_S:g} s before the call")
             await nursery.start(a.run)
             await nursery.start(b.run)
             await trio.sleep(WARMUP_S)
             placed = trio.current_time()
             a.place()
+            tell("ringing", f"A calls B; both connect within {SETUP_TIMEOUT_S:g} s")
             with trio.fail_after(SETUP_TIMEOUT_S):
                 await a.connected.wait()
                 await b.connected.wait()
             setup_s = trio.current_time() - placed
+            tell("in call", f"calling for {opts.duration_s:g} s")
             start = trio.current_time()
             while (elapsed := trio.current_time() - start) < opts.duration_s:
                 if progress is not None:
@@ -173,8 +185,10 @@ async def run_call(
             if progress is not None:
                 progress(opts.duration_s, opts.duration_s)
             a.hangup()
+            tell("after call", f"A hung up; B hears it within {HANGUP_TIMEOUT_S:g} s")
             with trio.fail_after(HANGUP_TIMEOUT_S):
                 await b.ended.wait()
+            tell("after call", f"B ended the call; media still in flight for {DRAIN_S:g} s")
             await trio.sleep(DRAIN_S)
         clients = {
             name: link_rates(online[name], sample_link(link))
@@ -304,7 +318,9 @@ def call_report(
     return {
         "duration_s": opts.duration_s,
         "wall_s": round(result.wall_s, 1),
-        "setup_s": round(result.setup_s, 3),
+        # one process: the offer reaches B in the same run, ringing is not told apart
+        "setup_s": {"to_ringing": None, "to_connected": round(result.setup_s, 3)},
+        "key_agreement": KEY_AGREEMENT,
         "end_reason": {"A": _name(a.end_reason), "B": _name(b.end_reason)},
         "mean_delay_ms_per_hop": opts.mean_delay_s * 1000,
         "hops": len(a.doc.layers) + 2,

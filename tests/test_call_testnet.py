@@ -73,9 +73,9 @@ def _testnet_pids(directory: Path) -> list[int]:
 def test_cli_demo_writes_report_and_wavs_and_leaves_nothing(tmp_path: Path) -> None:
     report_path, wavs, net = tmp_path / "r.json", tmp_path / "wav", tmp_path / "net"
     argv = ["demo", "--duration", "2", "--dir", str(net), "--json", str(report_path),
-            "--wav-out", str(wavs), "--no-pesq"]  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, "-m", "testbed.callcli", *argv], capture_output=True, timeout=60
+            "--wav-out", str(wavs), "--no-pesq", "--online-margin-s", "1"]  # fmt: skip
+    done = subprocess.run(  # two caller processes: init, cards, online, call, offline
+        [sys.executable, "-m", "testbed.callcli", *argv], capture_output=True, timeout=150
     )
     assert done.returncode == 0, done.stderr.decode()
     report = json.loads(report_path.read_text())
