@@ -25,6 +25,7 @@ on the caller's one clock, passed in (no clock, no socket here).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -63,10 +64,13 @@ class PlayoutTrace:
 
 class MediaOut:
     """Our media: ``voice`` (int16 PCM at ``profile``'s rate; silence once it runs out),
-    ``profile.frames_per_packet`` frames per packet, sealed once ``start`` gave keys."""
+    ``profile.frames_per_packet`` frames per packet, sealed once ``start`` gave keys.
+    While ``muted`` the frames encode silence in place of the voice (which still runs on):
+    the packets keep their rate and their size."""
 
     def __init__(self, voice: Pcm, profile: VoiceProfile):
         self.voice, self.profile = voice, profile
+        self.muted = False
         self.trace = MediaTrace()
         self._sender: MediaSender | None = None
         self._encoder: OpusEncoder | None = None
@@ -101,8 +105,8 @@ class MediaOut:
         for j in range(p.frames_per_packet):
             i = self._packets * p.frames_per_packet + j
             pcm = self.voice[i * n : (i + 1) * n]
-            if len(pcm) < n:  # the test voice ran out: silence
-                pcm = np.concatenate([pcm, np.zeros(n - len(pcm), np.int16)])
+            if self.muted or len(pcm) < n:  # muted, or the test voice ran out: silence
+                pcm = np.zeros(n, np.int16)
             frames.append(self._encoder.encode(pcm))
         seq = self._sender.next_seq
         wire = self._sender.seal(frames)
@@ -113,10 +117,13 @@ class MediaOut:
 
 class MediaIn:
     """The peer's media, once ``start`` gave its keys and profile: opened, buffered, and
-    played out on the jitter buffer's grid from the first arrival."""
+    played out on the jitter buffer's grid from the first arrival. ``on_arrival(seq, at,
+    media_s)``, if set, hears of each packet opened: its sequence number, arrival time and
+    media clock (seconds from the sender's first frame)."""
 
     def __init__(self, jitter: JitterConfig):
         self.jitter_config = jitter
+        self.on_arrival: Callable[[int, float, float], None] | None = None
         self.trace = PlayoutTrace()
         self._receiver: MediaReceiver | None = None
         self._decoder: OpusDecoder | None = None
@@ -146,6 +153,8 @@ class MediaIn:
             return False
         packet = self._receiver.open(data)
         self.trace.arrived.setdefault(packet.seq, at)
+        if self.on_arrival is not None:
+            self.on_arrival(packet.seq, at, packet.timestamp / packet.profile.sample_rate_hz)
         self._jb.push_packet(packet, at)  # frame indices on the peer's profile
         if self.first_arrival is None:
             self.first_arrival = at

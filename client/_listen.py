@@ -230,7 +230,10 @@ class _Lines:
 
 def screen_status(phone: Phone) -> CallStatus:
     """What the call screen shows now: the current call (phase, contact, trust state and
-    safety number, elapsed time) or idle, with the time online and the uplink rate."""
+    safety number, elapsed time, mute, live figures) or idle, with the time online and the
+    uplink rate. The media packets carry no capture time, so the delay shown is the jitter
+    buffer's playout delay (how far playout lags the fastest recent frame, ms), labelled
+    so; jitter (RFC 3550, ms) and loss (fraction) come from the arriving packets."""
     now = trio.current_time()
     online = None if phone.started_at is None else max(0.0, now + phone.offset - phone.started_at)
     call = phone.current
@@ -252,22 +255,29 @@ def screen_status(phone: Phone) -> CallStatus:
     if peer is not None:
         mine = phone.profile.identity.public
         number = format_safety_number(safety_number(mine, peer.contact.card.identity))
+    stats = caller.media_in.trace.stats
+    playout = None if stats is None else 1000 * max(0.0, stats.delay_s - stats.min_delay_s)
     return CallStatus(
         peer=call.name, phase=phase, verified=call.state is TrustState.VERIFIED,
         safety_number=number, mode=MODE_BADGE, end_reason=call.reason,
         elapsed_s=0.0 if since is None else max(0.0, until - since), online_s=online,
-        uplink_bytes_per_s=phone.uplink_bytes_per_s(),
+        uplink_bytes_per_s=phone.uplink_bytes_per_s(), muted=call.muted,
+        one_way_delay_ms=playout, jitter_ms=call.live.jitter_ms(), loss=call.live.loss(now),
+        delay_is_playout=True,
     )  # fmt: skip
 
 
 async def _screen(phone: Phone, stop: trio.Event) -> None:
-    """The call screen (client.screen) with its keys: accept, decline, hang up, quit."""
+    """The call screen (client.screen) with its keys: accept, decline, mute, unmute, hang
+    up, quit."""
 
     async def command(cmd: Command) -> None:
         actions = {Command.ACCEPT: phone.answer, Command.DECLINE: phone.decline,
                    Command.HANGUP: phone.hangup}  # fmt: skip
         if cmd is Command.QUIT:
             stop.set()
+        elif cmd in (Command.MUTE, Command.UNMUTE):
+            phone.mute(cmd is Command.MUTE)
         elif cmd in actions:
             actions[cmd]()
 

@@ -63,6 +63,7 @@ from .contacts import ContactError, TrustState
 from .gateway_link import GatewayLink
 from .identity_channel import ChannelState, ChannelStateError, IdentityChannel
 from .profile import Profile, ProfileError, atomic_write, lock_profile
+from .screen import LiveFigures
 
 SIGNAL_KEY_PERSON = b"pn-sigkey-v1"  # BLAKE2b personalisation of a contact pair's frame key
 MODE_BADGE = "PARANOID"  # Mode C: the only mode this client offers or accepts
@@ -120,7 +121,8 @@ class ActiveCall:
     ``times``: name ("dial", "ringing", "connected", "ended") -> CLOCK_MONOTONIC seconds of
     its first occurrence; ``reason``: the end reason's name, or DIALER_GONE, or
     "listener stopped"; ``done`` is set once the call is recorded (report, log, speaker).
-    ``changed`` is set (and replaced) at every event."""
+    ``changed`` is set (and replaced) at every event. ``live``: the jitter and loss of the
+    peer's media as it arrives (its packets carry no capture time, so no one-way delay)."""
 
     name: str
     role: Role
@@ -133,6 +135,18 @@ class ActiveCall:
     done: trio.Event = field(default_factory=trio.Event)
     changed: trio.Event = field(default_factory=trio.Event)
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+    live: LiveFigures = field(default_factory=LiveFigures)
+
+    def arrived(self, seq: int, at: float, media_s: float) -> None:
+        """A media packet of the peer (see ``MediaIn.on_arrival``); one stamped earlier
+        than the last (another clock's reading) is left out of the figures."""
+        if self.live.last_arrival is None or at >= self.live.last_arrival:
+            self.live.arrived(seq, at, media_s)
+
+    @property
+    def muted(self) -> bool:
+        """Our microphone is muted: silence goes out at the same rate and size."""
+        return self.caller.media_out.muted
 
     def mark(self, name: str, t: float) -> None:
         self.times.setdefault(name, t)
@@ -347,6 +361,7 @@ class Phone:
         )  # fmt: skip
         caller.tx.to_monotonic_s = caller.rx.to_monotonic_s = self._offset
         call = ActiveCall(name, role, peer.contact.state, caller, duration_s=duration_s)
+        caller.media_in.on_arrival = call.arrived
         holder.append(call)
         self.current = call
         assert self._nursery is not None
@@ -391,6 +406,15 @@ class Phone:
         if reason is not None:
             call.reason = reason
         call.caller.hangup()
+        return True
+
+    def mute(self, on: bool) -> bool:
+        """Mute (``on``) or unmute the microphone of the current call: while muted the call
+        sends encoded silence, at the same packet rate and size. False when no call is on."""
+        call = self.current
+        if call is None or call.caller.ended.is_set():
+            return False
+        call.caller.media_out.muted = on
         return True
 
     def answer(self) -> bool:

@@ -133,9 +133,10 @@ class CallStatus:
     median one-way delay of the media packets received, ``jitter_ms`` their interarrival
     jitter, ``loss`` the share of packets due that never came. ``online_s`` is how long the
     client has been online, ``uplink_bytes_per_s`` its constant uplink rate (cover
-    included). Raises :class:`StatusError` on an unknown phase or a negative, infinite or
-    NaN figure. Characters that are not printable (escape sequences in a name) are shown
-    as ``?``.
+    included). ``delay_is_playout``: the media packets carry no capture time, so
+    ``one_way_delay_ms`` holds the jitter buffer's playout delay instead, labelled so.
+    Raises :class:`StatusError` on an unknown phase or a negative, infinite or NaN figure.
+    Characters that are not printable (escape sequences in a name) are shown as ``?``.
     """
 
     peer: str = ""
@@ -152,6 +153,7 @@ class CallStatus:
     muted: bool = False
     online_s: float | None = None
     uplink_bytes_per_s: float | None = None
+    delay_is_playout: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -313,7 +315,8 @@ def render(
     rows.append(state)
     if status.phase in (Phase.CONNECTED, Phase.ENDED):
         figures = Table.grid(padding=(0, 3))
-        names = ["time", "one-way delay", "jitter", "loss"]
+        delay_name = "playout delay" if status.delay_is_playout else "one-way delay"
+        names = ["time", delay_name, "jitter", "loss"]
         values = [_clock(status.elapsed_s), *_figures(status)]
         if status.phase is Phase.ENDED:
             names, values = names[:1], values[:1]
@@ -352,7 +355,8 @@ def status_line(status: CallStatus, *, keymap: KeyMap | None = None) -> str:
         parts.append(verification + number)
     if status.phase is Phase.CONNECTED:
         delay, jitter, loss = _figures(status)
-        parts.append(f"time {_clock(status.elapsed_s)} one-way {delay} jitter {jitter} loss {loss}")
+        name = "playout" if status.delay_is_playout else "one-way"
+        parts.append(f"time {_clock(status.elapsed_s)} {name} {delay} jitter {jitter} loss {loss}")
     hints = (keymap or KeyMap()).hints(status)
     if hints:
         parts.append("| " + ", ".join(f"{k} {label}" for k, label in hints))
@@ -382,7 +386,7 @@ class LiveFigures:
 
     delay_window_s: float = 2.0
     loss_window_s: float = 10.0
-    _arrivals: deque[tuple[float, int, float]] = field(default_factory=deque, init=False)
+    _arrivals: deque[tuple[float, int, float | None]] = field(default_factory=deque, init=False)
     _jitter_s: float | None = field(default=None, init=False)
     _last_one_way_s: float | None = field(default=None, init=False)
 
@@ -398,22 +402,49 @@ class LiveFigures:
         delay, or an ``at`` earlier than the last one."""
         if not (math.isfinite(one_way_s) and one_way_s >= 0 and math.isfinite(at)):
             raise StatusError(f"one-way delay {one_way_s!r} s at {at!r} s")
+        self._add(seq, at, one_way_s, one_way_s)
+
+    def arrived(self, seq: int, at: float, media_s: float) -> None:
+        """A media packet that carries no capture time: ``media_s`` is its media clock in
+        seconds (any origin). It counts towards the jitter (from the change of
+        ``at - media_s``, the relative transit of RFC 3550) and the loss, not the one-way
+        delay. Raises :class:`StatusError` on a non-finite time or an ``at`` earlier than
+        the last one.
+
+        >>> live = LiveFigures()
+        >>> live.arrived(0, 10.00, 0.0); live.arrived(1, 10.05, 0.04)
+        >>> round(live.jitter_ms(), 3), live.one_way_delay_ms(10.05), live.loss(10.05)
+        (0.625, None, 0.0)
+        """
+        if not (math.isfinite(media_s) and math.isfinite(at)):
+            raise StatusError(f"media time {media_s!r} s at {at!r} s")
+        self._add(seq, at, at - media_s, None)
+
+    def _add(self, seq: int, at: float, transit_s: float, one_way_s: float | None) -> None:
+        if not math.isfinite(at):
+            raise StatusError(f"arrival at {at!r} s")
         if self._arrivals and at < self._arrivals[-1][0]:
             raise StatusError(f"arrival at {at} s before the last one ({self._arrivals[-1][0]} s)")
         if self._last_one_way_s is not None:
-            d = abs(one_way_s - self._last_one_way_s)
+            d = abs(transit_s - self._last_one_way_s)
             j = self._jitter_s or 0.0
             self._jitter_s = j + (d - j) / 16
-        self._last_one_way_s = one_way_s
+        self._last_one_way_s = transit_s
         self._arrivals.append((at, seq, one_way_s))
         horizon = at - max(self.delay_window_s, self.loss_window_s)
         while self._arrivals[0][0] < horizon:
             self._arrivals.popleft()
 
+    @property
+    def last_arrival(self) -> float | None:
+        """Arrival time (seconds) of the latest packet still held, or None."""
+        return self._arrivals[-1][0] if self._arrivals else None
+
     def one_way_delay_ms(self, now: float) -> float | None:
         """Median one-way delay (ms) of the packets that arrived in the last
         ``delay_window_s`` before ``now``."""
-        recent = sorted(d for at, _, d in self._arrivals if at >= now - self.delay_window_s)
+        since = now - self.delay_window_s
+        recent = sorted(d for at, _, d in self._arrivals if at >= since and d is not None)
         if not recent:
             return None
         mid = len(recent) // 2

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 
+import numpy as np
 import pytest
 import trio
 import trio.testing
@@ -356,3 +357,51 @@ def test_the_slot_function_never_raises_and_sends_or_skips_once_per_slot(
         assert None not in out  # at worst last-resort cover to our own gateway
     else:
         assert out == [None] * n_slots
+
+
+async def test_mute_sends_silence_at_the_same_packet_rate_and_size(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    doc, secrets = _network()
+    marks: dict[str, tuple[float, int]] = {}
+    async with trio.open_nursery() as nursery:
+        net = MemoryNet(doc, secrets, nursery)
+        a, b = _pair(net, doc, mean_delay_s=0.01)
+        await nursery.start(a.run)
+        await nursery.start(b.run)
+
+        async def talk() -> None:
+            await trio.sleep(1.5)
+            marks["mute"] = (trio.current_time(), a.tx.frames_sent)
+            a.media_out.muted = True
+            await trio.sleep(2.0)
+            marks["unmute"] = (trio.current_time(), a.tx.frames_sent)
+            a.media_out.muted = False
+            await trio.sleep(1.0)
+
+        await converse(a, b, talk)
+        nursery.cancel_scope.cancel()
+    (t_mute, f_mute), (t_unmute, f_unmute) = marks["mute"], marks["unmute"]
+    link = a.link
+    assert isinstance(link, MemoryLink)
+    assert {size for _, size in link.sent} == {VOICE.packet_len}  # one size, muted or not
+    sent = sorted(a.tx.sent.values())
+
+    def media_in(lo: float, hi: float) -> int:
+        return sum(lo <= t < hi for t in sent)
+
+    # the same media packet count per second before and while muted, and after
+    before, muted = media_in(t_mute - 1.0, t_mute), media_in(t_mute + 0.5, t_mute + 1.5)
+    after = media_in(t_unmute, t_unmute + 1.0)
+    assert before >= 20 and abs(before - muted) <= 1 and abs(after - muted) <= 1
+    # what b decoded of a's frames: speech before, silence while muted
+    items = zip(b.rx.items, b.rx.pcm, strict=True)
+    played = {i: pcm for (i, kind, _), pcm in items if kind == "frame"}
+
+    def rms(lo: int, hi: int) -> float:
+        frames = [played[i].astype(float) for i in range(lo, hi) if i in played]
+        assert len(frames) > 0.8 * (hi - lo)
+        return float(np.sqrt(np.mean(np.concatenate(frames) ** 2)))
+
+    speech, silence = rms(f_mute - 40, f_mute), rms(f_mute + 3, f_unmute)
+    assert speech > 300 and silence < 0.01 * speech, (speech, silence)

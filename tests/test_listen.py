@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import pty
+import re
 import signal
 import socket
 import stat
@@ -321,7 +322,7 @@ def test_an_incoming_call_rings_and_is_answered_by_a_key(net: dict[str, Listener
     master, slave = pty.openpty()
     try:
         alice.start(terminal=slave)
-        dial = _dial(bob.directory, "alice", "--duration", "2")
+        dial = _dial(bob.directory, "alice", "--duration", "6")
         deadline = time.monotonic() + 30
         while "RINGING" not in alice.log() and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -331,6 +332,15 @@ def test_an_incoming_call_rings_and_is_answered_by_a_key(net: dict[str, Listener
         (status,) = _control(alice.directory, b'{"type": "status"}\n')
         assert isinstance(status["call"], dict) and "connected" not in status["call"]["events"]
         os.write(master, b"a\n")  # the key press
+        _wait_for(alice, "connected with bob")
+        time.sleep(2.0)  # media flows both ways: the figures have something to show
+        seen = len(alice.log())
+        os.write(master, b"m")  # mute: the screen says so, with the live figures
+        muted = _wait_for(alice, "MUTED", seen)
+        assert "| m unmute" in muted, muted
+        figures = re.search(r"playout (\d+) ms jitter (\d+\.\d) ms loss (\d+\.\d) %", muted)
+        assert figures is not None, muted
+        assert float(figures[3]) < 50.0
         out, err = dial.communicate(timeout=60)
         assert dial.returncode == 0, (out, err, alice.log())
         assert alice.stop() == 0
@@ -338,6 +348,17 @@ def test_an_incoming_call_rings_and_is_answered_by_a_key(net: dict[str, Listener
         os.close(master)
         os.close(slave)
     alice.start()
+
+
+def _wait_for(listener: Listener, text: str, after: int = 0, timeout_s: float = 20.0) -> str:
+    """The first line of ``listener``'s log past character ``after`` that holds ``text``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in listener.log()[after:].splitlines():
+            if text in line:
+                return line
+        time.sleep(0.1)
+    raise AssertionError(f"no {text!r} in {listener.name}'s log: {listener.log()[after:]}")
 
 
 def test_killing_dial_hangs_up_and_killing_listen_times_out(net: dict[str, Listener]) -> None:

@@ -193,6 +193,24 @@ def test_live_figures_median_of_an_even_count_and_bad_input() -> None:
         LiveFigures(delay_window_s=0)
 
 
+def test_packets_without_a_capture_time_give_jitter_and_loss_and_a_playout_label() -> None:
+    live = LiveFigures()
+    # media clock 40 ms a packet; transit 100, 110, 100 ms; seq 2 never came
+    for seq, at in [(0, 5.100), (1, 5.150), (3, 5.220)]:
+        live.arrived(seq, at, 0.040 * seq)
+    assert live.one_way_delay_ms(5.22) is None  # no capture time: no one-way delay
+    assert live.jitter_ms() == pytest.approx(10 / 16 + (10 - 10 / 16) / 16)
+    assert live.loss(5.22) == pytest.approx(0.25)
+    live.received(4, 5.26, 0.1)  # both kinds mix: only the timed one gives a delay
+    assert live.one_way_delay_ms(5.26) == pytest.approx(100.0)
+    for seq, at, media in [(5, 5.0, 0.2), (5, 6.0, math.nan), (5, math.inf, 0.2)]:
+        with pytest.raises(StatusError):
+            live.arrived(seq, at, media)
+    playout = status(Phase.CONNECTED, delay_is_playout=True)
+    assert "playout delay" in text_of(playout) and "one-way" not in text_of(playout)
+    assert " playout 143 ms jitter 4.2 ms" in status_line(playout)
+
+
 # --- KeyMap ---------------------------------------------------------------------------------
 
 EXPECTED = {  # (key, phase) -> command, muted or not; everything else is unbound
