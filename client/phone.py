@@ -10,7 +10,10 @@ One ``UplinkScheduler`` grid for the whole time online: each slot sends exactly 
 a call's signaling or media while a call is on (``Caller.slot``: the call's ``Caller``
 shares the scheduler and points it at its contact), cover otherwise (loops to our own
 mailbox, DESKTOP policy: schedule ``always``, the call rate at all times). So the uplink's
-packet count and sizes per second are the same before, during and after a call.
+packet count and sizes per second are the same before, during and after a call. A call's
+signaling and media cross one route per call direction, with spare routes
+(``PhoneOptions.policy``, DESKTOP: ``overlay.RoutePolicy(per_call=True, failover=2)``); cover
+takes a fresh path per packet.
 
 Contacts come from the profile. For each, the client holds the signaling channel
 (``IdentityChannel`` from our identity and theirs, resumed from the state stored in the
@@ -62,6 +65,7 @@ from .contacts import Contact as BookContact
 from .contacts import ContactError, TrustState
 from .gateway_link import GatewayLink
 from .identity_channel import ChannelState, ChannelStateError, IdentityChannel
+from .policy import DESKTOP, ClientPolicy
 from .profile import Profile, ProfileError, atomic_write, lock_profile
 from .screen import LiveFigures
 
@@ -93,7 +97,8 @@ class PhoneOptions:
     ``speaker``: WAV file written with what was heard at the end of each call; ``report``:
     JSON report file (written atomically at each call's end and on ``write_report``);
     ``mean_delay_s``: mean sender-chosen delay per hop (seconds); ``bind``: the local IP
-    of the gateway link, for the report only."""
+    of the gateway link, for the report only; ``policy``: the client policy whose routes
+    the uplink follows (DESKTOP: one route per call direction, 2 spares)."""
 
     auto_answer: bool = False
     mic: Pcm | None = None
@@ -102,6 +107,7 @@ class PhoneOptions:
     mean_delay_s: float = DEFAULT_MEAN_DELAY_S
     voice: VoiceProfile = field(default_factory=VoiceProfile)
     bind: str | None = None
+    policy: ClientPolicy = DESKTOP
 
 
 @dataclass(slots=True)
@@ -181,6 +187,7 @@ class Phone:
         self.uplink = UplinkScheduler(
             doc, mine, mine, slot_s=self.options.voice.packet_interval_ms / 1000,
             mean_delay_s=self.options.mean_delay_s, cover=CoverKind.LOOP,
+            routing=self.options.policy.routing(),
         )  # fmt: skip
         self._ui = ui or (lambda line: None)
         # Unix seconds for the call log's records only (client._commands.wall_clock); the

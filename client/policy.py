@@ -16,7 +16,8 @@ here and a measured row of ``phantom-sim policy`` are the same thing. The figure
 profiles' docstrings come from ``phantom-sim policy --scenario scenarios/policy-small.toml
 --policies scenarios/policies.toml --seeds 1,2,3,4,5`` (2,000 users with churn, 20 % of the
 nodes compromised; mean over the seeds and the half-width of the 95 % Student-t interval).
-This module only describes the settings; the caller does not read it yet.
+The always-on client (client/phone.py) runs DESKTOP's routes (:meth:`ClientPolicy.routing`);
+its schedule and rates are the client's own behaviour (always online at the call rate).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from overlay import UsageError
+from overlay import RoutePolicy, UsageError
 
 SCHEDULES = ("always", "daily", "calls")
 ROUTES = ("call", "epoch", "packet")
@@ -99,6 +100,21 @@ class ClientPolicy:
                 "idle_slot_factor: rate_lead_s, rate_lag_s and decoys_per_hour need an idle "
                 "rate (idle_slot_factor > 1)"
             )
+
+    def routing(self) -> RoutePolicy:
+        """The uplink's routing (``overlay.UplinkScheduler(routing=...)``) for ``route``:
+        ``packet`` a path per packet, ``call`` a route per call direction with
+        ``route_failover`` spares. PolicyError for ``epoch``, which the uplink does not
+        implement yet.
+
+            >>> DESKTOP.routing()
+            RoutePolicy(per_call=True, failover=2)
+        """
+        if self.route == "packet":
+            return RoutePolicy()
+        if self.route == "call":
+            return RoutePolicy(per_call=True, failover=self.route_failover)
+        raise PolicyError(f"route: {self.route!r} routes are not implemented by the uplink")
 
     def sim_fields(self) -> dict[str, Any]:
         """The same settings as dotted ``phantom-sim`` scenario fields (``--set`` names)."""

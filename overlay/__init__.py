@@ -148,6 +148,7 @@ from ._topology import verify_document as verify_document
 from ._topology import verify_withdrawal as verify_withdrawal
 from ._topology import x25519_key_problem as x25519_key_problem
 from ._uplink import CoverKind as CoverKind
+from ._uplink import RoutePolicy as RoutePolicy
 from ._uplink import Slot as Slot
 from ._uplink import SlotKind as SlotKind
 from ._uplink import UplinkScheduler as UplinkScheduler

@@ -21,7 +21,13 @@ Every slot (``slot_s`` seconds, on a fixed grid from ``start``) carries exactly 
 packet of the document's geometry: the oldest queued signaling frame, else the media frame
 offered for this slot, else cover (a loop to our own mailbox, or a drop). A media frame a
 signaling frame displaces is dropped (the next media packet's redundancy carries its
-audio). Each packet takes a fresh path with sender-chosen exponential delays. When the
+audio). By default (``RoutePolicy()``, ``per_call=False``) each packet takes a fresh path with
+sender-chosen exponential delays. With ``RoutePolicy(per_call=True, failover=n)`` the
+signaling and media of one call direction cross one route: the mixes of each layer are drawn
+(:func:`sample_path`) at the call's first signaling or media packet after ``peer`` is set,
+together with ``n`` spare routes; the per-hop delays are still drawn per packet.
+``route_failed()`` moves the call to the next spare. Cover keeps a fresh path per packet (it
+belongs to no call direction; docs/research.md "Client policy"). When the
 document offers no path the slot still sends: drop cover to our own gateway alone, counted
 ``unroutable``, the signaling frame waiting for the next slot; only when not even our own
 gateway is listed with a key is the slot ``skipped`` (no packet).
@@ -39,7 +45,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from ._errors import UsageError
-from ._sphinx import Rng, create_drop, create_forward
+from ._sphinx import Hop, Rng, create_drop, create_forward
 from ._topology import (
     DirectoryError,
     NodeRole,
@@ -69,6 +75,36 @@ class CoverKind(Enum):
 
 
 Endpoint = tuple[bytes, bytes]  # (gateway node id, mailbox id)
+MAX_ROUTE_FAILOVER = 16  # spare routes a call direction may hold (client.policy's bound)
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePolicy:
+    """How the uplink routes a call's signaling and media.
+
+    ``per_call``: False, a fresh path per packet (the default); True, one route per call
+    direction (the mixes fixed, the delays drawn per packet). ``failover``: spare routes
+    drawn with it, 0..16 (only with ``per_call``). Raises ``UsageError`` out of range.
+
+        >>> RoutePolicy(per_call=True, failover=2)
+        RoutePolicy(per_call=True, failover=2)
+        >>> RoutePolicy(failover=1)
+        Traceback (most recent call last):
+        ...
+        overlay._errors.UsageError: failover: spare routes need per_call routes
+    """
+
+    per_call: bool = False
+    failover: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.per_call, bool):
+            raise UsageError(f"per_call: want a bool, got {self.per_call!r}")
+        f = self.failover
+        if isinstance(f, bool) or not isinstance(f, int) or not 0 <= f <= MAX_ROUTE_FAILOVER:
+            raise UsageError(f"failover: want an integer in [0, {MAX_ROUTE_FAILOVER}], got {f!r}")
+        if f and not self.per_call:
+            raise UsageError("failover: spare routes need per_call routes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +133,10 @@ class UplinkScheduler:
     in seconds (> 0); ``mean_delay_s`` the mean sender-chosen delay per hop in seconds.
     ``slots`` counts slots by ``SlotKind`` value and ``skipped``, ``unroutable`` and
     ``missed`` (whole slots the caller woke up too late for); ``sent_sizes`` holds the
-    lengths of the packets returned. Raises ``UsageError`` for a non-positive ``slot_s`` or
-    a negative ``mean_delay_s``.
+    lengths of the packets returned. ``routing`` (:class:`RoutePolicy`): a path per packet
+    (default) or a route per call direction with spares. Setting ``peer`` starts a new call
+    direction: its route is drawn at its first signaling or media packet. Raises
+    ``UsageError`` for a non-positive ``slot_s`` or a negative ``mean_delay_s``.
     """
 
     def __init__(
@@ -111,11 +149,17 @@ class UplinkScheduler:
         mean_delay_s: float = 0.0,
         cover: CoverKind = CoverKind.LOOP,
         rng: Rng = os.urandom,
+        routing: RoutePolicy = RoutePolicy(),
     ):
         if not slot_s > 0:
             raise UsageError("slot_s must be a positive number of seconds")
         if not mean_delay_s >= 0:
             raise UsageError("mean_delay_s must be a non-negative number of seconds")
+        if not isinstance(routing, RoutePolicy):
+            raise UsageError(f"routing: want a RoutePolicy, got {routing!r}")
+        self.routing = routing
+        self._routes: list[list[bytes]] = []  # the call's route, then its spares (node ids)
+        self.failovers = 0  # moves to a spare route, over all calls
         self.doc, self.me, self.peer = doc, me, peer
         self.slot_s, self.mean_delay_s, self.cover = slot_s, mean_delay_s, cover
         self._rng = rng
@@ -124,6 +168,66 @@ class UplinkScheduler:
         self._k = 0  # index of the next slot on the grid
         self.slots: Counter[str] = Counter()
         self.sent_sizes: set[int] = set()
+
+    # -- the call's route ---------------------------------------------------------------
+
+    @property
+    def peer(self) -> Endpoint:
+        """Where signaling and media go. Setting it (even to the same value) starts a new
+        call direction: with per-call routes, its route and spares are drawn afresh."""
+        return self._peer
+
+    @peer.setter
+    def peer(self, value: Endpoint) -> None:
+        self._peer = value
+        self._routes = []
+
+    @property
+    def route(self) -> tuple[bytes, ...] | None:
+        """The node ids (entry gateway, one mix per layer, exit gateway) of the current call
+        direction's route; None before its first packet or with per-packet routes."""
+        return tuple(self._routes[0]) if self._routes else None
+
+    @property
+    def spare_routes(self) -> int:
+        """Spare routes the current call direction may still move to."""
+        return max(0, len(self._routes) - 1)
+
+    def route_failed(self) -> bool:
+        """The current call direction's route loses packets: move to the next spare.
+
+        The edge calls it when the peer reports loss or when media stopped arriving. True
+        if it moved; False with no spare left (or no route drawn yet, or per-packet routes):
+        the route stays and the caller should report the failure rather than fall back to
+        per-packet routes (docs/research.md "Client policy")."""
+        if len(self._routes) < 2:
+            return False
+        self._routes.pop(0)
+        self.failovers += 1
+        return True
+
+    def _draw_routes(self) -> None:
+        """The call's route and its spares: ``sample_path`` over the entry gateway, every
+        mix layer and the exit gateway (the delays drawn with them are not kept)."""
+        own_gw, peer_gw = self.me[0], self.peer[0]
+        routes = []
+        for _ in range(1 + self.routing.failover):
+            hops = select_path(self.doc, own_gw, peer_gw, self.mean_delay_s, self._rng)
+            routes.append([hop.node_id for hop in hops])
+        self._routes = routes
+
+    def _call_path(self) -> list[Hop]:
+        """A path for one signaling or media packet (DirectoryError when none exists)."""
+        own_gw, peer_gw = self.me[0], self.peer[0]
+        if not self.routing.per_call:
+            return select_path(self.doc, own_gw, peer_gw, self.mean_delay_s, self._rng)
+        if not self._routes:
+            self._draw_routes()
+        try:
+            return sample_path(self.doc, self._routes[0], self.mean_delay_s, self._rng)
+        except DirectoryError:  # a new document (epoch) without the route's keys: redraw
+            self._draw_routes()
+            return sample_path(self.doc, self._routes[0], self.mean_delay_s, self._rng)
 
     # -- the grid ---------------------------------------------------------------------
 
@@ -236,9 +340,9 @@ class UplinkScheduler:
     def _sphinx(self, kind: SlotKind, payload: bytes) -> bytes:
         """The packet of one slot; DirectoryError (NoRouteError) when no path exists."""
         geometry, doc, rng = self.doc.geometry, self.doc, self._rng
-        (own_gw, own_box), (peer_gw, peer_box) = self.me, self.peer
+        (own_gw, own_box), peer_box = self.me, self.peer[1]
         if kind is not SlotKind.COVER:
-            path = select_path(doc, own_gw, peer_gw, self.mean_delay_s, rng)
+            path = self._call_path()
             return create_forward(geometry, path, peer_box, payload, rng=rng)
         if self.cover is CoverKind.LOOP:
             path = select_path(doc, own_gw, own_gw, self.mean_delay_s, rng)

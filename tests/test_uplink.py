@@ -14,19 +14,23 @@ from hypothesis import strategies as st
 from sphinx_support import SeededRng
 from test_call import EPOCH, _network
 
+from client.phone import PhoneOptions
 from overlay import (
     VOICE,
     CoverKind,
     Deliver,
     Discard,
     Forward,
+    RoutePolicy,
     SlotKind,
     UplinkScheduler,
     UsageError,
     build_document,
     create_drop,
+    create_forward,
     process_packet,
     sample_path,
+    select_path,
 )
 
 SLOT_S = 0.04
@@ -202,3 +206,129 @@ def test_bad_arguments_are_usage_errors() -> None:
     with pytest.raises(UsageError, match="352 bytes"):
         up.fill(0.0, (0, b"short"))
     assert not up.slots
+
+
+# -- routes per call direction ---------------------------------------------------------
+
+PER_CALL = RoutePolicy(per_call=True, failover=2)
+
+
+def _trace(packet: bytes) -> tuple[tuple[bytes, ...], tuple[int, ...], bytes | None]:
+    """(the nodes the packet crosses, the delay each asks for in us, the mailbox it reaches
+    or None when discarded), read hop by hop with the nodes' keys."""
+    node, nodes, delays = ME[0], [ME[0]], []
+    while True:
+        result = process_packet(VOICE, SECRETS[node], packet)
+        match result:
+            case Forward():
+                delays.append(result.delay_us)
+                node, packet = result.next_hop, result.packet
+                nodes.append(node)
+            case Deliver():
+                return tuple(nodes), (*delays, result.delay_us), result.mailbox
+            case Discard():
+                return tuple(nodes), (*delays, result.delay_us), None
+            case _:
+                raise AssertionError(result)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(0, 2), min_size=8, max_size=40), st.binary(min_size=1, max_size=8))
+def test_a_call_direction_crosses_one_route_and_cover_keeps_a_path_per_packet(
+    plan: list[int], seed: bytes
+) -> None:
+    """``plan``: per slot, 0 cover, 1 a signaling frame, 2 a media frame. Every signaling
+    and media packet of the call crosses the same mixes (``up.route``), with delays still
+    drawn per packet; cover still loops to our own mailbox."""
+    up = _scheduler(routing=PER_CALL, rng=SeededRng(b"call" + seed))
+    assert up.route is None  # drawn at the call's first packet
+    call_routes: set[tuple[bytes, ...]] = set()
+    call_delays: set[tuple[int, ...]] = set()
+    for k, what in enumerate(plan):
+        if what == 1:
+            up.push_signal([_frame("s", k)])
+        slot = up.fill(k * SLOT_S, (k, _frame("m", k)) if what == 2 else None)
+        assert slot.packet is not None and len(slot.packet) == VOICE.packet_len
+        nodes, delays, mailbox = _trace(slot.packet)
+        if what:
+            assert mailbox == PEER[1] and nodes == up.route
+            call_routes.add(nodes)
+            call_delays.add(delays)
+        else:
+            assert slot.kind is SlotKind.COVER and mailbox == ME[1] and nodes[-1] == ME[0]
+    assert len(call_routes) <= 1
+    assert len(call_delays) == sum(1 for w in plan if w)  # 4 delays of 1 ms mean, each drawn
+
+
+def test_cover_takes_a_fresh_path_per_packet_under_per_call_routes() -> None:
+    up = _scheduler(routing=PER_CALL, rng=SeededRng(b"cover"))
+    up.push_signal([_frame("s", 0)])
+    up.fill(0.0)  # the call's route is drawn
+    covers = {_trace(up.fill(k * SLOT_S).packet or b"")[0] for k in range(1, 41)}
+    assert len(covers) > 4  # 8 loops through 2 mixes in each of 3 layers
+
+
+def test_each_call_draws_its_own_route_uniformly() -> None:
+    """A new ``peer`` (even the same contact) starts a new call direction: over 160 calls
+    all 8 routes of the test network appear, each mix of a layer in about half the calls."""
+    up = _scheduler(routing=PER_CALL, rng=SeededRng(b"calls"))
+    seen: Counter[tuple[bytes, ...]] = Counter()
+    for k in range(160):
+        up.peer = PEER
+        slot = up.fill(k * SLOT_S, (0, _frame("m", k)))
+        assert slot.packet is not None
+        nodes = _trace(slot.packet)[0]
+        assert nodes == up.route
+        seen[nodes] += 1
+    assert len(seen) == 8
+    for layer in (1, 2, 3):
+        counts = Counter(nodes[layer] for nodes in seen.elements())
+        assert len(counts) == 2 and min(counts.values()) > 50  # binomial(160, 1/2): 80 +- 6.3
+
+
+def test_failover_moves_only_to_the_spares_drawn_at_call_start() -> None:
+    up = _scheduler(routing=PER_CALL, rng=SeededRng(b"failover"))
+    assert not up.route_failed()  # no route yet
+    up.push_signal([_frame("s", 0)])
+    first = up.fill(0.0)
+    rng = SeededRng(b"failover")  # the draws of the call's start: route, then 2 spares
+    drawn = [
+        tuple(hop.node_id for hop in select_path(DOC, ME[0], PEER[0], 0.001, rng)) for _ in range(3)
+    ]
+    assert first.packet is not None and _trace(first.packet)[0] == drawn[0] == up.route
+    for spare in (1, 2):
+        assert up.route_failed() and up.route == drawn[spare]
+        assert up.spare_routes == 2 - spare
+        for k in range(5):
+            slot = up.fill((spare * 10 + k) * SLOT_S, (k, _frame("m", k)))
+            assert slot.packet is not None and _trace(slot.packet)[0] == drawn[spare]
+    assert not up.route_failed() and up.route == drawn[2]  # out of spares: stays, reported
+    assert up.failovers == 2
+    up.peer = PEER  # the next call draws afresh, with 2 new spares
+    up.fill(100.0, (0, _frame("m", 0)))
+    assert up.spare_routes == 2
+
+
+def test_per_packet_routes_stay_the_default_and_byte_identical() -> None:
+    """The default draws exactly what it drew before: ``select_path`` then
+    ``create_forward`` per packet, from the same stream of bytes."""
+    up = _scheduler(rng=SeededRng(b"default"))
+    assert up.routing == RoutePolicy() and not up.route_failed()
+    rng = SeededRng(b"default")
+    for k in range(5):
+        slot = up.fill(k * SLOT_S, (k, _frame("m", k)))
+        path = select_path(DOC, ME[0], PEER[0], 0.001, rng)
+        assert slot.packet == create_forward(VOICE, path, PEER[1], _frame("m", k), rng=rng)
+        assert up.route is None
+
+
+def test_route_policy_arguments_and_the_desktop_client() -> None:
+    with pytest.raises(UsageError, match="failover"):
+        RoutePolicy(per_call=True, failover=17)
+    with pytest.raises(UsageError, match="failover"):
+        RoutePolicy(per_call=True, failover=True)
+    with pytest.raises(UsageError, match="per_call routes"):
+        RoutePolicy(failover=1)
+    with pytest.raises(UsageError, match="routing"):
+        _scheduler(routing="call")
+    assert PhoneOptions().policy.routing() == RoutePolicy(per_call=True, failover=2)
