@@ -21,7 +21,6 @@ import urllib.error
 import urllib.request
 
 from overlay import (
-    GEOMETRIES,
     MAX_NETWORK_BYTES,
     DirectoryError,
     DocumentSignature,
@@ -30,9 +29,10 @@ from overlay import (
     PhantomError,
     Rng,
     SignedDocument,
-    SignedNetwork,
     TopologyDocument,
     geometry_by_name,
+    network_file_url,
+    open_network_file,
     uniform_index,
     verify_document,
 )
@@ -81,23 +81,15 @@ def load_network(
     ``http(s)://`` URL (its ``/v1/network``); ``fingerprint`` (32 bytes) pins the bundle.
     NetworkFileError naming ``source`` for anything wrong."""
     try:
-        if source.startswith(("http://", "https://")):
-            url = source.rstrip("/")
-            url = url if url.endswith("/v1/network") else f"{url}/v1/network"
+        url = network_file_url(source)
+        if url is not None:
             raw = http_get(url, MAX_NETWORK_BYTES, timeout_s)
         else:
             with open(source, "rb") as f:
                 raw = f.read(MAX_NETWORK_BYTES + 1)
-        bundle = SignedNetwork.from_bytes(raw).verify(fingerprint)
+        return raw, open_network_file(raw, fingerprint)
     except (PhantomError, OSError, ValueError) as exc:
         raise NetworkFileError(f"--network: {source}: {exc}") from None
-    geometry = GEOMETRIES.get(bundle.geometry)
-    if geometry is None or geometry.digest != bundle.geometry_digest:
-        raise NetworkFileError(
-            f"--network: {source}: geometry {bundle.geometry!r} with digest "
-            f"{bundle.geometry_digest.hex()[:16]}… is not one this version speaks"
-        )
-    return raw, bundle
 
 
 def fetch_topology(

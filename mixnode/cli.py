@@ -43,18 +43,18 @@ from pathlib import Path
 from mixnode._args import HelpFormatter
 from mixnode._logging import add_logging_options, setup_logging
 from overlay import (
-    GEOMETRIES,
     MAX_NETWORK_BYTES,
     VERSION,
     DirectoryError,
     NetworkBundle,
     NodeWithdrawal,
     PhantomError,
-    SignedNetwork,
     TopologyDocument,
     canonical_json,
     epoch_at,
     hex_key,
+    network_file_url,
+    open_network_file,
     port,
     sign_withdrawal,
     whole_number,
@@ -202,28 +202,19 @@ def load_network(source: str, fingerprint: bytes | None = None) -> NetworkBundle
     CliError (exit 2) naming ``--network`` for anything wrong.
     """
     try:
-        if source.startswith(("http://", "https://")):
-            url = source.rstrip("/")
-            url = url if url.endswith("/v1/network") else f"{url}/v1/network"
+        url = network_file_url(source)
+        if url is not None:
             raw = http_exchange(
                 url, deadline_s=NETWORK_FETCH_TIMEOUT_S, max_bytes=MAX_NETWORK_BYTES
             )
         else:
             with open(source, "rb") as f:
                 raw = f.read(MAX_NETWORK_BYTES + 1)
-        bundle = SignedNetwork.from_bytes(raw).verify(fingerprint)
+        return open_network_file(raw, fingerprint)
     except (DirectoryError, OSError, ValueError) as exc:
         raise CliError(f"--network: {source}: {exc}", EXIT_CONFIG) from None
     except Exception as exc:  # http.client errors: the server's reply was cut or malformed
         raise CliError(f"--network: {source}: {type(exc).__name__}: {exc}", EXIT_CONFIG) from None
-    geometry = GEOMETRIES.get(bundle.geometry)
-    if geometry is None or geometry.digest != bundle.geometry_digest:
-        raise CliError(
-            f"--network: {source}: geometry {bundle.geometry!r} with digest "
-            f"{bundle.geometry_digest.hex()[:16]}… is not one this version speaks",
-            EXIT_CONFIG,
-        )
-    return bundle
 
 
 def _pick_ports(args: argparse.Namespace, config: Path) -> tuple[int, int | None, int]:

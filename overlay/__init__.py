@@ -130,9 +130,11 @@ from ._topology import exp_delay_us as exp_delay_us
 from ._topology import layer_of as layer_of
 from ._topology import load_json as load_json
 from ._topology import loop_route as loop_route
+from ._topology import network_file_url as network_file_url
 from ._topology import network_fingerprint as network_fingerprint
 from ._topology import network_signature_is_valid as network_signature_is_valid
 from ._topology import node_id_for as node_id_for
+from ._topology import open_network_file as open_network_file
 from ._topology import parse_epoch as parse_epoch
 from ._topology import sample_path as sample_path
 from ._topology import seconds_until_next_epoch as seconds_until_next_epoch

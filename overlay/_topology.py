@@ -44,7 +44,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from ._errors import GeometryError, PhantomError, UsageError
-from ._geometry import MAX_DELAY_US, NODE_ID_LEN, Geometry
+from ._geometry import GEOMETRIES, MAX_DELAY_US, NODE_ID_LEN, Geometry
 from ._random import exponential
 from ._sphinx import Hop, Rng
 
@@ -1234,6 +1234,33 @@ class SignedNetwork:
                 f"{bundle.threshold} required"
             )
         return bundle
+
+
+def network_file_url(source: str) -> str | None:
+    """The ``/v1/network`` URL a ``--network`` source names, or None for a file path.
+
+    >>> network_file_url("http://127.0.0.1:31900/"), network_file_url("network.json")
+    ('http://127.0.0.1:31900/v1/network', None)
+    """
+    if not source.startswith(("http://", "https://")):
+        return None
+    url = source.rstrip("/")
+    return url if url.endswith("/v1/network") else f"{url}/v1/network"
+
+
+def open_network_file(raw: bytes, fingerprint: bytes | None = None) -> NetworkBundle:
+    """The verified bundle of a network file's bytes, as every ``init --network`` takes it:
+    a threshold of its own authorities signed it (:meth:`SignedNetwork.verify`; the
+    32-byte ``fingerprint`` pins it), and its geometry is one this version speaks.
+    DirectoryError otherwise (DirectoryFieldError for a malformed field)."""
+    bundle = SignedNetwork.from_bytes(raw).verify(fingerprint)
+    geometry = GEOMETRIES.get(bundle.geometry)
+    if geometry is None or geometry.digest != bundle.geometry_digest:
+        raise DirectoryError(
+            f"geometry {bundle.geometry!r} with digest "
+            f"{bundle.geometry_digest.hex()[:16]}… is not one this version speaks"
+        )
+    return bundle
 
 
 # --------------------------------------------------------------------------------------
