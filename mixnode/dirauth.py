@@ -1330,10 +1330,13 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--config", required=True, help="path of the authority's TOML config")
     n.add_argument("--out", required=True, help="file to write ('-': standard output)")
     n.set_defaults(func=_cmd_network)
-    for name, what in (("allow", "list"), ("deny", "never list")):
+    for name, what in (
+        ("allow", "allow a node (identity key); once any is allowed, only allowed ones are listed"),
+        ("deny", "never list a node (identity key)"),
+    ):
         e = sub.add_parser(
             name,
-            help=f"{what} a node (identity key) from the next document; no restart",
+            help=f"{what}; from the next document on, no restart",
             formatter_class=HelpFormatter,
         )
         e.add_argument("node_key", type=hex_key, help="the node's identity key (64 hex digits)")

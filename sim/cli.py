@@ -120,7 +120,8 @@ def _parser() -> argparse.ArgumentParser:
         "--policies",
         type=Path,
         default=Path("scenarios/policies.toml"),
-        help="TOML file of [policies.NAME] tables of dotted fields",
+        help="TOML file of [policies.NAME] tables of dotted fields "
+        "(default: scenarios/policies.toml)",
     )
     p.add_argument(
         "--seeds", type=_ints, help="e.g. 1,2,3,4,5 (default: --seed if given, else 1..5)"
@@ -129,9 +130,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--attacks", help=f"comma-separated subset of {','.join(ATTACKS)}")
     p = sub.add_parser("validate", help="compare measured one-way latencies with the model")
     common(p)
-    p.add_argument("--measured", required=True, type=Path, help="JSON list of seconds")
-    p.add_argument("--ks-tolerance", type=float, default=0.1)
-    p.add_argument("--rel-tolerance", type=float, default=0.15)
+    p.add_argument(
+        "--measured",
+        required=True,
+        type=Path,
+        help='JSON list of one-way latencies in seconds, or an object with "one_way_s" '
+        "(phantom-testnet probe --out)",
+    )
+    p.add_argument(
+        "--ks-tolerance",
+        type=float,
+        default=0.1,
+        help="largest KS distance (CDF gap) that passes (default: 0.1)",
+    )
+    p.add_argument(
+        "--rel-tolerance",
+        type=float,
+        default=0.15,
+        help="largest relative gap at p50, p90, p95 and p99 that passes (default: 0.15)",
+    )
     return ap
 
 

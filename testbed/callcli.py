@@ -73,15 +73,18 @@ def add_demo(sub: client_cli.Subcommands) -> None:
                       help="mean sender-chosen delay per hop, with --in-process "
                       "(default %(default)s)")  # fmt: skip
     demo.add_argument("--link-delay-ms", type=_MILLISECONDS, default=0.0,
-                      help="one-way delay every node adds to each packet it sends")  # fmt: skip
+                      help="one-way delay every node adds to each packet it sends "
+                      "(default: 0)")  # fmt: skip
     demo.add_argument("--link-jitter-ms", type=_MILLISECONDS, default=0.0,
-                      help="standard deviation of that delay")  # fmt: skip
+                      help="standard deviation of that delay (default: 0)")  # fmt: skip
     demo.add_argument("--link-loss", type=_PROBABILITY, default=0.0,
-                      help="probability that a node drops a packet it sends")  # fmt: skip
+                      help="probability that a node drops a packet it sends "
+                      "(default: 0)")  # fmt: skip
     demo.add_argument("--json", type=Path, default=None, dest="json_path",
                       help="write the report as JSON to this file (default: none)")  # fmt: skip
     demo.add_argument("--wav-out", type=Path, default=None,
-                      help="directory for the received audio of each direction (WAV)")  # fmt: skip
+                      help="directory for the received audio of each direction "
+                      "(WAV; default: none)")  # fmt: skip
     demo.add_argument("--no-pesq", action="store_true", help="skip the PESQ scores")
     demo.add_argument("--online-margin-s", type=_MARGIN, default=10.0,
                       help="least seconds each caller is online before and after the call "
