@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import segno
 
-from overlay import PhantomError, hex_key, whole_number
+from overlay import PhantomError, hex_fingerprint, whole_number
 
 from .calllog import CallLogError
 from .card import Card, CardError, decode_card_text, name_problem
@@ -337,7 +337,7 @@ def add_caller_commands(sub: Subcommands) -> None:
     init = sub.add_parser("init", help="create this caller's profile on a network")
     init.add_argument("--network", required=True, metavar="FILE|URL",
                       help="network file, or an authority's URL (its /v1/network)")  # fmt: skip
-    init.add_argument("--network-fingerprint", type=hex_key, default=None, metavar="HEX",
+    init.add_argument("--network-fingerprint", type=hex_fingerprint, default=None, metavar="HEX",
                       help="expected network fingerprint, 64 hex digits "
                            "(without it: trust on first use)")  # fmt: skip
     _profile_options(init)

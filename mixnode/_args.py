@@ -20,7 +20,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if (
             "%(default)" in help_text
             or "(default:" in help_text
-            or action.default in (None, False, argparse.SUPPRESS)
+            # by identity: 0 and 0.0 equal False, yet a zero default is worth showing
+            or any(action.default is v for v in (None, False, argparse.SUPPRESS))
             or action.default == []
         ):
             return help_text

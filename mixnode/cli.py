@@ -52,6 +52,7 @@ from overlay import (
     TopologyDocument,
     canonical_json,
     epoch_at,
+    hex_fingerprint,
     hex_key,
     network_file_url,
     open_network_file,
@@ -669,7 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     i.add_argument(
         "--network-fingerprint",
-        type=hex_key,
+        type=hex_fingerprint,
         help="expected network fingerprint, 64 hex digits (without it: trust on first use)",
     )
     i.add_argument(

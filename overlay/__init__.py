@@ -9,6 +9,7 @@ Everything public is re-exported here; the ``_``-prefixed modules are implementa
 
 from ._cliargs import ArgumentValueError as ArgumentValueError
 from ._cliargs import finite_number as finite_number
+from ._cliargs import hex_fingerprint as hex_fingerprint
 from ._cliargs import hex_key as hex_key
 from ._cliargs import port as port
 from ._cliargs import whole_number as whole_number

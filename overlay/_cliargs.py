@@ -78,13 +78,20 @@ port = whole_number(1, 65535, what="a port number")
 """An argument type: a UDP/TCP port number 1..65535."""
 
 
-def hex_key(text: str) -> str:
-    """An argument type: a 32-byte Ed25519 public key as 64 hex digits (returned lower-case)."""
+def _hex32(text: str, what: str) -> str:
     try:
         if len(bytes.fromhex(text)) == 32:
             return text.lower()
     except ValueError:
         pass
-    raise ArgumentValueError(
-        f"expected a 32-byte Ed25519 public key as 64 hex digits, got {text!r}"
-    )
+    raise ArgumentValueError(f"expected {what} as 64 hex digits, got {text!r}")
+
+
+def hex_key(text: str) -> str:
+    """An argument type: a 32-byte Ed25519 public key as 64 hex digits (returned lower-case)."""
+    return _hex32(text, "a 32-byte Ed25519 public key")
+
+
+def hex_fingerprint(text: str) -> str:
+    """An argument type: a 32-byte network fingerprint as 64 hex digits (lower-case)."""
+    return _hex32(text, "a 32-byte network fingerprint")

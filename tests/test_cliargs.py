@@ -6,7 +6,16 @@ import argparse
 
 import pytest
 
-from overlay import ArgumentValueError, UsageError, finite_number, hex_key, port, whole_number
+from mixnode._args import HelpFormatter
+from overlay import (
+    ArgumentValueError,
+    UsageError,
+    finite_number,
+    hex_fingerprint,
+    hex_key,
+    port,
+    whole_number,
+)
 
 
 def test_good_values_parse() -> None:
@@ -33,6 +42,7 @@ def test_good_values_parse() -> None:
         (port, "http", "expected a port number in 1..65535, got 'http'"),
         (hex_key, "ab" * 31, "expected a 32-byte Ed25519 public key as 64 hex digits"),
         (hex_key, "zz" * 32, "expected a 32-byte Ed25519 public key as 64 hex digits"),
+        (hex_fingerprint, "xyz", "expected a 32-byte network fingerprint as 64 hex digits"),
     ],
 )
 def test_bad_values_say_what_was_expected_and_what_came(
@@ -52,3 +62,15 @@ def test_argparse_prints_the_message_with_the_option(capsys: pytest.CaptureFixtu
         parser.parse_args(["--workers", "0"])
     err = capsys.readouterr().err
     assert "argument --workers: expected a whole number >= 1, got '0'" in err
+
+
+def test_help_shows_a_zero_default_and_hides_none_and_false() -> None:
+    """0 and 0.0 equal False: the help once hid every zero default (--link-delay-ms ...)."""
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter)
+    p.add_argument("--delay", type=float, default=0.0, help="delay")
+    p.add_argument("--count", type=int, default=0, help="count")
+    p.add_argument("--name", default=None, help="name")
+    p.add_argument("--flag", action="store_true", help="flag")
+    text = " ".join(p.format_help().split())
+    assert "delay (default: 0.0)" in text and "count (default: 0)" in text
+    assert "name (default" not in text and "flag (default" not in text
