@@ -28,6 +28,7 @@ from ._control import WorkerSettings as WorkerSettings
 from ._control import decode_control as decode_control
 from ._directory import DIRECTORY_FOLLOW_S as DIRECTORY_FOLLOW_S
 from ._directory import DIRECTORY_REFRESH_S as DIRECTORY_REFRESH_S
+from ._directory import DIRECTORY_RETRY_MAX_S as DIRECTORY_RETRY_MAX_S
 from ._directory import DIRECTORY_RETRY_S as DIRECTORY_RETRY_S
 from ._directory import DIRECTORY_SETTLE_S as DIRECTORY_SETTLE_S
 from ._directory import DirectorySchedule as DirectorySchedule

@@ -8,6 +8,8 @@ to wait after a failure.
     >>> s.published(7)
     >>> s.failed()  # the fetch that follows failed: try again after retry_s seconds
     1.0
+    >>> 1.0 <= s.failed() <= 2.0  # failed again: the wait doubles, with random jitter
+    True
 
 The edge (``mixnode.daemon``) drives one loop: ``start_round(epoch)`` says whether to
 publish before fetching; after a successful publish it calls ``published(epoch)``; after
@@ -17,18 +19,28 @@ returned ``FetchedDocument``: broadcast the document if ``adopt``, log if
 ``listed_changed``, then sleep ``wait_s``. ``now`` is a monotonic clock in seconds (how
 long the document has been unchanged); ``wall`` is unix seconds (when the next epoch
 begins).
+
+Failures back off: the first retry comes after ``retry_s``, the n-th consecutive one after
+``retry_s * 2**(n-1)`` (capped at ``retry_max_s``) times a uniform factor in [0.5, 1), never
+less than ``retry_s`` (exponential back-off with jitter, so that the nodes of a network do
+not retry in step while an authority is down). A round that reaches an authority (a
+descriptor accepted, a document fetched that was not served from the cache) ends the run.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 from ._errors import UsageError
 from ._geometry import NODE_ID_LEN
+from ._random import uniform01
+from ._sphinx import Rng
 from ._topology import TopologyDocument, epoch_start
 
 DIRECTORY_RETRY_S = 1.0  # s between directory attempts after a failure (the least wait)
+DIRECTORY_RETRY_MAX_S = 10.0  # s: the back-off after repeated failures grows to at most this
 DIRECTORY_FOLLOW_S = 1.0  # s between fetches while the document still changes
 DIRECTORY_REFRESH_S = 30.0  # s between fetches once the document is settled (at most)
 DIRECTORY_SETTLE_S = 15.0  # s without a change before the document counts as settled
@@ -78,7 +90,9 @@ class DirectorySchedule:
     ``node_id`` (NODE_ID_LEN = 16 bytes) and ``port``/``client_port`` are how the node is
     listed: a document lists it only at those ports (``client_port`` None for a mix).
     ``epoch_length_s`` and ``genesis_s`` (unix seconds) place the epochs. The waits, in
-    seconds: ``retry_s`` after a failure and at least between two rounds; ``follow_s``
+    seconds: ``retry_s`` after a failure and at least between two rounds, backing off to
+    ``retry_max_s`` while failures repeat (module docstring; the jitter drawn from
+    ``rng``); ``follow_s``
     while the document changes; ``refresh_s`` (and at most a twentieth of an epoch) once
     it has not changed for ``settle_s``. A round never sleeps past the next epoch's start
     by more than ``retry_s``. UsageError for a wait or epoch length that is not > 0, or a
@@ -94,9 +108,11 @@ class DirectorySchedule:
         epoch_length_s: int,
         genesis_s: int = 0,
         retry_s: float = DIRECTORY_RETRY_S,
+        retry_max_s: float = DIRECTORY_RETRY_MAX_S,
         follow_s: float = DIRECTORY_FOLLOW_S,
         refresh_s: float = DIRECTORY_REFRESH_S,
         settle_s: float = DIRECTORY_SETTLE_S,
+        rng: Rng = os.urandom,
     ) -> None:
         if isinstance(epoch_length_s, bool) or not isinstance(epoch_length_s, int):
             raise UsageError(f"epoch_length_s must be an int, got {epoch_length_s!r}")
@@ -109,6 +125,11 @@ class DirectorySchedule:
         self.epoch_length_s = epoch_length_s
         self.genesis_s = genesis_s
         self.retry_s = _positive("retry_s", retry_s)
+        self.retry_max_s = _positive("retry_max_s", retry_max_s)
+        if self.retry_max_s < self.retry_s:
+            raise UsageError(f"retry_max_s must be >= retry_s, got {retry_max_s!r} < {retry_s!r}")
+        self._rng = rng
+        self.failures = 0  # consecutive failed rounds (publish or fetch raised, or cache only)
         self.follow_s = _positive("follow_s", follow_s)
         self.refresh_s = _positive("refresh_s", refresh_s)
         self.settle_s = _positive("settle_s", settle_s)
@@ -130,10 +151,20 @@ class DirectorySchedule:
     def published(self, epoch: int) -> None:
         """At least one authority accepted the descriptor of ``epoch``."""
         self.published_for = epoch
+        self.failures = 0
+
+    def _backoff(self) -> float:
+        """Seconds to wait after the ``failures``-th consecutive failure (module docstring)."""
+        if self.failures <= 1:
+            return self.retry_s
+        ceiling = min(self.retry_max_s, self.retry_s * 2.0 ** min(self.failures - 1, 64))
+        return max(self.retry_s, ceiling * (0.5 + 0.5 * uniform01(self._rng)))
 
     def failed(self) -> float:
-        """A publish or fetch raised: seconds to wait before the next round."""
-        return self.retry_s
+        """A publish or fetch raised: seconds to wait before the next round, in
+        [retry_s, retry_max_s], growing while failures repeat."""
+        self.failures += 1
+        return self._backoff()
 
     def fetched(
         self, doc: TopologyDocument, *, now: float, wall: float, from_cache: bool = False
@@ -159,8 +190,11 @@ class DirectorySchedule:
         # While the network is changing (nodes joining), follow it closely.
         settled = now - self._changed_at > self.settle_s
         wait = min(self.epoch_length_s / 20, self.refresh_s) if settled else self.follow_s
-        if from_cache:
-            wait = self.retry_s
+        if from_cache:  # no authority answered: a failure, backed off as ``failed``
+            self.failures += 1
+            wait = self._backoff()
+        else:
+            self.failures = 0
         wait = max(self.retry_s, min(wait, self.until_next_epoch(wall)))
         return FetchedDocument(adopt, listed, changed, wait)
 

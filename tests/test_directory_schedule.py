@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from overlay import (
     DIRECTORY_FOLLOW_S,
     DIRECTORY_REFRESH_S,
+    DIRECTORY_RETRY_MAX_S,
     DIRECTORY_RETRY_S,
     DIRECTORY_SETTLE_S,
     VOICE,
@@ -145,10 +146,19 @@ def test_any_sequence_of_failures_and_successes(
     rounds: list[tuple[int, bool, str, bool, float]],
 ) -> None:
     """Against a model of the rules: publish exactly when the epoch's descriptor was not
-    accepted or the node is not listed; adopt exactly new bytes; waits within bounds."""
+    accepted or the node is not listed; adopt exactly new bytes; waits within bounds; a
+    failure waits within the back-off's bounds for the run of failures it ends."""
     s = _schedule()
     epoch, now, wall = EPOCH, 0.0, T0
     published_for, listed, held, changed_at = -1, False, b"", 0.0
+    failures = 0
+
+    def backed_off(wait: float) -> bool:
+        ceiling = min(DIRECTORY_RETRY_MAX_S, DIRECTORY_RETRY_S * 2.0 ** (failures - 1))
+        if failures <= 1:
+            return wait == DIRECTORY_RETRY_S
+        return max(DIRECTORY_RETRY_S, ceiling / 2) <= wait <= ceiling
+
     for forward, publish_ok, fetch, from_cache, dt in rounds:
         epoch += forward
         now += dt
@@ -158,12 +168,14 @@ def test_any_sequence_of_failures_and_successes(
         assert step == (PublishDescriptor(epoch) if want_publish else FetchDocument(epoch))
         if want_publish:
             if not publish_ok:
-                assert s.failed() == DIRECTORY_RETRY_S
+                failures += 1
+                assert backed_off(s.failed())
                 continue
             s.published(epoch)
-            published_for = epoch
+            published_for, failures = epoch, 0
         if fetch == "fail":
-            assert s.failed() == DIRECTORY_RETRY_S
+            failures += 1
+            assert backed_off(s.failed())
             continue
         doc = DOCS[fetch]
         got = s.fetched(doc, now=now, wall=wall, from_cache=from_cache)
@@ -174,14 +186,49 @@ def test_any_sequence_of_failures_and_successes(
         assert got.listed_changed == (got.listed != listed)
         listed = got.listed
         until = max(0.5, (epoch + 1) * EPOCH_S - wall)
+        failures = failures + 1 if from_cache else 0
         if from_cache:
-            assert got.wait_s == DIRECTORY_RETRY_S
+            assert backed_off(got.wait_s) or got.wait_s == max(DIRECTORY_RETRY_S, until)
         elif now - changed_at > DIRECTORY_SETTLE_S:
             want = min(EPOCH_S / 20, DIRECTORY_REFRESH_S, until)
             assert got.wait_s == max(DIRECTORY_RETRY_S, want)
         else:
             assert got.wait_s == max(DIRECTORY_RETRY_S, min(DIRECTORY_FOLLOW_S, until))
-        assert DIRECTORY_RETRY_S <= got.wait_s <= max(DIRECTORY_FOLLOW_S, DIRECTORY_REFRESH_S)
+        assert (
+            DIRECTORY_RETRY_S
+            <= got.wait_s
+            <= max(DIRECTORY_FOLLOW_S, DIRECTORY_REFRESH_S, DIRECTORY_RETRY_MAX_S)
+        )
+
+
+def test_repeated_failures_back_off_with_jitter_and_a_success_resets() -> None:
+    """The n-th consecutive failure waits retry_s * 2**(n-1) (capped) times [0.5, 1): never
+    two nodes' in step, never below retry_s, never above retry_max_s."""
+    assert _schedule().failed() == DIRECTORY_RETRY_S  # one glitch: retried after retry_s
+    runs = []
+    for seed in range(20):
+        fill = bytes([(seed * 37 + 11) % 256])  # a constant draw per node, another per node
+        s = DirectorySchedule(_ME.node_id, port=_ME.port, client_port=None,
+                              epoch_length_s=EPOCH_S, rng=lambda n, b=fill: b * n)  # fmt: skip
+        runs.append([s.failed() for _ in range(10)])
+    for run in runs:
+        for n, wait in enumerate(run, start=1):
+            ceiling = min(DIRECTORY_RETRY_MAX_S, DIRECTORY_RETRY_S * 2 ** (n - 1))
+            assert max(DIRECTORY_RETRY_S, ceiling / 2) <= wait <= ceiling
+        assert run[-1] >= DIRECTORY_RETRY_MAX_S / 2  # grown to the cap
+    assert len({run[5] for run in runs}) > 10  # jittered: the nodes do not retry in step
+    s = _schedule()
+    for _ in range(6):
+        s.failed()
+    s.published(EPOCH)
+    assert s.failed() == DIRECTORY_RETRY_S  # an authority answered: the run of failures ended
+    for _ in range(6):
+        s.failed()
+    s.fetched(LISTED, now=0.0, wall=T0)
+    assert s.failed() == DIRECTORY_RETRY_S
+    with pytest.raises(UsageError, match="retry_max_s"):
+        DirectorySchedule(_ME.node_id, port=1, client_port=None, epoch_length_s=EPOCH_S,
+                          retry_s=5.0, retry_max_s=2.0)  # fmt: skip
 
 
 def test_the_latest_published_descriptor_of_an_epoch_wins_whatever_its_bytes() -> None:
