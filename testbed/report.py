@@ -160,8 +160,8 @@ class Phases:
 
 
 def print_report(report: dict[str, Any], json_path: Path | None = None) -> None:
-    """Print the report of :func:`testbed.demo.call_report` (plus ``simulator``, from
-    :func:`simulator_check`) on stdout: the figures, a caller's verdict, then the simulator
+    """Print the report of either mode (:func:`testbed.demo.assemble_report`, plus
+    ``simulator``, from :func:`simulator_check`) on stdout: the figures, a caller's verdict, then the simulator
     comparison under its own heading; ``json_path``, if given, is named as the report file."""
     setup = report["setup_s"]
     if isinstance(setup, dict):
