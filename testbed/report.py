@@ -161,8 +161,9 @@ class Phases:
 
 def print_report(report: dict[str, Any], json_path: Path | None = None) -> None:
     """Print the report of either mode (:func:`testbed.demo.assemble_report`, plus
-    ``simulator``, from :func:`simulator_check`) on stdout: the figures, a caller's verdict, then the simulator
-    comparison under its own heading; ``json_path``, if given, is named as the report file."""
+    ``simulator``, from :func:`simulator_check`) on stdout: the figures, a caller's
+    verdict, then the simulator comparison under its own heading; ``json_path``, if given,
+    is named as the report file."""
     setup = report["setup_s"]
     if isinstance(setup, dict):
         ringing, connected = setup.get("to_ringing"), setup.get("to_connected")
