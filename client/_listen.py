@@ -41,6 +41,7 @@ from ._commands import (
 )
 from ._signaling import Role
 from .audio import DEVICE, AudioError, load_mic_file, require_device
+from .call import DEFAULT_MEAN_DELAY_S
 from .contacts import ContactError, TrustState
 from .control import (
     MAX_LINE,
@@ -66,6 +67,7 @@ SOCKET_MODE = 0o600
 STOP_GRACE_S = 0.5  # on SIGTERM mid-call: time for our HANGUP to leave before we go
 TOPOLOGY_REFRESH_S = 60.0  # the listener asks for the current topology this often
 _SECONDS = finite_number(0.001, 86_400, what="seconds", verb="want")
+_DELAY_MS = finite_number(0, 1000, what="milliseconds", verb="want")
 
 
 # -- the control socket ----------------------------------------------------------------------
@@ -371,7 +373,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
     lock, args.profile_lock = args.profile_lock, None
     if lock is not None:
         os.close(lock)
-    options = PhoneOptions(auto_answer=args.auto_answer, report=args.report)
+    options = PhoneOptions(auto_answer=args.auto_answer, report=args.report,
+                           mean_delay_s=args.mean_delay_ms / 1000)  # fmt: skip
     try:
         mic = _mic(args.mic, options.voice.sample_rate_hz)
         if args.speaker == DEVICE:
@@ -484,6 +487,10 @@ def add_online_commands(sub: Subcommands) -> None:
     listen.add_argument("--report", type=Path, default=None, metavar="FILE.json",
                         help="per-process JSON report, written at each call's end and on "
                              "exit (default: none)")  # fmt: skip
+    listen.add_argument("--mean-delay-ms", type=_DELAY_MS, metavar="MS",
+                        default=DEFAULT_MEAN_DELAY_S * 1000,
+                        help="mean sender-chosen delay per hop, milliseconds in 0..1000 "
+                             "(default: %(default)g)")  # fmt: skip
     listen.add_argument("--no-screen", action="store_true",
                         help="plain log lines, no keys (also without a terminal)")  # fmt: skip
     listen.set_defaults(handler=cmd_listen)

@@ -33,8 +33,11 @@ The per-process report (:meth:`Phone.report`) holds, for each call: role, the lo
 name (never an identity key or an address), the CLOCK_MONOTONIC times of dial, ringing,
 connected and ended, the end reason, the capture time of each frame sent and the play time
 of each frame played (by frame index), so a test bed can subtract one process's times from
-another's; and for the whole time online the UDP payload bytes and datagrams per second
-each way (``GatewayLink.meter``), and the key agreement of the calls.
+another's; the call's settings (``call_settings``: mean delay per hop, hops, signaling
+channel, voice profile), what the jitter buffer did to the peer's frames
+(``jitter_counts``) and how many of our media packets signaling displaced; and for the
+whole time online the UDP payload bytes and datagrams per second each way
+(``GatewayLink.meter``), the sizes of the packets sent, and the key agreement of the calls.
 """
 
 from __future__ import annotations
@@ -86,6 +89,39 @@ def pair_signal_key(profile: Profile, contact: BookContact, conversation_id: byt
     return hashlib.blake2b(
         shared, key=conversation_id, digest_size=32, person=SIGNAL_KEY_PERSON
     ).digest()
+
+
+CALL_SETTINGS = ("mean_delay_ms_per_hop", "hops", "channel", "profile")  # call_settings' keys
+
+
+def call_settings(caller: Caller) -> dict[str, object]:
+    """How ``caller``'s call was set up, as its report gives it: ``mean_delay_ms_per_hop``
+    (the mean sender-chosen delay per hop, ms), ``hops`` (gateway, mix layers, gateway),
+    ``channel`` (the signaling channel's description, e.g. "identity X25519, hash
+    ratchet"), ``profile`` (``sample_rate_hz``, ``frames_per_packet``, ``bitrate_bps``,
+    ``redundancy`` of the voice)."""
+    voice, channel = caller.profile, caller.call.channel
+    return {
+        "mean_delay_ms_per_hop": round(caller.uplink.mean_delay_s * 1000, 6),
+        "hops": len(caller.doc.layers) + 2,
+        "channel": str(getattr(channel, "description", type(channel).__name__)),
+        "profile": {
+            "sample_rate_hz": voice.sample_rate_hz,
+            "frames_per_packet": voice.frames_per_packet,
+            "bitrate_bps": voice.bitrate_bps,
+            "redundancy": voice.redundancy,
+        },
+    }
+
+
+def jitter_counts(caller: Caller) -> dict[str, int]:
+    """What ``caller``'s jitter buffer did to the peer's media, in frames: ``late``
+    (arrived after they were concealed), ``recovered`` (only the redundant copy came, and
+    played), ``skipped`` (dropped to shrink the delay); all 0 before any playout."""
+    stats = caller.rx.stats
+    if stats is None:
+        return {"late": 0, "recovered": 0, "skipped": 0}
+    return {"late": stats.late, "recovered": stats.recovered, "skipped": stats.skipped}
 
 
 @dataclass(slots=True)
@@ -565,6 +601,9 @@ class Phone:
             "key_agreement": KEY_AGREEMENT,
             "times": {k: round(v, 6) for k, v in call.times.items()},
             "end_reason": call.reason,
+            **call_settings(caller),  # mean_delay_ms_per_hop, hops, channel, profile
+            "jitter": jitter_counts(caller),  # the peer's frames: late, recovered, skipped
+            "displaced": tx.displaced,  # our media packets whose slot signaling took
             "frame_ms": caller.profile.frame_ms,
             "frames_per_packet": caller.profile.frames_per_packet,
             "capture": capture,  # CLOCK_MONOTONIC s of frame i's first sample, i = 0..
@@ -588,6 +627,7 @@ class Phone:
             "calls": list(self.calls),
             "traffic": self.link.meter.series(self._offset),
             "uplink_slots": dict(self.uplink.slots),
+            "packet_sizes": sorted(self.uplink.sent_sizes),  # bytes, of every slot sent
             "deliveries": dict(self.counters),
             "link": dict(self.link.stats),
         }

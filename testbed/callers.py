@@ -23,6 +23,12 @@ record the report is assembled from::
      "end_reason": "HANGUP" | ... | null,
      "phases": {"online": s, "dial": s|null, "ringing": s|null, "connected": s|null,
                 "ended": s|null, "offline": s|null},          # CLOCK_MONOTONIC seconds
+     "mean_delay_ms_per_hop": 22.5, "hops": 5, "channel": "identity X25519, hash ratchet",
+     "profile": {"sample_rate_hz": 16000, "frames_per_packet": 2, "bitrate_bps": 24000,
+                 "redundancy": 1},                            # client.phone.call_settings
+     "jitter": {"late": 0, "recovered": 1, "skipped": 0},     # the peer's frames
+     "displaced": 1,                                          # media slots signaling took
+     "uplink_slots": {"cover": 900, "media": 500, ...}, "packet_sizes": [604],
      "codec_delay_ms": 26.5, "frame_ms": 20,
      "frames": {"captured": {"0": s, ...},                    # frame index -> mic time
                 "played": {"0": s, ...},                      # peer's frame index -> ear time
@@ -56,10 +62,11 @@ import numpy as np
 from client import VoiceProfile, artificial_voice, pesq_wb, read_wav, write_wav
 from client.call import codec_delay_s
 from client.enrol import NetworkFileError, load_network
+from client.phone import CALL_SETTINGS
 from overlay import PhantomError
 
 from ._state import TestnetState
-from .demo import Emodel, _pcts, _rfc3550_jitter_ms, envelope_verdict
+from .demo import Emodel, assemble_report, direction_figures
 
 ADDRESSES = {"A": "127.0.0.2", "B": "127.0.0.3"}  # each caller's own loopback address
 COMMAND_TIMEOUT_S = 60.0  # init, card, contact add: each at most
@@ -121,8 +128,10 @@ class TwoCallers:
     before and after the call (10 s: a shorter one only in tests); ``voice_s`` the seconds
     of artificial voice each microphone file holds (played from the start of each call);
     ``say`` hears each phase and what it waits for; ``seed`` fixes the random online and
-    offline moments (default: drawn from the system's generator). CallerError if
-    ``margin_s`` is outside 0..600.
+    offline moments (default: drawn from the system's generator); ``mean_delay_ms``, the
+    mean sender-chosen delay per hop both listeners use (``listen --mean-delay-ms``; None:
+    the listener's default). CallerError if ``margin_s`` is outside 0..600 or
+    ``mean_delay_ms`` outside 0..1000.
     """
 
     def __init__(
@@ -134,9 +143,13 @@ class TwoCallers:
         voice_s: float = 60.0,
         say: Say | None = None,
         seed: int | None = None,
+        mean_delay_ms: float | None = None,
     ) -> None:
         if not 0 <= margin_s <= 600:
             raise CallerError("margin_s must be in 0..600 seconds")
+        if mean_delay_ms is not None and not 0 <= mean_delay_ms <= 1000:
+            raise CallerError("mean_delay_ms must be in 0..1000 milliseconds")
+        self.mean_delay_ms = mean_delay_ms
         self.directory, self.network, self.margin_s = directory, network, margin_s
         self.voice_s = voice_s
         self.say: Say = say or (lambda phase, what: None)
@@ -203,6 +216,8 @@ class TwoCallers:
                               "--report", str(c.report))  # fmt: skip
         if c.name == "B":
             argv.append("--auto-answer")
+        if self.mean_delay_ms is not None:
+            argv += ["--mean-delay-ms", repr(float(self.mean_delay_ms))]
         with open(c.log, "wb") as log:
             c.listen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=_env(),
                                         stdin=subprocess.DEVNULL)  # fmt: skip
@@ -418,6 +433,10 @@ def listener_record(raw: dict[str, Any]) -> dict[str, Any]:
         "uplink_slots": raw.get("uplink_slots"),  # slots by kind, "missed" if it fell behind
         "received": raw.get("deliveries"),  # deliveries by what they turned out to be
         "slot_ms": raw.get("slot_ms"),
+        "packet_sizes": raw.get("packet_sizes"),  # bytes, of every packet sent online
+        **{key: call.get(key) for key in CALL_SETTINGS},
+        "jitter": call.get("jitter"),  # what its jitter buffer did to the peer's frames
+        "displaced": call.get("displaced"),  # its media packets whose slot signaling took
         "stretched": sum(1 for _, kind, _ in call["played"] if kind == "stretch"),
         "phases": {
             "online": raw["online_since"],
@@ -453,37 +472,20 @@ def _mean_rate(per_s: Sequence[float]) -> float | None:
 def record_direction(tx: dict[str, Any], rx: dict[str, Any], *, pesq: bool = True,
                      emodel: Emodel | None = None) -> dict[str, Any]:  # fmt: skip
     """Figures of the media ``tx``'s process sent and ``rx``'s played, from their records
-    (both on CLOCK_MONOTONIC): the keys of ``testbed.demo.direction_report`` that do not
-    need the in-process traces, with PESQ-WB from tx's mic and rx's speaker WAV."""
+    (both on CLOCK_MONOTONIC): the keys of ``testbed.demo.direction_report``
+    (:func:`testbed.demo.direction_figures`), with PESQ-WB from tx's mic and rx's speaker
+    WAV. A figure a record lacks (an older listener's) is null."""
     sent, arrived = _times(tx["packets"]["sent"]), _times(rx["packets"]["arrived"])
-    received = [s for s in sent if s in arrived]
-    one_way = [arrived[s] - sent[s] for s in received]
     captured, played = _times(tx["frames"]["captured"]), _times(rx["frames"]["played"])
     codec_s = float(tx.get("codec_delay_ms", 0.0)) / 1000
     m2e = [played[i] - captured[i] + codec_s for i in played if i in captured]
     concealed = [i for i in rx["frames"].get("concealed", []) if int(i) in captured]
-    n_played = sum(1 for i in played if i in captured)
-    total = n_played + len(concealed)
-    late_loss = len(concealed) / total if total else None
-    out: dict[str, Any] = {
-        "packets_sent": len(sent),
-        "packets_received": len(received),
-        "loss": round(1 - len(received) / len(sent), 4) if sent else None,
-        "one_way_ms": _pcts(one_way),
-        "jitter_ms": _rfc3550_jitter_ms(sent, arrived),
-        "mouth_to_ear_ms": _pcts(m2e),
-        "codec_delay_ms": round(codec_s * 1000, 2),
-        "frames_sent": len(captured),
-        "frames_played": n_played,
-        "concealed_frames": len(concealed),
-        "late_loss": round(late_loss, 4) if late_loss is not None else None,
-        "stretched": rx.get("stretched"),
-        "pesq_wb": None,
-        "one_way_s": one_way,  # removed before JSON; compared with the simulator
-    }
-    if emodel is not None and m2e and late_loss is not None:
-        r, mos = emodel(float(np.mean(m2e)) * 1000, late_loss)
-        out["emodel"] = {"r": round(r, 1), "mos": round(mos, 2)}
+    out: dict[str, Any] = direction_figures(
+        sent, arrived, m2e, frames_sent=len(captured),
+        played=sum(1 for i in played if i in captured), concealed=len(concealed),
+        stretched=rx.get("stretched"), codec_s=codec_s, jitter=rx.get("jitter"),
+        displaced=tx.get("displaced"), emodel=emodel,
+    )  # fmt: skip
     if pesq:
         try:
             reference, degraded = read_wav(tx["mic"]), read_wav(rx["speaker"])
@@ -499,48 +501,52 @@ def record_direction(tx: dict[str, Any], rx: dict[str, Any], *, pesq: bool = Tru
 
 
 def report_from_records(records: dict[str, dict[str, Any]], *, pesq: bool = True,
-                        duration_s: float | None = None, emodel: Emodel | None = None
-                        ) -> dict[str, Any]:  # fmt: skip
-    """The demo's report from A's and B's records (:meth:`TwoCallers.records`): both
-    directions, ``clients.<A|B>.{pid, ip, uplink_bytes_per_s, downlink_bytes_per_s}`` (UDP
-    payload bytes, cover included, mean over the whole seconds online), ``key_agreement``,
-    ``setup_s.{to_ringing, to_connected}`` measured from A's dial."""
+                        duration_s: float | None = None, wall_s: float | None = None,
+                        emodel: Emodel | None = None) -> dict[str, Any]:  # fmt: skip
+    """The demo's report from A's and B's records (:meth:`TwoCallers.records`), with the
+    keys of the one-process report (:func:`testbed.demo.assemble_report`): both directions;
+    the call's settings as A's record gives them (``mean_delay_ms_per_hop``, ``hops``,
+    ``channel``, ``profile``); ``uplink`` slots per caller and the packet sizes both sent;
+    ``clients.<A|B>.{pid, ip, online_s, uplink_bytes_per_s, downlink_bytes_per_s,
+    uplink_packets_per_s, downlink_packets_per_s}`` (UDP payload, cover included, mean over
+    the whole seconds online); ``setup_s.{to_ringing, to_connected}`` measured from A's
+    dial; ``duration_s`` from A's connected to ended (else the given one); ``wall_s``: the
+    run's, as given (seconds); and ``processes`` = "two"."""
     a, b = records["A"], records["B"]
     dirs = {"A->B": record_direction(a, b, pesq=pesq, emodel=emodel),
             "B->A": record_direction(b, a, pesq=pesq, emodel=emodel)}  # fmt: skip
-    p99s = [m["p99"] for d in dirs.values() if isinstance(m := d["mouth_to_ear_ms"], dict)]
-    worst = max(p99s) if p99s else None
     phases = a["phases"]
 
     def since_dial(key: str) -> float | None:
         t, dial = phases.get(key), phases.get("dial")
         return round(t - dial, 3) if t is not None and dial is not None else None
 
-    clients = {
-        name: {
-            "pid": r["pid"],
-            "ip": r["ip"],
-            "uplink_bytes_per_s": _mean_rate(r["uplink"]["bytes_per_s"]),
-            "downlink_bytes_per_s": _mean_rate(r["downlink"]["bytes_per_s"]),
-            "uplink_packets_per_s": _mean_rate(r["uplink"]["packets_per_s"]),
-            "downlink_packets_per_s": _mean_rate(r["downlink"]["packets_per_s"]),
-        }
-        for name, r in records.items()
-    }
+    clients = {name: _client_rates(r) for name, r in records.items()}
     connected, ended = phases.get("connected"), phases.get("ended")
     if connected is not None and ended is not None:
         duration_s = round(ended - connected, 1)
+    report = assemble_report(
+        dirs, duration_s=duration_s, wall_s=wall_s,
+        setup_s={"to_ringing": since_dial("ringing"), "to_connected": since_dial("connected")},
+        key_agreement=a.get("key_agreement"),
+        end_reason={"A": a.get("end_reason"), "B": b.get("end_reason")},
+        settings=a, slot_ms=a.get("slot_ms"),
+        uplink_slots={name: r.get("uplink_slots") for name, r in records.items()},
+        packet_sizes=[n for r in records.values() for n in r.get("packet_sizes") or []],
+        received={name: r.get("received") for name, r in records.items()}, clients=clients,
+    )  # fmt: skip
+    return {**report, "processes": "two"}
+
+
+def _client_rates(record: dict[str, Any]) -> dict[str, Any]:
+    """One caller's ``clients`` entry of the report (see :func:`report_from_records`)."""
+    online, offline = record["phases"].get("online"), record["phases"].get("offline")
     return {
-        "duration_s": duration_s,
-        "setup_s": {"to_ringing": since_dial("ringing"), "to_connected": since_dial("connected")},
-        "key_agreement": a.get("key_agreement"),
-        "end_reason": {"A": a.get("end_reason"), "B": b.get("end_reason")},
-        "clients": clients,
-        "directions": dirs,
-        "mouth_to_ear_p99_ms": worst,
-        "p99_vs_300_600_ms": envelope_verdict(worst),
-        "slot_ms": a.get("slot_ms"),
-        "uplink": {name: r.get("uplink_slots") for name, r in records.items()},
-        "received": {name: r.get("received") for name, r in records.items()},
-        "processes": "two",
+        "pid": record["pid"],
+        "ip": record["ip"],
+        "online_s": round(offline - online, 3) if None not in (online, offline) else None,
+        "uplink_bytes_per_s": _mean_rate(record["uplink"]["bytes_per_s"]),
+        "downlink_bytes_per_s": _mean_rate(record["downlink"]["bytes_per_s"]),
+        "uplink_packets_per_s": _mean_rate(record["uplink"]["packets_per_s"]),
+        "downlink_packets_per_s": _mean_rate(record["downlink"]["packets_per_s"]),
     }

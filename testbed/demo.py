@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -36,6 +36,7 @@ from client._tasks import open_background
 from client._voice import Pcm
 from client.call import DEFAULT_MEAN_DELAY_S, Address, Caller, Contact, CoverKind, codec_delay_s
 from client.gateway_link import GatewayLink, open_gateway_link
+from client.phone import CALL_SETTINGS, call_settings, jitter_counts
 from overlay import MailboxKey, TopologyDocument, UsageError
 
 SETUP_TIMEOUT_S = 15.0  # offer to both sides' media start, at most
@@ -223,33 +224,85 @@ def _pcts(values_s: list[float]) -> dict[str, float] | None:
     }
 
 
-def _rfc3550_jitter_ms(
-    sent: dict[int, float], arrived: dict[int, float], shift: float = 0.0
-) -> float:
-    """Interarrival jitter J of RFC 3550 (6.4.1), over packets in arrival order; ``shift``
-    (seconds) is added to every transit time (the receiver's clock minus the sender's)."""
+def _rfc3550_jitter_ms(sent: dict[int, float], arrived: dict[int, float]) -> float:
+    """Interarrival jitter J of RFC 3550 (6.4.1), over packets in arrival order; both
+    stamps in seconds on one clock."""
     order = sorted((t, seq) for seq, t in arrived.items() if seq in sent)
     j, prev = 0.0, None
     for at, seq in order:
-        transit = at + shift - sent[seq]
+        transit = at - sent[seq]
         if prev is not None:
             j += (abs(transit - prev) - j) / 16
         prev = transit
     return round(j * 1000, 2)
 
 
+def direction_figures(
+    sent: dict[int, float],
+    arrived: dict[int, float],
+    mouth_to_ear_s: list[float],
+    *,
+    frames_sent: int,
+    played: int,
+    concealed: int,
+    stretched: int | None,
+    codec_s: float,
+    jitter: dict[str, int] | None,
+    displaced: int | None,
+    emodel: Emodel | None = None,
+) -> dict[str, object]:
+    """The figures of one direction, in both modes (``direction_report`` in one process,
+    ``testbed.callers.record_direction`` from two processes' records), without PESQ.
+
+    ``sent``, ``arrived``: media seq -> send slot and arrival time, seconds on one clock;
+    ``mouth_to_ear_s``: per frame played, seconds (codec delay included); ``frames_sent``,
+    ``played``, ``concealed``, ``stretched``: frames of the sender, counted at the receiver;
+    ``codec_s``: the codec delay, seconds; ``jitter``: the receiver's jitter buffer's
+    ``late``, ``recovered``, ``skipped`` frames (``client.phone.jitter_counts``; None:
+    unknown, each figure null); ``displaced``: the sender's media packets whose slot
+    signaling took. Besides the JSON figures, ``one_way_s`` (seconds, removed before JSON;
+    compared with the simulator) and ``pesq_wb`` = None (the caller scores it)."""
+    received = [s for s in sent if s in arrived]
+    one_way = [arrived[s] - sent[s] for s in received]
+    late_loss = concealed / (played + concealed) if played + concealed else None
+    counts = jitter or {}
+    out: dict[str, object] = {
+        "packets_sent": len(sent),
+        "packets_received": len(received),
+        "packets_displaced_by_signaling": displaced,
+        "loss": round(1 - len(received) / len(sent), 4) if sent else None,
+        "one_way_ms": _pcts(one_way),
+        "jitter_ms": _rfc3550_jitter_ms(sent, arrived),
+        "mouth_to_ear_ms": _pcts(mouth_to_ear_s),
+        "codec_delay_ms": round(codec_s * 1000, 2),
+        "frames_sent": frames_sent,
+        "frames_played": played,
+        "concealed_frames": concealed,
+        "late_frames": counts.get("late"),
+        "late_loss": round(late_loss, 4) if late_loss is not None else None,
+        "recovered_by_redundancy": counts.get("recovered"),
+        "stretched": stretched,
+        "skipped": counts.get("skipped"),
+        "pesq_wb": None,
+        "one_way_s": one_way,  # removed before JSON; compared with the simulator
+    }
+    if emodel is not None and mouth_to_ear_s and late_loss is not None:
+        r, mos = emodel(float(np.mean(mouth_to_ear_s)) * 1000, late_loss)
+        out["emodel"] = {"r": round(r, 1), "mos": round(mos, 2)}
+    return out
+
+
 def direction_report(
     tx: Caller, rx: Caller, voice: Pcm, *, pesq: bool = True, emodel: Emodel | None = None
 ) -> dict[str, object]:
-    """Figures of the media that ``tx`` sent and ``rx`` played.
+    """Figures of the media that ``tx`` sent and ``rx`` played (:func:`direction_figures`,
+    plus ``pesq_wb`` and ``received_pcm``, removed before JSON).
 
     Differences of a time at ``rx`` and one at ``tx`` are taken on CLOCK_MONOTONIC: each
     trace's ``to_monotonic_s`` is added to its own times (``shift``), so the two callers
     may run in different Trio runs or processes of one machine."""
-    sent, arrived = tx.tx.sent, rx.rx.arrived
     shift = rx.rx.to_monotonic_s - tx.tx.to_monotonic_s  # rx's clock to tx's clock
-    received = [s for s in sent if s in arrived]
-    one_way = [arrived[s] + shift - sent[s] for s in received]
+    arrived = {s: t + shift for s, t in rx.rx.arrived.items()}
     frame_s = tx.profile.frame_ms / 1000
     capture = tx.tx.capture_start or 0.0
     codec = codec_delay_s(tx.profile)
@@ -257,42 +310,22 @@ def direction_report(
     kept = [k for k, (i, _, _) in enumerate(rx.rx.items) if i < tx.tx.frames_sent]
     items = [rx.rx.items[k] for k in kept]
     m2e = [t + shift - (capture + i * frame_s) + codec for i, kind, t in items if kind == "frame"]
-    played = sum(1 for _, kind, _ in items if kind == "frame")
-    concealed = sum(1 for _, kind, _ in items if kind == "missing")
-    late_loss = concealed / (played + concealed) if played + concealed else None
-    stats = rx.rx.stats
-    out: dict[str, object] = {
-        "packets_sent": len(sent),
-        "packets_received": len(received),
-        "packets_displaced_by_signaling": tx.tx.displaced,
-        "loss": round(1 - len(received) / len(sent), 4) if sent else None,
-        "one_way_ms": _pcts(one_way),
-        "jitter_ms": _rfc3550_jitter_ms(sent, arrived, shift),
-        "mouth_to_ear_ms": _pcts(m2e),
-        "codec_delay_ms": round(codec * 1000, 2),
-        "frames_sent": tx.tx.frames_sent,
-        "frames_played": played,
-        "concealed_frames": concealed,
-        "late_frames": stats.late if stats else 0,
-        "late_loss": round(late_loss, 4) if late_loss is not None else None,
-        "recovered_by_redundancy": stats.recovered if stats else 0,
-        "stretched": sum(1 for _, kind, _ in items if kind == "stretch"),
-        "skipped": stats.skipped if stats else 0,
-    }
+    out = direction_figures(
+        tx.tx.sent, arrived, m2e, frames_sent=tx.tx.frames_sent,
+        played=sum(1 for _, kind, _ in items if kind == "frame"),
+        concealed=sum(1 for _, kind, _ in items if kind == "missing"),
+        stretched=sum(1 for _, kind, _ in items if kind == "stretch"), codec_s=codec,
+        jitter=jitter_counts(rx), displaced=tx.tx.displaced, emodel=emodel,
+    )  # fmt: skip
     chunks = [rx.rx.pcm[k] for k in kept]
     pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
     out["received_pcm"] = pcm  # removed before JSON; written as WAV on request
-    out["one_way_s"] = one_way  # removed before JSON; compared with the simulator
     reference = voice[: tx.tx.frames_sent * tx.profile.samples_per_frame]
-    out["pesq_wb"] = None
     if pesq and len(pcm) >= 16000 and len(reference) >= 16000:
         try:
             out["pesq_wb"] = round(pesq_wb(reference, pcm).mos, 3)
         except ImportError:  # the `pesq` package comes with the test extra
             out["pesq_wb_missing"] = "pip install pesq"
-    if emodel is not None and m2e and late_loss is not None:
-        r, mos = emodel(float(np.mean(m2e)) * 1000, late_loss)
-        out["emodel"] = {"r": round(r, 1), "mos": round(mos, 2)}
     return out
 
 
@@ -307,52 +340,76 @@ def envelope_verdict(p99_ms: float | None) -> str:
 def call_report(
     result: CallResult, *, pesq: bool = True, emodel: Emodel | None = None
 ) -> dict[str, object]:
-    """The whole report: settings, setup time, both directions, uplink constancy."""
+    """The whole report (:func:`assemble_report`) of a call in this process."""
     a, b, opts = result.a, result.b, result.options
     dirs = {
         "A->B": direction_report(a, b, result.voice_a, pesq=pesq, emodel=emodel),
         "B->A": direction_report(b, a, result.voice_b, pesq=pesq, emodel=emodel),
     }
-    p99s = [m["p99"] for d in dirs.values() if isinstance(m := d["mouth_to_ear_ms"], dict)]
+    return assemble_report(
+        dirs, duration_s=opts.duration_s, wall_s=result.wall_s,
+        # one process: the offer reaches B in the same run, ringing is not told apart
+        setup_s={"to_ringing": None, "to_connected": round(result.setup_s, 3)},
+        key_agreement=KEY_AGREEMENT,
+        end_reason={"A": _name(a.end_reason), "B": _name(b.end_reason)},
+        settings=call_settings(a), slot_ms=opts.profile.packet_interval_ms,
+        uplink_slots={"A": a.slots, "B": b.slots},
+        packet_sizes=a.sent_sizes | b.sent_sizes,
+        received={"A": a.received, "B": b.received}, clients=result.clients,
+    )  # fmt: skip
+
+
+def assemble_report(
+    directions: Mapping[str, Mapping[str, object]],
+    *,
+    duration_s: float | None,
+    wall_s: float | None,
+    setup_s: dict[str, float | None],
+    key_agreement: str | None,
+    end_reason: dict[str, str | None],
+    settings: Mapping[str, object],
+    slot_ms: float | None,
+    uplink_slots: Mapping[str, Mapping[str, int] | None],
+    packet_sizes: Iterable[int],
+    received: Mapping[str, Mapping[str, int] | None],
+    clients: Mapping[str, Mapping[str, object]],
+) -> dict[str, object]:
+    """The report's keys, the same in both modes (one process: :func:`call_report`, two:
+    ``testbed.callers.report_from_records``), JSON-ready but for each direction's
+    ``one_way_s`` (and ``received_pcm`` in one process).
+
+    ``directions``: "A->B" and "B->A" (:func:`direction_figures`); ``duration_s`` of the
+    call and ``wall_s`` of the run, seconds; ``setup_s``: ``to_ringing`` and
+    ``to_connected``, seconds from the dial; ``settings``: ``client.phone.call_settings``
+    (``mean_delay_ms_per_hop``, ``hops``, ``channel``, ``profile``); ``uplink_slots``:
+    per caller, slots by kind (None: unknown), "skipped" and "unroutable" always listed;
+    ``packet_sizes``: bytes of every packet the callers sent; ``received``: per caller,
+    deliveries by kind; ``clients``: per caller, UDP payload rates while online."""
+    p99s = [m["p99"] for d in directions.values() if isinstance(m := d["mouth_to_ear_ms"], dict)]
     worst = max(p99s) if p99s else None
     return {
-        "duration_s": opts.duration_s,
-        "wall_s": round(result.wall_s, 1),
-        # one process: the offer reaches B in the same run, ringing is not told apart
-        "setup_s": {"to_ringing": None, "to_connected": round(result.setup_s, 3)},
-        "key_agreement": KEY_AGREEMENT,
-        "end_reason": {"A": _name(a.end_reason), "B": _name(b.end_reason)},
-        "mean_delay_ms_per_hop": opts.mean_delay_s * 1000,
-        "hops": len(a.doc.layers) + 2,
-        "channel": _channel_name(a),
-        "slot_ms": opts.profile.packet_interval_ms,
-        "profile": {
-            "sample_rate_hz": opts.profile.sample_rate_hz,
-            "frames_per_packet": opts.profile.frames_per_packet,
-            "bitrate_bps": opts.profile.bitrate_bps,
-            "redundancy": opts.profile.redundancy,
-        },
-        "directions": dirs,
+        "duration_s": duration_s,
+        "wall_s": round(wall_s, 1) if wall_s is not None else None,
+        "setup_s": setup_s,
+        "key_agreement": key_agreement,
+        "end_reason": end_reason,
+        **{key: settings.get(key) for key in CALL_SETTINGS},
+        "slot_ms": slot_ms,
+        "directions": directions,
         "mouth_to_ear_p99_ms": worst,
         "p99_vs_300_600_ms": envelope_verdict(worst),
         "uplink": {  # slots per kind; "skipped" and "unroutable" are always listed
-            "A": _uplink_slots(a),
-            "B": _uplink_slots(b),
-            "packet_sizes": sorted(a.sent_sizes | b.sent_sizes),
+            **{name: _uplink_slots(slots) for name, slots in uplink_slots.items()},
+            "packet_sizes": sorted(set(packet_sizes)),
         },
-        "received": {"A": dict(a.received), "B": dict(b.received)},
-        "clients": result.clients,  # per client: UDP payload bytes/s each way while online
+        "received": {name: None if r is None else dict(r) for name, r in received.items()},
+        # per client: UDP payload bytes/s each way while online
+        "clients": {name: dict(c) for name, c in clients.items()},
     }
 
 
-def _channel_name(caller: Caller) -> str:
-    """What the signaling channel is, e.g. "identity X25519, hash ratchet"."""
-    channel = caller.call.channel
-    return str(getattr(channel, "description", type(channel).__name__))
-
-
-def _uplink_slots(caller: Caller) -> dict[str, int]:
-    return {**dict.fromkeys(UPLINK_FAULTS, 0), **caller.slots}
+def _uplink_slots(slots: Mapping[str, int] | None) -> dict[str, int] | None:
+    return None if slots is None else {**dict.fromkeys(UPLINK_FAULTS, 0), **slots}
 
 
 def _name(reason: object) -> str | None:

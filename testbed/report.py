@@ -160,9 +160,10 @@ class Phases:
 
 
 def print_report(report: dict[str, Any], json_path: Path | None = None) -> None:
-    """Print the report of :func:`testbed.demo.call_report` (plus ``simulator``, from
-    :func:`simulator_check`) on stdout: the figures, a caller's verdict, then the simulator
-    comparison under its own heading; ``json_path``, if given, is named as the report file."""
+    """Print the report of either mode (:func:`testbed.demo.assemble_report`, plus
+    ``simulator``, from :func:`simulator_check`) on stdout: the figures, a caller's
+    verdict, then the simulator comparison under its own heading; ``json_path``, if given,
+    is named as the report file."""
     setup = report["setup_s"]
     if isinstance(setup, dict):
         ringing, connected = setup.get("to_ringing"), setup.get("to_connected")
@@ -213,6 +214,9 @@ def print_report(report: dict[str, Any], json_path: Path | None = None) -> None:
         console.print(f"key agreement: {report['key_agreement']}")
     if "channel" in report:
         console.print(f"signaling channel: {report['channel']}")
+    if report.get("hops") is not None and report.get("mean_delay_ms_per_hop") is not None:
+        console.print(f"route: {report['hops']} hops, mean delay "
+                      f"{report['mean_delay_ms_per_hop']:g} ms per hop")  # fmt: skip
     worst = report["mouth_to_ear_p99_ms"]
     good = worst is not None and worst <= TOLERABLE_MS
     colour = "green" if good else "red"

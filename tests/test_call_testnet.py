@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from test_demo_real import in_process_report, key_paths
 
 from mixnode.directory_client import DirectoryClient
 from overlay import VOICE
@@ -73,7 +74,8 @@ def _testnet_pids(directory: Path) -> list[int]:
 def test_cli_demo_writes_report_and_wavs_and_leaves_nothing(tmp_path: Path) -> None:
     report_path, wavs, net = tmp_path / "r.json", tmp_path / "wav", tmp_path / "net"
     argv = ["demo", "--duration", "2", "--dir", str(net), "--json", str(report_path),
-            "--wav-out", str(wavs), "--no-pesq", "--online-margin-s", "1"]  # fmt: skip
+            "--wav-out", str(wavs), "--no-pesq", "--online-margin-s", "1",
+            "--mean-delay-ms", "10"]  # fmt: skip
     done = subprocess.run(  # two caller processes: init, cards, online, call, offline
         [sys.executable, "-m", "testbed.callcli", *argv], capture_output=True, timeout=150
     )
@@ -81,6 +83,16 @@ def test_cli_demo_writes_report_and_wavs_and_leaves_nothing(tmp_path: Path) -> N
     report = json.loads(report_path.read_text())
     assert report["end_reason"] == {"A": "HANGUP", "B": "HANGUP"}
     assert report["p99_vs_300_600_ms"] in ("below", "inside", "above")
+    # every key of the one-process report, from the listeners' records; the delay they used
+    missing = key_paths(in_process_report()) - key_paths(report)
+    assert not missing, sorted(missing)
+    assert report["mean_delay_ms_per_hop"] == 10.0 and report["hops"] == 5
+    assert report["simulator"] is None or (
+        report["simulator"]["scenario"]["mixing"]["delay_mean_ms"] == 10.0
+    )
+    assert report["uplink"]["packet_sizes"] == [VOICE.packet_len]
+    assert report["wall_s"] > report["duration_s"] and report["processes"] == "two"
+    assert "route: 5 hops, mean delay 10 ms per hop" in done.stdout.decode()
     assert sorted(p.name for p in wavs.iterdir()) == [
         "received-A-to-B.wav", "received-B-to-A.wav"
     ]  # fmt: skip

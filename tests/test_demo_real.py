@@ -17,6 +17,7 @@ neither yet.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import struct
 import subprocess
@@ -26,13 +27,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import trio
+import trio.testing
+from test_call_clock import _memory_call
 from testnet_support import small_testnet
 
-from client import CallPolicy, VoiceProfile, read_wav
+from client import CallPolicy, VoiceProfile, artificial_voice, read_wav
 from client._voice import OpusEncoder
+from overlay import VOICE
 from testbed.callcli import caller_can_listen
 from testbed.callers import (
     ADDRESSES,
@@ -45,6 +51,8 @@ from testbed.callers import (
     report_from_records,
     write_network_file,
 )
+from testbed.demo import CallOptions, CallResult, LinkSample, call_report, link_rates
+from testbed.report import emodel
 from testbed.testnet import TestnetOptions, down, up
 
 pytestmark = pytest.mark.slow
@@ -200,7 +208,13 @@ def _record(ip: str, t0: float, *, dial: bool) -> dict[str, object]:
         "phases": {"online": t0 - 10, "dial": t0 if dial else None,
                    "ringing": t0 + 0.4 if dial else None, "connected": t0 + 1,
                    "ended": t0 + 3, "offline": t0 + 13},
-        "codec_delay_ms": 0.0, "frame_ms": 20,
+        "codec_delay_ms": 0.0, "frame_ms": 20, "slot_ms": 40, "stretched": 0,
+        "mean_delay_ms_per_hop": 10.0, "hops": 5, "channel": "identity X25519, hash ratchet",
+        "profile": {"sample_rate_hz": 16000, "frames_per_packet": 2, "bitrate_bps": 24000,
+                    "redundancy": 1},
+        "jitter": {"late": 1, "recovered": 2, "skipped": 0}, "displaced": 3,
+        "uplink_slots": {"cover": 400, "media": 50, "signal": 3}, "packet_sizes": [604],
+        "received": {"media": 49, "cover": 300},
         "frames": {"captured": captured, "played": played, "concealed": [7]},
         "packets": {"sent": sent, "arrived": arrived},
         "uplink": rate, "downlink": rate, "mic": "", "speaker": "",
@@ -219,6 +233,60 @@ def test_report_from_two_records() -> None:
         assert d["one_way_ms"]["p50"] == pytest.approx(50.0)
         assert d["late_loss"] == 0.01 and d["loss"] == 0.02
     assert report["p99_vs_300_600_ms"] == "below"
+    assert report["mean_delay_ms_per_hop"] == 10.0 and report["hops"] == 5
+    assert report["channel"] == "identity X25519, hash ratchet" and report["wall_s"] is None
+    assert report["profile"]["frames_per_packet"] == 2
+    assert report["uplink"]["packet_sizes"] == [604]
+    assert report["uplink"]["A"] == {"skipped": 0, "unroutable": 0, "cover": 400, "media": 50,
+                                     "signal": 3}  # fmt: skip
+    assert report["clients"]["A"]["online_s"] == 23.0
+    for d in report["directions"].values():
+        assert (d["late_frames"], d["recovered_by_redundancy"], d["skipped"]) == (1, 2, 0)
+        assert d["packets_displaced_by_signaling"] == 3 and d["stretched"] == 0
+
+
+# -- both modes' reports have the same keys -------------------------------------------------
+
+
+def key_paths(report: dict[str, Any]) -> set[str]:
+    """Every key of ``report`` as the JSON has it (``directions.A->B.one_way_ms.p99``), down
+    to the slot and delivery kinds, which depend on the run (``uplink.A``, ``received.A``);
+    without the keys removed before JSON (``one_way_s``, ``received_pcm``)."""
+    paths: set[str] = set()
+
+    def walk(d: dict[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            if k in ("one_way_s", "received_pcm"):
+                continue
+            path = f"{prefix}{k}"
+            paths.add(path)
+            if isinstance(v, dict) and not re.fullmatch(r"(uplink|received)\.[AB]", path):
+                walk(v, path + ".")
+
+    walk(report, "")
+    return paths
+
+
+def in_process_report() -> dict[str, Any]:
+    """The one-process report (``testbed.demo.call_report``) of a 2 s call between two real
+    callers over the in-memory network, on virtual time."""
+    a, b = trio.run(_memory_call, None, clock=trio.testing.MockClock(autojump_threshold=0))
+    rates = link_rates(LinkSample(0.0, 0, 0), LinkSample(4.0, 64_000, 64_000))
+    voice = artificial_voice(4.0, seed=1)
+    result = CallResult(CallOptions(duration_s=2.0), a, b, voice, voice, 0.5, 4.0,
+                        {"A": rates, "B": rates})  # fmt: skip
+    return call_report(result, pesq=False, emodel=emodel)
+
+
+def test_both_modes_reports_have_the_same_keys() -> None:
+    one = in_process_report()
+    assert one["uplink"]["A"]["skipped"] == 0 and one["hops"] == 5
+    records = {"A": _record(A_IP, 100.0, dial=True), "B": _record(B_IP, 100.0, dial=False)}
+    two = report_from_records(records, pesq=False, wall_s=60.0, emodel=emodel)
+    missing = key_paths(one) - key_paths(two)
+    assert not missing, sorted(missing)
+    assert {"clients.A.pid", "clients.B.ip", "processes"} <= key_paths(two) - key_paths(one)
+    assert two["wall_s"] == 60.0
 
 
 # -- what needs listen and dial -----------------------------------------------------------
@@ -274,6 +342,16 @@ def test_two_processes_call_leaks_neither_address_nor_audio(tmp_path: Path) -> N
     report = report_from_records(records, pesq=False)
     assert report["setup_s"]["to_ringing"] is not None
     assert report["end_reason"] == {"A": "HANGUP", "B": "HANGUP"}
+    # the listeners' own settings and counts, with the one-process report's keys
+    assert report["mean_delay_ms_per_hop"] == 22.5 and report["hops"] == 5
+    assert report["channel"] == "identity X25519, hash ratchet"
+    assert report["uplink"]["packet_sizes"] == [VOICE.packet_len]
+    assert report["uplink"]["A"]["skipped"] == report["uplink"]["B"]["unroutable"] == 0
+    for d in report["directions"].values():
+        assert d["late_frames"] >= 0 and d["recovered_by_redundancy"] >= 0
+        assert d["skipped"] >= 0 and d["packets_displaced_by_signaling"] >= 0
+    missing = key_paths(in_process_report()) - key_paths(report)
+    assert not missing, sorted(missing)
 
 
 def _wait_for(path: Path, word: str, timeout_s: float) -> float | None:

@@ -157,6 +157,26 @@ def test_unreadable_audio_is_a_clear_error(
     assert not (d / CONTROL_SOCKET).exists()
 
 
+@pytest.mark.parametrize("value", ["-1", "nan", "5000", "x"])
+def test_listen_refuses_a_mean_delay_outside_0_to_1000_ms(
+    value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["listen", "--dir", str(tmp_path), f"--mean-delay-ms={value}"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --mean-delay-ms: want milliseconds in 0..1000, got '{value}'" in err
+    assert not any(tmp_path.iterdir())  # refused before the profile is touched
+
+
+def test_listen_help_shows_the_mean_delay_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["listen", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--mean-delay-ms MS mean sender-chosen delay per hop" in help_text
+    assert "(default: 22.5)" in help_text
+
+
 def test_a_live_device_without_sounddevice_says_what_to_install() -> None:
     if importlib.util.find_spec("sounddevice") is not None:
         pytest.skip("sounddevice is installed here")
@@ -193,7 +213,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Listener
         _write_wav(tmp / "mic.wav", np.repeat(voice, 3), 48000, 2)
         listeners = {
             "alice": Listener("alice", dirs["alice"], "127.0.0.2", tmp / "alice.json",
-                              extra=["--mic", str(tmp / "mic.wav")]),
+                              extra=["--mic", str(tmp / "mic.wav"), "--mean-delay-ms", "10"]),
             "bob": Listener("bob", dirs["bob"], "127.0.0.3", tmp / "bob.json",
                             extra=["--auto-answer", "--speaker", str(tmp / "heard.wav")]),
             "carol": Listener("carol", dirs["carol"], "127.0.0.4", tmp / "carol.json"),
@@ -235,6 +255,15 @@ def test_a_call_between_two_listeners_connects_and_ends(
     assert "outgoing  answered" in capsys.readouterr().out  # the call log, sealed
     report = json.loads(alice.report.read_text())
     assert report["key_agreement"] == "X25519+ML-KEM-768"
+    # each listener's own mean delay per hop (alice: --mean-delay-ms 10), and the call's
+    # settings and counts the demo's report needs (small_testnet: one mix layer, 3 hops)
+    assert a_call["mean_delay_ms_per_hop"] == 10.0 and b_call["mean_delay_ms_per_hop"] == 22.5
+    assert a_call["hops"] == 3 and a_call["channel"] == "identity X25519, hash ratchet"
+    assert a_call["profile"] == {"sample_rate_hz": 16000, "frames_per_packet": 2,
+                                 "bitrate_bps": 24000, "redundancy": 1}  # fmt: skip
+    jitter = b_call["jitter"]
+    assert isinstance(jitter, dict) and set(jitter) == {"late", "recovered", "skipped"}
+    assert isinstance(a_call["displaced"], int) and len(report["packet_sizes"]) == 1
     assert report["ip"] == "127.0.0.2" and report["pid"] == alice.proc.pid  # type: ignore[union-attr]
     # The capture times at alice and the play times at bob, by frame index: mouth-to-ear.
     capture, played = a_call["capture"], b_call["played"]
