@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
 
-from overlay import UsageError
+from overlay import UsageError, is_int
 
 from ._media import MediaPacket
 from ._voice import OpusDecoder, Pcm
@@ -132,7 +132,7 @@ class JitterConfig:
         )
         for name in ints:
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            if not is_int(value) or value < 0:
                 raise UsageError(f"{name} must be a non-negative integer, got {value!r}")
         if self.frame_ms == 0 or self.window_frames == 0 or self.resync_packets == 0:
             raise UsageError("frame_ms, window_frames and resync_packets must be positive")
