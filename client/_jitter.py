@@ -22,7 +22,12 @@ The playout delay ``D`` maps frame ``j`` to the time ``j * frame + D``. Its targ
 ``[min + min_extra, min + max_extra]`` of the recent minimum. The buffer moves towards the
 target one frame at a time: it inserts a concealed frame to grow
 (``Conceal(reason='stretch')``) and skips a frame to shrink, at most once per
-``grow_every`` / ``shrink_every`` frames, so the playout clock never jumps.
+``grow_every`` / ``shrink_every`` frames, so the playout clock never jumps. It grows when it
+is more than half a frame short of the target, and also whenever it is short of the
+quantile itself (capped at the target): whole-frame steps leave it anywhere within a frame
+of the target, and a delay settled just under a recurring delay (one mode of the delay
+distribution) would lose every frame of that mode for as long as it recurs. It shrinks
+when more than a frame over the target, so it never shrinks below it.
 
 The one exception is a discontinuity of the sender's media clock (it restarted, or jumped).
 A packet is off the playout clock when its newest frame would play more than
@@ -46,13 +51,14 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
 
-from overlay import UsageError
+from overlay import UsageError, is_int
 
 from ._media import MediaPacket
 from ._voice import OpusDecoder, Pcm
 
 ConcealReason = Literal["missing", "stretch"]
 MAX_FRAME_INDEX = 2**32  # frame indices come from 32-bit timestamps; floats stay exact below
+_SAME_TIME_S = 1e-9  # times closer than this are the same (float sums of frame periods)
 
 
 class _Clock(Enum):
@@ -126,7 +132,7 @@ class JitterConfig:
         )
         for name in ints:
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            if not is_int(value) or value < 0:
                 raise UsageError(f"{name} must be a non-negative integer, got {value!r}")
         if self.frame_ms == 0 or self.window_frames == 0 or self.resync_packets == 0:
             raise UsageError("frame_ms, window_frames and resync_packets must be positive")
@@ -327,14 +333,22 @@ class JitterBuffer:
     # -- the target -------------------------------------------------------------------
 
     def _target(self) -> float:
+        return self._goal()[0]
+
+    def _goal(self) -> tuple[float, float]:
+        """(target, need) in seconds: where the buffer heads, and the delay it must not
+        sit below, the quantile itself (at most the target)."""
         if not self._sorted:
-            return self._next_time - (self._next_index or 0) * self._frame_s
+            start = self._next_time - (self._next_index or 0) * self._frame_s
+            return start, start
         lo = self._sorted[0]
         k = min(len(self._sorted) - 1, int(self.config.quantile * len(self._sorted)))
-        want = self._sorted[k] + self.config.margin_ms / 1000
-        return min(
+        quantile = self._sorted[k]
+        want = quantile + self.config.margin_ms / 1000
+        target = min(
             max(want, lo + self.config.min_extra_ms / 1000), lo + self.config.max_extra_ms / 1000
         )
+        return target, min(quantile, target)
 
     # -- playout ----------------------------------------------------------------------
 
@@ -343,15 +357,16 @@ class JitterBuffer:
 
         Call it every frame period; call it again in a loop if the caller fell behind.
         """
-        if self._next_index is None or now < self._next_time - 1e-9:
+        if self._next_index is None or now < self._next_time - _SAME_TIME_S:
             return None
         index = self._next_index
         delay = self._next_time - index * self._frame_s
-        target = self._target()
+        target, need = self._goal()
         self._since_adjust += 1
         self._next_time += self._frame_s
         cfg = self.config
-        if delay < target - self._frame_s / 2 and self._since_adjust >= cfg.grow_every:
+        short = delay < target - self._frame_s / 2 or delay < need - _SAME_TIME_S
+        if short and self._since_adjust >= cfg.grow_every:
             self._since_adjust = 0
             self._stretched += 1
             return Conceal(index, "stretch")  # same index again next tick: delay + 1 frame

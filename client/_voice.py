@@ -36,7 +36,7 @@ import av
 import numpy as np
 import numpy.typing as npt
 
-from overlay import UsageError
+from overlay import UsageError, is_int
 
 Pcm = npt.NDArray[np.int16]
 
@@ -49,10 +49,6 @@ MAX_FRAMES_PER_PACKET = 6
 MAX_REDUNDANCY = 2  # how many earlier packets' frames a packet repeats
 FIR_TAPS_PER_FACTOR = 16  # decimation filter length per unit of the decimation factor
 TOC_CODE_MASK = 0xFC  # RFC 6716 3.1: clear the frame-count code -> one frame
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,21 +68,21 @@ class VoiceProfile:
     frame_bytes: int = field(init=False)
 
     def __post_init__(self) -> None:
-        if not _is_int(self.sample_rate_hz) or self.sample_rate_hz not in OPUS_RATES_HZ:
+        if not is_int(self.sample_rate_hz) or self.sample_rate_hz not in OPUS_RATES_HZ:
             raise UsageError(f"sample_rate_hz must be one of {OPUS_RATES_HZ}")
-        if not _is_int(self.frame_ms) or self.frame_ms not in OPUS_FRAME_MS:
+        if not is_int(self.frame_ms) or self.frame_ms not in OPUS_FRAME_MS:
             raise UsageError(f"frame_ms must be one of {OPUS_FRAME_MS}")
-        if not _is_int(self.frames_per_packet) or not (
+        if not is_int(self.frames_per_packet) or not (
             1 <= self.frames_per_packet <= MAX_FRAMES_PER_PACKET
         ):
             raise UsageError(f"frames_per_packet must be an integer in 1..{MAX_FRAMES_PER_PACKET}")
-        if not _is_int(self.bitrate_bps) or not (
+        if not is_int(self.bitrate_bps) or not (
             MIN_BITRATE_BPS <= self.bitrate_bps <= MAX_BITRATE_BPS
         ):
             raise UsageError(
                 f"bitrate_bps must be an integer in {MIN_BITRATE_BPS}..{MAX_BITRATE_BPS}"
             )
-        if not _is_int(self.redundancy) or not 0 <= self.redundancy <= MAX_REDUNDANCY:
+        if not is_int(self.redundancy) or not 0 <= self.redundancy <= MAX_REDUNDANCY:
             raise UsageError(f"redundancy must be an integer in 0..{MAX_REDUNDANCY}")
         bits = self.bitrate_bps * self.frame_ms
         if bits % 8000:
@@ -111,7 +107,7 @@ class OpusEncoder:
     """One stream of PCM frames in, one CBR Opus frame out per call."""
 
     def __init__(self, profile: VoiceProfile, *, fec: bool = False, loss_percent: int = 0):
-        if not _is_int(loss_percent) or not 0 <= loss_percent <= 100:
+        if not is_int(loss_percent) or not 0 <= loss_percent <= 100:
             raise UsageError("loss_percent must be an integer in 0..100")
         self.profile = profile
         ctx: Any = av.CodecContext.create("libopus", "w")
@@ -148,7 +144,7 @@ class Decimator:
     """Integer-factor low-pass decimation with state kept across calls (48 kHz -> rate)."""
 
     def __init__(self, factor: int):
-        if not _is_int(factor) or factor < 1:
+        if not is_int(factor) or factor < 1:
             raise UsageError("factor must be a positive integer")
         self.factor = factor
         taps = FIR_TAPS_PER_FACTOR * factor + 1

@@ -7,6 +7,7 @@
 Everything public is re-exported here; the ``_``-prefixed modules are implementation.
 """
 
+from ._checks import is_int as is_int
 from ._cliargs import ArgumentValueError as ArgumentValueError
 from ._cliargs import finite_number as finite_number
 from ._cliargs import hex_fingerprint as hex_fingerprint

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from ._checks import is_int
 from ._errors import GeometryError
 
 SPHINX_VERSION = 2  # first byte of every packet; bumped on any wire change
@@ -38,10 +39,6 @@ MIN_USER_PAYLOAD = LIONESS_KEY_LEN + 1 - TAG_LEN - LENGTH_LEN  # 15 bytes
 MAX_USER_PAYLOAD = 2 ** (8 * LENGTH_LEN) - 1  # 65535 bytes, what the length field holds
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 @dataclass(frozen=True, slots=True)
 class Geometry:
     """Sizes of one packet format; frozen, validated, hashable.
@@ -58,9 +55,9 @@ class Geometry:
     packet_len: int = field(init=False)
 
     def __post_init__(self) -> None:
-        if not _is_int(self.max_hops) or not 1 <= self.max_hops <= 16:
+        if not is_int(self.max_hops) or not 1 <= self.max_hops <= 16:
             raise GeometryError(f"max_hops must be an integer in 1..16, got {self.max_hops!r}")
-        if not _is_int(self.user_payload) or not (
+        if not is_int(self.user_payload) or not (
             MIN_USER_PAYLOAD <= self.user_payload <= MAX_USER_PAYLOAD
         ):
             raise GeometryError(

@@ -43,6 +43,7 @@ from nacl.bindings import crypto_core_ed25519_is_valid_point
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from ._checks import is_int
 from ._errors import GeometryError, PhantomError, UsageError
 from ._geometry import GEOMETRIES, MAX_DELAY_US, NODE_ID_LEN, Geometry
 from ._random import exponential
@@ -195,7 +196,7 @@ def _field(data: Mapping[str, Any], name: str, where: str) -> Any:
 
 def _int(data: Mapping[str, Any], name: str, where: str, lo: int, hi: int) -> int:
     v = _field(data, name, where)
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+    if not is_int(v) or not lo <= v <= hi:
         raise DirectoryFieldError(where, name, f"expected an integer in {lo}..{hi}, got {v!r}")
     return v
 
@@ -379,7 +380,7 @@ class NodeDescriptor:
             raise bad("host", problem)
         if not _is_port(self.port):
             raise bad("port", f"expected 1..65535, got {self.port!r}")
-        if not _is_int(self.layer):
+        if not is_int(self.layer):
             raise bad("layer", f"expected an integer, got {self.layer!r}")
         if role is NodeRole.GATEWAY:
             if self.layer != 0:
@@ -507,12 +508,8 @@ class NodeDescriptor:
         return desc
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_port(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
+    return is_int(value) and 1 <= value <= 65535
 
 
 _DESCRIPTOR_KEYS = {
@@ -571,7 +568,7 @@ class NodeWithdrawal:
         problem = ed25519_key_problem(self.identity_key)
         if problem is not None:
             raise InvalidKeyError("withdrawal", "identity_key", problem)
-        if not _is_int(self.withdrawn_at) or not 0 <= self.withdrawn_at < 2**63:
+        if not is_int(self.withdrawn_at) or not 0 <= self.withdrawn_at < 2**63:
             raise DirectoryFieldError("withdrawal", "withdrawn_at", "expected unix seconds >= 0")
 
     @property
@@ -1132,10 +1129,10 @@ def _bundle_problem(b: NetworkBundle) -> str | None:
         return f"expected 1..{MAX_AUTHORITIES} distinct authority keys"
     if any(not isinstance(k, bytes) or len(k) != ED25519_KEY_LEN for k in keys):
         return "authority keys are 32 bytes"
-    if not _is_int(b.threshold) or not 1 <= b.threshold <= len(keys):
+    if not is_int(b.threshold) or not 1 <= b.threshold <= len(keys):
         return f"threshold must be in 1..{len(keys)}, got {b.threshold!r}"
     for name, lo in (("epoch_length_s", 1), ("genesis_s", 0), ("mix_layers", 1)):
-        if not _is_int(getattr(b, name)) or getattr(b, name) < lo:
+        if not is_int(getattr(b, name)) or getattr(b, name) < lo:
             return f"{name} must be an integer >= {lo}"
     if not isinstance(b.geometry_digest, bytes) or len(b.geometry_digest) != 32:
         return "geometry_digest is 32 bytes"

@@ -19,7 +19,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from overlay import VERSION, whole_number
+from overlay import VERSION, finite_number, whole_number
 
 from ._latency import run_latency
 from ._output import (
@@ -139,15 +139,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--ks-tolerance",
-        type=float,
+        type=finite_number(0, 1, what="a KS distance", verb="want"),
         default=0.1,
-        help="largest KS distance (CDF gap) that passes (default: 0.1)",
+        help="largest KS distance (CDF gap, 0..1) that passes (default: 0.1)",
     )
     p.add_argument(
         "--rel-tolerance",
-        type=float,
+        type=finite_number(0, what="a relative gap", verb="want"),
         default=0.15,
-        help="largest relative gap at p50, p90, p95 and p99 that passes (default: 0.15)",
+        help="largest relative gap (>= 0) at p50, p90, p95 and p99 that passes (default: 0.15)",
     )
     return ap
 

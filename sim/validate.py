@@ -18,6 +18,7 @@ by the shaped downlink, so the effective sample is far smaller than the packet c
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,16 @@ def validate(
     ks_tolerance: float = KS_TOLERANCE,
     rel_tolerance: float = REL_TOLERANCE,
 ) -> ValidationResult:
-    """Pass when the KS distance and every compared percentile are within tolerance."""
+    """Pass when the KS distance and every compared percentile are within tolerance.
+
+    ``measured_s``: one-way latencies in seconds, at least 20, finite and >= 0
+    (MeasuredDataError otherwise). ``ks_tolerance`` in 0..1 and ``rel_tolerance`` >= 0,
+    both finite (ValueError otherwise).
+    """
+    if not 0.0 <= ks_tolerance <= 1.0:  # (False for NaN)
+        raise ValueError(f"ks_tolerance: want a KS distance in 0..1, got {ks_tolerance!r}")
+    if not (math.isfinite(rel_tolerance) and rel_tolerance >= 0.0):
+        raise ValueError(f"rel_tolerance: want a finite relative gap >= 0, got {rel_tolerance!r}")
     m = np.asarray(measured_s, dtype=float)
     if m.ndim != 1 or len(m) < 20:
         raise MeasuredDataError("measured: want a flat list of at least 20 latencies (s)")

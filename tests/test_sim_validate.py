@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sim import Scenario, load_scenario
+from sim import Dist, Scenario, load_scenario
 from sim.cli import main
 from sim.validate import MeasuredDataError, ks_distance, load_measured, validate
 
@@ -30,8 +30,8 @@ def independent_one_way(sc: Scenario, seed: int) -> list[float]:
     slot = v.slot_ms / 1000.0
     ser = net.geometry.packet_len * 8 / (net.bandwidth_mbps * 1e6)
 
-    def lognormal(d: object) -> float:
-        return d.a_ms / 1000.0 * math.exp(d.b_ms * rng.standard_normal())  # type: ignore[attr-defined]
+    def lognormal(d: Dist) -> float:
+        return d.a_ms / 1000.0 * math.exp(d.b_ms * rng.standard_normal())
 
     out = []
     for _stream in range(2 * sc.users.n_calls):
@@ -140,3 +140,40 @@ def test_validate_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         == 1
     )
     assert "FAIL" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "wants"),
+    [
+        ("--ks-tolerance", "-0.1", "a KS distance in 0..1"),
+        ("--ks-tolerance", "nan", "a KS distance in 0..1"),
+        ("--ks-tolerance", "1.5", "a KS distance in 0..1"),
+        ("--rel-tolerance", "-1", "a relative gap >= 0"),
+        ("--rel-tolerance", "nan", "a relative gap >= 0"),
+        ("--rel-tolerance", "inf", "a relative gap >= 0"),
+        ("--rel-tolerance", "lots", "a relative gap >= 0"),
+    ],
+)
+def test_validate_cli_refuses_bad_tolerances(
+    option: str, value: str, wants: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["validate", "--measured", "m.json", option, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: want {wants}, got {value!r}" in err
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ks_tolerance": -0.1}, "ks_tolerance: want a KS distance in 0..1"),
+        ({"ks_tolerance": math.nan}, "ks_tolerance: want a KS distance in 0..1"),
+        ({"rel_tolerance": -1.0}, "rel_tolerance: want a finite relative gap >= 0"),
+        ({"rel_tolerance": math.inf}, "rel_tolerance: want a finite relative gap >= 0"),
+    ],
+)
+def test_validate_refuses_bad_tolerances(kwargs: dict[str, float], message: str) -> None:
+    sc = load_scenario(SCENARIO)
+    with pytest.raises(ValueError, match=message):
+        validate([0.3] * 30, sc, **kwargs)
