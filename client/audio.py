@@ -10,9 +10,20 @@ default: the Opus encoder takes PCM at that rate). ``--speaker FILE.wav`` writes
 heard, at the same rate, when the call ends. Unreadable or empty files raise
 :class:`AudioError` with the path and the reason.
 
-A live device (``--mic device`` / ``--speaker device``) goes through the optional
-``sounddevice`` package (``pip install phantom-mixnet[audio]``): :func:`require_device`
-raises AudioError saying what to install, or that no input/output device exists.
+A live device (``--mic device`` / ``--speaker device``, or ``device:NAME``) goes through
+PortAudio with the optional ``sounddevice`` package (``pip install 'phantom-mixnet[audio]'``
+and the system's libportaudio2):
+
+    mic = open_live_mic("", VoiceProfile())          # checked: device, format; not open yet
+    mic.start()                                      # blocks while PortAudio opens it
+    pcm = mic.read(0, 320)                           # a VoiceSource for MediaOut
+    mic.stop(); mic.record()                         # device, latency, counters
+
+``open_live_mic`` / ``open_live_speaker`` (and ``require_device``) raise AudioError saying
+what is missing: the package, the PortAudio library, a device, or a format the device
+takes. ``LiveMic`` and ``LiveSpeaker`` hold PortAudio's blocks in bounded rings
+(``SampleRing``) between its callback thread and the call's slots, and count the
+underruns and overruns (see their docstrings; docs/calling.md, "Live sound device").
 """
 
 from __future__ import annotations
@@ -194,8 +205,9 @@ def find_device(sd: SoundDevice, kind: str, spec: str, rate_hz: int) -> DeviceFo
                 f"{option} device: no sound {kind} device here (PortAudio lists none: "
                 f"{exc}); use {option} FILE.wav"
             ) from None
-        raise AudioError(f"{option} device:{spec}: no such sound {kind} device ({exc}); "
-                         f"use {option} FILE.wav") from None  # fmt: skip
+        raise AudioError(f"{option} device:{spec}: no single sound {kind} device matches "
+                         f"{spec!r} ({exc}); 'python3 -m sounddevice' lists them, or use "
+                         f"{option} FILE.wav") from None  # fmt: skip
     name, index = str(info["name"]), int(info["index"])
     host_api = str(sd.query_hostapis(int(info["hostapi"]))["name"])
     check = sd.check_input_settings if kind == "input" else sd.check_output_settings

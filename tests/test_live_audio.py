@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ from profile_support import PASSPHRASE, make_profile, network_file
 from testnet_support import small_testnet
 
 from client import read_wav, write_wav
-from client.audio import SampleRing
+from client.audio import AudioError, SampleRing, SoundDevice, find_device
 from client.profile import CONTROL_SOCKET, open_profile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,8 +135,37 @@ def test_without_a_sound_device_listen_says_so_and_suggests_a_file(tmp_path: Pat
     assert "use --mic FILE.wav" in done.stderr
     done = _listen_with(tmp_path, "", "--speaker", "device:7")
     assert done.returncode == 2, done.stderr
-    assert "--speaker device:7: no such sound output device" in done.stderr
+    assert "--speaker device:7: no single sound output device matches '7'" in done.stderr
     assert "use --speaker FILE.wav" in done.stderr
+
+
+class _Refusing:
+    """A sounddevice whose one device (16 and 48 kHz at most 2 channels) takes no format:
+    PortAudio converts sample formats and channel counts itself, so no real device here
+    can be made to refuse; the message is what this test is about."""
+
+    class PortAudioError(Exception):
+        pass
+
+    def query_devices(self, device: object = None, kind: str | None = None) -> object:
+        return {"name": "USB Headset", "index": 3, "hostapi": 0, "max_input_channels": 2,
+                "max_output_channels": 2, "default_samplerate": 48000.0}  # fmt: skip
+
+    def query_hostapis(self, index: int | None = None) -> object:
+        return {"name": "ALSA"}
+
+    def check_input_settings(self, device: int, channels: int, dtype: str,
+                             samplerate: float) -> None:  # fmt: skip
+        raise self.PortAudioError(f"Invalid sample rate [PaErrorCode -9997] ({channels} ch)")
+
+
+def test_a_device_that_refuses_the_format_is_named_with_the_format() -> None:
+    with pytest.raises(AudioError) as refused:
+        find_device(cast(SoundDevice, _Refusing()), "input", "", 16000)
+    assert str(refused.value) == (
+        "--mic device: the input device 'USB Headset' (ALSA) refuses 16000 Hz or 48000 Hz "
+        "mono or stereo 16-bit PCM: Invalid sample rate [PaErrorCode -9997] (2 ch)"
+    )
 
 
 # -- a real device: PulseAudio's null sink through ALSA's pulse plugin -------------------
