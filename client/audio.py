@@ -308,7 +308,7 @@ class LiveDevice:
         self._ring = SampleRing(capacity)
         self._primed = False
         self._stream: _Stream | None = None
-        self._latency_s: float | None = None  # PortAudio's, of the last stream opened
+        self._latency_s: float | None = None  # PortAudio's, of the open stream
         self._running = False
         self._life = threading.Lock()  # start and stop, which block, one at a time
 
@@ -343,10 +343,13 @@ class LiveDevice:
                 self.counters.clear()
                 self._ring.clear()
                 self._primed = False
+            stream: _Stream | None = None
             try:
                 stream = self._open()
                 stream.start()
             except (self.sd.PortAudioError, ValueError) as exc:
+                if stream is not None:
+                    stream.close()
                 raise AudioError(f"{_option(self.kind)} device: cannot open the {self.kind} "
                                  f"device {self.format.name!r}: {exc}") from None  # fmt: skip
             self._stream, self._latency_s = stream, stream.latency
@@ -354,11 +357,13 @@ class LiveDevice:
                 self._running = True
 
     def stop(self) -> None:
-        """Stop and close the stream (blocks until PortAudio's last callback returned)."""
+        """Stop and close the stream (blocks until PortAudio's last callback returned); the
+        counters and the latency go too (``record`` them before)."""
         with self._life:
             with self._lock:
                 self._running = False
-            stream, self._stream = self._stream, None
+                self.counters.clear()
+            stream, self._stream, self._latency_s = self._stream, None, None
             if stream is not None:
                 try:
                     stream.stop()
@@ -367,7 +372,7 @@ class LiveDevice:
 
     def record(self) -> dict[str, object]:
         """The device, its format and latency (PortAudio's figure for the stream's buffers,
-        ms), and this call's counters (JSON-ready)."""
+        ms; None while closed), and the counters since ``start`` (JSON-ready)."""
         latency = self._latency_s
         with self._lock:
             counters = dict(self.counters)
