@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
 
@@ -62,14 +63,33 @@ class PlayoutTrace:
     stats: JitterStats | None = None
 
 
+class VoiceSource(Protocol):
+    """Where our voice comes from: ``read(i, n)`` is frame ``i``'s ``n`` samples (int16 at
+    the profile's rate), fewer or none once the voice ran out (sent as silence)."""
+
+    def read(self, frame_index: int, n: int) -> Pcm: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PcmVoice:
+    """A voice held whole in memory (a microphone file, a test voice)."""
+
+    pcm: Pcm
+
+    def read(self, frame_index: int, n: int) -> Pcm:
+        return self.pcm[frame_index * n : (frame_index + 1) * n]
+
+
 class MediaOut:
-    """Our media: ``voice`` (int16 PCM at ``profile``'s rate; silence once it runs out),
+    """Our media: ``voice`` (int16 PCM at ``profile``'s rate, silence once it runs out; or
+    a ``VoiceSource`` such as a live microphone),
     ``profile.frames_per_packet`` frames per packet, sealed once ``start`` gave keys.
     While ``muted`` the frames encode silence in place of the voice (which still runs on):
     the packets keep their rate and their size."""
 
-    def __init__(self, voice: Pcm, profile: VoiceProfile):
-        self.voice, self.profile = voice, profile
+    def __init__(self, voice: Pcm | VoiceSource, profile: VoiceProfile):
+        self.source = PcmVoice(voice) if isinstance(voice, np.ndarray) else voice
+        self.profile = profile
         self.muted = False
         self.trace = MediaTrace()
         self._sender: MediaSender | None = None
@@ -104,7 +124,7 @@ class MediaOut:
         frames = []
         for j in range(p.frames_per_packet):
             i = self._packets * p.frames_per_packet + j
-            pcm = self.voice[i * n : (i + 1) * n]
+            pcm = self.source.read(i, n)
             if self.muted or len(pcm) < n:  # muted, or the test voice ran out: silence
                 pcm = np.zeros(n, np.int16)
             frames.append(self._encoder.encode(pcm))
@@ -119,11 +139,13 @@ class MediaIn:
     """The peer's media, once ``start`` gave its keys and profile: opened, buffered, and
     played out on the jitter buffer's grid from the first arrival. ``on_arrival(seq, at,
     media_s)``, if set, hears of each packet opened: its sequence number, arrival time and
-    media clock (seconds from the sender's first frame)."""
+    media clock (seconds from the sender's first frame); ``on_play(pcm)``, if set, gets
+    each frame played (int16 at the peer's rate; a live speaker)."""
 
     def __init__(self, jitter: JitterConfig):
         self.jitter_config = jitter
         self.on_arrival: Callable[[int, float, float], None] | None = None
+        self.on_play: Callable[[Pcm], None] | None = None
         self.trace = PlayoutTrace()
         self._receiver: MediaReceiver | None = None
         self._decoder: OpusDecoder | None = None
@@ -177,4 +199,6 @@ class MediaIn:
             else:
                 self.trace.pcm.append(self._decoder.conceal())
                 self.trace.items.append((item.index, item.reason, t))
+            if self.on_play is not None:
+                self.on_play(self.trace.pcm[-1])
         self.trace.stats = self._jb.stats

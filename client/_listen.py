@@ -40,7 +40,16 @@ from ._commands import (
     wall_clock,
 )
 from ._signaling import Role
-from .audio import DEVICE, AudioError, load_mic_file, require_device
+from ._voice import Pcm, VoiceProfile
+from .audio import (
+    AudioError,
+    LiveMic,
+    LiveSpeaker,
+    device_spec,
+    load_mic_file,
+    open_live_mic,
+    open_live_speaker,
+)
 from .call import DEFAULT_MEAN_DELAY_S
 from .contacts import ContactError, TrustState
 from .control import (
@@ -356,13 +365,22 @@ async def _listen_main(
             phone.close()
 
 
-def _mic(value: str | None, rate_hz: int) -> object:
+def _mic(value: str | None, voice: VoiceProfile) -> Pcm | LiveMic | None:
+    """``--mic``: None, a live microphone (checked, opened when a call connects) or a file."""
     if value is None:
         return None
-    if value == DEVICE:
-        require_device("input")
-        raise AudioError("--mic device: live capture is not in this build yet; use --mic FILE.wav")
-    return load_mic_file(value, rate_hz)
+    spec = device_spec(value)
+    if spec is not None:
+        return open_live_mic(spec, voice)
+    return load_mic_file(value, voice.sample_rate_hz)
+
+
+def _speaker(value: str | None, voice: VoiceProfile) -> Path | LiveSpeaker | None:
+    """``--speaker``: None, a live speaker (checked, opened when a call connects) or a file."""
+    if value is None:
+        return None
+    spec = device_spec(value)
+    return Path(value) if spec is None else open_live_speaker(spec, voice)
 
 
 @_guarded
@@ -375,16 +393,11 @@ def cmd_listen(args: argparse.Namespace) -> int:
         os.close(lock)
     options = PhoneOptions(auto_answer=args.auto_answer, report=args.report,
                            mean_delay_s=args.mean_delay_ms / 1000)  # fmt: skip
-    try:
-        mic = _mic(args.mic, options.voice.sample_rate_hz)
-        if args.speaker == DEVICE:
-            require_device("output")
-            raise AudioError("--speaker device: live playback is not in this build yet; "
-                             "use --speaker FILE.wav")  # fmt: skip
+    try:  # a microphone or speaker that cannot be used stops us before we go online
+        options.mic = _mic(args.mic, options.voice)
+        options.speaker = _speaker(args.speaker, options.voice)
     except AudioError as exc:
         raise CommandError(str(exc)) from None
-    options.mic = mic  # type: ignore[assignment]
-    options.speaker = None if args.speaker is None else Path(args.speaker)
     path = profile.directory / CONTROL_SOCKET
     sock = claim_control_socket(path)
     try:
@@ -478,12 +491,16 @@ def add_online_commands(sub: Subcommands) -> None:
                              "gateway on loopback, else 0.0.0.0)")  # fmt: skip
     listen.add_argument("--auto-answer", action="store_true",
                         help="pick up incoming calls after a short ring")  # fmt: skip
-    listen.add_argument("--mic", default=None, metavar="FILE.wav|device",
+    listen.add_argument("--mic", default=None, metavar="FILE.wav|device[:NAME]",
                         help="microphone: a WAV file played from the start of each call, or "
-                             "'device' (needs phantom-mixnet[audio]); default silence")  # fmt: skip
-    listen.add_argument("--speaker", default=None, metavar="FILE.wav|device",
+                             "'device' (the default sound input; 'device:NAME' picks one by "
+                             "PortAudio index or name), open while a call is connected; "
+                             "needs phantom-mixnet[audio] and PortAudio (libportaudio2); "
+                             "default silence")  # fmt: skip
+    listen.add_argument("--speaker", default=None, metavar="FILE.wav|device[:NAME]",
                         help="speaker: write what was heard to this WAV file at each "
-                             "call's end, or 'device'")  # fmt: skip
+                             "call's end, or play it on 'device' (the default sound output; "
+                             "'device:NAME' as for --mic); default none")  # fmt: skip
     listen.add_argument("--report", type=Path, default=None, metavar="FILE.json",
                         help="per-process JSON report, written at each call's end and on "
                              "exit (default: none)")  # fmt: skip

@@ -60,6 +60,7 @@ from ._call_media import MediaIn as MediaIn
 from ._call_media import MediaOut as MediaOut
 from ._call_media import MediaTrace as MediaTrace
 from ._call_media import PlayoutTrace as PlayoutTrace
+from ._call_media import VoiceSource
 from ._channel import SecureChannel
 from ._frames import Address as Address
 from ._frames import Contact as Contact
@@ -125,7 +126,7 @@ class Caller:
         me: Address,
         contact: Contact,
         channel: SecureChannel,
-        voice: Pcm,
+        voice: Pcm | VoiceSource,
         *,
         profile: VoiceProfile | None = None,
         mean_delay_s: float = DEFAULT_MEAN_DELAY_S,

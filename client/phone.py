@@ -60,7 +60,7 @@ from overlay import CoverKind, DownlinkKind, TopologyDocument, UplinkScheduler, 
 from ._frames import Address, Contact, SignalFramer
 from ._signaling import EndReason, Role
 from ._voice import Pcm, VoiceProfile
-from .audio import AudioError, write_speaker_file
+from .audio import AudioError, LiveDevice, LiveMic, LiveSpeaker, write_speaker_file
 from .call import DEFAULT_MEAN_DELAY_S, Caller, monotonic_offset_s
 from .calllog import CallDirection, CallRecord
 from .calllog import CallResult as LogResult
@@ -129,16 +129,18 @@ class PhoneOptions:
     """How the always-on client behaves.
 
     ``auto_answer``: pick up incoming calls after ``ANSWER_DELAY_S``; ``mic``: PCM at
-    ``voice.sample_rate_hz`` sent from frame 0 of each call (None: silence);
-    ``speaker``: WAV file written with what was heard at the end of each call; ``report``:
+    ``voice.sample_rate_hz`` sent from frame 0 of each call (None: silence), or a live
+    microphone; ``speaker``: WAV file written with what was heard at the end of each call,
+    or a live speaker (a live device opens when a call connects, closes when it ends,
+    and its counters go in the call's record under ``devices``); ``report``:
     JSON report file (written atomically at each call's end and on ``write_report``);
     ``mean_delay_s``: mean sender-chosen delay per hop (seconds); ``bind``: the local IP
     of the gateway link, for the report only; ``policy``: the client policy whose routes
     the uplink follows (DESKTOP: one route per call direction, 2 spares)."""
 
     auto_answer: bool = False
-    mic: Pcm | None = None
-    speaker: Path | None = None
+    mic: Pcm | LiveMic | None = None
+    speaker: Path | LiveSpeaker | None = None
     report: Path | None = None
     mean_delay_s: float = DEFAULT_MEAN_DELAY_S
     voice: VoiceProfile = field(default_factory=VoiceProfile)
@@ -300,9 +302,29 @@ class Phone:
                 os.close(fd)
 
     def close(self) -> None:
-        """Zero every channel's keys (call after ``save_channels``)."""
+        """Zero every channel's keys (call after ``save_channels``); close live devices."""
         for peer in self.peers.values():
             peer.channel.close()
+        for device in self.live_devices():
+            device.stop()
+
+    def live_devices(self) -> list[LiveDevice]:
+        """The live microphone and speaker of the options, if any."""
+        mic, speaker = self.options.mic, self.options.speaker
+        return [d for d in (mic, speaker) if isinstance(d, LiveMic | LiveSpeaker)]
+
+    async def _open_devices(self, call: ActiveCall) -> None:
+        """Open the live devices for a call that connected, each in a worker thread (PortAudio
+        blocks while it opens one); closed again if the call ended meanwhile. A device that
+        cannot be opened is a warning: the call goes on (silence, or not heard)."""
+        for device in self.live_devices():
+            try:
+                await trio.to_thread.run_sync(device.start)
+            except AudioError as exc:
+                self.counters["device_unavailable"] += 1
+                self._ui(f"warning: {exc}")
+            if call.concluded:
+                await trio.to_thread.run_sync(device.stop)
 
     # -- the tasks -----------------------------------------------------------------------
 
@@ -405,6 +427,8 @@ class Phone:
         caller.tx.to_monotonic_s = caller.rx.to_monotonic_s = self._offset
         call = ActiveCall(name, role, peer.contact.state, caller, duration_s=duration_s)
         caller.media_in.on_arrival = call.arrived
+        if isinstance(self.options.speaker, LiveSpeaker):
+            caller.media_in.on_play = self.options.speaker.play
         holder.append(call)
         self.current = call
         assert self._nursery is not None
@@ -493,6 +517,7 @@ class Phone:
             self._ui(f"connected with {who}")
             if self._nursery is not None:  # the setup's messages advanced the channel
                 self._nursery.start_soon(self._save_states_in_thread)
+                self._nursery.start_soon(self._open_devices, call)
         elif what == "ended":
             reason = call.caller.end_reason
             if call.reason is None:
@@ -540,6 +565,8 @@ class Phone:
         self._drop_call(call)
         self.calls.append(self._call_record(call))
         speaker, rate = self.options.speaker, call.caller.profile.sample_rate_hz
+        speaker = speaker if isinstance(speaker, Path) else None  # a live one is closed here
+        devices = self.live_devices()
         pcm = np.concatenate(call.caller.rx.pcm) if speaker and call.caller.rx.pcm else None
         states = {p.channel.conversation_id: p.channel.to_bytes() for p in self.peers.values()}
         report = self._report_bytes()
@@ -549,6 +576,8 @@ class Phone:
             record = (self._log_record(call, now), now)
 
         def persist() -> list[str]:
+            for device in devices:
+                device.stop()
             problems = []
             if speaker is not None and pcm is not None:
                 try:
@@ -599,6 +628,7 @@ class Phone:
             "trust": str(call.state),
             "mode": MODE_BADGE,
             "key_agreement": KEY_AGREEMENT,
+            "devices": {d.role: d.record() for d in self.live_devices()},  # live mic, speaker
             "times": {k: round(v, 6) for k, v in call.times.items()},
             "end_reason": call.reason,
             **call_settings(caller),  # mean_delay_ms_per_hop, hops, channel, profile

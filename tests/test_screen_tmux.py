@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from apt_support import require_packages
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTH, HEIGHT = 100, 40
@@ -35,15 +36,11 @@ def tmux_binary() -> str:
     found = shutil.which("tmux")
     if found:
         return found
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("tmux is not installed and cannot be installed here (needs root and apt-get)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "install", "-y", "-q", "tmux"], ["apt-get", "update", "-q"],
-                    ["apt-get", "install", "-y", "-q", "tmux"]):  # fmt: skip
-        subprocess.run(command, env=env, capture_output=True, timeout=600, check=False)
-        if found := shutil.which("tmux"):
-            return found
-    pytest.skip("tmux is missing and apt-get could not install it")
+    require_packages("tmux")
+    found = shutil.which("tmux")
+    if found is None:
+        pytest.skip("the tmux package is installed but no tmux is on PATH")
+    return found
 
 
 class Tmux:
