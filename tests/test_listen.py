@@ -6,7 +6,6 @@ with ``contact add``; each ``listen`` runs as its own process bound to its own 1
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pty
@@ -29,7 +28,7 @@ from profile_support import make_profile, network_file
 from testnet_support import small_testnet
 
 from client import artificial_voice, read_wav
-from client.audio import AudioError, load_mic_file, require_device
+from client.audio import AudioError, load_mic_file
 from client.cli import main
 from client.control import MAX_LINE
 from client.profile import CONTROL_SOCKET, open_profile
@@ -175,13 +174,6 @@ def test_listen_help_shows_the_mean_delay_default(capsys: pytest.CaptureFixture[
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--mean-delay-ms MS mean sender-chosen delay per hop" in help_text
     assert "(default: 22.5)" in help_text
-
-
-def test_a_live_device_without_sounddevice_says_what_to_install() -> None:
-    if importlib.util.find_spec("sounddevice") is not None:
-        pytest.skip("sounddevice is installed here")
-    with pytest.raises(AudioError, match=r"pip install 'phantom-mixnet\[audio\]'"):
-        require_device("input")
 
 
 # -- two listeners on a testnet -----------------------------------------------------------
