@@ -223,7 +223,8 @@ def _handle(
     done = {"hangup": phone.hangup, "answer": phone.answer, "decline": phone.decline}
     if done[request.type]():
         return {"type": "ok"}, None
-    return {"type": "error", "error": f"{request.type}: no call to {request.type}"}, None
+    verb = "hang up" if request.type == "hangup" else request.type
+    return {"type": "error", "error": f"{request.type}: no call to {verb}"}, None
 
 
 # -- listen ------------------------------------------------------------------------------
