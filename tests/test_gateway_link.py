@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import trio
+from nacl.signing import SigningKey
+from profile_support import network_file
 
 from client._tasks import open_background
 from client.gateway_link import AttachError, GatewayLink, open_gateway_link
+from client.phone import Phone
+from client.profile import create_profile
 from mixnode.gateway import GatewayCore, Reply, Uplink
 from overlay import (
     LINK_VERSION,
@@ -21,9 +26,20 @@ from overlay import (
     DownlinkKind,
     FrameType,
     MailboxKey,
+    NodeDescriptor,
+    NodeRole,
+    build_document,
     generate_private_key,
+    node_id_for,
     public_key,
 )
+
+
+def _udp(addr: Hashable) -> tuple[str, int]:
+    """A client address as the gateway core keeps it (what ``recvfrom`` gave), for
+    ``sendto``."""
+    assert isinstance(addr, tuple) and len(addr) == 2
+    return addr
 
 
 class _BodyError(Exception):
@@ -55,7 +71,7 @@ async def _acknowledge_attach(sock: trio.socket.SocketType, private_key: bytes) 
         if isinstance(action, Reply):
             await sock.sendto(action.datagram, peer)
         for addr, datagram in gw.due_slots(trio.current_time()):
-            await sock.sendto(datagram, addr)
+            await sock.sendto(datagram, _udp(addr))
 
 
 async def test_errors_of_the_block_leave_the_attached_link_as_themselves() -> None:
@@ -158,7 +174,7 @@ class _Edge:
     async def _downlink(self) -> None:
         while True:
             for addr, datagram in self.core.due_slots(trio.current_time()):
-                await self.sock.sendto(datagram, addr)
+                await self.sock.sendto(datagram, _udp(addr))
             await trio.sleep(0.005)
 
 
@@ -185,7 +201,7 @@ async def test_forged_hints_do_not_reattach_and_a_restart_is_noticed_by_its_hint
         async with open_gateway_link(
             VOICE, sock.getsockname(), public_key(gw_key), key, silence_s=10.0
         ) as link:
-            peer = next(iter(edge.core._sessions.values())).addr  # noqa: SLF001
+            peer = _udp(next(iter(edge.core._sessions.values())).addr)  # noqa: SLF001
             hint = bytes((LINK_VERSION, FrameType.UNKNOWN_SESSION)) + link._link.keys.session_id  # noqa: SLF001
             for _ in range(20):  # forged hints, from the gateway's own address
                 await sock.sendto(hint, peer)
@@ -273,3 +289,52 @@ async def test_a_session_lost_in_a_new_epoch_reattaches_under_the_new_key() -> N
             with pytest.raises(ValueError, match="32 bytes"):
                 link.set_gateway_key(bytes(31))
         assert edge.core.counters["leave"] == 1
+
+
+def _epochs_of_nodes(
+    epochs: tuple[int, ...],
+) -> tuple[list[NodeDescriptor], dict[int, bytes]]:
+    """A gateway and one mix per layer, each keyed for ``epochs``; the gateway's X25519
+    secrets by epoch."""
+    nodes, gateway_keys = [], {}
+    for i, layer in enumerate((0, 1, 2, 3)):
+        ik = bytes(SigningKey(os.urandom(32)).verify_key)
+        secrets = {e: generate_private_key() for e in epochs}
+        if layer == 0:
+            gateway_keys = secrets
+        role = NodeRole.GATEWAY if layer == 0 else NodeRole.MIX
+        nodes.append(NodeDescriptor(
+            node_id=node_id_for(ik), name=f"n{i}", role=role, layer=layer, host="127.0.0.1",
+            port=4000 + i, client_port=5000 if layer == 0 else None, identity_key=ik,
+            epoch_keys={e: public_key(k) for e, k in secrets.items()},
+        ))  # fmt: skip
+    return nodes, gateway_keys
+
+
+async def test_the_listener_adopting_an_epoch_gives_its_link_the_gateways_new_key(
+    tmp_path: Path,
+) -> None:
+    """``Phone.adopt`` (the listener's topology refresh): the uplink takes the new document
+    and the link the gateway's key for its epoch, so a session lost after the gateway
+    dropped the old key comes back; a document without our gateway keeps the key."""
+    nodes, secrets = _epochs_of_nodes((7, 8))
+    docs = [build_document(e, epoch_length_s=600, geometry=VOICE, descriptors=nodes)
+            for e in (7, 8, 9)]  # fmt: skip
+    gateway = docs[0].gateways[0]
+    profile = create_profile(tmp_path / "p", network_file(), gateway.node_id, None)
+    async with _serving(secrets[7]) as edge:
+        async with open_gateway_link(
+            VOICE, edge.sock.getsockname(), gateway.epoch_key(7), profile.mailbox_key,
+            silence_s=1.0,
+        ) as link:  # fmt: skip
+            phone = Phone(profile, docs[0], link)
+            phone.adopt(docs[1])
+            assert phone.uplink.doc is docs[1] and link.gateway_key == public_key(secrets[8])
+            phone.adopt(docs[2])  # no key of our gateway for epoch 9: nobody to attach to
+            assert phone.uplink.doc is docs[2] and link.gateway_key == public_key(secrets[8])
+            assert phone.counters == {"topology_adopted": 2, "gateway_not_in_topology": 1}
+            edge.private_keys = [secrets[8]]
+            edge.restart()
+            await _reattached(link, 1, 5.0)
+            await _flows(edge, link, profile.mailbox_key, b"epoch 8")
+            assert link.stats["reattach_failed"] == 0
