@@ -2,13 +2,15 @@
 
     phantom-call listen --dir ~/.config/phantom-call --auto-answer --report me.json
     phantom-call dial ada --dir ~/.config/phantom-call --duration 30
+    phantom-call mute on          # also: mute off, answer, decline, hangup, status [--json]
 
 ``listen`` opens the profile, fetches the topology, attaches to the profile's gateway from a
 UDP socket bound to ``--bind`` and stays online at the constant rate (``client.phone``)
 until SIGTERM or SIGINT; it serves ``PROFILE/control.sock`` (``client.control``), which
-``dial`` uses: no passphrase is needed to dial while the listener runs. Exit codes: 0 ok,
-1 the call failed / no listener / the network is unreachable, 2 a bad argument or profile,
-4 a wrong passphrase.
+``dial`` and the one-request commands use: no passphrase is needed while the listener
+runs. Exit codes: 0 ok, 1 the call failed / no listener / nothing to do (no call to mute,
+hang up, answer) / the network is unreachable, 2 a bad argument or profile, 4 a wrong
+passphrase.
 """
 
 from __future__ import annotations
