@@ -526,11 +526,12 @@ _DONE = {"hangup": "hung up", "answer": "answered", "decline": "declined"}
 def cmd_control(args: argparse.Namespace) -> int:
     """``hangup``, ``answer``, ``decline``, ``mute on|off``: one request to the listener;
     exit 0 when it was done, 1 when there was no call to do it to (or no listener)."""
-    request: Request = Mute(args.state == "on") if args.command == "mute" else Simple(args.command)
+    verb = args.control
+    request: Request = Mute(args.state == "on") if verb == "mute" else Simple(verb)
     reply = ask_listener(args.dir, request)
     if reply["type"] != "ok":
         raise CommandError(str(reply.get("error", reply)), EXIT_FAILED)
-    print(_DONE.get(args.command) or ("muted" if args.state == "on" else "unmuted"))
+    print(_DONE.get(verb) or ("muted" if args.state == "on" else "unmuted"))
     return EXIT_OK
 
 
@@ -610,4 +611,4 @@ def add_online_commands(sub: Subcommands) -> None:
         if verb == "status":
             p.add_argument("--json", action="store_true", help="the listener's reply as JSON")
         p.add_argument("--dir", type=Path, default=None, help=help_dir)
-        p.set_defaults(handler=cmd_status if verb == "status" else cmd_control)
+        p.set_defaults(handler=cmd_status if verb == "status" else cmd_control, control=verb)
