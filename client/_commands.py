@@ -14,6 +14,7 @@ import functools
 import getpass
 import io
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from .contacts import MAX_AUTO_DELETE_DAYS, AddOutcome, Contact, ContactError, T
 from .enrol import EnrolError, NetworkFileError, choose_gateway, fetch_topology, load_network
 from .identity import format_safety_number, safety_number
 from .profile import (
+    CONTROL_SOCKET,
     PASSPHRASE_ENV,
     PassphraseError,
     Profile,
@@ -112,6 +114,21 @@ def _guarded(handler: _Handler) -> _Handler:
     return run
 
 
+def listener_answers(path: Path) -> bool:
+    """True if a listener answers on the control socket ``path`` (``phantom-call listen``
+    runs on that profile); False if nothing is there or nobody answers (a stale socket).
+    OSError for anything else (no permission, ...)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    finally:
+        probe.close()
+    return True
+
+
 # -- passphrases ---------------------------------------------------------------------------
 
 
@@ -170,6 +187,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     raw, bundle = load_network(args.network, pin)
     doc = fetch_topology(bundle, wall_clock())
     gateway = choose_gateway(doc)
+    # As every writer does (``_open``): never replace a profile another command is using.
+    # create_profile checks the directory again under the lock.
+    args.profile_lock = lock_profile(args.dir, LOCK_WAIT_S)
+    if args.force and listener_answers(args.dir / CONTROL_SOCKET):
+        raise CommandError(f"a listener is running on {args.dir}: stop it before replacing "
+                           "its profile", EXIT_FAILED)  # fmt: skip
     profile = create_profile(args.dir, raw, gateway.node_id, passphrase,
                              name=name, force=args.force)  # fmt: skip
     if passphrase is None:
@@ -309,8 +332,22 @@ def cmd_contact_verify(args: argparse.Namespace) -> int:
 
 
 @_guarded
+def cmd_contact_set(args: argparse.Namespace) -> int:
+    profile = _open(args)
+    book = profile.load_contacts()
+    contact = book.set_auto_delete(args.name, args.auto_delete_days)
+    profile.save_contacts(book)
+    profile.open_call_log(wall_clock())  # a new limit applies now, as it will at every open
+    print(_describe(contact))
+    return EXIT_OK
+
+
+@_guarded
 def cmd_calls(args: argparse.Namespace) -> int:
-    log = _open(args).open_call_log(wall_clock())
+    profile = _open(args)
+    log = profile.open_call_log(wall_clock())
+    if args.contact is not None and not log.records(args.contact):
+        profile.load_contacts().get(args.contact)  # a removed contact's kept calls still show
     if not log.records(args.contact):
         print("no calls" + (f" with {args.contact}" if args.contact else "") + " in the log")
     for r in log.records(args.contact):
@@ -330,6 +367,15 @@ def _profile_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--passphrase-file", metavar="FILE", default=None,
                    help=f"read the passphrase from FILE's first line (else ${PASSPHRASE_ENV}, "
                         "else asked on the terminal)")  # fmt: skip
+
+
+_DAYS = whole_number(1, MAX_AUTO_DELETE_DAYS)
+_DAYS_OR_OFF = whole_number(1, MAX_AUTO_DELETE_DAYS, what="'off' or a number of days")
+
+
+def _days_or_off(text: str) -> int | None:
+    """``--auto-delete-days`` of ``contact set``: N days, or None for 'off' / 0."""
+    return None if text.strip().lower() in ("off", "0") else _DAYS_OR_OFF(text)
 
 
 def add_caller_commands(sub: Subcommands) -> None:
@@ -355,17 +401,17 @@ def add_caller_commands(sub: Subcommands) -> None:
     card.add_argument("--qr", action="store_true", help="also print it as a QR code")
     card.set_defaults(handler=cmd_card)
 
-    contact = sub.add_parser("contact", help="add, list, remove or verify contacts")
+    contact = sub.add_parser("contact", help="add, list, remove, verify or set contacts")
     # The metavar names the verbs in the error for a missing one (else "verb").
     verbs = contact.add_subparsers(dest="verb", required=True,
-                                   metavar="{add,list,remove,verify}")  # fmt: skip
+                                   metavar="{add,list,remove,verify,set}")  # fmt: skip
     add = verbs.add_parser("add", help="add a contact from their card (or replace its card)")
     add.add_argument("name", help="your name for the contact (1..64 characters)")
     add.add_argument("card", help="their card: the phantom-card:1:... line")
-    add.add_argument("--auto-delete-days", type=whole_number(1, MAX_AUTO_DELETE_DAYS),
+    add.add_argument("--auto-delete-days", type=_DAYS,
                      default=None, metavar="N",
                      help="delete this contact's calls from the log after N days "
-                          "(default: kept)")  # fmt: skip
+                          "(default: kept; change it later with contact set)")  # fmt: skip
     for verb, handler, text in (
         ("list", cmd_contact_list, "list contacts with their verification state"),
         ("remove", cmd_contact_remove, "remove a contact"),
@@ -381,6 +427,14 @@ def add_caller_commands(sub: Subcommands) -> None:
         p.set_defaults(handler=handler)
     _profile_options(add)
     add.set_defaults(handler=cmd_contact_add)
+    set_ = verbs.add_parser("set", help="change a contact's auto-delete of its calls")
+    set_.add_argument("name", help="the contact's name")
+    set_.add_argument("--auto-delete-days", type=_days_or_off, required=True, metavar="N|off",
+                      help="delete this contact's calls from the log after N days "
+                           f"(1..{MAX_AUTO_DELETE_DAYS}; older ones go at once), or 'off' "
+                           "(or 0): keep them")  # fmt: skip
+    _profile_options(set_)
+    set_.set_defaults(handler=cmd_contact_set)
 
     calls = sub.add_parser("calls", help="the call log: time, direction, result, duration")
     calls.add_argument("--contact", default=None, help="only this contact's calls")

@@ -2,13 +2,15 @@
 
     phantom-call listen --dir ~/.config/phantom-call --auto-answer --report me.json
     phantom-call dial ada --dir ~/.config/phantom-call --duration 30
+    phantom-call mute on          # also: mute off, answer, decline, hangup, status [--json]
 
 ``listen`` opens the profile, fetches the topology, attaches to the profile's gateway from a
 UDP socket bound to ``--bind`` and stays online at the constant rate (``client.phone``)
 until SIGTERM or SIGINT; it serves ``PROFILE/control.sock`` (``client.control``), which
-``dial`` uses: no passphrase is needed to dial while the listener runs. Exit codes: 0 ok,
-1 the call failed / no listener / the network is unreachable, 2 a bad argument or profile,
-4 a wrong passphrase.
+``dial`` and the one-request commands use: no passphrase is needed while the listener
+runs. Exit codes: 0 ok, 1 the call failed / no listener / nothing to do (no call to mute,
+hang up, answer) / the network is unreachable, 2 a bad argument or profile, 4 a wrong
+passphrase.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import errno
 import ipaddress
+import json
 import os
 import signal
 import socket
@@ -37,6 +40,7 @@ from ._commands import (
     _guarded,
     _open,
     _profile_options,
+    listener_answers,
     wall_clock,
 )
 from ._signaling import Role
@@ -57,10 +61,13 @@ from .control import (
     ControlError,
     Dial,
     LineReader,
+    Mute,
+    Request,
     Simple,
     encode_message,
     parse_reply,
     parse_request,
+    request_message,
 )
 from .enrol import fetch_topology
 from .gateway_link import AttachError, open_gateway_link
@@ -69,10 +76,12 @@ from .phone import DIALER_GONE, MODE_BADGE, ActiveCall, Phone, PhoneOptions
 from .profile import CONTROL_SOCKET, Profile
 from .screen import CallScreen, CallStatus, Command, Phase
 
+_Handler: TypeAlias = Callable[[argparse.Namespace], int]
 if TYPE_CHECKING:
     Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 SOCKET_MODE = 0o600
+REPLY_TIMEOUT_S = 10.0  # seconds a one-request command waits for the listener's reply
 STOP_GRACE_S = 0.5  # on SIGTERM mid-call: time for our HANGUP to leave before we go
 TOPOLOGY_REFRESH_S = 60.0  # the listener asks for the current topology this often
 _SECONDS = finite_number(0.001, 86_400, what="seconds", verb="want")
@@ -86,20 +95,15 @@ def claim_control_socket(path: Path) -> socket.socket:
     """A listening AF_UNIX socket at ``path``, mode 0600. A stale socket file (nobody
     answers on it) is replaced; CommandError if another listener answers there."""
     if path.exists() or path.is_symlink():
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(2.0)
         try:
-            probe.connect(str(path))
-        except (ConnectionRefusedError, FileNotFoundError):
-            path.unlink(missing_ok=True)  # left by a listener that died
+            answers = listener_answers(path)
         except OSError as exc:
             raise CommandError(f"{path}: {exc.strerror}", EXIT_FAILED) from None
-        else:
+        if answers:
             raise CommandError(
                 f"another listener is running on this profile ({path} answers)", EXIT_FAILED
             )
-        finally:
-            probe.close()
+        path.unlink(missing_ok=True)  # left by a listener that died
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)  # created 0600: never readable by others, not even for a moment
     try:
@@ -146,19 +150,27 @@ def _status(phone: Phone) -> dict[str, object]:
     if call is not None:
         out["call"] = {"contact": call.name, "role": call.role.name.lower(),
                        "trust": str(call.state), "mode": MODE_BADGE,
-                       "events": sorted(call.times, key=call.times.__getitem__)}  # fmt: skip
+                       "events": sorted(call.times, key=call.times.__getitem__),
+                       "muted": call.muted}  # fmt: skip
     return out
 
 
-async def _forward_events(stream: trio.SocketStream, call: ActiveCall) -> None:
+async def _forward_events(stream: trio.SocketStream, call: ActiveCall, offset_s: float) -> None:
+    """Send ``call``'s events to the connection that dialed it, each once, until it ended
+    (mute switches as they happen); ``offset_s``: Trio's clock -> CLOCK_MONOTONIC."""
     names = {"dial": "dialing", "ringing": "ringing", "connected": "connected"}
     sent: set[str] = set()
+    muted = False  # a call starts unmuted
     while True:
         changed = call.changed
         for key, event in names.items():
             if key in call.times and key not in sent:
                 sent.add(key)
                 await _send(stream, {"type": "event", "event": event, "t": call.times[key]})
+        if call.muted != muted and not call.done.is_set():
+            muted = call.muted
+            await _send(stream, {"type": "event", "event": "muted" if muted else "unmuted",
+                                 "t": trio.current_time() + offset_s})  # fmt: skip
         if call.done.is_set():
             await _send(stream, {"type": "event", "event": "ended", "reason": call.reason,
                                  "t": call.times.get("ended"),
@@ -193,7 +205,7 @@ async def _connection(phone: Phone, stream: trio.SocketStream) -> None:
                     reply, call = _handle(phone, request, owned)
                     if call is not None:
                         owned = call
-                        nursery.start_soon(_forward_events, stream, call)
+                        nursery.start_soon(_forward_events, stream, call, phone.offset)
                     if reply is not None:
                         await _send(stream, reply)
         finally:
@@ -204,7 +216,7 @@ async def _connection(phone: Phone, stream: trio.SocketStream) -> None:
 
 
 def _handle(
-    phone: Phone, request: Dial | Simple, owned: ActiveCall | None
+    phone: Phone, request: Request, owned: ActiveCall | None
 ) -> tuple[dict[str, object] | None, ActiveCall | None]:
     """The reply to one request (None: the events say it) and the call it placed."""
     if isinstance(request, Dial):
@@ -214,12 +226,18 @@ def _handle(
             return None, phone.dial(request.contact, request.duration_s)
         except (UsageError, ContactError, PhantomError) as exc:
             return {"type": "error", "error": str(exc)}, None
+    if isinstance(request, Mute):
+        if phone.mute(request.on):
+            return {"type": "ok"}, None
+        verb = "mute" if request.on else "unmute"
+        return {"type": "error", "error": f"mute: no call to {verb}"}, None
     if request.type == "status":
         return _status(phone), None
     done = {"hangup": phone.hangup, "answer": phone.answer, "decline": phone.decline}
     if done[request.type]():
         return {"type": "ok"}, None
-    return {"type": "error", "error": f"{request.type}: no call to {request.type}"}, None
+    verb = "hang up" if request.type == "hangup" else request.type
+    return {"type": "error", "error": f"{request.type}: no call to {verb}"}, None
 
 
 # -- listen ------------------------------------------------------------------------------
@@ -308,8 +326,9 @@ async def _stop_on_signal(
 
 async def _refresh_topology(phone: Phone, profile: Profile) -> None:
     """Adopt each new epoch's topology document (fetched in a worker thread, verified
-    against the network's threshold), so new paths use the epoch's keys. A failed fetch
-    is counted (``deliveries["topology_fetch_failed"]`` in the report) and retried."""
+    against the network's threshold; ``Phone.adopt``), so new paths use the epoch's keys
+    and a re-attach the gateway's. A failed fetch is counted
+    (``deliveries["topology_fetch_failed"]`` in the report) and retried."""
     while True:
         await trio.sleep(TOPOLOGY_REFRESH_S)
         try:
@@ -318,8 +337,7 @@ async def _refresh_topology(phone: Phone, profile: Profile) -> None:
             phone.counters["topology_fetch_failed"] += 1
             continue
         if doc.epoch > phone.uplink.doc.epoch:
-            phone.uplink.doc = doc
-            phone.counters["topology_adopted"] += 1
+            phone.adopt(doc)
 
 
 async def _listen_main(
@@ -436,6 +454,21 @@ def _connect(directory: Path) -> socket.socket:
     return sock
 
 
+def _reply_errors(handler: _Handler) -> _Handler:
+    """``handler`` (already ``_guarded``), with a listener's unreadable reply (ControlError)
+    as its message and exit code 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(handler(args))
+        except ControlError as exc:
+            print(f"phantom-call: error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+
+    return run
+
+
+@_reply_errors
 @_guarded
 def cmd_dial(args: argparse.Namespace) -> int:
     sock = _connect(args.dir)
@@ -470,19 +503,85 @@ def cmd_dial(args: argparse.Namespace) -> int:
                 return EXIT_FAILED
 
 
-def _wrap_control_errors(args: argparse.Namespace) -> int:
-    try:
-        return int(cmd_dial(args))
-    except ControlError as exc:
-        print(f"phantom-call: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+# -- one request each: hangup, answer, decline, mute, status --------------------------------
+
+
+def ask_listener(
+    directory: Path, request: Request, timeout_s: float = REPLY_TIMEOUT_S
+) -> dict[str, object]:
+    """Send ``request`` to the listener of the profile ``directory`` and return its one
+    reply (a dict with a ``type``). CommandError (exit 1) when no listener runs there or
+    it does not answer within ``timeout_s`` seconds; ControlError for a reply that is not
+    a control message."""
+    sock = _connect(directory)
+    reader = LineReader()
+    with sock:
+        sock.settimeout(timeout_s)
+        try:
+            sock.sendall(encode_message(request_message(request)))
+            while True:
+                data = sock.recv(MAX_LINE)
+                if not data:
+                    raise CommandError("the listener closed the connection without a reply",
+                                       EXIT_FAILED)  # fmt: skip
+                for line in reader.feed(data):
+                    return parse_reply(line)
+        except TimeoutError:
+            raise CommandError(f"the listener on {directory} did not answer within "
+                               f"{timeout_s:g} s", EXIT_FAILED) from None  # fmt: skip
+        except OSError as exc:
+            raise CommandError(f"{directory / CONTROL_SOCKET}: {exc.strerror or exc}",
+                               EXIT_FAILED) from None  # fmt: skip
+
+
+_DONE = {"hangup": "hung up", "answer": "answered", "decline": "declined"}
+
+
+@_reply_errors
+@_guarded
+def cmd_control(args: argparse.Namespace) -> int:
+    """``hangup``, ``answer``, ``decline``, ``mute on|off``: one request to the listener;
+    exit 0 when it was done, 1 when there was no call to do it to (or no listener)."""
+    verb = args.control
+    request: Request = Mute(args.state == "on") if verb == "mute" else Simple(verb)
+    reply = ask_listener(args.dir, request)
+    if reply["type"] != "ok":
+        raise CommandError(str(reply.get("error", reply)), EXIT_FAILED)
+    print(_DONE.get(verb) or ("muted" if args.state == "on" else "unmuted"))
+    return EXIT_OK
+
+
+def describe_status(reply: dict[str, object]) -> list[str]:
+    """A status reply as lines of text: the listener, then its current call or none."""
+    lines = [f"online: {reply.get('contacts')} contact(s), {reply.get('calls')} call(s) "
+             "since it started"]  # fmt: skip
+    call = reply.get("call")
+    if not isinstance(call, dict):
+        return [*lines, "no call"]
+    events = call.get("events")
+    phase = events[-1] if isinstance(events, list) and events else "?"
+    muted = ", MUTED" if call.get("muted") else ""
+    lines.append(f"call with {call.get('contact')}: {call.get('role')}, {phase}, "
+                 f"{call.get('trust')}, {call.get('mode')}{muted}")  # fmt: skip
+    return lines
+
+
+@_reply_errors
+@_guarded
+def cmd_status(args: argparse.Namespace) -> int:
+    reply = ask_listener(args.dir, Simple("status"))
+    if reply["type"] != "status":
+        raise CommandError(str(reply.get("error", reply)), EXIT_FAILED)
+    print(json.dumps(reply, sort_keys=True) if args.json else "\n".join(describe_status(reply)))
+    return EXIT_OK
 
 
 # -- the parser --------------------------------------------------------------------------
 
 
 def add_online_commands(sub: Subcommands) -> None:
-    """Add ``listen`` and ``dial`` to ``phantom-call``'s parser."""
+    """Add ``listen``, ``dial`` and the one-request commands (``answer``, ``decline``,
+    ``hangup``, ``mute``, ``status``) to ``phantom-call``'s parser."""
     add_options = _profile_options
     listen = sub.add_parser("listen", help="stay online at the constant rate; calls ring here")
     add_options(listen)
@@ -518,4 +617,22 @@ def add_online_commands(sub: Subcommands) -> None:
     dial.add_argument("--duration", type=_SECONDS, default=None, metavar="S",
                       help="hang up S seconds after the call connects (default: when this "
                            "command is stopped)")  # fmt: skip
-    dial.set_defaults(handler=_wrap_control_errors)
+    dial.set_defaults(handler=cmd_dial)
+
+    help_dir = "the profile whose listener to ask (default as for listen)"
+    for verb, text in (
+        ("answer", "pick up the call ringing at the running listener"),
+        ("decline", "refuse the call ringing at the running listener"),
+        ("hangup", "hang up the running listener's call"),
+        ("mute", "mute or unmute the microphone of the running listener's call"),
+        ("status", "the running listener: online, its contacts, its call"),
+    ):
+        p = sub.add_parser(verb, help=text)
+        if verb == "mute":
+            p.add_argument("state", choices=("on", "off"),
+                           help="on: the other side hears silence (sent at the same rate "
+                                "and size); off: your microphone again")  # fmt: skip
+        if verb == "status":
+            p.add_argument("--json", action="store_true", help="the listener's reply as JSON")
+        p.add_argument("--dir", type=Path, default=None, help=help_dir)
+        p.set_defaults(handler=cmd_status if verb == "status" else cmd_control, control=verb)

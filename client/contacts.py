@@ -63,6 +63,11 @@ def contact_name_problem(name: str) -> str | None:
     return None
 
 
+def _check_days(days: int | None) -> None:
+    if days is not None and not 1 <= days <= MAX_AUTO_DELETE_DAYS:
+        raise ContactError(f"auto-delete is 1..{MAX_AUTO_DELETE_DAYS} days")
+
+
 @dataclass(frozen=True, slots=True)
 class Contact:
     """One contact: its ``card`` and what the user decided about it."""
@@ -149,8 +154,7 @@ class ContactBook:
         problem = contact_name_problem(name)
         if problem is not None:
             raise ContactError(problem)
-        if auto_delete_days is not None and not 1 <= auto_delete_days <= MAX_AUTO_DELETE_DAYS:
-            raise ContactError(f"auto-delete is 1..{MAX_AUTO_DELETE_DAYS} days")
+        _check_days(auto_delete_days)
         for other in self._contacts.values():
             if other.name != name and other.card.identity == card.identity:
                 raise ContactError(f"this card's identity is already the contact {other.name!r}")
@@ -169,6 +173,14 @@ class ContactBook:
             outcome = AddOutcome.KEY_CHANGED
         self._contacts[name] = new
         return outcome
+
+    def set_auto_delete(self, name: str, days: int | None) -> Contact:
+        """Delete ``name``'s calls from the log after ``days`` days from now on (None: keep
+        them); ContactError for an unknown name or ``days`` outside 1..36500."""
+        _check_days(days)
+        contact = replace(self.get(name), auto_delete_days=days)
+        self._contacts[name] = contact
+        return contact
 
     def remove(self, name: str) -> Contact:
         """Remove and return the contact ``name``; ContactError if there is none."""

@@ -2,6 +2,8 @@
 
     >>> parse_request(b'{"type": "dial", "contact": "ada", "duration_s": 5}')
     Dial(contact='ada', duration_s=5.0)
+    >>> parse_request(b'{"type": "mute", "on": true}')
+    Mute(on=True)
     >>> parse_request(b'{"type": "dial"}')
     Traceback (most recent call last):
     ...
@@ -17,11 +19,15 @@ on one line (UTF-8, at most ``MAX_LINE`` bytes) with a ``type``.
 Requests (command -> listener): ``{"type": "dial", "contact": NAME, "duration_s": S|null}``
 (the connection then stays open for the call: closing it hangs up, reason "dialer gone"),
 ``{"type": "hangup"}``, ``{"type": "answer"}``, ``{"type": "decline"}``, ``{"type":
-"status"}``. Replies (listener -> command): ``{"type": "event", "event": "dialing" |
-"ringing" | "connected" | "ended", "t": CLOCK_MONOTONIC seconds, "reason": ...}``,
-``{"type": "status", ...}``, ``{"type": "ok"}`` and ``{"type": "error", "error": TEXT}``.
-A malformed request is answered with an error and changes nothing; it never ends the
-listener.
+"mute", "on": true|false}`` (mute or unmute the current call's microphone: silence goes
+out at the same rate and size), ``{"type": "status"}``. Replies (listener -> command):
+``{"type": "event", "event": "dialing" | "ringing" | "connected" | "muted" | "unmuted" |
+"ended", "t": CLOCK_MONOTONIC seconds, "reason": ...}`` (to the connection that dialed),
+``{"type": "status", "online": true, "contacts": N, "calls": N, "call": null | {"contact",
+"role", "trust", "mode", "events", "muted"}}``, ``{"type": "ok"}`` and ``{"type": "error",
+"error": TEXT}``. A malformed request is answered with an error and changes nothing; it
+never ends the listener. :func:`request_message` is the inverse of :func:`parse_request`
+(what a command sends).
 """
 
 from __future__ import annotations
@@ -59,7 +65,14 @@ class Simple:
     type: str
 
 
-Request: TypeAlias = Dial | Simple
+@dataclass(frozen=True, slots=True)
+class Mute:
+    """Mute (``on``) or unmute the microphone of the current call."""
+
+    on: bool
+
+
+Request: TypeAlias = Dial | Simple | Mute
 SIMPLE_TYPES = ("hangup", "answer", "decline", "status")
 
 
@@ -77,8 +90,13 @@ def parse_request(line: bytes) -> Request:
     kind = obj.get("type")
     if kind in SIMPLE_TYPES:
         return Simple(kind)
+    if kind == "mute":
+        on = obj.get("on")
+        if not isinstance(on, bool):
+            raise ControlError("mute: 'on' must be true (mute) or false (unmute)")
+        return Mute(on)
     if kind != "dial":
-        wanted = ", ".join(("dial", *SIMPLE_TYPES))
+        wanted = ", ".join(("dial", "mute", *SIMPLE_TYPES))
         raise ControlError(f"unknown type {str(kind)[:32]!r}: want one of {wanted}")
     name = obj.get("contact")
     if not isinstance(name, str) or contact_name_problem(name) is not None:
@@ -88,12 +106,22 @@ def parse_request(line: bytes) -> Request:
         if (
             isinstance(duration, bool)
             or not isinstance(duration, int | float)
+            or not 0 < duration <= MAX_DURATION_S  # first: a 400-digit int has no float
             or not math.isfinite(duration)
-            or not 0 < duration <= MAX_DURATION_S
         ):
             raise ControlError(f"dial: 'duration_s' must be seconds in (0, {MAX_DURATION_S:g}]")
         duration = float(duration)
     return Dial(name, duration)
+
+
+def request_message(request: Request) -> dict[str, object]:
+    """The message of ``request`` (for :func:`encode_message`); parsing it gives
+    ``request`` back."""
+    if isinstance(request, Dial):
+        return {"type": "dial", "contact": request.contact, "duration_s": request.duration_s}
+    if isinstance(request, Mute):
+        return {"type": "mute", "on": request.on}
+    return {"type": request.type}
 
 
 def encode_message(message: dict[str, object]) -> bytes:

@@ -11,14 +11,17 @@ every downlink frame. It watches its session: when no authenticated downlink fra
 ``silence_s`` seconds, or the gateway's UNKNOWN_SESSION hint is not contradicted by one
 within ``hint_confirm_s`` (gateway restart, idle expiry), it attaches again with a fresh
 ephemeral key, backing off exponentially with jitter up to ``REATTACH_CAP_S``, and counts it
-(``stats["reattaches"]``). Leaving the ``async with`` block sends LEAVE, so the gateway stops
-the downlink at once. Received deliveries wait in a bounded channel; when the application
-does not keep up the newest are dropped and counted (``stats``), never buffered without
-bound. ``stats["sent_bytes"]`` and ``stats["received_bytes"]`` count the UDP payload bytes
-of every frame sent (UPLINK, ATTACH, LEAVE) and every datagram received; ``meter``
-holds the same per second each way (``TrafficMeter``). Every time the link
-reads or keeps is on Trio's clock (``trio.current_time()``, monotonic): arrival stamps,
-the session watch and the backoff; a step of the wall clock changes none of them.
+(``stats["reattaches"]``). A re-attach is made under the gateway key the link holds then:
+the gateway keeps only the keys of the epochs around the current one, so a long-lived client
+gives the link each new epoch's key (``set_gateway_key``, from the topology it adopts); the
+session in use keeps its own keys. Leaving the ``async with`` block sends LEAVE, so the
+gateway stops the downlink at once. Received deliveries wait in a bounded channel; when the
+application does not keep up the newest are dropped and counted (``stats``), never buffered
+without bound. ``stats["sent_bytes"]`` and ``stats["received_bytes"]`` count the UDP payload
+bytes of every frame sent (UPLINK, ATTACH, LEAVE) and every datagram received; ``meter``
+holds the same per second each way (``TrafficMeter``). Every time the link reads or keeps is
+on Trio's clock (``trio.current_time()``, monotonic): arrival stamps, the session watch and
+the backoff; a step of the wall clock changes none of them.
 """
 
 from __future__ import annotations
@@ -130,6 +133,7 @@ class GatewayLink:
         self._acked = trio.Event()
         self._progress = trio.Event()  # something arrived for the attach under way
         self._wake = trio.Event()  # something arrived that the session watch should see
+        self._rekeyed = trio.Event()  # a new gateway key: a re-attach waiting may try now
         self._watch = SessionWatch(silence_s, hint_confirm_s, trio.current_time())
         self.attached = False
         self.stats: Counter[str] = Counter()
@@ -141,6 +145,24 @@ class GatewayLink:
         self._raw.send(frame)
         self.stats["sent_bytes"] += len(frame)
         self.meter.record("up", len(frame), trio.current_time())
+
+    @property
+    def gateway_key(self) -> bytes:
+        """The gateway's X25519 public key the next (re-)attach uses (32 bytes)."""
+        return self._gateway_key
+
+    def set_gateway_key(self, gateway_key: bytes) -> None:
+        """Attach under ``gateway_key`` (the gateway's 32-byte X25519 key for a new epoch)
+        from now on; the session in use is kept, and a re-attach waiting out its backoff
+        tries again at once. ValueError for a key that is not 32 bytes."""
+        if len(gateway_key) != 32:
+            raise ValueError("a gateway key is 32 bytes")
+        if gateway_key == self._gateway_key:
+            return
+        self._gateway_key = gateway_key
+        self.stats["gateway_key_changes"] += 1
+        self._rekeyed.set()  # ends a re-attach attempt under the old key, or its backoff
+        self._progress.set()
 
     def _new_link(self) -> ClientLink:
         return ClientLink(self._geometry, self._gateway_key, self._mailbox_key, rng=self._rng)
@@ -226,12 +248,11 @@ class GatewayLink:
         """Attach ``link`` (ATTACH, CHALLENGE, ATTACH with proof, ATTACHED); True if acked."""
         self._pending, self._acked = link, trio.Event()
         with trio.move_on_after(timeout_s):
-            while not self._acked.is_set():
+            while not self._acked.is_set() and not self._rekeyed.is_set():
                 self._progress = trio.Event()
                 try:
                     frame = link.attach_frame()
-                    self._send_raw(frame)
-                    self.stats["sent_bytes"] += len(frame)
+                    self._send_raw(frame)  # counts its bytes
                 except OSError:
                     self.stats["send_failed"] += 1  # gateway not up (yet): keep trying
                 with trio.move_on_after(ATTACH_RETRY_S):
@@ -254,14 +275,17 @@ class GatewayLink:
                 continue
             self.stats["sessions_lost"] += 1
             attempt = 0
-            while not await self._attach(self._new_link(), REATTACH_TRY_S):
+            while True:
+                self._rekeyed = trio.Event()
+                if await self._attach(self._new_link(), REATTACH_TRY_S):
+                    break
                 self.stats["reattach_failed"] += 1
-                await trio.sleep(
-                    backoff_delay(
-                        attempt, base_s=REATTACH_BASE_S, cap_s=REATTACH_CAP_S, rng=self._rng
-                    )
+                delay = backoff_delay(
+                    attempt, base_s=REATTACH_BASE_S, cap_s=REATTACH_CAP_S, rng=self._rng
                 )
-                attempt += 1
+                with trio.move_on_after(delay):
+                    await self._rekeyed.wait()  # a new key is worth trying at once
+                attempt = 0 if self._rekeyed.is_set() else attempt + 1
             self.stats["reattaches"] += 1
 
     def _leave(self) -> None:

@@ -165,8 +165,9 @@ class ActiveCall:
     ``times``: name ("dial", "ringing", "connected", "ended") -> CLOCK_MONOTONIC seconds of
     its first occurrence; ``reason``: the end reason's name, or DIALER_GONE, or
     "listener stopped"; ``done`` is set once the call is recorded (report, log, speaker).
-    ``changed`` is set (and replaced) at every event. ``live``: the jitter and loss of the
-    peer's media as it arrives (its packets carry no capture time, so no one-way delay)."""
+    ``changed`` is set (and replaced) at every event and mute switch. ``live``: the jitter
+    and loss of the peer's media as it arrives (its packets carry no capture time, so no
+    one-way delay)."""
 
     name: str
     role: Role
@@ -194,6 +195,10 @@ class ActiveCall:
 
     def mark(self, name: str, t: float) -> None:
         self.times.setdefault(name, t)
+        self.notify()
+
+    def notify(self) -> None:
+        """Wake whoever waits on ``changed`` (an event, or the mute switched)."""
         self.changed.set()
         self.changed = trio.Event()
 
@@ -300,6 +305,19 @@ class Phone:
         finally:
             if fd is not None:
                 os.close(fd)
+
+    def adopt(self, doc: TopologyDocument) -> None:
+        """Use ``doc``, the topology of a newer epoch: new paths take its keys, and a
+        re-attach to our gateway its key for ``doc.epoch`` (the session in use is kept).
+        Counted in ``counters`` (``topology_adopted``; ``gateway_not_in_topology`` when our
+        gateway, or its key for the epoch, is missing: the link keeps the key it has)."""
+        self.uplink.doc = doc
+        self.counters["topology_adopted"] += 1
+        node = doc.by_id.get(self.me.gateway_id)
+        if node is None or doc.epoch not in node.epoch_keys:
+            self.counters["gateway_not_in_topology"] += 1
+            return
+        self.link.set_gateway_key(node.epoch_key(doc.epoch))
 
     def close(self) -> None:
         """Zero every channel's keys (call after ``save_channels``); close live devices."""
@@ -481,7 +499,9 @@ class Phone:
         call = self.current
         if call is None or call.caller.ended.is_set():
             return False
-        call.caller.media_out.muted = on
+        if call.caller.media_out.muted != on:
+            call.caller.media_out.muted = on
+            call.notify()
         return True
 
     def answer(self) -> bool:

@@ -228,7 +228,7 @@ def test_contact_without_a_verb_names_the_verbs(capsys: pytest.CaptureFixture[st
     with pytest.raises(SystemExit) as exit_:
         main(["contact"])
     assert exit_.value.code == 2
-    assert "required: {add,list,remove,verify}" in capsys.readouterr().err
+    assert "required: {add,list,remove,verify,set}" in capsys.readouterr().err
 
 
 def test_removing_an_auto_deleted_contact_deletes_its_calls_instead_of_keeping_them(
@@ -255,6 +255,64 @@ def test_removing_an_auto_deleted_contact_deletes_its_calls_instead_of_keeping_t
     assert "its 1 call(s) stay in the log" in capsys.readouterr().out
     log = open_profile(me, lambda: PASSPHRASE).open_call_log(now)
     assert [r.contact for r in log.records()] == ["ada"]  # bob's no longer outlive the rule
+
+
+def test_calls_of_an_unknown_contact_is_an_error_but_a_removed_ones_kept_calls_show(
+    two: tuple[Path, str, Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    me, _, _, bob_card = two
+    d = ["--dir", str(me)]
+    ada_card = _foreign_card(Card.from_text(bob_card).network_fingerprint)
+    assert main(["contact", "add", "bob", bob_card, *d]) == 0
+    assert main(["contact", "add", "ada", ada_card, *d]) == 0
+    now = int(time.time())
+    record = CallRecord(now - 60, 10, CallDirection.OUTGOING, CallResult.ANSWERED, "ada")
+    open_profile(me, lambda: PASSPHRASE).append_call(record, now)
+    assert main(["contact", "remove", "ada", *d]) == 0
+    capsys.readouterr()
+    assert main(["calls", "--contact", "bobb", *d]) == 2  # was: "no calls", exit 0
+    assert "no contact called 'bobb'" in capsys.readouterr().err
+    assert main(["calls", "--contact", "bob", *d]) == 0
+    assert capsys.readouterr().out.strip() == "no calls with bob in the log"
+    assert main(["calls", "--contact", "ada", *d]) == 0  # removed; its calls stayed
+    assert "outgoing  answered" in capsys.readouterr().out
+
+
+def test_contact_set_changes_and_unsets_the_auto_delete(
+    two: tuple[Path, str, Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    me, _, _, bob_card = two
+    d = ["--dir", str(me)]
+    assert main(["contact", "add", "bob", bob_card, "--auto-delete-days", "7", *d]) == 0
+    assert "calls auto-deleted after 7 d" in capsys.readouterr().out
+    now = int(time.time())
+    old = CallRecord(now - 3 * 86400, 10, CallDirection.OUTGOING, CallResult.ANSWERED, "bob")
+    open_profile(me, lambda: PASSPHRASE).append_call(old, now)
+    for off in ("off", "0", "OFF"):
+        assert main(["contact", "set", "bob", "--auto-delete-days", off, *d]) == 0
+        assert capsys.readouterr().out.strip().endswith("; calls kept")
+        book = open_profile(me, lambda: PASSPHRASE).load_contacts()
+        assert book.get("bob").auto_delete_days is None
+    # A card added again keeps the setting (add without the option changes nothing).
+    assert main(["contact", "add", "bob", bob_card, *d]) == 0
+    assert "calls kept" in capsys.readouterr().out
+    assert main(["contact", "set", "bob", "--auto-delete-days", "2", *d]) == 0
+    assert "calls auto-deleted after 2 d" in capsys.readouterr().out
+    log = open_profile(me, lambda: PASSPHRASE).open_call_log(now)
+    assert log.records("bob") == []  # the 3-day-old call went with the new limit
+    for bad, why in (("-1", "'off' or a number of days in 1..36500"), ("36501", "36500"),
+                     ("never", "'off' or a number of days")):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_:
+            main(["contact", "set", "bob", "--auto-delete-days", bad, *d])
+        assert exit_.value.code == 2 and why in capsys.readouterr().err
+    assert main(["contact", "set", "nobody", "--auto-delete-days", "off", *d]) == 2
+    assert "no contact called 'nobody'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["contact", "set", "bob", *d])  # the option is required
+    assert "--auto-delete-days" in capsys.readouterr().err
+    book = ContactBook()
+    with pytest.raises(ContactError, match="no contact called"):
+        book.set_auto_delete("x", None)
 
 
 def _foreign_card(network_fingerprint: bytes) -> str:

@@ -200,7 +200,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Listener
                 assert main(["contact", "add", them, cards[them], "--dir", str(dirs[me])]) == 0
         finally:
             del os.environ["PHANTOM_PASSPHRASE"]
-        voice = artificial_voice(12.0, seed=3)
+        voice = artificial_voice(30.0, seed=3)  # longer than any call here: speech throughout
         # 48 kHz stereo by sample repetition: the listener resamples it to 16 kHz mono
         _write_wav(tmp / "mic.wav", np.repeat(voice, 3), 48000, 2)
         listeners = {
@@ -413,3 +413,93 @@ def test_killing_dial_hangs_up_and_killing_listen_times_out(net: dict[str, Liste
     assert not (bob.directory / CONTROL_SOCKET).exists() or True  # SIGKILL leaves it stale
     bob.start()  # a stale socket is replaced by the next listener
     assert stat.S_IMODE((bob.directory / CONTROL_SOCKET).stat().st_mode) == 0o600
+
+
+def _command(directory: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """One ``phantom-call`` command against the listener of ``directory``, to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", "client.cli", *argv, "--dir", str(directory)],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def _rms(pcm: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) if len(pcm) else 0.0
+
+
+def test_mute_over_the_control_socket_sends_silence_at_the_same_rate(
+    net: dict[str, Listener],
+) -> None:
+    """``phantom-call mute on|off`` mid-call: the peer decodes silence for the frames
+    captured while muted and speech again after; the uplink's packets per second and their
+    size do not change; the dialing connection gets muted/unmuted events; status says so;
+    ``phantom-call hangup`` ends the call. Without a call each says there is none."""
+    alice, bob = net["alice"], net["bob"]
+    for argv, why in ((("mute", "on"), "no call to mute"), (("hangup",), "no call to hang up"),
+                      (("answer",), "no call to answer")):  # fmt: skip
+        done = _command(alice.directory, *argv)
+        assert (done.returncode, done.stdout) == (1, ""), done
+        assert why in done.stderr
+    idle = _command(alice.directory, "status")
+    assert idle.returncode == 0 and "no call" in idle.stdout, idle
+    dial = _dial(alice.directory, "bob")  # until hung up below
+    assert dial.stdout is not None
+    line, deadline = "", time.monotonic() + 30
+    while "connected" not in line and time.monotonic() < deadline:
+        line = dial.stdout.readline()
+        if not line:
+            break
+    assert "connected bob" in line, dial.communicate(timeout=10)
+    time.sleep(2.5)
+    before_on = time.monotonic()
+    muted = _command(alice.directory, "mute", "on")
+    t_on = time.monotonic()
+    assert (muted.returncode, muted.stdout.strip()) == (0, "muted"), muted
+    status = _command(alice.directory, "status", "--json")
+    call = json.loads(status.stdout)["call"]
+    assert call["muted"] is True and call["contact"] == "bob", status
+    assert "MUTED" in _command(alice.directory, "status").stdout
+    time.sleep(2.5)
+    t_off = time.monotonic()
+    unmuted = _command(alice.directory, "mute", "off")
+    assert (unmuted.returncode, unmuted.stdout.strip()) == (0, "unmuted"), unmuted
+    time.sleep(2.5)
+    hung = _command(alice.directory, "hangup")
+    assert (hung.returncode, hung.stdout.strip()) == (0, "hung up"), hung
+    out, err = dial.communicate(timeout=60)
+    assert dial.returncode == 0, (out, err, alice.log())
+    assert out.index("muted bob") < out.index("unmuted bob") < out.index("ended: HANGUP"), out
+    time.sleep(2.0)  # bob's side drains and writes its speaker file and report
+    a_call, b_call = alice.calls()[-1], bob.calls()[-1]
+    capture, played = a_call["capture"], b_call["played"]
+    assert isinstance(capture, list) and isinstance(played, list)
+    heard = read_wav(alice.directory.parent / "heard.wav")
+    frame = 16 * int(b_call["frame_ms"])  # type: ignore[call-overload]
+    assert len(heard) == frame * len(played)  # one frame of PCM per item played
+
+    def heard_between(lo: float, hi: float) -> np.ndarray:
+        """What bob played of alice's frames captured in [lo, hi] (CLOCK_MONOTONIC s)."""
+        parts = [heard[k * frame : (k + 1) * frame] for k, (i, kind, _) in enumerate(played)
+                 if kind == "frame" and i < len(capture) and lo <= capture[i] <= hi]  # fmt: skip
+        assert len(parts) > 20, (lo, hi, len(parts))
+        return np.concatenate(parts)
+
+    connected, ended = a_call["times"]["connected"], a_call["times"]["ended"]  # type: ignore[index]
+    speech = _rms(heard_between(connected + 0.3, before_on - 0.3))
+    silence = _rms(heard_between(t_on + 0.3, t_off - 0.3))
+    again = _rms(heard_between(t_off + 0.5, ended - 0.5))
+    assert speech > 300 and again > 0.5 * speech, (speech, again)
+    assert silence < 0.03 * speech, (silence, speech)
+    # Alice's uplink: the same packets per second and one datagram size, muted or not.
+    report = json.loads(alice.report.read_text())
+    traffic = report["traffic"]
+    t0, up, size = traffic["t0"], traffic["up_packets"], traffic["up_bytes"]
+    seconds = [s for s in range(len(up)) if connected <= t0 + s and t0 + s + 1 <= ended]
+    during = [up[s] for s in seconds if t_on <= t0 + s and t0 + s + 1 <= t_off]
+    others = [up[s] for s in seconds if t0 + s + 1 <= before_on or t_off <= t0 + s]
+    assert len(during) >= 2 and len(others) >= 4, (seconds, t0, connected, ended)
+    assert float(np.median(during)) == float(np.median(others)) == 25.0, (during, others)
+    counts = [up[s] for s in seconds]
+    # A second short of packets is a slot the process was too late for (CPU load), counted.
+    assert max(counts) - min(counts) <= 2 or report["uplink_slots"].get("missed"), counts
+    assert len({size[s] / up[s] for s in seconds}) == 1, [size[s] for s in seconds]

@@ -4,10 +4,12 @@ the call log's auto-delete, core dumps off."""
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from directory_support import free_ports
 from hypothesis import given, settings
 from profile_support import PASSPHRASE, make_profile, network_file
 
+from client import _commands as commands
 from client.calllog import DAY_S, CallDirection, CallRecord, CallResult
 from client.card import Card
 from client.cli import build_parser, main
@@ -29,6 +32,7 @@ from client.identity import Identity
 from client.profile import (
     CALLS_FILE,
     CONTACTS_FILE,
+    CONTROL_SOCKET,
     IDENTITY_FILE,
     PROFILE_FILE,
     PassphraseError,
@@ -178,6 +182,38 @@ def test_a_second_init_refuses_without_force(
     assert main(["init", "--dir", str(tmp_path / "home"), "--network", str(path)]) == 2
     assert "holds other files (notes.txt): give a new or empty" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "home").iterdir()) == ["notes.txt"]
+
+
+def test_init_force_waits_for_the_profile_lock_and_refuses_a_running_listener(
+    tmp_path: Path,
+    network: tuple[Path, str, set[bytes]],
+    passphrase: bytes,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``init --force`` replaced a profile while another command was using it."""
+    path, _, _ = network
+    me = tmp_path / "p"
+    argv = ["init", "--dir", str(me), "--network", str(path)]
+    assert main(argv) == 0
+    before = open_profile(me, lambda: passphrase).identity.public
+    monkeypatch.setattr(commands, "LOCK_WAIT_S", 0.2)
+    held = os.open(me, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another command is using the profile
+        assert main([*argv, "--force"]) == 2
+        assert "another phantom-call command" in capsys.readouterr().err
+    finally:
+        os.close(held)
+    assert open_profile(me, lambda: passphrase).identity.public == before  # untouched
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(me / CONTROL_SOCKET))  # a listener answers on the profile
+        listener.listen(1)
+        assert main([*argv, "--force"]) == 1
+        assert f"a listener is running on {me}" in capsys.readouterr().err
+    assert open_profile(me, lambda: passphrase).identity.public == before
+    assert main([*argv, "--force"]) == 0  # its socket is stale now: replaced
+    assert open_profile(me, lambda: passphrase).identity.public != before
 
 
 def test_init_writes_nothing_when_no_authority_answers(
@@ -424,8 +460,9 @@ def test_an_empty_call_log_says_so(
     me = make_profile(tmp_path / "me", network_file())
     assert main(["calls", "--dir", str(me.directory)]) == 0
     assert capsys.readouterr().out.strip() == "no calls in the log"
-    assert main(["calls", "--dir", str(me.directory), "--contact", "ada"]) == 0
-    assert capsys.readouterr().out.strip() == "no calls with ada in the log"
+    # Not a contact, no calls: a typo, said so (it was "no calls", exit 0).
+    assert main(["calls", "--dir", str(me.directory), "--contact", "ada"]) == 2
+    assert "no contact called 'ada'" in capsys.readouterr().err
 
 
 def test_a_file_planted_at_the_temporary_name_is_never_written_through(tmp_path: Path) -> None:
