@@ -24,7 +24,8 @@ Wire layout (every field big-endian; docs/media.md has the full table)::
 The optional receiver report (in the manner of RTCP RR, RFC 3550 6.4.1) tells the peer
 what we received of its media: the sequence number of the last packet that arrived, how
 many milliseconds we held it before sealing this packet, the highest number accepted and
-how many numbers up to it were not (cumulative lost, 24 bits, as RTCP's). A zero type byte (or no room after the frames) means no report.
+how many numbers up to it were not (cumulative lost, 24 bits, as RTCP's). A zero type
+byte (or no room after the frames) means no report.
 
 The sequence number is masked with a PRF (keyed BLAKE2b) of a sample of the ciphertext
 under a separate header key, in the manner of QUIC's header protection, so the whole

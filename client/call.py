@@ -19,6 +19,13 @@ with a random nonce, and loops are random bytes.
 The receiver tries media first, then signaling; what opens as neither is cover, unless it
 claimed to be media of the call (``received`` counts each kind apart).
 
+Each media packet carries a receiver report on the peer's media (``MediaIn.report``,
+docs/media.md); each report the peer sends back gives a round trip (``rtt``, ``on_rtt``)
+and feeds ``route_health`` (``client._route_health``). With one route per call direction
+(``uplink.routing.per_call``) a verdict that the route failed moves the call to a spare
+(``uplink.route_failed()``, counted in ``route_failovers``, event "route failover"), or,
+with none left, is counted in ``route_no_spare`` (event "route failed").
+
 ``Caller`` is the Trio edge only: its tasks, the link and the timers. The decisions are
 sans-IO and take ``now``: ``overlay.UplinkScheduler`` keeps the slot grid and picks each
 slot's frame, ``Call`` (``client._signaling``) runs the signaling, ``SignalFramer``

@@ -33,8 +33,9 @@ The per-process report (:meth:`Phone.report`) holds, for each call: role, the lo
 name (never an identity key or an address), the CLOCK_MONOTONIC times of dial, ringing,
 connected and ended, the end reason, the capture time of each frame sent and the play time
 of each frame played (by frame index), so a test bed can subtract one process's times from
-another's; and for the whole time online the UDP payload bytes and datagrams per second
-each way (``GatewayLink.meter``), and the key agreement of the calls.
+another's, the route failovers and round trips (:func:`route_record`); and for the whole
+time online the UDP payload bytes and datagrams per second each way
+(``GatewayLink.meter``), and the key agreement of the calls.
 """
 
 from __future__ import annotations
