@@ -4,6 +4,7 @@ route dies mid-call."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 
@@ -17,6 +18,7 @@ from test_call import MemoryNet, _network
 from client import InMemoryChannel, ReceiverReport, artificial_voice
 from client._route_health import RouteHealth, RouteHealthConfig
 from client.call import Address, Caller, Contact
+from client.phone import route_record
 from overlay import RoutePolicy, UplinkScheduler, UsageError
 
 SLOT_S = 0.04
@@ -190,3 +192,11 @@ async def test_a_dead_mix_on_the_callers_route_moves_it_to_a_spare(
     median_half = rtts[len(rtts) // 2] / 2
     true_median = sorted(one_way)[len(one_way) // 2]
     assert abs(median_half - true_median) <= 0.25 * true_median
+    # What the listener's call record says of it (JSON-ready).
+    record = json.loads(json.dumps(route_record(a)))
+    assert record["route_failovers"] == a.route_failovers and record["route_no_spare"] == 0
+    assert [why for _, why in record["route_verdicts"]] == [w for _, w in a.route_verdicts]
+    assert record["rtt_ms"]["n"] == len(a.rtt)
+    assert record["one_way_estimate_ms"]["p50"] == pytest.approx(
+        record["rtt_ms"]["p50"] / 2, abs=0.1
+    )
