@@ -17,11 +17,12 @@ A call direction with a route of its own (``overlay.RoutePolicy(per_call=True)``
 from the peer's reports (``client._media.ReceiverReport``, one in each of its media
 packets) whether our packets get through. ``RouteHealth`` says the route failed when
 
-- ``stalled``: reports keep arriving but the peer's ``received`` count has not moved in
-  ``stall_s`` since the first media packet we sent after its last move;
+- ``stalled``: reports keep arriving but the peer's ``received`` count has not risen above
+  the highest seen in ``stall_s`` since the first media packet we sent after it last did;
 - ``lossy``: over the reports of the last ``loss_window_s``, the share of our sequence
-  numbers the peer did not receive (its ``highest_seq`` and ``received`` moves, as RTCP's
-  fraction lost) is above ``loss_threshold``, counted over ``min_loss_packets`` or more;
+  numbers the peer did not receive (the spans of its ``highest_seq`` and ``received``, as
+  RTCP's fraction lost) is above ``loss_threshold``, counted over ``min_loss_packets`` or
+  more;
 - ``silent``: no report at all for ``no_report_s`` while we kept sending media (both
   directions may be dead; moving our route is cheap, and the peer judges its own).
 
@@ -107,7 +108,8 @@ class RouteHealth:
     def report(self, report: ReceiverReport, at: float) -> None:
         """A receiver report from the peer arrived at ``at``."""
         self._last_report = at
-        if report.received != self._received:
+        # Reports overtake each other in the mixnet: only a count above any seen is progress.
+        if self._received is None or report.received > self._received:
             self._received = report.received
             self._unacked_from = None  # progress: the stall clock waits for our next send
         self._window.append((at, report.highest_seq, report.received))
@@ -119,11 +121,12 @@ class RouteHealth:
         fewer than ``min_loss_packets`` sequence numbers."""
         if len(self._window) < 2:
             return None
-        (_, h0, r0), (_, h1, r1) = self._window[0], self._window[-1]
-        expected = h1 - h0
+        highest = [h for _, h, _ in self._window]  # in arrival order, not always rising
+        received = [r for _, _, r in self._window]
+        expected = max(highest) - min(highest)
         if expected < max(1, self.config.min_loss_packets):
             return None
-        return min(1.0, max(0.0, 1 - (r1 - r0) / expected))
+        return min(1.0, max(0.0, 1 - (max(received) - min(received)) / expected))
 
     def check(self, now: float) -> str | None:
         """The verdict at ``now``: a reason the route failed (then nothing for

@@ -105,6 +105,17 @@ def test_verdicts_are_at_least_a_cooldown_apart(dead_from: float, silent: bool) 
         assert b - a >= CFG.cooldown_s - 1e-9
 
 
+def test_a_report_overtaken_in_the_network_is_not_progress() -> None:
+    """The count reaches 50 at 2.26 s, then nothing new; an older report (49) that arrives
+    at 3.0 s must not restart the stall clock."""
+    reports = [(0.3 + 0.04 * k, min(49, k), min(50, k + 1)) for k in range(200)]
+    reports.append((3.0, 48, 49))  # sealed long ago, overtaken on the way
+    verdicts = _drive(RouteHealth(), reports, until=8.0)
+    first_unacked = next(k * SLOT_S for k in range(200) if k * SLOT_S >= 0.3 + 0.04 * 49)
+    assert verdicts and verdicts[0][1] == "stalled"
+    assert verdicts[0][0] <= first_unacked + CFG.stall_s + 2 * SLOT_S
+
+
 def test_no_report_at_all_is_judged_after_no_report_s() -> None:
     verdicts = _drive(RouteHealth(), [], until=5.0, start=1.0)
     (when, why), *_ = verdicts
