@@ -121,7 +121,8 @@ def test_a_killed_mix_on_the_callers_route_moves_the_call_to_a_spare(tmp_path: P
     lost = [s for s in after if s not in b.rx.arrived]
     played = [kind for _, kind, t in b.rx.items if moved_at + SETTLE_S + 0.5 <= t <= hangup - 1.0]
     late_or_lost = sum(kind != "frame" for kind in played) / max(1, len(played))
-    assert len(after) >= 100 and len(lost) <= 0.03 * len(after), (len(lost), len(after))
+    # (at least 2 s of packets even on a loaded machine, where the move may take longer)
+    assert len(after) >= 50 and len(lost) <= 0.03 * len(after), (len(lost), len(after), why)
     assert played and late_or_lost <= 0.10, late_or_lost
 
     # The one-way estimate (half the median round trip from B's reports) against the true
