@@ -31,6 +31,7 @@ from ._media import MediaReplayed as MediaReplayed
 from ._media import MediaReplayWindow as MediaReplayWindow
 from ._media import MediaSender as MediaSender
 from ._media import NotMedia as NotMedia
+from ._media import ReceiverReport as ReceiverReport
 from ._media import check_fits as check_fits
 from ._media import derive_media_keys as derive_media_keys
 from ._signaling import DEFERRED as DEFERRED

@@ -17,9 +17,11 @@
     >>> [(index, kind) for index, kind, _ in into.trace.items]
     [(0, 'frame'), (1, 'frame'), (2, 'missing')]
 
-``MediaOut`` cuts our voice into the frames of each slot, encodes and seals them;
-``MediaIn`` opens the peer's packets, buffers them in the jitter buffer and decodes what
-the playout grid asks for. Both keep the traces the call report needs; times are seconds
+``MediaOut`` cuts our voice into the frames of each slot, encodes and seals them, with the
+receiver report ``MediaIn.report(now)`` gives; ``MediaIn`` opens the peer's packets,
+buffers them in the jitter buffer and decodes what the playout grid asks for, and keeps
+what the next report needs. :func:`rtt_sample` turns a report the peer sent back into a
+round-trip time. Both keep the traces the call report needs; times are seconds
 on the caller's one clock, passed in (no clock, no socket here).
 """
 
@@ -32,7 +34,7 @@ from typing import Protocol
 import numpy as np
 
 from ._jitter import JitterBuffer, JitterConfig, JitterStats, MediaFrame
-from ._media import MediaKeys, MediaReceiver, MediaSender
+from ._media import MAX_HOLD_MS, MediaKeys, MediaReceiver, MediaSender, ReceiverReport
 from ._voice import OpusDecoder, OpusEncoder, Pcm, VoiceProfile
 
 
@@ -115,9 +117,10 @@ class MediaOut:
         assert self._sender is not None
         self._sender.rekey(keys)
 
-    def seal_next(self) -> tuple[int, bytes] | None:
-        """``(sequence number, sealed payload)`` of the next packet's frames; None while
-        not sending."""
+    def seal_next(self, report: ReceiverReport | None = None) -> tuple[int, bytes] | None:
+        """``(sequence number, sealed payload)`` of the next packet's frames, carrying
+        ``report`` (``MediaIn.report`` at the sealing time) if given; None while not
+        sending."""
         if self._sender is None or self._encoder is None:
             return None
         p, n = self.profile, self.profile.samples_per_frame
@@ -129,7 +132,7 @@ class MediaOut:
                 pcm = np.zeros(n, np.int16)
             frames.append(self._encoder.encode(pcm))
         seq = self._sender.next_seq
-        wire = self._sender.seal(frames)
+        wire = self._sender.seal(frames, report)
         self._packets += 1
         self.trace.frames_sent += p.frames_per_packet
         return seq, wire
@@ -140,7 +143,9 @@ class MediaIn:
     played out on the jitter buffer's grid from the first arrival. ``on_arrival(seq, at,
     media_s)``, if set, hears of each packet opened: its sequence number, arrival time and
     media clock (seconds from the sender's first frame); ``on_play(pcm)``, if set, gets
-    each frame played (int16 at the peer's rate; a live speaker)."""
+    each frame played (int16 at the peer's rate; a live speaker); ``on_report(report, at)``,
+    if set, hears of each receiver report the peer's packets carry. ``last_seq``/``last_at``:
+    the number and arrival time (seconds) of the latest packet opened, for our next report."""
 
     def __init__(self, jitter: JitterConfig):
         self.jitter_config = jitter
@@ -151,6 +156,9 @@ class MediaIn:
         self._decoder: OpusDecoder | None = None
         self._jb: JitterBuffer | None = None
         self.first_arrival: float | None = None  # seconds
+        self.on_report: Callable[[ReceiverReport, float], None] | None = None
+        self.last_seq: int | None = None
+        self.last_at: float | None = None  # seconds
 
     @property
     def listening(self) -> bool:
@@ -175,12 +183,25 @@ class MediaIn:
             return False
         packet = self._receiver.open(data)
         self.trace.arrived.setdefault(packet.seq, at)
+        self.last_seq, self.last_at = packet.seq, at
+        if packet.report is not None and self.on_report is not None:
+            self.on_report(packet.report, at)
         if self.on_arrival is not None:
             self.on_arrival(packet.seq, at, packet.timestamp / packet.profile.sample_rate_hz)
         self._jb.push_packet(packet, at)  # frame indices on the peer's profile
         if self.first_arrival is None:
             self.first_arrival = at
         return True
+
+    def report(self, now: float) -> ReceiverReport | None:
+        """The receiver report to seal into a packet at ``now`` (seconds): the latest packet
+        opened, held ``now - last_at`` (milliseconds, floored, saturating at
+        ``MAX_HOLD_MS``); None before the first packet opened."""
+        if self._receiver is None or self.last_seq is None or self.last_at is None:
+            return None
+        hold_ms = min(MAX_HOLD_MS, max(0, int((now - self.last_at) * 1000)))
+        counters, highest = self._receiver.counters, self._receiver.window.highest
+        return ReceiverReport.of(self.last_seq, hold_ms, highest, counters.accepted)
 
     def grid(self) -> tuple[float, float]:
         """(first playout time, seconds per frame) of the playout grid; call it once
@@ -202,3 +223,20 @@ class MediaIn:
             if self.on_play is not None:
                 self.on_play(self.trace.pcm[-1])
         self.trace.stats = self._jb.stats
+
+
+def rtt_sample(report: ReceiverReport, at: float, sent: dict[int, float]) -> float | None:
+    """The round-trip time (seconds) a receiver report that arrived at ``at`` gives:
+    ``at - sent[echo_seq] - hold``, where ``sent`` maps our media sequence numbers to their
+    send times (``MediaTrace.sent``, the same clock as ``at``). None when we hold no send
+    time for ``echo_seq``, when the hold saturated (unknown), or when the result is
+    negative (a time from another clock).
+
+        >>> rtt_sample(ReceiverReport(7, 40, 9, 0), 10.5, {7: 10.0})  # 0.5 s - 40 ms hold
+        0.46
+    """
+    sent_at = sent.get(report.echo_seq)
+    if sent_at is None or report.hold_ms >= MAX_HOLD_MS:
+        return None
+    rtt = at - sent_at - report.hold_ms / 1000
+    return round(rtt, 9) if rtt >= 0 else None

@@ -260,9 +260,10 @@ class _Lines:
 def screen_status(phone: Phone) -> CallStatus:
     """What the call screen shows now: the current call (phase, contact, trust state and
     safety number, elapsed time, mute, live figures) or idle, with the time online and the
-    uplink rate. The media packets carry no capture time, so the delay shown is the jitter
+    uplink rate. The delay shown is the one-way estimate, half the median round trip the
+    peer's receiver reports gave over the last seconds; before the first one, the jitter
     buffer's playout delay (how far playout lags the fastest recent frame, ms), labelled
-    so; jitter (RFC 3550, ms) and loss (fraction) come from the arriving packets."""
+    so. Jitter (RFC 3550, ms) and loss (fraction) come from the arriving packets."""
     now = trio.current_time()
     online = None if phone.started_at is None else max(0.0, now + phone.offset - phone.started_at)
     call = phone.current
@@ -286,13 +287,15 @@ def screen_status(phone: Phone) -> CallStatus:
         number = format_safety_number(safety_number(mine, peer.contact.card.identity))
     stats = caller.media_in.trace.stats
     playout = None if stats is None else 1000 * max(0.0, stats.delay_s - stats.min_delay_s)
+    estimate = call.live.one_way_delay_ms(now)
     return CallStatus(
         peer=call.name, phase=phase, verified=call.state is TrustState.VERIFIED,
         safety_number=number, mode=MODE_BADGE, end_reason=call.reason,
         elapsed_s=0.0 if since is None else max(0.0, until - since), online_s=online,
         uplink_bytes_per_s=phone.uplink_bytes_per_s(), muted=call.muted,
-        one_way_delay_ms=playout, jitter_ms=call.live.jitter_ms(), loss=call.live.loss(now),
-        delay_is_playout=True,
+        one_way_delay_ms=playout if estimate is None else estimate,
+        jitter_ms=call.live.jitter_ms(), loss=call.live.loss(now),
+        delay_is_playout=estimate is None,
     )  # fmt: skip
 
 

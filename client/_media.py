@@ -17,7 +17,15 @@ Wire layout (every field big-endian; docs/media.md has the full table)::
 
     masked seq (4) | ChaCha20-Poly1305 ciphertext of the body (len - 20) | tag (16)
     body = timestamp (4) | n_frames (1) | n_redundant (1)
-           | (frame length (2) | frame) * (n_redundant + n_frames) | zero padding
+           | (frame length (2) | frame) * (n_redundant + n_frames)
+           | [report type (1) = 1 | echo_seq (4) | hold_ms (2) | highest_seq (4) | lost (3)]
+           | zero padding
+
+The optional receiver report (in the manner of RTCP RR, RFC 3550 6.4.1) tells the peer
+what we received of its media: the sequence number of the last packet that arrived, how
+many milliseconds we held it before sealing this packet, the highest number accepted and
+how many numbers up to it were not (cumulative lost, 24 bits, as RTCP's). A zero type
+byte (or no room after the frames) means no report.
 
 The sequence number is masked with a PRF (keyed BLAKE2b) of a sample of the ciphertext
 under a separate header key, in the manner of QUIC's header protection, so the whole
@@ -48,7 +56,7 @@ from overlay import VOICE, DropReason, PacketError, UsageError
 
 from ._voice import VoiceProfile
 
-MEDIA_LABEL = b"phantom-media-v1"  # versioned KDF label; bump on any wire change
+MEDIA_LABEL = b"phantom-media-v2"  # versioned KDF label; bump on any wire change
 KEY_LEN = 32  # bytes, ChaCha20-Poly1305 and the header-protection key
 CALL_SECRET_LEN = 32  # bytes of per-call secret from the E2EE channel
 CALL_ID_LEN = 16  # bytes
@@ -58,6 +66,12 @@ HP_SAMPLE_LEN = 16  # bytes of ciphertext that seed the header-protection mask
 HP_PERSON = b"pn-media-hp-v1"  # BLAKE2b personalisation of the header-protection PRF
 BODY_HEADER_LEN = 6  # timestamp (4) + n_frames (1) + n_redundant (1)
 FRAME_LEN_LEN = 2  # bytes, length prefix of each Opus frame
+REPORT_NONE = 0  # report type byte: no report, zero padding follows
+REPORT_RR = 1  # report type byte: a ReceiverReport follows
+REPORT_LEN = 13  # echo_seq (4) + hold_ms (2) + highest_seq (4) + lost (3)
+REPORT_BLOCK_LEN = 1 + REPORT_LEN  # bytes the sender keeps free after the frames
+MAX_HOLD_MS = 2**16 - 1  # hold_ms saturates here; such a report gives no RTT sample
+MAX_LOST = 2**24 - 1  # cumulative lost saturates here (RTCP's 24 bits)
 MAX_SEQ = 2**32 - 1  # a sender stops here (about 5.4 years at 25 packets/s)
 MAX_TIMESTAMP = 2**32 - 1  # samples of media clock
 REPLAY_WINDOW = 128  # packets, as in SRTP's recommended minimum of 64, doubled
@@ -161,13 +175,58 @@ def media_body_capacity(packet_len: int) -> int:
 def check_fits(profile: VoiceProfile, packet_len: int) -> None:
     """Raise a UsageError naming the fields when a profile's packet cannot fit."""
     frames = profile.frames_per_packet * (1 + profile.redundancy)
-    need = BODY_HEADER_LEN + frames * (FRAME_LEN_LEN + profile.frame_bytes)
+    need = BODY_HEADER_LEN + frames * (FRAME_LEN_LEN + profile.frame_bytes) + REPORT_BLOCK_LEN
     have = media_body_capacity(packet_len)
     if need > have:
         raise UsageError(
-            f"frames_per_packet * (1 + redundancy) * frame bytes (bitrate_bps, frame_ms) need"
-            f" {need} bytes but a {packet_len}-byte media packet holds {have}"
+            f"frames_per_packet * (1 + redundancy) * frame bytes (bitrate_bps, frame_ms) and"
+            f" the {REPORT_BLOCK_LEN}-byte receiver report need {need} bytes but a"
+            f" {packet_len}-byte media packet holds {have}"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverReport:
+    """What a receiver tells the sender about its media (RTCP RR style, fixed size).
+
+    ``echo_seq``: the sequence number of the last media packet that arrived from the peer;
+    ``hold_ms``: milliseconds between its arrival and the sealing of the packet that
+    carries this report (saturating at ``MAX_HOLD_MS``); ``highest_seq``: the highest number
+    accepted; ``lost``: numbers up to ``highest_seq`` not accepted (saturating at
+    ``MAX_LOST``). Raises ``UsageError`` for a field out of range or an inconsistent report
+    (``echo_seq`` above ``highest_seq``, or no packet received: ``lost > highest_seq``).
+    """
+
+    echo_seq: int
+    hold_ms: int
+    highest_seq: int
+    lost: int
+
+    def __post_init__(self) -> None:
+        for name, hi in (("echo_seq", MAX_SEQ), ("hold_ms", MAX_HOLD_MS),
+                         ("highest_seq", MAX_SEQ), ("lost", MAX_LOST)):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= hi:
+                raise UsageError(f"{name}: want an integer in [0, {hi}], got {value!r}")
+        if self.echo_seq > self.highest_seq or self.lost > self.highest_seq:
+            raise UsageError(f"inconsistent receiver report {self!r}")
+
+    @classmethod
+    def of(cls, echo_seq: int, hold_ms: int, highest_seq: int, received: int) -> ReceiverReport:
+        """The report of a receiver that accepted ``received`` packets (>= 1), ``lost``
+        saturating at ``MAX_LOST``; UsageError as the constructor."""
+        return cls(echo_seq, hold_ms, highest_seq, min(MAX_LOST, highest_seq + 1 - received))
+
+    @property
+    def received(self) -> int:
+        """Packets the peer accepted: ``highest_seq + 1 - lost`` (too high once ``lost``
+        saturated, after 2^24 lost packets: a week of media)."""
+        return self.highest_seq + 1 - self.lost
+
+    def to_bytes(self) -> bytes:
+        """The ``REPORT_BLOCK_LEN`` bytes of the block, type byte first."""
+        head = struct.pack(">BIHI", REPORT_RR, self.echo_seq, self.hold_ms, self.highest_seq)
+        return head + self.lost.to_bytes(3, "big")
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +238,7 @@ class MediaPacket:
     frames: tuple[bytes, ...]
     redundant: tuple[bytes, ...]
     profile: VoiceProfile  # the sender's negotiated profile: it defines the media clock
+    report: ReceiverReport | None = None  # what the peer received of our media
 
     @property
     def first_index(self) -> int:
@@ -218,8 +278,10 @@ class MediaSender:
         self._aead = ChaCha20Poly1305(keys.aead_key)
         self._hp_key = keys.hp_key
 
-    def seal(self, frames: Sequence[bytes]) -> bytes:
-        """One packet of exactly ``packet_len`` bytes, whatever the frames' sizes."""
+    def seal(self, frames: Sequence[bytes], report: ReceiverReport | None = None) -> bytes:
+        """One packet of exactly ``packet_len`` bytes, whatever the frames' sizes, with
+        ``report`` after the frames if given. UsageError for frames that are not
+        ``frames_per_packet`` byte strings, that do not fit, or an exhausted sequence space."""
         p = self.profile
         if len(frames) != p.frames_per_packet or not all(isinstance(f, bytes) for f in frames):
             raise UsageError(f"seal wants exactly {p.frames_per_packet} frames of bytes")
@@ -231,6 +293,10 @@ class MediaSender:
             if len(f) >= 2 ** (8 * FRAME_LEN_LEN):
                 raise UsageError("an Opus frame is longer than its length prefix allows")
             parts += [struct.pack(">H", len(f)), f]
+        if report is not None:
+            if not isinstance(report, ReceiverReport):
+                raise UsageError(f"report: want a ReceiverReport, got {report!r}")
+            parts.append(report.to_bytes())
         body = b"".join(parts)
         capacity = media_body_capacity(self.packet_len)
         if len(body) > capacity:
@@ -393,8 +459,19 @@ def _parse_body(seq: int, body: bytes, profile: VoiceProfile) -> MediaPacket:
             raise MediaMalformed()
         frames.append(body[pos : pos + length])
         pos += length
+    report = None
+    if pos < len(body) and body[pos] == REPORT_RR:
+        if pos + REPORT_BLOCK_LEN > len(body):
+            raise MediaMalformed()
+        echo_seq, hold_ms, highest_seq = struct.unpack_from(">IHI", body, pos + 1)
+        lost = int.from_bytes(body[pos + 11 : pos + REPORT_BLOCK_LEN], "big")
+        try:
+            report = ReceiverReport(echo_seq, hold_ms, highest_seq, lost)
+        except UsageError:
+            raise MediaMalformed() from None
+        pos += REPORT_BLOCK_LEN
+    # What is left (REPORT_NONE's type byte included) must be zero padding.
     if n_frames == 0 or not hmac.compare_digest(body[pos:], bytes(len(body) - pos)):
         raise MediaMalformed()
-    return MediaPacket(
-        seq, timestamp, tuple(frames[n_redundant:]), tuple(frames[:n_redundant]), profile
-    )
+    current, redundant = tuple(frames[n_redundant:]), tuple(frames[:n_redundant])
+    return MediaPacket(seq, timestamp, current, redundant, profile, report)

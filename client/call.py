@@ -19,6 +19,13 @@ with a random nonce, and loops are random bytes.
 The receiver tries media first, then signaling; what opens as neither is cover, unless it
 claimed to be media of the call (``received`` counts each kind apart).
 
+Each media packet carries a receiver report on the peer's media (``MediaIn.report``,
+docs/media.md); each report the peer sends back gives a round trip (``rtt``, ``on_rtt``)
+and feeds ``route_health`` (``client._route_health``). With one route per call direction
+(``uplink.routing.per_call``) a verdict that the route failed moves the call to a spare
+(``uplink.route_failed()``, counted in ``route_failovers``, event "route failover"), or,
+with none left, is counted in ``route_no_spare`` (event "route failed").
+
 ``Caller`` is the Trio edge only: its tasks, the link and the timers. The decisions are
 sans-IO and take ``now``: ``overlay.UplinkScheduler`` keeps the slot grid and picks each
 slot's frame, ``Call`` (``client._signaling``) runs the signaling, ``SignalFramer``
@@ -60,13 +67,14 @@ from ._call_media import MediaIn as MediaIn
 from ._call_media import MediaOut as MediaOut
 from ._call_media import MediaTrace as MediaTrace
 from ._call_media import PlayoutTrace as PlayoutTrace
-from ._call_media import VoiceSource
+from ._call_media import VoiceSource, rtt_sample
 from ._channel import SecureChannel
 from ._frames import Address as Address
 from ._frames import Contact as Contact
 from ._frames import SignalFramer as SignalFramer
 from ._jitter import JitterConfig
-from ._media import Direction, MediaError, NotMedia
+from ._media import Direction, MediaError, NotMedia, ReceiverReport
+from ._route_health import RouteHealth, RouteHealthConfig
 from ._signaling import (
     Action,
     Call,
@@ -138,6 +146,7 @@ class Caller:
         on_event: Callable[[str, float], None] | None = None,
         rng: Rng = os.urandom,
         security_log: SecurityLog | None = None,
+        route_health: RouteHealthConfig | None = None,
     ):
         self.profile = profile or VoiceProfile()
         self.link, self.me, self.contact = link, me, contact
@@ -163,10 +172,20 @@ class Caller:
         self.call = Call(channel, reply_mailbox=me.to_bytes(), surbs=b"", profile=self.profile,
                          security_log=self.security_log)  # fmt: skip
         self.framer = framer or SignalFramer(contact.signal_key, me, contact.address, rng=rng)
-        # Called with ("ringing" | "connected" | "ended", seconds on Trio's clock).
+        # Called with ("ringing" | "connected" | "ended" | "route failover" | "route failed",
+        # seconds on Trio's clock); "route failed": judged failed with no spare left.
         self._on_event = on_event
         self.media_out = MediaOut(voice, self.profile)
         self.media_in = MediaIn(jitter or JitterConfig(frame_ms=self.profile.frame_ms))
+        self.media_in.on_report = self._on_report
+        # The peer's receiver reports: round trips, and the verdict on our call route (with
+        # per-call routes only: ``uplink.routing.per_call``).
+        self.route_health = RouteHealth(route_health)
+        self.rtt: list[tuple[float, float]] = []  # (arrival time, round trip), seconds
+        self.on_rtt: Callable[[float, float], None] | None = None  # hears each rtt sample
+        self.route_failovers = 0  # moves to a spare route this call
+        self.route_no_spare = 0  # route judged failed with no spare left
+        self.route_verdicts: list[tuple[float, str]] = []  # (time, RouteHealth reason)
         self._timers: dict[Timer, float] = {}  # signaling timer -> deadline (seconds)
         self._answer_at: float | None = None
         self._playout_ready = trio.Event()
@@ -276,7 +295,37 @@ class Caller:
             self.tx.displaced += 1
         if slot.media_seq is not None:
             self.tx.sent[slot.media_seq] = now
+            self.route_health.sent(now)
+        self._judge_route(now)
         return slot.packet
+
+    def _on_report(self, report: ReceiverReport, at: float) -> None:
+        """A receiver report in the peer's media: a round-trip sample and route health."""
+        rtt = rtt_sample(report, at, self.tx.sent)
+        if rtt is not None:
+            self.rtt.append((at, rtt))
+            if self.on_rtt is not None:
+                self.on_rtt(at, rtt)
+        self.route_health.report(report, at)
+
+    def _judge_route(self, now: float) -> None:
+        """While the call is on with a route of its own: move to a spare route when the
+        peer's reports say ours failed; with none left, count it and tell (never back to
+        per-packet routes)."""
+        if not self.uplink.routing.per_call or not self.media_out.sending:
+            return
+        if not self.connected.is_set() or self.ended.is_set():
+            return
+        reason = self.route_health.check(now)
+        if reason is None:
+            return
+        self.route_verdicts.append((now, reason))
+        if self.uplink.route_failed():
+            self.route_failovers += 1
+            self._event("route failover", now)
+        else:
+            self.route_no_spare += 1
+            self._event("route failed", now)
 
     def _tick(self, now: float) -> None:
         for timer, deadline in list(self._timers.items()):
@@ -294,7 +343,7 @@ class Caller:
             return None
         if not self.uplink.media_due(capture_start, now):
             return None
-        return self.media_out.seal_next()
+        return self.media_out.seal_next(self.media_in.report(now))
 
     async def _downlink(self) -> None:
         while True:

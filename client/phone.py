@@ -35,9 +35,10 @@ connected and ended, the end reason, the capture time of each frame sent and the
 of each frame played (by frame index), so a test bed can subtract one process's times from
 another's; the call's settings (``call_settings``: mean delay per hop, hops, signaling
 channel, voice profile), what the jitter buffer did to the peer's frames
-(``jitter_counts``) and how many of our media packets signaling displaced; and for the
-whole time online the UDP payload bytes and datagrams per second each way
-(``GatewayLink.meter``), the sizes of the packets sent, and the key agreement of the calls.
+(``jitter_counts``), how many of our media packets signaling displaced, the route
+failovers and round trips (:func:`route_record`); and for the whole time online the UDP
+payload bytes and datagrams per second each way (``GatewayLink.meter``), the sizes of the
+packets sent, and the key agreement of the calls.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ SIGNAL_KEY_PERSON = b"pn-sigkey-v1"  # BLAKE2b personalisation of a contact pair
 MODE_BADGE = "PARANOID"  # Mode C: the only mode this client offers or accepts
 DRAIN_S = 1.0  # after a call ends, keep its media path this long (late frames, our HANGUP)
 CONTACTS_REFRESH_S = 10.0  # contacts added by another command are seen within this long
+ROUTE_EVENTS = ("route failover", "route failed")  # Caller events about the call's route
 DIALER_GONE = "dialer gone"  # end reason when the dial command's connection closes mid-call
 PROFILE_LOCK_WAIT_S = 10.0  # seconds a write waits for another command using the profile
 
@@ -166,8 +168,8 @@ class ActiveCall:
     its first occurrence; ``reason``: the end reason's name, or DIALER_GONE, or
     "listener stopped"; ``done`` is set once the call is recorded (report, log, speaker).
     ``changed`` is set (and replaced) at every event and mute switch. ``live``: the jitter
-    and loss of the peer's media as it arrives (its packets carry no capture time, so no
-    one-way delay)."""
+    and loss of the peer's media as it arrives, and the one-way delay estimate: half the
+    round trip the peer's receiver reports give (its packets carry no capture time; ``rtt``)."""
 
     name: str
     role: Role
@@ -187,6 +189,10 @@ class ActiveCall:
         than the last (another clock's reading) is left out of the figures."""
         if self.live.last_arrival is None or at >= self.live.last_arrival:
             self.live.arrived(seq, at, media_s)
+
+    def rtt(self, at: float, rtt_s: float) -> None:
+        """A round trip (seconds) measured at ``at`` (see ``Caller.on_rtt``)."""
+        self.live.rtt(at, rtt_s)
 
     @property
     def muted(self) -> bool:
@@ -447,6 +453,7 @@ class Phone:
         caller.media_in.on_arrival = call.arrived
         if isinstance(self.options.speaker, LiveSpeaker):
             caller.media_in.on_play = self.options.speaker.play
+        caller.on_rtt = call.rtt
         holder.append(call)
         self.current = call
         assert self._nursery is not None
@@ -523,6 +530,9 @@ class Phone:
         return True
 
     def _on_event(self, call: ActiveCall, what: str, now: float) -> None:
+        if what in ROUTE_EVENTS:  # may recur; counted in the call record, not in times
+            self._route_event(call, what)
+            return
         first = what not in call.times
         call.mark(what, now + self._offset)
         if not first:
@@ -543,6 +553,16 @@ class Phone:
             if call.reason is None:
                 call.reason = reason.name if reason is not None else "unknown"
             self._ui(f"call with {call.name} ended: {call.reason}")
+
+    def _route_event(self, call: ActiveCall, what: str) -> None:
+        caller = call.caller
+        if what == "route failover":
+            left = self.uplink.spare_routes
+            self._ui(f"call with {call.name}: route lost packets, moved to a spare ({left} left)")
+        elif caller.route_no_spare == 1:  # said once per call; counted every time
+            self._ui(f"warning: call with {call.name}: route lost packets, no spare route left")
+        call.changed.set()
+        call.changed = trio.Event()
 
     async def _call_task(self, call: ActiveCall) -> None:
         """The call's playout, then, once it ended and drained, its records."""
@@ -662,6 +682,7 @@ class Phone:
             "played": [[i, kind, round(t + off, 6)] for i, kind, t in rx.items],
             "received": dict(caller.received),
             "signaling": {"channel_refused": caller.call.counters.channel},
+            **route_record(caller),
         }
 
     # -- the report ----------------------------------------------------------------------
@@ -700,3 +721,29 @@ class Phone:
         except OSError as exc:
             return f"--report {self.options.report}: {exc.strerror}"
         return None
+
+
+def route_record(caller: Caller) -> dict[str, object]:
+    """The call record's route keys: ``route_failovers`` (moves to a spare route),
+    ``route_no_spare`` (the route was judged failed with no spare left), ``route_verdicts``
+    (``[[CLOCK_MONOTONIC s, reason], ...]``, client._route_health), ``rtt_ms`` (percentiles
+    ``p50``/``p90``/``p99`` and count ``n`` of the round trips the peer's receiver reports
+    gave, or None) and ``one_way_estimate_ms`` (the same halved: an estimate, the two
+    directions' delays being drawn alike)."""
+    off = caller.tx.to_monotonic_s
+    rtt_ms = np.array([1000 * r for _, r in caller.rtt])
+
+    def percentiles(values: np.ndarray) -> dict[str, float] | None:
+        if not len(values):
+            return None
+        p50, p90, p99 = np.percentile(values, [50, 90, 99])
+        return {"n": len(values), "p50": round(float(p50), 1), "p90": round(float(p90), 1),
+                "p99": round(float(p99), 1)}  # fmt: skip
+
+    return {
+        "route_failovers": caller.route_failovers,
+        "route_no_spare": caller.route_no_spare,
+        "route_verdicts": [[round(t + off, 6), why] for t, why in caller.route_verdicts],
+        "rtt_ms": percentiles(rtt_ms),
+        "one_way_estimate_ms": percentiles(rtt_ms / 2),
+    }

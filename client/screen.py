@@ -14,7 +14,8 @@ Four parts, of which only the last does I/O:
 - :class:`CallStatus`, a frozen snapshot of one moment (peer, phase, mode, encryption,
   verification, the live figures), which the client builds and this module only reads;
 - :class:`LiveFigures`, the live figures (median one-way delay, jitter, loss over the last
-  seconds) from the media packets as they arrive;
+  seconds) from the media packets as they arrive, and the round trips the peer's receiver
+  reports give (half of one is a one-way estimate);
 - :func:`render` (a ``rich`` panel of a snapshot: the mode badge, the lock with a one-line
   explanation, the verification in a warning colour when missing, the figures, the keys) and
   :class:`KeyMap` (which key sends which :class:`Command` in which phase), both pure;
@@ -369,7 +370,8 @@ def status_line(status: CallStatus, *, keymap: KeyMap | None = None) -> str:
 @dataclass
 class LiveFigures:
     """The live figures of :class:`CallStatus` from the media packets of a call as they
-    arrive: the median one-way delay over the last ``delay_window_s`` seconds, the
+    arrive: the median one-way delay over the last ``delay_window_s`` seconds (measured,
+    ``received``, or half a round trip, ``rtt``: an estimate), the
     interarrival jitter J of RFC 3550 (6.4.1, in arrival order), and the share of sequence
     numbers missing between the lowest and highest received in the last ``loss_window_s``.
     Times in seconds on one clock; the figures in milliseconds and as a fraction, ``None``
@@ -387,6 +389,7 @@ class LiveFigures:
     delay_window_s: float = 2.0
     loss_window_s: float = 10.0
     _arrivals: deque[tuple[float, int, float | None]] = field(default_factory=deque, init=False)
+    _rtts: deque[tuple[float, float]] = field(default_factory=deque, init=False)
     _jitter_s: float | None = field(default=None, init=False)
     _last_one_way_s: float | None = field(default=None, init=False)
 
@@ -420,6 +423,28 @@ class LiveFigures:
             raise StatusError(f"media time {media_s!r} s at {at!r} s")
         self._add(seq, at, at - media_s, None)
 
+    def rtt(self, at: float, rtt_s: float) -> None:
+        """A round-trip time ``rtt_s`` measured at ``at`` (a receiver report the peer sent
+        back). Half of it is a one-way delay estimate (the two directions' delays are drawn
+        alike), which ``one_way_delay_ms`` takes with the measured one-way delays. Raises
+        :class:`StatusError` on a negative or non-finite value.
+
+        >>> live = LiveFigures()
+        >>> live.rtt(1.0, 0.300); live.rtt(1.04, 0.280); live.rtt(1.08, 0.320)
+        >>> live.one_way_delay_ms(1.1), live.rtt_ms(1.1)
+        (150.0, 300.0)
+        """
+        if not (math.isfinite(at) and math.isfinite(rtt_s) and rtt_s >= 0):
+            raise StatusError(f"round trip {rtt_s!r} s at {at!r} s")
+        self._rtts.append((at, rtt_s))
+        while self._rtts[0][0] < at - self.delay_window_s:
+            self._rtts.popleft()
+
+    def rtt_ms(self, now: float) -> float | None:
+        """Median round-trip time (ms) of the samples of the last ``delay_window_s`` before
+        ``now``, or None."""
+        return _median_ms([r for at, r in self._rtts if at >= now - self.delay_window_s])
+
     def _add(self, seq: int, at: float, transit_s: float, one_way_s: float | None) -> None:
         if not math.isfinite(at):
             raise StatusError(f"arrival at {at!r} s")
@@ -442,14 +467,11 @@ class LiveFigures:
 
     def one_way_delay_ms(self, now: float) -> float | None:
         """Median one-way delay (ms) of the packets that arrived in the last
-        ``delay_window_s`` before ``now``."""
+        ``delay_window_s`` before ``now`` and of the halves of the round trips (``rtt``)
+        measured then, or None."""
         since = now - self.delay_window_s
-        recent = sorted(d for at, _, d in self._arrivals if at >= since and d is not None)
-        if not recent:
-            return None
-        mid = len(recent) // 2
-        median = recent[mid] if len(recent) % 2 else (recent[mid - 1] + recent[mid]) / 2
-        return 1000 * median
+        recent = [d for at, _, d in self._arrivals if at >= since and d is not None]
+        return _median_ms(recent + [r / 2 for at, r in self._rtts if at >= since])
 
     def jitter_ms(self) -> float | None:
         """RFC 3550 interarrival jitter (ms), once two packets have arrived."""
@@ -462,6 +484,15 @@ class LiveFigures:
         if not seqs:
             return None
         return 1 - len(seqs) / (max(seqs) - min(seqs) + 1)
+
+
+def _median_ms(values_s: list[float]) -> float | None:
+    if not values_s:
+        return None
+    recent = sorted(values_s)
+    mid = len(recent) // 2
+    median = recent[mid] if len(recent) % 2 else (recent[mid - 1] + recent[mid]) / 2
+    return 1000 * median
 
 
 # --- the terminal edge ----------------------------------------------------------------------

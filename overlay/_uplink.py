@@ -25,7 +25,8 @@ audio). By default (``RoutePolicy()``, ``per_call=False``) each packet takes a f
 sender-chosen exponential delays. With ``RoutePolicy(per_call=True, failover=n)`` the
 signaling and media of one call direction cross one route: the mixes of each layer are drawn
 (:func:`sample_path`) at the call's first signaling or media packet after ``peer`` is set,
-together with ``n`` spare routes; the per-hop delays are still drawn per packet.
+together with ``n`` spare routes, each keeping off the mixes of the routes before it where a
+layer has mixes to spare; the per-hop delays are still drawn per packet.
 ``route_failed()`` moves the call to the next spare. Cover keeps a fresh path per packet (it
 belongs to no call direction; docs/research.md "Client policy"). When the
 document offers no path the slot still sends: drop cover to our own gateway alone, counted
@@ -208,13 +209,33 @@ class UplinkScheduler:
 
     def _draw_routes(self) -> None:
         """The call's route and its spares: ``sample_path`` over the entry gateway, every
-        mix layer and the exit gateway (the delays drawn with them are not kept)."""
+        mix layer and the exit gateway (the delays drawn with them are not kept). Each
+        spare keeps off the mixes of the routes drawn before it (:meth:`_spare_avoid`), so
+        that one failed mix cannot take the spares down with the route."""
         own_gw, peer_gw = self.me[0], self.peer[0]
-        routes = []
+        routes: list[list[bytes]] = []
         for _ in range(1 + self.routing.failover):
-            hops = select_path(self.doc, own_gw, peer_gw, self.mean_delay_s, self._rng)
+            avoid = self._spare_avoid(routes)
+            hops = select_path(self.doc, own_gw, peer_gw, self.mean_delay_s, self._rng,
+                               avoid=avoid)  # fmt: skip
             routes.append([hop.node_id for hop in hops])
         self._routes = routes
+
+    def _spare_avoid(self, routes: list[list[bytes]]) -> set[bytes]:
+        """The mixes the next route of ``routes`` (entry, one mix per layer, exit) keeps off:
+        in each layer, the mixes of every route drawn before; where that would leave the
+        layer no mix with a key for the document's epoch, only the mix of the route just
+        before (if the layer has another); else none (a layer of one mix is reused)."""
+        avoid: set[bytes] = set()
+        epoch = self.doc.epoch
+        for i, layer in enumerate(self.doc.layers, start=1):
+            usable = {n.node_id for n in layer if epoch in n.epoch_keys}
+            used = {route[i] for route in routes}
+            if usable - used:
+                avoid |= used
+            elif routes and usable - {routes[-1][i]}:
+                avoid.add(routes[-1][i])
+        return avoid
 
     def _call_path(self) -> list[Hop]:
         """A path for one signaling or media packet (DirectoryError when none exists)."""

@@ -91,6 +91,7 @@ class MemoryNet:
         self.doc, self.secrets, self.nursery = doc, secrets, nursery
         self.inboxes: dict[bytes, trio.MemorySendChannel[_Received]] = {}
         self.dropped = 0
+        self.dead: set[bytes] = set()  # nodes that drop whatever reaches them (killed)
 
     def link(self, address: Address) -> MemoryLink:
         send, recv = trio.open_memory_channel[_Received](10_000)
@@ -100,6 +101,9 @@ class MemoryNet:
     async def carry(self, node: bytes, packet: bytes) -> None:
         while True:
             await trio.sleep(LINK_S)
+            if node in self.dead:
+                self.dropped += 1
+                return
             result = process_packet(self.doc.geometry, self.secrets[node], packet)
             await trio.sleep(result.delay_us / 1e6)
             match result:

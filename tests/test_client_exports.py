@@ -14,7 +14,7 @@ import client
 CLIENT_DIR = Path(client.__file__).parent
 SANS_IO = (
     "_voice.py", "_speech.py", "_media.py", "_jitter.py", "_channel.py", "_frames.py",
-    "_call_media.py", "identity_channel.py",
+    "_call_media.py", "_route_health.py", "identity_channel.py",
     "_signaling/__init__.py", "_signaling/messages.py", "_signaling/keys.py",
     "_signaling/states.py", "_signaling/call.py", "_signaling/seclog.py",
 )  # fmt: skip

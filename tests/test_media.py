@@ -50,7 +50,7 @@ def test_keys_differ_by_direction_call_generation_and_secret() -> None:
     ]
     keys = {base.aead_key, base.hp_key} | {k.aead_key for k in others} | {k.hp_key for k in others}
     assert len(keys) == 10
-    assert b"v1" in MEDIA_LABEL
+    assert b"v2" in MEDIA_LABEL  # v2: the receiver report block
     assert SECRET.hex() not in repr(base) and base.aead_key.hex() not in repr(base)
     with pytest.raises(UsageError):
         derive_media_keys(b"short", CALL_ID, Direction.CALLER_TO_CALLEE)

@@ -15,6 +15,7 @@ from client import (
     MediaType,
     Offer,
     PrivacyMode,
+    ReceiverReport,
     VoiceProfile,
     derive_media_keys,
     encode,
@@ -38,7 +39,7 @@ def test_media_keys_follow_the_documented_derivation() -> None:
     for direction in Direction:
         for generation in (0, 1, 70000):
             keys = derive_media_keys(SECRET, CALL_ID, direction, generation)
-            info = b"phantom-media-v1" + bytes([direction]) + struct.pack(">I", generation)
+            info = b"phantom-media-v2" + bytes([direction]) + struct.pack(">I", generation)
             okm = _hkdf_sha256(SECRET, CALL_ID, info, 64)
             assert (keys.aead_key, keys.hp_key) == (okm[:32], okm[32:])
 
@@ -47,7 +48,7 @@ def test_media_packet_opens_by_the_documented_layout() -> None:
     keys = derive_media_keys(SECRET, CALL_ID, Direction.CALLER_TO_CALLEE)
     tx = MediaSender(VoiceProfile(), keys)
     w0 = tx.seal([b"\x01" * 60, b"\x02" * 60])
-    w1 = tx.seal([b"\x03" * 60, b"\x04" * 60])
+    w1 = tx.seal([b"\x03" * 60, b"\x04" * 60], ReceiverReport(5, 40, 7, 2))
     for seq, wire in enumerate((w0, w1)):
         ct = wire[4:]
         mask = hashlib.blake2b(ct[:16], key=keys.hp_key, digest_size=4, person=b"pn-media-hp-v1")
@@ -60,13 +61,18 @@ def test_media_packet_opens_by_the_documented_layout() -> None:
         frames = [bytes([i]) * 60 for i in range(1, 3 + 2 * seq)]  # redundant ones first
         expected = b"".join(struct.pack(">H", len(f)) + f for f in frames)
         assert body[6 : 6 + len(expected)] == expected
-        assert body[6 + len(expected) :] == bytes(332 - 6 - len(expected))
-    # Pinned: any change to the format or the labels shows here.
+        end = 6 + len(expected)
+        if seq == 1:  # type 1, echo_seq 5, hold_ms 40, highest_seq 7, lost 2 (24 bits)
+            block = bytes([1]) + struct.pack(">IHI", 5, 40, 7) + (2).to_bytes(3, "big")
+            assert body[end : end + 14] == block
+            end += 14
+        assert body[end:] == bytes(332 - end)
+    # Pinned (regenerated for phantom-media-v2): any change to the format or labels shows here.
     assert hashlib.sha256(w0).hexdigest() == (
-        "0b997b8c48d9ee14fee37e4cadd35cbf54acfa1e71fb9714873ba5894fccf062"
+        "fad51fb1f22af5b55b080ac89398a29ed3ba72869312c6e7594c10f65708dbb6"
     )
     assert hashlib.sha256(w1).hexdigest() == (
-        "aecbf6b7be119327b86d113b726b2eac9e118a67cce097816b7f078d81e4cd7c"
+        "1360ff063a869621cd1be579dc5c6223e02467fa9329318d40526e8b6ed9b376"
     )
 
 

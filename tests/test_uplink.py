@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sphinx_support import SeededRng
-from test_call import EPOCH, _network
+from test_call import EPOCH, _network, _node
 
 from client.phone import PhoneOptions
 from overlay import (
@@ -21,6 +21,7 @@ from overlay import (
     Deliver,
     Discard,
     Forward,
+    NodeRole,
     RoutePolicy,
     SlotKind,
     UplinkScheduler,
@@ -292,9 +293,12 @@ def test_failover_moves_only_to_the_spares_drawn_at_call_start() -> None:
     up.push_signal([_frame("s", 0)])
     first = up.fill(0.0)
     rng = SeededRng(b"failover")  # the draws of the call's start: route, then 2 spares
-    drawn = [
-        tuple(hop.node_id for hop in select_path(DOC, ME[0], PEER[0], 0.001, rng)) for _ in range(3)
-    ]
+    drawn: list[tuple[bytes, ...]] = []
+    for _ in range(3):  # each spare keeps off the mixes of the route before it (2 per layer)
+        avoid = set(drawn[-1][1:-1]) if drawn else set()
+        hops = select_path(DOC, ME[0], PEER[0], 0.001, rng, avoid=avoid)
+        drawn.append(tuple(hop.node_id for hop in hops))
+    assert not set(drawn[0][1:-1]) & set(drawn[1][1:-1])  # disjoint in every layer
     assert first.packet is not None and _trace(first.packet)[0] == drawn[0] == up.route
     for spare in (1, 2):
         assert up.route_failed() and up.route == drawn[spare]
@@ -307,6 +311,48 @@ def test_failover_moves_only_to_the_spares_drawn_at_call_start() -> None:
     up.peer = PEER  # the next call draws afresh, with 2 new spares
     up.fill(100.0, (0, _frame("m", 0)))
     assert up.spare_routes == 2
+
+
+# Keyed mixes, 4 per layer of 3, and one without a key for the epoch per layer.
+_POOL = {
+    layer: [_node(10 * layer + i, NodeRole.MIX, layer, keyed=i < 4)[0] for i in range(5)]
+    for layer in (1, 2, 3)
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 4), st.booleans()), min_size=3, max_size=3),
+    st.integers(0, 5),
+    st.binary(min_size=8, max_size=8),
+)
+def test_spare_routes_keep_off_the_mixes_of_the_routes_before_them(
+    layers: list[tuple[int, bool]], failover: int, seed: bytes
+) -> None:
+    """Over documents of 1 to 4 keyed mixes per layer (and maybe one without a key for the
+    epoch): in every layer with a mix to spare, each spare avoids the mixes of all routes drawn
+    before it; in a layer too small for that, at least the mix of the route just before it
+    (when the layer has two); a layer of one mix is reused."""
+    mixes = [n for k, (count, unkeyed) in enumerate(layers, start=1)
+             for n in _POOL[k][:count] + _POOL[k][4:] * unkeyed]  # fmt: skip
+    gateways = list(DOC.gateways)
+    doc = build_document(EPOCH, epoch_length_s=600, geometry=VOICE, descriptors=gateways + mixes)
+    up = UplinkScheduler(doc, ME, PEER, slot_s=SLOT_S, rng=SeededRng(seed),
+                         routing=RoutePolicy(per_call=True, failover=failover))  # fmt: skip
+    assert up.fill(0.0, (0, _frame("m", 0))).kind is SlotKind.MEDIA
+    routes = [up.route]
+    while up.route_failed():
+        routes.append(up.route)
+    assert len(routes) == 1 + failover
+    for k, route in enumerate(routes):
+        assert route is not None and route[0] == ME[0] and route[-1] == PEER[0]
+        for i, (count, _) in enumerate(layers, start=1):
+            before = {r[i] for r in routes[:k] if r is not None}
+            if count > len(before):
+                assert route[i] not in before
+            elif count >= 2:
+                assert route[i] != routes[k - 1][i]  # type: ignore[index]
+            assert doc.by_id[route[i]].layer == i and EPOCH in doc.by_id[route[i]].epoch_keys
 
 
 def test_per_packet_routes_stay_the_default_and_byte_identical() -> None:
