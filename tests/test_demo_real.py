@@ -339,7 +339,7 @@ def test_two_processes_call_leaks_neither_address_nor_audio(tmp_path: Path) -> N
         assert len(sizes) == 1, (name, sizes)  # one packet size, cover or call
         slots = records[name].get("uplink_slots")
         assert max(counts) - min(counts) <= 2, (name, counts, slots)  # within the slot jitter
-    report = report_from_records(records, pesq=False)
+    report = report_from_records(records, pesq=False, emodel=emodel)  # as the demo makes it
     assert report["setup_s"]["to_ringing"] is not None
     assert report["end_reason"] == {"A": "HANGUP", "B": "HANGUP"}
     # the listeners' own settings and counts, with the one-process report's keys
