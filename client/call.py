@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -102,6 +102,8 @@ ANSWER_DELAY_S = 0.5  # the callee "picks up" this long after the phone rings (a
 # clock (the wall clock is ~1.7e9 s ahead; time.monotonic() >= 1e4 s behind, by Trio's offset).
 MAX_STAMP_AGE_S = 600.0
 STAMP_SLACK_S = 1e-3  # seconds a stamp may lie ahead of now (float rounding, not a clock)
+EARLY_MEDIA_MAX = 16  # deliveries kept from before our media keys, to try once they come
+EARLY_MEDIA_S = 2.0  # seconds such a delivery stays worth trying
 
 
 class ReceivedLike(Protocol):
@@ -196,6 +198,11 @@ class Caller:
         # Deliveries by what they turned out to be (``deliver``): media, signal_frames,
         # cover, other (replies), or the reason a frame that claimed to be media was dropped.
         self.received: Counter[str] = Counter()
+        # Deliveries that opened as nothing before our media keys existed: the peer's first
+        # media can overtake the end of its ANSWER in the mixnet. Tried again once the keys
+        # come (``_start_media``); bounded, so the extra work is at most EARLY_MEDIA_MAX
+        # AEAD opens per call.
+        self._early: deque[tuple[bytes, float]] = deque(maxlen=EARLY_MEDIA_MAX)
 
     @property
     def tx(self) -> MediaTrace:
@@ -359,7 +366,10 @@ class Caller:
         ``cover`` (opened as neither and did not claim to be media: our loops, or noise,
         or media that came before our call started), or, for a frame that claimed to be
         media of the call and is not signaling either, the media drop reason
-        (``media_forged``, ``media_replayed``, ``media_malformed``).
+        (``media_forged``, ``media_replayed``, ``media_malformed``). Until our media keys
+        exist, what opens as nothing is also kept (``EARLY_MEDIA_MAX``) and tried as media
+        once they come: the peer's media that overtook its ANSWER then counts as ``media``
+        and ``early_media``, not ``cover``.
 
         Raises ``UsageError`` when ``at`` lies ahead of ``trio.current_time()`` or more than
         ``MAX_STAMP_AGE_S`` behind it: it was read on another clock (the wall clock, or
@@ -384,6 +394,8 @@ class Caller:
             self.received[
                 "cover" if refused is None or isinstance(refused, NotMedia) else refused.reason
             ] += 1
+            if not self.media_in.listening and not self.ended.is_set():
+                self._early.append((bytes(data), at))
             return
         self.received["signal_frames"] += 1
         if envelope is not None:
@@ -447,13 +459,32 @@ class Caller:
         # The mic opens on the slot grid, so each packet leaves as its last frame is complete.
         # The callee's ACCEPT leaves in this slot and the caller opens no media before it
         # arrives: its first media packet leaves a slot later than it could, so that it
-        # rarely overtakes the ACCEPT in the mixnet (one that does is lost as cover).
+        # rarely overtakes the ACCEPT in the mixnet (one that does waits in ``_early``).
         head_start = self.slot_s if self.call.role is Role.CALLEE else 0.0
         self.media_out.start(act.tx_profile, act.tx_keys,
                              self.uplink.grid_at_or_after(now + head_start))  # fmt: skip
         self.media_in.start(act.rx_profile, act.rx_keys)
+        self._open_early(now)
         self.connected.set()
         self._event("connected", now)
+
+    def _open_early(self, now: float) -> None:
+        """Open the deliveries kept from before our media keys (at most ``EARLY_MEDIA_MAX``,
+        none older than ``EARLY_MEDIA_S``): the peer's media among them moves from
+        ``cover`` to ``media`` in ``received`` (and is counted ``early_media``)."""
+        early, self._early = list(self._early), deque(maxlen=EARLY_MEDIA_MAX)
+        for data, at in early:
+            if now - at > EARLY_MEDIA_S:
+                continue
+            try:
+                opened = self.media_in.open(data, at)
+            except MediaError:
+                continue  # our own cover, or another call's: it stays counted as cover
+            if opened:
+                self.received["cover"] -= 1
+                self.received["media"] += 1
+                self.received["early_media"] += 1
+                self._playout_ready.set()
 
     def _event(self, name: str, now: float) -> None:
         if name == "ringing":
