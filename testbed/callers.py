@@ -437,6 +437,7 @@ def listener_record(raw: dict[str, Any]) -> dict[str, Any]:
         **{key: call.get(key) for key in CALL_SETTINGS},
         "jitter": call.get("jitter"),  # what its jitter buffer did to the peer's frames
         "displaced": call.get("displaced"),  # its media packets whose slot signaling took
+        "route": {k: call.get(k) for k in ("one_way_estimate_ms", "route_failovers")},
         "stretched": sum(1 for _, kind, _ in call["played"] if kind == "stretch"),
         "phases": {
             "online": raw["online_since"],
@@ -484,7 +485,7 @@ def record_direction(tx: dict[str, Any], rx: dict[str, Any], *, pesq: bool = Tru
         sent, arrived, m2e, frames_sent=len(captured),
         played=sum(1 for i in played if i in captured), concealed=len(concealed),
         stretched=rx.get("stretched"), codec_s=codec_s, jitter=rx.get("jitter"),
-        displaced=tx.get("displaced"), emodel=emodel,
+        displaced=tx.get("displaced"), route=tx.get("route"), emodel=emodel,
     )  # fmt: skip
     if pesq:
         try:

@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import trio
@@ -36,7 +37,7 @@ from client._tasks import open_background
 from client._voice import Pcm
 from client.call import DEFAULT_MEAN_DELAY_S, Address, Caller, Contact, CoverKind, codec_delay_s
 from client.gateway_link import GatewayLink, open_gateway_link
-from client.phone import CALL_SETTINGS, call_settings, jitter_counts
+from client.phone import CALL_SETTINGS, call_settings, jitter_counts, route_record
 from overlay import MailboxKey, TopologyDocument, UsageError
 
 SETUP_TIMEOUT_S = 15.0  # offer to both sides' media start, at most
@@ -249,6 +250,7 @@ def direction_figures(
     codec_s: float,
     jitter: dict[str, int] | None,
     displaced: int | None,
+    route: dict[str, Any] | None = None,
     emodel: Emodel | None = None,
 ) -> dict[str, object]:
     """The figures of one direction, in both modes (``direction_report`` in one process,
@@ -260,8 +262,11 @@ def direction_figures(
     ``codec_s``: the codec delay, seconds; ``jitter``: the receiver's jitter buffer's
     ``late``, ``recovered``, ``skipped`` frames (``client.phone.jitter_counts``; None:
     unknown, each figure null); ``displaced``: the sender's media packets whose slot
-    signaling took. Besides the JSON figures, ``one_way_s`` (seconds, removed before JSON;
-    compared with the simulator) and ``pesq_wb`` = None (the caller scores it)."""
+    signaling took; ``route``: the sender's route keys (``client.phone.route_record``: the
+    round trips its peer's receiver reports gave, halved into the one-way estimate the
+    call screen shows, and its route failovers; None: unknown). Besides the JSON figures,
+    ``one_way_s`` (seconds, removed before JSON; compared with the simulator) and
+    ``pesq_wb`` = None (the caller scores it)."""
     received = [s for s in sent if s in arrived]
     one_way = [arrived[s] - sent[s] for s in received]
     late_loss = concealed / (played + concealed) if played + concealed else None
@@ -283,6 +288,10 @@ def direction_figures(
         "recovered_by_redundancy": counts.get("recovered"),
         "stretched": stretched,
         "skipped": counts.get("skipped"),
+        # what the sender's screen estimated from receiver reports (RTT/2), to set beside
+        # the true one-way delay above; and how often its route failed over
+        "one_way_estimate_ms": (route or {}).get("one_way_estimate_ms"),
+        "route_failovers": (route or {}).get("route_failovers"),
         "pesq_wb": None,
         "one_way_s": one_way,  # removed before JSON; compared with the simulator
     }
@@ -315,7 +324,8 @@ def direction_report(
         played=sum(1 for _, kind, _ in items if kind == "frame"),
         concealed=sum(1 for _, kind, _ in items if kind == "missing"),
         stretched=sum(1 for _, kind, _ in items if kind == "stretch"), codec_s=codec,
-        jitter=jitter_counts(rx), displaced=tx.tx.displaced, emodel=emodel,
+        jitter=jitter_counts(rx), displaced=tx.tx.displaced, route=route_record(tx),
+        emodel=emodel,
     )  # fmt: skip
     chunks = [rx.rx.pcm[k] for k in kept]
     pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)

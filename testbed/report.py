@@ -187,6 +187,8 @@ def print_report(report: dict[str, Any], json_path: Path | None = None) -> None:
                 return (d.get(k) or {}).get(p)
 
             row(f"{label} {p} (ms)", pct)
+    row("screen's one-way estimate p50 (ms)",  # half the round trip, from receiver reports
+        lambda d: (d.get("one_way_estimate_ms") or {}).get("p50"))  # fmt: skip
     row("jitter RFC 3550 (ms)", lambda d: d.get("jitter_ms"))
     row("packets sent / received", lambda d: f"{d['packets_sent']} / {d['packets_received']}")
     row("packet loss", lambda d: f"{100 * d['loss']:.2f} %" if d["loss"] is not None else None)

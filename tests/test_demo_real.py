@@ -213,6 +213,8 @@ def _record(ip: str, t0: float, *, dial: bool) -> dict[str, object]:
         "profile": {"sample_rate_hz": 16000, "frames_per_packet": 2, "bitrate_bps": 24000,
                     "redundancy": 1},
         "jitter": {"late": 1, "recovered": 2, "skipped": 0}, "displaced": 3,
+        "route": {"one_way_estimate_ms": {"n": 40, "p50": 140.0, "p90": 180.0, "p99": 230.0},
+                  "route_failovers": 0},
         "uplink_slots": {"cover": 400, "media": 50, "signal": 3}, "packet_sizes": [604],
         "received": {"media": 49, "cover": 300},
         "frames": {"captured": captured, "played": played, "concealed": [7]},
@@ -223,6 +225,8 @@ def _record(ip: str, t0: float, *, dial: bool) -> dict[str, object]:
 
 def test_report_from_two_records() -> None:
     records = {"A": _record(A_IP, 100.0, dial=True), "B": _record(B_IP, 100.0, dial=False)}
+    estimate = report_from_records(records, pesq=False)["directions"]["A->B"]
+    assert estimate["one_way_estimate_ms"]["p50"] == 140.0 and estimate["route_failovers"] == 0
     report = report_from_records(records, pesq=False)
     assert report["setup_s"] == {"to_ringing": 0.4, "to_connected": 1.0}
     assert report["duration_s"] == 2.0 and report["key_agreement"] == "X25519"
@@ -352,6 +356,10 @@ def test_two_processes_call_leaks_neither_address_nor_audio(tmp_path: Path) -> N
         assert d["skipped"] >= 0 and d["packets_displaced_by_signaling"] >= 0
     missing = key_paths(in_process_report()) - key_paths(report)
     assert not missing, sorted(missing)
+    for d in report["directions"].values():  # the screen's estimate against the truth
+        estimate, true_ms = d["one_way_estimate_ms"]["p50"], d["one_way_ms"]["p50"]
+        assert 0.5 * true_ms <= estimate <= 2 * true_ms, (estimate, true_ms)
+        assert d["route_failovers"] == 0  # nothing failed on the testnet
 
 
 def _wait_for(path: Path, word: str, timeout_s: float) -> float | None:
