@@ -243,6 +243,9 @@ def _handle(
 # -- listen ------------------------------------------------------------------------------
 
 
+ENDED_SHOWN_S = 10.0  # a call that ended stays on the screen this long (its reason)
+
+
 def _default_bind(host: str) -> str:
     try:
         return "127.0.0.1" if ipaddress.ip_address(host).is_loopback else "0.0.0.0"
@@ -315,7 +318,7 @@ async def _screen(phone: Phone, stop: trio.Event) -> None:
 
     # Quit sets ``stop``; on SIGTERM the screen restores the terminal and raises the signal
     # again, for ``_stop_on_signal``.
-    await CallScreen(lambda: screen_status(phone), command).run()
+    await CallScreen(lambda: screen_status(phone), command, hold_ended_s=ENDED_SHOWN_S).run()
 
 
 async def _stop_on_signal(
