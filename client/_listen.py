@@ -617,15 +617,15 @@ def add_online_commands(sub: Subcommands) -> None:
                         help="plain log lines, no keys (also without a terminal)")  # fmt: skip
     listen.set_defaults(handler=cmd_listen)
 
+    help_dir = "the profile whose listener to ask (default as for listen)"
     dial = sub.add_parser("dial", help="call a contact through the running listener")
     dial.add_argument("name", help="the contact's name")
-    add_options(dial)
+    dial.add_argument("--dir", type=Path, default=None, help=help_dir)
     dial.add_argument("--duration", type=_SECONDS, default=None, metavar="S",
                       help="hang up S seconds after the call connects (default: when this "
                            "command is stopped)")  # fmt: skip
     dial.set_defaults(handler=cmd_dial)
 
-    help_dir = "the profile whose listener to ask (default as for listen)"
     for verb, text in (
         ("answer", "pick up the call ringing at the running listener"),
         ("decline", "refuse the call ringing at the running listener"),

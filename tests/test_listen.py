@@ -176,6 +176,18 @@ def test_listen_help_shows_the_mean_delay_default(capsys: pytest.CaptureFixture[
     assert "(default: 22.5)" in help_text
 
 
+def test_dial_and_the_listener_commands_take_no_passphrase_option(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The listener holds the profile: dial, answer, ..., status only name the profile.
+    for verb in ("dial", "answer", "decline", "hangup", "mute", "status"):
+        with pytest.raises(SystemExit):
+            main([verb, "--help"])
+        help_text = " ".join(capsys.readouterr().out.split())
+        assert "--passphrase-file" not in help_text, verb
+        assert "--dir DIR the profile whose listener to ask" in help_text, verb
+
+
 # -- two listeners on a testnet -----------------------------------------------------------
 
 
