@@ -367,7 +367,7 @@ async def _listen_main(
                     await nursery.start(serve_control, phone, sock)
                     nursery.start_soon(_refresh_topology, phone, profile)
                     control = profile.directory / CONTROL_SOCKET
-                    ui(f"online: gateway {node.name}, {len(phone.peers)} contacts, "
+                    ui(f"online: gateway {node.name}, {_count(len(phone.peers), 'contact')}, "
                        f"bound to {options.bind}; control socket {control}")  # fmt: skip
                     if screen:
                         nursery.start_soon(_screen, phone, stop)
@@ -557,15 +557,21 @@ def cmd_control(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _count(n: object, noun: str) -> str:
+    """``n noun`` with the noun's plural when ``n`` is not 1 ("1 contact", "0 calls")."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def describe_status(reply: dict[str, object]) -> list[str]:
     """A status reply as lines of text: the listener, then its current call or none."""
-    lines = [f"online: {reply.get('contacts')} contact(s), {reply.get('calls')} call(s) "
-             "since it started"]  # fmt: skip
+    lines = [f"online: {_count(reply.get('contacts'), 'contact')}, "
+             f"{_count(reply.get('calls'), 'call')} ended since it started"]  # fmt: skip
     call = reply.get("call")
     if not isinstance(call, dict):
         return [*lines, "no call"]
     events = call.get("events")
     phase = events[-1] if isinstance(events, list) and events else "?"
+    phase = "dialing" if phase == "dial" else phase  # the dial command's word for it
     muted = ", MUTED" if call.get("muted") else ""
     lines.append(f"call with {call.get('contact')}: {call.get('role')}, {phase}, "
                  f"{call.get('trust')}, {call.get('mode')}{muted}")  # fmt: skip

@@ -28,6 +28,7 @@ from profile_support import make_profile, network_file
 from testnet_support import small_testnet
 
 from client import artificial_voice, read_wav
+from client._listen import describe_status
 from client.audio import AudioError, load_mic_file
 from client.cli import main
 from client.control import MAX_LINE
@@ -186,6 +187,17 @@ def test_dial_and_the_listener_commands_take_no_passphrase_option(
         help_text = " ".join(capsys.readouterr().out.split())
         assert "--passphrase-file" not in help_text, verb
         assert "--dir DIR the profile whose listener to ask" in help_text, verb
+
+
+def test_status_lines_read_as_sentences() -> None:
+    idle = {"type": "status", "online": True, "contacts": 1, "calls": 0, "call": None}
+    assert describe_status(idle) == ["online: 1 contact, 0 calls ended since it started",
+                                     "no call"]  # fmt: skip
+    call = {"contact": "bob", "role": "caller", "trust": "verified", "mode": "PARANOID",
+            "events": ["dial"], "muted": True}  # fmt: skip
+    lines = describe_status({**idle, "contacts": 2, "calls": 1, "call": call})
+    assert lines == ["online: 2 contacts, 1 call ended since it started",
+                     "call with bob: caller, dialing, verified, PARANOID, MUTED"]  # fmt: skip
 
 
 # -- two listeners on a testnet -----------------------------------------------------------
