@@ -477,7 +477,7 @@ class Phone:
         if name not in self.peers:
             self.load_contacts()
         if name not in self.peers:
-            raise ContactError(f"no contact named {name!r}")
+            raise ContactError(f"no contact called {name!r} (see: contact list)")
         call = self._new_call(name, Role.CALLER, duration_s)
         call.mark("dial", self._mono())
         call.caller.place()

@@ -334,7 +334,7 @@ def test_malformed_control_messages_get_errors_and_change_nothing(
     ]
     replies = _control(alice.directory, *bad, b'{"type": "status"}\n')
     assert [r["type"] for r in replies[:-1]] == ["error"] * len(bad)
-    assert "nobody" in str(replies[5]["error"])
+    assert replies[5]["error"] == "no contact called 'nobody' (see: contact list)"
     assert replies[-1]["type"] == "status" and replies[-1]["call"] is None
     assert alice.proc is not None and alice.proc.poll() is None
 
