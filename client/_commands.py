@@ -42,6 +42,7 @@ from .profile import (
     lock_profile,
     open_profile,
     profile_dir_problem,
+    profile_exists,
 )
 
 if TYPE_CHECKING:
@@ -193,8 +194,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     if args.force and listener_answers(args.dir / CONTROL_SOCKET):
         raise CommandError(f"a listener is running on {args.dir}: stop it before replacing "
                            "its profile", EXIT_FAILED)  # fmt: skip
+    replaced = profile_exists(args.dir)
     profile = create_profile(args.dir, raw, gateway.node_id, passphrase,
                              name=name, force=args.force)  # fmt: skip
+    if replaced:
+        print("replaced the profile that was here: a new identity, and no contacts or calls "
+              "yet; add your contacts' cards again, and send them your new card (they will "
+              "see a changed safety number)", file=sys.stderr)  # fmt: skip
     if passphrase is None:
         print(
             "WARNING: --no-passphrase: contacts, call log and keys are stored unencrypted; "
@@ -388,8 +394,9 @@ def add_caller_commands(sub: Subcommands) -> None:
                            "(without it: trust on first use)")  # fmt: skip
     _profile_options(init)
     init.add_argument("--force", action="store_true",
-                      help="replace a profile already in --dir (new identity: "
-                           "contacts must add your new card)")  # fmt: skip
+                      help="replace a profile already in --dir: a new identity (contacts "
+                           "must add your new card), and its contacts and call log are "
+                           "emptied")  # fmt: skip
     init.add_argument("--no-passphrase", action="store_true",
                       help="store keys, contacts and call log unencrypted (warned)")  # fmt: skip
     init.add_argument("--name", default=None,

@@ -170,12 +170,16 @@ def test_a_second_init_refuses_without_force(
     path, _, _ = network
     d = ["--dir", str(tmp_path / "p"), "--network", str(path)]
     assert main(["init", *d]) == 0
+    assert "replaced" not in capsys.readouterr().err  # a first init replaced nothing
     before = _digests(tmp_path / "p")
     first = open_profile(tmp_path / "p", lambda: passphrase).identity.public
     assert main(["init", *d]) == 2
     assert "already holds a profile; --force replaces it" in capsys.readouterr().err
     assert _digests(tmp_path / "p") == before
     assert main(["init", *d, "--force"]) == 0
+    assert "replaced the profile that was here: a new identity, and no contacts or calls" in (
+        capsys.readouterr().err
+    )
     assert open_profile(tmp_path / "p", lambda: passphrase).identity.public != first
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "notes.txt").write_text("mine")
