@@ -54,7 +54,7 @@ from .audio import (
     open_live_mic,
     open_live_speaker,
 )
-from .call import DEFAULT_MEAN_DELAY_S
+from .call import ANSWER_DELAY_S, DEFAULT_MEAN_DELAY_S
 from .contacts import ContactError, TrustState
 from .control import (
     MAX_LINE,
@@ -601,7 +601,8 @@ def add_online_commands(sub: Subcommands) -> None:
                         help="local address of the gateway link (default 127.0.0.1 for a "
                              "gateway on loopback, else 0.0.0.0)")  # fmt: skip
     listen.add_argument("--auto-answer", action="store_true",
-                        help="pick up incoming calls after a short ring")  # fmt: skip
+                        help=f"pick up incoming calls {ANSWER_DELAY_S:g} s after they ring "
+                             "(default: off: the screen's key or phantom-call answer)")  # fmt: skip
     listen.add_argument("--mic", default=None, metavar="FILE.wav|device[:NAME]",
                         help="microphone: a WAV file played from the start of each call, or "
                              "'device' (the default sound input; 'device:NAME' picks one by "

@@ -175,6 +175,7 @@ def test_listen_help_shows_the_mean_delay_default(capsys: pytest.CaptureFixture[
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--mean-delay-ms MS mean sender-chosen delay per hop" in help_text
     assert "(default: 22.5)" in help_text
+    assert "--auto-answer pick up incoming calls 0.5 s after they ring (default: off" in help_text
 
 
 def test_dial_and_the_listener_commands_take_no_passphrase_option(
