@@ -434,6 +434,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
             )
         options.bind = args.bind or _default_bind(doc.node(profile.gateway_id).host)
         screen = not args.no_screen and sys.stdin.isatty()
+        options.keys = screen
         trio.run(_listen_main, profile, doc, sock, options, screen)
     except AttachError as exc:
         raise CommandError(f"the gateway did not answer: {exc}", EXIT_FAILED) from None

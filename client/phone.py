@@ -138,7 +138,9 @@ class PhoneOptions:
     JSON report file (written atomically at each call's end and on ``write_report``);
     ``mean_delay_s``: mean sender-chosen delay per hop (seconds); ``bind``: the local IP
     of the gateway link, for the report only; ``policy``: the client policy whose routes
-    the uplink follows (DESKTOP: one route per call direction, 2 spares)."""
+    the uplink follows (DESKTOP: one route per call direction, 2 spares); ``keys``: the
+    call screen's keys answer and decline (the ringing line names them; else it names the
+    ``phantom-call answer`` and ``decline`` commands)."""
 
     auto_answer: bool = False
     mic: Pcm | LiveMic | None = None
@@ -148,6 +150,7 @@ class PhoneOptions:
     voice: VoiceProfile = field(default_factory=VoiceProfile)
     bind: str | None = None
     policy: ClientPolicy = DESKTOP
+    keys: bool = False
 
 
 @dataclass(slots=True)
@@ -539,7 +542,9 @@ class Phone:
             return
         who = f"{call.name} [{call.state}] {MODE_BADGE}"
         if what == "ringing" and call.role is Role.CALLEE:
-            hint = "answering" if self.options.auto_answer else "a: answer, d: decline"
+            hint = "answering" if self.options.auto_answer else (
+                "a: answer, d: decline" if self.options.keys else
+                f"phantom-call answer or decline --dir {self.profile.directory}")  # fmt: skip
             self._ui(f"RINGING  {who}  ({hint})")
         elif what == "ringing":
             self._ui(f"ringing at {call.name}")

@@ -398,6 +398,23 @@ def test_an_incoming_call_rings_and_is_answered_by_a_key(net: dict[str, Listener
     alice.start()
 
 
+def test_without_the_screen_the_ringing_line_names_the_commands(
+    net: dict[str, Listener],
+) -> None:
+    """``--no-screen`` has no keys: the ringing line says ``phantom-call answer or decline``
+    (not ``a``/``d``), and ``phantom-call decline`` refuses the call (dial exits 1)."""
+    alice, bob = net["alice"], net["bob"]
+    seen = len(alice.log())
+    dial = _dial(bob.directory, "alice")
+    ring = _wait_for(alice, "RINGING", seen, timeout_s=30)
+    assert f"(phantom-call answer or decline --dir {alice.directory})" in ring, ring
+    assert "a: answer" not in ring
+    declined = _command(alice.directory, "decline")
+    assert (declined.returncode, declined.stdout.strip()) == (0, "declined"), declined
+    out, err = dial.communicate(timeout=60)
+    assert dial.returncode == 1 and "ended: DECLINED" in out, (out, err)
+
+
 def _wait_for(listener: Listener, text: str, after: int = 0, timeout_s: float = 20.0) -> str:
     """The first line of ``listener``'s log past character ``after`` that holds ``text``."""
     deadline = time.monotonic() + timeout_s
