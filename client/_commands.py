@@ -444,6 +444,8 @@ def add_caller_commands(sub: Subcommands) -> None:
     set_.set_defaults(handler=cmd_contact_set)
 
     calls = sub.add_parser("calls", help="the call log: time, direction, result, duration")
-    calls.add_argument("--contact", default=None, help="only this contact's calls")
+    calls.add_argument("--contact", default=None, metavar="NAME",
+                       help="only the calls with this contact (also those a removed contact "
+                            "left in the log; default: all)")
     _profile_options(calls)
     calls.set_defaults(handler=cmd_calls)
