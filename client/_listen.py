@@ -478,36 +478,55 @@ def _reply_errors(handler: _Handler) -> _Handler:
 @_reply_errors
 @_guarded
 def cmd_dial(args: argparse.Namespace) -> int:
+    """Dial through the listener and print its events until the call ended: exit 0 when it
+    connected and ended by a hang-up (also Ctrl-C mid-call: closing the connection makes the
+    listener hang up, reason "dialer gone"), 1 otherwise."""
     sock = _connect(args.dir)
-    reader = LineReader()
-    connected = False
+    state = {"connected": False}
     with sock:
-        sock.sendall(encode_message({"type": "dial", "contact": args.name,
-                                     "duration_s": args.duration}))  # fmt: skip
-        while True:
+        try:
+            return _follow_call(sock, args, state)
+        except KeyboardInterrupt:
+            if state["connected"]:
+                print(f"hung up {args.name} (dial stopped)", flush=True)
+                return EXIT_OK
+            print(f"phantom-call: dial stopped before {args.name} answered: the call is "
+                  "cancelled", file=sys.stderr)  # fmt: skip
+            return EXIT_FAILED
+
+
+def _follow_call(sock: socket.socket, args: argparse.Namespace, state: dict[str, bool]) -> int:
+    """``cmd_dial``'s request and events; ``state["connected"]`` set once it connected."""
+    reader = LineReader()
+    sock.sendall(encode_message({"type": "dial", "contact": args.name,
+                                 "duration_s": args.duration}))  # fmt: skip
+    while True:
+        try:
             data = sock.recv(MAX_LINE)
-            if not data:
-                print("phantom-call: the listener went away mid-call", file=sys.stderr)
-                return EXIT_FAILED
-            for line in reader.feed(data):
-                msg = parse_reply(line)
-                if msg["type"] == "error":
-                    raise CommandError(str(msg.get("error")), EXIT_USAGE)
-                if msg["type"] != "event":
-                    continue
-                event = msg.get("event")
-                if event == "connected":
-                    connected = True
-                if event != "ended":
-                    print(f"{event} {args.name}", flush=True)
-                    continue
-                reason = msg.get("reason")
-                print(f"ended: {reason}", flush=True)
-                if connected and reason == "HANGUP":
-                    return EXIT_OK
-                why = "never connected" if not connected else f"ended by {reason}"
-                print(f"phantom-call: the call {why} ({reason})", file=sys.stderr)
-                return EXIT_FAILED
+        except ConnectionError:  # reset: the listener died with our request unread
+            data = b""
+        if not data:
+            print("phantom-call: the listener went away mid-call", file=sys.stderr)
+            return EXIT_FAILED
+        for line in reader.feed(data):
+            msg = parse_reply(line)
+            if msg["type"] == "error":
+                raise CommandError(str(msg.get("error")), EXIT_USAGE)
+            if msg["type"] != "event":
+                continue
+            event = msg.get("event")
+            if event == "connected":
+                state["connected"] = True
+            if event != "ended":
+                print(f"{event} {args.name}", flush=True)
+                continue
+            reason = msg.get("reason")
+            print(f"ended: {reason}", flush=True)
+            if state["connected"] and reason == "HANGUP":
+                return EXIT_OK
+            why = f"ended by {reason}" if state["connected"] else "never connected"
+            print(f"phantom-call: the call {why} ({reason})", file=sys.stderr)
+            return EXIT_FAILED
 
 
 # -- one request each: hangup, answer, decline, mute, status --------------------------------

@@ -426,6 +426,29 @@ def _wait_for(listener: Listener, text: str, after: int = 0, timeout_s: float = 
     raise AssertionError(f"no {text!r} in {listener.name}'s log: {listener.log()[after:]}")
 
 
+def test_ctrl_c_on_dial_hangs_up_without_a_traceback(net: dict[str, Listener]) -> None:
+    """``dial`` without ``--duration`` ends when stopped: Ctrl-C mid-call prints the hang-up
+    and exits 0, and the listener hangs up ("dialer gone")."""
+    alice = net["alice"]
+    seen = len(alice.log())
+    dial = _dial(alice.directory, "bob")
+    assert dial.stdout is not None
+    line, deadline = "", time.monotonic() + 30
+    while "connected" not in line and time.monotonic() < deadline:
+        line = dial.stdout.readline()
+        if not line:
+            break
+    assert "connected bob" in line, dial.communicate(timeout=10)
+    dial.send_signal(signal.SIGINT)
+    out, err = dial.communicate(timeout=10)
+    assert (dial.returncode, out.strip(), err) == (0, "hung up bob (dial stopped)", ""), err
+    _wait_for(alice, "call with bob ended: dialer gone", seen)
+    deadline = time.monotonic() + 10  # the call drains, then the listener is free again
+    while _control(alice.directory, b'{"type": "status"}\n')[0]["call"] is not None:
+        assert time.monotonic() < deadline, alice.log()
+        time.sleep(0.2)
+
+
 def test_killing_dial_hangs_up_and_killing_listen_times_out(net: dict[str, Listener]) -> None:
     alice, bob = net["alice"], net["bob"]
     dial = _dial(alice.directory, "bob")
