@@ -95,6 +95,19 @@ def _dial(directory: Path, name: str, *args: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+def _dial_until_connected(directory: Path, name: str) -> subprocess.Popen[str]:
+    """``dial name`` from the listener of ``directory``, once it printed ``connected``."""
+    dial = _dial(directory, name)
+    assert dial.stdout is not None
+    line, deadline = "", time.monotonic() + 30
+    while "connected" not in line and time.monotonic() < deadline:
+        line = dial.stdout.readline()
+        if not line:
+            break
+    assert f"connected {name}" in line, dial.communicate(timeout=10)
+    return dial
+
+
 def _control(directory: Path, *lines: bytes) -> list[dict[str, object]]:
     """Send raw lines to a listener's control socket; one reply per line."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -431,14 +444,7 @@ def test_ctrl_c_on_dial_hangs_up_without_a_traceback(net: dict[str, Listener]) -
     and exits 0, and the listener hangs up ("dialer gone")."""
     alice = net["alice"]
     seen = len(alice.log())
-    dial = _dial(alice.directory, "bob")
-    assert dial.stdout is not None
-    line, deadline = "", time.monotonic() + 30
-    while "connected" not in line and time.monotonic() < deadline:
-        line = dial.stdout.readline()
-        if not line:
-            break
-    assert "connected bob" in line, dial.communicate(timeout=10)
+    dial = _dial_until_connected(alice.directory, "bob")
     dial.send_signal(signal.SIGINT)
     out, err = dial.communicate(timeout=10)
     assert (dial.returncode, out.strip(), err) == (0, "hung up bob (dial stopped)", ""), err
@@ -509,14 +515,7 @@ def test_mute_over_the_control_socket_sends_silence_at_the_same_rate(
         assert why in done.stderr
     idle = _command(alice.directory, "status")
     assert idle.returncode == 0 and "no call" in idle.stdout, idle
-    dial = _dial(alice.directory, "bob")  # until hung up below
-    assert dial.stdout is not None
-    line, deadline = "", time.monotonic() + 30
-    while "connected" not in line and time.monotonic() < deadline:
-        line = dial.stdout.readline()
-        if not line:
-            break
-    assert "connected bob" in line, dial.communicate(timeout=10)
+    dial = _dial_until_connected(alice.directory, "bob")  # until hung up below
     time.sleep(2.5)
     before_on = time.monotonic()
     muted = _command(alice.directory, "mute", "on")
