@@ -3,7 +3,8 @@
 Each handler turns off core dumps first (``client.profile.disable_core_dumps``), then
 works on the profile directory (``--dir``). Exit codes: 0 ok, 1 no authority gave a
 verifiable topology document, 2 a bad argument, network file, card or contact (the
-message says what is wanted), 4 a wrong passphrase (nothing changed), 141 the reader of
+message says what is wanted), 4 a wrong passphrase (nothing changed), 130 Ctrl-C
+("interrupted", no traceback; a file is written whole or not at all), 141 the reader of
 the output went away (``| head``; quietly, as a command killed by SIGPIPE).
 """
 
@@ -53,6 +54,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_PASSPHRASE = 4
 EXIT_PIPE = 128 + 13  # the shell's status of a command killed by SIGPIPE
+EXIT_INTERRUPTED = 128 + 2  # the shell's status of a command stopped by Ctrl-C (SIGINT)
 MAX_PASSPHRASE_BYTES = 4096
 LOCK_WAIT_S = 10.0  # seconds a command waits for another one using the same profile
 
@@ -91,6 +93,8 @@ def _guarded(handler: _Handler) -> _Handler:
             # The reader went away (| head): stop quietly; the exit flush must not fail too.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return EXIT_PIPE
+        except KeyboardInterrupt:  # Ctrl-C (at the passphrase, waiting for the lock, ...)
+            code, message = EXIT_INTERRUPTED, "interrupted"
         except PassphraseError as exc:
             code, message = EXIT_PASSPHRASE, str(exc)
         except CommandError as exc:
