@@ -260,6 +260,22 @@ class _Lines:
         print(f"{time.strftime('%H:%M:%S', time.localtime(wall_clock()))}  {line}", flush=True)
 
 
+def end_text(peer: str, reason: str, ended_here: bool) -> str:
+    """Why a call ended, in words for the call screen, with the reason's code as the
+    report and ``dial`` give it: ``end_text("bob", "HANGUP", False)`` is ``"bob hung up
+    (HANGUP)"``; ``ended_here``: this side hung up or declined."""
+    words = {
+        "HANGUP": "you hung up" if ended_here else f"{peer} hung up",
+        "DECLINED": "you declined" if ended_here else f"{peer} declined",
+        "NO_ANSWER": f"{peer} did not answer",
+        "BUSY": f"{peer} is in another call",
+        "TIMEOUT": f"nothing more came from {peer}",
+        DIALER_GONE: "the dial command stopped",
+        "listener stopped": "the listener stopped",
+    }.get(reason)
+    return reason if words is None else f"{words} ({reason})"
+
+
 def screen_status(phone: Phone) -> CallStatus:
     """What the call screen shows now: the current call (phase, contact, trust state and
     safety number, elapsed time, mute, live figures) or idle, with the time online and the
@@ -293,7 +309,9 @@ def screen_status(phone: Phone) -> CallStatus:
     estimate = call.live.one_way_delay_ms(now)
     return CallStatus(
         peer=call.name, phase=phase, verified=call.state is TrustState.VERIFIED,
-        safety_number=number, mode=MODE_BADGE, end_reason=call.reason,
+        safety_number=number, mode=MODE_BADGE,
+        end_reason=None if call.reason is None else end_text(call.name, call.reason,
+                                                             call.ended_here),
         elapsed_s=0.0 if since is None else max(0.0, until - since), online_s=online,
         uplink_bytes_per_s=phone.uplink_bytes_per_s(), muted=call.muted,
         one_way_delay_ms=playout if estimate is None else estimate,

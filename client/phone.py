@@ -180,6 +180,7 @@ class ActiveCall:
     caller: Caller
     times: dict[str, float] = field(default_factory=dict)
     reason: str | None = None
+    ended_here: bool = False  # this side hung up or declined (not the peer)
     duration_s: float | None = None  # hang up this long after connecting (None: when asked)
     concluded: bool = False  # recorded (or being recorded): finish does nothing more
     done: trio.Event = field(default_factory=trio.Event)
@@ -500,6 +501,7 @@ class Phone:
             return False
         if reason is not None:
             call.reason = reason
+        call.ended_here = True
         call.caller.hangup()
         return True
 
@@ -528,6 +530,7 @@ class Phone:
             return False
         try:
             call.caller.accept() if accept else call.caller.decline()
+            call.ended_here = not accept
         except UsageError:
             return False
         return True

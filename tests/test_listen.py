@@ -28,7 +28,7 @@ from profile_support import make_profile, network_file
 from testnet_support import small_testnet
 
 from client import artificial_voice, read_wav
-from client._listen import describe_status
+from client._listen import describe_status, end_text
 from client.audio import AudioError, load_mic_file
 from client.cli import main
 from client.control import MAX_LINE
@@ -212,6 +212,17 @@ def test_status_lines_read_as_sentences() -> None:
     lines = describe_status({**idle, "contacts": 2, "calls": 1, "call": call})
     assert lines == ["online: 2 contacts, 1 call ended since it started",
                      "call with bob: caller, dialing, verified, PARANOID, MUTED"]  # fmt: skip
+
+
+def test_the_screen_says_who_ended_the_call() -> None:
+    assert end_text("bob", "HANGUP", ended_here=False) == "bob hung up (HANGUP)"
+    assert end_text("bob", "HANGUP", ended_here=True) == "you hung up (HANGUP)"
+    assert end_text("bob", "DECLINED", ended_here=True) == "you declined (DECLINED)"
+    assert end_text("bob", "TIMEOUT", ended_here=False) == "nothing more came from bob (TIMEOUT)"
+    assert end_text("bob", "dialer gone", ended_here=True) == (
+        "the dial command stopped (dialer gone)"
+    )
+    assert end_text("bob", "POLICY_VIOLATION", ended_here=False) == "POLICY_VIOLATION"
 
 
 # -- two listeners on a testnet -----------------------------------------------------------
