@@ -450,6 +450,6 @@ def add_caller_commands(sub: Subcommands) -> None:
     calls = sub.add_parser("calls", help="the call log: time, direction, result, duration")
     calls.add_argument("--contact", default=None, metavar="NAME",
                        help="only the calls with this contact (also those a removed contact "
-                            "left in the log; default: all)")
+                            "left in the log; default: all)")  # fmt: skip
     _profile_options(calls)
     calls.set_defaults(handler=cmd_calls)
