@@ -3,7 +3,8 @@
 Each handler turns off core dumps first (``client.profile.disable_core_dumps``), then
 works on the profile directory (``--dir``). Exit codes: 0 ok, 1 no authority gave a
 verifiable topology document, 2 a bad argument, network file, card or contact (the
-message says what is wanted), 4 a wrong passphrase (nothing changed), 141 the reader of
+message says what is wanted), 4 a wrong passphrase (nothing changed), 130 Ctrl-C
+("interrupted", no traceback; a file is written whole or not at all), 141 the reader of
 the output went away (``| head``; quietly, as a command killed by SIGPIPE).
 """
 
@@ -42,6 +43,7 @@ from .profile import (
     lock_profile,
     open_profile,
     profile_dir_problem,
+    profile_exists,
 )
 
 if TYPE_CHECKING:
@@ -52,6 +54,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_PASSPHRASE = 4
 EXIT_PIPE = 128 + 13  # the shell's status of a command killed by SIGPIPE
+EXIT_INTERRUPTED = 128 + 2  # the shell's status of a command stopped by Ctrl-C (SIGINT)
 MAX_PASSPHRASE_BYTES = 4096
 LOCK_WAIT_S = 10.0  # seconds a command waits for another one using the same profile
 
@@ -90,6 +93,8 @@ def _guarded(handler: _Handler) -> _Handler:
             # The reader went away (| head): stop quietly; the exit flush must not fail too.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return EXIT_PIPE
+        except KeyboardInterrupt:  # Ctrl-C (at the passphrase, waiting for the lock, ...)
+            code, message = EXIT_INTERRUPTED, "interrupted"
         except PassphraseError as exc:
             code, message = EXIT_PASSPHRASE, str(exc)
         except CommandError as exc:
@@ -193,8 +198,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     if args.force and listener_answers(args.dir / CONTROL_SOCKET):
         raise CommandError(f"a listener is running on {args.dir}: stop it before replacing "
                            "its profile", EXIT_FAILED)  # fmt: skip
+    replaced = profile_exists(args.dir)
     profile = create_profile(args.dir, raw, gateway.node_id, passphrase,
                              name=name, force=args.force)  # fmt: skip
+    if replaced:
+        print("replaced the profile that was here: a new identity, and no contacts or calls "
+              "yet; add your contacts' cards again, and send them your new card (they will "
+              "see a changed safety number)", file=sys.stderr)  # fmt: skip
     if passphrase is None:
         print(
             "WARNING: --no-passphrase: contacts, call log and keys are stored unencrypted; "
@@ -388,8 +398,9 @@ def add_caller_commands(sub: Subcommands) -> None:
                            "(without it: trust on first use)")  # fmt: skip
     _profile_options(init)
     init.add_argument("--force", action="store_true",
-                      help="replace a profile already in --dir (new identity: "
-                           "contacts must add your new card)")  # fmt: skip
+                      help="replace a profile already in --dir: a new identity (contacts "
+                           "must add your new card), and its contacts and call log are "
+                           "emptied")  # fmt: skip
     init.add_argument("--no-passphrase", action="store_true",
                       help="store keys, contacts and call log unencrypted (warned)")  # fmt: skip
     init.add_argument("--name", default=None,
@@ -437,6 +448,8 @@ def add_caller_commands(sub: Subcommands) -> None:
     set_.set_defaults(handler=cmd_contact_set)
 
     calls = sub.add_parser("calls", help="the call log: time, direction, result, duration")
-    calls.add_argument("--contact", default=None, help="only this contact's calls")
+    calls.add_argument("--contact", default=None, metavar="NAME",
+                       help="only the calls with this contact (also those a removed contact "
+                            "left in the log; default: all)")  # fmt: skip
     _profile_options(calls)
     calls.set_defaults(handler=cmd_calls)

@@ -54,7 +54,7 @@ from .audio import (
     open_live_mic,
     open_live_speaker,
 )
-from .call import DEFAULT_MEAN_DELAY_S
+from .call import ANSWER_DELAY_S, DEFAULT_MEAN_DELAY_S
 from .contacts import ContactError, TrustState
 from .control import (
     MAX_LINE,
@@ -243,6 +243,9 @@ def _handle(
 # -- listen ------------------------------------------------------------------------------
 
 
+ENDED_SHOWN_S = 10.0  # a call that ended stays on the screen this long (its reason)
+
+
 def _default_bind(host: str) -> str:
     try:
         return "127.0.0.1" if ipaddress.ip_address(host).is_loopback else "0.0.0.0"
@@ -255,6 +258,22 @@ class _Lines:
 
     def __call__(self, line: str) -> None:
         print(f"{time.strftime('%H:%M:%S', time.localtime(wall_clock()))}  {line}", flush=True)
+
+
+def end_text(peer: str, reason: str, ended_here: bool) -> str:
+    """Why a call ended, in words for the call screen, with the reason's code as the
+    report and ``dial`` give it: ``end_text("bob", "HANGUP", False)`` is ``"bob hung up
+    (HANGUP)"``; ``ended_here``: this side hung up or declined."""
+    words = {
+        "HANGUP": "you hung up" if ended_here else f"{peer} hung up",
+        "DECLINED": "you declined" if ended_here else f"{peer} declined",
+        "NO_ANSWER": f"{peer} did not answer",
+        "BUSY": f"{peer} is in another call",
+        "TIMEOUT": f"nothing more came from {peer}",
+        DIALER_GONE: "the dial command stopped",
+        "listener stopped": "the listener stopped",
+    }.get(reason)
+    return reason if words is None else f"{words} ({reason})"
 
 
 def screen_status(phone: Phone) -> CallStatus:
@@ -290,7 +309,9 @@ def screen_status(phone: Phone) -> CallStatus:
     estimate = call.live.one_way_delay_ms(now)
     return CallStatus(
         peer=call.name, phase=phase, verified=call.state is TrustState.VERIFIED,
-        safety_number=number, mode=MODE_BADGE, end_reason=call.reason,
+        safety_number=number, mode=MODE_BADGE,
+        end_reason=None if call.reason is None else end_text(call.name, call.reason,
+                                                             call.ended_here),
         elapsed_s=0.0 if since is None else max(0.0, until - since), online_s=online,
         uplink_bytes_per_s=phone.uplink_bytes_per_s(), muted=call.muted,
         one_way_delay_ms=playout if estimate is None else estimate,
@@ -315,7 +336,7 @@ async def _screen(phone: Phone, stop: trio.Event) -> None:
 
     # Quit sets ``stop``; on SIGTERM the screen restores the terminal and raises the signal
     # again, for ``_stop_on_signal``.
-    await CallScreen(lambda: screen_status(phone), command).run()
+    await CallScreen(lambda: screen_status(phone), command, hold_ended_s=ENDED_SHOWN_S).run()
 
 
 async def _stop_on_signal(
@@ -364,7 +385,7 @@ async def _listen_main(
                     await nursery.start(serve_control, phone, sock)
                     nursery.start_soon(_refresh_topology, phone, profile)
                     control = profile.directory / CONTROL_SOCKET
-                    ui(f"online: gateway {node.name}, {len(phone.peers)} contacts, "
+                    ui(f"online: gateway {node.name}, {_count(len(phone.peers), 'contact')}, "
                        f"bound to {options.bind}; control socket {control}")  # fmt: skip
                     if screen:
                         nursery.start_soon(_screen, phone, stop)
@@ -431,6 +452,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
             )
         options.bind = args.bind or _default_bind(doc.node(profile.gateway_id).host)
         screen = not args.no_screen and sys.stdin.isatty()
+        options.keys = screen
         trio.run(_listen_main, profile, doc, sock, options, screen)
     except AttachError as exc:
         raise CommandError(f"the gateway did not answer: {exc}", EXIT_FAILED) from None
@@ -474,36 +496,55 @@ def _reply_errors(handler: _Handler) -> _Handler:
 @_reply_errors
 @_guarded
 def cmd_dial(args: argparse.Namespace) -> int:
+    """Dial through the listener and print its events until the call ended: exit 0 when it
+    connected and ended by a hang-up (also Ctrl-C mid-call: closing the connection makes the
+    listener hang up, reason "dialer gone"), 1 otherwise."""
     sock = _connect(args.dir)
-    reader = LineReader()
-    connected = False
+    state = {"connected": False}
     with sock:
-        sock.sendall(encode_message({"type": "dial", "contact": args.name,
-                                     "duration_s": args.duration}))  # fmt: skip
-        while True:
+        try:
+            return _follow_call(sock, args, state)
+        except KeyboardInterrupt:
+            if state["connected"]:
+                print(f"hung up {args.name} (dial stopped)", flush=True)
+                return EXIT_OK
+            print(f"phantom-call: dial stopped before {args.name} answered: the call is "
+                  "cancelled", file=sys.stderr)  # fmt: skip
+            return EXIT_FAILED
+
+
+def _follow_call(sock: socket.socket, args: argparse.Namespace, state: dict[str, bool]) -> int:
+    """``cmd_dial``'s request and events; ``state["connected"]`` set once it connected."""
+    reader = LineReader()
+    sock.sendall(encode_message({"type": "dial", "contact": args.name,
+                                 "duration_s": args.duration}))  # fmt: skip
+    while True:
+        try:
             data = sock.recv(MAX_LINE)
-            if not data:
-                print("phantom-call: the listener went away mid-call", file=sys.stderr)
-                return EXIT_FAILED
-            for line in reader.feed(data):
-                msg = parse_reply(line)
-                if msg["type"] == "error":
-                    raise CommandError(str(msg.get("error")), EXIT_USAGE)
-                if msg["type"] != "event":
-                    continue
-                event = msg.get("event")
-                if event == "connected":
-                    connected = True
-                if event != "ended":
-                    print(f"{event} {args.name}", flush=True)
-                    continue
-                reason = msg.get("reason")
-                print(f"ended: {reason}", flush=True)
-                if connected and reason == "HANGUP":
-                    return EXIT_OK
-                why = "never connected" if not connected else f"ended by {reason}"
-                print(f"phantom-call: the call {why} ({reason})", file=sys.stderr)
-                return EXIT_FAILED
+        except ConnectionError:  # reset: the listener died with our request unread
+            data = b""
+        if not data:
+            print("phantom-call: the listener went away mid-call", file=sys.stderr)
+            return EXIT_FAILED
+        for line in reader.feed(data):
+            msg = parse_reply(line)
+            if msg["type"] == "error":
+                raise CommandError(str(msg.get("error")), EXIT_USAGE)
+            if msg["type"] != "event":
+                continue
+            event = msg.get("event")
+            if event == "connected":
+                state["connected"] = True
+            if event != "ended":
+                print(f"{event} {args.name}", flush=True)
+                continue
+            reason = msg.get("reason")
+            print(f"ended: {reason}", flush=True)
+            if state["connected"] and reason == "HANGUP":
+                return EXIT_OK
+            why = f"ended by {reason}" if state["connected"] else "never connected"
+            print(f"phantom-call: the call {why} ({reason})", file=sys.stderr)
+            return EXIT_FAILED
 
 
 # -- one request each: hangup, answer, decline, mute, status --------------------------------
@@ -554,15 +595,21 @@ def cmd_control(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _count(n: object, noun: str) -> str:
+    """``n noun`` with the noun's plural when ``n`` is not 1 ("1 contact", "0 calls")."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def describe_status(reply: dict[str, object]) -> list[str]:
     """A status reply as lines of text: the listener, then its current call or none."""
-    lines = [f"online: {reply.get('contacts')} contact(s), {reply.get('calls')} call(s) "
-             "since it started"]  # fmt: skip
+    lines = [f"online: {_count(reply.get('contacts'), 'contact')}, "
+             f"{_count(reply.get('calls'), 'call')} ended since it started"]  # fmt: skip
     call = reply.get("call")
     if not isinstance(call, dict):
         return [*lines, "no call"]
     events = call.get("events")
     phase = events[-1] if isinstance(events, list) and events else "?"
+    phase = "dialing" if phase == "dial" else phase  # the dial command's word for it
     muted = ", MUTED" if call.get("muted") else ""
     lines.append(f"call with {call.get('contact')}: {call.get('role')}, {phase}, "
                  f"{call.get('trust')}, {call.get('mode')}{muted}")  # fmt: skip
@@ -592,7 +639,8 @@ def add_online_commands(sub: Subcommands) -> None:
                         help="local address of the gateway link (default 127.0.0.1 for a "
                              "gateway on loopback, else 0.0.0.0)")  # fmt: skip
     listen.add_argument("--auto-answer", action="store_true",
-                        help="pick up incoming calls after a short ring")  # fmt: skip
+                        help=f"pick up incoming calls {ANSWER_DELAY_S:g} s after they ring "
+                             "(default: off: the screen's key or phantom-call answer)")  # fmt: skip
     listen.add_argument("--mic", default=None, metavar="FILE.wav|device[:NAME]",
                         help="microphone: a WAV file played from the start of each call, or "
                              "'device' (the default sound input; 'device:NAME' picks one by "
@@ -614,15 +662,15 @@ def add_online_commands(sub: Subcommands) -> None:
                         help="plain log lines, no keys (also without a terminal)")  # fmt: skip
     listen.set_defaults(handler=cmd_listen)
 
+    help_dir = "the profile whose listener to ask (default as for listen)"
     dial = sub.add_parser("dial", help="call a contact through the running listener")
     dial.add_argument("name", help="the contact's name")
-    add_options(dial)
+    dial.add_argument("--dir", type=Path, default=None, help=help_dir)
     dial.add_argument("--duration", type=_SECONDS, default=None, metavar="S",
                       help="hang up S seconds after the call connects (default: when this "
                            "command is stopped)")  # fmt: skip
     dial.set_defaults(handler=cmd_dial)
 
-    help_dir = "the profile whose listener to ask (default as for listen)"
     for verb, text in (
         ("answer", "pick up the call ringing at the running listener"),
         ("decline", "refuse the call ringing at the running listener"),

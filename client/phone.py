@@ -138,7 +138,9 @@ class PhoneOptions:
     JSON report file (written atomically at each call's end and on ``write_report``);
     ``mean_delay_s``: mean sender-chosen delay per hop (seconds); ``bind``: the local IP
     of the gateway link, for the report only; ``policy``: the client policy whose routes
-    the uplink follows (DESKTOP: one route per call direction, 2 spares)."""
+    the uplink follows (DESKTOP: one route per call direction, 2 spares); ``keys``: the
+    call screen's keys answer and decline (the ringing line names them; else it names the
+    ``phantom-call answer`` and ``decline`` commands)."""
 
     auto_answer: bool = False
     mic: Pcm | LiveMic | None = None
@@ -148,6 +150,7 @@ class PhoneOptions:
     voice: VoiceProfile = field(default_factory=VoiceProfile)
     bind: str | None = None
     policy: ClientPolicy = DESKTOP
+    keys: bool = False
 
 
 @dataclass(slots=True)
@@ -177,6 +180,7 @@ class ActiveCall:
     caller: Caller
     times: dict[str, float] = field(default_factory=dict)
     reason: str | None = None
+    ended_here: bool = False  # this side hung up or declined (not the peer)
     duration_s: float | None = None  # hang up this long after connecting (None: when asked)
     concluded: bool = False  # recorded (or being recorded): finish does nothing more
     done: trio.Event = field(default_factory=trio.Event)
@@ -477,7 +481,7 @@ class Phone:
         if name not in self.peers:
             self.load_contacts()
         if name not in self.peers:
-            raise ContactError(f"no contact named {name!r}")
+            raise ContactError(f"no contact called {name!r} (see: contact list)")
         call = self._new_call(name, Role.CALLER, duration_s)
         call.mark("dial", self._mono())
         call.caller.place()
@@ -497,6 +501,7 @@ class Phone:
             return False
         if reason is not None:
             call.reason = reason
+        call.ended_here = True
         call.caller.hangup()
         return True
 
@@ -525,6 +530,7 @@ class Phone:
             return False
         try:
             call.caller.accept() if accept else call.caller.decline()
+            call.ended_here = not accept
         except UsageError:
             return False
         return True
@@ -539,7 +545,9 @@ class Phone:
             return
         who = f"{call.name} [{call.state}] {MODE_BADGE}"
         if what == "ringing" and call.role is Role.CALLEE:
-            hint = "answering" if self.options.auto_answer else "a: answer, d: decline"
+            hint = "answering" if self.options.auto_answer else (
+                "a: answer, d: decline" if self.options.keys else
+                f"phantom-call answer or decline --dir {self.profile.directory}")  # fmt: skip
             self._ui(f"RINGING  {who}  ({hint})")
         elif what == "ringing":
             self._ui(f"ringing at {call.name}")

@@ -538,7 +538,10 @@ class CallScreen:
     ``status_source()`` is polled ``refresh_hz`` times a second (and right after each
     command); a key that ``keymap`` binds in the current status is passed to
     ``await on_command(command)``. :meth:`run` returns after :data:`Command.QUIT`, or
-    ``linger_s`` seconds after the phase became ``ended`` when ``exit_on_end``.
+    ``linger_s`` seconds after the phase became ``ended`` when ``exit_on_end``. A call that
+    ended stays on the screen (its reason, its time) for ``hold_ended_s`` seconds after the
+    source went back to ``idle``, unless another call shows first, so that a glance at the
+    screen still tells why the call ended (the footer keeps its live time online).
     ``console`` defaults to ``rich``'s on stdout; if it is not a terminal, one plain line
     is printed per change (and the figures every ``plain_every_s`` seconds in a call).
     Keys are read from ``stdin_fd`` (default 0; ``None``: no keys), in cbreak mode if it is a
@@ -552,6 +555,7 @@ class CallScreen:
     refresh_hz: float = 4.0
     exit_on_end: bool = False
     linger_s: float = 0.5
+    hold_ended_s: float = 0.0
     console: Console | None = None
     stdin_fd: int | None = 0
     plain_every_s: float = 5.0
@@ -560,7 +564,7 @@ class CallScreen:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.refresh_hz) and self.refresh_hz > 0):
             raise ValueError(f"refresh_hz {self.refresh_hz!r} must be positive")
-        for name in ("linger_s", "plain_every_s"):
+        for name in ("linger_s", "hold_ended_s", "plain_every_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} {value!r} must be a number of seconds >= 0")
@@ -629,9 +633,22 @@ class CallScreen:
         last_plain = -math.inf
         keys_open = True
         ascii_only = not console.encoding.lower().startswith("utf")
+        held: CallStatus | None = None  # the last ``ended`` status the source gave
+        held_since = -math.inf  # when the source went idle after it
         while True:
             status = self.status_source()
             now = trio.current_time()
+            if status.phase is Phase.ENDED:
+                held, held_since = status, math.inf
+            elif status.phase is Phase.IDLE and held is not None:
+                held_since = min(held_since, now)
+                if now - held_since < self.hold_ended_s:
+                    status = replace(held, online_s=status.online_s,
+                                     uplink_bytes_per_s=status.uplink_bytes_per_s)  # fmt: skip
+                else:
+                    held = None
+            else:
+                held = None
             if live is not None:
                 live.update(render(status, keymap=self.keymap, ascii_only=ascii_only), refresh=True)
             else:

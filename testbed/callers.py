@@ -230,7 +230,8 @@ class TwoCallers:
         t0 = time.monotonic()
         for offset, name in starts:
             c = self.callers[name]
-            self.say("online", f"{name} goes online at +{offset:.1f} s "
+            wait = max(0.0, t0 + offset - time.monotonic())
+            self.say("online", f"{name} goes online in {wait:.1f} s, a random moment "
                      f"(phantom-call listen --bind {c.ip})")  # fmt: skip
             _sleep_until(t0 + offset, self._check_alive)
             self._start_listen(c)

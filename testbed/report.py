@@ -168,7 +168,7 @@ def print_report(report: dict[str, Any], json_path: Path | None = None) -> None:
     if isinstance(setup, dict):
         ringing, connected = setup.get("to_ringing"), setup.get("to_connected")
         setup_text = (f"ringing after {ringing} s, " if ringing is not None else "") + (
-            f"connected after {connected} s")  # fmt: skip
+            f"connected after {connected} s, from A's phone taking the dial")  # fmt: skip
     else:
         setup_text = f"connected after {setup} s"
     table = Table(title=f"Mode C call, {report['duration_s']:g} s; {setup_text}")

@@ -28,6 +28,7 @@ from profile_support import make_profile, network_file
 from testnet_support import small_testnet
 
 from client import artificial_voice, read_wav
+from client._listen import describe_status, end_text
 from client.audio import AudioError, load_mic_file
 from client.cli import main
 from client.control import MAX_LINE
@@ -92,6 +93,19 @@ def _dial(directory: Path, name: str, *args: str) -> subprocess.Popen[str]:
         [sys.executable, "-m", "client.cli", "dial", name, "--dir", str(directory), *args],
         cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+
+
+def _dial_until_connected(directory: Path, name: str) -> subprocess.Popen[str]:
+    """``dial name`` from the listener of ``directory``, once it printed ``connected``."""
+    dial = _dial(directory, name)
+    assert dial.stdout is not None
+    line, deadline = "", time.monotonic() + 30
+    while "connected" not in line and time.monotonic() < deadline:
+        line = dial.stdout.readline()
+        if not line:
+            break
+    assert f"connected {name}" in line, dial.communicate(timeout=10)
+    return dial
 
 
 def _control(directory: Path, *lines: bytes) -> list[dict[str, object]]:
@@ -174,6 +188,41 @@ def test_listen_help_shows_the_mean_delay_default(capsys: pytest.CaptureFixture[
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--mean-delay-ms MS mean sender-chosen delay per hop" in help_text
     assert "(default: 22.5)" in help_text
+    assert "--auto-answer pick up incoming calls 0.5 s after they ring (default: off" in help_text
+
+
+def test_dial_and_the_listener_commands_take_no_passphrase_option(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The listener holds the profile: dial, answer, ..., status only name the profile.
+    for verb in ("dial", "answer", "decline", "hangup", "mute", "status"):
+        with pytest.raises(SystemExit):
+            main([verb, "--help"])
+        help_text = " ".join(capsys.readouterr().out.split())
+        assert "--passphrase-file" not in help_text, verb
+        assert "--dir DIR the profile whose listener to ask" in help_text, verb
+
+
+def test_status_lines_read_as_sentences() -> None:
+    idle = {"type": "status", "online": True, "contacts": 1, "calls": 0, "call": None}
+    assert describe_status(idle) == ["online: 1 contact, 0 calls ended since it started",
+                                     "no call"]  # fmt: skip
+    call = {"contact": "bob", "role": "caller", "trust": "verified", "mode": "PARANOID",
+            "events": ["dial"], "muted": True}  # fmt: skip
+    lines = describe_status({**idle, "contacts": 2, "calls": 1, "call": call})
+    assert lines == ["online: 2 contacts, 1 call ended since it started",
+                     "call with bob: caller, dialing, verified, PARANOID, MUTED"]  # fmt: skip
+
+
+def test_the_screen_says_who_ended_the_call() -> None:
+    assert end_text("bob", "HANGUP", ended_here=False) == "bob hung up (HANGUP)"
+    assert end_text("bob", "HANGUP", ended_here=True) == "you hung up (HANGUP)"
+    assert end_text("bob", "DECLINED", ended_here=True) == "you declined (DECLINED)"
+    assert end_text("bob", "TIMEOUT", ended_here=False) == "nothing more came from bob (TIMEOUT)"
+    assert end_text("bob", "dialer gone", ended_here=True) == (
+        "the dial command stopped (dialer gone)"
+    )
+    assert end_text("bob", "POLICY_VIOLATION", ended_here=False) == "POLICY_VIOLATION"
 
 
 # -- two listeners on a testnet -----------------------------------------------------------
@@ -310,7 +359,7 @@ def test_malformed_control_messages_get_errors_and_change_nothing(
     ]
     replies = _control(alice.directory, *bad, b'{"type": "status"}\n')
     assert [r["type"] for r in replies[:-1]] == ["error"] * len(bad)
-    assert "nobody" in str(replies[5]["error"])
+    assert replies[5]["error"] == "no contact called 'nobody' (see: contact list)"
     assert replies[-1]["type"] == "status" and replies[-1]["call"] is None
     assert alice.proc is not None and alice.proc.poll() is None
 
@@ -373,6 +422,23 @@ def test_an_incoming_call_rings_and_is_answered_by_a_key(net: dict[str, Listener
     alice.start()
 
 
+def test_without_the_screen_the_ringing_line_names_the_commands(
+    net: dict[str, Listener],
+) -> None:
+    """``--no-screen`` has no keys: the ringing line says ``phantom-call answer or decline``
+    (not ``a``/``d``), and ``phantom-call decline`` refuses the call (dial exits 1)."""
+    alice, bob = net["alice"], net["bob"]
+    seen = len(alice.log())
+    dial = _dial(bob.directory, "alice")
+    ring = _wait_for(alice, "RINGING", seen, timeout_s=30)
+    assert f"(phantom-call answer or decline --dir {alice.directory})" in ring, ring
+    assert "a: answer" not in ring
+    declined = _command(alice.directory, "decline")
+    assert (declined.returncode, declined.stdout.strip()) == (0, "declined"), declined
+    out, err = dial.communicate(timeout=60)
+    assert dial.returncode == 1 and "ended: DECLINED" in out, (out, err)
+
+
 def _wait_for(listener: Listener, text: str, after: int = 0, timeout_s: float = 20.0) -> str:
     """The first line of ``listener``'s log past character ``after`` that holds ``text``."""
     deadline = time.monotonic() + timeout_s
@@ -382,6 +448,22 @@ def _wait_for(listener: Listener, text: str, after: int = 0, timeout_s: float = 
                 return line
         time.sleep(0.1)
     raise AssertionError(f"no {text!r} in {listener.name}'s log: {listener.log()[after:]}")
+
+
+def test_ctrl_c_on_dial_hangs_up_without_a_traceback(net: dict[str, Listener]) -> None:
+    """``dial`` without ``--duration`` ends when stopped: Ctrl-C mid-call prints the hang-up
+    and exits 0, and the listener hangs up ("dialer gone")."""
+    alice = net["alice"]
+    seen = len(alice.log())
+    dial = _dial_until_connected(alice.directory, "bob")
+    dial.send_signal(signal.SIGINT)
+    out, err = dial.communicate(timeout=10)
+    assert (dial.returncode, out.strip(), err) == (0, "hung up bob (dial stopped)", ""), err
+    _wait_for(alice, "call with bob ended: dialer gone", seen)
+    deadline = time.monotonic() + 10  # the call drains, then the listener is free again
+    while _control(alice.directory, b'{"type": "status"}\n')[0]["call"] is not None:
+        assert time.monotonic() < deadline, alice.log()
+        time.sleep(0.2)
 
 
 def test_killing_dial_hangs_up_and_killing_listen_times_out(net: dict[str, Listener]) -> None:
@@ -444,14 +526,7 @@ def test_mute_over_the_control_socket_sends_silence_at_the_same_rate(
         assert why in done.stderr
     idle = _command(alice.directory, "status")
     assert idle.returncode == 0 and "no call" in idle.stdout, idle
-    dial = _dial(alice.directory, "bob")  # until hung up below
-    assert dial.stdout is not None
-    line, deadline = "", time.monotonic() + 30
-    while "connected" not in line and time.monotonic() < deadline:
-        line = dial.stdout.readline()
-        if not line:
-            break
-    assert "connected bob" in line, dial.communicate(timeout=10)
+    dial = _dial_until_connected(alice.directory, "bob")  # until hung up below
     time.sleep(2.5)
     before_on = time.monotonic()
     muted = _command(alice.directory, "mute", "on")

@@ -170,12 +170,16 @@ def test_a_second_init_refuses_without_force(
     path, _, _ = network
     d = ["--dir", str(tmp_path / "p"), "--network", str(path)]
     assert main(["init", *d]) == 0
+    assert "replaced" not in capsys.readouterr().err  # a first init replaced nothing
     before = _digests(tmp_path / "p")
     first = open_profile(tmp_path / "p", lambda: passphrase).identity.public
     assert main(["init", *d]) == 2
     assert "already holds a profile; --force replaces it" in capsys.readouterr().err
     assert _digests(tmp_path / "p") == before
     assert main(["init", *d, "--force"]) == 0
+    assert "replaced the profile that was here: a new identity, and no contacts or calls" in (
+        capsys.readouterr().err
+    )
     assert open_profile(tmp_path / "p", lambda: passphrase).identity.public != first
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "notes.txt").write_text("mine")
@@ -214,6 +218,28 @@ def test_init_force_waits_for_the_profile_lock_and_refuses_a_running_listener(
     assert open_profile(me, lambda: passphrase).identity.public == before
     assert main([*argv, "--force"]) == 0  # its socket is stale now: replaced
     assert open_profile(me, lambda: passphrase).identity.public != before
+
+
+def test_ctrl_c_while_a_command_waits_is_one_line_and_exit_130(
+    tmp_path: Path, network: tuple[Path, str, set[bytes]], passphrase: bytes
+) -> None:
+    """Ctrl-C at any prompt or wait (here: for the profile's lock) ends the command with
+    ``interrupted`` and the shell's 130, not a KeyboardInterrupt traceback."""
+    path, _, _ = network
+    me = tmp_path / "p"
+    assert main(["init", "--dir", str(me), "--network", str(path)]) == 0
+    held = os.open(me, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another command is using the profile
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PHANTOM_PASSPHRASE": passphrase.decode()}
+        proc = subprocess.Popen([sys.executable, "-m", "client.cli", "contact", "list", "--dir",
+                                 str(me)], env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        time.sleep(1.5)  # past the start-up: waiting for the lock
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        os.close(held)
+    assert (proc.returncode, err) == (130, "phantom-call: error: interrupted\n")
 
 
 def test_init_writes_nothing_when_no_authority_answers(

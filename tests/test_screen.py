@@ -367,6 +367,40 @@ async def test_quit_returns_and_no_keys_without_stdin() -> None:
         os.close(write)
 
 
+@pytest.mark.parametrize(("hold_s", "shown"), [
+    (2.0, ["ended", "ringing-in"]),  # still held when the next call rings
+    (0.5, ["ended", "idle", "ringing-in"]),  # held 0.5 s, then idle
+])  # fmt: skip
+async def test_a_call_that_ended_stays_on_the_screen_after_the_source_went_idle(
+    hold_s: float, shown: list[str]
+) -> None:
+    # The listener's source goes idle about a second after a call ends; the screen keeps
+    # the ended call (its reason) for hold_ended_s, then shows idle; a new call shows at once.
+    console = Console(file=io.StringIO(), force_terminal=False)
+    start = trio.current_time()
+
+    def source() -> CallStatus:
+        t = trio.current_time() - start
+        if t < 0.3:
+            return CallStatus(peer="bob", phase=Phase.ENDED, end_reason="HANGUP")
+        if t < 1.6:
+            return CallStatus(online_s=t)
+        return CallStatus(peer="ada", phase=Phase.RINGING_IN)
+
+    async def on_command(command: Command) -> None:
+        pass
+
+    screen = CallScreen(source, on_command, console=console, stdin_fd=None,
+                        hold_ended_s=hold_s, refresh_hz=20)  # fmt: skip
+    with trio.move_on_after(1.8):
+        await screen.run()
+    lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    assert [line.split()[0] for line in lines] == shown, lines
+    assert "reason: HANGUP" in lines[0]
+    with pytest.raises(ValueError, match="hold_ended_s"):
+        CallScreen(source, on_command, hold_ended_s=-1)
+
+
 def test_bad_refresh_rate_is_refused() -> None:
     async def on_command(command: Command) -> None:
         pass
