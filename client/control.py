@@ -83,7 +83,7 @@ def parse_request(line: bytes) -> Request:
         raise ControlError(f"a control message is at most {MAX_LINE} bytes")
     try:
         obj = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: deep nesting
         raise ControlError("not a JSON line") from None
     if not isinstance(obj, dict):
         raise ControlError("a control message is a JSON object")
@@ -133,7 +133,7 @@ def parse_reply(line: bytes) -> dict[str, object]:
     """One line from the listener as a dict with a ``type``; ControlError otherwise."""
     try:
         obj = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise ControlError("the listener sent something that is not a JSON line") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         raise ControlError("the listener sent a message without a type")
