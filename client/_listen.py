@@ -22,8 +22,10 @@ import json
 import os
 import signal
 import socket
+import struct
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
@@ -128,11 +130,16 @@ async def serve_control(
     phone: Phone,
     sock: socket.socket,
     *,
+    counters: Counter[str] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Answer control connections on ``sock`` until cancelled (``client.control``), at
-    most ``MAX_CONTROL_CONNECTIONS`` at once: one more gets an error reply and is closed.
+    most ``MAX_CONTROL_CONNECTIONS`` at once: one more gets an error reply and is closed
+    (counted ``control_busy`` in ``counters``, default ``phone.counters``). Where the
+    system names a connection's user (SO_PEERCRED), one from another user than ours is
+    closed unanswered (``control_foreign_user``), whatever the socket file's mode became.
     An accept that fails (no file descriptor left) is retried after ``ACCEPT_RETRY_S``."""
+    count = phone.counters if counters is None else counters
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
     slots = trio.Semaphore(MAX_CONTROL_CONNECTIONS)
     async with trio.open_nursery() as nursery:
@@ -143,11 +150,29 @@ async def serve_control(
             except OSError:
                 await trio.sleep(ACCEPT_RETRY_S)
                 continue
-            if slots.value == 0:
+            if _peer_uid(stream) not in (None, os.geteuid()):
+                count["control_foreign_user"] += 1
+                await trio.aclose_forcefully(stream)
+            elif slots.value == 0:
+                count["control_busy"] += 1
                 nursery.start_soon(_refuse, stream)
-                continue
-            slots.acquire_nowait()
-            nursery.start_soon(_connection_in_slot, phone, stream, slots)
+            else:
+                slots.acquire_nowait()
+                nursery.start_soon(_connection_in_slot, phone, stream, slots)
+
+
+def _peer_uid(stream: trio.SocketStream) -> int | None:
+    """The user id of the process at the other end of an AF_UNIX connection; None where
+    the system does not tell (no SO_PEERCRED), -1 (nobody's: refused) if asking failed."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    try:
+        creds = stream.socket.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+    except OSError:
+        return -1
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
 
 
 async def _refuse(stream: trio.SocketStream) -> None:

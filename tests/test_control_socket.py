@@ -4,10 +4,16 @@ reads its replies. Each costs a bounded amount and the listener keeps answering.
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import tempfile
+from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import cast
 
+import pytest
 import trio
 import trio.testing
 
@@ -42,7 +48,8 @@ async def _replies(stream: trio.SocketStream, n: int) -> list[dict[str, object]]
 
 async def _serve(nursery: trio.Nursery, tmp_path: Path) -> Path:
     path = tmp_path / "control.sock"
-    await nursery.start(serve_control, NO_PHONE, claim_control_socket(path))
+    sock = claim_control_socket(path)
+    await nursery.start(partial(serve_control, NO_PHONE, sock, counters=Counter[str]()))
     return path
 
 
@@ -105,3 +112,47 @@ async def test_a_command_that_never_reads_is_closed_after_the_send_timeout(
         assert sent < 10_000
         await stream.aclose()
         nursery.cancel_scope.cancel()
+
+
+FOREIGN_UID = 65534  # nobody
+SYSTEM_PYTHON = "/usr/bin/python3"  # one that user may run (the venv's may be private)
+
+
+@pytest.mark.skipif(
+    not hasattr(socket, "SO_PEERCRED") or os.geteuid() != 0 or not os.path.exists(SYSTEM_PYTHON),
+    reason="needs SO_PEERCRED, root (to run a client as another user) and /usr/bin/python3",
+)
+async def test_a_connection_from_another_user_is_closed_unanswered() -> None:
+    """Even when the socket file and its directory were opened to everyone (a chmod by
+    mistake), a command run by another user gets no answer and changes nothing."""
+    directory = Path(tempfile.mkdtemp(prefix="pn-ctl-"))  # not under 0700 pytest dirs
+    try:
+        directory.chmod(0o777)
+        path = directory / "control.sock"
+        counters = Counter[str]()
+        code = (
+            "import socket, sys\n"
+            "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+            "s.connect(sys.argv[1])\n"
+            "s.sendall(sys.argv[2].encode() + bytes([10]))\n"
+            "s.settimeout(5)\n"
+            "try:\n"
+            "    print(repr(s.recv(4096)))\n"
+            "except ConnectionResetError:\n"
+            "    print(repr(b''))\n"
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                partial(serve_control, NO_PHONE, claim_control_socket(path), counters=counters)
+            )
+            path.chmod(0o666)
+            done = await trio.run_process(
+                [SYSTEM_PYTHON, "-c", code, str(path), '{"type": "status"}'], capture_stdout=True,
+                capture_stderr=True, check=False, user=FOREIGN_UID,
+            )  # fmt: skip
+            nursery.cancel_scope.cancel()
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == b"b''"  # closed unanswered
+        assert counters["control_foreign_user"] == 1
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
