@@ -14,7 +14,9 @@
 The socket is ``PROFILE/control.sock`` (AF_UNIX, stream, mode 0600 inside the 0700 profile
 directory), made by ``phantom-call listen`` and removed when it exits; a second listener on
 the same profile is refused while the first answers on it. Each message is one JSON object
-on one line (UTF-8, at most ``MAX_LINE`` bytes) with a ``type``.
+on one line (UTF-8, at most ``MAX_LINE`` bytes) with a ``type``. The listener serves at
+most 32 connections at once, closes one whose command reads none of its replies for 5 s,
+and one from another user (where the system names it) unanswered.
 
 Requests (command -> listener): ``{"type": "dial", "contact": NAME, "duration_s": S|null}``
 (the connection then stays open for the call: closing it hangs up, reason "dialer gone"),
