@@ -22,8 +22,10 @@ import json
 import os
 import signal
 import socket
+import struct
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
@@ -84,6 +86,9 @@ SOCKET_MODE = 0o600
 REPLY_TIMEOUT_S = 10.0  # seconds a one-request command waits for the listener's reply
 STOP_GRACE_S = 0.5  # on SIGTERM mid-call: time for our HANGUP to leave before we go
 TOPOLOGY_REFRESH_S = 60.0  # the listener asks for the current topology this often
+MAX_CONTROL_CONNECTIONS = 32  # open at once; one more is told so and closed
+CONTROL_SEND_TIMEOUT_S = 5.0  # a command that reads none of our replies this long is closed
+ACCEPT_RETRY_S = 0.1  # after accept failed (out of file descriptors): wait, then again
 _SECONDS = finite_number(0.001, 86_400, what="seconds", verb="want")
 _DELAY_MS = finite_number(0, 1000, what="milliseconds", verb="want")
 
@@ -125,22 +130,84 @@ async def serve_control(
     phone: Phone,
     sock: socket.socket,
     *,
+    counters: Counter[str] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Answer control connections on ``sock`` until cancelled (``client.control``)."""
+    """Answer control connections on ``sock`` until cancelled (``client.control``), at
+    most ``MAX_CONTROL_CONNECTIONS`` at once: one more gets an error reply and is closed
+    (counted ``control_busy`` in ``counters``, default ``phone.counters``). Where the
+    system names a connection's user (SO_PEERCRED), one from another user than ours is
+    closed unanswered (``control_foreign_user``), whatever the socket file's mode became.
+    An accept that fails (no file descriptor left) is retried after ``ACCEPT_RETRY_S``."""
+    count = phone.counters if counters is None else counters
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+    slots = trio.Semaphore(MAX_CONTROL_CONNECTIONS)
     async with trio.open_nursery() as nursery:
         task_status.started()
         while True:
-            stream = await listener.accept()
-            nursery.start_soon(_connection, phone, stream)
+            try:
+                stream = await listener.accept()
+            except OSError:
+                await trio.sleep(ACCEPT_RETRY_S)
+                continue
+            if _peer_uid(stream) not in (None, os.geteuid()):
+                count["control_foreign_user"] += 1
+                await trio.aclose_forcefully(stream)
+            elif slots.value == 0:
+                count["control_busy"] += 1
+                nursery.start_soon(_refuse, stream)
+            else:
+                slots.acquire_nowait()
+                nursery.start_soon(_connection_in_slot, phone, stream, slots)
 
 
-async def _send(stream: trio.SocketStream, message: dict[str, object]) -> None:
+def _peer_uid(stream: trio.SocketStream) -> int | None:
+    """The user id of the process at the other end of an AF_UNIX connection; None where
+    the system does not tell (no SO_PEERCRED), -1 (nobody's: refused) if asking failed."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
     try:
-        await stream.send_all(encode_message(message))
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
+        creds = stream.socket.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+    except OSError:
+        return -1
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+async def _refuse(stream: trio.SocketStream) -> None:
+    async with stream:
+        await _Replies(stream).send({"type": "error", "error": "too many control connections"})
+
+
+async def _connection_in_slot(
+    phone: Phone, stream: trio.SocketStream, slots: trio.Semaphore
+) -> None:
+    try:
+        await _connection(phone, stream)
+    finally:
+        slots.release()
+
+
+class _Replies:
+    """The sending side of one control connection: one message at a time (the events of
+    the call it dialed and the replies to its requests share the stream). A command that
+    does not read a message within ``CONTROL_SEND_TIMEOUT_S`` (its socket buffer full) has
+    its connection closed, so it costs no more."""
+
+    def __init__(self, stream: trio.SocketStream):
+        self.stream = stream
+        self._lock = trio.Lock()
+
+    async def send(self, message: dict[str, object]) -> None:
+        async with self._lock:
+            try:
+                with trio.move_on_after(CONTROL_SEND_TIMEOUT_S) as scope:
+                    await self.stream.send_all(encode_message(message))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if scope.cancelled_caught:
+                await trio.aclose_forcefully(self.stream)
 
 
 def _status(phone: Phone) -> dict[str, object]:
@@ -155,7 +222,7 @@ def _status(phone: Phone) -> dict[str, object]:
     return out
 
 
-async def _forward_events(stream: trio.SocketStream, call: ActiveCall, offset_s: float) -> None:
+async def _forward_events(out: _Replies, call: ActiveCall, offset_s: float) -> None:
     """Send ``call``'s events to the connection that dialed it, each once, until it ended
     (mute switches as they happen); ``offset_s``: Trio's clock -> CLOCK_MONOTONIC."""
     names = {"dial": "dialing", "ringing": "ringing", "connected": "connected"}
@@ -166,22 +233,22 @@ async def _forward_events(stream: trio.SocketStream, call: ActiveCall, offset_s:
         for key, event in names.items():
             if key in call.times and key not in sent:
                 sent.add(key)
-                await _send(stream, {"type": "event", "event": event, "t": call.times[key]})
+                await out.send({"type": "event", "event": event, "t": call.times[key]})
         if call.muted != muted and not call.done.is_set():
             muted = call.muted
-            await _send(stream, {"type": "event", "event": "muted" if muted else "unmuted",
-                                 "t": trio.current_time() + offset_s})  # fmt: skip
+            await out.send({"type": "event", "event": "muted" if muted else "unmuted",
+                            "t": trio.current_time() + offset_s})  # fmt: skip
         if call.done.is_set():
-            await _send(stream, {"type": "event", "event": "ended", "reason": call.reason,
-                                 "t": call.times.get("ended"),
-                                 "connected": "connected" in call.times})  # fmt: skip
+            await out.send({"type": "event", "event": "ended", "reason": call.reason,
+                            "t": call.times.get("ended"),
+                            "connected": "connected" in call.times})  # fmt: skip
             return
         await changed.wait()
 
 
 async def _connection(phone: Phone, stream: trio.SocketStream) -> None:
     owned: ActiveCall | None = None
-    reader = LineReader()
+    reader, out = LineReader(), _Replies(stream)
     async with stream, trio.open_nursery() as nursery:
         try:
             while True:
@@ -194,20 +261,20 @@ async def _connection(phone: Phone, stream: trio.SocketStream) -> None:
                 try:
                     lines = reader.feed(data)
                 except ControlError as exc:
-                    await _send(stream, {"type": "error", "error": str(exc)})
+                    await out.send({"type": "error", "error": str(exc)})
                     continue
                 for line in lines:
                     try:
                         request = parse_request(line)
                     except ControlError as exc:
-                        await _send(stream, {"type": "error", "error": str(exc)})
+                        await out.send({"type": "error", "error": str(exc)})
                         continue
                     reply, call = _handle(phone, request, owned)
                     if call is not None:
                         owned = call
-                        nursery.start_soon(_forward_events, stream, call, phone.offset)
+                        nursery.start_soon(_forward_events, out, call, phone.offset)
                     if reply is not None:
-                        await _send(stream, reply)
+                        await out.send(reply)
         finally:
             if owned is not None and not owned.caller.ended.is_set():
                 phone.hangup(owned, DIALER_GONE)

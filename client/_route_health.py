@@ -47,6 +47,9 @@ LOSS_WINDOW_S = 2.0  # seconds of reports the loss is measured over
 LOSS_THRESHOLD = 0.30  # share of our packets lost over the window
 MIN_LOSS_PACKETS = 20  # sequence numbers the window must span before loss is judged
 COOLDOWN_S = 4.0  # seconds after a verdict before judging again
+# Reports kept for the loss: a peer sends one per media packet (25/s, 50 in the window);
+# a peer that sends far more costs no more than this many (memory, and work per check).
+MAX_WINDOW_REPORTS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +98,8 @@ class RouteHealth:
         self._last_report: float | None = None
         self._first_send: float | None = None  # since the last reset
         self._last_send: float | None = None
-        self._window: deque[tuple[float, int, int]] = deque()  # (at, highest, received)
+        # (at, highest, received), the oldest dropped past MAX_WINDOW_REPORTS
+        self._window: deque[tuple[float, int, int]] = deque(maxlen=MAX_WINDOW_REPORTS)
 
     def sent(self, now: float) -> None:
         """We sent a media packet at ``now``."""

@@ -395,7 +395,7 @@ class Caller:
                 "cover" if refused is None or isinstance(refused, NotMedia) else refused.reason
             ] += 1
             if not self.media_in.listening and not self.ended.is_set():
-                self._early.append((bytes(data), at))
+                self._keep_early(bytes(data), at)
             return
         self.received["signal_frames"] += 1
         if envelope is not None:
@@ -467,6 +467,13 @@ class Caller:
         self._open_early(now)
         self.connected.set()
         self._event("connected", now)
+
+    def _keep_early(self, data: bytes, at: float) -> None:
+        """Keep a delivery that opened as nothing until the media keys come; a copy of one
+        kept already (a replay) is not kept again, so replays cannot push the peer's early
+        media out (at most ``EARLY_MEDIA_MAX`` comparisons)."""
+        if all(data != kept for kept, _ in self._early):
+            self._early.append((data, at))
 
     def _open_early(self, now: float) -> None:
         """Open the deliveries kept from before our media keys (at most ``EARLY_MEDIA_MAX``,

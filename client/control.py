@@ -14,7 +14,9 @@
 The socket is ``PROFILE/control.sock`` (AF_UNIX, stream, mode 0600 inside the 0700 profile
 directory), made by ``phantom-call listen`` and removed when it exits; a second listener on
 the same profile is refused while the first answers on it. Each message is one JSON object
-on one line (UTF-8, at most ``MAX_LINE`` bytes) with a ``type``.
+on one line (UTF-8, at most ``MAX_LINE`` bytes) with a ``type``. The listener serves at
+most 32 connections at once, closes one whose command reads none of its replies for 5 s,
+and one from another user (where the system names it) unanswered.
 
 Requests (command -> listener): ``{"type": "dial", "contact": NAME, "duration_s": S|null}``
 (the connection then stays open for the call: closing it hangs up, reason "dialer gone"),
@@ -83,7 +85,7 @@ def parse_request(line: bytes) -> Request:
         raise ControlError(f"a control message is at most {MAX_LINE} bytes")
     try:
         obj = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: deep nesting
         raise ControlError("not a JSON line") from None
     if not isinstance(obj, dict):
         raise ControlError("a control message is a JSON object")
@@ -133,7 +135,7 @@ def parse_reply(line: bytes) -> dict[str, object]:
     """One line from the listener as a dict with a ``type``; ControlError otherwise."""
     try:
         obj = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise ControlError("the listener sent something that is not a JSON line") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         raise ControlError("the listener sent a message without a type")

@@ -15,6 +15,7 @@ threshold. Everything wrong is an :class:`EnrolError` naming the source.
 
 from __future__ import annotations
 
+import http.client
 import os
 import time
 import urllib.error
@@ -54,21 +55,25 @@ def http_get(url: str, max_bytes: int, timeout_s: float = FETCH_TIMEOUT_S) -> by
     """The body of ``GET url`` (http or https only), at most ``max_bytes`` bytes, within
     ``timeout_s`` seconds for the whole exchange (a server that drips its reply does not
     hold the caller longer). OSError (urllib's errors are OSErrors; TimeoutError past the
-    deadline) or ValueError for an oversized reply."""
+    deadline; a reply that is not HTTP, or a broken chunk, as a ConnectionError naming
+    it) or ValueError for an oversized reply."""
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"not an http(s) URL: {url!r}")
     deadline = time.monotonic() + timeout_s
     chunks: list[bytes] = []
     size = 0
-    with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (checked)
-        while size <= max_bytes:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no whole reply within {timeout_s:g} s")
-            chunk: bytes = resp.read1(min(65536, max_bytes + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (checked)
+            while size <= max_bytes:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no whole reply within {timeout_s:g} s")
+                chunk: bytes = resp.read1(min(65536, max_bytes + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+    except http.client.HTTPException as exc:  # not an OSError: BadStatusLine, IncompleteRead
+        raise ConnectionError(f"a malformed HTTP reply ({type(exc).__name__})") from None
     if size > max_bytes:
         raise ValueError(f"reply larger than {max_bytes} bytes")
     return b"".join(chunks)

@@ -17,6 +17,7 @@ from client.control import (
     Mute,
     Simple,
     encode_message,
+    parse_reply,
     parse_request,
     request_message,
 )
@@ -89,3 +90,24 @@ def test_a_duration_too_large_for_a_float_is_a_control_error() -> None:
     line = b'{"type": "dial", "contact": "ada", "duration_s": 1' + b"0" * 400 + b"}"
     with pytest.raises(ControlError, match="duration_s"):
         parse_request(line)
+
+
+def test_deeply_nested_json_is_a_control_error() -> None:
+    """Regression: 5000 nested brackets in one line raised RecursionError out of
+    parse_request (and out of the listener's connection task)."""
+    for line in (b"[" * 5000 + b"]" * 5000, b'{"type": ' + b"[" * 8000 + b"]" * 8000 + b"}"):
+        assert len(line) <= MAX_LINE
+        with pytest.raises(ControlError, match="not a JSON line"):
+            parse_request(line)
+    with pytest.raises(ControlError, match="not a JSON line"):
+        parse_reply(b'{"a": ' * 3000 + b"1" + b"}" * 3000)
+
+
+@FUZZ
+@given(st.integers(1, MAX_LINE // 2), st.sampled_from([b"[]", b"{}"]), st.binary(max_size=8))
+def test_any_nesting_depth_parses_or_is_a_control_error(
+    depth: int, pair: bytes, tail: bytes
+) -> None:
+    opening, closing = pair[:1], pair[1:]
+    inner = b'"k": ' if opening == b"{" else b""
+    _accepts_or_refuses((opening + inner) * depth + b"1" + closing * depth + tail)

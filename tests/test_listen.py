@@ -6,6 +6,7 @@ with ``contact add``; each ``listen`` runs as its own process bound to its own 1
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pty
@@ -32,6 +33,7 @@ from client._listen import describe_status, end_text
 from client.audio import AudioError, load_mic_file
 from client.cli import main
 from client.control import MAX_LINE
+from client.identity import fingerprint_digits, safety_number
 from client.profile import CONTROL_SOCKET, open_profile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -321,6 +323,21 @@ def test_a_call_between_two_listeners_connects_and_ends(
     traffic = report["traffic"]
     up = traffic["up_packets"][1:-1]
     assert up and max(up) - min(up) <= 2, (up, report["uplink_slots"])
+    # Neither side's identity, mailbox, gateway or safety number is in a report or a log;
+    # nor is the peer's address (each report holds its own bind IP, by design).
+    profiles = [open_profile(x.directory, PASSPHRASE.encode) for x in (alice, bob)]
+    idents = [p.identity.public for p in profiles]
+    secrets = [fingerprint_digits(i) for i in idents] + [safety_number(*idents)]
+    for p in profiles:
+        keys = (p.identity.public.sign_public, p.identity.public.dh_public,
+                p.mailbox_key.mailbox_id, p.gateway_id)  # fmt: skip
+        secrets += [k.hex() for k in keys] + [base64.b64encode(k).decode() for k in keys]
+        secrets += [base64.urlsafe_b64encode(k).decode().rstrip("=") for k in keys]
+        secrets.append(p.card().to_text(p.identity))
+    for x, peer_ip in ((alice, "127.0.0.3"), (bob, "127.0.0.2")):
+        text = x.report.read_text() + x.log()
+        assert not [s for s in secrets if s in text or s.upper() in text], x.name
+        assert peer_ip not in x.report.read_text(), x.name
 
 
 def test_control_socket_is_private_and_a_second_listener_is_refused(
@@ -355,6 +372,7 @@ def test_malformed_control_messages_get_errors_and_change_nothing(
         b'{"type": "dial", "contact": "nobody"}\n',
         b"\xff\xfe\n",
         b"x" * (MAX_LINE + 10) + b"\n",
+        b"[" * 5000 + b"]" * 5000 + b"\n",  # nested deeper than json's recursion limit
         b'{"type": "hangup"}\n',
     ]
     replies = _control(alice.directory, *bad, b'{"type": "status"}\n')

@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
@@ -32,6 +33,8 @@ from typing import cast
 import numpy as np
 import pytest
 from apt_support import require_packages
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from profile_support import PASSPHRASE, make_profile, network_file
 from testnet_support import small_testnet
 
@@ -84,6 +87,32 @@ def test_sample_ring_keeps_the_newest_and_counts_what_it_dropped() -> None:
     assert ring.pop(3).tolist() == []
     with pytest.raises(ValueError, match="at least one sample"):
         SampleRing(0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 40),
+    st.lists(st.tuples(st.booleans(), st.integers(0, 100)), max_size=60),
+)
+def test_sample_ring_is_a_bounded_fifo_that_drops_the_oldest(
+    capacity: int, ops: list[tuple[bool, int]]
+) -> None:
+    """Against a deque of the same capacity: the same samples out, the same drops, never
+    more than ``capacity`` held, whatever the sizes pushed and popped."""
+    ring, model, counter = SampleRing(capacity), deque[int](), 0
+    for push, n in ops:
+        if push:
+            pcm = (np.arange(counter, counter + n) % 30000).astype(np.int16)
+            counter += n
+            expected_drop = max(0, len(model) + n - capacity)
+            model.extend(pcm.tolist())
+            for _ in range(expected_drop):
+                model.popleft()
+            assert ring.push(pcm) == expected_drop
+        else:
+            want = [model.popleft() for _ in range(min(n, len(model)))]
+            assert ring.pop(n).tolist() == want
+        assert len(ring) == len(model) <= capacity
 
 
 # -- what is missing, said before going online -------------------------------------------

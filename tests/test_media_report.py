@@ -222,3 +222,42 @@ def test_the_round_trip_of_a_report_and_the_one_way_estimate() -> None:
     assert rtt_sample(ReceiverReport(7, 30, 7, 0), 10.32, sent) is None  # never sent by us
     assert rtt_sample(ReceiverReport(0, MAX_HOLD_MS, 1, 0), 99.0, sent) is None  # hold unknown
     assert rtt_sample(ReceiverReport(0, 500, 1, 0), 10.2, sent) is None  # another clock
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, MAX_SEQ) | st.integers(0, 300),  # any number, jumps, replays
+            st.integers(0, 2**32 - 1) | st.integers(0, 4000),  # the media clock
+            st.none() | reports,  # the report it carries
+            st.floats(0.0, 0.5),  # seconds since the previous arrival
+        ),
+        max_size=40,
+    ),
+    st.floats(0.0, 100.0),
+)
+def test_whatever_a_hostile_peer_seals_our_report_stays_consistent(
+    packets: list[tuple[int, int, ReceiverReport | None, float]], later: float
+) -> None:
+    """Authentic packets of any number, order, media clock and report: each opens or is a
+    counted MediaError, and the report we would send back always builds (echo and lost
+    within the highest number, hold saturating), never a UsageError in our uplink."""
+    into, at, heard = MediaIn(JitterConfig()), 0.0, list[ReceiverReport]()
+    into.start(PROFILE, KEYS)
+    into.on_report = lambda report, _at: heard.append(report)
+    for seq, timestamp, report, gap in packets:
+        at += gap
+        frames = b"".join(struct.pack(">H", len(f)) + f for f in _frames(seq))
+        body = struct.pack(">IBB", timestamp, 2, 0) + frames
+        body += report.to_bytes() if report is not None else b""
+        try:
+            into.open(_seal_body(body + bytes(CAPACITY - len(body)), seq), at)
+        except MediaError:
+            pass
+        ours = into.report(at + later)
+        if ours is not None:
+            assert ours.echo_seq <= ours.highest_seq and ours.hold_ms <= MAX_HOLD_MS
+            assert 1 <= ours.received <= ours.highest_seq + 1
+            into.play(at)
+    assert len(heard) <= len(packets)

@@ -4,6 +4,7 @@ route dies mid-call."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Iterable
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from test_call import MemoryNet, _network
 
 from client import InMemoryChannel, ReceiverReport, artificial_voice
-from client._route_health import RouteHealth, RouteHealthConfig
+from client._route_health import MAX_WINDOW_REPORTS, RouteHealth, RouteHealthConfig
 from client.call import Address, Caller, Contact
 from client.phone import route_record
 from overlay import RoutePolicy, UplinkScheduler, UsageError
@@ -211,3 +212,59 @@ async def test_a_dead_mix_on_the_callers_route_moves_it_to_a_spare(
     assert record["one_way_estimate_ms"]["p50"] == pytest.approx(
         record["rtt_ms"]["p50"] / 2, abs=0.1
     )
+
+
+# A lying or flooding peer: any report the media format carries, any number of them at one
+# instant, arrival and check times that may run backwards or jump ahead.
+lies = st.builds(
+    lambda highest, echo, lost, hold: ReceiverReport(
+        min(echo, highest), hold, highest, min(lost, highest, 2**24 - 1)
+    ),
+    st.integers(0, 2**32 - 1) | st.integers(0, 300),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**24 - 1) | st.integers(0, 50),
+    st.integers(0, 2**16 - 1),
+)
+steps = st.lists(
+    st.tuples(
+        st.sampled_from(["sent", "report", "check", "flood"]),
+        st.floats(-1.0, 1.0) | st.floats(-1e6, 1e6),  # time step, backwards too
+        lies,
+    ),
+    max_size=120,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps)
+def test_a_lying_peer_and_a_jumping_clock_cost_a_bounded_window(
+    script: list[tuple[str, float, ReceiverReport]],
+) -> None:
+    """No exception, at most MAX_WINDOW_REPORTS kept, a loss in [0, 1] or None, and (while
+    the check times do not run backwards) verdicts at least a cooldown apart."""
+    health, t, last_check, verdicts = RouteHealth(), 0.0, -1e9, list[float]()
+    for kind, step, report in script:
+        t += step
+        if kind == "sent":
+            health.sent(t)
+        elif kind in ("report", "flood"):
+            for _ in range(1000 if kind == "flood" else 1):
+                health.report(report, t)
+        elif t >= last_check:
+            last_check = t
+            if health.check(t) is not None:
+                verdicts.append(t)
+        assert len(health._window) <= MAX_WINDOW_REPORTS
+        loss = health.loss()
+        assert loss is None or 0.0 <= loss <= 1.0
+    assert all(b - a >= CFG.cooldown_s for a, b in itertools.pairwise(verdicts))
+
+
+def test_a_flood_of_reports_keeps_the_window_bounded() -> None:
+    """Regression: 100 000 reports inside one loss window were all kept (memory, and a scan
+    of them on every check)."""
+    health = RouteHealth()
+    for k in range(100_000):
+        health.report(ReceiverReport(k, 0, k, 0), 1.0 + k * 1e-6)
+    assert len(health._window) == MAX_WINDOW_REPORTS
+    assert health.loss() == 0.0
