@@ -61,7 +61,10 @@ class PlayoutTrace:
     arrived: dict[int, float] = field(default_factory=dict)  # media seq -> arrival time
     # Per playout tick item: (frame index, "frame" | "missing" | "stretch", play time)
     items: list[tuple[int, str, float]] = field(default_factory=list)
-    pcm: list[Pcm] = field(default_factory=list)  # one entry per item
+    # One entry per item while ``keep_pcm`` (a speaker file or a report scores it): about
+    # 115 MB per hour of call, so an always-on client without either keeps none.
+    pcm: list[Pcm] = field(default_factory=list)
+    keep_pcm: bool = True
     stats: JitterStats | None = None
 
 
@@ -215,13 +218,15 @@ class MediaIn:
         assert self._jb is not None and self._decoder is not None
         while (item := self._jb.pop(t)) is not None:
             if isinstance(item, MediaFrame):
-                self.trace.pcm.append(self._decoder.decode(item.data))
+                pcm = self._decoder.decode(item.data)
                 self.trace.items.append((item.index, "frame", t))
             else:
-                self.trace.pcm.append(self._decoder.conceal())
+                pcm = self._decoder.conceal()
                 self.trace.items.append((item.index, item.reason, t))
+            if self.trace.keep_pcm:
+                self.trace.pcm.append(pcm)
             if self.on_play is not None:
-                self.on_play(self.trace.pcm[-1])
+                self.on_play(pcm)
         self.trace.stats = self._jb.stats
 
 

@@ -455,6 +455,8 @@ class Phone:
         caller.tx.to_monotonic_s = caller.rx.to_monotonic_s = self._offset
         call = ActiveCall(name, role, peer.contact.state, caller, duration_s=duration_s)
         caller.media_in.on_arrival = call.arrived
+        # Decoded audio is kept only for a speaker file (written at the call's end).
+        caller.rx.keep_pcm = isinstance(self.options.speaker, Path)
         if isinstance(self.options.speaker, LiveSpeaker):
             caller.media_in.on_play = self.options.speaker.play
         caller.on_rtt = call.rtt

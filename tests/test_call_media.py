@@ -12,7 +12,9 @@ import trio
 import trio.testing
 from test_call import MemoryLink, MemoryNet, _network, _Received
 
-from client import InMemoryChannel, VoiceProfile, artificial_voice
+from client import Direction, InMemoryChannel, VoiceProfile, artificial_voice, derive_media_keys
+from client._call_media import MediaIn, MediaOut
+from client._jitter import JitterConfig
 from client.call import Address, Caller, Contact
 
 TAMPER_AT = 200  # a byte of the media ciphertext past the header-protection sample
@@ -129,3 +131,29 @@ async def test_a_peer_with_another_profile_loses_no_frames_as_duplicates(
         # is played once under its own index.
         assert stats.duplicates <= sent and len(played) == len(set(played))
         assert 0.9 * sent <= len([i for i in played if i < sent]) <= sent
+
+
+def test_without_keep_pcm_played_audio_goes_to_the_sink_only() -> None:
+    """An always-on client without a speaker file keeps no decoded audio (about 115 MB per
+    hour of call); a live speaker still gets every frame, and the trace its items."""
+    keys = derive_media_keys(bytes(32), bytes(16), Direction.CALLER_TO_CALLEE)
+    profile = VoiceProfile()
+    played: dict[bool, list[int]] = {}
+    for keep in (True, False):
+        out, into = MediaOut(artificial_voice(1.0), profile), MediaIn(JitterConfig())
+        out.start(profile, keys, capture_start=0.0)
+        into.start(profile, keys)
+        into.trace.keep_pcm = keep
+        sink: list[int] = []
+        into.on_play = lambda pcm, sink=sink: sink.append(len(pcm))
+        for k in range(20):
+            sealed = out.seal_next()
+            assert sealed is not None
+            into.open(sealed[1], at=0.1 + 0.04 * k)
+        start, frame_s = into.grid()
+        for k in range(30):
+            into.play(start + k * frame_s)
+        assert len(sink) == len(into.trace.items) >= 30
+        assert len(into.trace.pcm) == (len(into.trace.items) if keep else 0)
+        played[keep] = sink
+    assert played[True] == played[False]
