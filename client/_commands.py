@@ -14,6 +14,7 @@ import argparse
 import functools
 import getpass
 import io
+import json
 import os
 import socket
 import sys
@@ -367,6 +368,23 @@ def cmd_calls(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_security_log(args: argparse.Namespace) -> int:
+    """``phantom-call security-log``: the stored security events, oldest first."""
+    events = _open(args).load_security_events()
+    if not events and not args.json:
+        print("no security events in the log")
+    for contact, r in events:
+        if args.json:
+            print(json.dumps({"contact": contact, **r.to_dict()}))
+            continue
+        when = "unknown time" if r.at is None else time.strftime(
+            "%Y-%m-%d %H:%M", time.localtime(r.at))  # fmt: skip
+        verdict = "approved" if r.approved else "refused"
+        print(f"{when}  {r.event.value:19}  {r.mode_from.name} -> {r.mode_to.name}  "
+              f"{verdict:8}  {contact}")  # fmt: skip
+    return EXIT_OK
+
+
 # -- the parser ----------------------------------------------------------------------------
 
 
@@ -389,7 +407,8 @@ def _days_or_off(text: str) -> int | None:
 
 
 def add_caller_commands(sub: Subcommands) -> None:
-    """Add ``init``, ``card``, ``contact`` and ``calls`` to ``phantom-call``'s parser."""
+    """Add ``init``, ``card``, ``contact``, ``calls`` and ``security-log`` to ``phantom-call``'s
+    parser."""
     init = sub.add_parser("init", help="create this caller's profile on a network")
     init.add_argument("--network", required=True, metavar="FILE|URL",
                       help="network file, or an authority's URL (its /v1/network)")  # fmt: skip
@@ -453,3 +472,13 @@ def add_caller_commands(sub: Subcommands) -> None:
                             "left in the log; default: all)")  # fmt: skip
     _profile_options(calls)
     calls.set_defaults(handler=cmd_calls)
+    security = sub.add_parser(
+        "security-log",
+        help="the security log: refused downgrades and mode changes, per contact",
+        description="Events the calls of this device refused or approved: an offer or answer "
+        "without the hybrid call keys (downgrade_refused), a mode switch asked and refused "
+        "(mode_switch_refused) or made (mode_changed). Kept sealed in the profile; never sent.",
+    )
+    security.add_argument("--json", action="store_true", help="one JSON object per line")
+    _profile_options(security)
+    security.set_defaults(handler=cmd_security_log)

@@ -7,11 +7,11 @@
     python -m client.cli contact verify ada --confirm    # after comparing the safety number
 
 :func:`build_parser` makes the ``phantom-call`` parser with the caller's own subcommands
-(``init``, ``card``, ``contact``, ``calls``: docs/calling.md, "Identity, contacts and safety
-numbers"; ``listen`` and ``dial``: the always-on client, ``client.phone``; ``answer``,
-``decline``, ``hangup``, ``mute``, ``status``: one request each to the running listener,
-``client.control``) and those each extension adds; every subcommand sets the ``handler``
-default that :func:`main` calls.
+(``init``, ``card``, ``contact``, ``calls``, ``security-log``: docs/calling.md, "Identity,
+contacts and safety numbers"; ``listen`` and ``dial``: the always-on client,
+``client.phone``; ``answer``, ``decline``, ``hangup``, ``mute``, ``status``: one request
+each to the running listener, ``client.control``) and those each extension adds; every
+subcommand sets the ``handler`` default that :func:`main` calls.
 The ``phantom-call`` console script is the test bed's (``testbed.callcli``), which extends
 this parser with ``demo``: a call through a local testnet.
 

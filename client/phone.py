@@ -59,7 +59,7 @@ from cryptography.exceptions import InvalidTag
 from overlay import CoverKind, DownlinkKind, TopologyDocument, UplinkScheduler, UsageError
 
 from ._frames import Address, Contact, SignalFramer
-from ._signaling import EndReason, Role
+from ._signaling import EndReason, Role, SecurityLog, SecurityRecord
 from ._voice import Pcm, VoiceProfile
 from .audio import AudioError, LiveDevice, LiveMic, LiveSpeaker, write_speaker_file
 from .call import DEFAULT_MEAN_DELAY_S, Caller, monotonic_offset_s
@@ -183,6 +183,7 @@ class ActiveCall:
     ended_here: bool = False  # this side hung up or declined (not the peer)
     duration_s: float | None = None  # hang up this long after connecting (None: when asked)
     concluded: bool = False  # recorded (or being recorded): finish does nothing more
+    security_taken: int = 0  # records of the caller's security log already stored
     done: trio.Event = field(default_factory=trio.Event)
     changed: trio.Event = field(default_factory=trio.Event)
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -430,6 +431,9 @@ class Phone:
             if not call.caller.ringing.is_set() and not call.caller.ended.is_set():
                 self.counters["stray_signal"] += 1  # not an offer (a late HANGUP, a replay)
                 self._drop_call(call)
+                events = self._security_events(call)
+                if events and self._nursery is not None:  # e.g. a downgraded offer, refused
+                    self._nursery.start_soon(self._save_security_in_thread, events)
             return
         self.counters["unopened"] += 1
 
@@ -450,7 +454,7 @@ class Phone:
             self.link, self.uplink.doc, self.me, contact, peer.channel, voice,
             profile=self.options.voice, mean_delay_s=self.options.mean_delay_s,
             auto_answer=self.options.auto_answer, uplink=self.uplink, framer=peer.framer,
-            on_event=on_event,
+            on_event=on_event, security_log=SecurityLog(clock=self._wall_clock),
         )  # fmt: skip
         caller.tx.to_monotonic_s = caller.rx.to_monotonic_s = self._offset
         call = ActiveCall(name, role, peer.contact.state, caller, duration_s=duration_s)
@@ -620,6 +624,7 @@ class Phone:
         pcm = np.concatenate(call.caller.rx.pcm) if speaker and call.caller.rx.pcm else None
         states = {p.channel.conversation_id: p.channel.to_bytes() for p in self.peers.values()}
         report = self._report_bytes()
+        security = self._security_events(call)
         record = None
         if self._wall_clock is not None:
             now = self._wall_clock()
@@ -639,12 +644,34 @@ class Phone:
                 if record is not None:
                     with self._profile_locked():
                         self.profile.append_call(*record)
+                self._save_security(security)
             except ProfileError as exc:
                 problems.append(str(exc))
             problem = self._write_report_bytes(report)
             return problems if problem is None else [*problems, problem]
 
         return persist
+
+    @staticmethod
+    def _security_events(call: ActiveCall) -> list[tuple[str, SecurityRecord]]:
+        """The call's security log records (mode changes, refused downgrades) not taken
+        yet, with the contact's local name."""
+        records = list(call.caller.security_log)
+        events = [(call.name, record) for record in records[call.security_taken :]]
+        call.security_taken = len(records)
+        return events
+
+    def _save_security(self, events: list[tuple[str, SecurityRecord]]) -> None:
+        """Append ``events`` to the profile's security log (``phantom-call security-log``)."""
+        if events:
+            with self._profile_locked():
+                self.profile.append_security_events(events)
+
+    async def _save_security_in_thread(self, events: list[tuple[str, SecurityRecord]]) -> None:
+        try:
+            await trio.to_thread.run_sync(self._save_security, events)
+        except ProfileError as exc:
+            self._ui(f"warning: {exc}")
 
     def _log_record(self, call: ActiveCall, wall_now: float) -> CallRecord:
         times = call.times

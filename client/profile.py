@@ -45,7 +45,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,8 +54,9 @@ import nacl.pwhash
 import nacl.secret
 import nacl.utils
 
-from overlay import MailboxKey, NetworkBundle, PhantomError, SignedNetwork, load_json
+from overlay import MailboxKey, NetworkBundle, PhantomError, SignedNetwork, UsageError, load_json
 
+from ._signaling import MAX_SECURITY_RECORDS, SecurityRecord
 from .calllog import CallLog, CallLogError, CallRecord
 from .card import Card
 from .contacts import ContactBook, ContactError
@@ -68,9 +69,10 @@ IDENTITY_FILE = "identity.json"
 CONTACTS_FILE = "contacts.json"
 CALLS_FILE = "calls.json"
 CHANNELS_FILE = "channels.json"
+SECURITY_FILE = "security.json"
 CONTROL_SOCKET = "control.sock"
 PROFILE_FILES = (PROFILE_FILE, NETWORK_FILE, IDENTITY_FILE, CONTACTS_FILE, CALLS_FILE,
-                 CHANNELS_FILE, CONTROL_SOCKET)  # fmt: skip
+                 CHANNELS_FILE, SECURITY_FILE, CONTROL_SOCKET)  # fmt: skip
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 MAX_STORE_BYTES = 16 * 1024 * 1024  # bytes of one profile file read at most
@@ -351,6 +353,34 @@ class Profile:
         atomically; the file is sealed like the contacts (it holds chain keys)."""
         payload = {k.hex(): base64.b64encode(v).decode() for k, v in states.items()}
         self._save(CHANNELS_FILE, "channels", payload)
+
+    def load_security_events(self) -> list[tuple[str, SecurityRecord]]:
+        """The stored security log, oldest first: (the contact's local name, the record)
+        pairs; empty before the first event. ProfileError if the file is malformed."""
+        path = self.directory / SECURITY_FILE
+        if not path.exists():
+            return []
+        stored = self.sealer.open("security", path)
+        try:
+            if not isinstance(stored, list):
+                raise UsageError("expected a list")
+            out = []
+            for item in stored:
+                if not isinstance(item, dict) or not isinstance(item.get("contact"), str):
+                    raise UsageError("contact: want the contact's name")
+                out.append((item["contact"], SecurityRecord.from_dict(item)))
+            return out
+        except UsageError as exc:
+            raise ProfileError(f"{path}: malformed: {exc}") from None
+
+    def append_security_events(self, events: Sequence[tuple[str, SecurityRecord]]) -> None:
+        """Add (contact name, record) pairs to the stored security log, sealed like the
+        call log; the oldest go beyond ``MAX_SECURITY_RECORDS``."""
+        if not events:
+            return
+        kept = [*self.load_security_events(), *events][-MAX_SECURITY_RECORDS:]
+        payload = [{"contact": name, **record.to_dict()} for name, record in kept]
+        self._save(SECURITY_FILE, "security", payload)
 
     def append_call(self, record: CallRecord, now: float) -> None:
         """Add ``record`` to the stored log (auto-delete applied at ``now`` first)."""

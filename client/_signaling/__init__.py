@@ -92,6 +92,7 @@ from .messages import SignalingError as SignalingError
 from .messages import SignalMalformed as SignalMalformed
 from .messages import decode as decode
 from .messages import encode as encode
+from .seclog import MAX_SECURITY_RECORDS as MAX_SECURITY_RECORDS
 from .seclog import SecurityEvent as SecurityEvent
 from .seclog import SecurityLog as SecurityLog
 from .seclog import SecurityRecord as SecurityRecord

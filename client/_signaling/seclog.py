@@ -17,6 +17,7 @@ as it is appended (a profile stores them; the log does no I/O of its own).
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,6 +45,41 @@ class SecurityRecord:
     # The change went through: approved by the user where the table needs it (a less
     # private mode), by policy otherwise. False for every refusal.
     approved: bool
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready: ``at`` (unix seconds or None), ``event`` (its value), ``from`` and
+        ``to`` (the modes' names), ``approved``.
+
+            >>> r = SecurityRecord(1.5, SecurityEvent.DOWNGRADE_REFUSED, PrivacyMode.PARANOID,
+            ...                    PrivacyMode.PARANOID, False)
+            >>> SecurityRecord.from_dict(r.to_dict()) == r
+            True
+        """
+        return {"at": self.at, "event": self.event.value, "from": self.mode_from.name,
+                "to": self.mode_to.name, "approved": self.approved}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: object) -> SecurityRecord:
+        """The record ``to_dict`` gave; UsageError naming the field for anything else."""
+        if not isinstance(d, dict):
+            raise UsageError("a security record must be an object")
+        at = d.get("at")
+        if at is not None and (isinstance(at, bool) or not isinstance(at, int | float)
+                               or not math.isfinite(at)):  # fmt: skip
+            raise UsageError(f"at: want unix seconds or null, got {at!r}")
+        try:
+            event = SecurityEvent(str(d.get("event")))
+        except ValueError:
+            raise UsageError(f"event: unknown {str(d.get('event'))[:40]!r}") from None
+        modes = []
+        for key in ("from", "to"):
+            name = d.get(key)
+            if not isinstance(name, str) or name not in PrivacyMode.__members__:
+                raise UsageError(f"{key}: want a mode name, got {str(name)[:40]!r}")
+            modes.append(PrivacyMode[name])
+        if not isinstance(d.get("approved"), bool):
+            raise UsageError("approved: want true or false")
+        return cls(None if at is None else float(at), event, modes[0], modes[1], d["approved"])
 
 
 class SecurityLog:
