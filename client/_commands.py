@@ -203,9 +203,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     profile = create_profile(args.dir, raw, gateway.node_id, passphrase,
                              name=name, force=args.force)  # fmt: skip
     if replaced:
-        print("replaced the profile that was here: a new identity, and no contacts or calls "
-              "yet; add your contacts' cards again, and send them your new card (they will "
-              "see a changed safety number)", file=sys.stderr)  # fmt: skip
+        print("replaced the profile that was here: a new identity, and no contacts, calls or "
+              "security log yet; add your contacts' cards again, and send them your new card "
+              "(they will see a changed safety number)", file=sys.stderr)  # fmt: skip
     if passphrase is None:
         print(
             "WARNING: --no-passphrase: contacts, call log and keys are stored unencrypted; "

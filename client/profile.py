@@ -450,8 +450,9 @@ def create_profile(
     """Create a new profile in ``directory`` (made 0700 if missing) for the verified
     network file bytes ``network_file`` and the chosen ``gateway_id``, with a fresh
     identity and mailbox key, empty contacts and call log; ``passphrase`` None for plain
-    stores. ProfileError if a profile is there and not ``force``, if the directory holds
-    other files, or for a file that cannot be written (a refused create writes nothing).
+    stores. With ``force`` the old identity's channel states and security log go too.
+    ProfileError if a profile is there and not ``force``, if the directory holds other
+    files, or for a file that cannot be written (a refused create writes nothing).
     """
     problem = profile_dir_problem(directory, force)
     if problem is not None:
@@ -467,6 +468,8 @@ def create_profile(
         directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         os.chmod(directory, DIR_MODE)
         (directory / PROFILE_FILE).unlink(missing_ok=True)  # --force: no profile till done
+        for stale in (CHANNELS_FILE, SECURITY_FILE):  # --force: the old identity's state,
+            (directory / stale).unlink(missing_ok=True)  # sealed under its passphrase
         atomic_write(directory / NETWORK_FILE, network_file)
         profile._save(IDENTITY_FILE, "identity", _identity_payload(profile))
         profile.save_contacts(ContactBook())

@@ -25,7 +25,14 @@ from client._signaling import MAX_SECURITY_RECORDS, MediaType, Offer, call_id_fo
 from client.cli import main
 from client.gateway_link import open_gateway_link
 from client.phone import SIGNAL_KEY_PERSON, Phone
-from client.profile import SECURITY_FILE, Profile, ProfileError, Sealer, create_profile
+from client.profile import (
+    CHANNELS_FILE,
+    SECURITY_FILE,
+    Profile,
+    ProfileError,
+    Sealer,
+    create_profile,
+)
 from overlay import VOICE, UsageError, build_document
 
 records = st.builds(
@@ -123,3 +130,18 @@ async def test_a_listener_stores_the_downgraded_offer_it_refused(
     shown = capsys.readouterr().out
     assert "downgrade_refused" in shown and "PARANOID -> PARANOID  refused" in shown
     assert shown.rstrip().endswith("bob")
+
+
+def test_a_forced_init_leaves_no_state_of_the_old_identity(tmp_path: Path) -> None:
+    """init --force with another passphrase: the old channel states (chain keys of the old
+    identity) and security log are gone, not left sealed under the old passphrase, where
+    the new profile could not open them (every listener start failed on them)."""
+    old = _profile(tmp_path, "me", b"the old passphrase")
+    old.save_channel_states({bytes(16): b"chain keys of the old identity"})
+    event = SecurityRecord(1.0, SecurityEvent.MODE_CHANGED, PrivacyMode.PARANOID,
+                           PrivacyMode.PARANOID, True)  # fmt: skip
+    old.append_security_events([("bob", event)])
+    new = create_profile(old.directory, network_file(), bytes(16), b"a new passphrase",
+                         name="me", force=True)  # fmt: skip
+    assert new.load_channel_states() == {} and new.load_security_events() == []
+    assert not (new.directory / CHANNELS_FILE).exists()
