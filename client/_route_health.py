@@ -37,7 +37,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from overlay import UsageError
+from overlay import UsageError, is_int
 
 from ._media import ReceiverReport
 
@@ -73,7 +73,7 @@ class RouteHealthConfig:
         threshold, packets = self.loss_threshold, self.min_loss_packets
         if not 0 < threshold < 1:
             raise UsageError(f"loss_threshold: want a fraction in (0, 1), got {threshold!r}")
-        if isinstance(packets, bool) or not isinstance(packets, int) or packets < 0:
+        if not is_int(packets) or packets < 0:
             raise UsageError(f"min_loss_packets: want an integer >= 0, got {packets!r}")
         if self.cooldown_s <= self.stall_s:
             raise UsageError("cooldown_s must be longer than stall_s (plus a round trip)")

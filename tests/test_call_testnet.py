@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 from test_demo_real import in_process_report, key_paths
+from testnet_support import process_alive
 
 from mixnode.directory_client import DirectoryClient
 from overlay import VOICE
@@ -22,16 +23,6 @@ from testbed.testnet import TestnetOptions, TestnetState, down, up
 pytestmark = pytest.mark.slow
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is not running
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_call_through_real_testnet(tmp_path: Path) -> None:
@@ -45,7 +36,7 @@ def test_call_through_real_testnet(tmp_path: Path) -> None:
     finally:
         down(tmp_path)
     pids = [p.pid for p in TestnetState.load(tmp_path).processes]
-    assert pids and not any(_alive(pid) for pid in pids)
+    assert pids and not any(process_alive(pid) for pid in pids)
 
     report = call_report(result)
     assert report["end_reason"] == {"A": "HANGUP", "B": "HANGUP"}  # signaling both ways
@@ -96,7 +87,7 @@ def test_cli_demo_writes_report_and_wavs_and_leaves_nothing(tmp_path: Path) -> N
     assert sorted(p.name for p in wavs.iterdir()) == [
         "received-A-to-B.wav", "received-B-to-A.wav"
     ]  # fmt: skip
-    assert not any(_alive(pid) for pid in _testnet_pids(net))
+    assert not any(process_alive(pid) for pid in _testnet_pids(net))
 
 
 def test_cli_demo_sigterm_tears_the_testnet_down(tmp_path: Path) -> None:
@@ -120,4 +111,4 @@ def test_cli_demo_sigterm_tears_the_testnet_down(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert not any(_alive(pid) for pid in _testnet_pids(net))
+    assert not any(process_alive(pid) for pid in _testnet_pids(net))

@@ -34,7 +34,7 @@ import pytest
 import trio
 import trio.testing
 from test_call_clock import _memory_call
-from testnet_support import small_testnet
+from testnet_support import process_alive, small_testnet
 
 from client import CallPolicy, VoiceProfile, artificial_voice, read_wav
 from client._voice import OpusEncoder
@@ -128,12 +128,6 @@ def capture_loopback() -> Iterator[Capture]:
         sock.close()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _audio_marks(mic: Path, frames: int = 150) -> list[bytes]:
@@ -317,7 +311,7 @@ def test_two_processes_call_leaks_neither_address_nor_audio(tmp_path: Path) -> N
             pair.call(duration_s=6.0)
             records = pair.records()
             pids = pair.pids()
-    assert pids and not any(_alive(p) for p in pids)
+    assert pids and not any(process_alive(p) for p in pids)
     grams = cap.datagrams
     assert grams, "the capture saw nothing"
     # (1) never from one caller's address to the other's
@@ -409,7 +403,7 @@ def test_killing_one_side_ends_the_call_on_the_other(tmp_path: Path, victim: str
             record = load_record(survivor.report)
             assert record["end_reason"], record
             pids = pair.pids()
-    assert not any(_alive(p) for p in pids)
+    assert not any(process_alive(p) for p in pids)
 
 
 def _tail(path: Path) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from testnet_support import small_testnet
+from testnet_support import process_alive, small_testnet
 
 from client import InMemoryChannel, artificial_voice
 from client._tasks import open_background
@@ -34,12 +34,6 @@ AFTER_KILL_S = 9.0  # then this long after the kill
 SETTLE_S = 1.5  # after the move: the new route's packets reach the peer, playout adapts
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 async def _call(doc: TopologyDocument, state: TestnetState) -> tuple[Caller, Caller, float, bytes]:
@@ -107,7 +101,7 @@ def test_a_killed_mix_on_the_callers_route_moves_the_call_to_a_spare(tmp_path: P
             state.authorities, state.authority_key_bytes(), state.threshold
         ).fetch()
         a, b, killed_at, victim = trio.run(_call, doc, state)
-    assert not any(_alive(p.pid) for p in TestnetState.load(tmp_path).processes)
+    assert not any(process_alive(p.pid) for p in TestnetState.load(tmp_path).processes)
 
     assert a.route_failovers >= 1 and a.route_no_spare == 0, a.route_verdicts
     assert a.uplink.route is not None and victim not in a.uplink.route  # a disjoint spare

@@ -14,6 +14,15 @@ from pathlib import Path
 from testbed.testnet import TestnetOptions, TestnetState, down, up
 
 
+def process_alive(pid: int) -> bool:
+    """True while process ``pid`` exists and is not a zombie (read from /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def child_pids(pid: int) -> list[int]:
     """Live (not zombie) children of ``pid``, read from /proc: a node's worker processes."""
     out = []
